@@ -1,0 +1,50 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "parallelizer",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "parallelizer", targets: ["parallelizer"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C libraries, each behind one small shim header.
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+
+        // Pure SigV4: canonical request, string to sign, derived keys. No I/O.
+        .target(name: "AWSSigV4", dependencies: ["CCrypto"]),
+        // HTTP over libcurl easy handles: streaming bodies, timeouts, connection reuse.
+        .target(name: "HTTPCurl", dependencies: ["CCurl"]),
+        // Credentials chain, endpoints/region, retries, clock skew, typed AWS errors, IMDS, XML.
+        .target(
+            name: "AWSCore",
+            dependencies: ["AWSSigV4", "HTTPCurl", .product(name: "Logging", package: "swift-log")]
+        ),
+        // S3, SQS, DynamoDB and EC2 clients.
+        .target(name: "AWSServices", dependencies: ["AWSCore", .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(
+            name: "parallelizer",
+            dependencies: [
+                "AWSServices",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        .target(
+            name: "TestSupport",
+            dependencies: ["AWSCore", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/TestSupport"
+        ),
+        .testTarget(name: "AWSSigV4Tests", dependencies: ["AWSSigV4", "TestSupport"]),
+        .testTarget(name: "HTTPCurlTests", dependencies: ["HTTPCurl", "TestSupport"]),
+        .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)
