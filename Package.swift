@@ -38,7 +38,7 @@ let package = Package(
 
         .target(
             name: "TestSupport",
-            dependencies: ["AWSCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["AWSServices", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "AWSSigV4Tests", dependencies: ["AWSSigV4", "TestSupport"]),

@@ -5,6 +5,7 @@
 #include <curl/curl.h>
 
 typedef size_t (*pz_curl_datafn)(char *_Nonnull, size_t, size_t, void *_Nullable);
+typedef int (*pz_curl_seekfn)(void *_Nullable, curl_off_t, int);
 typedef int (*pz_curl_xferinfofn)(void *_Nullable, curl_off_t, curl_off_t, curl_off_t, curl_off_t);
 
 static inline CURLcode pz_curl_setopt_long(CURL *_Nonnull h, CURLoption o, long v) { return curl_easy_setopt(h, o, v); }
@@ -13,6 +14,7 @@ static inline CURLcode pz_curl_setopt_string(CURL *_Nonnull h, CURLoption o, con
 static inline CURLcode pz_curl_setopt_ptr(CURL *_Nonnull h, CURLoption o, void *_Nullable v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode pz_curl_setopt_slist(CURL *_Nonnull h, CURLoption o, struct curl_slist *_Nullable v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode pz_curl_setopt_datafn(CURL *_Nonnull h, CURLoption o, pz_curl_datafn _Nullable v) { return curl_easy_setopt(h, o, v); }
+static inline CURLcode pz_curl_setopt_seekfn(CURL *_Nonnull h, CURLoption o, pz_curl_seekfn _Nullable v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode pz_curl_setopt_xferinfofn(CURL *_Nonnull h, CURLoption o, pz_curl_xferinfofn _Nullable v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode pz_curl_getinfo_long(CURL *_Nonnull h, CURLINFO i, long *_Nonnull v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLcode pz_curl_getinfo_off_t(CURL *_Nonnull h, CURLINFO i, curl_off_t *_Nonnull v) { return curl_easy_getinfo(h, i, v); }

@@ -1,0 +1,213 @@
+import FoundationEssentials
+@_exported import AWSSigV4
+import Logging
+
+/// A source of credentials. Returns nil when it has none, so a chain can move on to the next source.
+public protocol CredentialProvider: Sendable {
+    /// A name for logs (`environment`, `profile default`, `instance role`). Never the credentials themselves.
+    var name: String { get }
+    func credentials(logger: Logger) async throws(AWSError) -> Credentials?
+    /// Drops cached credentials, so the next call fetches fresh ones (after an `ExpiredToken` reply).
+    func invalidate() async
+}
+
+extension CredentialProvider {
+    public func invalidate() async {}
+}
+
+/// Fixed keys (the `accessKey`/`secretKey` user-data parameters, or tests).
+public struct StaticCredentialProvider: CredentialProvider {
+    public let name = "static keys"
+    let value: Credentials
+    public init(_ value: Credentials) { self.value = value }
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? { value }
+}
+
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+public struct EnvironmentCredentialProvider: CredentialProvider {
+    public let name = "environment"
+    let environment: [String: String]
+    public init(environment: [String: String]) { self.environment = environment }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        guard let key = environment.nonEmpty("AWS_ACCESS_KEY_ID"),
+            let secret = environment.nonEmpty("AWS_SECRET_ACCESS_KEY")
+        else { return nil }
+        return Credentials(accessKeyID: key, secretAccessKey: secret, sessionToken: environment.nonEmpty("AWS_SESSION_TOKEN"))
+    }
+}
+
+/// The shared files: `AWS_SHARED_CREDENTIALS_FILE` (default `~/.aws/credentials`) and `AWS_CONFIG_FILE`
+/// (default `~/.aws/config`), profile `AWS_PROFILE` (default `default`). The credentials file wins over the config
+/// file for the same profile, as in the SDKs.
+public struct ProfileCredentialProvider: CredentialProvider {
+    public let profile: String
+    let files: SharedConfigFiles
+    public var name: String { "profile \(profile)" }
+
+    public init(environment: [String: String]) {
+        files = SharedConfigFiles(environment: environment)
+        profile = files.profile
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        for section in [files.credentials?.credentialsProfile(profile), files.config?.configProfile(profile)] {
+            guard let section, let key = section["aws_access_key_id"], !key.isEmpty,
+                let secret = section["aws_secret_access_key"], !secret.isEmpty
+            else { continue }
+            let token = section["aws_session_token"].flatMap { $0.isEmpty ? nil : $0 }
+            return Credentials(accessKeyID: key, secretAccessKey: secret, sessionToken: token)
+        }
+        return nil
+    }
+}
+
+/// The shared config and credentials files, read once.
+public struct SharedConfigFiles: Sendable {
+    public let profile: String
+    public let credentials: IniFile?
+    public let config: IniFile?
+
+    public init(environment: [String: String]) {
+        profile = environment.nonEmpty("AWS_PROFILE") ?? environment.nonEmpty("AWS_DEFAULT_PROFILE") ?? "default"
+        let home = environment.nonEmpty("HOME") ?? "/root"
+        let credentialsPath = environment.nonEmpty("AWS_SHARED_CREDENTIALS_FILE") ?? "\(home)/.aws/credentials"
+        let configPath = environment.nonEmpty("AWS_CONFIG_FILE") ?? "\(home)/.aws/config"
+        credentials = LocalFile.readText(credentialsPath).map(IniFile.init(text:))
+        config = LocalFile.readText(configPath).map(IniFile.init(text:))
+    }
+
+    /// The profile's `region`, from the config file.
+    public var region: String? {
+        config?.configProfile(profile)?["region"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+/// The EC2 instance role, through IMDSv2.
+public struct InstanceRoleCredentialProvider: CredentialProvider {
+    public let name = "instance role"
+    let imds: IMDSClient
+    public init(imds: IMDSClient) { self.imds = imds }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        try await imds.roleCredentials()
+    }
+}
+
+/// The SDKs' default order: environment, shared files, then the instance role. The first source that has
+/// credentials is used from then on; the instance role's are cached and refreshed by `RefreshingCredentials`.
+public actor CredentialChain: CredentialProvider {
+    public nonisolated let name = "default chain"
+    private let providers: [any CredentialProvider]
+    private var chosen: (any CredentialProvider)?
+
+    public init(providers: [any CredentialProvider]) { self.providers = providers }
+
+    /// The default chain for an environment. `imds` nil means IMDS is disabled.
+    public static func `default`(environment: [String: String], imds: IMDSClient?,
+                                 now: @escaping @Sendable () -> Date = { Date() }) -> CredentialChain {
+        var providers: [any CredentialProvider] = [
+            EnvironmentCredentialProvider(environment: environment), ProfileCredentialProvider(environment: environment),
+        ]
+        if let imds { providers.append(RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds), now: now)) }
+        return CredentialChain(providers: providers)
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        if let chosen { return try await chosen.credentials(logger: logger) }
+        var lastError: AWSError?
+        for provider in providers {
+            do {
+                if let found = try await provider.credentials(logger: logger) {
+                    chosen = provider
+                    logger.debug("credentials found", metadata: ["credentials.source": "\(provider.name)"])
+                    return found
+                }
+            } catch {
+                lastError = error
+                logger.debug("credential source failed", metadata: ["credentials.source": "\(provider.name)", "error": "\(error)"])
+            }
+        }
+        if let lastError { throw lastError }
+        return nil
+    }
+
+    /// Forgets cached credentials so the next call fetches new ones (after an ExpiredToken reply).
+    public func invalidate() async {
+        await chosen?.invalidate()
+    }
+}
+
+/// Caches expiring credentials and refreshes them at least `refreshAhead` (5 minutes) before they expire.
+///
+/// One refresh runs at a time and every caller awaits it, so N worker slots cause one IMDS round trip, not N. When
+/// a refresh fails while the old credentials are still valid, those are returned and a warning is logged: a
+/// passing IMDS hiccup must not fail a task.
+public actor RefreshingCredentials: CredentialProvider {
+    public nonisolated let name: String
+    private let source: any CredentialProvider
+    private let now: @Sendable () -> Date
+    private let refreshAhead: TimeInterval
+    private var cached: Credentials?
+    private var refreshing: Task<Credentials?, any Error>?
+    private var lastFailure: Date?
+    /// How many fetches reached the source (for tests).
+    public private(set) var fetchCount = 0
+
+    public init(_ source: any CredentialProvider, refreshAhead: TimeInterval = 300,
+                now: @escaping @Sendable () -> Date = { Date() }) {
+        self.source = source
+        self.name = source.name
+        self.refreshAhead = refreshAhead
+        self.now = now
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        let current = now()
+        if let cached, !needsRefresh(cached, at: current) { return cached }
+        // After a failed refresh, keep using still-valid credentials for a few seconds before trying again.
+        if let cached, let lastFailure, current.timeIntervalSince(lastFailure) < 5, isValid(cached, at: current) {
+            return cached
+        }
+        let task: Task<Credentials?, any Error>
+        if let refreshing {
+            task = refreshing
+        } else {
+            let source = self.source
+            fetchCount += 1
+            task = Task { try await source.credentials(logger: logger) }
+            refreshing = task
+        }
+        let result = await task.result
+        refreshing = nil
+        switch result {
+        case .success(let fresh):
+            lastFailure = nil
+            if let fresh { cached = fresh }
+            return fresh ?? cached.flatMap { isValid($0, at: current) ? $0 : nil }
+        case .failure(let error):
+            lastFailure = current
+            if let cached, isValid(cached, at: current) {
+                logger.warning("credential refresh failed; using the current credentials until they expire", metadata: [
+                    "credentials.source": "\(name)", "credentials.expiration": "\(cached.expiration.map { CivilTime(epochSeconds: Int64($0.timeIntervalSince1970)).iso8601 } ?? "none")",
+                    "error": "\(error)",
+                ])
+                return cached
+            }
+            if let awsError = error as? AWSError { throw awsError }
+            throw AWSError(kind: .credentials, service: "credentials", code: "RefreshFailed", message: "\(error)")
+        }
+    }
+
+    public func invalidate() { cached = nil }
+
+    private func needsRefresh(_ c: Credentials, at time: Date) -> Bool {
+        guard let expiration = c.expiration else { return false }
+        return expiration.timeIntervalSince(time) < refreshAhead
+    }
+
+    private func isValid(_ c: Credentials, at time: Date) -> Bool {
+        guard let expiration = c.expiration else { return true }
+        return expiration > time
+    }
+}

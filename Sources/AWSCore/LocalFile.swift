@@ -1,0 +1,45 @@
+@preconcurrency import Glibc
+
+/// Small whole-file helpers for config-sized files (credentials, user-data). Large files are never read this way.
+public enum LocalFile {
+    /// The file's bytes, or nil if it cannot be opened. Refuses files over `limit` bytes.
+    public static func read(_ path: String, limit: Int = 16 << 20) -> [UInt8]? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&buffer, 1, buffer.count, file)
+            if n <= 0 { break }
+            bytes.append(contentsOf: buffer[0..<n])
+            if bytes.count > limit { return nil }
+        }
+        return ferror(file) == 0 ? bytes : nil
+    }
+
+    public static func readText(_ path: String) -> String? {
+        read(path).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The size of a regular file, or nil.
+    public static func size(_ path: String) -> Int64? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return Int64(st.st_size)
+    }
+
+    /// Writes `bytes` to `path` (truncating).
+    @discardableResult
+    public static func write(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) -> Bool {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { return false }
+            offset += n
+        }
+        return true
+    }
+}

@@ -1,0 +1,107 @@
+import AWSCore
+import Logging
+
+/// An instance as DescribeInstances reports it.
+public struct EC2Instance: Sendable, Equatable {
+    public var instanceID: String
+    /// `pending`, `running`, `shutting-down`, `terminated`, `stopping`, `stopped`.
+    public var state: String
+    public var launchTime: String?
+    public var tags: [String: String]
+}
+
+/// EC2 over its query protocol (form-encoded POST, XML replies).
+public struct EC2Client: Sendable {
+    public static let apiVersion = "2016-11-15"
+    public let context: AWSContext
+    public let endpoint: ServiceEndpoint
+
+    public init(context: AWSContext, region: String? = nil) throws(AWSError) {
+        self.context = context
+        self.endpoint = try context.endpoint("ec2", region: region)
+    }
+
+    func call(_ action: String, _ parameters: [(String, String)], logger: Logger) async throws(AWSError) -> XMLElement {
+        let form = URIEncoding.formatQuery([("Action", action), ("Version", Self.apiVersion)] + parameters)
+        let request = AWSRequest(method: "POST", path: "/",
+                                 headers: [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
+                                 body: .bytes(Array(form.utf8)))
+        let response = try await context.client.send(request, to: endpoint, signing: .standard, logger: logger)
+        do { return try XML.parse(response.body) } catch {
+            throw AWSError.badResponse("ec2", "\(action) reply: \(error)")
+        }
+    }
+
+    /// Instances matching `filters` (name → values, e.g. `tag:parallelizer:queue` → [url]), all pages.
+    public func describeInstances(filters: [(String, [String])] = [], instanceIDs: [String] = [],
+                                  logger: Logger) async throws(AWSError) -> [EC2Instance] {
+        var parameters: [(String, String)] = []
+        for (i, (name, values)) in filters.enumerated() {
+            parameters.append(("Filter.\(i + 1).Name", name))
+            for (j, value) in values.enumerated() { parameters.append(("Filter.\(i + 1).Value.\(j + 1)", value)) }
+        }
+        for (i, id) in instanceIDs.enumerated() { parameters.append(("InstanceId.\(i + 1)", id)) }
+        var result: [EC2Instance] = []
+        var token: String?
+        repeat {
+            let root = try await call("DescribeInstances", parameters + (token.map { [("NextToken", $0)] } ?? []),
+                                      logger: logger)
+            for reservation in root.child("reservationSet")?.all("item") ?? [] {
+                for item in reservation.child("instancesSet")?.all("item") ?? [] {
+                    result.append(Self.instance(item))
+                }
+            }
+            token = root["nextToken"].flatMap { $0.isEmpty ? nil : $0 }
+        } while token != nil
+        return result
+    }
+
+    static func instance(_ item: XMLElement) -> EC2Instance {
+        var tags: [String: String] = [:]
+        for tag in item.child("tagSet")?.all("item") ?? [] {
+            if let key = tag["key"] { tags[key] = tag["value"] ?? "" }
+        }
+        return EC2Instance(instanceID: item["instanceId"] ?? "", state: item.child("instanceState")?["name"] ?? "",
+                           launchTime: item["launchTime"], tags: tags)
+    }
+
+    /// Terminates the instances; returns their new states by id.
+    @discardableResult
+    public func terminateInstances(_ ids: [String], logger: Logger) async throws(AWSError) -> [String: String] {
+        guard !ids.isEmpty else { return [:] }
+        let root = try await call("TerminateInstances", ids.enumerated().map { ("InstanceId.\($0.offset + 1)", $0.element) },
+                                  logger: logger)
+        var states: [String: String] = [:]
+        for item in root.child("instancesSet")?.all("item") ?? [] {
+            if let id = item["instanceId"] { states[id] = item.child("currentState")?["name"] ?? "" }
+        }
+        return states
+    }
+
+    public func createTags(resources: [String], tags: [String: String], logger: Logger) async throws(AWSError) {
+        var parameters: [(String, String)] = []
+        for (i, id) in resources.enumerated() { parameters.append(("ResourceId.\(i + 1)", id)) }
+        for (i, (key, value)) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
+            parameters.append(("Tag.\(i + 1).Key", key))
+            parameters.append(("Tag.\(i + 1).Value", value))
+        }
+        _ = try await call("CreateTags", parameters, logger: logger)
+    }
+
+    /// Starts instances (used by tests and the demo's simulated fleet; operators launch with `scripts/launch`).
+    public func runInstances(imageID: String, count: Int, instanceType: String = "t3.micro", tags: [String: String] = [:],
+                             logger: Logger) async throws(AWSError) -> [EC2Instance] {
+        var parameters: [(String, String)] = [
+            ("ImageId", imageID), ("MinCount", String(count)), ("MaxCount", String(count)), ("InstanceType", instanceType),
+        ]
+        if !tags.isEmpty {
+            parameters.append(("TagSpecification.1.ResourceType", "instance"))
+            for (i, (key, value)) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
+                parameters.append(("TagSpecification.1.Tag.\(i + 1).Key", key))
+                parameters.append(("TagSpecification.1.Tag.\(i + 1).Value", value))
+            }
+        }
+        let root = try await call("RunInstances", parameters, logger: logger)
+        return (root.child("instancesSet")?.all("item") ?? []).map(Self.instance)
+    }
+}

@@ -1,0 +1,106 @@
+import AWSCore
+import HTTPCurl
+import Logging
+
+extension S3Client {
+    /// CreateMultipartUpload, parts from file offsets (each with its own Content-MD5) `partConcurrency` at a time,
+    /// then CompleteMultipartUpload. Any failure aborts the upload.
+    func multipartUpload(bucket: String, key: String, file path: String, size: Int64, contentType: String,
+                         logger: Logger) async throws(AWSError) -> String {
+        let created = try await send(AWSRequest(method: "POST", query: [("uploads", "")],
+                                                headers: [("Content-Type", contentType)]),
+                                     bucket: bucket, key: key, logger: logger)
+        guard let uploadID = (try? XML.parse(created.body))?["UploadId"] else {
+            throw AWSError.badResponse("s3", "CreateMultipartUpload gave no UploadId")
+        }
+        var logger = logger
+        logger[metadataKey: "s3.upload_id"] = "\(uploadID)"
+        do throws(AWSError) {
+            let etags = try await uploadParts(bucket: bucket, key: key, file: path, size: size, uploadID: uploadID,
+                                              logger: logger)
+            var xml = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+            for (index, etag) in etags.enumerated() {
+                xml += "<Part><PartNumber>\(index + 1)</PartNumber><ETag>\(XML.escape(etag))</ETag></Part>"
+            }
+            xml += "</CompleteMultipartUpload>"
+            let response = try await send(AWSRequest(method: "POST", query: [("uploadId", uploadID)],
+                                                     headers: [("Content-Type", "application/xml")],
+                                                     body: .bytes(Array(xml.utf8))),
+                                          bucket: bucket, key: key, logger: logger)
+            // CompleteMultipartUpload can fail with a 200 whose body is an <Error>.
+            let root = try? XML.parse(response.body)
+            if let root, root.localName == "Error" {
+                throw AWSError(kind: .service, service: "s3", httpStatus: 200, code: root["Code"] ?? "InternalError",
+                               message: root["Message"] ?? "", requestID: root["RequestId"])
+            }
+            return root?["ETag"] ?? ""
+        } catch {
+            logger.info("aborting multipart upload", metadata: ["error": "\(error)"])
+            try? await abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, logger: logger)
+            throw error
+        }
+    }
+
+    public func abortMultipartUpload(bucket: String, key: String, uploadID: String, logger: Logger) async throws(AWSError) {
+        _ = try await send(AWSRequest(method: "DELETE", query: [("uploadId", uploadID)]), bucket: bucket, key: key,
+                           logger: logger)
+    }
+
+    private func uploadParts(bucket: String, key: String, file path: String, size: Int64, uploadID: String,
+                             logger: Logger) async throws(AWSError) -> [String] {
+        let partSize = max(options.partSize, 5 << 20, (size + 9999) / 10000)
+        let count = Int((size + partSize - 1) / partSize)
+        let result: Result<[String], AWSError> = await withTaskGroup(of: (Int, Result<String, AWSError>).self) { group in
+            var etags = [String](repeating: "", count: count)
+            var next = 0
+            var failure: AWSError?
+            func launch(_ index: Int) {
+                let offset = Int64(index) * partSize
+                let length = min(partSize, size - offset)
+                group.addTask {
+                    do throws(AWSError) {
+                        let etag = try await uploadPart(bucket: bucket, key: key, file: path, offset: offset,
+                                                        length: length, number: index + 1, uploadID: uploadID,
+                                                        logger: logger)
+                        return (index, .success(etag))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
+            }
+            while next < min(count, max(1, options.partConcurrency)) {
+                launch(next)
+                next += 1
+            }
+            for await (index, outcome) in group {
+                switch outcome {
+                case .success(let etag):
+                    etags[index] = etag
+                    if failure == nil && next < count {
+                        launch(next)
+                        next += 1
+                    }
+                case .failure(let error):
+                    if failure == nil { failure = error }
+                    group.cancelAll()
+                }
+            }
+            if let failure { return .failure(failure) }
+            return .success(etags)
+        }
+        return try result.get()
+    }
+
+    private func uploadPart(bucket: String, key: String, file path: String, offset: Int64, length: Int64, number: Int,
+                            uploadID: String, logger: Logger) async throws(AWSError) -> String {
+        let digest = try await FileDigest.compute(path: path, offset: offset, length: length,
+                                                  sha256: options.signFileBodies)
+        let response = try await send(AWSRequest(
+            method: "PUT", query: [("partNumber", String(number)), ("uploadId", uploadID)],
+            headers: [("Content-Type", "application/octet-stream"), ("Content-MD5", digest.md5.base64String)],
+            body: .file(path: path, offset: offset, length: length),
+            payload: digest.sha256.map { .sha256Hex($0.hexString) } ?? .unsigned), bucket: bucket, key: key, logger: logger)
+        guard let etag = response.header("ETag") else { throw AWSError.badResponse("s3", "UploadPart gave no ETag") }
+        return etag
+    }
+}

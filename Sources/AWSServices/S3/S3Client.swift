@@ -1,0 +1,193 @@
+import AWSCore
+import FoundationEssentials
+import HTTPCurl
+import Logging
+
+/// What S3 says about an object.
+public struct S3ObjectInfo: Sendable, Equatable {
+    public var key: String
+    public var size: Int64
+    public var etag: String
+    public var lastModified: String?
+}
+
+/// One page of ListObjectsV2.
+public struct S3ListPage: Sendable {
+    public var objects: [S3ObjectInfo]
+    public var nextContinuationToken: String?
+}
+
+/// A small typed S3 client: streaming GET and PUT through files, multipart uploads, listing.
+public struct S3Client: Sendable {
+    public struct Options: Sendable {
+        /// Files larger than this are uploaded in parts (S3 allows 5 GiB in one PUT; parts are faster and retry
+        /// cheaper).
+        public var multipartThreshold: Int64 = 64 << 20
+        public var partSize: Int64 = 16 << 20
+        /// Parts uploaded at once.
+        public var partConcurrency: Int = 4
+        /// Sign the SHA-256 of file bodies (one extra hashing pass) instead of `UNSIGNED-PAYLOAD`. Either way every
+        /// upload carries `Content-MD5`, which S3 verifies before it stores anything.
+        public var signFileBodies: Bool = false
+        public init() {}
+    }
+
+    public let context: AWSContext
+    public let endpoint: ServiceEndpoint
+    public var options: Options
+
+    public init(context: AWSContext, region: String? = nil, options: Options = Options()) throws(AWSError) {
+        self.context = context
+        self.endpoint = try context.endpoint("s3", region: region)
+        self.options = options
+    }
+
+    var client: AWSClient { context.client }
+
+    // MARK: - Addressing
+
+    /// Virtual-hosted style (`bucket.s3.region.amazonaws.com/key`) on AWS; path style (`host/bucket/key`) for
+    /// custom endpoints and for bucket names with dots, which break the wildcard TLS certificate.
+    func address(bucket: String, key: String?) -> (host: String?, path: String) {
+        let encodedKey = key.map { "/" + URIEncoding.encode($0, keepSlash: true) } ?? "/"
+        if endpoint.isCustom || bucket.contains(".") || !Self.isDNSCompatible(bucket) {
+            return (nil, "/" + URIEncoding.encode(bucket) + (key == nil ? "" : encodedKey))
+        }
+        return ("\(bucket).\(endpoint.hostHeader)", encodedKey)
+    }
+
+    static func isDNSCompatible(_ bucket: String) -> Bool {
+        guard (3...63).contains(bucket.utf8.count) else { return false }
+        return bucket.utf8.allSatisfy { b in
+            (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9"))
+                || b == UInt8(ascii: "-") || b == UInt8(ascii: ".")
+        }
+    }
+
+    func send(_ request: AWSRequest, bucket: String, key: String?, logger: Logger) async throws(AWSError) -> HTTPResponse {
+        var request = request
+        let (host, path) = address(bucket: bucket, key: key)
+        request.host = host
+        request.path = path
+        return try await client.send(request, to: endpoint, signing: .s3, logger: logger)
+    }
+
+    // MARK: - Objects
+
+    /// Streams an object to `path` (through `path.part`; the file appears only when complete). The byte count is
+    /// checked against Content-Length; a short body is retried from the start.
+    @discardableResult
+    public func getObject(bucket: String, key: String, to path: String, logger: Logger) async throws(AWSError) -> S3ObjectInfo {
+        let response = try await send(AWSRequest(method: "GET", response: .file(path: path)), bucket: bucket, key: key,
+                                      logger: logger)
+        return S3ObjectInfo(key: key, size: response.bytesWritten, etag: response.header("ETag") ?? "",
+                            lastModified: response.header("Last-Modified"))
+    }
+
+    /// The object's size and ETag, or nil when it does not exist.
+    public func headObject(bucket: String, key: String, logger: Logger) async throws(AWSError) -> S3ObjectInfo? {
+        do {
+            let response = try await send(AWSRequest(method: "HEAD"), bucket: bucket, key: key, logger: logger)
+            return S3ObjectInfo(key: key, size: Int64(response.header("Content-Length") ?? "") ?? 0,
+                                etag: response.header("ETag") ?? "", lastModified: response.header("Last-Modified"))
+        } catch where error.httpStatus == 404 {
+            return nil
+        }
+    }
+
+    /// Uploads a file. Above `multipartThreshold` it goes in parts, several at once; a failed multipart upload is
+    /// aborted so no orphaned parts keep costing money.
+    @discardableResult
+    public func putObject(bucket: String, key: String, file path: String, contentType: String = "application/octet-stream",
+                          logger: Logger) async throws(AWSError) -> String {
+        guard let size = LocalFile.size(path) else { throw AWSError.client("s3", "cannot read \(path)") }
+        if size > options.multipartThreshold {
+            return try await multipartUpload(bucket: bucket, key: key, file: path, size: size, contentType: contentType,
+                                             logger: logger)
+        }
+        let digest = try await FileDigest.compute(path: path, length: size, sha256: options.signFileBodies)
+        let response = try await send(AWSRequest(
+            method: "PUT", headers: [("Content-Type", contentType), ("Content-MD5", digest.md5.base64String)],
+            body: .file(path: path, offset: 0, length: size),
+            payload: digest.sha256.map { .sha256Hex($0.hexString) } ?? .unsigned), bucket: bucket, key: key, logger: logger)
+        return response.header("ETag") ?? ""
+    }
+
+    /// Uploads a small in-memory body (failure records, markers).
+    @discardableResult
+    public func putObject(bucket: String, key: String, bytes: [UInt8], contentType: String = "application/octet-stream",
+                          logger: Logger) async throws(AWSError) -> String {
+        let response = try await send(AWSRequest(
+            method: "PUT", headers: [("Content-Type", contentType), ("Content-MD5", Digest.md5(bytes).base64String)],
+            body: .bytes(bytes)), bucket: bucket, key: key, logger: logger)
+        return response.header("ETag") ?? ""
+    }
+
+    public func deleteObject(bucket: String, key: String, logger: Logger) async throws(AWSError) {
+        _ = try await send(AWSRequest(method: "DELETE"), bucket: bucket, key: key, logger: logger)
+    }
+
+    // MARK: - Listing
+
+    /// One page of ListObjectsV2. Keys come URL-encoded (`encoding-type=url`) so that any character, even those
+    /// XML 1.0 cannot carry, survives; they are decoded here.
+    public func listObjectsV2(bucket: String, prefix: String? = nil, continuationToken: String? = nil,
+                              startAfter: String? = nil, maxKeys: Int = 1000,
+                              logger: Logger) async throws(AWSError) -> S3ListPage {
+        var query: [(String, String)] = [("list-type", "2"), ("encoding-type", "url"), ("max-keys", String(maxKeys))]
+        if let prefix, !prefix.isEmpty { query.append(("prefix", prefix)) }
+        if let continuationToken { query.append(("continuation-token", continuationToken)) }
+        if let startAfter { query.append(("start-after", startAfter)) }
+        let response = try await send(AWSRequest(method: "GET", query: query), bucket: bucket, key: nil, logger: logger)
+        let root: XMLElement
+        do { root = try XML.parse(response.body) } catch {
+            throw AWSError.badResponse("s3", "ListObjectsV2: \(error)", requestID: response.header("x-amz-request-id"))
+        }
+        let urlEncoded = root["EncodingType"] == "url"
+        let objects = root.all("Contents").map { item in
+            let raw = item["Key"] ?? ""
+            return S3ObjectInfo(key: urlEncoded ? URIEncoding.decode(raw, plusIsSpace: true) : raw,
+                                size: Int64(item["Size"] ?? "") ?? 0, etag: item["ETag"] ?? "",
+                                lastModified: item["LastModified"])
+        }
+        let truncated = root["IsTruncated"] == "true"
+        return S3ListPage(objects: objects, nextContinuationToken: truncated ? root["NextContinuationToken"] : nil)
+    }
+
+    /// Every object under `prefix`, page by page, handed to `body` as each page arrives (a million keys are never
+    /// held at once).
+    public func listAll(bucket: String, prefix: String? = nil, logger: Logger,
+                        _ body: ([S3ObjectInfo]) async throws(AWSError) -> Void) async throws(AWSError) {
+        var token: String?
+        repeat {
+            let page = try await listObjectsV2(bucket: bucket, prefix: prefix, continuationToken: token, logger: logger)
+            try await body(page.objects)
+            token = page.nextContinuationToken
+        } while token != nil
+    }
+
+    // MARK: - Buckets
+
+    public func createBucket(_ bucket: String, logger: Logger) async throws(AWSError) {
+        var body: [UInt8] = []
+        if endpoint.region != "us-east-1" {
+            body = Array(("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+                + "<LocationConstraint>\(XML.escape(endpoint.region))</LocationConstraint></CreateBucketConfiguration>").utf8)
+        }
+        do {
+            _ = try await send(AWSRequest(method: "PUT", headers: [("Content-Type", "application/xml")], body: .bytes(body)),
+                               bucket: bucket, key: nil, logger: logger)
+        } catch where error.code == "BucketAlreadyOwnedByYou" {
+            return
+        }
+    }
+
+    // MARK: - Presigning
+
+    /// A presigned GET URL for handing an object to someone without credentials.
+    public func presignedGetURL(bucket: String, key: String, expires: Int, logger: Logger) async throws(AWSError) -> String {
+        let (host, path) = address(bucket: bucket, key: key)
+        return try await client.presignedURL(method: "GET", path: path, host: host, endpoint: endpoint, options: .s3,
+                                             expires: expires, logger: logger)
+    }
+}

@@ -1,0 +1,324 @@
+internal import CCurl
+@preconcurrency import Glibc
+import Synchronization
+
+/// libcurl's global state, initialised exactly once before any handle exists.
+enum CurlGlobal {
+    static let initialized: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
+    static var version: String { String(cString: pz_curl_version()) }
+}
+
+/// State shared with libcurl's C callbacks for one transfer. Curl gets it back through `Unmanaged`.
+final class TransferState {
+    // Response
+    var status = 0
+    var headers: [(String, String)] = []
+    var body: [UInt8] = []
+    var output: UnsafeMutablePointer<FILE>?
+    var bytesWritten: Int64 = 0
+    var memoryLimit = 256 << 20
+    var failure: HTTPTransportError?
+    // Request body
+    var input: UnsafeMutablePointer<FILE>?
+    var inputBytes: [UInt8] = []
+    var inputStart: Int64 = 0
+    var inputLength: Int64 = 0
+    var inputSent: Int64 = 0
+    // Cancellation, set from another thread.
+    let cancelled = Atomic<Bool>(false)
+
+    deinit {
+        if let output { fclose(output) }
+        if let input { fclose(input) }
+    }
+}
+
+/// One libcurl easy handle. Reusing it keeps the connection alive between requests (per worker slot).
+/// Not thread-safe: a `CurlSession` confines it to one serial queue.
+final class CurlEasy {
+    private let handle: UnsafeMutableRawPointer
+    private let caBundle: String?
+    private let userAgent: String
+
+    init(caBundle: String?, userAgent: String) {
+        precondition(CurlGlobal.initialized, "curl_global_init failed")
+        guard let h = curl_easy_init() else { fatalError("curl_easy_init failed") }
+        handle = h
+        self.caBundle = caBundle
+        self.userAgent = userAgent
+    }
+
+    deinit { curl_easy_cleanup(handle) }
+
+    /// Runs one request to completion, blocking the calling thread.
+    func perform(_ request: HTTPRequest, state: TransferState) throws(HTTPTransportError) -> HTTPResponse {
+        curl_easy_reset(handle)
+        var slist: UnsafeMutablePointer<curl_slist>?
+        defer { curl_slist_free_all(slist) }
+        let partPath: String?
+        switch request.response {
+        case .memory: partPath = nil
+        case .file(let path): partPath = path + ".part"
+        }
+        if let partPath {
+            guard let f = fopen(partPath, "wb") else {
+                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot open \(partPath): \(errnoText())")
+            }
+            state.output = f
+            state.memoryLimit = 1 << 20
+        }
+        var moved = false
+        defer {
+            if let partPath, !moved { unlink(partPath) }
+        }
+
+        try configure(request, state: state, slist: &slist)
+        let code = curl_easy_perform(handle)
+
+        if let output = state.output {
+            let flushFailed = fflush(output) != 0
+            fclose(output)
+            state.output = nil
+            if flushFailed && state.failure == nil {
+                state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+            }
+        }
+        if let failure = state.failure { throw failure }
+        if code != CURLE_OK { throw Self.error(code, cancelled: state.cancelled.load(ordering: .relaxed)) }
+
+        var status = 0
+        _ = pz_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        var connects = 0
+        _ = pz_curl_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects)
+        var contentLength: curl_off_t = -1
+        _ = pz_curl_getinfo_off_t(handle, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &contentLength)
+        let response = HTTPResponse(status: status, headers: state.headers, body: state.body,
+                                    bytesWritten: state.bytesWritten, newConnections: connects)
+
+        if let partPath, case .file(let path) = request.response, response.isSuccess, request.method != "HEAD" {
+            if contentLength >= 0 && Int64(contentLength) != state.bytesWritten {
+                throw HTTPTransportError(kind: .truncated, curlCode: -1,
+                    message: "body has \(state.bytesWritten) bytes, Content-Length says \(contentLength)")
+            }
+            guard rename(partPath, path) == 0 else {
+                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot rename to \(path): \(errnoText())")
+            }
+            moved = true
+        }
+        return response
+    }
+
+    private func configure(_ request: HTTPRequest, state: TransferState,
+                           slist: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPTransportError) {
+        let unmanaged = Unmanaged.passUnretained(state).toOpaque()
+        set(CURLOPT_URL, request.url)
+        set(CURLOPT_NOSIGNAL, 1)
+        set(CURLOPT_USERAGENT, userAgent)
+        set(CURLOPT_SSL_VERIFYPEER, 1)
+        set(CURLOPT_SSL_VERIFYHOST, 2)
+        if let caBundle { set(CURLOPT_CAINFO, caBundle) }
+        set(CURLOPT_TCP_KEEPALIVE, 1)
+        set(CURLOPT_CONNECTTIMEOUT, request.timeouts.connect)
+        set(CURLOPT_LOW_SPEED_LIMIT, request.timeouts.lowSpeedBytes)
+        set(CURLOPT_LOW_SPEED_TIME, request.timeouts.lowSpeedSeconds)
+        set(CURLOPT_TIMEOUT, request.timeouts.total)
+        set(CURLOPT_FOLLOWLOCATION, 0)
+        if !request.connectTo.isEmpty {
+            var connect: UnsafeMutablePointer<curl_slist>?
+            for entry in request.connectTo { connect = curl_slist_append(connect, entry) }
+            connectToList = connect
+            _ = pz_curl_setopt_slist(handle, CURLOPT_CONNECT_TO, connect)
+        }
+
+        _ = pz_curl_setopt_ptr(handle, CURLOPT_HEADERDATA, unmanaged)
+        _ = pz_curl_setopt_datafn(handle, CURLOPT_HEADERFUNCTION, curlHeaderCallback)
+        _ = pz_curl_setopt_ptr(handle, CURLOPT_WRITEDATA, unmanaged)
+        _ = pz_curl_setopt_datafn(handle, CURLOPT_WRITEFUNCTION, curlWriteCallback)
+        set(CURLOPT_NOPROGRESS, 0)
+        _ = pz_curl_setopt_ptr(handle, CURLOPT_XFERINFODATA, unmanaged)
+        _ = pz_curl_setopt_xferinfofn(handle, CURLOPT_XFERINFOFUNCTION, curlProgressCallback)
+
+        // Request body: always through the read callback, so a file is streamed and a retry re-reads it.
+        switch request.body {
+        case .none:
+            break
+        case .bytes(let bytes):
+            state.inputBytes = bytes
+            state.inputLength = Int64(bytes.count)
+        case .file(let path, let offset, let length):
+            guard let f = fopen(path, "rb") else {
+                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot open \(path): \(errnoText())")
+            }
+            state.input = f
+            state.inputStart = offset
+            state.inputLength = length
+            guard fseeko(f, off_t(offset), SEEK_SET) == 0 else {
+                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot seek \(path): \(errnoText())")
+            }
+        }
+        let hasBody = request.body.length > 0 || request.method == "PUT" || request.method == "POST"
+        if hasBody {
+            _ = pz_curl_setopt_ptr(handle, CURLOPT_READDATA, unmanaged)
+            _ = pz_curl_setopt_datafn(handle, CURLOPT_READFUNCTION, curlReadCallback)
+            _ = pz_curl_setopt_ptr(handle, CURLOPT_SEEKDATA, unmanaged)
+            _ = pz_curl_setopt_seekfn(handle, CURLOPT_SEEKFUNCTION, curlSeekCallback)
+        }
+
+        switch request.method {
+        case "GET":
+            set(CURLOPT_HTTPGET, 1)
+        case "HEAD":
+            set(CURLOPT_NOBODY, 1)
+        case "POST":
+            set(CURLOPT_POST, 1)
+            _ = pz_curl_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.length))
+        case "PUT":
+            // Without INFILESIZE a PUT goes out chunked, which S3 refuses.
+            set(CURLOPT_UPLOAD, 1)
+            _ = pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length))
+        default:
+            set(CURLOPT_CUSTOMREQUEST, request.method)
+            if request.body.length > 0 {
+                set(CURLOPT_UPLOAD, 1)
+                _ = pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length))
+            }
+        }
+
+        var list: UnsafeMutablePointer<curl_slist>?
+        for (name, value) in request.headers {
+            list = curl_slist_append(list, value.isEmpty ? "\(name);" : "\(name): \(value)")
+        }
+        // A server that ignores `Expect: 100-continue` costs a second per PUT; and curl must not decompress S3 data.
+        list = curl_slist_append(list, "Expect:")
+        if !request.headers.contains(where: { $0.0.lowercased() == "content-type" }) {
+            list = curl_slist_append(list, "Content-Type:")
+        }
+        slist = list
+        _ = pz_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
+    }
+
+    /// Kept alive for the duration of the transfer that uses it.
+    private var connectToList: UnsafeMutablePointer<curl_slist>? {
+        didSet { if let oldValue { curl_slist_free_all(oldValue) } }
+    }
+
+    private func set(_ option: CURLoption, _ value: Int) { _ = pz_curl_setopt_long(handle, option, value) }
+    private func set(_ option: CURLoption, _ value: String) { _ = pz_curl_setopt_string(handle, option, value) }
+
+    static func error(_ code: CURLcode, cancelled: Bool) -> HTTPTransportError {
+        let message = String(cString: curl_easy_strerror(code))
+        let kind: HTTPTransportError.Kind
+        switch code {
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY: kind = .connect
+        case CURLE_OPERATION_TIMEDOUT: kind = .timeout
+        case CURLE_SEND_ERROR: kind = .sendFailed
+        case CURLE_RECV_ERROR, CURLE_GOT_NOTHING: kind = .receiveFailed
+        case CURLE_PARTIAL_FILE: kind = .truncated
+        case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE: kind = .tls
+        case CURLE_ABORTED_BY_CALLBACK: kind = cancelled ? .cancelled : .other
+        case CURLE_WRITE_ERROR, CURLE_READ_ERROR: kind = .localFile
+        default: kind = .other
+        }
+        return HTTPTransportError(kind: kind, curlCode: Int32(code.rawValue), message: message)
+    }
+}
+
+func errnoText() -> String { String(cString: strerror(errno)) }
+
+// MARK: - C callbacks (non-capturing; they find their state through the userdata pointer)
+
+private func curlHeaderCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+                                _ userdata: UnsafeMutableRawPointer?) -> Int {
+    let length = size * count
+    guard let userdata else { return 0 }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    let line = String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
+    if line.hasPrefix("HTTP/") {
+        // A new status line (after 100 Continue or a redirect): start over.
+        let parts = line.split(separator: " ")
+        state.status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+        state.headers = []
+    } else if let colon = line.firstIndex(of: ":") {
+        let name = String(line[..<colon])
+        let value = line[line.index(after: colon)...].trimmingSpaces
+        state.headers.append((name, value))
+    }
+    return length
+}
+
+private func curlWriteCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+                               _ userdata: UnsafeMutableRawPointer?) -> Int {
+    let length = size * count
+    guard let userdata else { return 0 }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    if let output = state.output, (200..<300).contains(state.status) {
+        let written = fwrite(data, 1, length, output)
+        state.bytesWritten += Int64(written)
+        if written != length {
+            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+            return 0
+        }
+        return length
+    }
+    if state.body.count + length > state.memoryLimit {
+        if state.output != nil { return length }  // an oversized error body: keep its head, drop the rest
+        state.failure = HTTPTransportError(kind: .other, curlCode: -1,
+                                           message: "response body exceeds \(state.memoryLimit) bytes")
+        return 0
+    }
+    state.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
+    return length
+}
+
+private func curlReadCallback(_ buffer: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+                              _ userdata: UnsafeMutableRawPointer?) -> Int {
+    guard let userdata else { return Int(CURL_READFUNC_ABORT) }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    let wanted = Int(min(Int64(size * count), state.inputLength - state.inputSent))
+    if wanted <= 0 { return 0 }
+    if let input = state.input {
+        let got = fread(buffer, 1, wanted, input)
+        if got == 0 {
+            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
+                message: "request body file ended early after \(state.inputSent) of \(state.inputLength) bytes")
+            return Int(CURL_READFUNC_ABORT)
+        }
+        state.inputSent += Int64(got)
+        return got
+    }
+    let start = Int(state.inputSent)
+    state.inputBytes.withUnsafeBytes { raw in
+        UnsafeMutableRawPointer(buffer).copyMemory(from: raw.baseAddress! + start, byteCount: wanted)
+    }
+    state.inputSent += Int64(wanted)
+    return wanted
+}
+
+/// Lets curl rewind the body when it must send it again (a reused connection that turned out dead).
+private func curlSeekCallback(_ userdata: UnsafeMutableRawPointer?, _ offset: curl_off_t, _ origin: Int32) -> Int32 {
+    guard let userdata, origin == SEEK_SET else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    guard offset >= 0, Int64(offset) <= state.inputLength else { return Int32(CURL_SEEKFUNC_FAIL) }
+    if let input = state.input, fseeko(input, off_t(state.inputStart + Int64(offset)), SEEK_SET) != 0 {
+        return Int32(CURL_SEEKFUNC_FAIL)
+    }
+    state.inputSent = Int64(offset)
+    return Int32(CURL_SEEKFUNC_OK)
+}
+
+private func curlProgressCallback(_ userdata: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t,
+                                  _: curl_off_t, _: curl_off_t) -> Int32 {
+    guard let userdata else { return 0 }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    return state.cancelled.load(ordering: .relaxed) ? 1 : 0
+}
+
+extension Substring {
+    var trimmingSpaces: String {
+        let isSpace: (Character) -> Bool = { $0.isWhitespace }
+        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
+            return ""
+        }
+        return String(self[first...last])
+    }
+}

@@ -1,0 +1,123 @@
+/// What to send. Plain values so the AWS layer can build, sign and retry them without touching curl.
+public struct HTTPRequest: Sendable {
+    public var method: String
+    /// The full URL, already percent-encoded as it must go on the wire.
+    public var url: String
+    /// Headers in wire order. `Host` may be given; curl then uses ours, which is the one that was signed.
+    public var headers: [(String, String)]
+    public var body: HTTPBody
+    public var response: ResponseSink
+    public var timeouts: Timeouts
+    /// `CURLOPT_CONNECT_TO` entries (`host:port:connect-host:connect-port`): reach a different socket than the URL
+    /// names while keeping the URL (and so the signature) intact. Used to route through a fault proxy.
+    public var connectTo: [String]
+
+    public init(method: String, url: String, headers: [(String, String)] = [], body: HTTPBody = .none,
+                response: ResponseSink = .memory, timeouts: Timeouts = .default, connectTo: [String] = []) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.response = response
+        self.timeouts = timeouts
+        self.connectTo = connectTo
+    }
+}
+
+/// A request body. Files are streamed by curl's read callback, never loaded, and re-read from `offset` on retry.
+public enum HTTPBody: Sendable {
+    case none
+    case bytes([UInt8])
+    case file(path: String, offset: Int64, length: Int64)
+
+    public var length: Int64 {
+        switch self {
+        case .none: return 0
+        case .bytes(let b): return Int64(b.count)
+        case .file(_, _, let length): return length
+        }
+    }
+}
+
+/// Where a response body goes.
+public enum ResponseSink: Sendable {
+    /// In memory (API replies; small).
+    case memory
+    /// Streamed to `path` through `path.part`, renamed only on a 2xx whose size matches Content-Length, so a failed
+    /// or error reply never leaves a file that looks complete. Error bodies go to memory instead.
+    case file(path: String)
+}
+
+public struct Timeouts: Sendable {
+    /// Seconds to establish the TCP (and TLS) connection.
+    public var connect: Int
+    /// Abort when fewer than `lowSpeedBytes` per second flow for `lowSpeedSeconds` (a stalled transfer).
+    public var lowSpeedBytes: Int
+    public var lowSpeedSeconds: Int
+    /// Hard cap on the whole request, 0 for none (long polls set it just above their wait time).
+    public var total: Int
+
+    public init(connect: Int, lowSpeedBytes: Int, lowSpeedSeconds: Int, total: Int) {
+        self.connect = connect
+        self.lowSpeedBytes = lowSpeedBytes
+        self.lowSpeedSeconds = lowSpeedSeconds
+        self.total = total
+    }
+
+    public static let `default` = Timeouts(connect: 10, lowSpeedBytes: 1, lowSpeedSeconds: 60, total: 0)
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    /// Headers of the final response (interim 1xx responses are dropped), names as the server sent them.
+    public var headers: [(String, String)]
+    /// The body when the sink was `.memory`, or the error body when a file download got a non-2xx status.
+    public var body: [UInt8]
+    /// Bytes written to the file sink.
+    public var bytesWritten: Int64
+    /// How many new connections this request opened (0 means a kept-alive connection was reused).
+    public var newConnections: Int
+
+    public init(status: Int, headers: [(String, String)], body: [UInt8], bytesWritten: Int64 = 0, newConnections: Int = 0) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.bytesWritten = bytesWritten
+        self.newConnections = newConnections
+    }
+
+    /// The first header with this name, compared without case.
+    public func header(_ name: String) -> String? {
+        let lower = name.lowercased()
+        return headers.first { $0.0.lowercased() == lower }?.1
+    }
+
+    public var isSuccess: Bool { (200..<300).contains(status) }
+}
+
+/// A transport failure: no HTTP status was obtained (or the body could not be completed).
+public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
+    public enum Kind: Sendable {
+        case connect, timeout, sendFailed, receiveFailed, truncated, tls, localFile, cancelled, other
+    }
+    public var kind: Kind
+    /// The libcurl `CURLcode`, or -1 for failures found by us.
+    public var curlCode: Int32
+    public var message: String
+
+    public init(kind: Kind, curlCode: Int32, message: String) {
+        self.kind = kind
+        self.curlCode = curlCode
+        self.message = message
+    }
+
+    public var description: String { "HTTP transport error (\(kind), curl \(curlCode)): \(message)" }
+
+    /// Whether sending the same request again may succeed. A local file error or a TLS verification failure won't.
+    public var isRetryable: Bool {
+        switch kind {
+        case .localFile, .tls, .cancelled: return false
+        default: return true
+        }
+    }
+}

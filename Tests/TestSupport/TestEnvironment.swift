@@ -1,0 +1,174 @@
+import AWSCore
+import FoundationEssentials
+@preconcurrency import Glibc
+import HTTPCurl
+import Logging
+import Synchronization
+import Testing
+
+/// The local servers `scripts/test` started, read from its `PZ_TEST_*` variables.
+///
+/// A test that needs a server uses `.enabled(if: TestEnvironment.canRun(.moto))`: without the server it is skipped
+/// with a visible reason on a developer's machine, and under `CI=true` it runs and fails, since CI must never pass
+/// by skipping.
+public enum TestEnvironment {
+    public enum Server: String, Sendable { case moto, seaweed, imds, httpStub }
+
+    public static let environment = ProcessEnvironment.current()
+    public static var isCI: Bool { environment.flag("CI") }
+
+    static func variable(_ server: Server) -> String {
+        switch server {
+        case .moto: return "PZ_TEST_MOTO_ENDPOINT"
+        case .seaweed: return "PZ_TEST_SEAWEED_ENDPOINT"
+        case .imds: return "PZ_TEST_IMDS_ENDPOINT"
+        case .httpStub: return "PZ_TEST_HTTP_STUB"
+        }
+    }
+
+    public static func has(_ server: Server) -> Bool { environment.nonEmpty(variable(server)) != nil }
+    public static func canRun(_ servers: Server...) -> Bool { isCI || servers.allSatisfy(has) }
+
+    public struct Missing: Error, CustomStringConvertible {
+        public let name: String
+        public var description: String { "\(name) is not set: run the suite through scripts/test, which starts the servers" }
+    }
+
+    public static func value(_ name: String) throws -> String {
+        guard let value = environment.nonEmpty(name) else { throw Missing(name: name) }
+        return value
+    }
+
+    public static func endpoint(_ server: Server) throws -> String { try value(variable(server)) }
+
+    // MARK: - Credentials for each server
+
+    public static func motoCredentials() throws -> Credentials {
+        Credentials(accessKeyID: try value("PZ_TEST_MOTO_KEY"), secretAccessKey: try value("PZ_TEST_MOTO_SECRET"))
+    }
+
+    /// Temporary credentials from moto's STS (AssumeRole): an `ASIA…` key with a session token.
+    public static func motoSessionCredentials() throws -> Credentials {
+        Credentials(accessKeyID: try value("PZ_TEST_MOTO_SESSION_KEY"),
+                    secretAccessKey: try value("PZ_TEST_MOTO_SESSION_SECRET"),
+                    sessionToken: try value("PZ_TEST_MOTO_SESSION_TOKEN"))
+    }
+
+    public static func seaweedCredentials() throws -> Credentials {
+        Credentials(accessKeyID: try value("PZ_TEST_SEAWEED_KEY"), secretAccessKey: try value("PZ_TEST_SEAWEED_SECRET"))
+    }
+
+    public static func seaweedSessionCredentials() throws -> Credentials {
+        Credentials(accessKeyID: try value("PZ_TEST_SEAWEED_SESSION_KEY"),
+                    secretAccessKey: try value("PZ_TEST_SEAWEED_SESSION_SECRET"),
+                    sessionToken: try value("PZ_TEST_SEAWEED_SESSION_TOKEN"))
+    }
+
+    /// A context whose every service points at `endpoint`, with fixed credentials and IMDS off.
+    public static func context(endpoint: String, credentials: Credentials, region: String = "us-east-1",
+                               retry: RetryPolicy = RetryPolicy(maxAttempts: 4, baseDelay: 0.05, maxDelay: 0.5),
+                               now: @escaping @Sendable () -> Date = { Date() }) -> AWSContext {
+        let client = AWSClient(http: HTTPClient(), credentials: StaticCredentialProvider(credentials), retry: retry, now: now)
+        return AWSContext(region: region, client: client, imds: nil,
+                          environment: ["AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"])
+    }
+
+    public static func motoContext(region: String = "us-east-1") throws -> AWSContext {
+        context(endpoint: try endpoint(.moto), credentials: try motoCredentials(), region: region)
+    }
+
+    public static func seaweedContext(now: @escaping @Sendable () -> Date = { Date() }) throws -> AWSContext {
+        context(endpoint: try endpoint(.seaweed), credentials: try seaweedCredentials(), now: now)
+    }
+}
+
+// MARK: - Names, files and logs
+
+/// A name no other test (or earlier run) uses: S3- and SQS-safe.
+public func uniqueName(_ prefix: String) -> String {
+    "\(prefix)-\(UInt64.random(in: 0..<UInt64.max) % 1_000_000_000_000)"
+}
+
+/// Runs `body` with a fresh directory that is removed afterwards, whatever happens.
+public func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+    var template = Array("/tmp/pz-test-XXXXXX".utf8CString)
+    guard let made = mkdtemp(&template) else { throw TestEnvironment.Missing(name: "mkdtemp") }
+    let path = String(cString: made)
+    defer { removeTree(path) }
+    return try await body(path)
+}
+
+public func removeTree(_ path: String) {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return }
+    if (st.st_mode & S_IFMT) == S_IFDIR {
+        for entry in listDirectory(path) { removeTree("\(path)/\(entry)") }
+        rmdir(path)
+    } else {
+        unlink(path)
+    }
+}
+
+/// Writes `size` bytes of a pattern seeded by `seed` to `path`, in 1 MiB chunks.
+public func makeFile(_ path: String, size: Int, seed: UInt8 = 7) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    precondition(fd >= 0, "cannot create \(path)")
+    defer { close(fd) }
+    var chunk = [UInt8](repeating: 0, count: 1 << 20)
+    for i in 0..<chunk.count { chunk[i] = UInt8(truncatingIfNeeded: i &* 31 &+ Int(seed)) }
+    var remaining = size
+    while remaining > 0 {
+        let n = min(remaining, chunk.count)
+        _ = chunk.withUnsafeBytes { write(fd, $0.baseAddress, n) }
+        remaining -= n
+    }
+}
+
+/// The SHA-256 of a whole file, hex.
+public func fileSHA256(_ path: String) async throws -> String {
+    try await FileDigest.compute(path: path, length: LocalFile.size(path) ?? 0, sha256: true).sha256!.hexString
+}
+
+public func fileExists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+/// A log handler that keeps every line, for asserting on warnings and on the absence of secrets.
+public final class CapturedLogs: Sendable {
+    private let storage = Mutex<[(Logger.Level, String)]>([])
+    public init() {}
+
+    public var lines: [String] { storage.withLock { $0.map { "\($0.0) \($0.1)" } } }
+    public func contains(level: Logger.Level, _ text: String) -> Bool {
+        storage.withLock { $0.contains { $0.0 == level && $0.1.contains(text) } }
+    }
+    func append(_ level: Logger.Level, _ line: String) { storage.withLock { $0.append((level, line)) } }
+
+    public func logger(_ label: String = "test", level: Logger.Level = .trace) -> Logger {
+        var logger = Logger(label: label) { _ in CapturingHandler(logs: self) }
+        logger.logLevel = level
+        return logger
+    }
+}
+
+struct CapturingHandler: LogHandler {
+    let logs: CapturedLogs
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        let meta = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        logs.append(event.level, "\(event.message) \(meta)")
+    }
+}
+
+/// A logger that drops everything (for tests that do not look at logs).
+public let quietLogger: Logger = {
+    var logger = Logger(label: "quiet") { _ in SwiftLogNoOpLogHandler() }
+    logger.logLevel = .critical
+    return logger
+}()

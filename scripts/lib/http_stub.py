@@ -1,0 +1,119 @@
+"""A plain HTTP/1.1 server for the HTTP layer's own tests (not an AWS imitation): fixed behaviours by path.
+
+  GET  /bytes/N            N bytes of a repeating pattern, with Content-Length
+  GET  /short/N            claims N bytes, sends half, then closes (a body cut off mid-way)
+  GET  /status/CODE        that status, with a small body
+  GET  /slow/SECONDS       waits, then answers 200
+  GET  /headers            the request's headers as JSON
+  PUT  /echo               reads the body, answers its length and SHA-256 as JSON
+  POST /echo               same
+  GET  /flaky/KEY/N        fails with 503 N times for KEY, then 200
+  GET  /flakybody/KEY/N/SIZE  the first N times sends half of SIZE bytes and closes, then the whole body
+  PUT  /flaky/KEY/N        reads the body; 503 the first N times, then answers like /echo
+"""
+import hashlib
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FLAKY = {}
+LOCK = threading.Lock()
+
+
+def pattern(n):
+    block = bytes(range(256)) * 256
+    out = bytearray()
+    while len(out) < n:
+        out += block[: n - len(out)]
+    return bytes(out)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def send(self, status, body=b"", ctype="application/octet-stream", length=None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        parts = self.path.strip("/").split("/")
+        if parts[0] == "bytes":
+            return self.send(200, pattern(int(parts[1])))
+        if parts[0] == "short":
+            n = int(parts[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.write(pattern(n // 2))
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if parts[0] == "status":
+            return self.send(int(parts[1]), b'{"__type":"StubError","message":"stub says no"}', "application/json")
+        if parts[0] == "slow":
+            time.sleep(float(parts[1]))
+            return self.send(200, b"slow")
+        if parts[0] == "headers":
+            return self.send(200, json.dumps({k: v for k, v in self.headers.items()}).encode(), "application/json")
+        if parts[0] == "flakybody":
+            key, n, size = parts[1], int(parts[2]), int(parts[3])
+            with LOCK:
+                FLAKY[key] = FLAKY.get(key, 0) + 1
+                count = FLAKY[key]
+            if count <= n:
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                self.wfile.write(pattern(size // 2))
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            return self.send(200, pattern(size))
+        if parts[0] == "flaky":
+            key, n = parts[1], int(parts[2])
+            with LOCK:
+                FLAKY[key] = FLAKY.get(key, 0) + 1
+                count = FLAKY[key]
+            if count <= n:
+                return self.send(503, b"<Error><Code>SlowDown</Code><Message>later</Message></Error>", "application/xml")
+            return self.send(200, b"ok after %d" % count)
+        self.send(404, b"no such path")
+
+    def do_echo(self):
+        parts = self.path.strip("/").split("/")
+        if parts[0] == "flaky":
+            with LOCK:
+                FLAKY[parts[1]] = FLAKY.get(parts[1], 0) + 1
+                fail = FLAKY[parts[1]] <= int(parts[2])
+            if fail:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                return self.send(503, b"<Error><Code>SlowDown</Code><Message>later</Message></Error>", "application/xml")
+        length = int(self.headers.get("Content-Length") or 0)
+        digest = hashlib.sha256()
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+        body = json.dumps({"length": length - remaining, "sha256": digest.hexdigest(),
+                           "contentType": self.headers.get("Content-Type"),
+                           "transferEncoding": self.headers.get("Transfer-Encoding")}).encode()
+        self.send(200, body, "application/json")
+
+    do_PUT = do_echo
+    do_POST = do_echo
+
+
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+server.daemon_threads = True
+server.serve_forever()

