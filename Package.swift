@@ -43,7 +43,7 @@ let package = Package(
         ),
         .testTarget(name: "AWSSigV4Tests", dependencies: ["AWSSigV4", "TestSupport"]),
         .testTarget(name: "HTTPCurlTests", dependencies: ["HTTPCurl", "TestSupport"]),
-        .testTarget(name: "AWSCoreTests", dependencies: ["AWSCore", "TestSupport"]),
+        .testTarget(name: "AWSCoreTests", dependencies: ["AWSServices", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

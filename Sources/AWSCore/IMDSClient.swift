@@ -114,4 +114,9 @@ public actor IMDSClient {
 public struct SpotInstanceAction: Sendable, Equatable {
     public var action: String
     public var time: String
+
+    public init(action: String, time: String) {
+        self.action = action
+        self.time = time
+    }
 }

@@ -123,6 +123,8 @@ final class CurlEasy {
         set(CURLOPT_LOW_SPEED_TIME, request.timeouts.lowSpeedSeconds)
         set(CURLOPT_TIMEOUT, request.timeouts.total)
         set(CURLOPT_FOLLOWLOCATION, 0)
+        // S3 keys may contain `..` and `//`; the path must go out exactly as it was signed.
+        set(CURLOPT_PATH_AS_IS, 1)
         if !request.connectTo.isEmpty {
             var connect: UnsafeMutablePointer<curl_slist>?
             for entry in request.connectTo { connect = curl_slist_append(connect, entry) }

@@ -47,7 +47,7 @@ pz_install_dependencies() {
 pz_start_moto() {
     local port
     port=$(pz_free_port)
-    INITIAL_NO_AUTH_ACTION_COUNT=4 moto_server -H 127.0.0.1 -p "$port" >"$PZ_RUN_DIR/moto.log" 2>&1 &
+    INITIAL_NO_AUTH_ACTION_COUNT=3 moto_server -H 127.0.0.1 -p "$port" >"$PZ_RUN_DIR/moto.log" 2>&1 &
     PZ_SERVER_PIDS+=($!)
     pz_wait_port "$port" 60
     export PZ_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"

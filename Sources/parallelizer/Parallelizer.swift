@@ -1,0 +1,33 @@
+import ArgumentParser
+import AWSCore
+import Logging
+
+@main
+struct Parallelizer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "parallelizer",
+        abstract: "Process files from S3 on a fleet of EC2 instances, one SQS message per file.",
+        version: Version.current,
+        subcommands: [Smoke.self, Presign.self, VersionCommand.self])
+}
+
+/// Options every subcommand shares: region and log level. Credentials and endpoints come from the AWS SDKs'
+/// environment variables and files, exactly as the daemon resolves them.
+struct GlobalOptions: ParsableArguments {
+    @Option(help: "AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, the profile, then IMDS).")
+    var region: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    func logger(_ label: String) -> Logger {
+        LoggingSetup.bootstrapOnce()
+        var logger = Logger(label: label)
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        return logger
+    }
+
+    func context(logger: Logger) async throws -> AWSContext {
+        try await AWSContext.resolve(environment: ProcessEnvironment.current(), region: region, logger: logger)
+    }
+}

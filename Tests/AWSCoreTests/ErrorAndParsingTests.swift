@@ -1,0 +1,104 @@
+import AWSCore
+import HTTPCurl
+import Testing
+
+@Suite struct ErrorAndParsingTests {
+    @Test func s3XMLErrorCarriesCodeMessageAndRequestID() {
+        let body = Array("""
+            <?xml version="1.0" encoding="UTF-8"?>
+            <Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message>
+            <Key>a&amp;b</Key><RequestId>4442587FB7D0A2F9</RequestId></Error>
+            """.utf8)
+        let error = AWSError.from(response: HTTPResponse(status: 404, headers: [("x-amz-request-id", "REQ1")], body: body),
+                                  service: "s3")
+        #expect(error.code == "NoSuchKey")
+        #expect(error.message == "The specified key does not exist.")
+        #expect(error.requestID == "REQ1")
+        #expect(error.httpStatus == 404)
+        #expect(!error.isRetryable)
+        #expect("\(error)".contains("NoSuchKey"))
+    }
+
+    @Test func ec2QueryErrorIsNested() {
+        let body = Array("<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error></Errors><RequestID>ec2-req</RequestID></Response>".utf8)
+        let error = AWSError.from(response: HTTPResponse(status: 503, headers: [], body: body), service: "ec2")
+        #expect(error.code == "RequestLimitExceeded")
+        #expect(error.requestID == "ec2-req")
+        #expect(error.isRetryable)
+    }
+
+    @Test func jsonErrorAndSQSQueryErrorHeader() {
+        let body = Array(#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#.utf8)
+        let error = AWSError.from(response: HTTPResponse(
+            status: 400, headers: [("x-amzn-RequestId", "sqs-req"),
+                                   ("x-amzn-query-error", "AWS.SimpleQueueService.NonExistentQueue;Sender")],
+            body: body), service: "sqs")
+        #expect(error.code == "AWS.SimpleQueueService.NonExistentQueue")
+        #expect(error.requestID == "sqs-req")
+        #expect(!error.isRetryable)
+        let throttled = AWSError.from(response: HTTPResponse(
+            status: 400, headers: [], body: Array(#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"x"}"#.utf8)),
+            service: "dynamodb")
+        #expect(throttled.shortCode == "ThrottlingException")
+        #expect(throttled.isRetryable)
+    }
+
+    @Test(arguments: [
+        (500, "InternalError", true), (503, "SlowDown", true), (429, "", true), (400, "Throttling", true),
+        (400, "ThrottlingException", true), (503, "RequestLimitExceeded", true), (403, "AccessDenied", false),
+        (404, "NoSuchKey", false), (400, "InvalidParameterValue", false),
+    ])
+    func retryClassification(status: Int, code: String, retryable: Bool) {
+        let error = AWSError(kind: .service, service: "s3", httpStatus: status, code: code.isEmpty ? "HTTP\(status)" : code,
+                             message: "")
+        #expect(error.isRetryable == retryable)
+    }
+
+    @Test func clockSkewIsRecognised() {
+        #expect(AWSError(kind: .service, service: "s3", httpStatus: 403, code: "RequestTimeTooSkewed", message: "").isClockSkew)
+        #expect(AWSError(kind: .service, service: "sqs", httpStatus: 400, code: "InvalidSignatureException",
+                         message: "Signature expired: 20150830T123600Z is now earlier than ...").isClockSkew)
+        #expect(!AWSError(kind: .service, service: "s3", httpStatus: 403, code: "SignatureDoesNotMatch",
+                          message: "The request signature we calculated does not match").isClockSkew)
+    }
+
+    @Test func transportErrorsAreRetryableExceptLocalOnes() {
+        #expect(AWSError(kind: .transport(.connect), service: "s3", code: "TransportError", message: "").isRetryable)
+        #expect(AWSError(kind: .transport(.truncated), service: "s3", code: "TransportError", message: "").isRetryable)
+        #expect(!AWSError(kind: .transport(.localFile), service: "s3", code: "TransportError", message: "").isRetryable)
+        #expect(!AWSError(kind: .transport(.cancelled), service: "s3", code: "TransportError", message: "").isRetryable)
+    }
+
+    @Test func xmlParserHandlesEntitiesCDATAAndNamespaces() throws {
+        let root = try XML.parse("""
+            <?xml version="1.0"?><!-- c --><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+            <Contents><Key>a &lt;b&gt; &#233;&#x41;</Key><Size>3</Size></Contents>
+            <Contents><Key><![CDATA[x&y]]></Key><Empty/></Contents></ListBucketResult>
+            """)
+        #expect(root.localName == "ListBucketResult")
+        #expect(root.all("Contents").map { $0["Key"] } == ["a <b> éA", "x&y"])
+        #expect(root.all("Contents")[1].child("Empty")?.text == "")
+        #expect(throws: XMLParseError.self) { try XML.parse("<a><b></a>") }
+        #expect(throws: XMLParseError.self) { try XML.parse("<a>&bogus;</a>") }
+    }
+
+    @Test func retryPolicyIsCappedExponentialWithFullJitter() {
+        let top = RetryPolicy(maxAttempts: 10, baseDelay: 0.1, maxDelay: 5, random: { 0.999999 })
+        #expect(abs(top.delay(beforeRetry: 1) - 0.1) < 0.001)
+        #expect(abs(top.delay(beforeRetry: 3) - 0.4) < 0.001)
+        #expect(abs(top.delay(beforeRetry: 9) - 5) < 0.001)  // capped
+        let bottom = RetryPolicy(random: { 0 })
+        #expect(bottom.delay(beforeRetry: 4) == 0)  // full jitter reaches zero
+    }
+
+    @Test func parsedURLs() {
+        let url = ParsedURL("https://sqs.us-west-2.amazonaws.com/123456789012/my-queue")
+        #expect(url?.host == "sqs.us-west-2.amazonaws.com")
+        #expect(url?.port == nil)
+        #expect(url?.path == "/123456789012/my-queue")
+        #expect(ParsedURL("http://127.0.0.1:5000")?.port == 5000)
+        #expect(ParsedURL("http://[::1]:8080/x")?.host == "::1")
+        #expect(ParsedURL("ftp://x") == nil)
+        #expect(ParsedURL("http://host:99999/") == nil)
+    }
+}
