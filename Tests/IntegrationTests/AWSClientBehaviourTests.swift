@@ -1,4 +1,5 @@
 import AWSCore
+import AWSServices
 import FoundationEssentials
 import HTTPCurl
 import TestSupport
@@ -66,6 +67,47 @@ struct AWSClientBehaviourTests {
             let json = try JSONValue.parse(response.body)
             #expect(json["length"]?.intValue == 3 << 20)
             #expect(json["sha256"]?.stringValue == (try await fileSHA256("\(dir)/in")))
+        }
+    }
+}
+
+/// What the S3 client puts on the wire for an upload, seen by the plain HTTP stub.
+@Suite(.enabled(if: TestEnvironment.canRun(.httpStub)), .serialized, .timeLimit(.minutes(2)))
+struct S3UploadWireTests {
+    func last() async throws -> JSONValue {
+        try JSONValue.parse(try await HTTPClient().execute(
+            HTTPRequest(method: "GET", url: try TestEnvironment.endpoint(.httpStub) + "/last")).body)
+    }
+
+    func client(_ checksum: S3Client.UploadChecksum) throws -> S3Client {
+        var options = S3Client.Options()
+        options.checksum = checksum
+        return try S3Client(context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.httpStub),
+                                                             credentials: Credentials(accessKeyID: "AKID", secretAccessKey: "S")),
+                            options: options)
+    }
+
+    @Test func sha256ModeSignsTheBodysHash() async throws {
+        try await withTemporaryDirectory { dir in
+            makeFile("\(dir)/f", size: 123_456, seed: 4)
+            try await client(.sha256).putObject(bucket: "b", key: "dir/a b+c.txt", file: "\(dir)/f", logger: quietLogger)
+            let seen = try await last()
+            let sha = try await fileSHA256("\(dir)/f")
+            #expect(seen["sha256"]?.stringValue == sha)
+            #expect(seen["headers"]?["x-amz-content-sha256"]?.stringValue == sha)
+            #expect(seen["headers"]?["authorization"]?.stringValue?.contains("x-amz-content-sha256") == true)
+            #expect(seen["path"]?.stringValue == "/b/dir/a%20b%2Bc.txt")
+        }
+    }
+
+    @Test func md5ModeSendsContentMD5() async throws {
+        try await withTemporaryDirectory { dir in
+            makeFile("\(dir)/f", size: 5000, seed: 6)
+            try await client(.contentMD5).putObject(bucket: "b", key: "k", file: "\(dir)/f", logger: quietLogger)
+            let seen = try await last()
+            let md5 = Digest.md5(LocalFile.read("\(dir)/f")!).base64String
+            #expect(seen["headers"]?["content-md5"]?.stringValue == md5)
+            #expect(seen["headers"]?["x-amz-content-sha256"]?.stringValue == "UNSIGNED-PAYLOAD")
         }
     }
 }

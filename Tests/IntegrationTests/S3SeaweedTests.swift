@@ -47,7 +47,7 @@ struct S3SeaweedTests {
         var options = S3Client.Options()
         options.multipartThreshold = 8 << 20
         options.partSize = 5 << 20
-        options.signFileBodies = true
+        options.checksum = .contentMD5
         let s3 = try S3Client(context: try TestEnvironment.seaweedContext(), options: options)
         let bucket = try await bucket(s3)
         try await withTemporaryDirectory { dir in

@@ -126,7 +126,7 @@ public func makeFile(_ path: String, size: Int, seed: UInt8 = 7) {
 
 /// The SHA-256 of a whole file, hex.
 public func fileSHA256(_ path: String) async throws -> String {
-    try await FileDigest.compute(path: path, length: LocalFile.size(path) ?? 0, sha256: true).sha256!.hexString
+    try await FileDigest.compute(path: path, length: LocalFile.size(path) ?? 0, algorithm: .sha256).hexString
 }
 
 public func fileExists(_ path: String) -> Bool { access(path, F_OK) == 0 }

@@ -3,8 +3,8 @@ import HTTPCurl
 import Logging
 
 extension S3Client {
-    /// CreateMultipartUpload, parts from file offsets (each with its own Content-MD5) `partConcurrency` at a time,
-    /// then CompleteMultipartUpload. Any failure aborts the upload.
+    /// CreateMultipartUpload, parts from file offsets (each with its own checksum, so hashing part n+1 overlaps
+    /// sending part n) `partConcurrency` at a time, then CompleteMultipartUpload. Any failure aborts the upload.
     func multipartUpload(bucket: String, key: String, file path: String, size: Int64, contentType: String,
                          logger: Logger) async throws(AWSError) -> String {
         let created = try await send(AWSRequest(method: "POST", query: [("uploads", "")],
@@ -93,13 +93,12 @@ extension S3Client {
 
     private func uploadPart(bucket: String, key: String, file path: String, offset: Int64, length: Int64, number: Int,
                             uploadID: String, logger: Logger) async throws(AWSError) -> String {
-        let digest = try await FileDigest.compute(path: path, offset: offset, length: length,
-                                                  sha256: options.signFileBodies)
+        let (headers, payload) = try await integrity(path: path, offset: offset, length: length)
         let response = try await send(AWSRequest(
             method: "PUT", query: [("partNumber", String(number)), ("uploadId", uploadID)],
-            headers: [("Content-Type", "application/octet-stream"), ("Content-MD5", digest.md5.base64String)],
-            body: .file(path: path, offset: offset, length: length),
-            payload: digest.sha256.map { .sha256Hex($0.hexString) } ?? .unsigned), bucket: bucket, key: key, logger: logger)
+            headers: [("Content-Type", "application/octet-stream")] + headers,
+            body: .file(path: path, offset: offset, length: length), payload: payload),
+            bucket: bucket, key: key, logger: logger)
         guard let etag = response.header("ETag") else { throw AWSError.badResponse("s3", "UploadPart gave no ETag") }
         return etag
     }

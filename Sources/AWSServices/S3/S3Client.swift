@@ -26,10 +26,18 @@ public struct S3Client: Sendable {
         public var partSize: Int64 = 16 << 20
         /// Parts uploaded at once.
         public var partConcurrency: Int = 4
-        /// Sign the SHA-256 of file bodies (one extra hashing pass) instead of `UNSIGNED-PAYLOAD`. Either way every
-        /// upload carries `Content-MD5`, which S3 verifies before it stores anything.
-        public var signFileBodies: Bool = false
+        /// How an upload proves its bytes arrived intact. S3 verifies either before it stores anything.
+        public var checksum: UploadChecksum = .sha256
         public init() {}
+    }
+
+    /// The integrity check on uploads. Both need one hashing pass over the file (or part) before it is sent.
+    public enum UploadChecksum: Sendable {
+        /// Sign the body's SHA-256 (`x-amz-content-sha256`); S3 refuses a body that does not match
+        /// (`XAmzContentSHA256Mismatch`). SHA-256 runs at about 2.5 times MD5's speed on CPUs with SHA extensions.
+        case sha256
+        /// `UNSIGNED-PAYLOAD` plus `Content-MD5`; S3 refuses a mismatch with `BadDigest`.
+        case contentMD5
     }
 
     public let context: AWSContext
@@ -105,12 +113,25 @@ public struct S3Client: Sendable {
             return try await multipartUpload(bucket: bucket, key: key, file: path, size: size, contentType: contentType,
                                              logger: logger)
         }
-        let digest = try await FileDigest.compute(path: path, length: size, sha256: options.signFileBodies)
+        let (headers, payload) = try await integrity(path: path, offset: 0, length: size)
         let response = try await send(AWSRequest(
-            method: "PUT", headers: [("Content-Type", contentType), ("Content-MD5", digest.md5.base64String)],
-            body: .file(path: path, offset: 0, length: size),
-            payload: digest.sha256.map { .sha256Hex($0.hexString) } ?? .unsigned), bucket: bucket, key: key, logger: logger)
+            method: "PUT", headers: [("Content-Type", contentType)] + headers,
+            body: .file(path: path, offset: 0, length: size), payload: payload), bucket: bucket, key: key, logger: logger)
         return response.header("ETag") ?? ""
+    }
+
+    /// The headers and payload hash that let S3 verify a file range, per `options.checksum`.
+    func integrity(path: String, offset: Int64, length: Int64) async throws(AWSError)
+        -> (headers: [(String, String)], payload: SignableRequest.Payload)
+    {
+        switch options.checksum {
+        case .sha256:
+            let digest = try await FileDigest.compute(path: path, offset: offset, length: length, algorithm: .sha256)
+            return ([], .sha256Hex(digest.hexString))
+        case .contentMD5:
+            let digest = try await FileDigest.compute(path: path, offset: offset, length: length, algorithm: .md5)
+            return ([("Content-MD5", digest.base64String)], .unsigned)
+        }
     }
 
     /// Uploads a small in-memory body (failure records, markers).
