@@ -64,6 +64,8 @@ final class CurlEasy {
             guard let f = fopen(partPath, "wb") else {
                 throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot open \(partPath): \(errnoText())")
             }
+            // No stdio buffering: curl hands over large chunks, and copying them through a 4 KiB buffer costs time.
+            setvbuf(f, nil, _IONBF, 0)
             state.output = f
             state.memoryLimit = 1 << 20
         }
@@ -118,6 +120,8 @@ final class CurlEasy {
         set(CURLOPT_SSL_VERIFYHOST, 2)
         if let caBundle { set(CURLOPT_CAINFO, caBundle) }
         set(CURLOPT_TCP_KEEPALIVE, 1)
+        // Receive in 512 KiB chunks (curl's maximum) rather than 16 KiB: fewer callbacks and writes per GiB.
+        if case .file = request.response { set(CURLOPT_BUFFERSIZE, 512 << 10) }
         set(CURLOPT_CONNECTTIMEOUT, request.timeouts.connect)
         set(CURLOPT_LOW_SPEED_LIMIT, request.timeouts.lowSpeedBytes)
         set(CURLOPT_LOW_SPEED_TIME, request.timeouts.lowSpeedSeconds)
@@ -154,12 +158,15 @@ final class CurlEasy {
             state.input = f
             state.inputStart = offset
             state.inputLength = length
+            setvbuf(f, nil, _IONBF, 0)
             guard fseeko(f, off_t(offset), SEEK_SET) == 0 else {
                 throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot seek \(path): \(errnoText())")
             }
         }
         let hasBody = request.body.length > 0 || request.method == "PUT" || request.method == "POST"
         if hasBody {
+            // Larger reads mean fewer callbacks and syscalls for big files (curl's default is 64 KiB).
+            if request.body.length > 1 << 20 { set(CURLOPT_UPLOAD_BUFFERSIZE, 1 << 20) }
             _ = pz_curl_setopt_ptr(handle, CURLOPT_READDATA, unmanaged)
             _ = pz_curl_setopt_datafn(handle, CURLOPT_READFUNCTION, curlReadCallback)
             _ = pz_curl_setopt_ptr(handle, CURLOPT_SEEKDATA, unmanaged)

@@ -38,6 +38,9 @@ public struct S3Client: Sendable {
         case sha256
         /// `UNSIGNED-PAYLOAD` plus `Content-MD5`; S3 refuses a mismatch with `BadDigest`.
         case contentMD5
+        /// `UNSIGNED-PAYLOAD` and nothing else: no hashing pass, only TLS and TCP guard the bytes. For measuring the
+        /// transport alone; not for production data.
+        case none
     }
 
     public let context: AWSContext
@@ -131,6 +134,8 @@ public struct S3Client: Sendable {
         case .contentMD5:
             let digest = try await FileDigest.compute(path: path, offset: offset, length: length, algorithm: .md5)
             return ([("Content-MD5", digest.base64String)], .unsigned)
+        case .none:
+            return ([], .unsigned)
         }
     }
 
