@@ -145,9 +145,7 @@ public final class AWSClient: Sendable {
         let host = request.host ?? endpoint.hostHeader
         var headers = request.headers
         headers.insert(("Host", host), at: 0)
-        if request.body.length > 0 || request.method == "PUT" || request.method == "POST" {
-            headers.append(("Content-Length", String(request.body.length)))
-        }
+        // Content-Length is left to curl and not signed, as the AWS SDKs do: proxies may re-frame the body.
         let signable = SignableRequest(method: request.method, path: endpoint.basePath + request.path,
                                        query: request.query, headers: headers, payload: payload)
         let signed = signer.signHeaders(signable, credentials: creds, date: signingDate())

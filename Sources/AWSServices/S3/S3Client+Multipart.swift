@@ -41,6 +41,18 @@ extension S3Client {
         }
     }
 
+    /// Multipart uploads begun and neither completed nor aborted (each keeps costing storage until aborted).
+    public func listMultipartUploads(bucket: String, prefix: String? = nil,
+                                     logger: Logger) async throws(AWSError) -> [(key: String, uploadID: String)] {
+        var query: [(String, String)] = [("uploads", "")]
+        if let prefix { query.append(("prefix", prefix)) }
+        let response = try await send(AWSRequest(method: "GET", query: query), bucket: bucket, key: nil, logger: logger)
+        guard let root = try? XML.parse(response.body) else {
+            throw AWSError.badResponse("s3", "ListMultipartUploads reply is not XML")
+        }
+        return root.all("Upload").map { ($0["Key"] ?? "", $0["UploadId"] ?? "") }
+    }
+
     public func abortMultipartUpload(bucket: String, key: String, uploadID: String, logger: Logger) async throws(AWSError) {
         _ = try await send(AWSRequest(method: "DELETE", query: [("uploadId", uploadID)]), bucket: bucket, key: key,
                            logger: logger)
