@@ -27,10 +27,19 @@ let package = Package(
         ),
         // S3, SQS, DynamoDB and EC2 clients.
         .target(name: "AWSServices", dependencies: ["AWSCore", .product(name: "Logging", package: "swift-log")]),
+        // fork/exec with a new process group, a user switch and redirected output: a few lines of C that Swift
+        // cannot safely do between fork and exec.
+        .target(name: "CSpawn"),
+        // The daemon: configuration, message parsing, the task runner, the slot loop and its lifecycle.
+        .target(
+            name: "Worker",
+            dependencies: ["AWSServices", "CSpawn", .product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "parallelizer",
             dependencies: [
                 "AWSServices",
+                "Worker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -44,7 +53,8 @@ let package = Package(
         .testTarget(name: "AWSSigV4Tests", dependencies: ["AWSSigV4", "TestSupport"]),
         .testTarget(name: "HTTPCurlTests", dependencies: ["HTTPCurl", "TestSupport"]),
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSServices", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "TestSupport"]),
+        .testTarget(name: "WorkerTests", dependencies: ["Worker", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "Worker", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AWSCore
 import Logging
+import Worker
 
 @main
 struct Parallelizer: AsyncParsableCommand {
@@ -8,7 +9,7 @@ struct Parallelizer: AsyncParsableCommand {
         commandName: "parallelizer",
         abstract: "Process files from S3 on a fleet of EC2 instances, one SQS message per file.",
         version: Version.current,
-        subcommands: [Copy.self, Presign.self, Smoke.self, VersionCommand.self])
+        subcommands: [Run.self, Copy.self, Presign.self, Smoke.self, VersionCommand.self])
 }
 
 /// Options every subcommand shares: region and log level. Credentials and endpoints come from the AWS SDKs'
@@ -21,7 +22,7 @@ struct GlobalOptions: ParsableArguments {
     var logLevel: String = "info"
 
     func logger(_ label: String) -> Logger {
-        LoggingSetup.bootstrapOnce()
+        LineLogHandler.bootstrap()
         var logger = Logger(label: label)
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         return logger

@@ -1,0 +1,279 @@
+import AWSCore
+import AWSServices
+import Dispatch
+import FoundationEssentials
+@preconcurrency import Glibc
+import Logging
+
+/// `parallelizer run`: slots that receive, process and settle messages until the queue is drained or a stop is
+/// asked for (SIGTERM/SIGINT, a spot interruption notice, `--once`); then, after a drain, the shutdown command.
+public struct Daemon: Sendable {
+    public struct Options: Sendable {
+        /// Process at most one message, then exit (for trying a command on a live queue).
+        public var once = false
+        /// Long-poll wait (SQS allows 0...20 s).
+        public var receiveWaitSeconds = 20
+        /// Seconds before the first retry of a failed message; doubled for each earlier attempt.
+        public var retryBackoff = 30
+        public var spotPollSeconds = 5.0
+        public init() {}
+    }
+
+    let config: WorkerConfig
+    let context: AWSContext
+    let options: Options
+
+    public init(config: WorkerConfig, context: AWSContext, options: Options) {
+        self.config = config
+        self.context = context
+        self.options = options
+    }
+
+    /// Runs to the end and returns the process exit code.
+    public func run(logger: Logger) async -> Int32 {
+        let lifecycle = Lifecycle(grace: Double(config.shutdownGrace))
+        let signals = installSignalHandlers(lifecycle, logger: logger)
+        defer { signals.forEach { $0.cancel() } }
+        let handler: MessageHandler
+        do {
+            handler = try await prepare(lifecycle: lifecycle, logger: logger)
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            return 1
+        }
+        logger.notice("parallelizer started", metadata: [
+            "queue": "\(config.queueURL)", "slots": "\(config.numThreads)", "instance": "\(handler.instanceID)",
+            "version": "\(Version.current)", "input_bucket": "\(config.inputBucket)", "output_bucket": "\(config.outputBucket)",
+        ])
+        let started = ContinuousClock.now
+        await withTaskGroup(of: Void.self) { group in
+            for slot in 1...max(1, config.numThreads) {
+                group.addTask { await runSlot(slot, handler: handler, lifecycle: lifecycle, logger: logger) }
+            }
+            let monitors = Task {
+                await withTaskGroup(of: Void.self) { inner in
+                    if !options.once { inner.addTask { await watchForDrain(lifecycle, logger: logger) } }
+                    if let imds = context.imds { inner.addTask { await watchForSpot(imds, lifecycle, logger: logger) } }
+                }
+            }
+            await group.waitForAll()
+            monitors.cancel()
+            await monitors.value
+        }
+        let counts = lifecycle.counts
+        logger.notice("parallelizer stopped", metadata: [
+            "reason": "\(lifecycle.stopReason?.rawValue ?? "unknown")", "seconds": "\((ContinuousClock.now - started).seconds)",
+            "tasks.succeeded": "\(counts.succeeded)", "tasks.no_output": "\(counts.noOutput)",
+            "tasks.failed_will_retry": "\(counts.failed)", "tasks.given_up": "\(counts.givenUp)",
+            "tasks.released": "\(counts.released)", "messages.bad": "\(counts.badMessages)",
+            "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
+        ])
+        if lifecycle.stopReason == .drained && config.shouldShutdown {
+            await runShutdownCommand(logger: logger)
+        }
+        return 0
+    }
+
+    // MARK: - Start-up
+
+    func prepare(lifecycle: Lifecycle, logger: Logger) async throws -> MessageHandler {
+        for dir in [config.workDir, config.workDir + "/tasks"] {
+            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+                throw ConfigError(key: "workDir", message: "cannot create \(dir): \(String(cString: strerror(errno)))")
+            }
+        }
+        _ = chmod(config.workDir, 0o700)
+        // Task folders left by a killed run hold nothing worth keeping: their messages come back by themselves.
+        removeTree(config.workDir + "/tasks")
+        _ = mkdir(config.workDir + "/tasks", 0o700)
+
+        let s3 = try S3Client(context: context)
+        let sqs = SQSClient(context: context)
+        let attributes: [String: String]
+        do {
+            attributes = try await sqs.getQueueAttributes(queueURL: config.queueURL, names: ["All"], logger: logger)
+        } catch {
+            throw ConfigError(key: "queueURL", message: "the queue cannot be read: \(error)")
+        }
+        let hasRedrive = attributes["RedrivePolicy"].map { !$0.isEmpty } ?? false
+        var instanceID = hostName()
+        if let imds = context.imds, let id = try? await imds.instanceID() { instanceID = id }
+
+        var user: RunAsUser?
+        if let name = config.runAsUser {
+            guard let found = RunAsUser.lookup(name) else {
+                throw ConfigError(key: "runAsUser", message: "no such user '\(name)'")
+            }
+            guard getuid() == 0 else { throw ConfigError(key: "runAsUser", message: "switching users needs root") }
+            user = found
+            _ = chown(config.workDir, 0, 0)
+            _ = chmod(config.workDir, 0o711)
+        }
+        var environmentDirectory: String?
+        if let bucket = config.environmentBucket, let zip = config.environmentZip {
+            environmentDirectory = try await EnvironmentArchive(s3: s3).prepare(
+                bucket: bucket, key: zip, prefix: config.environmentPrefix, workDir: config.workDir, logger: logger)
+        }
+        return MessageHandler(
+            config: config, s3: s3, sqs: sqs, lifecycle: lifecycle, runner: ProcessRunner(),
+            environmentDirectory: environmentDirectory, commandEnvironment: commandEnvironment(user: user),
+            user: user, instanceID: instanceID, hasRedrivePolicy: hasRedrive, retryBackoff: options.retryBackoff)
+    }
+
+    /// The command's environment: the daemon's, without AWS credentials unless `passCredentials`.
+    func commandEnvironment(user: RunAsUser?) -> [String: String] {
+        var environment = context.environment
+        if !config.passCredentials {
+            for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                         "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE"] {
+                environment.removeValue(forKey: name)
+            }
+            for name in environment.keys where name.hasPrefix("PARALLELIZER_") { environment.removeValue(forKey: name) }
+        }
+        if environment["PATH"] == nil { environment["PATH"] = "/usr/local/bin:/usr/bin:/bin" }
+        if let user {
+            environment["HOME"] = user.home
+            environment["USER"] = user.name
+            environment["LOGNAME"] = user.name
+        }
+        return environment
+    }
+
+    // MARK: - Slots
+
+    func runSlot(_ slot: Int, handler: MessageHandler, lifecycle: Lifecycle, logger baseLogger: Logger) async {
+        var logger = baseLogger
+        logger[metadataKey: "slot"] = "\(slot)"
+        var failures = 0
+        while !lifecycle.isStopping {
+            let receive = Task {
+                try await handler.sqs.receiveMessages(queueURL: config.queueURL, maxMessages: 1,
+                                                      waitSeconds: options.receiveWaitSeconds,
+                                                      visibilityTimeout: config.visibilityTimeout, logger: logger)
+            }
+            guard lifecycle.registerReceive(slot: slot, cancel: { receive.cancel() }) else {
+                receive.cancel()
+                _ = await receive.result
+                break
+            }
+            let result = await receive.result
+            lifecycle.unregisterReceive(slot: slot)
+            switch result {
+            case .failure(let error):
+                if lifecycle.isStopping { break }
+                failures += 1
+                let delay = min(60.0, 1.0 * Double(1 << min(failures, 6))) * Double.random(in: 0.5...1)
+                logger.warning("receive failed; trying again", metadata: ["error": "\(error)", "retry.delay_s": "\(Int(delay))"])
+                try? await Task.sleep(nanoseconds: UInt64(delay * 1e9))
+            case .success(let messages):
+                failures = 0
+                if messages.isEmpty {
+                    lifecycle.emptyPoll()
+                    continue
+                }
+                for message in messages {
+                    if lifecycle.isStopping {
+                        await handler.changeVisibility(message, to: 0, logger: logger)
+                        continue
+                    }
+                    await handler.handle(message, slot: slot, logger: logger)
+                }
+                if options.once { lifecycle.requestStop(.once) }
+            }
+        }
+    }
+
+    // MARK: - Monitors
+
+    /// Drained means: no slot has had work for `idleTimeout`, their long polls came back empty, and the queue
+    /// reports nothing visible, in flight or delayed on two checks in a row. Messages in flight on other
+    /// instances keep this worker waiting: they may fail and come back.
+    func watchForDrain(_ lifecycle: Lifecycle, logger: Logger) async {
+        let sqs = SQSClient(context: context)
+        let interval = max(1, min(5, config.idleTimeout / 3))
+        var zeroChecks = 0
+        while !Task.isCancelled && !lifecycle.isStopping {
+            try? await Task.sleep(nanoseconds: UInt64(interval) * 1_000_000_000)
+            guard lifecycle.idle(for: config.idleTimeout) else {
+                zeroChecks = 0
+                continue
+            }
+            do {
+                let a = try await sqs.getQueueAttributes(
+                    queueURL: config.queueURL,
+                    names: ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                            "ApproximateNumberOfMessagesDelayed"], logger: logger)
+                let total = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                             "ApproximateNumberOfMessagesDelayed"].reduce(0) { $0 + (Int(a[$1] ?? "") ?? 0) }
+                zeroChecks = total == 0 ? zeroChecks + 1 : 0
+                if total > 0 {
+                    logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])
+                }
+            } catch {
+                logger.warning("cannot read the queue's counts", metadata: ["error": "\(error)"])
+                zeroChecks = 0
+            }
+            if zeroChecks >= 2 {
+                logger.notice("queue drained", metadata: ["idle_seconds": "\(config.idleTimeout)"])
+                lifecycle.requestStop(.drained)
+            }
+        }
+    }
+
+    /// Polls IMDS for a spot interruption notice; on one, drains as for SIGTERM, inside the two-minute warning.
+    func watchForSpot(_ imds: IMDSClient, _ lifecycle: Lifecycle, logger: Logger) async {
+        while !Task.isCancelled && !lifecycle.isStopping {
+            if let action = try? await imds.spotInstanceAction() {
+                logger.warning("spot interruption notice: draining", metadata: [
+                    "spot.action": "\(action.action)", "spot.time": "\(action.time)"])
+                lifecycle.requestStop(.spotInterruption)
+                return
+            }
+            try? await Task.sleep(nanoseconds: UInt64(options.spotPollSeconds * 1e9))
+        }
+    }
+
+    func installSignalHandlers(_ lifecycle: Lifecycle, logger: Logger) -> [DispatchSourceSignal] {
+        [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                logger.notice("stop requested: finishing running tasks, taking no new ones", metadata: [
+                    "signal": "\(number == SIGTERM ? "SIGTERM" : "SIGINT")", "grace_seconds": "\(config.shutdownGrace)"])
+                lifecycle.requestStop(.signal)
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    func runShutdownCommand(logger: Logger) async {
+        let argv = config.shutdownCommand
+        guard let program = ProcessRunner.resolve(argv[0], in: "/", path: context.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
+            ?? ProcessRunner.resolve(argv[0], in: "/", path: "/usr/sbin:/sbin:/usr/bin:/bin")
+        else {
+            logger.error("shutdown command not found", metadata: ["command": "\(argv.joined(separator: " "))"])
+            return
+        }
+        logger.notice("running the shutdown command", metadata: ["command": "\(argv.joined(separator: " "))"])
+        let out = config.workDir + "/shutdown.log"
+        do {
+            let outcome = try await ProcessRunner().run(argv: [program] + argv.dropFirst(), environment: context.environment,
+                                                        directory: "/", stdoutPath: out, stderrPath: out, user: nil,
+                                                        timeout: 120, stop: { false })
+            if !outcome.succeeded {
+                logger.error("the shutdown command failed", metadata: ["exit": "\(outcome.summary)"])
+            }
+        } catch {
+            logger.error("cannot run the shutdown command", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+func hostName() -> String {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    buffer.withUnsafeMutableBufferPointer { raw in
+        raw.withMemoryRebound(to: CChar.self) { _ = gethostname($0.baseAddress!, $0.count - 1) }
+    }
+    return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
+}

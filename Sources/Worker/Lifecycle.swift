@@ -1,0 +1,88 @@
+import Dispatch
+import FoundationEssentials
+import Synchronization
+
+/// Shared state of one daemon: whether to keep taking work, what runs, and what has been done. Slots, the idle
+/// monitor, the signal handlers and the spot poller all meet here.
+public final class Lifecycle: Sendable {
+    public enum StopReason: String, Sendable {
+        case drained = "queue drained"
+        case signal = "signal"
+        case spotInterruption = "spot interruption"
+        case once = "--once"
+    }
+
+    struct State {
+        var stopReason: StopReason?
+        var stopRequestedAt: ContinuousClock.Instant?
+        var receiveCancels: [Int: @Sendable () -> Void] = [:]
+        var runningTasks = 0
+        var lastWork = ContinuousClock.now
+        var emptyPolls = 0
+        var counts = Counts()
+    }
+
+    public struct Counts: Sendable, Equatable {
+        public var succeeded = 0
+        public var noOutput = 0
+        public var failed = 0
+        public var givenUp = 0
+        public var released = 0
+        public var badMessages = 0
+        public var bytesIn: Int64 = 0
+        public var bytesOut: Int64 = 0
+    }
+
+    private let state = Mutex(State())
+    /// Seconds a running task may go on after a stop before it is killed and its message released.
+    public let grace: Double
+
+    public init(grace: Double) { self.grace = grace }
+
+    public var stopReason: StopReason? { state.withLock { $0.stopReason } }
+    public var isStopping: Bool { stopReason != nil }
+
+    /// Stops taking work: cancels long polls in flight; running tasks get `grace` seconds.
+    public func requestStop(_ reason: StopReason) {
+        let cancels: [@Sendable () -> Void] = state.withLock { s in
+            guard s.stopReason == nil else { return [] }
+            s.stopReason = reason
+            s.stopRequestedAt = .now
+            return Array(s.receiveCancels.values)
+        }
+        cancels.forEach { $0() }
+    }
+
+    /// True once a stop's grace period has run out: running commands are then killed and released.
+    public var graceExpired: Bool {
+        state.withLock { s in
+            guard let at = s.stopRequestedAt else { return false }
+            return ContinuousClock.now - at >= .milliseconds(Int(grace * 1000))
+        }
+    }
+
+    /// Records how to cancel a slot's long poll; false when a stop has already been asked for.
+    func registerReceive(slot: Int, cancel: @escaping @Sendable () -> Void) -> Bool {
+        state.withLock { s in
+            guard s.stopReason == nil else { return false }
+            s.receiveCancels[slot] = cancel
+            return true
+        }
+    }
+
+    func unregisterReceive(slot: Int) { state.withLock { _ = $0.receiveCancels.removeValue(forKey: slot) } }
+
+    func taskStarted() { state.withLock { $0.runningTasks += 1; $0.lastWork = .now; $0.emptyPolls = 0 } }
+    func taskFinished() { state.withLock { $0.runningTasks -= 1; $0.lastWork = .now } }
+    func emptyPoll() { state.withLock { $0.emptyPolls += 1 } }
+
+    /// Nothing runs, and the last work ended at least `seconds` ago with empty polls since.
+    func idle(for seconds: Int) -> Bool {
+        state.withLock { s in
+            s.runningTasks == 0 && s.emptyPolls > 0 && ContinuousClock.now - s.lastWork >= .seconds(seconds)
+        }
+    }
+
+    func count(_ update: (inout Counts) -> Void) { state.withLock { update(&$0.counts) } }
+    public var counts: Counts { state.withLock { $0.counts } }
+}

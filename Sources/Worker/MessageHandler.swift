@@ -1,0 +1,285 @@
+import AWSCore
+import AWSServices
+import FoundationEssentials
+@preconcurrency import Glibc
+import Logging
+
+/// Processes one received message from start to fate: parse, download, run, judge, upload, then delete, retry
+/// later, give up, or release. A failure decides only this message's fate; the slot goes on.
+struct MessageHandler: Sendable {
+    let config: WorkerConfig
+    let s3: S3Client
+    let sqs: SQSClient
+    let lifecycle: Lifecycle
+    let runner: ProcessRunner
+    /// The unpacked environment (`environmentPrefix`), or nil to run in the task folder.
+    let environmentDirectory: String?
+    let commandEnvironment: [String: String]
+    let user: RunAsUser?
+    let instanceID: String
+    let hasRedrivePolicy: Bool
+    /// Seconds before a failed message is retried, doubled for each earlier receive.
+    let retryBackoff: Int
+
+    enum TaskResult {
+        case uploaded(key: String, bytes: Int64)
+        case noOutput
+        case failed(reason: String, outcome: ProcessOutcome?, stderrTail: String)
+        case interrupted
+    }
+
+    func handle(_ message: SQSMessage, slot: Int, logger baseLogger: Logger) async {
+        var logger = baseLogger
+        logger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
+        let request: MessageRequest
+        do {
+            request = try MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix).parse(message.body)
+        } catch {
+            logger.error("bad message: recorded under _failed/ and deleted", metadata: ["reason": "\(error.reason)"])
+            lifecycle.count { $0.badMessages += 1 }
+            await writeFailureRecord(key: "_failed/_bad-messages/\(message.messageID).json", fields: [
+                "messageId": .string(message.messageID), "reason": .string(error.reason),
+                "body": .string(String(message.body.prefix(4096))), "instanceId": .string(instanceID),
+            ], logger: logger)
+            await delete(message, logger: logger)
+            return
+        }
+        guard case .tasks(let inputs) = request else {
+            logger.info("S3 test event deleted")
+            await delete(message, logger: logger)
+            return
+        }
+
+        lifecycle.taskStarted()
+        defer { lifecycle.taskFinished() }
+        let heartbeat = Task { await keepInvisible(message, logger: logger) }
+        defer { heartbeat.cancel() }
+
+        var failure: (input: TaskInput, reason: String, outcome: ProcessOutcome?, stderrTail: String, seconds: Double)?
+        for input in inputs {
+            var taskLogger = logger
+            taskLogger[metadataKey: "task.key"] = "\(input.key)"
+            if input.bucket != config.inputBucket { taskLogger[metadataKey: "task.bucket"] = "\(input.bucket)" }
+            let clock = ContinuousClock()
+            let started = clock.now
+            taskLogger.info("task start", metadata: ["task.attempt": "\(message.receiveCount)"])
+            let result = await runTask(input, slot: slot, message: message, logger: taskLogger)
+            let seconds = (clock.now - started).seconds
+            switch result {
+            case .uploaded(let key, let bytes):
+                lifecycle.count { $0.succeeded += 1; $0.bytesOut += bytes }
+                taskLogger.info("task done", metadata: ["task.seconds": "\(seconds)", "task.output": "\(key)",
+                                                        "task.bytes_out": "\(bytes)", "task.exit_status": "0"])
+            case .noOutput:
+                lifecycle.count { $0.noOutput += 1 }
+                taskLogger.info("task done without output", metadata: ["task.seconds": "\(seconds)", "task.exit_status": "0"])
+            case .failed(let reason, let outcome, let tail):
+                taskLogger.warning("task failed", metadata: ["task.seconds": "\(seconds)", "reason": "\(reason)",
+                                                             "task.exit_status": "\(outcome?.summary ?? "none")"])
+                failure = (input, reason, outcome, tail, seconds)
+            case .interrupted:
+                lifecycle.count { $0.released += 1 }
+                heartbeat.cancel()
+                await release(message, logger: taskLogger)
+                return
+            }
+            if failure != nil { break }
+        }
+        heartbeat.cancel()
+        guard let failure else {
+            await delete(message, logger: logger)
+            return
+        }
+        if message.receiveCount >= config.maxAttempts {
+            lifecycle.count { $0.givenUp += 1 }
+            await writeFailureRecord(key: "_failed/" + failure.input.key + ".json", fields: [
+                "input": .string(failure.input.description), "reason": .string(failure.reason),
+                "exitStatus": .string(failure.outcome?.summary ?? "none"), "attempts": .number(Double(message.receiveCount)),
+                "instanceId": .string(instanceID), "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
+                "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
+                "time": .string(CivilTime(epochSeconds: Int64(Date().timeIntervalSince1970)).iso8601),
+            ], logger: logger)
+            if hasRedrivePolicy {
+                logger.error("giving up: failure recorded; the queue's dead-letter queue takes the message",
+                             metadata: ["task.attempts": "\(message.receiveCount)"])
+                // Visible again at once, so SQS moves it to the dead-letter queue on the next receive.
+                await changeVisibility(message, to: 0, logger: logger)
+            } else {
+                logger.error("giving up: failure recorded and message deleted", metadata: ["task.attempts": "\(message.receiveCount)"])
+                await delete(message, logger: logger)
+            }
+            return
+        }
+        lifecycle.count { $0.failed += 1 }
+        let delay = min(config.visibilityTimeout, retryBackoff << min(message.receiveCount - 1, 16))
+        logger.info("message will be retried", metadata: ["retry.after_seconds": "\(delay)",
+                                                          "task.attempt": "\(message.receiveCount)"])
+        await changeVisibility(message, to: delay, logger: logger)
+    }
+
+    // MARK: - One input
+
+    func runTask(_ input: TaskInput, slot: Int, message: SQSMessage, logger: Logger) async -> TaskResult {
+        let root = "\(config.workDir)/tasks/\(slot)-\(message.messageID.prefix(12).filter { $0.isLetter || $0.isNumber })-\(UInt32.random(in: 0..<UInt32.max))"
+        let data = root + "/data"
+        defer { removeTree(root) }
+        guard mkdir(root, 0o700) == 0, mkdir(data, 0o700) == 0 else {
+            return .failed(reason: "cannot create task folder \(root): \(String(cString: strerror(errno)))", outcome: nil, stderrTail: "")
+        }
+        if let user { _ = chown(data, user.uid, user.gid); _ = chown(root, user.uid, user.gid) }
+        let inputPath = data + "/" + TaskPaths.localName(forKey: input.key)
+        let bytesIn: Int64
+        do {
+            bytesIn = try await s3.getObject(bucket: input.bucket, key: input.key, to: inputPath, logger: logger).size
+        } catch {
+            return .failed(reason: "download failed: \(error)", outcome: nil, stderrTail: "")
+        }
+        lifecycle.count { $0.bytesIn += bytesIn }
+        if let user { _ = chown(inputPath, user.uid, user.gid) }
+        if lifecycle.graceExpired { return .interrupted }
+
+        var environment = commandEnvironment
+        environment["PARALLELIZER_INPUT_BUCKET"] = input.bucket
+        environment["PARALLELIZER_INPUT_KEY"] = input.key
+        environment["PARALLELIZER_TASK_DIR"] = data
+        guard let resolved = ProcessRunner.resolve(config.analysisProgram[0], in: environmentDirectory ?? data,
+                                                   path: commandEnvironment["PATH"] ?? "/usr/bin:/bin") else {
+            return .failed(reason: "analysisProgram '\(config.analysisProgram[0])' was not found", outcome: nil, stderrTail: "")
+        }
+        let program = [resolved] + config.analysisProgram.dropFirst()
+        let stdoutPath = root + "/stdout.log"
+        let stderrPath = root + "/stderr.log"
+        let outcome: ProcessOutcome
+        do {
+            outcome = try await runner.run(
+                argv: program + [inputPath], environment: environment, directory: environmentDirectory ?? data,
+                stdoutPath: stdoutPath, stderrPath: stderrPath, user: user, timeout: config.taskTimeout,
+                stop: { [lifecycle] in lifecycle.graceExpired })
+        } catch {
+            return .failed(reason: "\(error)", outcome: nil, stderrTail: "")
+        }
+        if outcome == .interrupted { return .interrupted }
+        guard outcome.succeeded else {
+            return .failed(reason: outcome == .timedOut ? "the command ran past taskTimeout (\(config.taskTimeout ?? 0) s)"
+                                                          : "the command failed (\(outcome.summary))",
+                           outcome: outcome, stderrTail: Self.tail(of: stderrPath, bytes: 64 << 10))
+        }
+        switch OutputJudge.judge(line: OutputJudge.lastLine(ofFile: stdoutPath), taskDirectory: data) {
+        case .none:
+            return .noOutput
+        case .rejected(let why):
+            logger.warning("the command's output line names no usable file; moving on without an output",
+                           metadata: ["reason": "\(why)"])
+            return .noOutput
+        case .file(let path, let name):
+            let key = TaskPaths.outputKey(inputKey: input.key, inputPrefix: config.inputPrefix,
+                                          outputPrefix: config.outputPrefix, outputName: name)
+            do {
+                try await s3.putObject(bucket: config.outputBucket, key: key, file: path, logger: logger)
+            } catch {
+                return .failed(reason: "upload failed: \(error)", outcome: outcome, stderrTail: "")
+            }
+            return .uploaded(key: key, bytes: LocalFile.size(path) ?? 0)
+        }
+    }
+
+    // MARK: - Message fate
+
+    /// Extends the message's invisibility before it lapses, for as long as the task runs, within SQS's 12 hours.
+    func keepInvisible(_ message: SQSMessage, logger: Logger) async {
+        let firstReceived = Double(message.attributes["ApproximateFirstReceiveTimestamp"] ?? "").map { $0 / 1000 }
+            ?? Date().timeIntervalSince1970
+        let interval = max(1, config.visibilityTimeout / 2)
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: UInt64(interval) * 1_000_000_000)
+            if Task.isCancelled { return }
+            let left = 43200 - Int(Date().timeIntervalSince1970 - firstReceived) - 60
+            let extend = min(config.visibilityTimeout, max(0, left))
+            guard extend > 0 else {
+                logger.warning("message reached SQS's 12-hour visibility limit; it may be handed out again")
+                return
+            }
+            do {
+                try await sqs.changeMessageVisibility(queueURL: config.queueURL, receiptHandle: message.receiptHandle,
+                                                      timeout: extend, logger: logger)
+                logger.debug("visibility extended", metadata: ["sqs.visibility_seconds": "\(extend)"])
+            } catch {
+                logger.warning("could not extend the message's visibility", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    func delete(_ message: SQSMessage, logger: Logger) async {
+        do {
+            try await sqs.deleteMessage(queueURL: config.queueURL, receiptHandle: message.receiptHandle, logger: logger)
+        } catch {
+            logger.error("could not delete the message; it will be processed again", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func release(_ message: SQSMessage, logger: Logger) async {
+        logger.notice("task interrupted by shutdown; message released")
+        await changeVisibility(message, to: 0, logger: logger)
+    }
+
+    func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async {
+        do {
+            try await sqs.changeMessageVisibility(queueURL: config.queueURL, receiptHandle: message.receiptHandle,
+                                                  timeout: seconds, logger: logger)
+        } catch {
+            logger.warning("could not change the message's visibility", metadata: ["error": "\(error)"])
+        }
+    }
+
+    func writeFailureRecord(key: String, fields: [String: JSONValue], logger: Logger) async {
+        let body = Array(JSONValue.object(fields).serialized.utf8)
+        do {
+            try await s3.putObject(bucket: config.outputBucket, key: key, bytes: body, contentType: "application/json",
+                                   logger: logger)
+        } catch {
+            logger.error("could not write the failure record", metadata: ["s3.key": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    /// The last `bytes` of a file, as text.
+    static func tail(of path: String, bytes: Int) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        let size = Int(lseek(fd, 0, SEEK_END))
+        let window = min(size, bytes)
+        var buffer = [UInt8](repeating: 0, count: window)
+        let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(size - window)) }
+        return String(decoding: buffer.prefix(max(0, got)), as: UTF8.self)
+    }
+}
+
+/// Removes a folder tree without following symbolic links out of it.
+func removeTree(_ path: String) {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return }
+    if (st.st_mode & S_IFMT) == S_IFDIR {
+        if let dir = opendir(path) {
+            var names: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafePointer(to: entry.pointee.d_name) {
+                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+                }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            closedir(dir)
+            for name in names { removeTree(path + "/" + name) }
+        }
+        rmdir(path)
+    } else {
+        unlink(path)
+    }
+}
+
+extension Duration {
+    /// Seconds with millisecond precision.
+    var seconds: Double {
+        let c = components
+        return ((Double(c.seconds) + Double(c.attoseconds) / 1e18) * 1000).rounded() / 1000
+    }
+}

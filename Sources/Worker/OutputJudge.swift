@@ -1,0 +1,63 @@
+@preconcurrency import Glibc
+
+/// Decides what a finished command produced: the last non-empty line of its stdout names its one output file.
+public enum OutputJudge {
+    public enum Verdict: Sendable, Equatable {
+        /// A regular file inside the task folder: upload it under `name`.
+        case file(path: String, name: String)
+        /// No output named (the seed's "move on": delete the message, upload nothing).
+        case none
+        /// A line was printed but does not name an acceptable file.
+        case rejected(String)
+    }
+
+    /// The last non-empty line of a (possibly huge) stdout file; only its last 64 KiB are read.
+    public static func lastLine(ofFile path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        let window = min(Int(st.st_size), 64 << 10)
+        var bytes = [UInt8](repeating: 0, count: window)
+        let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(Int(st.st_size) - window)) }
+        guard got >= 0 else { return nil }
+        let text = String(decoding: bytes.prefix(got), as: UTF8.self)
+        return text.split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" })
+            .map { $0.trimmingCharacters() }.last { !$0.isEmpty }
+    }
+
+    /// Judges `line` against the task folder: relative paths are taken from the folder; the resolved file (links
+    /// followed) must be a regular file inside it. Directories, FIFOs, devices and anything outside are refused.
+    public static func judge(line: String?, taskDirectory: String) -> Verdict {
+        guard let line, !line.isEmpty else { return .none }
+        let candidate = line.hasPrefix("/") ? line : taskDirectory + "/" + line
+        guard let root = realPath(taskDirectory) else { return .rejected("the task folder is gone") }
+        guard let resolved = realPath(candidate) else { return .rejected("'\(line)' does not exist") }
+        guard resolved.hasPrefix(root + "/") else { return .rejected("'\(line)' is outside the task folder") }
+        var st = stat()
+        guard stat(resolved, &st) == 0 else { return .rejected("'\(line)' cannot be read") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            let kind = (st.st_mode & S_IFMT) == S_IFDIR ? "a directory" : (st.st_mode & S_IFMT) == S_IFIFO ? "a FIFO" : "not a regular file"
+            return .rejected("'\(line)' is \(kind)")
+        }
+        let printedName = line.split(separator: "/").last.map(String.init) ?? ""
+        let name = printedName.isEmpty || printedName == "." || printedName == ".." ? TaskPaths.localName(forKey: resolved) : printedName
+        return .file(path: resolved, name: name)
+    }
+
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String {
+        guard let first = firstIndex(where: { !$0.isWhitespace }), let last = lastIndex(where: { !$0.isWhitespace }) else {
+            return ""
+        }
+        return String(self[first...last])
+    }
+}

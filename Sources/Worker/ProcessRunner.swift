@@ -1,0 +1,143 @@
+internal import CSpawn
+import AWSCore
+@preconcurrency import Glibc
+import HTTPCurl
+
+/// How a command ended.
+public enum ProcessOutcome: Sendable, Equatable {
+    case exited(Int32)
+    case signalled(Int32)
+    /// Killed by us after `taskTimeout`.
+    case timedOut
+    /// Killed by us because the daemon is shutting down.
+    case interrupted
+
+    public var succeeded: Bool { self == .exited(0) }
+
+    /// For logs and failure records: `exit 3`, `signal 9`, `timeout`, `interrupted`.
+    public var summary: String {
+        switch self {
+        case .exited(let code): return "exit \(code)"
+        case .signalled(let signal): return "signal \(signal)"
+        case .timedOut: return "timeout"
+        case .interrupted: return "interrupted"
+        }
+    }
+}
+
+/// Could not start the command at all.
+public struct SpawnError: Error, Sendable, CustomStringConvertible {
+    public var program: String
+    public var errno: Int32
+    public var description: String { "cannot run \(program): \(String(cString: strerror(errno)))" }
+}
+
+/// A user the command runs as.
+public struct RunAsUser: Sendable, Equatable {
+    public var name: String
+    public var uid: UInt32
+    public var gid: UInt32
+    public var home: String
+
+    /// Looks a user up in the system's user database.
+    public static func lookup(_ name: String) -> RunAsUser? {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        guard getpwnam_r(name, &entry, &buffer, buffer.count, &result) == 0, let found = result else { return nil }
+        return RunAsUser(name: name, uid: found.pointee.pw_uid, gid: found.pointee.pw_gid,
+                         home: String(cString: found.pointee.pw_dir))
+    }
+}
+
+/// Runs a command the way the daemon needs: never through a shell, in its own process group so the whole tree
+/// can be killed, output to files, an optional time limit, and a kill switch for shutdown.
+public struct ProcessRunner: Sendable {
+    public var killGrace: Double = 5
+
+    public init() {}
+
+    /// Resolves `program` (argv[0]): a name with a `/` is taken relative to `directory` when relative; a bare name
+    /// is looked for in `directory` first, then on `PATH`.
+    public static func resolve(_ program: String, in directory: String, path: String) -> String? {
+        if program.contains("/") {
+            let full = program.hasPrefix("/") ? program : directory + "/" + program
+            return access(full, F_OK) == 0 ? full : nil
+        }
+        let local = directory + "/" + program
+        if access(local, X_OK) == 0 { return local }
+        for dir in path.split(separator: ":") where !dir.isEmpty {
+            let candidate = "\(dir)/\(program)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+
+    /// Starts `argv`, waits for it, and returns how it ended.
+    /// - Parameters:
+    ///   - timeout: seconds before the process group gets SIGTERM (then SIGKILL after `killGrace`).
+    ///   - stop: polled; when it returns true the process group is killed and `.interrupted` returned.
+    public func run(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+                    stderrPath: String, user: RunAsUser?, timeout: Int?,
+                    stop: @escaping @Sendable () -> Bool) async throws(SpawnError) -> ProcessOutcome {
+        let pid = try spawn(argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
+                            stderrPath: stderrPath, user: user)
+        let clock = ContinuousClock()
+        let started = clock.now
+        var killedFor: ProcessOutcome?
+        var termSentAt: ContinuousClock.Instant?
+        // Poll with WNOHANG: cheap, and it keeps a blocking waitpid off the cooperative pool.
+        while true {
+            var status: Int32 = 0
+            let done = waitpid(pid, &status, WNOHANG)
+            if done == pid {
+                if let killedFor { return killedFor }
+                if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
+                return .signalled(status & 0x7f)
+            }
+            if done < 0 && errno != EINTR { return killedFor ?? .signalled(0) }
+            if killedFor == nil {
+                if let timeout, clock.now - started >= .seconds(timeout) {
+                    killedFor = .timedOut
+                } else if stop() {
+                    killedFor = .interrupted
+                }
+                if killedFor != nil {
+                    kill(-pid, SIGTERM)
+                    termSentAt = clock.now
+                }
+            } else if let sent = termSentAt, clock.now - sent >= .seconds(killGrace) {
+                kill(-pid, SIGKILL)
+                termSentAt = nil
+            }
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+    }
+
+    func spawn(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+               stderrPath: String, user: RunAsUser?) throws(SpawnError) -> pid_t {
+        let program = argv[0]
+        let outFD = open(stdoutPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let errFD = open(stderrPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer {
+            if outFD >= 0 { close(outFD) }
+            if errFD >= 0 { close(errFD) }
+        }
+        guard outFD >= 0, errFD >= 0 else { throw SpawnError(program: program, errno: errno) }
+        if let user {
+            _ = fchown(outFD, user.uid, user.gid)
+            _ = fchown(errFD, user.uid, user.gid)
+        }
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let code = pz_spawn(program, cArgv, cEnv, directory, outFD, errFD, user == nil ? 0 : 1, user?.uid ?? 0,
+                            user?.gid ?? 0, &pid)
+        guard code == 0 else { throw SpawnError(program: program, errno: code) }
+        return pid
+    }
+}

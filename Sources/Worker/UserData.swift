@@ -1,0 +1,208 @@
+import AWSCore
+
+/// Reads parameters out of EC2 user-data (or a `--config` file) in any of the forms the daemon accepts:
+///
+/// - `key=value` lines (`#` comments, blank lines and surrounding spaces ignored): aws-parallelizer's form;
+/// - a JSON object of scalars;
+/// - a `#cloud-config` document whose top-level `parallelizer:` map holds flat `key: value` scalars, so one
+///   user-data both installs the daemon and configures it (only that flat subset is read; no YAML library);
+/// - MIME multipart user-data, with one of those forms as a part.
+public enum UserData {
+    public struct ParseError: Error, Sendable, CustomStringConvertible, Equatable {
+        public var message: String
+        public var description: String { message }
+    }
+
+    /// The parameters, by name as written. Throws when the text is in none of the forms, or malformed in its form.
+    public static func parse(_ text: String) throws(ParseError) -> [String: String] {
+        let trimmed = text.trimmingSpaces
+        if trimmed.isEmpty { return [:] }
+        if trimmed.hasPrefix("{") { return try parseJSON(trimmed) }
+        if trimmed.hasPrefix("#cloud-config") { return try parseCloudConfig(text) }
+        if let boundary = mimeBoundary(text) { return try parseMultipart(text, boundary: boundary) }
+        if trimmed.hasPrefix("#!") {
+            throw ParseError(message: "user-data is a shell script, not parallelizer parameters")
+        }
+        return try parseKeyValue(text)
+    }
+
+    // MARK: - key=value
+
+    static func parseKeyValue(_ text: String) throws(ParseError) -> [String: String] {
+        var result: [String: String] = [:]
+        for (number, raw) in lines(text).enumerated() {
+            let line = raw.trimmingSpaces
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw ParseError(message: "line \(number + 1) is not key=value: '\(preview(line))'")
+            }
+            let key = String(line[..<eq]).trimmingSpaces
+            guard isValidKey(key) else {
+                throw ParseError(message: "line \(number + 1) has no valid key: '\(preview(line))'")
+            }
+            result[key] = unquote(String(line[line.index(after: eq)...]).trimmingSpaces)
+        }
+        return result
+    }
+
+    // MARK: - JSON
+
+    static func parseJSON(_ text: String) throws(ParseError) -> [String: String] {
+        let value: JSONValue
+        do { value = try JSONValue.parse(text) } catch {
+            throw ParseError(message: "user-data looks like JSON but does not parse")
+        }
+        guard let object = value.objectValue else { throw ParseError(message: "user-data JSON is not an object") }
+        var result: [String: String] = [:]
+        for (key, item) in object {
+            switch item {
+            case .string(let s): result[key] = s
+            case .bool(let b): result[key] = b ? "true" : "false"
+            case .number(let n): result[key] = n == n.rounded() && abs(n) < 1e15 ? String(Int(n)) : String(n)
+            case .null: continue
+            case .array, .object: throw ParseError(message: "user-data JSON key '\(key)' is not a scalar")
+            }
+        }
+        return result
+    }
+
+    // MARK: - #cloud-config
+
+    /// Finds the top-level `parallelizer:` key and reads the indented `key: value` lines under it.
+    static func parseCloudConfig(_ text: String) throws(ParseError) -> [String: String] {
+        var result: [String: String] = [:]
+        var inside = false
+        var found = false
+        var indent: Int?
+        for (number, raw) in lines(text).enumerated() {
+            let withoutComment = stripYAMLComment(raw)
+            if withoutComment.trimmingSpaces.isEmpty { continue }
+            let leading = withoutComment.prefix { $0 == " " || $0 == "\t" }.count
+            if leading == 0 {
+                inside = withoutComment.trimmingSpaces == "parallelizer:"
+                if inside { found = true; indent = nil }
+                if !inside, withoutComment.hasPrefix("parallelizer:") {
+                    throw ParseError(message: "line \(number + 1): 'parallelizer:' must be a map of key: value lines")
+                }
+                continue
+            }
+            guard inside else { continue }
+            if indent == nil { indent = leading }
+            guard leading == indent else {
+                throw ParseError(message: "line \(number + 1): only flat 'key: value' lines are read under 'parallelizer:'")
+            }
+            let line = withoutComment.trimmingSpaces
+            guard let colon = line.firstIndex(of: ":") else {
+                throw ParseError(message: "line \(number + 1) under 'parallelizer:' is not 'key: value'")
+            }
+            let key = String(line[..<colon]).trimmingSpaces
+            let value = String(line[line.index(after: colon)...]).trimmingSpaces
+            guard isValidKey(key) else { throw ParseError(message: "line \(number + 1) has no valid key") }
+            if value.hasPrefix("|") || value.hasPrefix(">") || value.hasPrefix("[") || value.hasPrefix("{") {
+                throw ParseError(message: "line \(number + 1): '\(key)' must be a plain scalar")
+            }
+            result[key] = unquote(value)
+        }
+        guard found else { throw ParseError(message: "#cloud-config user-data has no top-level 'parallelizer:' map") }
+        return result
+    }
+
+    /// Drops a ` #` comment that is not inside quotes.
+    static func stripYAMLComment(_ line: Substring) -> Substring {
+        var quote: Character?
+        var previous: Character = " "
+        for index in line.indices {
+            let ch = line[index]
+            if let q = quote {
+                if ch == q { quote = nil }
+            } else if ch == "\"" || ch == "'" {
+                quote = ch
+            } else if ch == "#" && (previous == " " || previous == "\t" || index == line.startIndex) {
+                return line[..<index]
+            }
+            previous = ch
+        }
+        return line
+    }
+
+    // MARK: - MIME multipart
+
+    static func mimeBoundary(_ text: String) -> String? {
+        for raw in lines(text).prefix(20) {
+            let line = raw.trimmingSpaces
+            guard line.lowercased().hasPrefix("content-type:"), line.lowercased().contains("multipart/"),
+                let range = line.range(ofCaseInsensitive: "boundary=")
+            else { continue }
+            var boundary = String(line[range.upperBound...])
+            if let semi = boundary.firstIndex(of: ";") { boundary = String(boundary[..<semi]) }
+            return unquote(boundary.trimmingSpaces)
+        }
+        return nil
+    }
+
+    /// Tries each part in order and returns the first that holds parallelizer parameters.
+    static func parseMultipart(_ text: String, boundary: String) throws(ParseError) -> [String: String] {
+        let marker = "--" + boundary
+        var parts: [String] = []
+        var current: [Substring]?
+        for line in lines(text) {
+            let trimmed = line.trimmingSpaces
+            if trimmed == marker || trimmed == marker + "--" {
+                if let current { parts.append(current.joined(separator: "\n")) }
+                current = trimmed == marker ? [] : nil
+                continue
+            }
+            current?.append(line)
+        }
+        var lastError: ParseError?
+        for part in parts {
+            // Headers end at the first blank line.
+            let partLines = lines(part)
+            guard let blank = partLines.firstIndex(where: { $0.trimmingSpaces.isEmpty }) else { continue }
+            let headers = partLines[..<blank].map { $0.lowercased() }
+            if headers.contains(where: { $0.contains("content-transfer-encoding") && $0.contains("base64") }) {
+                lastError = ParseError(message: "base64-encoded MIME parts are not supported; send the part as text")
+                continue
+            }
+            let body = partLines[(blank + 1)...].joined(separator: "\n")
+            if body.trimmingSpaces.hasPrefix("#!") { continue }  // a shell script part, for cloud-init
+            do {
+                let parsed = try parse(body)
+                if !parsed.isEmpty { return parsed }
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError ?? ParseError(message: "no MIME part of the user-data holds parallelizer parameters")
+    }
+
+    // MARK: - Helpers
+
+    static func lines(_ text: String) -> [Substring] {
+        text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" })
+    }
+
+    static func isValidKey(_ key: String) -> Bool {
+        !key.isEmpty && key.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." }
+    }
+
+    static func unquote(_ value: String) -> String {
+        if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
+            return String(value.dropFirst().dropLast())
+        }
+        return value
+    }
+
+    static func preview(_ line: String) -> String { line.count > 60 ? String(line.prefix(60)) + "…" : line }
+}
+
+extension StringProtocol {
+    func range(ofCaseInsensitive needle: String) -> Range<Index>? {
+        let lowered = self.lowercased()
+        guard let r = lowered.firstRange(of: needle.lowercased()) else { return nil }
+        // Lowercasing ASCII keeps offsets; map them back.
+        let start = index(startIndex, offsetBy: lowered.distance(from: lowered.startIndex, to: r.lowerBound))
+        let end = index(start, offsetBy: lowered.distance(from: r.lowerBound, to: r.upperBound))
+        return start..<end
+    }
+}

@@ -1,0 +1,264 @@
+import AWSCore
+
+/// Everything `parallelizer run` needs, resolved and validated.
+///
+/// Names are aws-parallelizer's (`queueURL`, `inputBucket`, `outputBucket`, `analysisProgram`, ...), so its old
+/// user-data still works. Layers apply in this order, later winning: defaults, user-data, `--config` file,
+/// `PARALLELIZER_<KEY>` environment variables, command-line flags. Keys match without regard to case, `_` or `-`.
+public struct WorkerConfig: Sendable, Equatable {
+    public var queueURL: String
+    public var inputBucket: String
+    public var outputBucket: String
+    /// The command as argv; the input file's path is appended. Never run through a shell.
+    public var analysisProgram: [String]
+    public var environmentBucket: String?
+    public var environmentZip: String?
+    public var environmentPrefix: String?
+    public var visibilityTimeout: Int = 600
+    /// Worker slots in this process (0 in the parameters means one per core).
+    public var numThreads: Int = 1
+    public var shouldShutdown: Bool = true
+    public var region: String?
+    public var accessKey: String?
+    public var secretKey: String?
+    public var inputPrefix: String = ""
+    public var outputPrefix: String = ""
+    public var workDir: String = "/var/lib/parallelizer"
+    public var logFile: String = "/var/log/parallelizer.log"
+    /// Seconds; nil means no limit.
+    public var taskTimeout: Int?
+    public var maxAttempts: Int = 5
+    public var idleTimeout: Int = 60
+    public var shutdownCommand: [String] = ["shutdown", "-h", "now"]
+    public var runAsUser: String?
+    /// Hand the daemon's AWS credentials to the command's environment (off: the command gets none).
+    public var passCredentials: Bool = false
+    /// The DynamoDB task ledger's table, when one is wanted.
+    public var ledgerTable: String?
+    /// Seconds a running task may take to finish after SIGTERM before its message is released.
+    public var shutdownGrace: Int = 90
+
+    /// The keys this version reads (normalised: lowercase, no `_` or `-`), with their canonical spelling.
+    static let knownKeys: [String: String] = {
+        let names = [
+            "queueURL", "inputBucket", "outputBucket", "analysisProgram", "environmentBucket", "environmentZip",
+            "environmentPrefix", "visibilityTimeout", "numThreads", "shouldShutdown", "EC2SQSRegion", "region",
+            "accessKey", "secretKey", "inputPrefix", "outputPrefix", "workDir", "logFile", "taskTimeout",
+            "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "ledgerTable",
+            "shutdownGrace",
+        ]
+        return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
+    }()
+
+    static func normalise(_ key: String) -> String {
+        key.lowercased().filter { $0 != "_" && $0 != "-" && $0 != "." }
+    }
+}
+
+/// A bad or missing parameter: names the key, says what is wrong, never echoes a secret.
+public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var key: String
+    public var message: String
+    public init(key: String, message: String) {
+        self.key = key
+        self.message = message
+    }
+    public var description: String { "bad parameter '\(key)': \(message)" }
+}
+
+/// One layer of parameters and where it came from (for messages).
+public struct ConfigLayer: Sendable {
+    public var source: String
+    public var values: [String: String]
+    public init(source: String, values: [String: String]) {
+        self.source = source
+        self.values = values
+    }
+
+    /// The `PARALLELIZER_<KEY>` variables of an environment, as a layer.
+    public static func environment(_ environment: [String: String]) -> ConfigLayer {
+        var values: [String: String] = [:]
+        for (name, value) in environment where name.hasPrefix("PARALLELIZER_") {
+            let key = String(name.dropFirst("PARALLELIZER_".count))
+            if WorkerConfig.knownKeys[WorkerConfig.normalise(key)] != nil { values[key] = value }
+        }
+        return ConfigLayer(source: "environment", values: values)
+    }
+}
+
+extension WorkerConfig {
+    /// Merges the layers in order and validates the result.
+    /// - Returns: the configuration and warnings (unknown keys, keys in user-data) to log.
+    public static func resolve(_ layers: [ConfigLayer], cores: Int) throws(ConfigError) -> (WorkerConfig, [String]) {
+        var merged: [String: (value: String, source: String)] = [:]
+        var warnings: [String] = []
+        for layer in layers {
+            for (key, value) in layer.values.sorted(by: { $0.key < $1.key }) {
+                let normal = normalise(key)
+                guard let canonical = knownKeys[normal] else {
+                    warnings.append("unknown parameter '\(key)' in \(layer.source) is ignored")
+                    continue
+                }
+                let target = canonical == "EC2SQSRegion" ? "region" : canonical
+                merged[target] = (value, layer.source)
+            }
+        }
+        func string(_ key: String) -> String? {
+            guard let v = merged[key]?.value.trimmingSpaces, !v.isEmpty else { return nil }
+            return v
+        }
+        func required(_ key: String) throws(ConfigError) -> String {
+            guard let v = string(key) else { throw ConfigError(key: key, message: "is required and missing") }
+            return v
+        }
+        func integer(_ key: String, _ range: ClosedRange<Int>, duration: Bool = false) throws(ConfigError) -> Int? {
+            guard let text = string(key) else { return nil }
+            let parsed = duration ? parseDuration(text) : Int(text)
+            guard let value = parsed else {
+                throw ConfigError(key: key, message: "'\(text)' is not \(duration ? "a duration (600, 90s, 15m, 2h)" : "a whole number")")
+            }
+            guard range.contains(value) else {
+                throw ConfigError(key: key, message: "\(value) is outside \(range.lowerBound)...\(range.upperBound)")
+            }
+            return value
+        }
+        func boolean(_ key: String) throws(ConfigError) -> Bool? {
+            guard let text = string(key)?.lowercased() else { return nil }
+            switch text {
+            case "true", "yes", "1", "on": return true
+            case "false", "no", "0", "off": return false
+            default: throw ConfigError(key: key, message: "'\(text)' is not true or false")
+            }
+        }
+        func words(_ key: String) throws(ConfigError) -> [String]? {
+            guard let text = string(key) else { return nil }
+            let argv: [String]
+            do { argv = try ShellWords.split(text) } catch { throw ConfigError(key: key, message: error.message) }
+            guard !argv.isEmpty else { throw ConfigError(key: key, message: "is empty") }
+            return argv
+        }
+        func bucket(_ key: String, required isRequired: Bool) throws(ConfigError) -> String? {
+            let value: String?
+            if isRequired { value = try required(key) } else { value = string(key) }
+            guard let name = value else { return nil }
+            guard name.utf8.count >= 3, name.utf8.count <= 63,
+                name.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-" || $0 == ".") })
+            else {
+                throw ConfigError(key: key, message: "'\(name)' is not a valid S3 bucket name")
+            }
+            return name
+        }
+
+        let queueURL = try required("queueURL")
+        guard let url = ParsedURL(queueURL), url.path.split(separator: "/").count >= 2 else {
+            throw ConfigError(key: "queueURL", message: "'\(queueURL)' is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+        }
+        let inputBucket = try bucket("inputBucket", required: true)!
+        let outputBucket = try bucket("outputBucket", required: true)!
+        _ = try required("analysisProgram")
+        let program = try words("analysisProgram")!
+        var config = WorkerConfig(queueURL: queueURL, inputBucket: inputBucket, outputBucket: outputBucket,
+                                  analysisProgram: program)
+        config.environmentBucket = try bucket("environmentBucket", required: false)
+        config.environmentZip = string("environmentZip")
+        config.environmentPrefix = string("environmentPrefix")
+        if config.environmentZip != nil && config.environmentBucket == nil {
+            throw ConfigError(key: "environmentBucket", message: "is required when environmentZip is set")
+        }
+        if let v = try integer("visibilityTimeout", 30...43200, duration: true) { config.visibilityTimeout = v }
+        if let v = try integer("numThreads", 0...256) { config.numThreads = v == 0 ? max(1, cores) : v }
+        if let v = try boolean("shouldShutdown") { config.shouldShutdown = v }
+        config.region = string("region")
+        config.accessKey = string("accessKey")
+        config.secretKey = string("secretKey")
+        if (config.accessKey == nil) != (config.secretKey == nil) {
+            throw ConfigError(key: config.accessKey == nil ? "accessKey" : "secretKey",
+                              message: "accessKey and secretKey go together")
+        }
+        if config.accessKey != nil {
+            warnings.append("accessKey/secretKey given as parameters: an instance role is the safe way to grant access")
+        }
+        config.inputPrefix = string("inputPrefix") ?? ""
+        config.outputPrefix = string("outputPrefix") ?? ""
+        if let v = string("workDir") {
+            guard v.hasPrefix("/") else { throw ConfigError(key: "workDir", message: "must be an absolute path") }
+            config.workDir = v
+        }
+        if let v = string("logFile") { config.logFile = v }
+        config.taskTimeout = try integer("taskTimeout", 1...43200 * 2, duration: true)
+        if let v = try integer("maxAttempts", 1...1000) { config.maxAttempts = v }
+        if let v = try integer("idleTimeout", 0...86400, duration: true) { config.idleTimeout = v }
+        if let v = try words("shutdownCommand") { config.shutdownCommand = v }
+        config.runAsUser = string("runAsUser")
+        if let v = try boolean("passCredentials") { config.passCredentials = v }
+        config.ledgerTable = string("ledgerTable")
+        if let v = try integer("shutdownGrace", 0...3600, duration: true) { config.shutdownGrace = v }
+        return (config, warnings)
+    }
+
+    /// `600`, `90s`, `15m`, `2h` → seconds.
+    static func parseDuration(_ text: String) -> Int? {
+        let unit = text.last.map { $0.isLetter ? $0 : nil } ?? nil
+        let number = unit == nil ? text : String(text.dropLast())
+        guard let value = Int(number), value >= 0 else { return nil }
+        switch unit {
+        case nil, "s": return value
+        case "m": return value * 60
+        case "h": return value * 3600
+        default: return nil
+        }
+    }
+}
+
+/// Splits a command line into words the way a POSIX shell would (quotes and backslashes), without running a shell:
+/// no variables, globs, pipes or redirections are interpreted.
+public enum ShellWords {
+    public struct SplitError: Error, Sendable, Equatable {
+        public var message: String
+    }
+
+    public static func split(_ text: String) throws(SplitError) -> [String] {
+        var words: [String] = []
+        var current = ""
+        var inWord = false
+        var iterator = Array(text).makeIterator()
+        while let ch = iterator.next() {
+            switch ch {
+            case " ", "\t", "\n":
+                if inWord { words.append(current); current = ""; inWord = false }
+            case "'":
+                inWord = true
+                var closed = false
+                while let c = iterator.next() {
+                    if c == "'" { closed = true; break }
+                    current.append(c)
+                }
+                if !closed { throw SplitError(message: "has an unterminated single quote") }
+            case "\"":
+                inWord = true
+                var closed = false
+                while let c = iterator.next() {
+                    if c == "\"" { closed = true; break }
+                    if c == "\\" {
+                        guard let next = iterator.next() else { break }
+                        if next == "\"" || next == "\\" || next == "$" || next == "`" { current.append(next) } else {
+                            current.append("\\")
+                            current.append(next)
+                        }
+                        continue
+                    }
+                    current.append(c)
+                }
+                if !closed { throw SplitError(message: "has an unterminated double quote") }
+            case "\\":
+                inWord = true
+                if let next = iterator.next() { current.append(next) }
+            default:
+                inWord = true
+                current.append(ch)
+            }
+        }
+        if inWord { words.append(current) }
+        return words
+    }
+}
