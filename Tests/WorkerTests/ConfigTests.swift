@@ -1,0 +1,135 @@
+import TestSupport
+import Testing
+import Worker
+
+@Suite struct ConfigTests {
+    static let required = """
+        queueURL=https://sqs.us-east-1.amazonaws.com/123456789012/work
+        inputBucket=in-bucket
+        outputBucket=out-bucket
+        analysisProgram=./run.sh --fast "two words"
+        """
+
+    @Test func keyValueLinesWithCommentsAndSpaces() throws {
+        let values = try UserData.parse("# a comment\n\n  queueURL = https://q/1/x  \ninputBucket=b\r\nempty=\n")
+        #expect(values == ["queueURL": "https://q/1/x", "inputBucket": "b", "empty": ""])
+    }
+
+    @Test func jsonObject() throws {
+        let values = try UserData.parse(#"{"queueURL": "https://q/1/x", "numThreads": 4, "shouldShutdown": false, "x": null}"#)
+        #expect(values == ["queueURL": "https://q/1/x", "numThreads": "4", "shouldShutdown": "false"])
+    }
+
+    @Test func cloudConfigFlatMap() throws {
+        let text = """
+            #cloud-config
+            packages: [curl]
+            write_files:
+              - path: /etc/x
+                content: |
+                  queueURL: not-this-one
+            parallelizer:
+              queueURL: "https://sqs.eu-west-1.amazonaws.com/1/q"   # the queue
+              inputBucket: in
+              analysisProgram: 'bin/run --flag'
+              numThreads: 2
+            runcmd:
+              - [systemctl, start, parallelizer]
+            """
+        let values = try UserData.parse(text)
+        #expect(values == ["queueURL": "https://sqs.eu-west-1.amazonaws.com/1/q", "inputBucket": "in",
+                           "analysisProgram": "bin/run --flag", "numThreads": "2"])
+    }
+
+    @Test func mimeMultipart() throws {
+        let text = """
+            Content-Type: multipart/mixed; boundary="==BOUNDARY=="
+            MIME-Version: 1.0
+
+            --==BOUNDARY==
+            Content-Type: text/x-shellscript; charset="us-ascii"
+
+            #!/bin/bash
+            echo hello
+            --==BOUNDARY==
+            Content-Type: text/plain; charset="us-ascii"
+
+            queueURL=https://q/1/x
+            inputBucket=in
+            --==BOUNDARY==--
+            """
+        #expect(try UserData.parse(text) == ["queueURL": "https://q/1/x", "inputBucket": "in"])
+    }
+
+    @Test(arguments: [
+        "{not json", "[1, 2]", #"{"a": {"nested": 1}}"#, "just some words", "#!/bin/bash\necho hi",
+        "#cloud-config\npackages: [x]\n", "#cloud-config\nparallelizer:\n  a: 1\n    b: 2\n",
+        "Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: text/plain\n\n{oops\n--XX--\n",
+    ])
+    func malformedUserDataIsRefused(_ text: String) {
+        #expect(throws: UserData.ParseError.self) { try UserData.parse(text) }
+    }
+
+    func resolve(_ layers: [ConfigLayer]) throws -> (WorkerConfig, [String]) {
+        try WorkerConfig.resolve(layers, cores: 8)
+    }
+
+    @Test func defaultsAndRequiredKeys() throws {
+        let (config, warnings) = try resolve([ConfigLayer(source: "user-data", values: try UserData.parse(Self.required))])
+        #expect(config.analysisProgram == ["./run.sh", "--fast", "two words"])
+        #expect(config.visibilityTimeout == 600)
+        #expect(config.numThreads == 1)
+        #expect(config.shouldShutdown)
+        #expect(config.maxAttempts == 5)
+        #expect(config.idleTimeout == 60)
+        #expect(config.shutdownCommand == ["shutdown", "-h", "now"])
+        #expect(config.workDir == "/var/lib/parallelizer")
+        #expect(config.logFile == "/var/log/parallelizer.log")
+        #expect(config.taskTimeout == nil)
+        #expect(warnings.isEmpty)
+    }
+
+    @Test func layersApplyInOrder() throws {
+        let userData = ConfigLayer(source: "user-data", values: try UserData.parse(Self.required + "\nnumThreads=2\nmaxAttempts=3\nidleTimeout=10"))
+        let file = ConfigLayer(source: "file", values: ["numThreads": "3", "maxAttempts": "4"])
+        let env = ConfigLayer.environment(["PARALLELIZER_MAXATTEMPTS": "7", "PARALLELIZER_IDLE_TIMEOUT": "2m", "OTHER": "x"])
+        let flags = ConfigLayer(source: "--set", values: ["maxattempts": "9"])
+        let (config, _) = try resolve([userData, file, env, flags])
+        #expect(config.numThreads == 3)
+        #expect(config.maxAttempts == 9)
+        #expect(config.idleTimeout == 120)
+    }
+
+    @Test func aliasesZeroThreadsAndUnknownKeys() throws {
+        let layer = ConfigLayer(source: "user-data", values: try UserData.parse(
+            Self.required + "\nEC2SQSRegion=eu-west-2\nnumThreads=0\ncolour=blue\naccessKey=AKIA1\nsecretKey=s3cr3t"))
+        let (config, warnings) = try resolve([layer])
+        #expect(config.region == "eu-west-2")
+        #expect(config.numThreads == 8)
+        #expect(warnings.contains { $0.contains("colour") })
+        #expect(warnings.contains { $0.contains("instance role") })
+        #expect(!warnings.joined().contains("s3cr3t"))
+    }
+
+    @Test(arguments: [
+        ("", "queueURL"), ("queueURL=not a url", "queueURL"), ("visibilityTimeout=soon", "visibilityTimeout"),
+        ("taskTimeout=ten minutes", "taskTimeout"), ("numThreads=-1", "numThreads"), ("shouldShutdown=maybe", "shouldShutdown"),
+        ("maxAttempts=0", "maxAttempts"), ("analysisProgram=\"unterminated", "analysisProgram"),
+        ("outputBucket=Bad_Bucket", "outputBucket"), ("workDir=relative/dir", "workDir"),
+        ("environmentZip=env.zip", "environmentBucket"), ("accessKey=AKIA", "secretKey"),
+    ])
+    func badValuesNameTheirKey(override: String, key: String) throws {
+        var text = Self.required
+        if override.isEmpty { text = text.split(separator: "\n").dropFirst().joined(separator: "\n") } else {
+            text += "\n" + override
+        }
+        let layer = ConfigLayer(source: "user-data", values: try UserData.parse(text))
+        #expect { try resolve([layer]) } throws: { ($0 as? ConfigError)?.key == key }
+    }
+
+    @Test func shellWords() throws {
+        #expect(try ShellWords.split(#"a 'b c' "d \"e\"" f\ g $HOME"#) == ["a", "b c", #"d "e""#, "f g", "$HOME"])
+        #expect(try ShellWords.split("  ") == [])
+        #expect(throws: ShellWords.SplitError.self) { try ShellWords.split("'open") }
+    }
+}

@@ -1,0 +1,64 @@
+import TestSupport
+import Testing
+import Worker
+
+@Suite struct MessageTests {
+    let parser = MessageParser(inputBucket: "in-bucket")
+
+    @Test func bodyForms() throws {
+        #expect(try parser.parse("dir/a b.txt\n") == .tasks([TaskInput(bucket: "in-bucket", key: "dir/a b.txt")]))
+        #expect(try parser.parse("s3://other/x/y.txt") == .tasks([TaskInput(bucket: "other", key: "x/y.txt")]))
+        #expect(try parser.parse(#"{"bucket": "b2", "key": "k é"}"#) == .tasks([TaskInput(bucket: "b2", key: "k é")]))
+        #expect(try parser.parse(#"{"key": "only-key"}"#) == .tasks([TaskInput(bucket: "in-bucket", key: "only-key")]))
+        let prefixed = MessageParser(inputBucket: "in-bucket", inputPrefix: "raw/")
+        #expect(try prefixed.parse("a.txt") == .tasks([TaskInput(bucket: "in-bucket", key: "raw/a.txt")]))
+        #expect(try prefixed.parse("raw/a.txt") == .tasks([TaskInput(bucket: "in-bucket", key: "raw/a.txt")]))
+    }
+
+    @Test func s3EventNotifications() throws {
+        let event = """
+            {"Records": [
+              {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "dir/a+b%2Bc%C3%A9.txt"}}},
+              {"eventName": "ObjectCreated:CompleteMultipartUpload", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "two"}}}
+            ]}
+            """
+        #expect(try parser.parse(event) == .tasks([TaskInput(bucket: "in-bucket", key: "dir/a b+cé.txt"),
+                                                   TaskInput(bucket: "in-bucket", key: "two")]))
+        #expect(try parser.parse(#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"in-bucket"}"#) == .testEvent)
+        let sns = #"{"Type": "Notification", "Message": "{\"Records\":[{\"s3\":{\"bucket\":{\"name\":\"in-bucket\"},\"object\":{\"key\":\"k\"}}}]}"}"#
+        #expect(try parser.parse(sns) == .tasks([TaskInput(bucket: "in-bucket", key: "k")]))
+    }
+
+    @Test(arguments: [
+        "", "   \n", "{broken", #"{"files": ["a"]}"#, #"{"key": 5}"#, #"{"bucket": "", "key": "k"}"#,
+        #"{"Records": [{"s3": {"bucket": {"name": "elsewhere"}, "object": {"key": "k"}}}]}"#,
+        #"{"Records": [{"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "k"}}}]}"#,
+        "s3://", "s3://bucket-only", "a\u{0}b", String(repeating: "k", count: 1025),
+    ])
+    func badBodiesAreRefusedWithAReason(_ body: String) {
+        #expect { try parser.parse(body) } throws: { !(($0 as? BadMessage)?.reason.isEmpty ?? true) }
+    }
+
+    @Test(arguments: [
+        ("../../etc/x", "x"), ("..", "input"), ("/abs/path/f.txt", "f.txt"), ("dir/", "dir"), ("a/./.", "input"),
+        ("line\nbreak", "line_break"), ("%00.txt", "%00.txt"), ("plain", "plain"),
+    ])
+    func localNamesStayInsideTheTaskFolder(key: String, name: String) {
+        let local = TaskPaths.localName(forKey: key)
+        #expect(local == name)
+        #expect(!local.contains("/"))
+    }
+
+    @Test func longNamesAreShortenedKeepingTheExtension() {
+        let local = TaskPaths.localName(forKey: "d/" + String(repeating: "é", count: 300) + ".fastq")
+        #expect(local.utf8.count <= 200)
+        #expect(local.hasSuffix(".fastq"))
+    }
+
+    @Test func outputKeysFollowTheInputFolder() {
+        #expect(TaskPaths.outputKey(inputKey: "a/x.txt", inputPrefix: "", outputPrefix: "out/", outputName: "x.res") == "out/a/x.res")
+        #expect(TaskPaths.outputKey(inputKey: "b/x.txt", inputPrefix: "", outputPrefix: "out/", outputName: "x.res") == "out/b/x.res")
+        #expect(TaskPaths.outputKey(inputKey: "raw/a/x.txt", inputPrefix: "raw/", outputPrefix: "", outputName: "y") == "a/y")
+        #expect(TaskPaths.outputKey(inputKey: "top.txt", inputPrefix: "", outputPrefix: "", outputName: "top.out") == "top.out")
+    }
+}
