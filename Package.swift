@@ -47,7 +47,7 @@ let package = Package(
 
         .target(
             name: "TestSupport",
-            dependencies: ["AWSServices", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["AWSServices", "Worker", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "AWSSigV4Tests", dependencies: ["AWSSigV4", "TestSupport"]),

@@ -149,6 +149,7 @@ public actor RefreshingCredentials: CredentialProvider {
     private let now: @Sendable () -> Date
     private let refreshAhead: TimeInterval
     private var cached: Credentials?
+    private var fetchedAt: Date?
     private var refreshing: Task<Credentials?, any Error>?
     private var lastFailure: Date?
     /// How many fetches reached the source (for tests).
@@ -183,7 +184,10 @@ public actor RefreshingCredentials: CredentialProvider {
         switch result {
         case .success(let fresh):
             lastFailure = nil
-            if let fresh { cached = fresh }
+            if let fresh {
+                cached = fresh
+                fetchedAt = current
+            }
             return fresh ?? cached.flatMap { isValid($0, at: current) ? $0 : nil }
         case .failure(let error):
             lastFailure = current
@@ -201,9 +205,13 @@ public actor RefreshingCredentials: CredentialProvider {
 
     public func invalidate() { cached = nil }
 
+    /// Inside the last `refreshAhead` seconds, or the last half of a lifetime shorter than twice that (so
+    /// credentials that live one minute are not fetched again on every call).
     private func needsRefresh(_ c: Credentials, at time: Date) -> Bool {
         guard let expiration = c.expiration else { return false }
-        return expiration.timeIntervalSince(time) < refreshAhead
+        var window = refreshAhead
+        if let fetchedAt { window = min(window, expiration.timeIntervalSince(fetchedAt) / 2) }
+        return expiration.timeIntervalSince(time) < window
     }
 
     private func isValid(_ c: Credentials, at time: Date) -> Bool {

@@ -165,7 +165,7 @@ extension WorkerConfig {
         if config.environmentZip != nil && config.environmentBucket == nil {
             throw ConfigError(key: "environmentBucket", message: "is required when environmentZip is set")
         }
-        if let v = try integer("visibilityTimeout", 30...43200, duration: true) { config.visibilityTimeout = v }
+        if let v = try integer("visibilityTimeout", 1...43200, duration: true) { config.visibilityTimeout = v }
         if let v = try integer("numThreads", 0...256) { config.numThreads = v == 0 ? max(1, cores) : v }
         if let v = try boolean("shouldShutdown") { config.shouldShutdown = v }
         config.region = string("region")

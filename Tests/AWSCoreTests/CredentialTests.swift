@@ -125,3 +125,16 @@ final class TestClock: Sendable {
         #expect(try await refreshing.credentials(logger: logs.logger())?.accessKeyID != "ASIA1")
     }
 }
+
+@Suite struct ShortLivedCredentialTests {
+    @Test func shortLivedCredentialsAreRefreshedInTheirSecondHalf() async throws {
+        let clock = TestClock()
+        let source = ScriptedSource(clock: clock, lifetime: 60)
+        let refreshing = RefreshingCredentials(source, now: { clock.now() })
+        #expect(try await refreshing.credentials(logger: quietLogger)?.accessKeyID == "ASIA1")
+        clock.advance(20)
+        #expect(try await refreshing.credentials(logger: quietLogger)?.accessKeyID == "ASIA1")
+        clock.advance(15)  // 25 s left of 60: inside the second half
+        #expect(try await refreshing.credentials(logger: quietLogger)?.accessKeyID == "ASIA2")
+    }
+}

@@ -4,6 +4,7 @@ import FoundationEssentials
 import HTTPCurl
 import TestSupport
 import Testing
+import Synchronization
 
 /// IMDSv2 against the stand-in, whose role credentials are real temporary keys from moto's STS.
 @Suite(.enabled(if: TestEnvironment.canRun(.imds, .moto)), .serialized, .timeLimit(.minutes(2)))
@@ -75,13 +76,16 @@ struct IMDSTests {
     }
 
     @Test func aFailedCredentialRefreshKeepsTheOldOnes() async throws {
-        // 60-second credentials are always inside the 5-minute refresh window, so each call tries to refresh.
+        // 60-second credentials; our clock then jumps 40 s ahead, into their second half, where a refresh is due.
         try await configure(#"{"credentialLifetime": 60, "failCredentials": 0}"#)
         let imds = IMDSClient(endpoint: try TestEnvironment.endpoint(.imds), http: http)
-        let refreshing = RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds))
+        let skip = Atomic<Int>(0)
+        let refreshing = RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds),
+                                               now: { Date().addingTimeInterval(Double(skip.load(ordering: .relaxed))) })
         let logs = CapturedLogs()
         let first = try await refreshing.credentials(logger: logs.logger())
         try await configure(#"{"failCredentials": 3}"#)
+        skip.store(40, ordering: .relaxed)
         let second = try await refreshing.credentials(logger: logs.logger())
         #expect(second?.accessKeyID == first?.accessKeyID)
         #expect(logs.contains(level: .warning, "credential refresh failed"))

@@ -1,0 +1,177 @@
+import AWSCore
+import AWSServices
+import FoundationEssentials
+@preconcurrency import Glibc
+import Worker
+
+/// Drives real `parallelizer run` processes against moto: buckets, a queue, inputs, workers, and what they left.
+public struct WorkerHarness: Sendable {
+    public let directory: String
+    public let inputBucket: String
+    public let outputBucket: String
+    public let queueURL: String
+    public let context: AWSContext
+    public var s3: S3Client { try! S3Client(context: context) }
+    public var sqs: SQSClient { SQSClient(context: context) }
+
+    /// The built executable, next to the test bundle.
+    public static var binary: String {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBufferPointer { raw in
+            raw.withMemoryRebound(to: CChar.self) { readlink("/proc/self/exe", $0.baseAddress!, 4095) }
+        }
+        let exe = String(decoding: buffer.prefix(max(0, n)), as: UTF8.self)
+        let dir = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        // The xctest bundle is a folder on Linux builds of some toolchains; walk up until the binary is found.
+        var candidate = dir
+        for _ in 0..<4 {
+            if access(candidate + "/parallelizer", X_OK) == 0 { return candidate + "/parallelizer" }
+            candidate = candidate.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        }
+        return dir + "/parallelizer"
+    }
+
+    /// Creates a fresh pair of buckets and a queue (with `queueAttributes`), in a fresh local folder.
+    public static func make(directory: String, queueAttributes: [String: String] = [:]) async throws -> WorkerHarness {
+        let context = try TestEnvironment.motoContext()
+        let s3 = try S3Client(context: context)
+        let name = uniqueName("pzw")
+        try await s3.createBucket(name + "-in", logger: quietLogger)
+        try await s3.createBucket(name + "-out", logger: quietLogger)
+        let queue = try await SQSClient(context: context).createQueue(name: name, attributes: queueAttributes, logger: quietLogger)
+        return WorkerHarness(directory: directory, inputBucket: name + "-in", outputBucket: name + "-out", queueURL: queue,
+                             context: context)
+    }
+
+    public func upload(_ key: String, _ text: String) async throws {
+        try await s3.putObject(bucket: inputBucket, key: key, bytes: Array(text.utf8), logger: quietLogger)
+    }
+
+    public func send(_ bodies: [String]) async throws {
+        var index = 0
+        while index < bodies.count {
+            let batch = bodies[index..<min(index + 10, bodies.count)].enumerated().map { (id: "m\($0.offset)", body: $0.element) }
+            let result = try await sqs.sendMessageBatch(queueURL: queueURL, entries: Array(batch), logger: quietLogger)
+            precondition(result.failed.isEmpty, "send failed: \(result.failed.map(\.message))")
+            index += 10
+        }
+    }
+
+    /// The parameters every test needs, as key=value lines, plus `extra`.
+    public func parameters(_ extra: [String: String] = [:], program: String) -> String {
+        var values = [
+            "queueURL": queueURL, "inputBucket": inputBucket, "outputBucket": outputBucket, "analysisProgram": program,
+            "workDir": directory + "/work-\(UInt32.random(in: 0..<UInt32.max))", "logFile": directory + "/worker.log",
+            "idleTimeout": "2", "shouldShutdown": "false", "visibilityTimeout": "30", "maxAttempts": "3",
+        ]
+        values.merge(extra) { $1 }
+        return values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: "\n") + "\n"
+    }
+
+    /// Starts a worker with `parameters` in a `--config` file (or none), IMDS as given.
+    public func startWorker(name: String, parameters: String?, imds: String? = nil, extraArguments: [String] = [])
+        throws -> ChildProcess
+    {
+        var arguments = ["run", "--receive-wait-seconds", "1", "--retry-backoff-seconds", "1"] + extraArguments
+        if let parameters {
+            let path = "\(directory)/\(name).params"
+            LocalFile.write(path, Array(parameters.utf8))
+            arguments += ["--config", path]
+        }
+        let moto = try TestEnvironment.endpoint(.moto)
+        let creds = try TestEnvironment.motoCredentials()
+        var environment = [
+            "AWS_ENDPOINT_URL": moto, "AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey,
+            "AWS_REGION": "us-east-1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": directory,
+        ]
+        if let imds { environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds } else {
+            environment["AWS_EC2_METADATA_DISABLED"] = "true"
+        }
+        return try ProcessRunner().start(argv: [Self.binary] + arguments, environment: environment, directory: directory,
+                                         stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
+    }
+
+    public func log(_ name: String) -> String { LocalFile.readText("\(directory)/\(name).log") ?? "" }
+
+    /// Every key in the output bucket.
+    public func outputKeys() async throws -> [String] {
+        var keys: [String] = []
+        try await s3.listAll(bucket: outputBucket, logger: quietLogger) { page throws(AWSError) in keys += page.map(\.key) }
+        return keys.sorted()
+    }
+
+    public func output(_ key: String) async throws -> String {
+        let path = directory + "/fetched-\(UInt32.random(in: 0..<UInt32.max))"
+        defer { unlink(path) }
+        try await s3.getObject(bucket: outputBucket, key: key, to: path, logger: quietLogger)
+        return LocalFile.readText(path) ?? ""
+    }
+
+    /// Visible + in flight + delayed.
+    public func queueDepth() async throws -> Int {
+        let a = try await sqs.getQueueAttributes(queueURL: queueURL, logger: quietLogger)
+        return ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+            .reduce(0) { $0 + (Int(a[$1] ?? "") ?? 0) }
+    }
+
+    /// Writes an executable script into the folder and returns its path.
+    public func script(_ name: String, _ body: String) -> String {
+        let path = "\(directory)/\(name)"
+        LocalFile.write(path, Array(("#!/bin/sh\n" + body).utf8), mode: 0o755)
+        return path
+    }
+}
+
+/// A private IMDSv2 stand-in process for one test (user-data, instance id, spot notices).
+public struct IMDSStandIn: Sendable {
+    public let endpoint: String
+    let process: ChildProcess
+
+    public static func start(directory: String, userData: String?, instanceID: String = "i-0test") async throws -> IMDSStandIn {
+        let port = Int32.random(in: 20000...60000)
+        var argv = ["/usr/bin/env", "python3", Self.script, "--port", String(port), "--instance-id", instanceID]
+        if let userData {
+            let path = directory + "/user-data-\(port)"
+            LocalFile.write(path, Array(userData.utf8))
+            argv += ["--user-data-file", path]
+        }
+        let process = try ProcessRunner().start(argv: argv, environment: ["PATH": "/usr/local/bin:/usr/bin:/bin"] .merging(
+            TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" }) { $1 },
+            directory: directory, stdoutPath: directory + "/imds-\(port).out", stderrPath: directory + "/imds-\(port).err")
+        let standIn = IMDSStandIn(endpoint: "http://127.0.0.1:\(port)", process: process)
+        for _ in 0..<100 {
+            if (try? await HTTPClientProbe.get(standIn.endpoint + "/_standin/stats")) == 200 { return standIn }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        process.signal(SIGKILL)
+        throw TestEnvironment.Missing(name: "IMDS stand-in on port \(port)")
+    }
+
+    static var script: String {
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        parts.removeLast(3)
+        return parts.joined(separator: "/") + "/scripts/lib/imds_standin.py"
+    }
+
+    public func configure(_ json: String) async throws {
+        _ = try await HTTPClientProbe.post(endpoint + "/_standin/config", json)
+    }
+
+    public func stop() async {
+        process.signal(SIGTERM)
+        _ = await process.wait(timeout: 5)
+    }
+}
+
+import HTTPCurl
+
+enum HTTPClientProbe {
+    static func get(_ url: String) async throws -> Int {
+        try await HTTPClient().execute(HTTPRequest(method: "GET", url: url,
+                                                   timeouts: Timeouts(connect: 1, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 2))).status
+    }
+    static func post(_ url: String, _ body: String) async throws -> Int {
+        try await HTTPClient().execute(HTTPRequest(method: "POST", url: url, headers: [("Content-Type", "application/json")],
+                                                   body: .bytes(Array(body.utf8)))).status
+    }
+}
