@@ -106,8 +106,10 @@ public struct Daemon: Sendable {
             }
             guard getuid() == 0 else { throw ConfigError(key: "runAsUser", message: "switching users needs root") }
             user = found
+            // The user may pass through (not list) the work dir to reach its own task folders.
             _ = chown(config.workDir, 0, 0)
             _ = chmod(config.workDir, 0o711)
+            _ = chmod(config.workDir + "/tasks", 0o711)
         }
         var environmentDirectory: String?
         if let bucket = config.environmentBucket, let zip = config.environmentZip {

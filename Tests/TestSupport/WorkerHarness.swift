@@ -175,3 +175,34 @@ enum HTTPClientProbe {
                                                    body: .bytes(Array(body.utf8)))).status
     }
 }
+
+extension WorkerHarness {
+    /// Builds a zip with Python's zipfile: entries are (name, content, mode) or a symlink (name, target).
+    public func makeZip(_ path: String, files: [(String, String, Int)], symlinks: [(String, String)] = []) async throws {
+        var script = "import zipfile, sys\nz = zipfile.ZipFile(sys.argv[1], 'w')\n"
+        for (name, content, mode) in files {
+            script += "i = zipfile.ZipInfo(\(pythonString(name)))\ni.external_attr = (0o100000 | \(mode)) << 16\n"
+            script += "z.writestr(i, \(pythonString(content)))\n"
+        }
+        for (name, target) in symlinks {
+            script += "i = zipfile.ZipInfo(\(pythonString(name)))\ni.external_attr = (0o120777) << 16\n"
+            script += "z.writestr(i, \(pythonString(target)))\n"
+        }
+        script += "z.close()\n"
+        LocalFile.write(directory + "/mkzip.py", Array(script.utf8))
+        let outcome = try await ProcessRunner().run(
+            argv: ["/usr/bin/env", "python3", directory + "/mkzip.py", path],
+            environment: TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" },
+            directory: directory, stdoutPath: directory + "/mkzip.out", stderrPath: directory + "/mkzip.err", user: nil,
+            timeout: 60, stop: { false })
+        precondition(outcome.succeeded, "mkzip failed: \(LocalFile.readText(directory + "/mkzip.err") ?? "")")
+    }
+
+    public func uploadFile(bucket: String, key: String, path: String) async throws {
+        try await s3.putObject(bucket: bucket, key: key, file: path, logger: quietLogger)
+    }
+}
+
+func pythonString(_ text: String) -> String {
+    "'" + text.replacing("\\", with: "\\\\").replacing("'", with: "\\'").replacing("\n", with: "\\n") + "'"
+}

@@ -26,6 +26,7 @@ pz_install_dependencies() {
     local need_apt=()
     pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
     pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
+    command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
     if [ "${#need_apt[@]}" -gt 0 ]; then
         echo "installing ${need_apt[*]}" >&2
         local sudo=""
