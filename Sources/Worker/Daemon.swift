@@ -116,9 +116,17 @@ public struct Daemon: Sendable {
             environmentDirectory = try await EnvironmentArchive(s3: s3).prepare(
                 bucket: bucket, key: zip, prefix: config.environmentPrefix, workDir: config.workDir, logger: logger)
         }
+        // Resolved once: a relative name against the environment (or the daemon's working folder), a bare name on
+        // PATH too. A command that cannot be found would fail every task, so that stops start-up instead.
+        let environment = commandEnvironment(user: user)
+        let base = environmentDirectory ?? currentDirectory()
+        guard let program = ProcessRunner.resolve(config.analysisProgram[0], in: base, path: environment["PATH"] ?? "") else {
+            throw ConfigError(key: "analysisProgram", message: "'\(config.analysisProgram[0])' was not found in \(base) or on PATH")
+        }
         return MessageHandler(
-            config: config, s3: s3, sqs: sqs, lifecycle: lifecycle, runner: ProcessRunner(),
-            environmentDirectory: environmentDirectory, commandEnvironment: commandEnvironment(user: user),
+            config: config, program: [program] + config.analysisProgram.dropFirst(), s3: s3, sqs: sqs,
+            lifecycle: lifecycle, runner: ProcessRunner(),
+            environmentDirectory: environmentDirectory, commandEnvironment: environment,
             user: user, instanceID: instanceID, hasRedrivePolicy: hasRedrive, retryBackoff: options.retryBackoff)
     }
 
@@ -270,6 +278,12 @@ public struct Daemon: Sendable {
             logger.error("cannot run the shutdown command", metadata: ["error": "\(error)"])
         }
     }
+}
+
+func currentDirectory() -> String {
+    guard let cwd = getcwd(nil, 0) else { return "/" }
+    defer { free(cwd) }
+    return String(cString: cwd)
 }
 
 func hostName() -> String {

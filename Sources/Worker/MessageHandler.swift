@@ -8,6 +8,8 @@ import Logging
 /// later, give up, or release. A failure decides only this message's fate; the slot goes on.
 struct MessageHandler: Sendable {
     let config: WorkerConfig
+    /// `analysisProgram` with its first word resolved to a path at start-up.
+    let program: [String]
     let s3: S3Client
     let sqs: SQSClient
     let lifecycle: Lifecycle
@@ -142,11 +144,6 @@ struct MessageHandler: Sendable {
         environment["PARALLELIZER_INPUT_BUCKET"] = input.bucket
         environment["PARALLELIZER_INPUT_KEY"] = input.key
         environment["PARALLELIZER_TASK_DIR"] = data
-        guard let resolved = ProcessRunner.resolve(config.analysisProgram[0], in: environmentDirectory ?? data,
-                                                   path: commandEnvironment["PATH"] ?? "/usr/bin:/bin") else {
-            return .failed(reason: "analysisProgram '\(config.analysisProgram[0])' was not found", outcome: nil, stderrTail: "")
-        }
-        let program = [resolved] + config.analysisProgram.dropFirst()
         let stdoutPath = root + "/stdout.log"
         let stderrPath = root + "/stderr.log"
         let outcome: ProcessOutcome

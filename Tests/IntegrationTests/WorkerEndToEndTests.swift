@@ -237,3 +237,46 @@ struct FleetDrainTests {
         }
     }
 }
+
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(2)))
+struct StartUpRefusalTests {
+    @Test(arguments: ["/nonexistent/program", "no-such-tool-anywhere"])
+    func aMissingCommandStopsStartUp(program: String) async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program))
+            #expect(await worker.wait(timeout: 30) == .exited(1))
+            #expect(h.log("w").contains("analysisProgram"))
+            #expect(h.log("w").contains("was not found"))
+        }
+    }
+}
+
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(2)))
+struct HeartbeatTests {
+    @Test func aLongTaskKeepsItsMessageInvisible() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.upload("long.txt", "long")
+            try await h.send(["long.txt"])
+            let program = h.script("long.sh", "echo started > \(dir)/started\nsleep 9\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(["visibilityTimeout": "3"], program: program))
+            for _ in 0..<200 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            // Three visibility timeouts pass while the command runs; nobody else may receive the message.
+            var stolen: [String] = []
+            for _ in 0..<6 {
+                stolen += try await h.sqs.receiveMessages(queueURL: h.queueURL, maxMessages: 1, waitSeconds: 1,
+                                                         visibilityTimeout: 1, logger: quietLogger).map(\.body)
+                try await Task.sleep(nanoseconds: 500_000_000)
+            }
+            #expect(stolen.isEmpty, "the message became visible during the task")
+            #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
+            #expect(try await h.outputKeys() == ["long.txt.out"])
+            // The log file: appended, mode 0640, the same lines as stderr.
+            var st = stat()
+            #expect(stat("\(dir)/worker.log", &st) == 0)
+            #expect(st.st_mode & 0o777 == 0o640)
+            #expect(LocalFile.readText("\(dir)/worker.log")?.contains("parallelizer started") == true)
+        }
+    }
+}
