@@ -171,9 +171,19 @@ struct MessageHandler: Sendable {
         case .file(let path, let name):
             let key = TaskPaths.outputKey(inputKey: input.key, inputPrefix: config.inputPrefix,
                                           outputPrefix: config.outputPrefix, outputName: name)
-            do {
-                try await s3.putObject(bucket: config.outputBucket, key: key, file: path, logger: logger)
-            } catch {
+            // The upload is cancelled when a shutdown's grace runs out (a multipart upload is then aborted).
+            let (s3, bucket, lifecycle) = (self.s3, config.outputBucket, self.lifecycle)
+            let upload = Task { try await s3.putObject(bucket: bucket, key: key, file: path, logger: logger) }
+            let watchdog = Task {
+                while !Task.isCancelled {
+                    if lifecycle.graceExpired { upload.cancel(); return }
+                    try? await Task.sleep(nanoseconds: 100_000_000)
+                }
+            }
+            let result = await upload.result
+            watchdog.cancel()
+            if case .failure(let error) = result {
+                if lifecycle.graceExpired { return .interrupted }
                 return .failed(reason: "upload failed: \(error)", outcome: outcome, stderrTail: "")
             }
             return .uploaded(key: key, bytes: LocalFile.size(path) ?? 0)

@@ -280,3 +280,33 @@ struct HeartbeatTests {
         }
     }
 }
+
+/// Shutdown during an upload, with the fault proxy slowing every part down.
+@Suite(.enabled(if: TestEnvironment.canRun(.moto, .microburst)), .serialized, .timeLimit(.minutes(2)))
+struct ShutdownDuringUploadTests {
+    @Test func sigtermDuringAMultipartUploadAbortsItAndReleasesTheMessage() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.upload("big.txt", "x")
+            try await h.send(["big.txt"])
+            // A 70 MiB output goes up in parts; each part takes 3 s through the proxy.
+            let program = h.script("big.sh", "head -c 73400320 /dev/zero > \"$1.out\"\necho uploading > \(dir)/started\necho \"$1.out\"\n")
+            try await TestEnvironment.setFaultRules(#"[{"service":"s3","operation":"PutObject","latency":3000}]"#)
+            defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
+            let moto = try #require(ParsedURL(try TestEnvironment.endpoint(.moto)))
+            let proxy = try #require(ParsedURL(try TestEnvironment.endpoint(.microburst)))
+            let worker = try h.startWorker(
+                name: "w", parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"], program: program),
+                environment: ["PARALLELIZER_CONNECT_TO": "\(moto.host):\(moto.port!):\(proxy.host):\(proxy.port!)"])
+            for _ in 0..<400 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            try await Task.sleep(nanoseconds: 500_000_000)
+            worker.signal(SIGTERM)
+            #expect(await worker.wait(timeout: 30) == .exited(0), "\(h.log("w"))")
+            try await TestEnvironment.setFaultRules("[]")
+            #expect(try await h.s3.listMultipartUploads(bucket: h.outputBucket, logger: quietLogger).isEmpty)
+            #expect(try await h.outputKeys().isEmpty)
+            let again = try await h.sqs.receiveMessages(queueURL: h.queueURL, waitSeconds: 2, logger: quietLogger)
+            #expect(again.map(\.body) == ["big.txt"])
+        }
+    }
+}

@@ -69,8 +69,8 @@ public struct WorkerHarness: Sendable {
     }
 
     /// Starts a worker with `parameters` in a `--config` file (or none), IMDS as given.
-    public func startWorker(name: String, parameters: String?, imds: String? = nil, extraArguments: [String] = [])
-        throws -> ChildProcess
+    public func startWorker(name: String, parameters: String?, imds: String? = nil, extraArguments: [String] = [],
+                            environment extra: [String: String] = [:]) throws -> ChildProcess
     {
         var arguments = ["run", "--receive-wait-seconds", "1", "--retry-backoff-seconds", "1"] + extraArguments
         if let parameters {
@@ -87,6 +87,7 @@ public struct WorkerHarness: Sendable {
         if let imds { environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds } else {
             environment["AWS_EC2_METADATA_DISABLED"] = "true"
         }
+        environment.merge(extra) { $1 }
         return try ProcessRunner().start(argv: [Self.binary] + arguments, environment: environment, directory: directory,
                                          stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
     }

@@ -36,7 +36,9 @@ extension S3Client {
             return root?["ETag"] ?? ""
         } catch {
             logger.info("aborting multipart upload", metadata: ["error": "\(error)"])
-            try? await abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, logger: logger)
+            // In a task of its own: when the upload was cancelled (a shutdown), the abort must still go out.
+            let client = self
+            await Task { try? await client.abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, logger: logger) }.value
             throw error
         }
     }
