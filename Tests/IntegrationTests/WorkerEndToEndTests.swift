@@ -310,3 +310,27 @@ struct ShutdownDuringUploadTests {
         }
     }
 }
+
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(2)))
+struct CredentialRotationTests {
+    @Test func credentialsExpiringMidRunFailNoTask() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            // Role credentials that live 12 seconds, over a run of about 20.
+            let imds = try await IMDSStandIn.start(directory: dir, userData: nil, credentialLifetime: 12)
+            defer { Task { await imds.stop() } }
+            let keys = (0..<10).map { "rot/\($0).txt" }
+            for key in keys { try await h.upload(key, key) }
+            try await h.send(keys)
+            let program = h.script("slow.sh", "sleep 1.5\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program), imds: imds.endpoint,
+                                           instanceRole: true)
+            #expect(await worker.wait(timeout: 90) == .exited(0), "\(h.log("w"))")
+            #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
+            let stats = try await imds.stats()
+            #expect((stats["credentialFetches"]?.intValue ?? 0) >= 3)
+            #expect(stats["unauthorizedGets"]?.intValue == 0)
+            #expect(!h.log("w").contains("task failed"))
+        }
+    }
+}

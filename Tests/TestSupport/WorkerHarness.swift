@@ -69,8 +69,9 @@ public struct WorkerHarness: Sendable {
     }
 
     /// Starts a worker with `parameters` in a `--config` file (or none), IMDS as given.
+    /// - Parameter instanceRole: give the worker no keys, so it takes the role's credentials from `imds`.
     public func startWorker(name: String, parameters: String?, imds: String? = nil, extraArguments: [String] = [],
-                            environment extra: [String: String] = [:]) throws -> ChildProcess
+                            environment extra: [String: String] = [:], instanceRole: Bool = false) throws -> ChildProcess
     {
         var arguments = ["run", "--receive-wait-seconds", "1", "--retry-backoff-seconds", "1"] + extraArguments
         if let parameters {
@@ -86,6 +87,10 @@ public struct WorkerHarness: Sendable {
         ]
         if let imds { environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds } else {
             environment["AWS_EC2_METADATA_DISABLED"] = "true"
+        }
+        if instanceRole {
+            environment.removeValue(forKey: "AWS_ACCESS_KEY_ID")
+            environment.removeValue(forKey: "AWS_SECRET_ACCESS_KEY")
         }
         environment.merge(extra) { $1 }
         return try ProcessRunner().start(argv: [Self.binary] + arguments, environment: environment, directory: directory,
@@ -128,9 +133,18 @@ public struct IMDSStandIn: Sendable {
     public let endpoint: String
     let process: ChildProcess
 
-    public static func start(directory: String, userData: String?, instanceID: String = "i-0test") async throws -> IMDSStandIn {
+    /// - Parameter credentialLifetime: hand out real temporary credentials from moto's STS that say they expire
+    ///   after this many seconds.
+    public static func start(directory: String, userData: String?, instanceID: String = "i-0test",
+                             credentialLifetime: Int? = nil) async throws -> IMDSStandIn {
         let port = Int32.random(in: 20000...60000)
         var argv = ["/usr/bin/env", "python3", Self.script, "--port", String(port), "--instance-id", instanceID]
+        if let credentialLifetime {
+            argv += ["--credential-lifetime", String(credentialLifetime), "--sts-endpoint", try TestEnvironment.endpoint(.moto),
+                     "--sts-key", try TestEnvironment.value("PZ_TEST_MOTO_KEY"),
+                     "--sts-secret", try TestEnvironment.value("PZ_TEST_MOTO_SECRET"),
+                     "--role-arn", try TestEnvironment.value("PZ_TEST_MOTO_ROLE_ARN")]
+        }
         if let userData {
             let path = directory + "/user-data-\(port)"
             LocalFile.write(path, Array(userData.utf8))
@@ -156,6 +170,10 @@ public struct IMDSStandIn: Sendable {
 
     public func configure(_ json: String) async throws {
         _ = try await HTTPClientProbe.post(endpoint + "/_standin/config", json)
+    }
+
+    public func stats() async throws -> JSONValue {
+        try JSONValue.parse(try await HTTPClient().execute(HTTPRequest(method: "GET", url: endpoint + "/_standin/stats")).body)
     }
 
     public func stop() async {
