@@ -84,7 +84,7 @@ public struct Daemon: Sendable {
         }
         _ = chmod(config.workDir, 0o700)
         // Task folders left by a killed run hold nothing worth keeping: their messages come back by themselves.
-        removeTree(config.workDir + "/tasks")
+        LocalFile.removeTree(config.workDir + "/tasks")
         _ = mkdir(config.workDir + "/tasks", 0o700)
 
         let s3 = try S3Client(context: context)

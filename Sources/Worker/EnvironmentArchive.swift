@@ -19,7 +19,7 @@ struct EnvironmentArchive {
     func prepare(bucket: String, key: String, prefix: String?, workDir: String, logger: Logger) async throws -> String {
         let archive = workDir + "/environment" + (key.hasSuffix(".zip") ? ".zip" : ".tar.gz")
         let target = workDir + "/environment"
-        removeTree(target)
+        LocalFile.removeTree(target)
         guard mkdir(target, 0o755) == 0 else { throw Failure(message: "cannot create \(target)") }
         try await s3.getObject(bucket: bucket, key: key, to: archive, logger: logger)
         defer { unlink(archive) }
@@ -65,16 +65,7 @@ struct EnvironmentArchive {
         }
         if type == S_IFDIR {
             _ = chmod(path, 0o755)
-            guard let dir = opendir(path) else { return }
-            var names: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafePointer(to: entry.pointee.d_name) {
-                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(dir)
-            for name in names { try secure(path + "/" + name, root: root) }
+            for name in LocalFile.listDirectory(path) { try secure(path + "/" + name, root: root) }
         } else if type == S_IFREG {
             _ = chmod(path, 0o755)
         }

@@ -124,7 +124,7 @@ struct MessageHandler: Sendable {
     func runTask(_ input: TaskInput, slot: Int, message: SQSMessage, logger: Logger) async -> TaskResult {
         let root = "\(config.workDir)/tasks/\(slot)-\(message.messageID.prefix(12).filter { $0.isLetter || $0.isNumber })-\(UInt32.random(in: 0..<UInt32.max))"
         let data = root + "/data"
-        defer { removeTree(root) }
+        defer { LocalFile.removeTree(root) }
         guard mkdir(root, 0o700) == 0, mkdir(data, 0o700) == 0 else {
             return .failed(reason: "cannot create task folder \(root): \(String(cString: strerror(errno)))", outcome: nil, stderrTail: "")
         }
@@ -258,28 +258,6 @@ struct MessageHandler: Sendable {
         var buffer = [UInt8](repeating: 0, count: window)
         let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(size - window)) }
         return String(decoding: buffer.prefix(max(0, got)), as: UTF8.self)
-    }
-}
-
-/// Removes a folder tree without following symbolic links out of it.
-func removeTree(_ path: String) {
-    var st = stat()
-    guard lstat(path, &st) == 0 else { return }
-    if (st.st_mode & S_IFMT) == S_IFDIR {
-        if let dir = opendir(path) {
-            var names: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafePointer(to: entry.pointee.d_name) {
-                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(dir)
-            for name in names { removeTree(path + "/" + name) }
-        }
-        rmdir(path)
-    } else {
-        unlink(path)
     }
 }
 

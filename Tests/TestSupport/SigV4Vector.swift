@@ -1,3 +1,4 @@
+import AWSCore
 import FoundationEssentials
 import Glibc
 
@@ -185,31 +186,9 @@ public struct SigV4Vector: Sendable, CustomStringConvertible {
 
 // MARK: - Small file helpers (tests only)
 
-public func readText(_ path: String) -> String? {
-    guard let file = fopen(path, "rb") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&buffer, 1, buffer.count, file)
-        if n <= 0 { break }
-        bytes.append(contentsOf: buffer[0..<n])
-    }
-    return String(decoding: bytes, as: UTF8.self)
-}
+public func readText(_ path: String) -> String? { LocalFile.readText(path) }
 
-public func listDirectory(_ path: String) -> [String] {
-    guard let dir = opendir(path) else { return [] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafePointer(to: entry.pointee.d_name) {
-            $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-        }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
-}
+public func listDirectory(_ path: String) -> [String] { LocalFile.listDirectory(path) }
 
 public func isDirectory(_ path: String) -> Bool {
     var st = stat()

@@ -119,16 +119,7 @@ public func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async 
     return try await body(path)
 }
 
-public func removeTree(_ path: String) {
-    var st = stat()
-    guard lstat(path, &st) == 0 else { return }
-    if (st.st_mode & S_IFMT) == S_IFDIR {
-        for entry in listDirectory(path) { removeTree("\(path)/\(entry)") }
-        rmdir(path)
-    } else {
-        unlink(path)
-    }
-}
+public func removeTree(_ path: String) { LocalFile.removeTree(path) }
 
 /// Writes `size` bytes of a pattern seeded by `seed` to `path`, in 1 MiB chunks.
 public func makeFile(_ path: String, size: Int, seed: UInt8 = 7) {
