@@ -263,7 +263,7 @@ struct MessageHandler: Sendable {
 
 extension Duration {
     /// Seconds with millisecond precision.
-    var seconds: Double {
+    public var seconds: Double {
         let c = components
         return ((Double(c.seconds) + Double(c.attoseconds) / 1e18) * 1000).rounded() / 1000
     }

@@ -334,3 +334,22 @@ struct CredentialRotationTests {
         }
     }
 }
+
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(2)))
+struct RunOnceTests {
+    @Test func onceProcessesOneMessageAndLeavesTheRest() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            for key in ["a.txt", "b.txt"] { try await h.upload(key, key) }
+            try await h.send(["a.txt", "b.txt"])
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(["shouldShutdown": "true",
+                                                                                    "shutdownCommand": "/bin/sh -c 'echo x > \(dir)/halted'"],
+                                                                                   program: h.script("upper.sh", WorkerEndToEndTests.upper)),
+                                           extraArguments: ["--once"])
+            #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
+            #expect(try await h.outputKeys().count == 1)
+            #expect(try await h.queueDepth() == 1)
+            #expect(!fileExists("\(dir)/halted"))  // --once never shuts the machine down
+        }
+    }
+}

@@ -97,6 +97,24 @@ public struct WorkerHarness: Sendable {
                                          stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
     }
 
+    /// Runs a one-shot subcommand (`enqueue`, `status`) with moto's credentials; returns its exit and stdout.
+    public func command(_ name: String, _ arguments: [String]) async throws -> (ProcessOutcome?, String) {
+        let process = try startWorkerProcess(name: name, arguments: arguments)
+        let outcome = await process.wait(timeout: 240)
+        return (outcome, LocalFile.readText("\(directory)/\(name).stdout") ?? "")
+    }
+
+    func startWorkerProcess(name: String, arguments: [String]) throws -> ChildProcess {
+        let creds = try TestEnvironment.motoCredentials()
+        let environment = [
+            "AWS_ENDPOINT_URL": try TestEnvironment.endpoint(.moto), "AWS_ACCESS_KEY_ID": creds.accessKeyID,
+            "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+            "PATH": "/usr/bin:/bin", "HOME": directory,
+        ]
+        return try ProcessRunner().start(argv: [Self.binary] + arguments, environment: environment, directory: directory,
+                                         stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
+    }
+
     public func log(_ name: String) -> String { LocalFile.readText("\(directory)/\(name).log") ?? "" }
 
     /// Every key in the output bucket.

@@ -1,0 +1,109 @@
+import AWSCore
+import AWSServices
+import FoundationEssentials
+import Logging
+import Synchronization
+
+/// Sends one message per input key, ten to a SendMessageBatch call, several calls at once, retrying the entries
+/// SQS reports as failed (when the fault is not the sender's).
+public struct Enqueuer: Sendable {
+    public struct Totals: Sendable, Equatable {
+        public var sent = 0
+        public var skipped = 0
+        public var failed = 0
+        public init() {}
+    }
+
+    public let sqs: SQSClient
+    public let queueURL: String
+    public var concurrency = 8
+    public var maxRetries = 5
+
+    public init(sqs: SQSClient, queueURL: String) {
+        self.sqs = sqs
+        self.queueURL = queueURL
+    }
+
+    /// Sends `bodies`; `progress` is called after each batch with the running totals.
+    public func send(_ bodies: [String], logger: Logger, progress: @escaping @Sendable (Totals) -> Void = { _ in })
+        async -> Totals
+    {
+        let totals = Running()
+        let batches = stride(from: 0, to: bodies.count, by: 10).map { Array(bodies[$0..<min($0 + 10, bodies.count)]) }
+        await withTaskGroup(of: Void.self) { group in
+            var next = 0
+            func launch() {
+                let batch = batches[next]
+                next += 1
+                group.addTask {
+                    let (sent, failed) = await sendBatch(batch, logger: logger)
+                    let now = totals.value.withLock { t in
+                        t.sent += sent
+                        t.failed += failed
+                        return t
+                    }
+                    progress(now)
+                }
+            }
+            while next < min(concurrency, batches.count) { launch() }
+            while await group.next() != nil {
+                if next < batches.count { launch() }
+            }
+        }
+        return totals.value.withLock { $0 }
+    }
+
+    final class Running: Sendable {
+        let value = Mutex(Totals())
+    }
+
+    /// One batch, with its failed entries retried. Returns (sent, failed).
+    func sendBatch(_ bodies: [String], logger: Logger) async -> (Int, Int) {
+        var pending = Array(bodies.enumerated().map { (id: "e\($0.offset)", body: $0.element) })
+        var sent = 0
+        var attempt = 0
+        while !pending.isEmpty {
+            attempt += 1
+            do {
+                let result = try await sqs.sendMessageBatch(queueURL: queueURL, entries: pending, logger: logger)
+                sent += result.successful.count
+                let senderFaults = result.failed.filter(\.senderFault)
+                for fault in senderFaults {
+                    logger.error("message refused", metadata: ["sqs.code": "\(fault.code)", "reason": "\(fault.message)",
+                                                               "body": "\(pending.first { $0.id == fault.id }?.body ?? "")"])
+                }
+                let retry = Set(result.failed.filter { !$0.senderFault }.map(\.id))
+                let refused = senderFaults.count
+                pending = pending.filter { retry.contains($0.id) }
+                if refused > 0 && pending.isEmpty { return (sent, refused) }
+                if !pending.isEmpty && attempt > maxRetries { return (sent, pending.count + refused) }
+                if !pending.isEmpty { try? await Task.sleep(nanoseconds: UInt64(100_000_000 << min(attempt, 6))) }
+            } catch {
+                if attempt > maxRetries {
+                    logger.error("batch could not be sent", metadata: ["error": "\(error)", "messages": "\(pending.count)"])
+                    return (sent, pending.count)
+                }
+                try? await Task.sleep(nanoseconds: UInt64(200_000_000 << min(attempt, 6)))
+            }
+        }
+        return (sent, 0)
+    }
+
+    /// Keys of `inputs` whose output already exists: some key under `outputPrefix` starts with
+    /// `outputPrefix + key` (outputs are named after their inputs, e.g. `a/x.txt` → `a/x.txt.out`).
+    public static func done(inputs: [String], outputs: [String], outputPrefix: String) -> Set<String> {
+        let sorted = outputs.filter { !$0.hasPrefix(outputPrefix + "_failed/") }.sorted()
+        var result = Set<String>()
+        for key in inputs {
+            let stem = outputPrefix + key
+            // The first output not less than the stem is the only candidate for starting with it.
+            var low = 0, high = sorted.count
+            while low < high {
+                let mid = (low + high) / 2
+                if sorted[mid] < stem { low = mid + 1 } else { high = mid }
+            }
+            if low < sorted.count, sorted[low].hasPrefix(stem) { result.insert(key) }
+        }
+        return result
+    }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+import AWSCore
+import AWSServices
+import FoundationEssentials
+@preconcurrency import Glibc
+import Worker
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the queue's visible, in-flight and dead-letter counts, and the outputs and failure records.")
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "The SQS queue URL.")
+    var queueURL: String
+
+    @Option(help: "Count outputs and _failed/ records under s3://bucket/prefix.")
+    var output: String?
+
+    @Flag(help: "Refresh in place until interrupted.")
+    var watch = false
+
+    @Option(help: "Seconds between refreshes with --watch.")
+    var interval: Int = 5
+
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+
+    func validate() throws {
+        if let output, S3URI(output) == nil { throw ValidationError("--output takes s3://bucket/prefix") }
+        guard interval >= 1 else { throw ValidationError("--interval is at least 1") }
+    }
+
+    func run() async throws {
+        let logger = global.logger("parallelizer.status")
+        let context = try await global.context(logger: logger)
+        repeat {
+            let status = try await QueueStatus.read(queueURL: queueURL, output: output.flatMap(S3URI.init),
+                                                    context: context, logger: logger)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                print(String(decoding: try encoder.encode(status), as: UTF8.self))
+            } else {
+                if watch && isatty(1) == 1 { print("\u{1B}[H\u{1B}[2J", terminator: "") }
+                print(status.text)
+            }
+            if watch { try await Task.sleep(nanoseconds: UInt64(interval) * 1_000_000_000) }
+        } while watch
+    }
+}
