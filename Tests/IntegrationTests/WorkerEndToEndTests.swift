@@ -281,9 +281,9 @@ struct HeartbeatTests {
     }
 }
 
-/// Shutdown during an upload, with the fault proxy slowing every part down.
-@Suite(.enabled(if: TestEnvironment.canRun(.moto, .microburst)), .serialized, .timeLimit(.minutes(2)))
-struct ShutdownDuringUploadTests {
+/// Shutdown during an upload, with the fault proxy slowing every part down. Part of S3FaultTests, which runs its
+/// tests one at a time: the proxy's rules are global.
+extension S3FaultTests {
     @Test func sigtermDuringAMultipartUploadAbortsItAndReleasesTheMessage() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
