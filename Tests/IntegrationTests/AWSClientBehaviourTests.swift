@@ -74,9 +74,10 @@ struct AWSClientBehaviourTests {
 /// What the S3 client puts on the wire for an upload, seen by the plain HTTP stub.
 @Suite(.enabled(if: TestEnvironment.canRun(.httpStub)), .serialized, .timeLimit(.minutes(2)))
 struct S3UploadWireTests {
-    func last() async throws -> JSONValue {
+    /// What the stub saw for a path (tests use their own bucket names, so paths do not collide).
+    func last(_ path: String) async throws -> JSONValue {
         try JSONValue.parse(try await HTTPClient().execute(
-            HTTPRequest(method: "GET", url: try TestEnvironment.endpoint(.httpStub) + "/last")).body)
+            HTTPRequest(method: "GET", url: try TestEnvironment.endpoint(.httpStub) + "/last" + path)).body)
     }
 
     func client(_ checksum: S3Client.UploadChecksum) throws -> S3Client {
@@ -90,21 +91,23 @@ struct S3UploadWireTests {
     @Test func sha256ModeSignsTheBodysHash() async throws {
         try await withTemporaryDirectory { dir in
             makeFile("\(dir)/f", size: 123_456, seed: 4)
-            try await client(.sha256).putObject(bucket: "b", key: "dir/a b+c.txt", file: "\(dir)/f", logger: quietLogger)
-            let seen = try await last()
+            let bucket = uniqueName("b")
+            try await client(.sha256).putObject(bucket: bucket, key: "dir/a b+c.txt", file: "\(dir)/f", logger: quietLogger)
+            let seen = try await last("/\(bucket)/dir/a%20b%2Bc.txt")
             let sha = try await fileSHA256("\(dir)/f")
             #expect(seen["sha256"]?.stringValue == sha)
             #expect(seen["headers"]?["x-amz-content-sha256"]?.stringValue == sha)
             #expect(seen["headers"]?["authorization"]?.stringValue?.contains("x-amz-content-sha256") == true)
-            #expect(seen["path"]?.stringValue == "/b/dir/a%20b%2Bc.txt")
+            #expect(seen["path"]?.stringValue == "/\(bucket)/dir/a%20b%2Bc.txt")
         }
     }
 
     @Test func md5ModeSendsContentMD5() async throws {
         try await withTemporaryDirectory { dir in
             makeFile("\(dir)/f", size: 5000, seed: 6)
-            try await client(.contentMD5).putObject(bucket: "b", key: "k", file: "\(dir)/f", logger: quietLogger)
-            let seen = try await last()
+            let bucket = uniqueName("b")
+            try await client(.contentMD5).putObject(bucket: bucket, key: "k", file: "\(dir)/f", logger: quietLogger)
+            let seen = try await last("/\(bucket)/k")
             let md5 = Digest.md5(LocalFile.read("\(dir)/f")!).base64String
             #expect(seen["headers"]?["content-md5"]?.stringValue == md5)
             #expect(seen["headers"]?["x-amz-content-sha256"]?.stringValue == "UNSIGNED-PAYLOAD")

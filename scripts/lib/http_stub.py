@@ -7,7 +7,7 @@
   GET  /headers            the request's headers as JSON
   PUT  /echo               reads the body, answers its length and SHA-256 as JSON
   POST /echo               same
-  GET  /last               what the last /echo-style PUT or POST received: path, length, sha256, headers
+  GET  /last/PATH          what the last PUT or POST to /PATH received: path, length, sha256, headers
   GET  /flaky/KEY/N        fails with 503 N times for KEY, then 200
   GET  /flakybody/KEY/N/SIZE  the first N times sends half of SIZE bytes and closes, then the whole body
   PUT  /flaky/KEY/N        reads the body; 503 the first N times, then answers like /echo
@@ -67,7 +67,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, json.dumps({k: v for k, v in self.headers.items()}).encode(), "application/json")
         if parts[0] == "last":
             with LOCK:
-                return self.send(200, json.dumps(LAST).encode(), "application/json")
+                record = LAST.get(self.path[len("/last"):], {})
+            return self.send(200, json.dumps(record).encode(), "application/json")
         if parts[0] == "flakybody":
             key, n, size = parts[1], int(parts[2]), int(parts[3])
             with LOCK:
@@ -111,9 +112,8 @@ class Handler(BaseHTTPRequestHandler):
             digest.update(chunk)
             remaining -= len(chunk)
         with LOCK:
-            LAST.clear()
-            LAST.update({"path": self.path, "length": length - remaining, "sha256": digest.hexdigest(),
-                         "headers": {k.lower(): v for k, v in self.headers.items()}})
+            LAST[self.path] = {"path": self.path, "length": length - remaining, "sha256": digest.hexdigest(),
+                               "headers": {k.lower(): v for k, v in self.headers.items()}}
         body = json.dumps({"length": length - remaining, "sha256": digest.hexdigest(),
                            "contentType": self.headers.get("Content-Type"),
                            "transferEncoding": self.headers.get("Transfer-Encoding")}).encode()
