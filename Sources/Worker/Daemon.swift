@@ -179,6 +179,8 @@ public struct Daemon: Sendable {
                 failures = 0
                 if messages.isEmpty {
                     lifecycle.emptyPoll()
+                    // --once means at most one message: an empty poll ends the run too.
+                    if options.once { lifecycle.requestStop(.once) }
                     continue
                 }
                 for message in messages {

@@ -353,3 +353,13 @@ struct RunOnceTests {
         }
     }
 }
+
+extension RunOnceTests {
+    @Test func onceOnAnEmptyQueueExitsAfterOnePoll() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(program: "/bin/true"), extraArguments: ["--once"])
+            #expect(await worker.wait(timeout: 30) == .exited(0), "\(h.log("w"))")
+        }
+    }
+}
