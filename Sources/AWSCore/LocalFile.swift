@@ -68,4 +68,19 @@ public enum LocalFile {
             unlink(path)
         }
     }
+
+    /// The last `bytes` bytes of a file (all of it when smaller), or nil if it cannot be read. For big logs and
+    /// stdout files, of which only the end matters.
+    public static func tail(_ path: String, bytes: Int) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        let size = Int(st.st_size)
+        let window = min(size, bytes)
+        var buffer = [UInt8](repeating: 0, count: window)
+        let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(size - window)) }
+        return got >= 0 ? Array(buffer.prefix(got)) : nil
+    }
 }

@@ -211,12 +211,7 @@ public struct Daemon: Sendable {
                 continue
             }
             do {
-                let a = try await sqs.getQueueAttributes(
-                    queueURL: config.queueURL,
-                    names: ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                            "ApproximateNumberOfMessagesDelayed"], logger: logger)
-                let total = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                             "ApproximateNumberOfMessagesDelayed"].reduce(0) { $0 + (Int(a[$1] ?? "") ?? 0) }
+                let total = try await sqs.messageCounts(queueURL: config.queueURL, logger: logger).total
                 zeroChecks = total == 0 ? zeroChecks + 1 : 0
                 if total > 0 {
                     logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])

@@ -127,7 +127,6 @@ public enum TaskPaths {
     public static func localName(forKey key: String) -> String {
         let last = key.split(separator: "/", omittingEmptySubsequences: true).last.map(String.init) ?? ""
         var name = String(last.map { $0.isASCII && ($0.asciiValue! < 0x20 || $0.asciiValue! == 0x7f) ? "_" : $0 })
-        name = name.replacing("\0", with: "_")
         if name.isEmpty || name == "." || name == ".." { name = "input" }
         if name.utf8.count > 200 {
             let ext = name.split(separator: ".").count > 1 ? "." + String(name.split(separator: ".").last!.prefix(20)) : ""

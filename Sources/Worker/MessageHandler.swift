@@ -250,14 +250,7 @@ struct MessageHandler: Sendable {
 
     /// The last `bytes` of a file, as text.
     static func tail(of path: String, bytes: Int) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "" }
-        defer { close(fd) }
-        let size = Int(lseek(fd, 0, SEEK_END))
-        let window = min(size, bytes)
-        var buffer = [UInt8](repeating: 0, count: window)
-        let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(size - window)) }
-        return String(decoding: buffer.prefix(max(0, got)), as: UTF8.self)
+        LocalFile.tail(path, bytes: bytes).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 }
 

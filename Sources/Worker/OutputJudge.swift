@@ -1,3 +1,4 @@
+import AWSCore
 @preconcurrency import Glibc
 
 /// Decides what a finished command produced: the last non-empty line of its stdout names its one output file.
@@ -13,18 +14,10 @@ public enum OutputJudge {
 
     /// The last non-empty line of a (possibly huge) stdout file; only its last 64 KiB are read.
     public static func lastLine(ofFile path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return nil }
-        let window = min(Int(st.st_size), 64 << 10)
-        var bytes = [UInt8](repeating: 0, count: window)
-        let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(Int(st.st_size) - window)) }
-        guard got >= 0 else { return nil }
-        let text = String(decoding: bytes.prefix(got), as: UTF8.self)
-        return text.split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" })
-            .map { $0.trimmingCharacters() }.last { !$0.isEmpty }
+        guard let bytes = LocalFile.tail(path, bytes: 64 << 10) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+            .split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" })
+            .map(\.trimmingSpaces).last { !$0.isEmpty }
     }
 
     /// Judges `line` against the task folder: relative paths are taken from the folder; the resolved file (links
@@ -50,14 +43,5 @@ public enum OutputJudge {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)
-    }
-}
-
-extension Substring {
-    func trimmingCharacters() -> String {
-        guard let first = firstIndex(where: { !$0.isWhitespace }), let last = lastIndex(where: { !$0.isWhitespace }) else {
-            return ""
-        }
-        return String(self[first...last])
     }
 }

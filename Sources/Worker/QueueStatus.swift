@@ -19,9 +19,9 @@ public struct QueueStatus: Sendable, Equatable, Codable {
                             logger: Logger) async throws(AWSError) -> QueueStatus {
         let sqs = SQSClient(context: context)
         let a = try await sqs.getQueueAttributes(queueURL: queueURL, logger: logger)
-        var status = QueueStatus(queueURL: queueURL, visible: Int(a["ApproximateNumberOfMessages"] ?? "") ?? 0,
-                                 inFlight: Int(a["ApproximateNumberOfMessagesNotVisible"] ?? "") ?? 0,
-                                 delayed: Int(a["ApproximateNumberOfMessagesDelayed"] ?? "") ?? 0)
+        let counts = SQSClient.MessageCounts(attributes: a)
+        var status = QueueStatus(queueURL: queueURL, visible: counts.visible, inFlight: counts.inFlight,
+                                 delayed: counts.delayed)
         if let policy = a["RedrivePolicy"], let json = try? JSONValue.parse(policy),
             let arn = json["deadLetterTargetArn"]?.stringValue, let name = arn.split(separator: ":").last
         {

@@ -133,9 +133,7 @@ public struct WorkerHarness: Sendable {
 
     /// Visible + in flight + delayed.
     public func queueDepth() async throws -> Int {
-        let a = try await sqs.getQueueAttributes(queueURL: queueURL, logger: quietLogger)
-        return ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
-            .reduce(0) { $0 + (Int(a[$1] ?? "") ?? 0) }
+        try await sqs.messageCounts(queueURL: queueURL, logger: quietLogger).total
     }
 
     /// Writes an executable script into the folder and returns its path.

@@ -177,6 +177,29 @@ public struct SQSClient: Sendable {
         return output.Attributes ?? [:]
     }
 
+    /// The queue's approximate message counts.
+    public struct MessageCounts: Sendable, Equatable {
+        public var visible: Int
+        public var inFlight: Int
+        public var delayed: Int
+        /// Everything not yet deleted: what must reach zero before a fleet may stop.
+        public var total: Int { visible + inFlight + delayed }
+
+        /// The counts from a GetQueueAttributes reply.
+        public init(attributes a: [String: String]) {
+            visible = Int(a["ApproximateNumberOfMessages"] ?? "") ?? 0
+            inFlight = Int(a["ApproximateNumberOfMessagesNotVisible"] ?? "") ?? 0
+            delayed = Int(a["ApproximateNumberOfMessagesDelayed"] ?? "") ?? 0
+        }
+    }
+
+    public func messageCounts(queueURL: String, logger: Logger) async throws(AWSError) -> MessageCounts {
+        let a = try await getQueueAttributes(
+            queueURL: queueURL, names: ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                                        "ApproximateNumberOfMessagesDelayed"], logger: logger)
+        return MessageCounts(attributes: a)
+    }
+
     struct GetURLInput: Encodable { var QueueName: String }
     struct URLOutput: Decodable { var QueueUrl: String }
 
