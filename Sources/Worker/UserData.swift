@@ -101,7 +101,7 @@ public enum UserData {
             if value.hasPrefix("|") || value.hasPrefix(">") || value.hasPrefix("[") || value.hasPrefix("{") {
                 throw ParseError(message: "line \(number + 1): '\(key)' must be a plain scalar")
             }
-            result[key] = unquote(value)
+            result[key] = try yamlScalar(value, line: number + 1)
         }
         guard found else { throw ParseError(message: "#cloud-config user-data has no top-level 'parallelizer:' map") }
         return result
@@ -184,6 +184,40 @@ public enum UserData {
 
     static func isValidKey(_ key: String) -> Bool {
         !key.isEmpty && key.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" || $0 == "." }
+    }
+
+    /// A YAML flow scalar as cloud-init would read it: 'single' quotes with `''` for a quote, "double" quotes with
+    /// backslash escapes, or plain. scripts/launch writes every value single-quoted, so any command survives.
+    static func yamlScalar(_ value: String, line: Int) throws(ParseError) -> String {
+        guard let first = value.first, first == "'" || first == "\"" else { return value }
+        var result = ""
+        var index = value.index(after: value.startIndex)
+        while index < value.endIndex {
+            let ch = value[index]
+            let next = value.index(after: index)
+            if ch == first {
+                if first == "'", next < value.endIndex, value[next] == "'" {
+                    result.append("'")
+                    index = value.index(after: next)
+                    continue
+                }
+                guard value[next...].allSatisfy({ $0 == " " || $0 == "\t" }) else { break }
+                return result
+            }
+            if first == "\"", ch == "\\", next < value.endIndex {
+                switch value[next] {
+                case "n": result.append("\n")
+                case "t": result.append("\t")
+                case "\\", "\"", "/": result.append(value[next])
+                default: throw ParseError(message: "line \(line): unsupported escape '\\\(value[next])' in a quoted value")
+                }
+                index = value.index(after: next)
+                continue
+            }
+            result.append(ch)
+            index = next
+        }
+        throw ParseError(message: "line \(line): a quoted value is not closed, or has text after its closing quote")
     }
 
     static func unquote(_ value: String) -> String {

@@ -41,6 +41,23 @@ import Worker
                            "analysisProgram": "bin/run --flag", "numThreads": "2"])
     }
 
+    /// YAML's quoting, as scripts/launch writes it: `''` inside single quotes, backslash escapes inside double.
+    @Test func cloudConfigQuotedScalars() throws {
+        let text = """
+            #cloud-config
+            parallelizer:
+              analysisProgram: 'bin/x.sh --mode ''fast'' # not a comment'
+              shutdownCommand: "/bin/sh -c \\"echo a\\tb\\""
+              outputPrefix: ''
+            """
+        let values = try UserData.parse(text)
+        #expect(values == ["analysisProgram": "bin/x.sh --mode 'fast' # not a comment",
+                           "shutdownCommand": "/bin/sh -c \"echo a\tb\"", "outputPrefix": ""])
+        for bad in ["'open", "'a' b", #""\q""#] {
+            #expect(throws: UserData.ParseError.self) { try UserData.parse("#cloud-config\nparallelizer:\n  k: \(bad)\n") }
+        }
+    }
+
     @Test func mimeMultipart() throws {
         let text = """
             Content-Type: multipart/mixed; boundary="==BOUNDARY=="

