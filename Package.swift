@@ -30,6 +30,8 @@ let package = Package(
         // fork/exec with a new process group, a user switch and redirected output: a few lines of C that Swift
         // cannot safely do between fork and exec.
         .target(name: "CSpawn"),
+        // Link-time glibc compatibility for the portable release (hypotf's old symbol version).
+        .target(name: "CGlibcCompat"),
         // The daemon: configuration, message parsing, the task runner, the slot loop and its lifecycle.
         .target(
             name: "Worker",
@@ -40,6 +42,7 @@ let package = Package(
             dependencies: [
                 "AWSServices",
                 "Worker",
+                "CGlibcCompat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -21,9 +21,10 @@ pz_wait_port() {
     done
 }
 
-# Installs what the servers need when it is missing: Debian packages and the pip servers.
-pz_install_dependencies() {
+# Installs the Debian packages a build needs when they are missing: the C libraries and binutils.
+pz_install_dependencies_build() {
     local need_apt=()
+    command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
     pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
     pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
     command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
@@ -33,6 +34,11 @@ pz_install_dependencies() {
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
     fi
+}
+
+# Installs what the tests and the demo need when it is missing: the build's packages and the pip servers.
+pz_install_dependencies() {
+    pz_install_dependencies_build
     local need_pip=()
     command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
     python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
