@@ -27,6 +27,8 @@ struct MessageHandler: Sendable {
         case uploaded(key: String, bytes: Int64)
         case noOutput
         case failed(reason: String, outcome: ProcessOutcome?, stderrTail: String)
+        /// The input does not exist (404): no retry can bring it back, so the message is given up at once.
+        case inputMissing(reason: String)
         case interrupted
     }
 
@@ -57,7 +59,8 @@ struct MessageHandler: Sendable {
         let heartbeat = Task { await keepInvisible(message, logger: logger) }
         defer { heartbeat.cancel() }
 
-        var failure: (input: TaskInput, reason: String, outcome: ProcessOutcome?, stderrTail: String, seconds: Double)?
+        var failure: (input: TaskInput, reason: String, outcome: ProcessOutcome?, stderrTail: String, seconds: Double,
+                      permanent: Bool)?
         for input in inputs {
             var taskLogger = logger
             taskLogger[metadataKey: "task.key"] = "\(input.key)"
@@ -78,7 +81,10 @@ struct MessageHandler: Sendable {
             case .failed(let reason, let outcome, let tail):
                 taskLogger.warning("task failed", metadata: ["task.seconds": "\(seconds)", "reason": "\(reason)",
                                                              "task.exit_status": "\(outcome?.summary ?? "none")"])
-                failure = (input, reason, outcome, tail, seconds)
+                failure = (input, reason, outcome, tail, seconds, false)
+            case .inputMissing(let reason):
+                taskLogger.error("input does not exist", metadata: ["reason": "\(reason)"])
+                failure = (input, reason, nil, "", seconds, true)
             case .interrupted:
                 lifecycle.count { $0.released += 1 }
                 heartbeat.cancel()
@@ -92,7 +98,7 @@ struct MessageHandler: Sendable {
             await delete(message, logger: logger)
             return
         }
-        if message.receiveCount >= config.maxAttempts {
+        if failure.permanent || message.receiveCount >= config.maxAttempts {
             lifecycle.count { $0.givenUp += 1 }
             await writeFailureRecord(key: "_failed/" + failure.input.key + ".json", fields: [
                 "input": .string(failure.input.description), "reason": .string(failure.reason),
@@ -101,7 +107,7 @@ struct MessageHandler: Sendable {
                 "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
                 "time": .string(CivilTime(epochSeconds: Int64(Date().timeIntervalSince1970)).iso8601),
             ], logger: logger)
-            if hasRedrivePolicy {
+            if hasRedrivePolicy && !failure.permanent {
                 logger.error("giving up: failure recorded; the queue's dead-letter queue takes the message",
                              metadata: ["task.attempts": "\(message.receiveCount)"])
                 // Visible again at once, so SQS moves it to the dead-letter queue on the next receive.
@@ -134,6 +140,7 @@ struct MessageHandler: Sendable {
         do {
             bytesIn = try await s3.getObject(bucket: input.bucket, key: input.key, to: inputPath, logger: logger).size
         } catch {
+            if error.httpStatus == 404 { return .inputMissing(reason: "\(error)") }
             return .failed(reason: "download failed: \(error)", outcome: nil, stderrTail: "")
         }
         lifecycle.count { $0.bytesIn += bytesIn }

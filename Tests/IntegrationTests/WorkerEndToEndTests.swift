@@ -97,6 +97,7 @@ struct WorkerEndToEndTests {
             #expect(hang["exitStatus"]?.stringValue == "timeout")
             let missing = try JSONValue.parse(try await h.output("_failed/missing.txt.json"))
             #expect(missing["reason"]?.stringValue?.contains("NoSuchKey") == true)
+            #expect(missing["attempts"]?.intValue == 1, "a missing input is given up at once, not retried")
             let log = h.log("w")
             #expect(log.contains("outside the task folder"))
             #expect(log.contains("does not exist"))

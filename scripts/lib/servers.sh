@@ -131,3 +131,27 @@ pz_stop_servers() {
     done
     PZ_SERVER_PIDS=()
 }
+
+# moto cannot let EC2 assume a role (its trust check fails for a service principal), so an IMDS stand-in cannot hand
+# out a role's credentials made by scripts/setup-aws. This makes a copy of ROLE with the same inline policies that
+# any principal may assume, and prints its ARN: the stand-in then serves credentials bound by exactly ROLE's policy,
+# which moto enforces. Run with the operator's (moto admin) credentials in the environment.
+pz_assumable_copy_of_role() {
+    local role=$1 endpoint=$2
+    python3 - "$role" "$endpoint" <<'PY'
+import json, sys
+import boto3
+role, endpoint = sys.argv[1], sys.argv[2]
+iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+copy = role + "-local"
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+try:
+    arn = iam.create_role(RoleName=copy, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+except iam.exceptions.EntityAlreadyExistsException:
+    arn = iam.get_role(RoleName=copy)["Role"]["Arn"]
+for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+    document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+    iam.put_role_policy(RoleName=copy, PolicyName=name, PolicyDocument=json.dumps(document))
+print(arn)
+PY
+}
