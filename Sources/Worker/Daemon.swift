@@ -16,6 +16,7 @@ public struct Daemon: Sendable {
         /// Seconds before the first retry of a failed message; doubled for each earlier attempt.
         public var retryBackoff = 30
         public var spotPollSeconds = 5.0
+        public var ledger = Ledger.Settings()
         public init() {}
     }
 
@@ -68,6 +69,7 @@ public struct Daemon: Sendable {
             "tasks.released": "\(counts.released)", "messages.bad": "\(counts.badMessages)",
             "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
         ])
+        await handler.ledger?.finish(reason: lifecycle.stopReason?.rawValue ?? "unknown")
         if lifecycle.stopReason == .drained && config.shouldShutdown {
             await runShutdownCommand(logger: logger)
         }
@@ -123,11 +125,22 @@ public struct Daemon: Sendable {
         guard let program = ProcessRunner.resolve(config.analysisProgram[0], in: base, path: environment["PATH"] ?? "") else {
             throw ConfigError(key: "analysisProgram", message: "'\(config.analysisProgram[0])' was not found in \(base) or on PATH")
         }
-        return MessageHandler(
+        var handler = MessageHandler(
             config: config, program: [program] + config.analysisProgram.dropFirst(), s3: s3, sqs: sqs,
             lifecycle: lifecycle, runner: ProcessRunner(),
             environmentDirectory: environmentDirectory, commandEnvironment: environment,
             user: user, instanceID: instanceID, hasRedrivePolicy: hasRedrive, retryBackoff: options.retryBackoff)
+        if let table = config.ledgerTable {
+            // Not checked here: a missing or throttled table must not stop the work, only be reported.
+            let dynamo = try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: config.queueURL))
+            var ledgerLogger = logger
+            ledgerLogger[metadataKey: "ledger.table"] = "\(table)"
+            let ledger = Ledger(client: dynamo, table: table, queueURL: config.queueURL, instanceID: instanceID,
+                                settings: options.ledger, logger: ledgerLogger)
+            await ledger.start()
+            handler.ledger = ledger
+        }
+        return handler
     }
 
     /// The command's environment: the daemon's, without AWS credentials unless `passCredentials`.

@@ -22,6 +22,8 @@ struct MessageHandler: Sendable {
     let hasRedrivePolicy: Bool
     /// Seconds before a failed message is retried, doubled for each earlier receive.
     let retryBackoff: Int
+    /// The DynamoDB task ledger, when `ledgerTable` is set. Appending to it never waits for DynamoDB.
+    var ledger: Ledger? = nil
 
     enum TaskResult {
         case uploaded(key: String, bytes: Int64)
@@ -35,6 +37,7 @@ struct MessageHandler: Sendable {
     func handle(_ message: SQSMessage, slot: Int, logger baseLogger: Logger) async {
         var logger = baseLogger
         logger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
+        await ledger?.received()
         let request: MessageRequest
         do {
             request = try MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix).parse(message.body)
@@ -68,8 +71,15 @@ struct MessageHandler: Sendable {
             let clock = ContinuousClock()
             let started = clock.now
             taskLogger.info("task start", metadata: ["task.attempt": "\(message.receiveCount)"])
-            let result = await runTask(input, slot: slot, message: message, logger: taskLogger)
+            await ledger?.taskStarted(inputKey: input.key, attempt: message.receiveCount, slot: slot,
+                                      messageID: message.messageID)
+            var bytesIn: Int64 = 0
+            let result = await runTask(input, slot: slot, message: message, bytesIn: &bytesIn, logger: taskLogger)
             let seconds = (clock.now - started).seconds
+            if let ledger {
+                await Self.record(result, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn,
+                                  in: ledger)
+            }
             switch result {
             case .uploaded(let key, let bytes):
                 lifecycle.count { $0.succeeded += 1; $0.bytesOut += bytes }
@@ -127,7 +137,31 @@ struct MessageHandler: Sendable {
 
     // MARK: - One input
 
-    func runTask(_ input: TaskInput, slot: Int, message: SQSMessage, logger: Logger) async -> TaskResult {
+    /// One task attempt's line in the ledger.
+    static func record(_ result: TaskResult, input: TaskInput, attempt: Int, seconds: Double, bytesIn: Int64,
+                       in ledger: Ledger) async {
+        switch result {
+        case .uploaded(let key, let bytes):
+            await ledger.taskEnded(inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
+                                   bytesOut: bytes, exitStatus: "exit 0", outputKey: key, reason: nil)
+        case .noOutput:
+            await ledger.taskEnded(inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
+                                   bytesOut: 0, exitStatus: "exit 0", outputKey: nil, reason: "no output named")
+        case .failed(let reason, let outcome, _):
+            await ledger.taskEnded(inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
+                                   bytesOut: 0, exitStatus: outcome?.summary ?? "none", outputKey: nil, reason: reason)
+        case .inputMissing(let reason):
+            await ledger.taskEnded(inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: 0,
+                                   bytesOut: 0, exitStatus: "none", outputKey: nil, reason: reason)
+        case .interrupted:
+            await ledger.taskEnded(inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
+                                   bytesIn: bytesIn, bytesOut: 0, exitStatus: "interrupted", outputKey: nil,
+                                   reason: "released at shutdown")
+        }
+    }
+
+    func runTask(_ input: TaskInput, slot: Int, message: SQSMessage, bytesIn reportedBytesIn: inout Int64,
+                 logger: Logger) async -> TaskResult {
         let root = "\(config.workDir)/tasks/\(slot)-\(message.messageID.prefix(12).filter { $0.isLetter || $0.isNumber })-\(UInt32.random(in: 0..<UInt32.max))"
         let data = root + "/data"
         defer { LocalFile.removeTree(root) }
@@ -144,6 +178,7 @@ struct MessageHandler: Sendable {
             return .failed(reason: "download failed: \(error)", outcome: nil, stderrTail: "")
         }
         lifecycle.count { $0.bytesIn += bytesIn }
+        reportedBytesIn = bytesIn
         if let user { _ = chown(inputPath, user.uid, user.gid) }
         if lifecycle.graceExpired { return .interrupted }
 

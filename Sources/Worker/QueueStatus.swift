@@ -13,6 +13,8 @@ public struct QueueStatus: Sendable, Equatable, Codable {
     public var deadLetters: Int?
     public var outputs: Int?
     public var failureRecords: Int?
+    /// From the ledger's heartbeats, when a ledger table was given.
+    public var fleet: FleetStatus?
 
     /// Reads the queue's counts, its dead-letter queue's, and (with `output`) counts outputs and `_failed/` records.
     public static func read(queueURL: String, output: S3URI?, context: AWSContext,
@@ -51,6 +53,76 @@ public struct QueueStatus: Sendable, Equatable, Codable {
         if let deadLetters { lines.append("dead letter \(deadLetters)") }
         if let outputs { lines.append("outputs     \(outputs)") }
         if let failureRecords { lines.append("failed      \(failureRecords)") }
+        if let fleet { lines.append(fleet.text) }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// The fleet as the ledger's heartbeat items show it: per instance, tasks done, the last completion and whether it
+/// looks stuck; across the fleet, task durations (p50/p95 of recent tasks), the recent rate and the ETA to drain.
+public struct FleetStatus: Sendable, Equatable, Codable {
+    public struct Instance: Sendable, Equatable, Codable {
+        public var instanceID: String
+        public var state: String
+        public var tasksDone: Int
+        public var tasksFailed: Int
+        public var lastCompletionAgoSeconds: Int?
+        public var looksStuck: Bool
+    }
+
+    public var instances: [Instance]
+    public var durationP50Seconds: Double?
+    public var durationP95Seconds: Double?
+    /// Tasks completed per minute across the fleet, over the last `window` seconds.
+    public var tasksPerMinute: Double
+    public var etaSeconds: Int?
+
+    /// The recent-rate window.
+    public static let window = 300.0
+
+    /// Pure: `now` and the queue's counts are parameters.
+    public static func summarize(_ heartbeats: [InstanceHeartbeat], queue: SQSClient.MessageCounts, now: Double,
+                                 stuckAfter: Double) -> FleetStatus {
+        var rate = 0.0  // per second
+        for beat in heartbeats {
+            let recent = beat.recentCompletions.filter { now - $0 <= window }
+            guard let oldest = recent.min() else { continue }
+            // A full list may hold only part of the window: then its own span is the time it covers.
+            let full = beat.recentCompletions.count >= 50 && recent.count == beat.recentCompletions.count
+            rate += Double(recent.count) / (full ? max(1, now - oldest) : window)
+        }
+        let durations = heartbeats.flatMap(\.recentDurations).sorted()
+        func percentile(_ p: Double) -> Double? {
+            guard !durations.isEmpty else { return nil }
+            // Nearest rank: the smallest value with at least p of the values at or below it.
+            let index = Int((p * Double(durations.count)).rounded(.up)) - 1
+            return durations[min(max(index, 0), durations.count - 1)]
+        }
+        let instances = heartbeats.sorted { $0.instanceID < $1.instanceID }.map { beat in
+            let since = beat.lastCompletionEpoch ?? beat.startedEpoch
+            let idle = since.map { now - $0 }
+            return Instance(instanceID: beat.instanceID, state: beat.state, tasksDone: beat.tasksDone,
+                            tasksFailed: beat.tasksFailed,
+                            lastCompletionAgoSeconds: beat.lastCompletionEpoch.map { Int(now - $0) },
+                            looksStuck: beat.state == "running" && queue.visible > 0 && (idle ?? 0) >= stuckAfter)
+        }
+        let remaining = queue.total
+        return FleetStatus(instances: instances, durationP50Seconds: percentile(0.5), durationP95Seconds: percentile(0.95),
+                           tasksPerMinute: (rate * 60 * 10).rounded() / 10,
+                           etaSeconds: remaining == 0 ? 0 : rate > 0 ? Int((Double(remaining) / rate).rounded()) : nil)
+    }
+
+    public var text: String {
+        func seconds(_ value: Double?) -> String { value.map { String(($0 * 100).rounded() / 100) + " s" } ?? "-" }
+        var lines = ["tasks/min   \(tasksPerMinute) (last \(Int(Self.window / 60)) min)",
+                     "duration    p50 \(seconds(durationP50Seconds)), p95 \(seconds(durationP95Seconds))",
+                     "eta         " + (etaSeconds.map { "\($0 / 3600)h \($0 % 3600 / 60)m \($0 % 60)s" } ?? "unknown (no recent completions)"),
+                     "instances   \(instances.count)"]
+        for i in instances {
+            let last = i.lastCompletionAgoSeconds.map { "\($0) s ago" } ?? "never"
+            lines.append("  \(i.instanceID)  \(i.state)  done \(i.tasksDone)  failed \(i.tasksFailed)  last completion \(last)"
+                         + (i.looksStuck ? "  LOOKS STUCK" : ""))
+        }
         return lines.joined(separator: "\n")
     }
 }

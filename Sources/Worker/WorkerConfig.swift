@@ -197,7 +197,7 @@ extension WorkerConfig {
     }
 
     /// `600`, `90s`, `15m`, `2h` → seconds.
-    static func parseDuration(_ text: String) -> Int? {
+    public static func parseDuration(_ text: String) -> Int? {
         let unit = text.last.map { $0.isLetter ? $0 : nil } ?? nil
         let number = unit == nil ? text : String(text.dropLast())
         guard let value = Int(number), value >= 0 else { return nil }

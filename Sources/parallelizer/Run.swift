@@ -21,6 +21,10 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
+    /// Seconds between ledger heartbeat writes (a minute in production; tests shorten it).
+    @Option(help: .hidden)
+    var ledgerHeartbeatSeconds: Double = 60
+
     @Option(help: .hidden)
     var receiveWaitSeconds: Int = 20
 
@@ -97,6 +101,7 @@ struct Run: AsyncParsableCommand {
         options.once = once
         options.receiveWaitSeconds = max(0, min(20, receiveWaitSeconds))
         options.retryBackoff = max(0, retryBackoffSeconds)
+        options.ledger.heartbeatInterval = max(0.1, ledgerHeartbeatSeconds)
         let code = await Daemon(config: resolved, context: context, options: options).run(logger: logger)
         if code != 0 { throw ExitCode(code) }
     }

@@ -17,6 +17,12 @@ struct Status: AsyncParsableCommand {
     @Option(help: "Count outputs and _failed/ records under s3://bucket/prefix.")
     var output: String?
 
+    @Option(help: "The DynamoDB ledger table: adds per-instance progress, task durations, the rate and the ETA.")
+    var ledgerTable: String?
+
+    @Option(help: "With --ledger-table: flag instances with no completion for this long while work waits.")
+    var stuckAfter: String = "15m"
+
     @Flag(help: "Refresh in place until interrupted.")
     var watch = false
 
@@ -29,14 +35,24 @@ struct Status: AsyncParsableCommand {
     func validate() throws {
         if let output, S3URI(output) == nil { throw ValidationError("--output takes s3://bucket/prefix") }
         guard interval >= 1 else { throw ValidationError("--interval is at least 1") }
+        guard WorkerConfig.parseDuration(stuckAfter) != nil else { throw ValidationError("--stuck-after is a duration (90s, 15m)") }
     }
 
     func run() async throws {
         let logger = global.logger("parallelizer.status")
         let context = try await global.context(logger: logger)
         repeat {
-            let status = try await QueueStatus.read(queueURL: queueURL, output: output.flatMap(S3URI.init),
+            var status = try await QueueStatus.read(queueURL: queueURL, output: output.flatMap(S3URI.init),
                                                     context: context, logger: logger)
+            if let ledgerTable {
+                let dynamo = try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: queueURL))
+                let beats = try await InstanceHeartbeat.read(table: ledgerTable, queueURL: queueURL, client: dynamo,
+                                                             logger: logger)
+                status.fleet = FleetStatus.summarize(
+                    beats, queue: SQSClient.MessageCounts(visible: status.visible, inFlight: status.inFlight,
+                                                          delayed: status.delayed),
+                    now: Date().timeIntervalSince1970, stuckAfter: Double(WorkerConfig.parseDuration(stuckAfter) ?? 900))
+            }
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

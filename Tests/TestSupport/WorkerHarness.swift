@@ -104,7 +104,7 @@ public struct WorkerHarness: Sendable {
         return (outcome, LocalFile.readText("\(directory)/\(name).stdout") ?? "")
     }
 
-    func startWorkerProcess(name: String, arguments: [String]) throws -> ChildProcess {
+    public func startWorkerProcess(name: String, arguments: [String]) throws -> ChildProcess {
         let creds = try TestEnvironment.motoCredentials()
         let environment = [
             "AWS_ENDPOINT_URL": try TestEnvironment.endpoint(.moto), "AWS_ACCESS_KEY_ID": creds.accessKeyID,

@@ -8,6 +8,13 @@ public struct EC2Instance: Sendable, Equatable {
     public var state: String
     public var launchTime: String?
     public var tags: [String: String]
+
+    public init(instanceID: String, state: String, launchTime: String? = nil, tags: [String: String] = [:]) {
+        self.instanceID = instanceID
+        self.state = state
+        self.launchTime = launchTime
+        self.tags = tags
+    }
 }
 
 /// EC2 over its query protocol (form-encoded POST, XML replies).

@@ -185,6 +185,12 @@ public struct SQSClient: Sendable {
         /// Everything not yet deleted: what must reach zero before a fleet may stop.
         public var total: Int { visible + inFlight + delayed }
 
+        public init(visible: Int, inFlight: Int, delayed: Int) {
+            self.visible = visible
+            self.inFlight = inFlight
+            self.delayed = delayed
+        }
+
         /// The counts from a GetQueueAttributes reply.
         public init(attributes a: [String: String]) {
             visible = Int(a["ApproximateNumberOfMessages"] ?? "") ?? 0

@@ -1,0 +1,238 @@
+import AWSCore
+import AWSServices
+import FoundationEssentials
+import Logging
+
+/// An instance's heartbeat item in the ledger, as `status` and `controller` read it.
+public struct InstanceHeartbeat: Sendable, Equatable, Codable {
+    public var instanceID: String
+    public var state: String
+    public var version: String?
+    public var startedEpoch: Double?
+    public var updatedEpoch: Double?
+    public var lastReceiveEpoch: Double?
+    public var lastCompletionEpoch: Double?
+    public var tasksDone: Int
+    public var tasksFailed: Int
+    public var recentDurations: [Double]
+    public var recentCompletions: [Double]
+
+    public init(instanceID: String, state: String = "running", startedEpoch: Double? = nil,
+                lastCompletionEpoch: Double? = nil, tasksDone: Int = 0, recentDurations: [Double] = [],
+                recentCompletions: [Double] = []) {
+        self.instanceID = instanceID
+        self.state = state
+        self.startedEpoch = startedEpoch
+        self.lastCompletionEpoch = lastCompletionEpoch
+        self.tasksDone = tasksDone
+        self.tasksFailed = 0
+        self.recentDurations = recentDurations
+        self.recentCompletions = recentCompletions
+    }
+
+    init?(item: DynamoItem) {
+        guard let id = item["instance"]?.string else { return nil }
+        instanceID = id
+        state = item["state"]?.string ?? "unknown"
+        version = item["version"]?.string
+        startedEpoch = item["startedEpoch"]?.double
+        updatedEpoch = item["updatedEpoch"]?.double
+        lastReceiveEpoch = item["lastReceiveEpoch"]?.double
+        lastCompletionEpoch = item["lastCompletionEpoch"]?.double
+        tasksDone = item["tasksDone"]?.int ?? 0
+        tasksFailed = item["tasksFailed"]?.int ?? 0
+        func numbers(_ name: String) -> [Double] {
+            if case .l(let values)? = item[name] { return values.compactMap(\.double) }
+            return []
+        }
+        recentDurations = numbers("recentDurations")
+        recentCompletions = numbers("recentCompletions")
+    }
+
+    /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).
+    public static func read(table: String, queueURL: String, client: DynamoDBClient,
+                            logger: Logger) async throws(AWSError) -> [InstanceHeartbeat] {
+        var result: [InstanceHeartbeat] = []
+        var start: DynamoItem?
+        repeat {
+            let page = try await client.query(
+                table: table, keyCondition: "#q = :q AND begins_with(#t, :prefix)", names: ["#q": "queue", "#t": "task"],
+                values: [":q": .s(Ledger.queueName(queueURL)), ":prefix": .s("instance#")], startKey: start, logger: logger)
+            result += page.items.compactMap(InstanceHeartbeat.init(item:))
+            start = page.lastEvaluatedKey
+        } while start != nil
+        return result
+    }
+}
+
+/// What the controller decides from one look at the fleet. Pure: the clock is a parameter, so every rule is tested
+/// without waiting.
+public struct FleetPolicy: Sendable {
+    /// An instance that has completed no task for this long while work waits is stuck.
+    public var stuckAfter: Double
+    /// How long the queue must stay drained before the fleet is stopped.
+    public var drainedFor: Double
+
+    public init(stuckAfter: Double, drainedFor: Double) {
+        self.stuckAfter = stuckAfter
+        self.drainedFor = drainedFor
+    }
+
+    public struct Snapshot: Sendable {
+        public var now: Double
+        public var queue: SQSClient.MessageCounts
+        /// The running and pending instances tagged with the queue.
+        public var instances: [EC2Instance]
+        /// By instance id; nil without a ledger (then stuck instances cannot be told).
+        public var heartbeats: [String: InstanceHeartbeat]?
+
+        public init(now: Double, queue: SQSClient.MessageCounts, instances: [EC2Instance],
+                    heartbeats: [String: InstanceHeartbeat]?) {
+            self.now = now
+            self.queue = queue
+            self.instances = instances
+            self.heartbeats = heartbeats
+        }
+    }
+
+    public struct Termination: Sendable, Equatable {
+        public var instanceID: String
+        public var reason: String
+    }
+
+    /// When the queue was first seen drained, carried from one look to the next.
+    public struct Memory: Sendable, Equatable {
+        public var drainedSince: Double?
+        public init() {}
+    }
+
+    /// Seconds since `instance` last completed a task, or since it started (its daemon's start, else its launch)
+    /// when it never has: a worker whose boot failed is stuck too.
+    public static func idleSeconds(_ instance: EC2Instance, heartbeat: InstanceHeartbeat?, now: Double) -> Double? {
+        let since = heartbeat?.lastCompletionEpoch ?? heartbeat?.startedEpoch
+            ?? instance.launchTime.flatMap { CivilTime.parseISO8601($0) }.map(Double.init)
+        return since.map { now - $0 }
+    }
+
+    public func decide(_ snapshot: Snapshot, memory: inout Memory) -> [Termination] {
+        let queue = snapshot.queue
+        if queue.total == 0 {
+            let since = memory.drainedSince ?? snapshot.now
+            memory.drainedSince = since
+            guard snapshot.now - since >= drainedFor else { return [] }
+            let drained = Int(snapshot.now - since)
+            return snapshot.instances.map {
+                Termination(instanceID: $0.instanceID, reason: "the queue has been drained for \(drained) s")
+            }
+        }
+        memory.drainedSince = nil
+        guard let heartbeats = snapshot.heartbeats, queue.visible > 0 else { return [] }
+        return snapshot.instances.compactMap { instance in
+            guard let idle = Self.idleSeconds(instance, heartbeat: heartbeats[instance.instanceID], now: snapshot.now),
+                idle >= stuckAfter
+            else { return nil }
+            let what = heartbeats[instance.instanceID]?.lastCompletionEpoch == nil ? "no task completed since start"
+                : "no task completed"
+            return Termination(instanceID: instance.instanceID,
+                               reason: "\(what) for \(Int(idle)) s while \(queue.visible) messages wait")
+        }
+    }
+}
+
+/// `parallelizer controller`: watches the queue and the instances tagged `parallelizer:queue` = the queue URL,
+/// terminates stuck ones (with a ledger) and the whole fleet once the queue has been drained for an interval. Only
+/// tagged instances are ever listed, so only they can be touched.
+public struct Controller: Sendable {
+    public struct Options: Sendable {
+        public var queueURL: String
+        public var ledgerTable: String?
+        public var stuckAfter: Double = 900
+        public var interval: Double = 30
+        public var dryRun = false
+        /// Keep watching after the fleet is gone (otherwise exit then).
+        public var keepRunning = false
+        public init(queueURL: String) { self.queueURL = queueURL }
+    }
+
+    public static let tag = "parallelizer:queue"
+
+    let options: Options
+    let context: AWSContext
+
+    public init(options: Options, context: AWSContext) {
+        self.options = options
+        self.context = context
+    }
+
+    /// Runs until the fleet is gone after the drain (or forever with `keepRunning`); returns the exit code.
+    public func run(logger: Logger) async -> Int32 {
+        let region = SQSClient.region(ofQueueURL: options.queueURL)
+        let sqs = SQSClient(context: context)
+        let ec2: EC2Client
+        var dynamo: DynamoDBClient?
+        do {
+            ec2 = try EC2Client(context: context, region: region)
+            if options.ledgerTable != nil { dynamo = try DynamoDBClient(context: context, region: region) }
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            return 1
+        }
+        let policy = FleetPolicy(stuckAfter: options.stuckAfter, drainedFor: options.interval)
+        logger.notice("controller started", metadata: [
+            "queue": "\(options.queueURL)", "ledger": "\(options.ledgerTable ?? "none")",
+            "stuck_after_s": "\(Int(options.stuckAfter))", "interval_s": "\(options.interval)", "dry_run": "\(options.dryRun)",
+        ])
+        if options.ledgerTable == nil {
+            logger.notice("no ledger table: stuck instances cannot be told apart, so only the drained-queue stop applies")
+        }
+        var memory = FleetPolicy.Memory()
+        var terminated: Set<String> = []
+        while !Task.isCancelled {
+            do {
+                let counts = try await sqs.messageCounts(queueURL: options.queueURL, logger: logger)
+                let instances = try await ec2.describeInstances(
+                    filters: [("tag:\(Self.tag)", [options.queueURL]), ("instance-state-name", ["pending", "running"])],
+                    logger: logger)
+                var heartbeats: [String: InstanceHeartbeat]?
+                if let table = options.ledgerTable, let dynamo {
+                    do {
+                        let items = try await InstanceHeartbeat.read(table: table, queueURL: options.queueURL,
+                                                                     client: dynamo, logger: logger)
+                        heartbeats = Dictionary(items.map { ($0.instanceID, $0) }, uniquingKeysWith: { a, _ in a })
+                    } catch {
+                        // Without heartbeats this round, judge no one stuck: a ledger outage must not kill workers.
+                        logger.warning("cannot read the ledger; no stuck-instance decisions this round",
+                                       metadata: ["error": "\(error)"])
+                    }
+                }
+                let snapshot = FleetPolicy.Snapshot(now: Date().timeIntervalSince1970, queue: counts, instances: instances,
+                                                    heartbeats: heartbeats)
+                let decisions = policy.decide(snapshot, memory: &memory)
+                logger.info("controller round", metadata: [
+                    "queue.visible": "\(counts.visible)", "queue.in_flight": "\(counts.inFlight)",
+                    "queue.delayed": "\(counts.delayed)", "instances": "\(instances.count)",
+                    "decisions": "\(decisions.count)",
+                ])
+                for decision in decisions {
+                    logger.notice(options.dryRun ? "would terminate instance (dry run)" : "terminating instance",
+                                  metadata: ["instance": "\(decision.instanceID)", "reason": "\(decision.reason)"])
+                }
+                let ids = decisions.map(\.instanceID).filter { !terminated.contains($0) }
+                if !options.dryRun && !ids.isEmpty {
+                    _ = try await ec2.terminateInstances(ids, logger: logger)
+                }
+                terminated.formUnion(ids)
+                let stopDue = counts.total == 0 && memory.drainedSince.map { snapshot.now - $0 >= options.interval } == true
+                if stopDue && !options.keepRunning && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) }) {
+                    logger.notice("controller done: the queue is drained and the fleet is stopped",
+                                  metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
+                    return 0
+                }
+            } catch {
+                logger.warning("controller round failed; trying again next interval", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(nanoseconds: UInt64(max(0.2, min(options.interval, 30)) * 1e9))
+        }
+        return 0
+    }
+}

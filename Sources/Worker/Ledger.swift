@@ -1,0 +1,258 @@
+import AWSCore
+import AWSServices
+import FoundationEssentials
+import Logging
+
+/// The optional DynamoDB task ledger (EC2-clusteR's task log): one item per task attempt and one heartbeat item per
+/// instance, in one table keyed by the queue's name (`queue`) and `task`:
+///
+/// - `task#<input key>#<attempt>`: instance, slot, state (`running`, `done`, `failed`, `released`), start and end
+///   times, duration, bytes in and out, exit status, output key;
+/// - `instance#<instance id>`: last receive, last completion, tasks done, version, and the recent task durations and
+///   completion times that `status` and `controller` read (written at most once per `heartbeatInterval`).
+///
+/// The queue and S3 are the source of truth; the ledger is only the record. So a write never blocks or fails a task:
+/// callers only append to a buffer, and one writer task sends the writes in order, retrying each a few times and
+/// then dropping it with a log line (counted, not one line per write when the table is gone).
+public actor Ledger {
+    public struct Settings: Sendable {
+        public var heartbeatInterval: Double = 60
+        /// Writes kept while DynamoDB is unreachable; the oldest are dropped beyond this.
+        public var bufferLimit = 10_000
+        public var attemptsPerWrite = 3
+        public var retryDelay: Double = 1
+        public init() {}
+    }
+
+    enum Write: Sendable {
+        case put(DynamoItem)
+        case update(key: DynamoItem, expression: String, names: [String: String], values: DynamoItem)
+    }
+
+    /// One heartbeat's worth of an instance's progress.
+    struct Progress: Sendable {
+        var lastReceive: Double?
+        var lastCompletion: Double?
+        var done = 0
+        var failed = 0
+        var released = 0
+        var recentDurations: [Double] = []
+        var recentCompletions: [Double] = []
+    }
+
+    static let recentLimit = 50
+
+    let client: DynamoDBClient
+    let table: String
+    let queueName: String
+    let instanceID: String
+    let settings: Settings
+    let logger: Logger
+    let startedAt: Double
+    var buffer: [Write] = []
+    var progress = Progress()
+    var heartbeatDirty = true
+    var lastHeartbeat: Double?
+    var stopping = false
+    var failures = 0
+    var dropped = 0
+    var writer: Task<Void, Never>?
+    var wake: CheckedContinuation<Void, Never>?
+
+    public init(client: DynamoDBClient, table: String, queueURL: String, instanceID: String, settings: Settings = Settings(),
+                logger: Logger) {
+        self.client = client
+        self.table = table
+        self.queueName = Self.queueName(queueURL)
+        self.instanceID = instanceID
+        self.settings = settings
+        self.logger = logger
+        self.startedAt = Self.now()
+    }
+
+    /// The queue's name, the ledger's partition key: the last part of its URL.
+    public static func queueName(_ queueURL: String) -> String {
+        String(queueURL.split(separator: "/").last ?? Substring(queueURL))
+    }
+
+    public static func taskSortKey(inputKey: String, attempt: Int) -> String {
+        "task#\(inputKey)#\(String(repeating: "0", count: max(0, 4 - String(attempt).count)))\(attempt)"
+    }
+
+    public static func instanceSortKey(_ instanceID: String) -> String { "instance#\(instanceID)" }
+
+    static func now() -> Double { Date().timeIntervalSince1970 }
+
+    static func iso(_ epoch: Double) -> String { CivilTime(epochSeconds: Int64(epoch)).iso8601 }
+
+    /// Starts the writer. Call once.
+    public func start() {
+        guard writer == nil else { return }
+        writer = Task { await self.runWriter() }
+    }
+
+    // MARK: - What the worker reports
+
+    public func received() {
+        progress.lastReceive = Self.now()
+        heartbeatDirty = true
+        signal()
+    }
+
+    public func taskStarted(inputKey: String, attempt: Int, slot: Int, messageID: String) {
+        let now = Self.now()
+        append(.put([
+            "queue": .s(queueName), "task": .s(Self.taskSortKey(inputKey: inputKey, attempt: attempt)), "kind": .s("task"),
+            "inputKey": .s(inputKey), "attempt": .number(attempt), "instance": .s(instanceID), "slot": .number(slot),
+            "state": .s("running"), "messageId": .s(messageID), "startedAt": .s(Self.iso(now)), "startedEpoch": .number(now),
+        ]))
+    }
+
+    public enum Outcome: String, Sendable { case done, failed, released }
+
+    public func taskEnded(inputKey: String, attempt: Int, outcome: Outcome, seconds: Double, bytesIn: Int64, bytesOut: Int64,
+                          exitStatus: String, outputKey: String?, reason: String?) {
+        let now = Self.now()
+        var names = ["#state": "state"]
+        var values: DynamoItem = [
+            ":state": .s(outcome.rawValue), ":endedAt": .s(Self.iso(now)), ":endedEpoch": .number(now),
+            ":duration": .number((seconds * 1000).rounded() / 1000), ":bytesIn": .number(bytesIn),
+            ":bytesOut": .number(bytesOut), ":exit": .s(exitStatus), ":instance": .s(instanceID),
+        ]
+        var sets = ["#state = :state", "endedAt = :endedAt", "endedEpoch = :endedEpoch", "durationSeconds = :duration",
+                    "bytesIn = :bytesIn", "bytesOut = :bytesOut", "exitStatus = :exit", "instance = :instance"]
+        if let outputKey { sets.append("outputKey = :output"); values[":output"] = .s(outputKey) }
+        if let reason {
+            sets.append("#reason = :reason")
+            names["#reason"] = "reason"
+            values[":reason"] = .s(String(reason.prefix(1000)))
+        }
+        append(.update(key: ["queue": .s(queueName), "task": .s(Self.taskSortKey(inputKey: inputKey, attempt: attempt))],
+                       expression: "SET " + sets.joined(separator: ", "), names: names, values: values))
+        switch outcome {
+        case .done:
+            progress.done += 1
+            progress.lastCompletion = now
+            progress.recentDurations = Array((progress.recentDurations + [seconds]).suffix(Self.recentLimit))
+            progress.recentCompletions = Array((progress.recentCompletions + [now]).suffix(Self.recentLimit))
+        case .failed: progress.failed += 1
+        case .released: progress.released += 1
+        }
+        heartbeatDirty = true
+    }
+
+    /// Writes the final heartbeat (`state` = `stopped`) and what is buffered, for at most `deadline` seconds.
+    public func finish(reason: String, deadline: Double = 10) async {
+        stopping = true
+        heartbeatDirty = true
+        append(heartbeatWrite(state: "stopped", reason: reason))
+        heartbeatDirty = false
+        signal()
+        let writer = self.writer
+        let timeout = Task {
+            try? await Task.sleep(nanoseconds: UInt64(deadline * 1e9))
+            writer?.cancel()
+        }
+        await writer?.value
+        timeout.cancel()
+        if !buffer.isEmpty {
+            logger.warning("ledger writes left unsent at exit", metadata: ["ledger.unsent": "\(buffer.count)"])
+        }
+    }
+
+    // MARK: - The writer
+
+    func append(_ write: Write) {
+        buffer.append(write)
+        if buffer.count > settings.bufferLimit {
+            buffer.removeFirst(buffer.count - settings.bufferLimit)
+            dropped += 1
+            if dropped == 1 || dropped % 1000 == 0 {
+                logger.warning("ledger buffer full; oldest writes dropped", metadata: ["ledger.dropped": "\(dropped)"])
+            }
+        }
+        signal()
+    }
+
+    func signal() {
+        wake?.resume()
+        wake = nil
+    }
+
+    func heartbeatWrite(state: String, reason: String? = nil) -> Write {
+        var item: DynamoItem = [
+            "queue": .s(queueName), "task": .s(Self.instanceSortKey(instanceID)), "kind": .s("instance"),
+            "instance": .s(instanceID), "state": .s(state), "version": .s(Version.current),
+            "startedEpoch": .number(startedAt), "updatedEpoch": .number(Self.now()), "updatedAt": .s(Self.iso(Self.now())),
+            "tasksDone": .number(progress.done), "tasksFailed": .number(progress.failed),
+            "tasksReleased": .number(progress.released),
+            "recentDurations": .l(progress.recentDurations.map { .number(($0 * 1000).rounded() / 1000) }),
+            "recentCompletions": .l(progress.recentCompletions.map { .number($0.rounded()) }),
+        ]
+        if let t = progress.lastReceive { item["lastReceiveEpoch"] = .number(t.rounded()) }
+        if let t = progress.lastCompletion {
+            item["lastCompletionEpoch"] = .number(t.rounded())
+            item["lastCompletionAt"] = .s(Self.iso(t))
+        }
+        if let reason { item["stopReason"] = .s(reason) }
+        return .put(item)
+    }
+
+    func runWriter() async {
+        while !Task.isCancelled {
+            let now = Self.now()
+            if heartbeatDirty && !stopping && (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true) {
+                heartbeatDirty = false
+                lastHeartbeat = now
+                buffer.append(heartbeatWrite(state: "running"))
+            }
+            if buffer.isEmpty {
+                if stopping { return }
+                // Sleep until something is appended, or until the next heartbeat may be due.
+                let wait = heartbeatDirty ? max(0.05, settings.heartbeatInterval - (now - (lastHeartbeat ?? now))) : 3600
+                let sleeper = Task { [weak self] in
+                    try? await Task.sleep(nanoseconds: UInt64(min(wait, 3600) * 1e9))
+                    await self?.signal()
+                }
+                await withCheckedContinuation { wake = $0 }
+                sleeper.cancel()
+                continue
+            }
+            let write = buffer.removeFirst()
+            await send(write)
+        }
+    }
+
+    func send(_ write: Write) async {
+        for attempt in 1...settings.attemptsPerWrite {
+            do {
+                switch write {
+                case .put(let item):
+                    try await client.putItem(table: table, item: item, logger: logger)
+                case .update(let key, let expression, let names, let values):
+                    try await client.updateItem(table: table, key: key, update: expression, names: names, values: values,
+                                                logger: logger)
+                }
+                if failures > 0 {
+                    logger.notice("ledger writes succeed again", metadata: ["ledger.failed_writes": "\(failures)"])
+                    failures = 0
+                }
+                return
+            } catch {
+                // Throttling and 5xx were already retried by the client; these retries cover a longer outage.
+                // A missing table or a denied write will not heal in seconds.
+                if error.isRetryable && attempt < settings.attemptsPerWrite && !Task.isCancelled {
+                    try? await Task.sleep(nanoseconds: UInt64(settings.retryDelay * Double(attempt) * 1e9))
+                    continue
+                }
+                failures += 1
+                // The first failure, then one line per 100, so a missing table does not flood the log.
+                if failures == 1 || failures % 100 == 0 {
+                    logger.error("ledger write failed; tasks go on without it", metadata: [
+                        "ledger.table": "\(table)", "error": "\(error)", "ledger.failed_writes": "\(failures)",
+                    ])
+                }
+            }
+        }
+    }
+}
