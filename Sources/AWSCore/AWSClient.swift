@@ -132,6 +132,8 @@ public final class AWSClient: Sendable {
         logger.info("retrying AWS call", metadata: [
             "aws.service": "\(error.service)", "aws.code": "\(error.code)", "aws.status": "\(error.httpStatus)",
             "retry.attempt": "\(attempt)", "retry.delay_ms": "\(Int(delay * 1000))",
+            // What went wrong, in a few words (a timeout, a reset, the service's message); never a secret.
+            "aws.message": "\(error.message.prefix(160))",
         ])
         await sleep(delay)
     }

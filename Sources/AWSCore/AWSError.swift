@@ -62,7 +62,10 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
         switch kind {
         case .transport(let t): return HTTPTransportError(kind: t, curlCode: 0, message: "").isRetryable
         case .service:
+            // SQS names its legacy query code (`AWS.SimpleQueueService.ThrottlingException`) beside the JSON one.
+            let unqualified = shortCode.split(separator: ".").last.map(String.init) ?? shortCode
             return httpStatus >= 500 || httpStatus == 429 || Self.throttlingCodes.contains(shortCode)
+                || Self.throttlingCodes.contains(unqualified)
         case .credentials: return true
         case .badResponse, .client: return false
         }

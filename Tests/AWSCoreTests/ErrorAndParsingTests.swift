@@ -41,6 +41,11 @@ import Testing
             service: "dynamodb")
         #expect(throttled.shortCode == "ThrottlingException")
         #expect(throttled.isRetryable)
+        // SQS throttling as its JSON protocol answers it: the legacy code in the header is namespaced.
+        let sqsThrottled = AWSError.from(response: HTTPResponse(
+            status: 400, headers: [("x-amzn-query-error", "AWS.SimpleQueueService.ThrottlingException;Sender")],
+            body: Array(#"{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}"#.utf8)), service: "sqs")
+        #expect(sqsThrottled.isRetryable)
     }
 
     @Test(arguments: [

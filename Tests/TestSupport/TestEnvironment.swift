@@ -98,6 +98,13 @@ public enum TestEnvironment {
         guard response.status == 200 else { throw Missing(name: "microburst rules: HTTP \(response.status)") }
     }
 
+    /// How many faults the proxy has injected so far (its fired log).
+    public static func faultsFired() async throws -> Int {
+        let response = try await HTTPClient().execute(HTTPRequest(
+            method: "GET", url: try endpoint(.microburst) + "/_microburst/fired?limit=1000000"))
+        return try JSONValue.parse(response.body).arrayValue?.count ?? 0
+    }
+
     public static func seaweedContext(now: @escaping @Sendable () -> Date = { Date() }) throws -> AWSContext {
         context(endpoint: try endpoint(.seaweed), credentials: try seaweedCredentials(), now: now)
     }
