@@ -61,3 +61,116 @@ extension S3FaultTests {
         }
     }
 }
+
+/// A fault that hits one worker process of the three, at a chosen moment of one of its tasks.
+struct ProcessFault: Sendable, CustomTestStringConvertible {
+    enum Moment: Sendable { case download, command, upload }
+    enum Blow: Sendable { case kill9, sigterm, spotNotice }
+    var moment: Moment
+    var blow: Blow
+    var testDescription: String { "\(blow) mid-\(moment)" }
+
+    static let all: [ProcessFault] = [
+        ProcessFault(moment: .download, blow: .kill9), ProcessFault(moment: .command, blow: .kill9),
+        ProcessFault(moment: .upload, blow: .kill9), ProcessFault(moment: .command, blow: .sigterm),
+        ProcessFault(moment: .command, blow: .spotNotice),
+    ]
+}
+
+extension S3FaultTests {
+    /// One worker is killed, stopped or told its spot instance is going, mid-task; the fleet still gives every input
+    /// exactly one correct output and empties the queue. A killed worker's message comes back after its visibility
+    /// timeout; a stopped one releases its message at once.
+    @Test(arguments: ProcessFault.all)
+    func aFleetDrainsThroughAWorkerLostMidTask(_ fault: ProcessFault) async throws {
+        try await withTemporaryDirectory { dir in
+            let fleet = try await FaultFleet.make(directory: dir, count: 100)
+            // Slow the first transfers through the proxy, so "mid-download" and "mid-upload" last long enough to hit.
+            switch fault.moment {
+            case .download:
+                try await TestEnvironment.setFaultRules(#"[{"service":"s3","operation":"GetObject","latency":2000,"times":12}]"#)
+            case .upload:
+                try await TestEnvironment.setFaultRules(#"[{"service":"s3","operation":"PutObject","latency":2000,"times":12}]"#)
+            case .command:
+                try await TestEnvironment.setFaultRules("[]")
+            }
+            defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
+            let parameters = fleet.parameters(
+                extra: ["visibilityTimeout": "12", "shutdownGrace": "0"],
+                before: "touch \"\(dir)/cmd-$PPID\"; sleep 0.3; rm -f \"\(dir)/cmd-$PPID\"",
+                after: "touch \"\(dir)/up-$PPID\"")
+            let proxy = try FaultFleet.throughProxy()
+            let started = ContinuousClock.now
+            var imds: IMDSStandIn?
+            if fault.blow == .spotNotice { imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-0spot") }
+            let first = try fleet.start(0, parameters: parameters, environment: proxy, imds: imds?.endpoint)
+            let others = try (1..<3).map { try fleet.start($0, parameters: parameters, environment: proxy) }
+
+            // Wait for the moment in the first worker.
+            var hit = false
+            for _ in 0..<600 {
+                switch fault.moment {
+                case .download: hit = fleet.harness.log("w0").contains("task start")
+                case .command: hit = fileExists("\(dir)/cmd-\(first.pid)")
+                case .upload: hit = fileExists("\(dir)/up-\(first.pid)")
+                }
+                if hit { break }
+                try await Task.sleep(nanoseconds: 10_000_000)
+            }
+            #expect(hit, "the first worker never reached its \(fault.moment)")
+            switch fault.blow {
+            case .kill9: first.signal(SIGKILL)
+            case .sigterm: first.signal(SIGTERM)
+            case .spotNotice:
+                try await imds?.configure(#"{"spotAction": {"action": "terminate", "time": "2026-11-23T12:00:00Z"}}"#)
+            }
+            let firstExit = await first.wait(timeout: 60)
+            await imds?.stop()
+            let result = try await fleet.finish(others, started: started)
+            try await TestEnvironment.setFaultRules("[]")
+            print("process fault '\(fault.testDescription)': \(result), first worker \(firstExit.map { "\($0)" } ?? "running")")
+            #expect(firstExit == (fault.blow == .kill9 ? .signalled(SIGKILL) : .exited(0)))
+            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            if fault.blow != .kill9 {
+                let log = fleet.harness.log("w0")
+                #expect(log.contains(fault.blow == .sigterm ? "SIGTERM" : "spot"), "\(log.suffix(2000))")
+                #expect(log.contains("released"), "\(log.suffix(2000))")
+            }
+        }
+    }
+}
+
+/// Environment faults: the disk, the credentials, the clock.
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
+struct EnvironmentFaultTests {
+    /// A 4 MiB tmpfs holds the workers' task folders; a filler leaves almost no room while the fleet starts, so
+    /// downloads and outputs fail with "No space left on device"; once it is removed, every input gets its output.
+    @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
+    func theDiskFillingUpFailsTasksThatAreRetriedOnceThereIsRoom() async throws {
+        try await withTemporaryDirectory { dir in
+            let disk = dir + "/disk"
+            _ = mkdir(disk, 0o755)
+            let mounted = try await Scripts.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk],
+                                                environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
+            try #require(mounted.succeeded, "cannot mount a tmpfs: \(mounted.stderr)")
+            defer { _ = umount2(disk, Int32(MNT_DETACH)) }
+            let fleet = try await FaultFleet.make(directory: dir, count: 100, size: 48 << 10)
+            makeFile(disk + "/filler", size: (4 << 20) - (40 << 10))
+            let started = ContinuousClock.now
+            let parameters = fleet.parameters(extra: ["visibilityTimeout": "15"])
+            let workers = try (0..<3).map { try fleet.start($0, parameters: parameters, workRoot: disk) }
+            // Let the full disk bite, then make room.
+            var bitten = false
+            for _ in 0..<300 {
+                if fleet.logs().contains("No space left on device") || fleet.logs().contains("Failed writing") { bitten = true; break }
+                try await Task.sleep(nanoseconds: 20_000_000)
+            }
+            unlink(disk + "/filler")
+            let result = try await fleet.finish(workers, started: started)
+            print("environment fault 'disk full': \(result)")
+            #expect(bitten, "the full disk was never met: \(fleet.logs().suffix(2000))")
+            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            #expect(fleet.logs().contains("task failed"))
+        }
+    }
+}

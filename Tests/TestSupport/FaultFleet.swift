@@ -67,9 +67,13 @@ public struct FaultFleet: Sendable {
     }
 
     /// The parameters of every worker: two slots, quick retries, many attempts (faults make tasks fail and retry).
-    public func parameters(workDir: String? = nil, extra: [String: String] = [:]) -> String {
+    /// The command: `before` and `after` are shell lines around the upper-casing (markers for process faults).
+    public func parameters(workDir: String? = nil, extra: [String: String] = [:], before: String = "",
+                           after: String = "") -> String {
         let program = harness.script("upper.sh", """
+            \(before)
             tr 'a-z' 'A-Z' < "$1" > "$1.up" || exit 1
+            \(after)
             echo "$1.up"
             """)
         var values = ["numThreads": "2", "maxAttempts": "10", "visibilityTimeout": "20", "idleTimeout": "3"]
@@ -86,8 +90,13 @@ public struct FaultFleet: Sendable {
         return ["PARALLELIZER_CONNECT_TO": "\(moto.host):\(mp):\(proxy.host):\(pp)"]
     }
 
-    public func start(_ index: Int, parameters: String, environment: [String: String] = [:]) throws -> ChildProcess {
-        try harness.startWorker(name: "w\(index)", parameters: parameters, environment: environment)
+    /// Starts worker `index` with its own work folder (under `workRoot`, default the test's folder), as each
+    /// instance has its own disk.
+    public func start(_ index: Int, parameters: String, environment: [String: String] = [:], imds: String? = nil,
+                      workRoot: String? = nil) throws -> ChildProcess {
+        try harness.startWorker(name: "w\(index)", parameters: parameters, imds: imds,
+                                extraArguments: ["--set", "workDir=\(workRoot ?? directory)/work-w\(index)"],
+                                environment: environment)
     }
 
     /// Waits for the workers, then checks every output against its input.
