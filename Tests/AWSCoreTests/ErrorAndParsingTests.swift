@@ -1,6 +1,8 @@
 import AWSCore
 import HTTPCurl
 import Testing
+import TestSupport
+@preconcurrency import Glibc
 
 @Suite struct ErrorAndParsingTests {
     @Test func s3XMLErrorCarriesCodeMessageAndRequestID() {
@@ -105,5 +107,21 @@ import Testing
         #expect(ParsedURL("http://[::1]:8080/x")?.host == "::1")
         #expect(ParsedURL("ftp://x") == nil)
         #expect(ParsedURL("http://host:99999/") == nil)
+    }
+}
+
+/// The secret scan that every test's folder goes through finds a planted secret, and nothing in a clean folder.
+struct SecretScanTests {
+    @Test func findsAPlantedSecretAndOnlyThen() async throws {
+        try await withTemporaryDirectory { dir in
+            let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+            LocalFile.write(dir + "/worker.log", Array("2026-11-23T10:00:00Z info task done slot=1\n".utf8))
+            #expect(SecretScan.scan(directory: dir, secrets: [secret]).isEmpty)
+            _ = mkdir(dir + "/nested", 0o700)
+            LocalFile.write(dir + "/nested/w1.log", Array("error credentials=\(secret)\n".utf8))
+            let hits = SecretScan.scan(directory: dir, secrets: [secret])
+            #expect(hits.count == 1 && hits[0].contains("nested/w1.log"))
+            removeTree(dir + "/nested")
+        }
     }
 }

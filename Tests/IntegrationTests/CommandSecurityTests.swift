@@ -13,6 +13,9 @@ struct CommandSecurityTests {
         echo "secret=${AWS_SECRET_ACCESS_KEY:-none}" >> "$out"
         echo "key=${AWS_ACCESS_KEY_ID:-none}" >> "$out"
         stat -c 'taskdir=%a' "$(dirname "$1")" >> "$out"
+        # The daemon's own environment (its credentials) through /proc: readable by the same user only.
+        if tr '\\0' '\\n' < /proc/$PPID/environ > /dev/null 2>&1; then echo "daemonenv=readable" >> "$out"
+        else echo "daemonenv=denied" >> "$out"; fi
         echo "$out"
         """
 
@@ -30,6 +33,8 @@ struct CommandSecurityTests {
             #expect(report.contains("secret=\(secret)") == pass)
             #expect(report.contains("secret=none") == !pass)
             #expect(report.contains("taskdir=700"))
+            var info = stat()
+            #expect(stat(dir + "/worker.log", &info) == 0 && info.st_mode & 0o777 == 0o640, "the log file is not mode 0640")
         }
     }
 
@@ -47,6 +52,66 @@ struct CommandSecurityTests {
             let report = try await h.output("a.txt.report")
             #expect(report.contains("uid=\(nobody.uid)"))
             #expect(report.contains("secret=none"))
+            #expect(report.contains("daemonenv=denied"), "the command could read the daemon's environment: \(report)")
+        }
+    }
+}
+
+/// TLS verification has no off switch: user-data that asks for one is warned about, and a server with a
+/// self-signed certificate is refused.
+@Suite(.timeLimit(.minutes(2)))
+struct TransportSecurityTests {
+    @Test func userDataCannotTurnOffCertificateChecks() async throws {
+        try await withTemporaryDirectory { dir in
+            let keygen = try await Scripts.run("/usr/bin/openssl", [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem",
+                "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            ], environment: ["PATH": "/usr/bin:/bin"], directory: dir)
+            try #require(keygen.succeeded, "\(keygen.stderr)")
+            let port = Int.random(in: 20000...60000)
+            let server = try ProcessRunner().start(argv: ["/usr/bin/env", "python3", "-c", """
+                import http.server, ssl
+                class H(http.server.BaseHTTPRequestHandler):
+                    def do_POST(self):
+                        open("\(dir)/served", "a").write(self.path + "\\n")
+                        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
+                    do_GET = do_POST
+                server = http.server.HTTPServer(("127.0.0.1", \(port)), H)
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain("\(dir)/cert.pem", "\(dir)/key.pem")
+                server.socket = context.wrap_socket(server.socket, server_side=True)
+                server.serve_forever()
+                """], environment: ProcessEnvironment.current(), directory: dir, stdoutPath: dir + "/https.out",
+                stderrPath: dir + "/https.err")
+            defer { server.signal(SIGKILL) }
+            try await Task.sleep(nanoseconds: 700_000_000)
+            LocalFile.write(dir + "/params", Array("""
+                queueURL=https://127.0.0.1:\(port)/123456789012/q
+                inputBucket=in-bucket
+                outputBucket=out-bucket
+                analysisProgram=/bin/true
+                workDir=\(dir)/work
+                logFile=\(dir)/worker.log
+                sslVerify=false
+                verifySSL=false
+                insecure=true
+                noVerifySSL=true
+                caBundle=\(dir)/cert.pem
+                """.utf8))
+            let worker = try ProcessRunner().start(
+                argv: [WorkerHarness.binary, "run", "--config", dir + "/params"],
+                environment: ["AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example-secret-key-0000",
+                              "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": "https://127.0.0.1:\(port)",
+                              "AWS_EC2_METADATA_DISABLED": "true", "PATH": "/usr/bin:/bin", "HOME": dir],
+                directory: dir, stdoutPath: dir + "/w.out", stderrPath: dir + "/w.err")
+            let outcome = await worker.wait(timeout: 60)
+            let log = LocalFile.readText(dir + "/w.err") ?? ""
+            #expect(outcome == .exited(1), "\(log)")
+            #expect(log.contains("SSL certificate problem") || log.contains("certificate"), "\(log)")
+            for key in ["sslVerify", "verifySSL", "insecure", "noVerifySSL", "caBundle"] {
+                #expect(log.contains(key), "'\(key)' was not warned about as unknown")
+            }
+            #expect(!fileExists(dir + "/served"), "a request got through an unverified TLS connection")
         }
     }
 }

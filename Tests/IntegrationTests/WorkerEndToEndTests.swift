@@ -324,8 +324,9 @@ struct CredentialRotationTests {
             for key in keys { try await h.upload(key, key) }
             try await h.send(keys)
             let program = h.script("slow.sh", "sleep 1.5\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            // At trace level, so the secret scan of the log covers every line the daemon can write about credentials.
             let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program), imds: imds.endpoint,
-                                           instanceRole: true)
+                                           extraArguments: ["--log-level", "trace"], instanceRole: true)
             #expect(await worker.wait(timeout: 90) == .exited(0), "\(h.log("w"))")
             #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
             let stats = try await imds.stats()

@@ -122,7 +122,11 @@ public func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async 
     var template = Array("/tmp/pz-test-XXXXXX".utf8CString)
     guard let made = mkdtemp(&template) else { throw TestEnvironment.Missing(name: "mkdtemp") }
     let path = String(cString: made)
-    defer { removeTree(path) }
+    defer {
+        // Every log, output and record a test left is searched for the secrets of this run before it goes.
+        for leak in SecretScan.scan(directory: path) { Issue.record("a secret leaked: \(leak)") }
+        removeTree(path)
+    }
     return try await body(path)
 }
 
@@ -191,3 +195,37 @@ public let quietLogger: Logger = {
     logger.logLevel = .critical
     return logger
 }()
+
+/// Looks for this run's secrets (secret keys, session tokens) in the files a test left behind: the workers' logs,
+/// the commands' outputs, fetched failure records. Wired into `withTemporaryDirectory`, so every suite is covered.
+public enum SecretScan {
+    /// The secret values of this run: the servers' secret keys, session secrets and tokens, the IMDS stand-in's.
+    public static var secrets: [String] {
+        let names = ["PZ_TEST_MOTO_SECRET", "PZ_TEST_MOTO_SESSION_SECRET", "PZ_TEST_MOTO_SESSION_TOKEN", "PZ_TEST_SEAWEED_SECRET",
+                     "PZ_TEST_SEAWEED_SESSION_SECRET", "PZ_TEST_SEAWEED_SESSION_TOKEN"]
+        return names.compactMap { TestEnvironment.environment.nonEmpty($0) } + ["standin-secret", "standin-token"]
+    }
+
+    /// Files that are meant to hold a secret: a report a test asked the command to write with passCredentials.
+    static func exempt(_ name: String) -> Bool { name.hasSuffix(".report") || name.hasSuffix(".params") }
+
+    /// `file: which secret` for each hit, walking `directory` (files up to 8 MiB).
+    public static func scan(directory: String, secrets: [String] = secrets) -> [String] {
+        var hits: [String] = []
+        func walk(_ dir: String) {
+            for name in LocalFile.listDirectory(dir) {
+                let full = dir + "/" + name
+                var info = stat()
+                guard lstat(full, &info) == 0 else { continue }
+                if info.st_mode & S_IFMT == S_IFDIR { walk(full); continue }
+                guard info.st_mode & S_IFMT == S_IFREG, info.st_size < 8 << 20, !exempt(name),
+                      let text = LocalFile.readText(full) else { continue }
+                for secret in secrets where secret.count >= 8 && text.contains(secret) {
+                    hits.append("\(full) holds \(secret.prefix(4))…")
+                }
+            }
+        }
+        walk(directory)
+        return hits
+    }
+}

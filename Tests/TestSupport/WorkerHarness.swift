@@ -2,6 +2,7 @@ import AWSCore
 import AWSServices
 import FoundationEssentials
 @preconcurrency import Glibc
+import Testing
 import Worker
 
 /// Drives real `parallelizer run` processes against moto: buckets, a queue, inputs, workers, and what they left.
@@ -128,7 +129,14 @@ public struct WorkerHarness: Sendable {
         let path = directory + "/fetched-\(UInt32.random(in: 0..<UInt32.max))"
         defer { unlink(path) }
         try await s3.getObject(bucket: outputBucket, key: key, to: path, logger: quietLogger)
-        return LocalFile.readText(path) ?? ""
+        let text = LocalFile.readText(path) ?? ""
+        // Failure records and outputs are scanned like logs (a report asked to show credentials is the exception).
+        if !key.hasSuffix(".report") {
+            for secret in SecretScan.secrets where secret.count >= 8 && text.contains(secret) {
+                Issue.record("a secret leaked into s3://\(outputBucket)/\(key)")
+            }
+        }
+        return text
     }
 
     /// Visible + in flight + delayed.
