@@ -34,6 +34,11 @@ public enum URIEncoding {
     /// Decodes `%XX` escapes. Invalid escapes are kept literally; `+` stays `+` unless `plusIsSpace`
     /// (form encoding, as in S3 event notifications).
     public static func decode(_ string: String, plusIsSpace: Bool = false) -> String {
+        String(decoding: decodeBytes(string, plusIsSpace: plusIsSpace), as: UTF8.self)
+    }
+
+    /// The decoded bytes, which need not be UTF-8 (`%FF` decodes to a lone 0xFF).
+    public static func decodeBytes(_ string: String, plusIsSpace: Bool = false) -> [UInt8] {
         let bytes = Array(string.utf8)
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
@@ -53,7 +58,7 @@ public enum URIEncoding {
                 index += 1
             }
         }
-        return String(decoding: out, as: UTF8.self)
+        return out
     }
 
     private static func hexValue(_ byte: UInt8) -> UInt8? {

@@ -86,7 +86,10 @@ public struct MessageParser: Sendable {
                 guard bucket == inputBucket else {
                     throw BadMessage(reason: "S3 event record \(index) is for bucket '\(bucket)', not the input bucket '\(inputBucket)'")
                 }
-                inputs.append(try input(bucket: bucket, key: URIEncoding.decode(rawKey, plusIsSpace: true)))
+                guard let key = String(validating: URIEncoding.decodeBytes(rawKey, plusIsSpace: true), as: UTF8.self) else {
+                    throw BadMessage(reason: "the event's object key is not UTF-8 once URL-decoded")
+                }
+                inputs.append(try input(bucket: bucket, key: key))
             }
             guard !inputs.isEmpty else { throw BadMessage(reason: "the S3 event has no ObjectCreated records") }
             return .tasks(inputs)

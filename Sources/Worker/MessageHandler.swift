@@ -44,11 +44,20 @@ struct MessageHandler: Sendable {
         } catch {
             logger.error("bad message: recorded under _failed/ and deleted", metadata: ["reason": "\(error.reason)"])
             lifecycle.count { $0.badMessages += 1 }
-            await writeFailureRecord(key: "_failed/_bad-messages/\(message.messageID).json", fields: [
+            let recorded = await writeFailureRecord(key: "_failed/_bad-messages/\(message.messageID).json", fields: [
                 "messageId": .string(message.messageID), "reason": .string(error.reason),
                 "body": .string(String(message.body.prefix(4096))), "instanceId": .string(instanceID),
             ], logger: logger)
-            await delete(message, logger: logger)
+            if recorded {
+                await delete(message, logger: logger)
+            } else if hasRedrivePolicy {
+                // Back at once: after maxReceiveCount receives the dead-letter queue holds it.
+                logger.error("bad message left to the dead-letter queue: its record could not be written")
+                await changeVisibility(message, to: 0, logger: logger)
+            } else {
+                logger.error("bad message kept: its record could not be written",
+                             metadata: ["retry.after_seconds": "\(config.visibilityTimeout)"])
+            }
             return
         }
         guard case .tasks(let inputs) = request else {
@@ -110,7 +119,7 @@ struct MessageHandler: Sendable {
         }
         if failure.permanent || message.receiveCount >= config.maxAttempts {
             lifecycle.count { $0.givenUp += 1 }
-            await writeFailureRecord(key: "_failed/" + failure.input.key + ".json", fields: [
+            let recorded = await writeFailureRecord(key: "_failed/" + failure.input.key + ".json", fields: [
                 "input": .string(failure.input.description), "reason": .string(failure.reason),
                 "exitStatus": .string(failure.outcome?.summary ?? "none"), "attempts": .number(Double(message.receiveCount)),
                 "instanceId": .string(instanceID), "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
@@ -122,9 +131,13 @@ struct MessageHandler: Sendable {
                              metadata: ["task.attempts": "\(message.receiveCount)"])
                 // Visible again at once, so SQS moves it to the dead-letter queue on the next receive.
                 await changeVisibility(message, to: 0, logger: logger)
-            } else {
+            } else if recorded {
                 logger.error("giving up: failure recorded and message deleted", metadata: ["task.attempts": "\(message.receiveCount)"])
                 await delete(message, logger: logger)
+            } else {
+                // No record and no dead-letter queue: deleting would lose the input without a trace.
+                logger.error("giving up, but the failure record could not be written: message kept",
+                             metadata: ["task.attempts": "\(message.receiveCount)", "retry.after_seconds": "\(config.visibilityTimeout)"])
             }
             return
         }
@@ -208,7 +221,8 @@ struct MessageHandler: Sendable {
             return .noOutput
         case .rejected(let why):
             logger.warning("the command's output line names no usable file; moving on without an output",
-                           metadata: ["reason": "\(why)"])
+                           // A command may print anything as its last line: keep the log line readable.
+                           metadata: ["reason": "\(why.count > 300 ? String(why.prefix(300)) + "…" : why)"])
             return .noOutput
         case .file(let path, let name):
             let key = TaskPaths.outputKey(inputKey: input.key, inputPrefix: config.inputPrefix,
@@ -280,13 +294,18 @@ struct MessageHandler: Sendable {
         }
     }
 
-    func writeFailureRecord(key: String, fields: [String: JSONValue], logger: Logger) async {
+    /// Returns whether the record was written. When it was not (the output bucket is missing or denied), the
+    /// message must not be deleted: it would then leave no trace at all.
+    @discardableResult
+    func writeFailureRecord(key: String, fields: [String: JSONValue], logger: Logger) async -> Bool {
         let body = Array(JSONValue.object(fields).serialized.utf8)
         do {
             try await s3.putObject(bucket: config.outputBucket, key: key, bytes: body, contentType: "application/json",
                                    logger: logger)
+            return true
         } catch {
             logger.error("could not write the failure record", metadata: ["s3.key": "\(key)", "error": "\(error)"])
+            return false
         }
     }
 

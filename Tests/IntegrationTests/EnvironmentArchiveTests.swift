@@ -27,12 +27,14 @@ struct EnvironmentArchiveTests {
         }
     }
 
-    @Test(arguments: ["zip-slip", "symlink"])
+    @Test(arguments: ["zip-slip", "symlink", "corrupt"])
     func escapingArchivesAreRefusedAtStartUp(kind: String) async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             if kind == "zip-slip" {
                 try await h.makeZip(dir + "/env.zip", files: [("../../escaped.sh", "#!/bin/sh\n", 0o755)])
+            } else if kind == "corrupt" {
+                LocalFile.write(dir + "/env.zip", Array("PK\u{03}\u{04} this is not really a zip archive".utf8))
             } else {
                 try await h.makeZip(dir + "/env.zip", files: [("ok.sh", "#!/bin/sh\n", 0o755)], symlinks: [("etc", "/etc")])
             }
@@ -41,7 +43,8 @@ struct EnvironmentArchiveTests {
             let worker = try h.startWorker(name: "w", parameters: params)
             #expect(await worker.wait(timeout: 60) == .exited(1))
             let log = h.log("w")
-            #expect(log.contains(kind == "zip-slip" ? "escapes its folder" : "pointing outside"), "\(log)")
+            let says = ["zip-slip": "escapes its folder", "symlink": "pointing outside", "corrupt": "unzip failed"][kind]!
+            #expect(log.contains(says), "\(log)")
             #expect(!fileExists(dir + "/escaped.sh"))
         }
     }
