@@ -134,13 +134,12 @@ struct HTTPClientTests {
     }
 
     @Test func slotsDoNotBlockEachOther() async throws {
-        // Four 1-second requests at once finish in about a second: curl's blocking calls run off the cooperative pool.
-        let stub = try url("/slow/1")
-        let started = ContinuousClock.now
+        // The stub answers only once four requests wait at the same time: if curl's blocking calls ran on the
+        // cooperative pool (two threads here), at most two could be in flight and all four would get 503.
+        let stub = try url("/together/\(UInt32.random(in: 0...UInt32.max))/4")
         try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<4 { group.addTask { try await http.execute(HTTPRequest(method: "GET", url: stub)).status } }
             for try await status in group { #expect(status == 200) }
         }
-        #expect(ContinuousClock.now - started < .seconds(3))
     }
 }

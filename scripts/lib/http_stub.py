@@ -4,6 +4,8 @@
   GET  /short/N            claims N bytes, sends half, then closes (a body cut off mid-way)
   GET  /status/CODE        that status, with a small body
   GET  /slow/SECONDS       waits, then answers 200
+  GET  /together/KEY/N      answers 200 once N requests for KEY are waiting at the same time (503 after 10 s):
+                            proof that N requests were in flight at once, whatever the machine's load
   GET  /headers            the request's headers as JSON
   PUT  /echo               reads the body, answers its length and SHA-256 as JSON
   POST /echo               same
@@ -22,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 FLAKY = {}
 LAST = {}
 LOCK = threading.Lock()
+TOGETHER = threading.Condition()
+WAITING = {}
 
 
 def pattern(n):
@@ -60,6 +64,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         if parts[0] == "status":
             return self.send(int(parts[1]), b'{"__type":"StubError","message":"stub says no"}', "application/json")
+        if parts[0] == "together":
+            key, n = parts[1], int(parts[2])
+            with TOGETHER:
+                WAITING[key] = WAITING.get(key, 0) + 1
+                TOGETHER.notify_all()
+                met = TOGETHER.wait_for(lambda: WAITING[key] >= n, timeout=10)
+            return self.send(200 if met else 503, b"together" if met else b"alone")
         if parts[0] == "slow":
             time.sleep(float(parts[1]))
             return self.send(200, b"slow")
