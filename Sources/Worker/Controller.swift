@@ -30,6 +30,9 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
         self.recentCompletions = recentCompletions
     }
 
+    /// When the instance last showed progress: its last completion, else its daemon's start.
+    public var lastProgressEpoch: Double? { lastCompletionEpoch ?? startedEpoch }
+
     init?(item: DynamoItem) {
         guard let id = item["instance"]?.string else { return nil }
         instanceID = id
@@ -52,16 +55,10 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
     /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).
     public static func read(table: String, queueURL: String, client: DynamoDBClient,
                             logger: Logger) async throws(AWSError) -> [InstanceHeartbeat] {
-        var result: [InstanceHeartbeat] = []
-        var start: DynamoItem?
-        repeat {
-            let page = try await client.query(
-                table: table, keyCondition: "#q = :q AND begins_with(#t, :prefix)", names: ["#q": "queue", "#t": "task"],
-                values: [":q": .s(Ledger.queueName(queueURL)), ":prefix": .s("instance#")], startKey: start, logger: logger)
-            result += page.items.compactMap(InstanceHeartbeat.init(item:))
-            start = page.lastEvaluatedKey
-        } while start != nil
-        return result
+        try await client.queryAll(
+            table: table, keyCondition: "#q = :q AND begins_with(#t, :prefix)", names: ["#q": "queue", "#t": "task"],
+            values: [":q": .s(Ledger.queueName(queueURL)), ":prefix": .s("instance#")], logger: logger
+        ).compactMap(InstanceHeartbeat.init(item:))
     }
 }
 
@@ -109,9 +106,13 @@ public struct FleetPolicy: Sendable {
     /// Seconds since `instance` last completed a task, or since it started (its daemon's start, else its launch)
     /// when it never has: a worker whose boot failed is stuck too.
     public static func idleSeconds(_ instance: EC2Instance, heartbeat: InstanceHeartbeat?, now: Double) -> Double? {
-        let since = heartbeat?.lastCompletionEpoch ?? heartbeat?.startedEpoch
-            ?? instance.launchTime.flatMap { CivilTime.parseISO8601($0) }.map(Double.init)
+        let since = heartbeat?.lastProgressEpoch ?? instance.launchTime.flatMap { CivilTime.parseISO8601($0) }.map(Double.init)
         return since.map { now - $0 }
+    }
+
+    /// Whether the queue, seen drained since `memory.drainedSince`, has stayed so long enough to stop the fleet.
+    public func fleetStopIsDue(_ memory: Memory, now: Double) -> Bool {
+        memory.drainedSince.map { now - $0 >= drainedFor } ?? false
     }
 
     public func decide(_ snapshot: Snapshot, memory: inout Memory) -> [Termination] {
@@ -119,7 +120,7 @@ public struct FleetPolicy: Sendable {
         if queue.total == 0 {
             let since = memory.drainedSince ?? snapshot.now
             memory.drainedSince = since
-            guard snapshot.now - since >= drainedFor else { return [] }
+            guard fleetStopIsDue(memory, now: snapshot.now) else { return [] }
             let drained = Int(snapshot.now - since)
             return snapshot.instances.map {
                 Termination(instanceID: $0.instanceID, reason: "the queue has been drained for \(drained) s")
@@ -222,8 +223,8 @@ public struct Controller: Sendable {
                     _ = try await ec2.terminateInstances(ids, logger: logger)
                 }
                 terminated.formUnion(ids)
-                let stopDue = counts.total == 0 && memory.drainedSince.map { snapshot.now - $0 >= options.interval } == true
-                if stopDue && !options.keepRunning && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) }) {
+                // decide() forgets drainedSince whenever work is back, so this is the same rule it just applied.
+                if policy.fleetStopIsDue(memory, now: snapshot.now) && !options.keepRunning && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) }) {
                     logger.notice("controller done: the queue is drained and the fleet is stopped",
                                   metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
                     return 0

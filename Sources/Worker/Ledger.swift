@@ -143,11 +143,9 @@ public actor Ledger {
 
     /// Writes the final heartbeat (`state` = `stopped`) and what is buffered, for at most `deadline` seconds.
     public func finish(reason: String, deadline: Double = 10) async {
+        // `stopping` also keeps the writer from adding a `running` heartbeat after this one.
         stopping = true
-        heartbeatDirty = true
         append(heartbeatWrite(state: "stopped", reason: reason))
-        heartbeatDirty = false
-        signal()
         let writer = self.writer
         let timeout = Task {
             try? await Task.sleep(nanoseconds: UInt64(deadline * 1e9))
@@ -180,10 +178,11 @@ public actor Ledger {
     }
 
     func heartbeatWrite(state: String, reason: String? = nil) -> Write {
+        let now = Self.now()
         var item: DynamoItem = [
             "queue": .s(queueName), "task": .s(Self.instanceSortKey(instanceID)), "kind": .s("instance"),
             "instance": .s(instanceID), "state": .s(state), "version": .s(Version.current),
-            "startedEpoch": .number(startedAt), "updatedEpoch": .number(Self.now()), "updatedAt": .s(Self.iso(Self.now())),
+            "startedEpoch": .number(startedAt), "updatedEpoch": .number(now), "updatedAt": .s(Self.iso(now)),
             "tasksDone": .number(progress.done), "tasksFailed": .number(progress.failed),
             "tasksReleased": .number(progress.released),
             "recentDurations": .l(progress.recentDurations.map { .number(($0 * 1000).rounded() / 1000) }),

@@ -99,8 +99,7 @@ public struct FleetStatus: Sendable, Equatable, Codable {
             return durations[min(max(index, 0), durations.count - 1)]
         }
         let instances = heartbeats.sorted { $0.instanceID < $1.instanceID }.map { beat in
-            let since = beat.lastCompletionEpoch ?? beat.startedEpoch
-            let idle = since.map { now - $0 }
+            let idle = beat.lastProgressEpoch.map { now - $0 }
             return Instance(instanceID: beat.instanceID, state: beat.state, tasksDone: beat.tasksDone,
                             tasksFailed: beat.tasksFailed,
                             lastCompletionAgoSeconds: beat.lastCompletionEpoch.map { Int(now - $0) },

@@ -50,7 +50,7 @@ extension S3FaultTests {
             defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
             let started = ContinuousClock.now
             let parameters = fleet.parameters()
-            let proxy = try FaultFleet.throughProxy()
+            let proxy = try TestEnvironment.routeThroughFaultProxy()
             let workers = try (0..<3).map { try fleet.start($0, parameters: parameters, environment: proxy) }
             let fired = try await TestEnvironment.faultsFired()
             let result = try await fleet.finish(workers, started: started)
@@ -99,7 +99,7 @@ extension S3FaultTests {
                 extra: ["visibilityTimeout": "12", "shutdownGrace": "0"],
                 before: "touch \"\(dir)/cmd-$PPID\"; sleep 0.3; rm -f \"\(dir)/cmd-$PPID\"",
                 after: "touch \"\(dir)/up-$PPID\"")
-            let proxy = try FaultFleet.throughProxy()
+            let proxy = try TestEnvironment.routeThroughFaultProxy()
             let started = ContinuousClock.now
             var imds: IMDSStandIn?
             if fault.blow == .spotNotice { imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-0spot") }

@@ -17,16 +17,8 @@ struct LedgerControllerTests {
     }
 
     static func items(_ dynamo: DynamoDBClient, table: String, queueURL: String) async throws -> [DynamoItem] {
-        var items: [DynamoItem] = []
-        var start: DynamoItem?
-        repeat {
-            let page = try await dynamo.query(table: table, keyCondition: "#q = :q", names: ["#q": "queue"],
-                                              values: [":q": .s(Ledger.queueName(queueURL))], startKey: start,
-                                              logger: quietLogger)
-            items += page.items
-            start = page.lastEvaluatedKey
-        } while start != nil
-        return items
+        try await dynamo.queryAll(table: table, keyCondition: "#q = :q", names: ["#q": "queue"],
+                                  values: [":q": .s(Ledger.queueName(queueURL))], logger: quietLogger)
     }
 
     @Test func fiftyTasksLeaveOneItemPerAttemptAndAHeartbeat() async throws {
@@ -203,13 +195,11 @@ extension S3FaultTests {
                  {"service":"dynamodb","operation":"UpdateItem","error":{"code":"ProvisionedThroughputExceededException","status":400}}]
                 """)
             defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
-            let moto = try #require(ParsedURL(try TestEnvironment.endpoint(.moto)))
-            let proxy = try #require(ParsedURL(try TestEnvironment.endpoint(.microburst)))
             let clock = ContinuousClock()
             let started = clock.now
             let worker = try h.startWorker(
                 name: "w", parameters: h.parameters(["ledgerTable": table, "numThreads": "2"], program: program),
-                environment: ["PARALLELIZER_CONNECT_TO": "\(moto.host):\(moto.port!):\(proxy.host):\(proxy.port!)"])
+                environment: try TestEnvironment.routeThroughFaultProxy())
             // All outputs appear while every ledger write is still being refused.
             var done = false
             for _ in 0..<300 {

@@ -294,11 +294,9 @@ extension S3FaultTests {
             let program = h.script("big.sh", "head -c 73400320 /dev/zero > \"$1.out\"\necho uploading > \(dir)/started\necho \"$1.out\"\n")
             try await TestEnvironment.setFaultRules(#"[{"service":"s3","operation":"PutObject","latency":3000}]"#)
             defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
-            let moto = try #require(ParsedURL(try TestEnvironment.endpoint(.moto)))
-            let proxy = try #require(ParsedURL(try TestEnvironment.endpoint(.microburst)))
             let worker = try h.startWorker(
                 name: "w", parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"], program: program),
-                environment: ["PARALLELIZER_CONNECT_TO": "\(moto.host):\(moto.port!):\(proxy.host):\(proxy.port!)"])
+                environment: try TestEnvironment.routeThroughFaultProxy())
             for _ in 0..<400 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
             try await Task.sleep(nanoseconds: 500_000_000)
             worker.signal(SIGTERM)

@@ -82,14 +82,6 @@ public struct FaultFleet: Sendable {
         return harness.parameters(values, program: program)
     }
 
-    /// The environment that routes every connection to moto through the fault proxy.
-    public static func throughProxy() throws -> [String: String] {
-        guard let moto = ParsedURL(try TestEnvironment.endpoint(.moto)),
-            let proxy = ParsedURL(try TestEnvironment.endpoint(.microburst)), let mp = moto.port, let pp = proxy.port
-        else { throw TestEnvironment.Missing(name: "PZ_TEST_MOTO_ENDPOINT / PZ_TEST_MICROBURST_ENDPOINT") }
-        return ["PARALLELIZER_CONNECT_TO": "\(moto.host):\(mp):\(proxy.host):\(pp)"]
-    }
-
     /// Starts worker `index` with its own work folder (under `workRoot`, default the test's folder), as each
     /// instance has its own disk.
     public func start(_ index: Int, parameters: String, environment: [String: String] = [:], imds: String? = nil,

@@ -98,6 +98,15 @@ public enum TestEnvironment {
         guard response.status == 200 else { throw Missing(name: "microburst rules: HTTP \(response.status)") }
     }
 
+    /// The environment that makes `parallelizer` route its connections to moto through the fault proxy, while it
+    /// still signs for moto's own URL (`PARALLELIZER_CONNECT_TO`, curl's connect-to).
+    public static func routeThroughFaultProxy() throws -> [String: String] {
+        guard let moto = ParsedURL(try endpoint(.moto)), let proxy = ParsedURL(try endpoint(.microburst)),
+            let motoPort = moto.port, let proxyPort = proxy.port
+        else { throw Missing(name: "a port in PZ_TEST_MOTO_ENDPOINT or PZ_TEST_MICROBURST_ENDPOINT") }
+        return ["PARALLELIZER_CONNECT_TO": "\(moto.host):\(motoPort):\(proxy.host):\(proxyPort)"]
+    }
+
     /// How many faults the proxy has injected so far (its fired log).
     public static func faultsFired() async throws -> Int {
         let response = try await HTTPClient().execute(HTTPRequest(
@@ -207,7 +216,12 @@ public enum SecretScan {
     }
 
     /// Files that are meant to hold a secret: a report a test asked the command to write with passCredentials.
-    static func exempt(_ name: String) -> Bool { name.hasSuffix(".report") || name.hasSuffix(".params") }
+    public static func exempt(_ name: String) -> Bool { name.hasSuffix(".report") || name.hasSuffix(".params") }
+
+    /// The first characters of each secret `text` holds (enough to tell which, not enough to leak it again).
+    public static func leaks(in text: String, secrets: [String] = secrets) -> [String] {
+        secrets.filter { $0.count >= 8 && text.contains($0) }.map { "\($0.prefix(4))…" }
+    }
 
     /// `file: which secret` for each hit, walking `directory` (files up to 8 MiB).
     public static func scan(directory: String, secrets: [String] = secrets) -> [String] {
@@ -220,9 +234,7 @@ public enum SecretScan {
                 if info.st_mode & S_IFMT == S_IFDIR { walk(full); continue }
                 guard info.st_mode & S_IFMT == S_IFREG, info.st_size < 8 << 20, !exempt(name),
                       let text = LocalFile.readText(full) else { continue }
-                for secret in secrets where secret.count >= 8 && text.contains(secret) {
-                    hits.append("\(full) holds \(secret.prefix(4))…")
-                }
+                hits += leaks(in: text, secrets: secrets).map { "\(full) holds \($0)" }
             }
         }
         walk(directory)

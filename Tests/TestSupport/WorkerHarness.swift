@@ -131,10 +131,8 @@ public struct WorkerHarness: Sendable {
         try await s3.getObject(bucket: outputBucket, key: key, to: path, logger: quietLogger)
         let text = LocalFile.readText(path) ?? ""
         // Failure records and outputs are scanned like logs (a report asked to show credentials is the exception).
-        if !key.hasSuffix(".report") {
-            for secret in SecretScan.secrets where secret.count >= 8 && text.contains(secret) {
-                Issue.record("a secret leaked into s3://\(outputBucket)/\(key)")
-            }
+        if !SecretScan.exempt(key) {
+            for leak in SecretScan.leaks(in: text) { Issue.record("a secret (\(leak)) leaked into s3://\(outputBucket)/\(key)") }
         }
         return text
     }

@@ -77,13 +77,17 @@ def startup(queue):
     print(f"{time.monotonic() - start:.3f}")
 
 
-def enqueue(queue, keyfile):
-    keys = [k for k in open(keyfile).read().split("\n") if k]
-    start = time.monotonic()
-    sqs = client("sqs")
+def send_batches(sqs, queue, keys):
+    """One message per key, SendMessageBatch of 10, one call at a time."""
     for i in range(0, len(keys), 10):
         sqs.send_message_batch(QueueUrl=queue, Entries=[{"Id": str(n), "MessageBody": k}
                                                         for n, k in enumerate(keys[i:i + 10])])
+
+
+def enqueue(queue, keyfile):
+    keys = [k for k in open(keyfile).read().split("\n") if k]
+    start = time.monotonic()
+    send_batches(client("sqs"), queue, keys)
     print(f"{time.monotonic() - start:.3f} {len(keys)}")
 
 
@@ -93,9 +97,7 @@ def fill(queue, bucket, count, size):
     keys = [f"in/{i:05d}.bin" for i in range(count)]
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=body)
-    for i in range(0, len(keys), 10):
-        sqs.send_message_batch(QueueUrl=queue, Entries=[{"Id": str(n), "MessageBody": k}
-                                                        for n, k in enumerate(keys[i:i + 10])])
+    send_batches(sqs, queue, keys)
 
 
 if __name__ == "__main__":

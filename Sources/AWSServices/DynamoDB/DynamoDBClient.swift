@@ -126,6 +126,20 @@ public struct DynamoDBClient: Sendable {
         return DynamoQueryPage(items: output.Items ?? [], lastEvaluatedKey: output.LastEvaluatedKey)
     }
 
+    /// Every item the query matches, page by page (as `S3Client.listAll` does for a listing).
+    public func queryAll(table: String, keyCondition: String, names: [String: String]? = nil, values: DynamoItem,
+                         logger: Logger) async throws(AWSError) -> [DynamoItem] {
+        var items: [DynamoItem] = []
+        var start: DynamoItem?
+        repeat {
+            let page = try await query(table: table, keyCondition: keyCondition, names: names, values: values,
+                                       startKey: start, logger: logger)
+            items += page.items
+            start = page.lastEvaluatedKey
+        } while start != nil
+        return items
+    }
+
     struct CreateTableInput: Encodable {
         struct Attr: Encodable { var AttributeName: String; var AttributeType: String }
         struct KeyElement: Encodable { var AttributeName: String; var KeyType: String }
