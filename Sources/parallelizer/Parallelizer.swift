@@ -3,7 +3,6 @@ import AWSCore
 import Logging
 import Worker
 
-@main
 struct Parallelizer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "parallelizer",

@@ -69,3 +69,21 @@ struct OperatorCommandTests {
         #expect(done == ["a/x.txt", "a/x", "b/y.txt"])
     }
 }
+
+/// The command line reaches the subcommands even when a preloaded library moved `environ` before Swift read `argv`
+/// (libfaketime here; some security agents preload libraries the same way).
+@Suite(.enabled(if: TestEnvironment.isCI || TestEnvironment.environment.nonEmpty("PZ_TEST_FAKETIME_LIB") != nil))
+struct CommandLineTests {
+    @Test func argumentsSurviveAPreloadedLibraryThatCallsSetenv() async throws {
+        try await withTemporaryDirectory { dir in
+            let environment = ["LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+0",
+                               "PATH": "/usr/bin:/bin", "HOME": dir]
+            let outcome = try await ProcessRunner().run(
+                argv: [WorkerHarness.binary, "version"], environment: environment, directory: dir,
+                stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: 30, stop: { false })
+            #expect(outcome.succeeded)
+            let out = LocalFile.readText(dir + "/out") ?? ""
+            #expect(out.hasPrefix("parallelizer "), "the subcommand was lost: \(out.prefix(200))")
+        }
+    }
+}
