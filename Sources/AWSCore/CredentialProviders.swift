@@ -185,6 +185,12 @@ public actor RefreshingCredentials: CredentialProvider {
         case .success(let fresh):
             lastFailure = nil
             if let fresh {
+                // Operators see each rotation (hourly on EC2): the source and the new expiry, never the keys.
+                if let cached, cached.accessKeyID != fresh.accessKeyID {
+                    logger.info("credentials refreshed", metadata: [
+                        "credentials.source": "\(name)", "credentials.expiration": "\(Self.iso(fresh.expiration))",
+                    ])
+                }
                 cached = fresh
                 fetchedAt = current
             }
@@ -193,7 +199,7 @@ public actor RefreshingCredentials: CredentialProvider {
             lastFailure = current
             if let cached, isValid(cached, at: current) {
                 logger.warning("credential refresh failed; using the current credentials until they expire", metadata: [
-                    "credentials.source": "\(name)", "credentials.expiration": "\(cached.expiration.map { CivilTime(epochSeconds: Int64($0.timeIntervalSince1970)).iso8601 } ?? "none")",
+                    "credentials.source": "\(name)", "credentials.expiration": "\(Self.iso(cached.expiration))",
                     "error": "\(error)",
                 ])
                 return cached
@@ -204,6 +210,10 @@ public actor RefreshingCredentials: CredentialProvider {
     }
 
     public func invalidate() { cached = nil }
+
+    private static func iso(_ date: Date?) -> String {
+        date.map { CivilTime(epochSeconds: Int64($0.timeIntervalSince1970)).iso8601 } ?? "none"
+    }
 
     /// Inside the last `refreshAhead` seconds, or the last half of a lifetime shorter than twice that (so
     /// credentials that live one minute are not fetched again on every call).

@@ -173,4 +173,47 @@ struct EnvironmentFaultTests {
             #expect(fleet.logs().contains("task failed"))
         }
     }
+
+    /// The instance role's credentials live 60 seconds and each key is deleted from moto when it expires, so a
+    /// worker that kept an old key would be refused from then on. The run outlasts the first keys by far.
+    @Test func credentialsExpiringEveryMinuteAreReplacedBeforeTheyDie() async throws {
+        try await withTemporaryDirectory { dir in
+            let fleet = try await FaultFleet.make(directory: dir, count: 100)
+            let imds = try await IMDSStandIn.start(directory: dir, userData: nil, credentialLifetime: 60,
+                                                   rotatingUser: uniqueName("pz-rotating"))
+            defer { Task { await imds.stop() } }
+            let started = ContinuousClock.now
+            // About 17 tasks per slot at 4 s each: the fleet runs well past the first key's death at 60 s.
+            let parameters = fleet.parameters(before: "sleep 4")
+            let workers = try (0..<3).map { try fleet.start($0, parameters: parameters, imds: imds.endpoint, instanceRole: true) }
+            let result = try await fleet.finish(workers, started: started)
+            let stats = try await imds.stats()
+            let created = stats["keysCreated"]?.intValue ?? 0, deleted = stats["keysDeleted"]?.intValue ?? 0
+            print("environment fault 'credentials expiring every 60 s': \(result), keys handed out \(created), expired \(deleted)")
+            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            #expect(deleted >= 1 && result.seconds > 65, "no key expired while the fleet ran: \(result)")
+            for index in 0..<3 {
+                #expect(fleet.harness.log("w\(index)").contains("credentials refreshed"), "worker \(index) never switched keys")
+            }
+        }
+    }
+
+    /// Every worker's clock runs 20 minutes fast (libfaketime), and S3 is SeaweedFS, which refuses a signature more
+    /// than 15 minutes off as AWS does. Each worker must take the offset from the server's `Date` and go on.
+    @Test func aClockTwentyMinutesFastIsCorrectedFromTheServersDate() async throws {
+        try await withTemporaryDirectory { dir in
+            let skewed = ["LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+1200",
+                          "FAKETIME_DONT_FAKE_MONOTONIC": "1"]
+            let fleet = try await FaultFleet.make(directory: dir, count: 100, s3: .seaweed)
+            let started = ContinuousClock.now
+            let parameters = fleet.parameters()
+            let workers = try (0..<3).map { try fleet.start($0, parameters: parameters, environment: skewed) }
+            let result = try await fleet.finish(workers, started: started)
+            print("environment fault 'clock 20 minutes fast': \(result)")
+            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            for index in 0..<3 {
+                #expect(fleet.harness.log("w\(index)").contains("clock skew corrected"), "worker \(index) met no skew")
+            }
+        }
+    }
 }

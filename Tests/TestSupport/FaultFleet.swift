@@ -52,8 +52,9 @@ public struct FaultFleet: Sendable {
     }
 
     /// Makes the buckets and queue, uploads `count` inputs of about `size` bytes, and queues them.
-    public static func make(directory: String, count: Int, size: Int = 6144) async throws -> FaultFleet {
-        let harness = try await WorkerHarness.make(directory: directory)
+    public static func make(directory: String, count: Int, size: Int = 6144,
+                            s3: TestEnvironment.Server = .moto) async throws -> FaultFleet {
+        let harness = try await WorkerHarness.make(directory: directory, s3: s3)
         let keys = (0..<count).map { n in "in/" + String(repeating: "0", count: max(0, 4 - String(n).count)) + "\(n).txt" }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for chunk in stride(from: 0, to: keys.count, by: 20) {
@@ -83,18 +84,20 @@ public struct FaultFleet: Sendable {
     }
 
     /// Starts worker `index` with its own work folder (under `workRoot`, default the test's folder), as each
-    /// instance has its own disk.
+    /// instance has its own disk. With `instanceRole`, it has no keys of its own and takes the role's from `imds`.
     public func start(_ index: Int, parameters: String, environment: [String: String] = [:], imds: String? = nil,
-                      workRoot: String? = nil) throws -> ChildProcess {
+                      instanceRole: Bool = false, workRoot: String? = nil) throws -> ChildProcess {
         try harness.startWorker(name: "w\(index)", parameters: parameters, imds: imds,
                                 extraArguments: ["--set", "workDir=\(workRoot ?? directory)/work-w\(index)"],
-                                environment: environment)
+                                environment: environment, instanceRole: instanceRole)
     }
 
     /// Waits for the workers, then checks every output against its input.
     public func finish(_ workers: [ChildProcess], started: ContinuousClock.Instant, timeout: Double = 240) async throws -> Result {
+        // One deadline for the fleet, so a fleet that never drains fails within `timeout`, not once per worker.
+        let deadline = ContinuousClock.now + .seconds(timeout)
         var exits: [ProcessOutcome?] = []
-        for worker in workers { exits.append(await worker.wait(timeout: timeout)) }
+        for worker in workers { exits.append(await worker.wait(timeout: max(1, (deadline - ContinuousClock.now).seconds))) }
         for (worker, exit) in zip(workers, exits) where exit == nil { worker.signal(SIGKILL) }
         let seconds = (ContinuousClock.now - started).seconds
         let outputs = Set(try await harness.outputKeys())

@@ -12,7 +12,10 @@ public struct WorkerHarness: Sendable {
     public let outputBucket: String
     public let queueURL: String
     public let context: AWSContext
-    public var s3: S3Client { try! S3Client(context: context) }
+    /// Where S3 is: moto, or SeaweedFS (which takes moto's test key too, and checks the signing time as AWS does).
+    public let s3Server: TestEnvironment.Server
+    public let s3Context: AWSContext
+    public var s3: S3Client { try! S3Client(context: s3Context) }
     public var sqs: SQSClient { SQSClient(context: context) }
 
     /// The built executable, next to the test bundle.
@@ -33,15 +36,18 @@ public struct WorkerHarness: Sendable {
     }
 
     /// Creates a fresh pair of buckets and a queue (with `queueAttributes`), in a fresh local folder.
-    public static func make(directory: String, queueAttributes: [String: String] = [:]) async throws -> WorkerHarness {
+    public static func make(directory: String, queueAttributes: [String: String] = [:],
+                            s3 s3Server: TestEnvironment.Server = .moto) async throws -> WorkerHarness {
         let context = try TestEnvironment.motoContext()
-        let s3 = try S3Client(context: context)
+        let s3Context = s3Server == .moto ? context
+            : TestEnvironment.context(endpoint: try TestEnvironment.endpoint(s3Server), credentials: try TestEnvironment.motoCredentials())
+        let s3 = try S3Client(context: s3Context)
         let name = uniqueName("pzw")
         try await s3.createBucket(name + "-in", logger: quietLogger)
         try await s3.createBucket(name + "-out", logger: quietLogger)
         let queue = try await SQSClient(context: context).createQueue(name: name, attributes: queueAttributes, logger: quietLogger)
         return WorkerHarness(directory: directory, inputBucket: name + "-in", outputBucket: name + "-out", queueURL: queue,
-                             context: context)
+                             context: context, s3Server: s3Server, s3Context: s3Context)
     }
 
     public func upload(_ key: String, _ text: String) async throws {
@@ -86,6 +92,7 @@ public struct WorkerHarness: Sendable {
             "AWS_ENDPOINT_URL": moto, "AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey,
             "AWS_REGION": "us-east-1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": directory,
         ]
+        if s3Server != .moto { environment["AWS_ENDPOINT_URL_S3"] = try TestEnvironment.endpoint(s3Server) }
         if let imds { environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds } else {
             environment["AWS_EC2_METADATA_DISABLED"] = "true"
         }
@@ -157,8 +164,9 @@ public struct IMDSStandIn: Sendable {
 
     /// - Parameter credentialLifetime: hand out real temporary credentials from moto's STS that say they expire
     ///   after this many seconds.
+    /// - Parameter rotatingUser: instead, hand out keys of this new IAM user, each deleted from moto when it expires.
     public static func start(directory: String, userData: String?, instanceID: String = "i-0test",
-                             credentialLifetime: Int? = nil) async throws -> IMDSStandIn {
+                             credentialLifetime: Int? = nil, rotatingUser: String? = nil) async throws -> IMDSStandIn {
         let port = Int32.random(in: 20000...60000)
         var argv = ["/usr/bin/env", "python3", Self.script, "--port", String(port), "--instance-id", instanceID]
         if let credentialLifetime {
@@ -166,6 +174,7 @@ public struct IMDSStandIn: Sendable {
                      "--sts-key", try TestEnvironment.value("PZ_TEST_MOTO_KEY"),
                      "--sts-secret", try TestEnvironment.value("PZ_TEST_MOTO_SECRET"),
                      "--role-arn", try TestEnvironment.value("PZ_TEST_MOTO_ROLE_ARN")]
+            if let rotatingUser { argv += ["--rotate-user", rotatingUser] }
         }
         if let userData {
             let path = directory + "/user-data-\(port)"

@@ -8,11 +8,15 @@ as EC2 does where the daemon depends on it:
   * user-data, instance-id, placement/region, iam/security-credentials/<role>, and spot/instance-action (404
     until a notice is set).
 Role credentials are real: with --sts-endpoint it calls AssumeRole on moto and hands out moto's temporary keys,
-with the Expiration it reports shortened to --credential-lifetime seconds.
+with the Expiration it reports shortened to --credential-lifetime seconds. moto never expires those, so for tests
+where expiry must bite, --rotate-user NAME hands out access keys of an IAM user instead: a new key each rotation,
+and each key is deleted from moto at the Expiration it was handed out with, after which moto refuses it. (moto
+refuses a session token with a user's key, so these credentials carry no Token; EC2's always do.)
 
 Control endpoints for tests (no token needed), under /_standin/:
   POST /_standin/config  JSON: userData, instanceId, region, spotAction, credentialLifetime, failCredentials
-  GET  /_standin/stats   JSON: counters (token PUTs, GETs refused for lack of a token, credential fetches)
+  GET  /_standin/stats   JSON: counters (token PUTs, GETs refused for lack of a token, credential fetches,
+                         user keys created and deleted)
 """
 import argparse
 import datetime
@@ -33,7 +37,9 @@ STATE = {
     "failCredentials": 0,
 }
 TOKENS = {}
-STATS = {"tokenPuts": 0, "unauthorizedGets": 0, "credentialFetches": 0, "gets": 0}
+STATS = {"tokenPuts": 0, "unauthorizedGets": 0, "credentialFetches": 0, "gets": 0, "keysCreated": 0, "keysDeleted": 0}
+# --rotate-user: (access key id, expiry) of keys handed out and not yet deleted.
+LIVE_KEYS = []
 ARGS = None
 CACHED = {"creds": None}
 
@@ -42,9 +48,46 @@ def iso(ts):
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iam_client():
+    import boto3
+
+    return boto3.client("iam", endpoint_url=ARGS.sts_endpoint, region_name="us-east-1",
+                        aws_access_key_id=ARGS.sts_key, aws_secret_access_key=ARGS.sts_secret)
+
+
+def make_rotating_user():
+    iam = iam_client()
+    iam.create_user(UserName=ARGS.rotate_user)
+    iam.put_user_policy(UserName=ARGS.rotate_user, PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+
+
+def delete_expired_keys():
+    """Deletes each rotated key at its Expiration, so moto refuses it from then on, as AWS refuses expired ones."""
+    iam = iam_client()
+    while True:
+        now = time.time()
+        with STATE_LOCK:
+            due = [k for k in LIVE_KEYS if k[1] <= now]
+        for key_id, expiry in due:
+            iam.delete_access_key(UserName=ARGS.rotate_user, AccessKeyId=key_id)
+            with STATE_LOCK:
+                LIVE_KEYS.remove((key_id, expiry))
+                STATS["keysDeleted"] += 1
+        time.sleep(0.2)
+
+
 def fresh_credentials():
     lifetime = int(STATE["credentialLifetime"])
     now = time.time()
+    if ARGS.rotate_user:
+        key = iam_client().create_access_key(UserName=ARGS.rotate_user)["AccessKey"]
+        LIVE_KEYS.append((key["AccessKeyId"], now + lifetime))
+        STATS["keysCreated"] += 1
+        return {
+            "Code": "Success", "LastUpdated": iso(now), "Type": "AWS-HMAC", "AccessKeyId": key["AccessKeyId"],
+            "SecretAccessKey": key["SecretAccessKey"], "Expiration": iso(now + lifetime), "_expires": now + lifetime,
+        }
     if ARGS.sts_endpoint:
         import boto3
 
@@ -178,6 +221,7 @@ def main():
     parser.add_argument("--sts-key")
     parser.add_argument("--sts-secret")
     parser.add_argument("--role-arn")
+    parser.add_argument("--rotate-user", help="hand out keys of this new IAM user, each deleted at its expiration")
     parser.add_argument("--static-key", default="AKIASTANDINEXAMPLE")
     parser.add_argument("--static-secret", default="standin-secret")
     parser.add_argument("--static-token", default="standin-token")
@@ -192,6 +236,9 @@ def main():
         STATE["region"] = ARGS.region
     if ARGS.credential_lifetime:
         STATE["credentialLifetime"] = ARGS.credential_lifetime
+    if ARGS.rotate_user:
+        make_rotating_user()
+        threading.Thread(target=delete_expired_keys, daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True
     server.serve_forever()

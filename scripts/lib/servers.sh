@@ -21,9 +21,10 @@ pz_wait_port() {
     done
 }
 
-# Installs the Debian packages a build needs when they are missing: the C libraries and binutils.
+# Installs the Debian packages a build needs when they are missing: the C libraries and binutils. Arguments are
+# more packages to install.
 pz_install_dependencies_build() {
-    local need_apt=()
+    local need_apt=("$@")
     command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
     pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
     pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
@@ -38,7 +39,14 @@ pz_install_dependencies_build() {
 
 # Installs what the tests and the demo need when it is missing: the build's packages and the pip servers.
 pz_install_dependencies() {
-    pz_install_dependencies_build
+    # libfaketime: the fault suite runs a fleet whose clock is 20 minutes off.
+    if compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
+        pz_install_dependencies_build
+    else
+        pz_install_dependencies_build libfaketime
+    fi
+    PZ_TEST_FAKETIME_LIB=$(compgen -G "/usr/lib/*/faketime/libfaketime.so.1" | head -n 1)
+    export PZ_TEST_FAKETIME_LIB
     local need_pip=()
     command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
     python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
@@ -64,15 +72,24 @@ pz_start_moto() {
     eval "$(python3 "$PZ_LIB_DIR/moto_bootstrap.py" "$PZ_TEST_MOTO_ENDPOINT")"
 }
 
-# SeaweedFS's all-in-one server with its S3 gateway and fixed identities (scripts/lib/seaweed-s3.json).
+# SeaweedFS's all-in-one server with its S3 gateway and fixed identities (scripts/lib/seaweed-s3.json). When moto
+# runs already, its test user's key is one more identity, so one worker can use SQS on moto and S3 on SeaweedFS.
 pz_start_seaweed() {
-    local ports
+    local ports config="$PZ_RUN_DIR/seaweed-s3.json"
     read -r -a ports <<<"$(pz_free_port 5)"
     mkdir -p "$PZ_RUN_DIR/seaweed"
+    python3 - "$PZ_LIB_DIR/seaweed-s3.json" "$config" "${PZ_TEST_MOTO_KEY:-}" "${PZ_TEST_MOTO_SECRET:-}" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+if sys.argv[3]:
+    config["identities"].append({"name": "moto-test-user", "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                                 "credentials": [{"accessKey": sys.argv[3], "secretKey": sys.argv[4]}]})
+json.dump(config, open(sys.argv[2], "w"))
+PY
     weed mini -dir="$PZ_RUN_DIR/seaweed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -master.port="${ports[0]}" -volume.port="${ports[1]}" -filer.port="${ports[2]}" -s3.port="${ports[3]}" \
         -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false -master.telemetry=false \
-        -s3.config="$PZ_LIB_DIR/seaweed-s3.json" -s3.iam.config="$PZ_LIB_DIR/seaweed-iam.json" >"$PZ_RUN_DIR/seaweed.log" 2>&1 &
+        -s3.config="$config" -s3.iam.config="$PZ_LIB_DIR/seaweed-iam.json" >"$PZ_RUN_DIR/seaweed.log" 2>&1 &
     PZ_SERVER_PIDS+=($!)
     pz_wait_port "${ports[3]}" 90
     export PZ_TEST_SEAWEED_ENDPOINT="http://127.0.0.1:${ports[3]}"
