@@ -25,6 +25,24 @@ struct MessageHandler: Sendable {
     /// The DynamoDB task ledger, when `ledgerTable` is set. Appending to it never waits for DynamoDB.
     var ledger: Ledger? = nil
 
+    /// How a message whose work is over for good (a bad message, or a task given up) leaves the queue.
+    ///
+    /// Deleted once its failure record is written. Sent on to the dead-letter queue (made visible at once, so SQS
+    /// moves it after `maxReceiveCount` receives) when the queue has one and either the record could not be
+    /// written or the failure may pass and be worth a redrive. Otherwise kept, to come back after its visibility
+    /// timeout: deleting a message that left no record would lose its input without a trace.
+    enum FinalFate: Equatable {
+        case delete, deadLetterQueue, keep
+
+        init(recorded: Bool, hasDeadLetterQueue: Bool, worthRedriving: Bool) {
+            if hasDeadLetterQueue && (worthRedriving || !recorded) {
+                self = .deadLetterQueue
+            } else {
+                self = recorded ? .delete : .keep
+            }
+        }
+    }
+
     enum TaskResult {
         case uploaded(key: String, bytes: Int64)
         case noOutput
@@ -48,13 +66,13 @@ struct MessageHandler: Sendable {
                 "messageId": .string(message.messageID), "reason": .string(error.reason),
                 "body": .string(String(message.body.prefix(4096))), "instanceId": .string(instanceID),
             ], logger: logger)
-            if recorded {
+            switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: false) {
+            case .delete:
                 await delete(message, logger: logger)
-            } else if hasRedrivePolicy {
-                // Back at once: after maxReceiveCount receives the dead-letter queue holds it.
+            case .deadLetterQueue:
                 logger.error("bad message left to the dead-letter queue: its record could not be written")
                 await changeVisibility(message, to: 0, logger: logger)
-            } else {
+            case .keep:
                 logger.error("bad message kept: its record could not be written",
                              metadata: ["retry.after_seconds": "\(config.visibilityTimeout)"])
             }
@@ -126,18 +144,19 @@ struct MessageHandler: Sendable {
                 "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
                 "time": .string(CivilTime(epochSeconds: Int64(Date().timeIntervalSince1970)).iso8601),
             ], logger: logger)
-            if hasRedrivePolicy && !failure.permanent {
-                logger.error("giving up: failure recorded; the queue's dead-letter queue takes the message",
-                             metadata: ["task.attempts": "\(message.receiveCount)"])
-                // Visible again at once, so SQS moves it to the dead-letter queue on the next receive.
+            let attempts: Logger.Metadata = ["task.attempts": "\(message.receiveCount)"]
+            switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: !failure.permanent) {
+            case .deadLetterQueue:
+                logger.error(recorded ? "giving up: failure recorded; the queue's dead-letter queue takes the message"
+                                      : "giving up, but the failure record could not be written: left to the dead-letter queue",
+                             metadata: attempts)
                 await changeVisibility(message, to: 0, logger: logger)
-            } else if recorded {
-                logger.error("giving up: failure recorded and message deleted", metadata: ["task.attempts": "\(message.receiveCount)"])
+            case .delete:
+                logger.error("giving up: failure recorded and message deleted", metadata: attempts)
                 await delete(message, logger: logger)
-            } else {
-                // No record and no dead-letter queue: deleting would lose the input without a trace.
+            case .keep:
                 logger.error("giving up, but the failure record could not be written: message kept",
-                             metadata: ["task.attempts": "\(message.receiveCount)", "retry.after_seconds": "\(config.visibilityTimeout)"])
+                             metadata: attempts.merging(["retry.after_seconds": "\(config.visibilityTimeout)"]) { $1 })
             }
             return
         }

@@ -67,16 +67,30 @@ struct BadInputCatalogueTests {
         }
     }
 
-    /// Uploads fail (NoSuchBucket) and so does the failure record: the message is kept, never silently deleted.
-    @Test func aMissingOutputBucketKeepsTheMessage() async throws {
+    enum UnwritableOutput: String, CaseIterable, Sendable { case missingBucket, deniedByPolicy }
+
+    /// Uploads fail (NoSuchBucket, or AccessDenied from the role's policy) and so does the failure record: the
+    /// message is kept, never silently deleted.
+    @Test(arguments: UnwritableOutput.allCases)
+    func anUnwritableOutputBucketKeepsTheMessage(_ variant: UnwritableOutput) async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("a.txt", "a")
             try await h.send(["a.txt"])
             let program = h.script("copy.sh", "cp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(
-                ["outputBucket": "no-such-bucket-\(UInt32.random(in: 0...UInt32.max))", "maxAttempts": "2",
-                 "visibilityTimeout": "5"], program: program))
+            var extra = ["maxAttempts": "2", "visibilityTimeout": "5"]
+            var imds: IMDSStandIn?
+            switch variant {
+            case .missingBucket:
+                extra["outputBucket"] = "no-such-bucket-\(UInt32.random(in: 0...UInt32.max))"
+            case .deniedByPolicy:
+                // The instance role may do anything but write to the output bucket (moto enforces IAM on it).
+                imds = try await IMDSStandIn.start(directory: dir, userData: nil, credentialLifetime: 3600,
+                                                   roleARN: try await Self.roleDenyingWrites(to: h.outputBucket, in: dir))
+            }
+            defer { if let imds { Task { await imds.stop() } } }
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(extra, program: program), imds: imds?.endpoint,
+                                           instanceRole: imds != nil)
             var kept = false
             for _ in 0..<300 {
                 if h.log("w").contains("giving up, but the failure record could not be written: message kept") { kept = true; break }
@@ -86,8 +100,24 @@ struct BadInputCatalogueTests {
             #expect(await worker.wait(timeout: 30) == .exited(0))
             let log = h.log("w")
             #expect(kept, "\(log.suffix(2000))")
-            #expect(log.contains("NoSuchBucket"))
+            #expect(log.contains(variant == .missingBucket ? "NoSuchBucket" : "AccessDenied"), "\(log.suffix(2000))")
             #expect(try await h.queueDepth() == 1, "the message was lost")
+            #expect(try await h.outputKeys().isEmpty)
         }
+    }
+
+    /// A role that may do everything except put objects into `bucket`.
+    static func roleDenyingWrites(to bucket: String, in dir: String) async throws -> String {
+        let name = uniqueName("pz-denied")
+        let trust = #"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#
+        let role = try await Scripts.awsCLI(["iam", "create-role", "--role-name", name, "--assume-role-policy-document", trust],
+                                            directory: dir)
+        let policy = """
+            {"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"},
+             {"Effect":"Deny","Action":"s3:PutObject","Resource":["arn:aws:s3:::\(bucket)","arn:aws:s3:::\(bucket)/*"]}]}
+            """
+        _ = try await Scripts.awsCLI(["iam", "put-role-policy", "--role-name", name, "--policy-name", "no-output",
+                                      "--policy-document", policy], directory: dir)
+        return try #require(role["Role"]?["Arn"]?.stringValue)
     }
 }

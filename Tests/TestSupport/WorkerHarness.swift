@@ -166,14 +166,15 @@ public struct IMDSStandIn: Sendable {
     ///   after this many seconds.
     /// - Parameter rotatingUser: instead, hand out keys of this new IAM user, each deleted from moto when it expires.
     public static func start(directory: String, userData: String?, instanceID: String = "i-0test",
-                             credentialLifetime: Int? = nil, rotatingUser: String? = nil) async throws -> IMDSStandIn {
+                             credentialLifetime: Int? = nil, rotatingUser: String? = nil,
+                             roleARN: String? = nil) async throws -> IMDSStandIn {
         let port = Int32.random(in: 20000...60000)
         var argv = ["/usr/bin/env", "python3", Self.script, "--port", String(port), "--instance-id", instanceID]
         if let credentialLifetime {
             argv += ["--credential-lifetime", String(credentialLifetime), "--sts-endpoint", try TestEnvironment.endpoint(.moto),
                      "--sts-key", try TestEnvironment.value("PZ_TEST_MOTO_KEY"),
                      "--sts-secret", try TestEnvironment.value("PZ_TEST_MOTO_SECRET"),
-                     "--role-arn", try TestEnvironment.value("PZ_TEST_MOTO_ROLE_ARN")]
+                     "--role-arn", try roleARN ?? TestEnvironment.value("PZ_TEST_MOTO_ROLE_ARN")]
             if let rotatingUser { argv += ["--rotate-user", rotatingUser] }
         }
         if let userData {

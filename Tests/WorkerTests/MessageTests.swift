@@ -1,6 +1,6 @@
 import TestSupport
 import Testing
-import Worker
+@testable import Worker
 
 @Suite struct MessageTests {
     let parser = MessageParser(inputBucket: "in-bucket")
@@ -60,5 +60,24 @@ import Worker
         #expect(TaskPaths.outputKey(inputKey: "b/x.txt", inputPrefix: "", outputPrefix: "out/", outputName: "x.res") == "out/b/x.res")
         #expect(TaskPaths.outputKey(inputKey: "raw/a/x.txt", inputPrefix: "raw/", outputPrefix: "", outputName: "y") == "a/y")
         #expect(TaskPaths.outputKey(inputKey: "top.txt", inputPrefix: "", outputPrefix: "", outputName: "top.out") == "top.out")
+    }
+}
+
+/// One rule settles every message whose work is over: bad messages and given-up tasks alike.
+@Suite struct FinalFateTests {
+    typealias Fate = MessageHandler.FinalFate
+
+    @Test func aRecordedFailureIsDeletedUnlessItIsWorthARedrive() {
+        #expect(Fate(recorded: true, hasDeadLetterQueue: false, worthRedriving: true) == .delete)
+        #expect(Fate(recorded: true, hasDeadLetterQueue: false, worthRedriving: false) == .delete)
+        #expect(Fate(recorded: true, hasDeadLetterQueue: true, worthRedriving: false) == .delete)
+        #expect(Fate(recorded: true, hasDeadLetterQueue: true, worthRedriving: true) == .deadLetterQueue)
+    }
+
+    @Test func aFailureWithoutARecordIsNeverDeleted() {
+        for worth in [false, true] {
+            #expect(Fate(recorded: false, hasDeadLetterQueue: true, worthRedriving: worth) == .deadLetterQueue)
+            #expect(Fate(recorded: false, hasDeadLetterQueue: false, worthRedriving: worth) == .keep)
+        }
     }
 }
