@@ -19,7 +19,9 @@ let package = Package(
         // Pure SigV4: canonical request, string to sign, derived keys. No I/O.
         .target(name: "AWSSigV4", dependencies: ["CCrypto"]),
         // HTTP over libcurl easy handles: streaming bodies, timeouts, connection reuse.
-        .target(name: "HTTPCurl", dependencies: ["CCurl"]),
+        .target(name: "HTTPCurl", dependencies: ["CCurl", "CChecksum"]),
+        // CRC-32C with the CPU's instruction where there is one: upload checksums computed as the bytes go out.
+        .target(name: "CChecksum"),
         // Credentials chain, endpoints/region, retries, clock skew, typed AWS errors, IMDS, XML.
         .target(
             name: "AWSCore",
@@ -54,7 +56,7 @@ let package = Package(
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "AWSSigV4Tests", dependencies: ["AWSSigV4", "TestSupport"]),
-        .testTarget(name: "HTTPCurlTests", dependencies: ["HTTPCurl", "TestSupport"]),
+        .testTarget(name: "HTTPCurlTests", dependencies: ["HTTPCurl", "CChecksum", "TestSupport"]),
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSServices", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "Worker", "TestSupport"]),

@@ -183,6 +183,7 @@ public final class AWSClient: Sendable {
         case .none: return .empty
         case .bytes(let bytes): return .sha256Hex(Digest.sha256(bytes).hexString)
         case .file: return .unsigned
+        case .fileWithCRC32CTrailer: return .streamingUnsignedTrailer
         }
     }
 }

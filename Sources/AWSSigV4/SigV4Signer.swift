@@ -19,6 +19,9 @@ public struct SignableRequest: Sendable {
         case sha256Hex(String)
         /// `UNSIGNED-PAYLOAD`: S3 only; TLS protects the body and S3 checks Content-MD5 / checksum headers.
         case unsigned
+        /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER`: an `aws-chunked` body whose checksum follows it as a trailer, so S3
+        /// verifies the bytes though nothing was hashed before sending.
+        case streamingUnsignedTrailer
 
         public static let empty = Payload.sha256Hex(Digest.sha256([UInt8]()).hexString)
 
@@ -26,6 +29,7 @@ public struct SignableRequest: Sendable {
             switch self {
             case .sha256Hex(let hex): return hex
             case .unsigned: return "UNSIGNED-PAYLOAD"
+            case .streamingUnsignedTrailer: return "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
             }
         }
     }

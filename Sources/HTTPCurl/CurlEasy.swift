@@ -1,3 +1,4 @@
+internal import CChecksum
 internal import CCurl
 @preconcurrency import Glibc
 import Synchronization
@@ -24,6 +25,11 @@ final class TransferState {
     var inputStart: Int64 = 0
     var inputLength: Int64 = 0
     var inputSent: Int64 = 0
+    /// For a body with a CRC-32C trailer: its framing, the data's running checksum, and the suffix once known.
+    var framing: ChunkedTrailerFraming?
+    var framingPrefix: [UInt8] = []
+    var framingSuffix: [UInt8]?
+    var crc: UInt32 = 0
     // Cancellation, set from another thread.
     let cancelled = Atomic<Bool>(false)
 
@@ -151,16 +157,20 @@ final class CurlEasy {
         case .bytes(let bytes):
             state.inputBytes = bytes
             state.inputLength = Int64(bytes.count)
-        case .file(let path, let offset, let length):
+        case .file(let path, let offset, _), .fileWithCRC32CTrailer(let path, let offset, _):
             guard let f = fopen(path, "rb") else {
                 throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot open \(path): \(errnoText())")
             }
             state.input = f
             state.inputStart = offset
-            state.inputLength = length
+            state.inputLength = request.body.length
             setvbuf(f, nil, _IONBF, 0)
             guard fseeko(f, off_t(offset), SEEK_SET) == 0 else {
                 throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot seek \(path): \(errnoText())")
+            }
+            if case .fileWithCRC32CTrailer(_, _, let framing) = request.body {
+                state.framing = framing
+                state.framingPrefix = framing.prefix
             }
         }
         let hasBody = request.body.length > 0 || request.method == "PUT" || request.method == "POST"
@@ -285,6 +295,9 @@ private func curlReadCallback(_ buffer: UnsafeMutablePointer<CChar>, _ size: Int
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
     let wanted = Int(min(Int64(size * count), state.inputLength - state.inputSent))
     if wanted <= 0 { return 0 }
+    if let framing = state.framing, let input = state.input {
+        return readFramed(into: UnsafeMutableRawPointer(buffer), capacity: wanted, framing: framing, input: input, state: state)
+    }
     if let input = state.input {
         let got = fread(buffer, 1, wanted, input)
         if got == 0 {
@@ -303,11 +316,57 @@ private func curlReadCallback(_ buffer: UnsafeMutablePointer<CChar>, _ size: Int
     return wanted
 }
 
+/// The wire bytes from `state.inputSent` on: the prefix, then file data (checksummed as it passes), then the
+/// suffix, which is built once the last data byte has been read.
+private func readFramed(into buffer: UnsafeMutableRawPointer, capacity: Int, framing: ChunkedTrailerFraming,
+                        input: UnsafeMutablePointer<FILE>, state: TransferState) -> Int {
+    let prefixEnd = Int64(state.framingPrefix.count)
+    let dataEnd = prefixEnd + framing.dataLength
+    var written = 0
+    while written < capacity {
+        let position = state.inputSent
+        let room = capacity - written
+        var n: Int
+        if position < prefixEnd {
+            n = min(room, Int(prefixEnd - position))
+            state.framingPrefix.withUnsafeBytes { (buffer + written).copyMemory(from: $0.baseAddress! + Int(position), byteCount: n) }
+        } else if position < dataEnd {
+            n = fread(buffer + written, 1, min(room, Int(dataEnd - position)), input)
+            if n == 0 {
+                state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
+                    message: "request body file ended early after \(position - prefixEnd) of \(framing.dataLength) bytes")
+                return Int(CURL_READFUNC_ABORT)
+            }
+            state.crc = pz_crc32c(state.crc, buffer + written, n)
+        } else {
+            if state.framingSuffix == nil { state.framingSuffix = framing.suffix(crc: state.crc) }
+            let suffix = state.framingSuffix!
+            let start = Int(position - dataEnd)
+            n = min(room, suffix.count - start)
+            if n <= 0 { break }
+            suffix.withUnsafeBytes { (buffer + written).copyMemory(from: $0.baseAddress! + start, byteCount: n) }
+        }
+        written += n
+        state.inputSent += Int64(n)
+    }
+    return written
+}
+
 /// Lets curl rewind the body when it must send it again (a reused connection that turned out dead).
 private func curlSeekCallback(_ userdata: UnsafeMutableRawPointer?, _ offset: curl_off_t, _ origin: Int32) -> Int32 {
     guard let userdata, origin == SEEK_SET else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
     guard offset >= 0, Int64(offset) <= state.inputLength else { return Int32(CURL_SEEKFUNC_FAIL) }
+    if state.framing != nil {
+        // The checksum runs from the first byte: a framed body rewinds only to its start (curl's only use).
+        guard offset == 0, let input = state.input, fseeko(input, off_t(state.inputStart), SEEK_SET) == 0 else {
+            return Int32(CURL_SEEKFUNC_CANTSEEK)
+        }
+        state.crc = 0
+        state.framingSuffix = nil
+        state.inputSent = 0
+        return Int32(CURL_SEEKFUNC_OK)
+    }
     if let input = state.input, fseeko(input, off_t(state.inputStart + Int64(offset)), SEEK_SET) != 0 {
         return Int32(CURL_SEEKFUNC_FAIL)
     }

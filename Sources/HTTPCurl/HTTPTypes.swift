@@ -29,13 +29,53 @@ public enum HTTPBody: Sendable {
     case none
     case bytes([UInt8])
     case file(path: String, offset: Int64, length: Int64)
+    /// A file range framed as `aws-chunked` with a CRC-32C trailer (see `ChunkedTrailerFraming`): the checksum is
+    /// computed while the bytes go out, so the file is read once and the server still verifies every byte.
+    case fileWithCRC32CTrailer(path: String, offset: Int64, framing: ChunkedTrailerFraming)
 
+    /// The bytes on the wire (Content-Length).
     public var length: Int64 {
         switch self {
         case .none: return 0
         case .bytes(let b): return Int64(b.count)
         case .file(_, _, let length): return length
+        case .fileWithCRC32CTrailer(_, _, let framing): return framing.wireLength
         }
+    }
+}
+
+/// The `aws-chunked` content encoding with one trailing checksum header, as S3 takes it with
+/// `x-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER`: the data as one chunk, the empty last chunk, then
+/// the trailer (`hex-size CRLF data CRLF 0 CRLF name:base64 CRLF CRLF`). One chunk keeps the wire length a
+/// function of the data length alone, so Content-Length is known before the checksum is.
+public struct ChunkedTrailerFraming: Sendable, Equatable {
+    /// Bytes of data (the decoded content length).
+    public let dataLength: Int64
+    /// The trailer's header name, e.g. `x-amz-checksum-crc32c`.
+    public let trailerName: String
+
+    public init(dataLength: Int64, trailerName: String) {
+        self.dataLength = dataLength
+        self.trailerName = trailerName
+    }
+
+    /// Before the data: its size in hex (nothing when there is no data: the last chunk alone follows).
+    public var prefix: [UInt8] { dataLength > 0 ? Array((String(dataLength, radix: 16) + "\r\n").utf8) : [] }
+
+    /// After the data: the end of its chunk, the empty last chunk and the trailer carrying `crc` (big-endian,
+    /// base64, as S3 prints checksums).
+    public func suffix(crc: UInt32) -> [UInt8] {
+        Array(((dataLength > 0 ? "\r\n" : "") + "0\r\n\(trailerName):\(Self.base64(crc))\r\n\r\n").utf8)
+    }
+
+    public var wireLength: Int64 { Int64(prefix.count) + dataLength + Int64(suffix(crc: 0).count) }
+
+    /// Four bytes in base64: six 6-bit groups, then `==`.
+    static func base64(_ value: UInt32) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        let bits = UInt64(value) << 4  // 32 bits padded to 36, six groups of six
+        let chars = (0..<6).reversed().map { alphabet[Int((bits >> (UInt64($0) * 6)) & 63)] }
+        return String(decoding: chars, as: UTF8.self) + "=="
     }
 }
 

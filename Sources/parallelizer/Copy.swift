@@ -23,11 +23,18 @@ struct Copy: AsyncParsableCommand {
     @Option(name: .customLong("part-size-mib"), help: "Part size in MiB for multipart uploads.")
     var partSizeMiB: Int = 16
 
-    @Option(help: "Upload integrity check: sha256 (signed payload hash), md5 (Content-MD5), or none (transport only).")
-    var checksum: String = "sha256"
+    @Option(help: """
+        Upload integrity check: crc32c (a trailer computed while sending; one read of the file), sha256 (signed \
+        payload hash), md5 (Content-MD5), or none (transport only).
+        """)
+    var checksum: String = "crc32c"
+
+    static let checksums: [String: S3Client.UploadChecksum] = [
+        "crc32c": .crc32cTrailer, "sha256": .sha256, "md5": .contentMD5, "none": .none,
+    ]
 
     func validate() throws {
-        guard ["sha256", "md5", "none"].contains(checksum) else { throw ValidationError("--checksum is sha256, md5 or none") }
+        guard Self.checksums[checksum] != nil else { throw ValidationError("--checksum is crc32c, sha256, md5 or none") }
         guard (S3URI(source) == nil) != (S3URI(destination) == nil) else {
             throw ValidationError("exactly one of source and destination must be s3://bucket/key")
         }
@@ -39,7 +46,7 @@ struct Copy: AsyncParsableCommand {
         var options = S3Client.Options()
         options.multipartThreshold = Int64(multipartThresholdMiB) << 20
         options.partSize = Int64(partSizeMiB) << 20
-        options.checksum = checksum == "md5" ? .contentMD5 : checksum == "none" ? .none : .sha256
+        options.checksum = Self.checksums[checksum]!
         let s3 = try S3Client(context: try await global.context(logger: logger), options: options)
         let clock = ContinuousClock()
         let started = clock.now

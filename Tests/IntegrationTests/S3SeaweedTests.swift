@@ -43,6 +43,36 @@ struct S3SeaweedTests {
         }
     }
 
+    /// The default upload sends its CRC-32C as an `aws-chunked` trailer. SeaweedFS checks it as S3 does: the same
+    /// framing with a wrong checksum is refused, so the uploads that pass carried the right one.
+    @Test func trailingChecksumsAreCheckedByTheServer() async throws {
+        let s3 = try S3Client(context: try TestEnvironment.seaweedContext())
+        #expect({ if case .crc32cTrailer = s3.options.checksum { true } else { false } }())
+        let bucket = try await bucket(s3)
+        try await withTemporaryDirectory { dir in
+            for size in [0, 1, (3 << 20) + 7] {
+                makeFile("\(dir)/in", size: size, seed: 9)
+                try await s3.putObject(bucket: bucket, key: "crc/\(size) é+.bin", file: "\(dir)/in", logger: quietLogger)
+                try await s3.getObject(bucket: bucket, key: "crc/\(size) é+.bin", to: "\(dir)/out", logger: quietLogger)
+                #expect(try await fileSHA256("\(dir)/out") == (try await fileSHA256("\(dir)/in")), "size \(size)")
+            }
+        }
+        let data = Array("checksum me".utf8)
+        let framing = ChunkedTrailerFraming(dataLength: Int64(data.count), trailerName: "x-amz-checksum-crc32c")
+        func put(_ key: String, crc: UInt32) async throws {
+            let request = AWSRequest(
+                method: "PUT", path: "/\(bucket)/\(key)", headers: [
+                    ("Content-Encoding", "aws-chunked"), ("x-amz-decoded-content-length", "\(data.count)"),
+                    ("x-amz-trailer", "x-amz-checksum-crc32c"),
+                ], body: .bytes(framing.prefix + data + framing.suffix(crc: crc)), payload: .streamingUnsignedTrailer)
+            _ = try await s3.context.client.send(request, to: s3.endpoint, signing: .s3, logger: quietLogger)
+        }
+        try await put("right", crc: 0x0A6A_83D4)  // CRC-32C("checksum me"), by an independent implementation
+        await #expect { try await put("wrong", crc: 0x0A6A_83D5) } throws: { ($0 as? AWSError)?.httpStatus == 400 }
+        #expect(try await s3.headObject(bucket: bucket, key: "right", logger: quietLogger)?.size == Int64(data.count))
+        #expect(try await s3.headObject(bucket: bucket, key: "wrong", logger: quietLogger) == nil)
+    }
+
     @Test func multipartWithAnAwkwardKeyAndAZeroByteObject() async throws {
         var options = S3Client.Options()
         options.multipartThreshold = 8 << 20

@@ -220,7 +220,26 @@ public enum SecretScan {
 
     /// The first characters of each secret `text` holds (enough to tell which, not enough to leak it again).
     public static func leaks(in text: String, secrets: [String] = secrets) -> [String] {
-        secrets.filter { $0.count >= 8 && text.contains($0) }.map { "\($0.prefix(4))…" }
+        leaks(in: Array(text.utf8), secrets: secrets)
+    }
+
+    /// The same over raw bytes, with memchr and memcmp: scanning megabytes of test data stays quick in a debug build.
+    public static func leaks(in bytes: [UInt8], secrets: [String] = secrets) -> [String] {
+        secrets.filter { secret in
+            let needle = Array(secret.utf8)
+            guard needle.count >= 8 else { return false }
+            return bytes.withUnsafeBytes { haystack in
+                guard let base = haystack.baseAddress, haystack.count >= needle.count else { return false }
+                var position = 0
+                let last = haystack.count - needle.count
+                while position <= last, let hit = memchr(base + position, Int32(needle[0]), last - position + 1) {
+                    position = base.distance(to: UnsafeRawPointer(hit))
+                    if memcmp(base + position, needle, needle.count) == 0 { return true }
+                    position += 1
+                }
+                return false
+            }
+        }.map { "\($0.prefix(4))…" }
     }
 
     /// `file: which secret` for each hit, walking `directory` (files up to 8 MiB).
@@ -233,8 +252,8 @@ public enum SecretScan {
                 guard lstat(full, &info) == 0 else { continue }
                 if info.st_mode & S_IFMT == S_IFDIR { walk(full); continue }
                 guard info.st_mode & S_IFMT == S_IFREG, info.st_size < 8 << 20, !exempt(name),
-                      let text = LocalFile.readText(full) else { continue }
-                hits += leaks(in: text, secrets: secrets).map { "\(full) holds \($0)" }
+                      let bytes = LocalFile.read(full) else { continue }
+                hits += leaks(in: bytes, secrets: secrets).map { "\(full) holds \($0)" }
             }
         }
         walk(directory)

@@ -13,6 +13,8 @@
   GET  /flaky/KEY/N        fails with 503 N times for KEY, then 200
   GET  /flakybody/KEY/N/SIZE  the first N times sends half of SIZE bytes and closes, then the whole body
   PUT  /flaky/KEY/N        reads the body; 503 the first N times, then answers like /echo
+  PUT  /dropreused/KEY     the first time it arrives on a kept-alive connection, reads the body and closes without
+                           a reply (a connection that died while idle); else answers like /echo. /last counts tries.
 """
 import hashlib
 import json
@@ -41,6 +43,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+    def handle_one_request(self):
+        # Requests seen on this connection, this one included.
+        self.served = getattr(self, "served", 0) + 1
+        super().handle_one_request()
 
     def send(self, status, body=b"", ctype="application/octet-stream", length=None):
         self.send_response(status)
@@ -106,6 +113,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_echo(self):
         parts = self.path.strip("/").split("/")
+        tries = 1
+        if parts[0] == "dropreused":
+            with LOCK:
+                tries = FLAKY[self.path] = FLAKY.get(self.path, 0) + 1
+                drop = self.served > 1 and tries == 1
+            if drop:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.close_connection = True
+                return
         if parts[0] == "flaky":
             with LOCK:
                 FLAKY[parts[1]] = FLAKY.get(parts[1], 0) + 1
@@ -124,7 +140,7 @@ class Handler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
         with LOCK:
             LAST[self.path] = {"path": self.path, "length": length - remaining, "sha256": digest.hexdigest(),
-                               "headers": {k.lower(): v for k, v in self.headers.items()}}
+                               "headers": {k.lower(): v for k, v in self.headers.items()}, "tries": tries}
         body = json.dumps({"length": length - remaining, "sha256": digest.hexdigest(),
                            "contentType": self.headers.get("Content-Type"),
                            "transferEncoding": self.headers.get("Transfer-Encoding")}).encode()

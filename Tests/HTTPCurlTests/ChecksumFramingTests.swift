@@ -1,0 +1,113 @@
+import AWSCore
+import AWSSigV4
+import CChecksum
+import FoundationEssentials
+import HTTPCurl
+import TestSupport
+import Testing
+
+/// CRC-32C and the `aws-chunked` trailer framing that carries it.
+@Suite struct CRC32CTests {
+    /// The iSCSI test patterns (RFC 3720, B.4) and the customary check value.
+    @Test func knownVectors() {
+        let vectors: [([UInt8], UInt32)] = [
+            (Array("123456789".utf8), 0xE306_9283),
+            ([UInt8](repeating: 0, count: 32), 0x8A91_36AA),
+            ([UInt8](repeating: 0xFF, count: 32), 0x62A8_AB43),
+            ((0..<32).map { UInt8($0) }, 0x46DD_794E),
+            ((0..<32).reversed().map { UInt8($0) }, 0x113F_DB5C),
+            ([], 0),
+        ]
+        for (bytes, expected) in vectors {
+            #expect(pz_crc32c(0, bytes, bytes.count) == expected)
+            #expect(pz_crc32c_portable(0, bytes, bytes.count) == expected)
+        }
+    }
+
+    /// The instruction path and the table agree at every alignment and length, and in pieces as in one go.
+    @Test func hardwareAndTableAgreeInPieces() {
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<10_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        data.withUnsafeBytes { raw in
+            for start in 0..<9 {
+                for length in [0, 1, 7, 8, 9, 63, 1000, 9_000] {
+                    let slice = UnsafeRawBufferPointer(rebasing: raw[start..<(start + length)])
+                    #expect(pz_crc32c(0, slice.baseAddress, length) == pz_crc32c_portable(0, slice.baseAddress, length))
+                }
+            }
+            let whole = pz_crc32c(0, raw.baseAddress, raw.count)
+            var running: UInt32 = 0
+            for cut in stride(from: 0, to: raw.count, by: 333) {
+                running = pz_crc32c(running, raw.baseAddress! + cut, min(333, raw.count - cut))
+            }
+            #expect(running == whole)
+        }
+    }
+}
+
+@Suite struct ChunkedTrailerFramingTests {
+    @Test func oneChunkThenTheEmptyChunkThenTheTrailer() {
+        let framing = ChunkedTrailerFraming(dataLength: 300, trailerName: "x-amz-checksum-crc32c")
+        #expect(framing.prefix == Array("12c\r\n".utf8))
+        #expect(framing.suffix(crc: 0xE306_9283) == Array("\r\n0\r\nx-amz-checksum-crc32c:4waSgw==\r\n\r\n".utf8))
+        #expect(framing.wireLength == 5 + 300 + 39)
+    }
+
+    @Test func anEmptyBodyIsTheEmptyChunkAndTheTrailer() {
+        let framing = ChunkedTrailerFraming(dataLength: 0, trailerName: "x-amz-checksum-crc32c")
+        #expect(framing.prefix.isEmpty)
+        #expect(framing.suffix(crc: 0) == Array("0\r\nx-amz-checksum-crc32c:AAAAAA==\r\n\r\n".utf8))
+        #expect(framing.wireLength == 37)
+    }
+}
+
+/// What a framed file body looks like on the wire, byte for byte (the stub hashes what it received).
+@Suite(.enabled(if: TestEnvironment.canRun(.httpStub)), .timeLimit(.minutes(2)))
+struct ChunkedTrailerWireTests {
+    @Test(arguments: [0, 1, 3 << 20 | 7])
+    func theWireCarriesPrefixDataAndTheDatasChecksum(size: Int) async throws {
+        try await withTemporaryDirectory { dir in
+            makeFile("\(dir)/f", size: size, seed: 11)
+            // Sent from an offset, as multipart parts are: the checksum covers the range only.
+            let data = Array(LocalFile.read("\(dir)/f", limit: 8 << 20)!)
+            LocalFile.write("\(dir)/g", [1, 2, 3] + data)
+            let framing = ChunkedTrailerFraming(dataLength: Int64(size), trailerName: "x-amz-checksum-crc32c")
+            let path = "/framed-\(size)-\(UInt32.random(in: 0...UInt32.max))"
+            let url = try TestEnvironment.endpoint(.httpStub) + path
+            let response = try await HTTPClient().execute(HTTPRequest(
+                method: "PUT", url: url, body: .fileWithCRC32CTrailer(path: "\(dir)/g", offset: 3, framing: framing)))
+            #expect(response.status == 200)
+            let seen = try JSONValue.parse(try await HTTPClient().execute(HTTPRequest(
+                method: "GET", url: try TestEnvironment.endpoint(.httpStub) + "/last" + path)).body)
+            // (Computed outside #expect, which would describe a 3 MiB array.)
+            let expected = framing.prefix + data + framing.suffix(crc: pz_crc32c_portable(0, data, data.count))
+            let expectedLength = expected.count, expectedHash = Digest.sha256(expected).hexString
+            #expect(seen["length"]?.intValue == expectedLength)
+            #expect(seen["headers"]?["content-length"]?.stringValue == "\(framing.wireLength)")
+            #expect(seen["sha256"]?.stringValue == expectedHash)
+        }
+    }
+
+    /// curl sends a request again by itself when a kept-alive connection turns out dead, rewinding the body through
+    /// the seek callback: the checksum must start over with it, or the retry carries a wrong trailer.
+    @Test func aRewoundBodyCarriesTheChecksumOfOneCopy() async throws {
+        try await withTemporaryDirectory { dir in
+            let size = (2 << 20) + 5
+            makeFile("\(dir)/f", size: size, seed: 12)
+            let data = Array(LocalFile.read("\(dir)/f", limit: 8 << 20)!)
+            let framing = ChunkedTrailerFraming(dataLength: Int64(size), trailerName: "x-amz-checksum-crc32c")
+            let stub = try TestEnvironment.endpoint(.httpStub)
+            let http = HTTPClient(configuration: .init(maxIdleHandles: 1))
+            _ = try await http.execute(HTTPRequest(method: "GET", url: stub + "/bytes/10"))  // a connection to reuse
+            let path = "/dropreused/\(UInt32.random(in: 0...UInt32.max))"
+            let response = try await http.execute(HTTPRequest(
+                method: "PUT", url: stub + path, body: .fileWithCRC32CTrailer(path: "\(dir)/f", offset: 0, framing: framing)))
+            #expect(response.status == 200)
+            let seen = try JSONValue.parse(try await HTTPClient().execute(HTTPRequest(method: "GET", url: stub + "/last" + path)).body)
+            let expected = framing.prefix + data + framing.suffix(crc: pz_crc32c_portable(0, data, data.count))
+            let expectedHash = Digest.sha256(expected).hexString
+            #expect(seen["tries"]?.intValue == 2, "the first send was not dropped and sent again")
+            #expect(seen["sha256"]?.stringValue == expectedHash)
+        }
+    }
+}
