@@ -170,9 +170,11 @@ public struct Controller: Sendable {
         let region = SQSClient.region(ofQueueURL: options.queueURL)
         let sqs = SQSClient(context: context)
         let ec2: EC2Client
+        let autoscaling: AutoScalingClient
         var dynamo: DynamoDBClient?
         do {
             ec2 = try EC2Client(context: context, region: region)
+            autoscaling = try AutoScalingClient(context: context, region: region)
             if options.ledgerTable != nil { dynamo = try DynamoDBClient(context: context, region: region) }
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
@@ -218,6 +220,10 @@ public struct Controller: Sendable {
                     logger.notice(options.dryRun ? "would terminate instance (dry run)" : "terminating instance",
                                   metadata: ["instance": "\(decision.instanceID)", "reason": "\(decision.reason)"])
                 }
+                if policy.fleetStopIsDue(memory, now: snapshot.now) {
+                    // First, so that the groups do not replace the instances about to be terminated.
+                    await scaleGroupsToZero(autoscaling, logger: logger)
+                }
                 let ids = decisions.map(\.instanceID).filter { !terminated.contains($0) }
                 if !options.dryRun && !ids.isEmpty {
                     _ = try await ec2.terminateInstances(ids, logger: logger)
@@ -235,5 +241,22 @@ public struct Controller: Sendable {
             try? await Task.sleep(nanoseconds: UInt64(max(0.2, min(options.interval, 30)) * 1e9))
         }
         return 0
+    }
+
+    /// Sets every Auto Scaling group tagged with the queue to zero instances (`scripts/launch --market asg` makes
+    /// one). A fleet without groups, or credentials without Auto Scaling rights, only costs a warning: the
+    /// instances themselves are still stopped.
+    func scaleGroupsToZero(_ autoscaling: AutoScalingClient, logger: Logger) async {
+        do {
+            for group in try await autoscaling.groups(taggedWith: Self.tag, value: options.queueURL, logger: logger)
+            where group.desiredCapacity > 0 {
+                logger.notice(options.dryRun ? "would scale the Auto Scaling group to 0 (dry run)" : "scaling the Auto Scaling group to 0",
+                              metadata: ["group": "\(group.name)", "desired_capacity": "\(group.desiredCapacity)"])
+                if !options.dryRun { try await autoscaling.setDesiredCapacity(group: group.name, to: 0, logger: logger) }
+            }
+        } catch {
+            logger.warning("cannot scale the queue's Auto Scaling groups; they may replace stopped instances",
+                           metadata: ["error": "\(error)"])
+        }
     }
 }

@@ -71,9 +71,25 @@ public struct Daemon: Sendable {
         ])
         await handler.ledger?.finish(reason: lifecycle.stopReason?.rawValue ?? "unknown")
         if lifecycle.stopReason == .drained && config.shouldShutdown {
+            if let group = config.autoScalingGroup { await leaveGroup(group, instanceID: handler.instanceID, logger: logger) }
             await runShutdownCommand(logger: logger)
         }
         return 0
+    }
+
+    /// Leaves the Auto Scaling group with its desired capacity lowered by one, so the group does not start a
+    /// replacement that would find no work (and bill until someone notices). The instance is terminated by the
+    /// group; the shutdown command still runs, in case the call did not get through.
+    func leaveGroup(_ group: String, instanceID: String, logger: Logger) async {
+        do {
+            let client = try AutoScalingClient(context: context)  // the instance's own region
+            try await client.terminateInstanceInGroup(instanceID, decrementDesiredCapacity: true, logger: logger)
+            logger.notice("left the Auto Scaling group: it shrinks instead of replacing this instance",
+                          metadata: ["group": "\(group)", "instance": "\(instanceID)"])
+        } catch {
+            logger.error("cannot leave the Auto Scaling group: it will start a replacement",
+                         metadata: ["group": "\(group)", "instance": "\(instanceID)", "error": "\(error)"])
+        }
     }
 
     // MARK: - Start-up

@@ -37,6 +37,9 @@ public struct WorkerConfig: Sendable, Equatable {
     public var ledgerTable: String?
     /// Seconds a running task may take to finish after SIGTERM before its message is released.
     public var shutdownGrace: Int = 90
+    /// The Auto Scaling group this instance belongs to (`scripts/launch --market asg` sets it). When the queue is
+    /// drained the worker leaves the group, shrinking it, so the group does not replace it with an idle worker.
+    public var autoScalingGroup: String?
 
     /// The keys this version reads (normalised: lowercase, no `_` or `-`), with their canonical spelling.
     static let knownKeys: [String: String] = {
@@ -45,7 +48,7 @@ public struct WorkerConfig: Sendable, Equatable {
             "environmentPrefix", "visibilityTimeout", "numThreads", "shouldShutdown", "EC2SQSRegion", "region",
             "accessKey", "secretKey", "inputPrefix", "outputPrefix", "workDir", "logFile", "taskTimeout",
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "ledgerTable",
-            "shutdownGrace",
+            "shutdownGrace", "autoScalingGroup",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -193,6 +196,7 @@ extension WorkerConfig {
         if let v = try boolean("passCredentials") { config.passCredentials = v }
         config.ledgerTable = string("ledgerTable")
         if let v = try integer("shutdownGrace", 0...3600, duration: true) { config.shutdownGrace = v }
+        config.autoScalingGroup = string("autoScalingGroup")
         return (config, warnings)
     }
 

@@ -179,6 +179,55 @@ struct LedgerControllerTests {
     }
 }
 
+extension LedgerControllerTests {
+    /// A group of two (as `launch --market asg` makes it): the worker that finds the queue drained leaves the group
+    /// with its desired capacity lowered, so no idle replacement starts; the controller then scales the rest to 0.
+    @Test func drainedWorkersShrinkTheirAutoScalingGroupAndTheControllerEndsIt() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let group = "parallelizer-" + (h.queueURL.split(separator: "/").last.map(String.init) ?? "")
+            _ = try await Scripts.awsCLI(["ec2", "create-launch-template", "--launch-template-name", group,
+                                          "--launch-template-data", #"{"ImageId":"ami-12c6146b","InstanceType":"t3.micro"}"#],
+                                         directory: dir)
+            _ = try await Scripts.awsCLI(["autoscaling", "create-auto-scaling-group", "--auto-scaling-group-name", group,
+                                          "--min-size", "0", "--max-size", "2", "--desired-capacity", "2",
+                                          "--launch-template", "LaunchTemplateName=\(group)", "--availability-zones", "us-east-1a",
+                                          "--tags", "Key=parallelizer:queue,Value=\(h.queueURL),PropagateAtLaunch=true"],
+                                         directory: dir)
+            let autoscaling = try AutoScalingClient(context: h.context)
+            func ours() async throws -> AutoScalingGroup {
+                let found = try await autoscaling.groups(taggedWith: "parallelizer:queue", value: h.queueURL, logger: quietLogger)
+                try #require(found.count == 1, "the tag filter found \(found.map(\.name))")
+                return found[0]
+            }
+            let before = try await ours()
+            #expect(before.name == group && before.desiredCapacity == 2 && before.instances.count == 2)
+            let me = try #require(before.instances.keys.sorted().first)
+
+            let imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: me)
+            defer { Task { await imds.stop() } }
+            let worker = try h.startWorker(name: "w", parameters: h.parameters([
+                "autoScalingGroup": group, "shouldShutdown": "true", "idleTimeout": "1",
+                "shutdownCommand": "/bin/sh -c 'echo x > \(dir)/halted'",
+            ], program: "/bin/true"), imds: imds.endpoint)
+            #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w").suffix(2000))")
+            #expect(h.log("w").contains("left the Auto Scaling group"), "\(h.log("w").suffix(2000))")
+            #expect(fileExists("\(dir)/halted"), "the shutdown command still runs")
+            let after = try await ours()
+            #expect(after.desiredCapacity == 1, "the group would replace the drained worker")
+            #expect(after.instances[me] == nil || after.instances[me]!.hasPrefix("Terminating"))
+
+            let controller = try h.startWorkerProcess(name: "controller",
+                                                      arguments: ["controller", "--queue-url", h.queueURL, "--interval", "1s"])
+            #expect(await controller.wait(timeout: 60) == .exited(0), "\(h.log("controller").suffix(2000))")
+            #expect(h.log("controller").contains("scaling the Auto Scaling group to 0"))
+            #expect(try await ours().desiredCapacity == 0)
+            _ = try await Scripts.awsCLI(["autoscaling", "delete-auto-scaling-group", "--auto-scaling-group-name", group,
+                                          "--force-delete"], directory: dir)
+        }
+    }
+}
+
 extension S3FaultTests {
     /// DynamoDB throttles every ledger write (through the fault proxy): tasks complete as fast as without a ledger,
     /// and the throttling is reported.

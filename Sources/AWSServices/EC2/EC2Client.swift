@@ -29,14 +29,8 @@ public struct EC2Client: Sendable {
     }
 
     func call(_ action: String, _ parameters: [(String, String)], logger: Logger) async throws(AWSError) -> XMLElement {
-        let form = URIEncoding.formatQuery([("Action", action), ("Version", Self.apiVersion)] + parameters)
-        let request = AWSRequest(method: "POST", path: "/",
-                                 headers: [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
-                                 body: .bytes(Array(form.utf8)))
-        let response = try await context.client.send(request, to: endpoint, signing: .standard, logger: logger)
-        do { return try XML.parse(response.body) } catch {
-            throw AWSError.badResponse("ec2", "\(action) reply: \(error)")
-        }
+        try await QueryProtocol(context: context, endpoint: endpoint, version: Self.apiVersion).call(action, parameters,
+                                                                                                      logger: logger)
     }
 
     /// Instances matching `filters` (name → values, e.g. `tag:parallelizer:queue` → [url]), all pages.
