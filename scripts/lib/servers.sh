@@ -37,16 +37,13 @@ pz_install_dependencies_build() {
     fi
 }
 
-# Installs what the tests and the demo need when it is missing: the build's packages and the pip servers.
+# libfaketime's preload library, if installed (the fault suite runs a fleet whose clock is 20 minutes off).
+pz_faketime_lib() { compgen -G "/usr/lib/*/faketime/libfaketime.so.1" | head -n 1; }
+
+# Installs what the tests and the demo need when it is missing: the build's packages (and any Debian packages given
+# as arguments) and the pip servers.
 pz_install_dependencies() {
-    # libfaketime: the fault suite runs a fleet whose clock is 20 minutes off.
-    if compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
-        pz_install_dependencies_build
-    else
-        pz_install_dependencies_build libfaketime
-    fi
-    PZ_TEST_FAKETIME_LIB=$(compgen -G "/usr/lib/*/faketime/libfaketime.so.1" | head -n 1)
-    export PZ_TEST_FAKETIME_LIB
+    pz_install_dependencies_build "$@"
     local need_pip=()
     command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
     python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
