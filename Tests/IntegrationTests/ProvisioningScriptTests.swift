@@ -163,6 +163,16 @@ struct ProvisioningScriptTests {
             let groups = try await Scripts.awsCLI(["autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names",
                                                    "parallelizer-\(name)"], directory: dir)
             #expect(groups["AutoScalingGroups"]?.arrayValue?.first?["DesiredCapacity"]?.intValue == 2)
+            // Its workers are told their group, so that a drained one leaves it rather than being replaced.
+            let versions = try await Scripts.awsCLI(["ec2", "describe-launch-template-versions", "--launch-template-name",
+                                                     "parallelizer-\(name)", "--versions", "$Latest"], directory: dir)
+            let templateData = try #require(versions["LaunchTemplateVersions"]?.arrayValue?.first?["LaunchTemplateData"])
+            let groupUserData = String(decoding: try #require(Data(base64Encoded: templateData["UserData"]?.stringValue ?? "")),
+                                       as: UTF8.self)
+            let (groupConfig, _) = try WorkerConfig.resolve(
+                [ConfigLayer(source: "user-data", values: try UserData.parse(groupUserData))], cores: 2)
+            #expect(groupConfig.autoScalingGroup == "parallelizer-\(name)")
+            #expect(config.autoScalingGroup == nil, "on-demand workers belong to no group")
 
             // Bystanders: an untagged instance and one of another queue.
             let ec2 = try EC2Client(context: try TestEnvironment.motoContext())
