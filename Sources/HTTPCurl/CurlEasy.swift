@@ -30,6 +30,8 @@ final class TransferState {
     var framingPrefix: [UInt8] = []
     var framingSuffix: [UInt8]?
     var crc: UInt32 = 0
+    /// The response body's running CRC-32C, when the request asked for it.
+    var responseCRC: UInt32?
     // Cancellation, set from another thread.
     let cancelled = Atomic<Bool>(false)
 
@@ -64,7 +66,9 @@ final class CurlEasy {
         let partPath: String?
         switch request.response {
         case .memory: partPath = nil
-        case .file(let path): partPath = path + ".part"
+        case .file(let path, let crc32cHeader):
+            partPath = path + ".part"
+            if crc32cHeader != nil { state.responseCRC = 0 }
         }
         if let partPath {
             guard let f = fopen(partPath, "wb") else {
@@ -103,10 +107,18 @@ final class CurlEasy {
         let response = HTTPResponse(status: status, headers: state.headers, body: state.body,
                                     bytesWritten: state.bytesWritten, newConnections: connects)
 
-        if let partPath, case .file(let path) = request.response, response.isSuccess, request.method != "HEAD" {
+        if let partPath, case .file(let path, let crc32cHeader) = request.response, response.isSuccess,
+           request.method != "HEAD"
+        {
             if contentLength >= 0 && Int64(contentLength) != state.bytesWritten {
                 throw HTTPTransportError(kind: .truncated, curlCode: -1,
                     message: "body has \(state.bytesWritten) bytes, Content-Length says \(contentLength)")
+            }
+            if let crc32cHeader, let expected = response.header(crc32cHeader), !expected.contains("-"),
+               let crc = state.responseCRC, ChunkedTrailerFraming.base64(crc) != expected
+            {
+                throw HTTPTransportError(kind: .corrupt, curlCode: -1,
+                    message: "body's CRC-32C is \(ChunkedTrailerFraming.base64(crc)), \(crc32cHeader) says \(expected)")
             }
             guard rename(partPath, path) == 0 else {
                 throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot rename to \(path): \(errnoText())")
@@ -271,6 +283,7 @@ private func curlWriteCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int,
     guard let userdata else { return 0 }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
     if let output = state.output, (200..<300).contains(state.status) {
+        if let crc = state.responseCRC { state.responseCRC = pz_crc32c(crc, data, length) }
         let written = fwrite(data, 1, length, output)
         state.bytesWritten += Int64(written)
         if written != length {

@@ -85,7 +85,11 @@ public enum ResponseSink: Sendable {
     case memory
     /// Streamed to `path` through `path.part`, renamed only on a 2xx whose size matches Content-Length, so a failed
     /// or error reply never leaves a file that looks complete. Error bodies go to memory instead.
-    case file(path: String)
+    ///
+    /// With `crc32cHeader`, the body's CRC-32C is computed as it arrives; when the reply carries that header with a
+    /// whole-body value (base64, big-endian, as S3's `x-amz-checksum-crc32c`), a body that does not match fails as
+    /// `.corrupt` and leaves no file. A reply without it, or with a per-part value (`...-N`), is taken as it is.
+    case file(path: String, crc32cHeader: String? = nil)
 }
 
 public struct Timeouts: Sendable {
@@ -139,6 +143,8 @@ public struct HTTPResponse: Sendable {
 public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     public enum Kind: Sendable {
         case connect, timeout, sendFailed, receiveFailed, truncated, tls, localFile, cancelled, other
+        /// The body arrived whole but does not match the checksum the server gave for it.
+        case corrupt
     }
     public var kind: Kind
     /// The libcurl `CURLcode`, or -1 for failures found by us.

@@ -55,6 +55,24 @@ struct S3MotoTests {
         }
     }
 
+    /// moto keeps the CRC-32C an upload's trailer gives without checking it, so an object can be stored with a wrong
+    /// one: its download is refused as corrupt (after the retries) and leaves no file; the right one downloads.
+    @Test func downloadsAreCheckedAgainstTheStoredCRC32C() async throws {
+        let s3 = try S3Client(context: try TestEnvironment.motoContext())
+        let bucket = try await bucket(s3)
+        let data = Array("checksum me".utf8)
+        try await putWithCRC32CTrailer(s3, bucket: bucket, key: "right", data: data, crc: 0x0A6A_83D4)
+        try await putWithCRC32CTrailer(s3, bucket: bucket, key: "wrong", data: data, crc: 0x0A6A_83D5)
+        try await withTemporaryDirectory { dir in
+            try await s3.getObject(bucket: bucket, key: "right", to: "\(dir)/right", logger: quietLogger)
+            #expect(LocalFile.read("\(dir)/right") == data)
+            await #expect {
+                try await s3.getObject(bucket: bucket, key: "wrong", to: "\(dir)/wrong", logger: quietLogger)
+            } throws: { ($0 as? AWSError)?.kind == .transport(.corrupt) }
+            #expect(!fileExists("\(dir)/wrong") && !fileExists("\(dir)/wrong.part"))
+        }
+    }
+
     @Test func listingPaginates() async throws {
         let s3 = try S3Client(context: try TestEnvironment.motoContext())
         let bucket = try await bucket(s3)

@@ -58,14 +58,8 @@ struct S3SeaweedTests {
             }
         }
         let data = Array("checksum me".utf8)
-        let framing = ChunkedTrailerFraming(dataLength: Int64(data.count), trailerName: "x-amz-checksum-crc32c")
         func put(_ key: String, crc: UInt32) async throws {
-            let request = AWSRequest(
-                method: "PUT", path: "/\(bucket)/\(key)", headers: [
-                    ("Content-Encoding", "aws-chunked"), ("x-amz-decoded-content-length", "\(data.count)"),
-                    ("x-amz-trailer", "x-amz-checksum-crc32c"),
-                ], body: .bytes(framing.prefix + data + framing.suffix(crc: crc)), payload: .streamingUnsignedTrailer)
-            _ = try await s3.context.client.send(request, to: s3.endpoint, signing: .s3, logger: quietLogger)
+            try await putWithCRC32CTrailer(s3, bucket: bucket, key: key, data: data, crc: crc)
         }
         try await put("right", crc: 0x0A6A_83D4)  // CRC-32C("checksum me"), by an independent implementation
         await #expect { try await put("wrong", crc: 0x0A6A_83D5) } throws: { ($0 as? AWSError)?.httpStatus == 400 }

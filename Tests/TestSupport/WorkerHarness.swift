@@ -168,8 +168,11 @@ public struct IMDSStandIn: Sendable {
     public static func start(directory: String, userData: String?, instanceID: String = "i-0test",
                              credentialLifetime: Int? = nil, rotatingUser: String? = nil,
                              roleARN: String? = nil) async throws -> IMDSStandIn {
-        let port = Int32.random(in: 20000...60000)
-        var argv = ["/usr/bin/env", "python3", Self.script, "--port", String(port), "--instance-id", instanceID]
+        // The stand-in picks a free port itself and writes it down: a random one may be taken (even by an outgoing
+        // connection's ephemeral port).
+        let tag = UInt32.random(in: 0...UInt32.max)
+        let portFile = directory + "/imds-port-\(tag)"
+        var argv = ["/usr/bin/env", "python3", Self.script, "--port", "0", "--port-file", portFile, "--instance-id", instanceID]
         if let credentialLifetime {
             argv += ["--credential-lifetime", String(credentialLifetime), "--sts-endpoint", try TestEnvironment.endpoint(.moto),
                      "--sts-key", try TestEnvironment.value("PZ_TEST_MOTO_KEY"),
@@ -178,20 +181,22 @@ public struct IMDSStandIn: Sendable {
             if let rotatingUser { argv += ["--rotate-user", rotatingUser] }
         }
         if let userData {
-            let path = directory + "/user-data-\(port)"
+            let path = directory + "/user-data-\(tag)"
             LocalFile.write(path, Array(userData.utf8))
             argv += ["--user-data-file", path]
         }
         let process = try ProcessRunner().start(argv: argv, environment: ["PATH": "/usr/local/bin:/usr/bin:/bin"] .merging(
             TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" }) { $1 },
-            directory: directory, stdoutPath: directory + "/imds-\(port).out", stderrPath: directory + "/imds-\(port).err")
-        let standIn = IMDSStandIn(endpoint: "http://127.0.0.1:\(port)", process: process)
-        for _ in 0..<100 {
-            if (try? await HTTPClientProbe.get(standIn.endpoint + "/_standin/stats")) == 200 { return standIn }
+            directory: directory, stdoutPath: directory + "/imds-\(tag).out", stderrPath: directory + "/imds-\(tag).err")
+        for _ in 0..<300 {
+            if let port = LocalFile.readText(portFile).flatMap({ Int($0) }) {
+                let standIn = IMDSStandIn(endpoint: "http://127.0.0.1:\(port)", process: process)
+                if (try? await HTTPClientProbe.get(standIn.endpoint + "/_standin/stats")) == 200 { return standIn }
+            }
             try await Task.sleep(nanoseconds: 100_000_000)
         }
         process.signal(SIGKILL)
-        throw TestEnvironment.Missing(name: "IMDS stand-in on port \(port)")
+        throw TestEnvironment.Missing(name: "IMDS stand-in (\(LocalFile.readText(directory + "/imds-\(tag).err")?.suffix(500) ?? ""))")
     }
 
     static var script: String {
@@ -256,4 +261,16 @@ extension WorkerHarness {
 
 func pythonString(_ text: String) -> String {
     "'" + text.replacing("\\", with: "\\\\").replacing("'", with: "\\'").replacing("\n", with: "\\n") + "'"
+}
+
+/// PUTs `data` with an `aws-chunked` body whose CRC-32C trailer says `crc`, right or wrong: how a test stores an
+/// object whose stored checksum it chooses (moto keeps the trailer's value unchecked; SeaweedFS checks it).
+public func putWithCRC32CTrailer(_ s3: S3Client, bucket: String, key: String, data: [UInt8], crc: UInt32) async throws {
+    let framing = ChunkedTrailerFraming(dataLength: Int64(data.count), trailerName: "x-amz-checksum-crc32c")
+    let request = AWSRequest(
+        method: "PUT", path: "/\(bucket)/\(key)", headers: [
+            ("Content-Encoding", "aws-chunked"), ("x-amz-decoded-content-length", "\(data.count)"),
+            ("x-amz-trailer", "x-amz-checksum-crc32c"), ("x-amz-sdk-checksum-algorithm", "CRC32C"),
+        ], body: .bytes(framing.prefix + data + framing.suffix(crc: crc)), payload: .streamingUnsignedTrailer)
+    _ = try await s3.context.client.send(request, to: s3.endpoint, signing: .s3, logger: quietLogger)
 }

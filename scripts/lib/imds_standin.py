@@ -21,6 +21,7 @@ Control endpoints for tests (no token needed), under /_standin/:
 import argparse
 import datetime
 import json
+import os
 import secrets
 import threading
 import time
@@ -212,7 +213,8 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     global ARGS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0 picks a free port (see --port-file)")
+    parser.add_argument("--port-file", help="write the port listened on here, once listening")
     parser.add_argument("--user-data-file")
     parser.add_argument("--instance-id")
     parser.add_argument("--region")
@@ -241,6 +243,10 @@ def main():
         threading.Thread(target=delete_expired_keys, daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     server.daemon_threads = True
+    if ARGS.port_file:
+        with open(ARGS.port_file + ".tmp", "w") as f:
+            f.write(str(server.server_address[1]))
+        os.rename(ARGS.port_file + ".tmp", ARGS.port_file)
     server.serve_forever()
 
 

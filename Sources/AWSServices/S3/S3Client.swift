@@ -92,11 +92,13 @@ public struct S3Client: Sendable {
     // MARK: - Objects
 
     /// Streams an object to `path` (through `path.part`; the file appears only when complete). The byte count is
-    /// checked against Content-Length; a short body is retried from the start.
+    /// checked against Content-Length, and the body against the CRC-32C S3 stored with the object when it has one
+    /// (asked for with `x-amz-checksum-mode`); a short or corrupt body is fetched again from the start.
     @discardableResult
     public func getObject(bucket: String, key: String, to path: String, logger: Logger) async throws(AWSError) -> S3ObjectInfo {
-        let response = try await send(AWSRequest(method: "GET", response: .file(path: path)), bucket: bucket, key: key,
-                                      logger: logger)
+        let response = try await send(AWSRequest(method: "GET", headers: [("x-amz-checksum-mode", "ENABLED")],
+                                                 response: .file(path: path, crc32cHeader: "x-amz-checksum-crc32c")),
+                                      bucket: bucket, key: key, logger: logger)
         return S3ObjectInfo(key: key, size: response.bytesWritten, etag: response.header("ETag") ?? "",
                             lastModified: response.header("Last-Modified"))
     }
