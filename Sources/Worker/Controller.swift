@@ -220,7 +220,9 @@ public struct Controller: Sendable {
                     logger.notice(options.dryRun ? "would terminate instance (dry run)" : "terminating instance",
                                   metadata: ["instance": "\(decision.instanceID)", "reason": "\(decision.reason)"])
                 }
-                if policy.fleetStopIsDue(memory, now: snapshot.now) {
+                // decide() forgets drainedSince whenever work is back, so this is the same rule it just applied.
+                let fleetStop = policy.fleetStopIsDue(memory, now: snapshot.now)
+                if fleetStop {
                     // First, so that the groups do not replace the instances about to be terminated.
                     await scaleGroupsToZero(autoscaling, logger: logger)
                 }
@@ -229,8 +231,7 @@ public struct Controller: Sendable {
                     _ = try await ec2.terminateInstances(ids, logger: logger)
                 }
                 terminated.formUnion(ids)
-                // decide() forgets drainedSince whenever work is back, so this is the same rule it just applied.
-                if policy.fleetStopIsDue(memory, now: snapshot.now) && !options.keepRunning && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) }) {
+                if fleetStop && !options.keepRunning && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) }) {
                     logger.notice("controller done: the queue is drained and the fleet is stopped",
                                   metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
                     return 0

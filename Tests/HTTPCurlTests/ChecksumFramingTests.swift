@@ -64,27 +64,35 @@ import Testing
 /// What a framed file body looks like on the wire, byte for byte (the stub hashes what it received).
 @Suite(.enabled(if: TestEnvironment.canRun(.httpStub)), .timeLimit(.minutes(2)))
 struct ChunkedTrailerWireTests {
+    /// A file of `size` bytes at `path`, its bytes, and their framing.
+    static func framedFile(_ path: String, size: Int, seed: UInt8) -> ([UInt8], ChunkedTrailerFraming) {
+        makeFile(path, size: size, seed: seed)
+        return (LocalFile.read(path, limit: 8 << 20)!, ChunkedTrailerFraming(dataLength: Int64(size), trailerName: "x-amz-checksum-crc32c"))
+    }
+
+    /// The length and SHA-256 of the wire bytes `data` should become, with the checksum by the table (outside
+    /// #expect, which would describe a 3 MiB array).
+    static func expectedWire(_ data: [UInt8], _ framing: ChunkedTrailerFraming) -> (length: Int, sha256: String) {
+        let wire = framing.prefix + data + framing.suffix(crc: pz_crc32c_portable(0, data, data.count))
+        return (wire.count, Digest.sha256(wire).hexString)
+    }
+
     @Test(arguments: [0, 1, 3 << 20 | 7])
     func theWireCarriesPrefixDataAndTheDatasChecksum(size: Int) async throws {
         try await withTemporaryDirectory { dir in
-            makeFile("\(dir)/f", size: size, seed: 11)
+            let (data, framing) = Self.framedFile("\(dir)/f", size: size, seed: 11)
             // Sent from an offset, as multipart parts are: the checksum covers the range only.
-            let data = Array(LocalFile.read("\(dir)/f", limit: 8 << 20)!)
             LocalFile.write("\(dir)/g", [1, 2, 3] + data)
-            let framing = ChunkedTrailerFraming(dataLength: Int64(size), trailerName: "x-amz-checksum-crc32c")
             let path = "/framed-\(size)-\(UInt32.random(in: 0...UInt32.max))"
             let url = try TestEnvironment.endpoint(.httpStub) + path
             let response = try await HTTPClient().execute(HTTPRequest(
                 method: "PUT", url: url, body: .fileWithCRC32CTrailer(path: "\(dir)/g", offset: 3, framing: framing)))
             #expect(response.status == 200)
-            let seen = try JSONValue.parse(try await HTTPClient().execute(HTTPRequest(
-                method: "GET", url: try TestEnvironment.endpoint(.httpStub) + "/last" + path)).body)
-            // (Computed outside #expect, which would describe a 3 MiB array.)
-            let expected = framing.prefix + data + framing.suffix(crc: pz_crc32c_portable(0, data, data.count))
-            let expectedLength = expected.count, expectedHash = Digest.sha256(expected).hexString
-            #expect(seen["length"]?.intValue == expectedLength)
+            let seen = try await TestEnvironment.stubLast(path)
+            let expected = Self.expectedWire(data, framing)
+            #expect(seen["length"]?.intValue == expected.length)
             #expect(seen["headers"]?["content-length"]?.stringValue == "\(framing.wireLength)")
-            #expect(seen["sha256"]?.stringValue == expectedHash)
+            #expect(seen["sha256"]?.stringValue == expected.sha256)
         }
     }
 
@@ -92,10 +100,7 @@ struct ChunkedTrailerWireTests {
     /// the seek callback: the checksum must start over with it, or the retry carries a wrong trailer.
     @Test func aRewoundBodyCarriesTheChecksumOfOneCopy() async throws {
         try await withTemporaryDirectory { dir in
-            let size = (2 << 20) + 5
-            makeFile("\(dir)/f", size: size, seed: 12)
-            let data = Array(LocalFile.read("\(dir)/f", limit: 8 << 20)!)
-            let framing = ChunkedTrailerFraming(dataLength: Int64(size), trailerName: "x-amz-checksum-crc32c")
+            let (data, framing) = Self.framedFile("\(dir)/f", size: (2 << 20) + 5, seed: 12)
             let stub = try TestEnvironment.endpoint(.httpStub)
             let http = HTTPClient(configuration: .init(maxIdleHandles: 1))
             _ = try await http.execute(HTTPRequest(method: "GET", url: stub + "/bytes/10"))  // a connection to reuse
@@ -103,11 +108,10 @@ struct ChunkedTrailerWireTests {
             let response = try await http.execute(HTTPRequest(
                 method: "PUT", url: stub + path, body: .fileWithCRC32CTrailer(path: "\(dir)/f", offset: 0, framing: framing)))
             #expect(response.status == 200)
-            let seen = try JSONValue.parse(try await HTTPClient().execute(HTTPRequest(method: "GET", url: stub + "/last" + path)).body)
-            let expected = framing.prefix + data + framing.suffix(crc: pz_crc32c_portable(0, data, data.count))
-            let expectedHash = Digest.sha256(expected).hexString
+            let seen = try await TestEnvironment.stubLast(path)
+            let expected = Self.expectedWire(data, framing)
             #expect(seen["tries"]?.intValue == 2, "the first send was not dropped and sent again")
-            #expect(seen["sha256"]?.stringValue == expectedHash)
+            #expect(seen["sha256"]?.stringValue == expected.sha256)
         }
     }
 }

@@ -74,12 +74,7 @@ struct AWSClientBehaviourTests {
 /// What the S3 client puts on the wire for an upload, seen by the plain HTTP stub.
 @Suite(.enabled(if: TestEnvironment.canRun(.httpStub)), .serialized, .timeLimit(.minutes(2)))
 struct S3UploadWireTests {
-    /// What the stub saw for a path (tests use their own bucket names, so paths do not collide).
-    func last(_ path: String) async throws -> JSONValue {
-        try JSONValue.parse(try await HTTPClient().execute(
-            HTTPRequest(method: "GET", url: try TestEnvironment.endpoint(.httpStub) + "/last" + path)).body)
-    }
-
+    // (Tests use their own bucket names, so the stub's paths do not collide.)
     func client(_ checksum: S3Client.UploadChecksum) throws -> S3Client {
         var options = S3Client.Options()
         options.checksum = checksum
@@ -93,7 +88,7 @@ struct S3UploadWireTests {
             makeFile("\(dir)/f", size: 123_456, seed: 4)
             let bucket = uniqueName("b")
             try await client(.sha256).putObject(bucket: bucket, key: "dir/a b+c.txt", file: "\(dir)/f", logger: quietLogger)
-            let seen = try await last("/\(bucket)/dir/a%20b%2Bc.txt")
+            let seen = try await TestEnvironment.stubLast("/\(bucket)/dir/a%20b%2Bc.txt")
             let sha = try await fileSHA256("\(dir)/f")
             #expect(seen["sha256"]?.stringValue == sha)
             #expect(seen["headers"]?["x-amz-content-sha256"]?.stringValue == sha)
@@ -107,7 +102,7 @@ struct S3UploadWireTests {
             makeFile("\(dir)/f", size: 5000, seed: 6)
             let bucket = uniqueName("b")
             try await client(.contentMD5).putObject(bucket: bucket, key: "k", file: "\(dir)/f", logger: quietLogger)
-            let seen = try await last("/\(bucket)/k")
+            let seen = try await TestEnvironment.stubLast("/\(bucket)/k")
             let md5 = Digest.md5(LocalFile.read("\(dir)/f")!).base64String
             #expect(seen["headers"]?["content-md5"]?.stringValue == md5)
             #expect(seen["headers"]?["x-amz-content-sha256"]?.stringValue == "UNSIGNED-PAYLOAD")

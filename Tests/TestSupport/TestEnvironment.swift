@@ -42,6 +42,12 @@ public enum TestEnvironment {
 
     public static func endpoint(_ server: Server) throws -> String { try value(variable(server)) }
 
+    /// What the HTTP stub's last PUT or POST to `path` received: length, sha256, headers (and tries, where counted).
+    public static func stubLast(_ path: String) async throws -> JSONValue {
+        try JSONValue.parse(try await HTTPClient().execute(
+            HTTPRequest(method: "GET", url: try endpoint(.httpStub) + "/last" + path)).body)
+    }
+
     // MARK: - Credentials for each server
 
     public static func motoCredentials() throws -> Credentials {

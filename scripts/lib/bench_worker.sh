@@ -1,4 +1,5 @@
-# scripts/bench's worker figures (sourced by scripts/bench, which has set BIN, WORK, RUNS and the server helpers).
+# scripts/bench's worker figures (sourced by scripts/bench, which has set BIN, WORK, RUNS, median and the server
+# helpers).
 # Each figure is printed beside its anchor from the same run: a boto3 loop doing the same work on the same moto.
 
 echo "== worker figures: a local moto (SQS, S3) and SeaweedFS (S3 for the 1 GiB run)"
@@ -26,7 +27,6 @@ daemon() { # queue in out workname program [extra run arguments...]
     echo "$BIN" run --set "queueURL=$q" --set "inputBucket=$in" --set "outputBucket=$out" --set "analysisProgram=$program" \
         --set shouldShutdown=false --set "workDir=$WORK/$name" --set "logFile=$WORK/$name.log" --log-level warning "$@"
 }
-median() { sort -n | sed -n "$(((RUNS + 1) / 2))p"; }
 
 # --- CPU per task ----------------------------------------------------------------------------------------------------
 TASKS=200
