@@ -66,6 +66,46 @@ struct RunnerTests {
         }
     }
 
+    /// The child starts on the daemon's memory (clone with CLONE_VM) and must leave none of the daemon's state to the
+    /// command: no blocked signals, SIGPIPE not ignored, no descriptor but 0-2; and the calling thread gets its own
+    /// mask back.
+    @Test func theCommandStartsWithCleanSignalsAndDescriptors() async throws {
+        try await withTemporaryDirectory { dir in
+            let oldPipe = signal(SIGPIPE, SIG_IGN)
+            defer { signal(SIGPIPE, oldPipe) }
+            let held = open(dir, O_RDONLY)  // not close-on-exec: the runner must close it anyway
+            defer { close(held) }
+            // No await between setting the mask and reading it back: the same thread throughout.
+            var blocked = sigset_t()
+            sigemptyset(&blocked)
+            sigaddset(&blocked, SIGUSR2)
+            var before = sigset_t()
+            pthread_sigmask(SIG_BLOCK, &blocked, &before)
+            // Programs run directly, not through a shell, which might reset its mask by itself.
+            let status = try runner.start(argv: ["/bin/grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"],
+                                          environment: [:], directory: dir, stdoutPath: dir + "/status",
+                                          stderrPath: dir + "/err")
+            var after = sigset_t()
+            pthread_sigmask(SIG_SETMASK, &before, &after)
+            // The runner blocks every signal around the clone: the thread must get exactly its own mask back.
+            let changed = (1..<65).filter { sigismember(&after, $0) != (($0 == SIGUSR2) ? 1 : sigismember(&before, $0)) }
+            #expect(changed.isEmpty, "signals whose blocking changed: \(changed)")
+
+            #expect(await status.wait(timeout: 10) == .exited(0))
+            let lines = LocalFile.readText(dir + "/status")?.split(separator: "\n").map(String.init) ?? []
+            #expect(lines.first == "SigBlk:\t0000000000000000", "\(lines)")
+            // Bit 13 (SIGPIPE) set would mean the daemon's SIG_IGN leaked into the command.
+            let ignored = lines.dropFirst().first.flatMap { UInt64($0.split(separator: "\t").last ?? "", radix: 16) }
+            #expect(ignored.map { $0 & (1 << UInt64(SIGPIPE - 1)) == 0 } == true, "\(lines)")
+            let fds = try runner.start(argv: ["/bin/ls", "/proc/self/fd"], environment: [:], directory: dir,
+                                       stdoutPath: dir + "/fds", stderrPath: dir + "/err")
+            #expect(await fds.wait(timeout: 10) == .exited(0))
+            // 0, 1, 2, and the one `ls` opens to read the folder.
+            let open = LocalFile.readText(dir + "/fds")?.split(separator: "\n") ?? []
+            #expect(open.count == 4, "\(open)")
+        }
+    }
+
     @Test func theChildGetsOnlyTheGivenEnvironment() async throws {
         try await withTemporaryDirectory { dir in
             _ = try await runner.run(argv: ["/usr/bin/env"], environment: ["ONLY": "this"], directory: dir,
