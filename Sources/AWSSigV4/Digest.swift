@@ -16,23 +16,29 @@ public enum Digest {
         return hasher.finalize()
     }
 
-    /// HMAC-SHA256 of `message` under `key`.
+    /// HMAC-SHA256 of `message` under `key` (RFC 2104), built on the fetched SHA-256: OpenSSL 3's one-shot `HMAC()`
+    /// looks the MAC algorithm up and builds a context on every call, which cost more than the hashing itself.
     public static func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
-        var length: UInt32 = 0
-        key.withUnsafeBufferPointer { k in
-            message.withUnsafeBufferPointer { m in
-                out.withUnsafeMutableBufferPointer { o in
-                    _ = HMAC(pz_evp_sha256(), k.baseAddress, Int32(k.count), m.baseAddress, m.count, o.baseAddress, &length)
-                }
-            }
-        }
-        return Array(out.prefix(Int(length)))
+        let blockSize = 64
+        var block = key.count > blockSize ? sha256(key) : key
+        block += [UInt8](repeating: 0, count: blockSize - block.count)
+        var inner = StreamingDigest(.sha256)
+        inner.update(block.map { $0 ^ 0x36 })
+        inner.update(message)
+        var outer = StreamingDigest(.sha256)
+        outer.update(block.map { $0 ^ 0x5c })
+        outer.update(inner.finalize())
+        return outer.finalize()
     }
 
     /// The OpenSSL version string, for `parallelizer version`.
     public static var openSSLVersion: String { String(cString: pz_openssl_version()) }
 }
+
+// Fetched once: handing OpenSSL 3 the legacy `EVP_sha256()` makes every `EVP_DigestInit_ex` look the
+// implementation up again in the provider store, under a lock. A global is initialised once, thread-safely.
+nonisolated(unsafe) private let fetchedSHA256: OpaquePointer = pz_fetch_md("SHA256")
+nonisolated(unsafe) private let fetchedMD5: OpaquePointer = pz_fetch_md("MD5")
 
 /// An incremental SHA-256 or MD5, for hashing a file in chunks without holding it in memory.
 public struct StreamingDigest: ~Copyable {
@@ -43,7 +49,7 @@ public struct StreamingDigest: ~Copyable {
     public init(_ algorithm: Algorithm) {
         guard let ctx = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
         context = ctx
-        EVP_DigestInit_ex(context, algorithm == .sha256 ? pz_evp_sha256() : pz_evp_md5(), nil)
+        EVP_DigestInit_ex(context, algorithm == .sha256 ? fetchedSHA256 : fetchedMD5, nil)
     }
 
     deinit { EVP_MD_CTX_free(context) }

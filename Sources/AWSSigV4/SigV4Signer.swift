@@ -204,13 +204,30 @@ public struct SigV4Signer: Sendable {
 
     /// Lowercased names, sorted; values trimmed with inner runs of spaces collapsed; repeats joined by `,`.
     static func canonicalHeaders(_ headers: [(String, String)]) -> (block: String, signed: String) {
-        var merged: [String: [String]] = [:]
-        for (name, value) in headers {
-            merged[name.lowercased(), default: []].append(trimAndCollapse(value))
+        // A stable sort keeps repeated names in wire order, so their values join in that order.
+        let sorted = headers.enumerated()
+            .map { (name: asciiLowercased($0.element.0), value: trimAndCollapse($0.element.1), order: $0.offset) }
+            .sorted { $0.name == $1.name ? $0.order < $1.order : $0.name < $1.name }
+        var block = ""
+        var signed = ""
+        block.reserveCapacity(sorted.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 2 })
+        for (index, header) in sorted.enumerated() {
+            if index > 0 && sorted[index - 1].name == header.name {
+                block.removeLast()  // the newline: a repeat joins the previous line
+                block += "," + header.value + "\n"
+                continue
+            }
+            if !signed.isEmpty { signed += ";" }
+            signed += header.name
+            block += header.name + ":" + header.value + "\n"
         }
-        let names = merged.keys.sorted()
-        let block = names.map { "\($0):\(merged[$0]!.joined(separator: ","))\n" }.joined()
-        return (block, names.joined(separator: ";"))
+        return (block, signed)
+    }
+
+    /// Header names are ASCII tokens: lowercasing them byte by byte avoids Unicode case mapping.
+    static func asciiLowercased(_ name: String) -> String {
+        guard name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5a }) else { return name }
+        return String(decoding: name.utf8.map { $0 >= 0x41 && $0 <= 0x5a ? $0 | 0x20 : $0 }, as: UTF8.self)
     }
 
     static func trimAndCollapse(_ value: String) -> String {

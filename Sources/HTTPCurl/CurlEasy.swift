@@ -263,16 +263,29 @@ private func curlHeaderCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int
     let length = size * count
     guard let userdata else { return 0 }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
-    let line = String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
-    if line.hasPrefix("HTTP/") {
+    // Bytes, not Characters: a header line is ASCII in practice, and grapheme-aware String searching was a
+    // visible share of the daemon's CPU per request.
+    let line = UnsafeRawBufferPointer(start: data, count: length)
+    if length >= 5, line[0] == UInt8(ascii: "H"), line[1] == UInt8(ascii: "T"), line[2] == UInt8(ascii: "T"),
+       line[3] == UInt8(ascii: "P"), line[4] == UInt8(ascii: "/") {
         // A new status line (after 100 Continue or a redirect): start over.
-        let parts = line.split(separator: " ")
-        state.status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+        var status = 0
+        if let space = line.firstIndex(of: UInt8(ascii: " ")) {
+            for byte in line[(space + 1)...] {
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), status < 1000 else { break }
+                status = status * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+        }
+        state.status = status
         state.headers = []
-    } else if let colon = line.firstIndex(of: ":") {
-        let name = String(line[..<colon])
-        let value = line[line.index(after: colon)...].trimmingSpaces
-        state.headers.append((name, value))
+    } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+        let isSpace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 || byte == 0x0d || byte == 0x0a }
+        var start = colon + 1
+        var end = length
+        while start < end, isSpace(line[start]) { start += 1 }
+        while end > start, isSpace(line[end - 1]) { end -= 1 }
+        state.headers.append((String(decoding: line[..<colon], as: UTF8.self),
+                              String(decoding: line[start..<end], as: UTF8.self)))
     }
     return length
 }
@@ -392,14 +405,4 @@ private func curlProgressCallback(_ userdata: UnsafeMutableRawPointer?, _: curl_
     guard let userdata else { return 0 }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
     return state.cancelled.load(ordering: .relaxed) ? 1 : 0
-}
-
-extension Substring {
-    var trimmingSpaces: String {
-        let isSpace: (Character) -> Bool = { $0.isWhitespace }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
-            return ""
-        }
-        return String(self[first...last])
-    }
 }
