@@ -1,6 +1,7 @@
 import FoundationEssentials
 import HTTPCurl
 import Logging
+import Synchronization
 
 /// Everything resolved once at start-up and shared by all clients: region, endpoints, credentials chain, the HTTP
 /// client and the clock correction. Resolution follows the AWS SDKs, with their own environment variables.
@@ -9,6 +10,9 @@ public struct AWSContext: Sendable {
     public let client: AWSClient
     public let imds: IMDSClient?
     public let environment: [String: String]
+    /// Resolved endpoints, by service and region: the environment does not change, and resolving (variable
+    /// lookups and URL parsing) on every request was a visible share of the daemon's CPU per task.
+    private let endpoints = Memo<ServiceEndpoint>()
 
     public init(region: String, client: AWSClient, imds: IMDSClient?, environment: [String: String]) {
         self.region = region
@@ -19,7 +23,10 @@ public struct AWSContext: Sendable {
 
     /// The endpoint of `service` (`AWS_ENDPOINT_URL_<SERVICE>`, `AWS_ENDPOINT_URL`, or AWS's own).
     public func endpoint(_ service: String, region: String? = nil) throws(AWSError) -> ServiceEndpoint {
-        try ServiceEndpoint.resolve(service: service, region: region ?? self.region, environment: environment)
+        let region = region ?? self.region
+        return try endpoints.value(for: service + " " + region) { () throws(AWSError) in
+            try ServiceEndpoint.resolve(service: service, region: region, environment: environment)
+        }
     }
 
     /// Resolves region and credentials.
@@ -61,4 +68,21 @@ public struct AWSContext: Sendable {
 
 public enum Version {
     public static let current = "0.1.0"
+}
+
+/// Values computed once per key and shared by every caller (a bounded cache: it starts over past 256 keys).
+public final class Memo<Value: Sendable>: Sendable {
+    private let values = Mutex<[String: Value]>([:])
+
+    public init() {}
+
+    public func value<E: Error>(for key: String, _ make: () throws(E) -> Value) throws(E) -> Value {
+        if let known = values.withLock({ $0[key] }) { return known }
+        let made = try make()
+        values.withLock { cache in
+            if cache.count >= 256 { cache.removeAll() }
+            cache[key] = made
+        }
+        return made
+    }
 }

@@ -15,9 +15,15 @@ public enum OutputJudge {
     /// The last non-empty line of a (possibly huge) stdout file; only its last 64 KiB are read.
     public static func lastLine(ofFile path: String) -> String? {
         guard let bytes = LocalFile.tail(path, bytes: 64 << 10) else { return nil }
-        return String(decoding: bytes, as: UTF8.self)
-            .split(whereSeparator: { $0 == "\n" || $0 == "\r" || $0 == "\r\n" })
-            .map(\.trimmingSpaces).last { !$0.isEmpty }
+        // From the end, line by line (split on the bytes, not on Characters over the whole tail).
+        var end = bytes.endIndex
+        while end > bytes.startIndex {
+            let start = bytes[..<end].lastIndex(where: { $0 == 0x0a || $0 == 0x0d }).map { $0 + 1 } ?? bytes.startIndex
+            let line = String(decoding: bytes[start..<end], as: UTF8.self)[...].trimmingSpaces
+            if !line.isEmpty { return line }
+            end = start - 1
+        }
+        return nil
     }
 
     /// Judges `line` against the task folder: relative paths are taken from the folder; the resolved file (links

@@ -139,6 +139,11 @@ struct RunnerTests {
             big += Array("\nresult.txt\n\n  \n".utf8)
             LocalFile.write(dir + "/stdout", big)
             #expect(OutputJudge.lastLine(ofFile: dir + "/stdout") == "result.txt")
+            for (printed, last) in [("a\r\nb.out\r\n\r\n", "b.out"), ("only", "only"), ("\n \n\t\n", nil), ("", nil),
+                                    ("x\n  spaced name.txt  \n", "spaced name.txt")] as [(String, String?)] {
+                LocalFile.write(dir + "/stdout", Array(printed.utf8))
+                #expect(OutputJudge.lastLine(ofFile: dir + "/stdout") == last, "\(printed.debugDescription)")
+            }
         }
     }
 }

@@ -33,6 +33,9 @@ public struct SQSClient: Sendable {
     public let context: AWSContext
     let json: JSONProtocol
 
+    /// Each queue URL's endpoint, worked out once (the region is parsed from the URL).
+    private let endpoints = Memo<ServiceEndpoint>()
+
     public init(context: AWSContext) {
         self.context = context
         self.json = JSONProtocol(targetPrefix: "AmazonSQS", client: context.client)
@@ -41,7 +44,9 @@ public struct SQSClient: Sendable {
     /// The endpoint for a queue: a custom endpoint when one is set, otherwise the queue URL's own region (so a
     /// queue in another region is signed for that region, not ours).
     public func endpoint(queueURL: String) throws(AWSError) -> ServiceEndpoint {
-        try context.endpoint("sqs", region: Self.region(ofQueueURL: queueURL))
+        try endpoints.value(for: queueURL) { () throws(AWSError) in
+            try context.endpoint("sqs", region: Self.region(ofQueueURL: queueURL))
+        }
     }
 
     /// `us-west-2` from `https://sqs.us-west-2.amazonaws.com/...` or `https://us-west-2.queue.amazonaws.com/...`.
