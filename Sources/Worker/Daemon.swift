@@ -61,6 +61,8 @@ public struct Daemon: Sendable {
             monitors.cancel()
             await monitors.value
         }
+        // Finished messages still waiting for their batch: deleted before the process ends.
+        await handler.deletes.finish()
         let counts = lifecycle.counts
         logger.notice("parallelizer stopped", metadata: [
             "reason": "\(lifecycle.stopReason?.rawValue ?? "unknown")", "seconds": "\((ContinuousClock.now - started).seconds)",
@@ -143,6 +145,8 @@ public struct Daemon: Sendable {
         }
         var handler = MessageHandler(
             config: config, program: [program] + config.analysisProgram.dropFirst(), s3: s3, sqs: sqs,
+            deletes: DeleteBatcher(client: sqs, queueURL: config.queueURL,
+                                   linger: DeleteBatcher.linger(visibilityTimeout: config.visibilityTimeout)),
             lifecycle: lifecycle, runner: ProcessRunner(),
             environmentDirectory: environmentDirectory, commandEnvironment: environment,
             user: user, instanceID: instanceID, hasRedrivePolicy: hasRedrive, retryBackoff: options.retryBackoff)

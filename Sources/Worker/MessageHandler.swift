@@ -12,6 +12,8 @@ struct MessageHandler: Sendable {
     let program: [String]
     let s3: S3Client
     let sqs: SQSClient
+    /// Settled messages leave through here, in batches.
+    let deletes: DeleteBatcher
     let lifecycle: Lifecycle
     let runner: ProcessRunner
     /// The unpacked environment (`environmentPrefix`), or nil to run in the task folder.
@@ -292,11 +294,7 @@ struct MessageHandler: Sendable {
     }
 
     func delete(_ message: SQSMessage, logger: Logger) async {
-        do {
-            try await sqs.deleteMessage(queueURL: config.queueURL, receiptHandle: message.receiptHandle, logger: logger)
-        } catch {
-            logger.error("could not delete the message; it will be processed again", metadata: ["error": "\(error)"])
-        }
+        await deletes.delete(message, logger: logger)
     }
 
     func release(_ message: SQSMessage, logger: Logger) async {

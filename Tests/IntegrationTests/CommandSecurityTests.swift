@@ -68,7 +68,7 @@ struct TransportSecurityTests {
                 "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
             ], environment: ["PATH": "/usr/bin:/bin"], directory: dir)
             try #require(keygen.succeeded, "\(keygen.stderr)")
-            let port = Int.random(in: 20000...60000)
+            // The server picks its own free port and writes it down once it listens (a fixed wait flaked under load).
             let server = try ProcessRunner().start(argv: ["/usr/bin/env", "python3", "-c", """
                 import http.server, ssl
                 class H(http.server.BaseHTTPRequestHandler):
@@ -76,15 +76,21 @@ struct TransportSecurityTests {
                         open("\(dir)/served", "a").write(self.path + "\\n")
                         self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
                     do_GET = do_POST
-                server = http.server.HTTPServer(("127.0.0.1", \(port)), H)
+                server = http.server.HTTPServer(("127.0.0.1", 0), H)
                 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 context.load_cert_chain("\(dir)/cert.pem", "\(dir)/key.pem")
                 server.socket = context.wrap_socket(server.socket, server_side=True)
+                open("\(dir)/port.tmp", "w").write(str(server.server_address[1]))
+                __import__("os").rename("\(dir)/port.tmp", "\(dir)/port")
                 server.serve_forever()
                 """], environment: ProcessEnvironment.current(), directory: dir, stdoutPath: dir + "/https.out",
                 stderrPath: dir + "/https.err")
             defer { server.signal(SIGKILL) }
-            try await Task.sleep(nanoseconds: 700_000_000)
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !fileExists(dir + "/port") && ContinuousClock.now < deadline {
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
+            let port = try #require(LocalFile.readText(dir + "/port").flatMap { Int($0) }, "the HTTPS server did not start")
             LocalFile.write(dir + "/params", Array("""
                 queueURL=https://127.0.0.1:\(port)/123456789012/q
                 inputBucket=in-bucket

@@ -3,6 +3,7 @@ import AWSServices
 import FoundationEssentials
 import TestSupport
 import Testing
+import Worker
 
 /// SQS, DynamoDB and EC2 against moto_server with signature checking on.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
@@ -31,6 +32,40 @@ struct ServiceMotoTests {
         }
         #expect(again?.receiveCount == 2)
         try await sqs.deleteMessage(queueURL: url, receiptHandle: again!.receiptHandle, logger: quietLogger)
+        try await sqs.deleteQueue(queueURL: url, logger: quietLogger)
+    }
+
+    /// DeleteMessageBatch through the batcher, as the daemon deletes: full batches, the rest at finish, and a stale
+    /// receipt handle reported for its own message while the others go.
+    @Test func settledMessagesAreDeletedInBatches() async throws {
+        let sqs = SQSClient(context: try TestEnvironment.motoContext())
+        let url = try await sqs.createQueue(name: uniqueName("pz-del"), attributes: ["VisibilityTimeout": "60"],
+                                            logger: quietLogger)
+        for start in stride(from: 0, to: 23, by: 10) {
+            let entries = (start..<min(start + 10, 23)).map { (id: "m\($0)", body: "k\($0)") }
+            _ = try await sqs.sendMessageBatch(queueURL: url, entries: entries, logger: quietLogger)
+        }
+        var received: [SQSMessage] = []
+        for _ in 0..<20 where received.count < 23 {
+            received += try await sqs.receiveMessages(queueURL: url, maxMessages: 10, waitSeconds: 1, logger: quietLogger)
+        }
+        #expect(received.count == 23)
+        let logs = CapturedLogs()
+        let batcher = DeleteBatcher(client: sqs, queueURL: url, linger: .seconds(3600))
+        var stale = received[5]
+        stale.receiptHandle += "-stale"
+        for (index, message) in received.enumerated() {
+            var logger = logs.logger()
+            logger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
+            await batcher.delete(index == 5 ? stale : message, logger: logger)
+        }
+        await batcher.finish()
+        let counts = try await sqs.messageCounts(queueURL: url, logger: quietLogger)
+        #expect(counts.visible + counts.inFlight == 1, "only the message with the stale handle is left")
+        let errors = logs.lines.filter { $0.hasPrefix("error") }
+        #expect(errors.count == 1)
+        #expect(errors.first?.contains("ReceiptHandleIsInvalid") == true)
+        #expect(errors.first?.contains("sqs.message_id=\(received[5].messageID)") == true)
         try await sqs.deleteQueue(queueURL: url, logger: quietLogger)
     }
 

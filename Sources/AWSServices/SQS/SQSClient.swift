@@ -11,6 +11,13 @@ public struct SQSMessage: Sendable, Equatable {
     /// System attributes (`ApproximateReceiveCount`, `SentTimestamp`, ...).
     public var attributes: [String: String]
 
+    public init(messageID: String, receiptHandle: String, body: String, attributes: [String: String]) {
+        self.messageID = messageID
+        self.receiptHandle = receiptHandle
+        self.body = body
+        self.attributes = attributes
+    }
+
     /// How many times SQS has handed this message out, this time included.
     public var receiveCount: Int { Int(attributes["ApproximateReceiveCount"] ?? "") ?? 1 }
 }
@@ -23,9 +30,30 @@ public struct SQSBatchResult: Sendable {
         public var message: String
         /// True when the entry itself is wrong (retrying it will not help).
         public var senderFault: Bool
+
+        public init(id: String, code: String, message: String, senderFault: Bool) {
+            self.id = id
+            self.code = code
+            self.message = message
+            self.senderFault = senderFault
+        }
     }
     public var successful: [String]
     public var failed: [Failure]
+
+    public init(successful: [String], failed: [Failure]) {
+        self.successful = successful
+        self.failed = failed
+    }
+}
+
+extension SQSBatchResult {
+    init(_ output: SQSClient.BatchOutput) {
+        successful = (output.Successful ?? []).map(\.Id)
+        failed = (output.Failed ?? []).map {
+            .init(id: $0.Id, code: $0.Code ?? "", message: $0.Message ?? "", senderFault: $0.SenderFault ?? false)
+        }
+    }
 }
 
 /// SQS over the AWS JSON 1.0 protocol (what current SDKs use; moto accepts it too).
@@ -106,6 +134,25 @@ public struct SQSClient: Sendable {
                                                  endpoint: try endpoint(queueURL: queueURL), logger: logger)
     }
 
+    struct DeleteBatchInput: Encodable {
+        struct Entry: Encodable {
+            var Id: String
+            var ReceiptHandle: String
+        }
+        var QueueUrl: String
+        var Entries: [Entry]
+    }
+
+    /// Deletes up to 10 messages in one call. Entries that fail (a receipt handle gone stale, say) are reported,
+    /// not thrown; a failure of the whole call is thrown.
+    public func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
+                                   logger: Logger) async throws(AWSError) -> SQSBatchResult {
+        let input = DeleteBatchInput(QueueUrl: queueURL, Entries: entries.map { .init(Id: $0.id, ReceiptHandle: $0.receiptHandle) })
+        let output: BatchOutput = try await json.call("DeleteMessageBatch", input, endpoint: try endpoint(queueURL: queueURL),
+                                                      logger: logger)
+        return SQSBatchResult(output)
+    }
+
     struct VisibilityInput: Encodable {
         var QueueUrl: String
         var ReceiptHandle: String
@@ -147,11 +194,7 @@ public struct SQSClient: Sendable {
         let input = BatchInput(QueueUrl: queueURL, Entries: entries.map { .init(Id: $0.id, MessageBody: $0.body) })
         let output: BatchOutput = try await json.call("SendMessageBatch", input, endpoint: try endpoint(queueURL: queueURL),
                                                       logger: logger)
-        return SQSBatchResult(
-            successful: (output.Successful ?? []).map(\.Id),
-            failed: (output.Failed ?? []).map {
-                .init(id: $0.Id, code: $0.Code ?? "", message: $0.Message ?? "", senderFault: $0.SenderFault ?? false)
-            })
+        return SQSBatchResult(output)
     }
 
     struct SendInput: Encodable {
