@@ -36,9 +36,10 @@ public enum Digest {
 }
 
 // Fetched once: handing OpenSSL 3 the legacy `EVP_sha256()` makes every `EVP_DigestInit_ex` look the
-// implementation up again in the provider store, under a lock. A global is initialised once, thread-safely.
-nonisolated(unsafe) private let fetchedSHA256: OpaquePointer = pz_fetch_md("SHA256")
-nonisolated(unsafe) private let fetchedMD5: OpaquePointer = pz_fetch_md("MD5")
+// implementation up again in the provider store, under a lock. A global is initialised once, thread-safely; the
+// legacy constant stays the fallback should the fetch fail.
+nonisolated(unsafe) private let fetchedSHA256: OpaquePointer = EVP_MD_fetch(nil, "SHA256", nil) ?? EVP_sha256()
+nonisolated(unsafe) private let fetchedMD5: OpaquePointer = EVP_MD_fetch(nil, "MD5", nil) ?? EVP_md5()
 
 /// An incremental SHA-256 or MD5, for hashing a file in chunks without holding it in memory.
 public struct StreamingDigest: ~Copyable {

@@ -9,11 +9,6 @@
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
 
-// The digest's implementation, looked up once (falls back to the legacy constant if the fetch fails).
-static inline EVP_MD *_Nonnull pz_fetch_md(const char *_Nonnull name) {
-    EVP_MD *md = EVP_MD_fetch(NULL, name, NULL);
-    return md != NULL ? md : (EVP_MD *)(name[0] == 'M' ? EVP_md5() : EVP_sha256());
-}
 static inline const char *_Nonnull pz_openssl_version(void) { return OpenSSL_version(OPENSSL_VERSION); }
 
 #endif

@@ -84,13 +84,12 @@ public final class DeleteBatcher: Sendable {
 
     private func timerFired(_ id: Int) async {
         try? await Task.sleep(for: linger)
-        // Cancelled (or another timer's) means the batch was taken, full or by finish(), while this one slept.
+        // No longer the open batch's timer: the batch was taken, full or by finish(), while this one slept.
         let batch: [Pending]? = state.withLock { state in
-            guard !Task.isCancelled, state.timer?.id == id else { return nil }
-            state.timer = nil
+            guard state.timer?.id == id else { return nil }
+            state.timer = nil  // first, so that take() does not cancel this task (and its request) while it sends
             state.timersSending += 1
-            defer { state.pending = [] }
-            return state.pending
+            return Self.take(&state)
         }
         guard let batch else { return }
         await send(batch)

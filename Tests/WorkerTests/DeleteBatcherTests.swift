@@ -6,15 +6,19 @@ import TestSupport
 import Testing
 import Worker
 
-/// Records each DeleteMessageBatch call; fails the entries or the whole call when told to.
+/// Records each DeleteMessageBatch call; answers after `delay`, and fails the entries or the whole call when told to.
 final class RecordingDeleter: BatchDeleting {
     let calls = Mutex<[[String]]>([])
+    /// Entries answered so far (counted after the delay).
+    let answered = Atomic<Int>(0)
     let failHandles: Set<String>
     let failCall: Bool
+    let delay: Duration
 
-    init(failHandles: Set<String> = [], failCall: Bool = false) {
+    init(failHandles: Set<String> = [], failCall: Bool = false, delay: Duration = .zero) {
         self.failHandles = failHandles
         self.failCall = failCall
+        self.delay = delay
     }
 
     var batches: [[String]] { calls.withLock { $0 } }
@@ -22,6 +26,8 @@ final class RecordingDeleter: BatchDeleting {
     func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
                             logger: Logger) async throws(AWSError) -> SQSBatchResult {
         calls.withLock { $0.append(entries.map(\.receiptHandle)) }
+        if delay > .zero { try? await Task.sleep(for: delay) }
+        answered.add(entries.count, ordering: .relaxed)
         if failCall { throw AWSError.client("sqs", "connection refused") }
         let failed = entries.filter { failHandles.contains($0.receiptHandle) }
         return SQSBatchResult(
@@ -62,22 +68,13 @@ struct DeleteBatcherTests {
     }
 
     @Test func finishWaitsForABatchAlreadyOnItsWay() async throws {
-        /// Slow to answer: finish() must not return before the timer's call has.
-        final class SlowDeleter: BatchDeleting {
-            let done = Atomic<Int>(0)
-            func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
-                                    logger: Logger) async throws(AWSError) -> SQSBatchResult {
-                try? await Task.sleep(for: .milliseconds(500))
-                done.add(entries.count, ordering: .relaxed)
-                return SQSBatchResult(successful: entries.map(\.id), failed: [])
-            }
-        }
-        let deleter = SlowDeleter()
+        // Slow to answer: finish() must not return before the timer's call has.
+        let deleter = RecordingDeleter(delay: .milliseconds(500))
         let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .milliseconds(50))
         await batcher.delete(message(1), logger: quietLogger)
         try await Task.sleep(for: .milliseconds(200))  // the timer has fired and is sending
         await batcher.finish()
-        #expect(deleter.done.load(ordering: .relaxed) == 1)
+        #expect(deleter.answered.load(ordering: .relaxed) == 1)
     }
 
     @Test func eachMessageThatWasNotDeletedGetsItsOwnErrorLine() async throws {
