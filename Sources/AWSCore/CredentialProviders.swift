@@ -212,7 +212,7 @@ public actor RefreshingCredentials: CredentialProvider {
     public func invalidate() { cached = nil }
 
     private static func iso(_ date: Date?) -> String {
-        date.map { CivilTime(epochSeconds: Int64($0.timeIntervalSince1970)).iso8601 } ?? "none"
+        date.map { CivilTime(date: $0).iso8601 } ?? "none"
     }
 
     /// Inside the last `refreshAhead` seconds, or the last half of a lifetime shorter than twice that (so

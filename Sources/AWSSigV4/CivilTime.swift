@@ -1,3 +1,5 @@
+import FoundationEssentials
+
 /// UTC calendar fields from Unix seconds and back, without a calendar library or the C locale.
 /// (Howard Hinnant's days-from-civil algorithm.)
 public struct CivilTime: Sendable, Equatable {
@@ -5,6 +7,11 @@ public struct CivilTime: Sendable, Equatable {
 
     public init(year: Int, month: Int, day: Int, hour: Int = 0, minute: Int = 0, second: Int = 0) {
         (self.year, self.month, self.day, self.hour, self.minute, self.second) = (year, month, day, hour, minute, second)
+    }
+
+    /// The whole second `date` falls in.
+    public init(date: Date) {
+        self.init(epochSeconds: Int64(date.timeIntervalSince1970.rounded(.down)))
     }
 
     public init(epochSeconds: Int64) {

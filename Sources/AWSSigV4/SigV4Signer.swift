@@ -271,7 +271,7 @@ public struct AmzDate: Sendable {
     public let day: String
 
     public init(_ date: Date) {
-        let civil = CivilTime(epochSeconds: Int64(date.timeIntervalSince1970.rounded(.down)))
+        let civil = CivilTime(date: date)
         day = civil.yyyymmdd
         full = "\(day)T\(civil.hhmmss)Z"
     }

@@ -48,7 +48,7 @@ public struct LineLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = CivilTime(epochSeconds: Int64(Date().timeIntervalSince1970)).iso8601
+        var line = CivilTime(date: Date()).iso8601
         let level = event.level.rawValue
         line += " " + level + String(repeating: " ", count: max(1, 8 - level.count)) + event.message.description
         let merged = metadata.merging(event.metadata ?? [:]) { $1 }

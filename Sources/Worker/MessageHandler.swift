@@ -144,7 +144,7 @@ struct MessageHandler: Sendable {
                 "exitStatus": .string(failure.outcome?.summary ?? "none"), "attempts": .number(Double(message.receiveCount)),
                 "instanceId": .string(instanceID), "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
                 "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
-                "time": .string(CivilTime(epochSeconds: Int64(Date().timeIntervalSince1970)).iso8601),
+                "time": .string(CivilTime(date: Date()).iso8601),
             ], logger: logger)
             let attempts: Logger.Metadata = ["task.attempts": "\(message.receiveCount)"]
             switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: !failure.permanent) {
