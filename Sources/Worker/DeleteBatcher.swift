@@ -14,9 +14,10 @@ extension SQSClient: BatchDeleting {}
 /// Deletes settled messages ten to a `DeleteMessageBatch` call instead of one `DeleteMessage` each: SQS bills per
 /// request, and with short tasks the delete was a quarter of the daemon's requests and CPU per task.
 ///
-/// A message waits at most `linger` before its batch goes, well inside the time its visibility has left (the
-/// heartbeat extended it by at least half a visibility timeout). The tenth message sends the batch at once, from
-/// the slot that added it. `finish()` sends what is left when the daemon stops. A crash before a batch goes loses
+/// A message waits at most `linger` before its batch goes. That must stay well inside the time its visibility has
+/// left once the heartbeat stops: half a visibility timeout, less the latency of the last extension, which under
+/// load can take seconds. So batching waits only on queues whose timeout is long (`linger(visibilityTimeout:)`); on
+/// short ones each delete goes at once. The tenth message sends the batch at once, from the slot that added it. `finish()` sends what is left when the daemon stops. A crash before a batch goes loses
 /// nothing: those messages come back after their visibility timeout and are processed again, as a crash between
 /// the upload and a single delete always allowed.
 public final class DeleteBatcher: Sendable {
@@ -47,16 +48,17 @@ public final class DeleteBatcher: Sendable {
         self.linger = linger
     }
 
-    /// The linger for a queue's visibility timeout: a second, or a quarter of a very short timeout.
+    /// The linger for a queue's visibility timeout: a second from 20 s up (ten seconds or more are left when the
+    /// heartbeat stops), none below, where a message is deleted as soon as it is settled.
     public static func linger(visibilityTimeout: Int) -> Duration {
-        .milliseconds(min(1000, visibilityTimeout * 250))
+        visibilityTimeout >= 20 ? .seconds(1) : .zero
     }
 
     /// Queues the message for deletion; sends the batch now when this message fills it.
     public func delete(_ message: SQSMessage, logger: Logger) async {
         let full: [Pending]? = state.withLock { state in
             state.pending.append(Pending(receiptHandle: message.receiptHandle, logger: logger))
-            if state.pending.count >= Self.maxBatch { return Self.take(&state) }
+            if state.pending.count >= Self.maxBatch || linger == .zero { return Self.take(&state) }
             if state.timer == nil {
                 let id = state.nextID
                 state.nextID += 1

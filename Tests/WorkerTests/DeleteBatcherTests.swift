@@ -107,9 +107,21 @@ struct DeleteBatcherTests {
         #expect(deleter.batches == [["rh-1", "rh-2"]])
     }
 
-    @Test func lingerStaysInsideShortVisibilityTimeouts() {
+    @Test func shortVisibilityTimeoutsGetNoLinger() {
         #expect(DeleteBatcher.linger(visibilityTimeout: 600) == .seconds(1))
-        #expect(DeleteBatcher.linger(visibilityTimeout: 2) == .milliseconds(500))
-        #expect(DeleteBatcher.linger(visibilityTimeout: 1) == .milliseconds(250))
+        #expect(DeleteBatcher.linger(visibilityTimeout: 20) == .seconds(1))
+        #expect(DeleteBatcher.linger(visibilityTimeout: 19) == .zero)
+        #expect(DeleteBatcher.linger(visibilityTimeout: 1) == .zero)
+    }
+
+    /// Without a linger, each settled message is deleted before `delete` returns: nothing waits for a batch.
+    @Test func withoutALingerEachDeleteGoesAtOnce() async {
+        let deleter = RecordingDeleter()
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .zero)
+        for n in 0..<3 {
+            await batcher.delete(message(n), logger: quietLogger)
+            #expect(deleter.batches.count == n + 1)
+        }
+        #expect(deleter.batches == [["rh-0"], ["rh-1"], ["rh-2"]])
     }
 }
