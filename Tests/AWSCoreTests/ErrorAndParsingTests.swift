@@ -1,10 +1,43 @@
 import AWSCore
+@testable import AWSServices
 import HTTPCurl
 import Testing
 import TestSupport
 @preconcurrency import Glibc
 
 @Suite struct ErrorAndParsingTests {
+    @Test func receiveReplyIsReadWithAttributes() throws {
+        let reply = try JSONValue.parse(#"""
+            {"Messages":[{"MessageId":"m1","ReceiptHandle":"h1","MD5OfBody":"x","Body":"in/a.txt",
+              "Attributes":{"ApproximateReceiveCount":"3","SentTimestamp":"1700000000000"}},
+             {"MessageId":"m2","ReceiptHandle":"h2"}]}
+            """#)
+        let messages = try SQSClient.messages(in: reply)
+        #expect(messages == [
+            SQSMessage(messageID: "m1", receiptHandle: "h1", body: "in/a.txt",
+                       attributes: ["ApproximateReceiveCount": "3", "SentTimestamp": "1700000000000"]),
+            SQSMessage(messageID: "m2", receiptHandle: "h2", body: "", attributes: [:]),
+        ])
+        #expect(messages[0].receiveCount == 3)
+        #expect(try SQSClient.messages(in: .object([:])).isEmpty)
+        // A message that cannot be deleted (no receipt handle) makes the reply unusable, rather than being dropped.
+        #expect(throws: AWSError.self) {
+            try SQSClient.messages(in: try JSONValue.parse(#"{"Messages":[{"MessageId":"m1"}]}"#))
+        }
+        #expect(throws: AWSError.self) { try SQSClient.messages(in: try JSONValue.parse(#"{"Messages":"m1"}"#)) }
+    }
+
+    @Test func batchReplyListsFailuresWithTheirCodes() throws {
+        let result = SQSBatchResult(reply: try JSONValue.parse(#"""
+            {"Successful":[{"Id":"0"},{"Id":"2"}],
+             "Failed":[{"Id":"1","Code":"ReceiptHandleIsInvalid","Message":"stale","SenderFault":true}]}
+            """#))
+        #expect(result.successful == ["0", "2"])
+        #expect(result.failed.map(\.id) == ["1"])
+        #expect(result.failed.first?.code == "ReceiptHandleIsInvalid")
+        #expect(result.failed.first?.senderFault == true)
+    }
+
     @Test func s3XMLErrorCarriesCodeMessageAndRequestID() {
         let body = Array("""
             <?xml version="1.0" encoding="UTF-8"?>

@@ -48,10 +48,13 @@ public struct SQSBatchResult: Sendable {
 }
 
 extension SQSBatchResult {
-    init(_ output: SQSClient.BatchOutput) {
-        successful = (output.Successful ?? []).map(\.Id)
-        failed = (output.Failed ?? []).map {
-            .init(id: $0.Id, code: $0.Code ?? "", message: $0.Message ?? "", senderFault: $0.SenderFault ?? false)
+    /// From a `SendMessageBatch` or `DeleteMessageBatch` reply.
+    init(reply: JSONValue) {
+        successful = (reply["Successful"]?.arrayValue ?? []).compactMap { $0["Id"]?.stringValue }
+        failed = (reply["Failed"]?.arrayValue ?? []).compactMap { entry in
+            guard let id = entry["Id"]?.stringValue else { return nil }
+            return .init(id: id, code: entry["Code"]?.stringValue ?? "", message: entry["Message"]?.stringValue ?? "",
+                         senderFault: entry["SenderFault"]?.boolValue ?? false)
         }
     }
 }
@@ -88,141 +91,113 @@ public struct SQSClient: Sendable {
     }
 
     // MARK: - Operations
+    //
+    // Inputs and replies are untyped JSON (`JSONValue`), written and read in one pass: these calls run for every
+    // task, and Codable cost more than the rest of a call's own work.
 
-    struct ReceiveInput: Encodable {
-        var QueueUrl: String
-        var MaxNumberOfMessages: Int
-        var WaitTimeSeconds: Int
-        var VisibilityTimeout: Int?
-        var AttributeNames: [String]
-        var MessageSystemAttributeNames: [String]
-    }
-    struct ReceiveOutput: Decodable {
-        struct Message: Decodable {
-            var MessageId: String
-            var ReceiptHandle: String
-            var Body: String?
-            var Attributes: [String: String]?
-        }
-        var Messages: [Message]?
-    }
+    static let receiveAttributes: JSONValue = .array(
+        ["ApproximateReceiveCount", "SentTimestamp", "ApproximateFirstReceiveTimestamp"].map { .string($0) })
 
     /// Long-polls for up to `maxMessages` messages, waiting up to `waitSeconds` (max 20) when the queue is empty.
     public func receiveMessages(queueURL: String, maxMessages: Int = 1, waitSeconds: Int = 20,
                                 visibilityTimeout: Int? = nil, logger: Logger) async throws(AWSError) -> [SQSMessage] {
-        let names = ["ApproximateReceiveCount", "SentTimestamp", "ApproximateFirstReceiveTimestamp"]
-        let input = ReceiveInput(QueueUrl: queueURL, MaxNumberOfMessages: maxMessages, WaitTimeSeconds: waitSeconds,
-                                 VisibilityTimeout: visibilityTimeout, AttributeNames: names,
-                                 MessageSystemAttributeNames: names)
+        var input: [String: JSONValue] = [
+            "QueueUrl": .string(queueURL), "MaxNumberOfMessages": .number(Double(maxMessages)),
+            "WaitTimeSeconds": .number(Double(waitSeconds)),
+            "AttributeNames": Self.receiveAttributes, "MessageSystemAttributeNames": Self.receiveAttributes,
+        ]
+        if let visibilityTimeout { input["VisibilityTimeout"] = .number(Double(visibilityTimeout)) }
         // The server holds a long poll open for up to waitSeconds; give the transfer that plus a margin.
         let timeouts = Timeouts(connect: 10, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: waitSeconds + 15)
-        let output: ReceiveOutput = try await json.call("ReceiveMessage", input, endpoint: try endpoint(queueURL: queueURL),
-                                                        timeouts: timeouts, logger: logger)
-        return (output.Messages ?? []).map {
-            SQSMessage(messageID: $0.MessageId, receiptHandle: $0.ReceiptHandle, body: $0.Body ?? "",
-                       attributes: $0.Attributes ?? [:])
-        }
+        let reply = try await json.call("ReceiveMessage", value: .object(input), endpoint: try endpoint(queueURL: queueURL),
+                                        timeouts: timeouts, logger: logger)
+        return try Self.messages(in: reply)
     }
 
-    struct DeleteInput: Encodable {
-        var QueueUrl: String
-        var ReceiptHandle: String
+    /// The messages of a ReceiveMessage reply; one without an id or receipt handle makes the reply unusable.
+    static func messages(in reply: JSONValue) throws(AWSError) -> [SQSMessage] {
+        guard let items = reply["Messages"] else { return [] }
+        guard let list = items.arrayValue else { throw AWSError.badResponse("sqs", "ReceiveMessage reply: Messages is not a list", requestID: nil) }
+        var messages: [SQSMessage] = []
+        messages.reserveCapacity(list.count)
+        for item in list {
+            guard let id = item["MessageId"]?.stringValue, let handle = item["ReceiptHandle"]?.stringValue else {
+                throw AWSError.badResponse("sqs", "ReceiveMessage reply: a message without MessageId or ReceiptHandle",
+                                           requestID: nil)
+            }
+            messages.append(SQSMessage(messageID: id, receiptHandle: handle, body: item["Body"]?.stringValue ?? "",
+                                       attributes: Self.strings(item["Attributes"])))
+        }
+        return messages
+    }
+
+    /// A JSON object of strings (attributes), other members left out.
+    static func strings(_ value: JSONValue?) -> [String: String] {
+        guard let object = value?.objectValue else { return [:] }
+        return object.compactMapValues(\.stringValue)
     }
 
     public func deleteMessage(queueURL: String, receiptHandle: String, logger: Logger) async throws(AWSError) {
-        let _: EmptyOutput = try await json.call("DeleteMessage", DeleteInput(QueueUrl: queueURL, ReceiptHandle: receiptHandle),
-                                                 endpoint: try endpoint(queueURL: queueURL), logger: logger)
-    }
-
-    struct DeleteBatchInput: Encodable {
-        struct Entry: Encodable {
-            var Id: String
-            var ReceiptHandle: String
-        }
-        var QueueUrl: String
-        var Entries: [Entry]
+        _ = try await json.call("DeleteMessage", value: .object(["QueueUrl": .string(queueURL),
+                                                                 "ReceiptHandle": .string(receiptHandle)]),
+                                endpoint: try endpoint(queueURL: queueURL), logger: logger)
     }
 
     /// Deletes up to 10 messages in one call. Entries that fail (a receipt handle gone stale, say) are reported,
     /// not thrown; a failure of the whole call is thrown.
     public func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
                                    logger: Logger) async throws(AWSError) -> SQSBatchResult {
-        let input = DeleteBatchInput(QueueUrl: queueURL, Entries: entries.map { .init(Id: $0.id, ReceiptHandle: $0.receiptHandle) })
-        let output: BatchOutput = try await json.call("DeleteMessageBatch", input, endpoint: try endpoint(queueURL: queueURL),
-                                                      logger: logger)
-        return SQSBatchResult(output)
-    }
-
-    struct VisibilityInput: Encodable {
-        var QueueUrl: String
-        var ReceiptHandle: String
-        var VisibilityTimeout: Int
+        let input: JSONValue = .object([
+            "QueueUrl": .string(queueURL),
+            "Entries": .array(entries.map { .object(["Id": .string($0.id), "ReceiptHandle": .string($0.receiptHandle)]) }),
+        ])
+        let reply = try await json.call("DeleteMessageBatch", value: input, endpoint: try endpoint(queueURL: queueURL),
+                                        logger: logger)
+        return SQSBatchResult(reply: reply)
     }
 
     /// Sets how long the message stays invisible from now (0 releases it at once).
     public func changeMessageVisibility(queueURL: String, receiptHandle: String, timeout: Int,
                                         logger: Logger) async throws(AWSError) {
-        let _: EmptyOutput = try await json.call(
-            "ChangeMessageVisibility",
-            VisibilityInput(QueueUrl: queueURL, ReceiptHandle: receiptHandle, VisibilityTimeout: timeout),
-            endpoint: try endpoint(queueURL: queueURL), logger: logger)
-    }
-
-    struct BatchInput: Encodable {
-        struct Entry: Encodable {
-            var Id: String
-            var MessageBody: String
-        }
-        var QueueUrl: String
-        var Entries: [Entry]
-    }
-    struct BatchOutput: Decodable {
-        struct Ok: Decodable { var Id: String }
-        struct Failed: Decodable {
-            var Id: String
-            var Code: String?
-            var Message: String?
-            var SenderFault: Bool?
-        }
-        var Successful: [Ok]?
-        var Failed: [Failed]?
+        let input: JSONValue = .object([
+            "QueueUrl": .string(queueURL), "ReceiptHandle": .string(receiptHandle),
+            "VisibilityTimeout": .number(Double(timeout)),
+        ])
+        _ = try await json.call("ChangeMessageVisibility", value: input, endpoint: try endpoint(queueURL: queueURL),
+                                logger: logger)
     }
 
     /// Sends up to 10 messages in one call. Entries that fail are reported, not thrown: the caller retries them.
     public func sendMessageBatch(queueURL: String, entries: [(id: String, body: String)],
                                  logger: Logger) async throws(AWSError) -> SQSBatchResult {
-        let input = BatchInput(QueueUrl: queueURL, Entries: entries.map { .init(Id: $0.id, MessageBody: $0.body) })
-        let output: BatchOutput = try await json.call("SendMessageBatch", input, endpoint: try endpoint(queueURL: queueURL),
-                                                      logger: logger)
-        return SQSBatchResult(output)
+        let input: JSONValue = .object([
+            "QueueUrl": .string(queueURL),
+            "Entries": .array(entries.map { .object(["Id": .string($0.id), "MessageBody": .string($0.body)]) }),
+        ])
+        let reply = try await json.call("SendMessageBatch", value: input, endpoint: try endpoint(queueURL: queueURL),
+                                        logger: logger)
+        return SQSBatchResult(reply: reply)
     }
-
-    struct SendInput: Encodable {
-        var QueueUrl: String
-        var MessageBody: String
-    }
-    struct SendOutput: Decodable { var MessageId: String }
 
     @discardableResult
     public func sendMessage(queueURL: String, body: String, logger: Logger) async throws(AWSError) -> String {
-        let output: SendOutput = try await json.call("SendMessage", SendInput(QueueUrl: queueURL, MessageBody: body),
-                                                     endpoint: try endpoint(queueURL: queueURL), logger: logger)
-        return output.MessageId
+        let reply = try await json.call("SendMessage", value: .object(["QueueUrl": .string(queueURL),
+                                                                       "MessageBody": .string(body)]),
+                                        endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        guard let id = reply["MessageId"]?.stringValue else {
+            throw AWSError.badResponse("sqs", "SendMessage reply without MessageId", requestID: nil)
+        }
+        return id
     }
-
-    struct AttributesInput: Encodable {
-        var QueueUrl: String
-        var AttributeNames: [String]
-    }
-    struct AttributesOutput: Decodable { var Attributes: [String: String]? }
 
     /// Queue attributes (`ApproximateNumberOfMessages`, `ApproximateNumberOfMessagesNotVisible`, `RedrivePolicy`...).
     public func getQueueAttributes(queueURL: String, names: [String] = ["All"],
                                    logger: Logger) async throws(AWSError) -> [String: String] {
-        let output: AttributesOutput = try await json.call(
-            "GetQueueAttributes", AttributesInput(QueueUrl: queueURL, AttributeNames: names),
+        let reply = try await json.call(
+            "GetQueueAttributes",
+            value: .object(["QueueUrl": .string(queueURL), "AttributeNames": .array(names.map { .string($0) })]),
             endpoint: try endpoint(queueURL: queueURL), logger: logger)
-        return output.Attributes ?? [:]
+        return Self.strings(reply["Attributes"])
     }
 
     /// The queue's approximate message counts.
@@ -254,31 +229,28 @@ public struct SQSClient: Sendable {
         return MessageCounts(attributes: a)
     }
 
-    struct GetURLInput: Encodable { var QueueName: String }
-    struct URLOutput: Decodable { var QueueUrl: String }
-
     public func getQueueURL(name: String, logger: Logger) async throws(AWSError) -> String {
-        let output: URLOutput = try await json.call("GetQueueUrl", GetURLInput(QueueName: name),
-                                                    endpoint: try context.endpoint("sqs"), logger: logger)
-        return output.QueueUrl
-    }
-
-    struct CreateInput: Encodable {
-        var QueueName: String
-        var Attributes: [String: String]
+        let reply = try await json.call("GetQueueUrl", value: .object(["QueueName": .string(name)]),
+                                        endpoint: try context.endpoint("sqs"), logger: logger)
+        return try Self.queueURL(in: reply, operation: "GetQueueUrl")
     }
 
     /// Creates a queue (or returns the existing one with the same attributes).
     public func createQueue(name: String, attributes: [String: String] = [:], logger: Logger) async throws(AWSError) -> String {
-        let output: URLOutput = try await json.call("CreateQueue", CreateInput(QueueName: name, Attributes: attributes),
-                                                    endpoint: try context.endpoint("sqs"), logger: logger)
-        return output.QueueUrl
+        let input: JSONValue = .object(["QueueName": .string(name), "Attributes": .object(attributes.mapValues { .string($0) })])
+        let reply = try await json.call("CreateQueue", value: input, endpoint: try context.endpoint("sqs"), logger: logger)
+        return try Self.queueURL(in: reply, operation: "CreateQueue")
     }
 
-    struct QueueInput: Encodable { var QueueUrl: String }
+    static func queueURL(in reply: JSONValue, operation: String) throws(AWSError) -> String {
+        guard let url = reply["QueueUrl"]?.stringValue else {
+            throw AWSError.badResponse("sqs", "\(operation) reply without QueueUrl", requestID: nil)
+        }
+        return url
+    }
 
     public func deleteQueue(queueURL: String, logger: Logger) async throws(AWSError) {
-        let _: EmptyOutput = try await json.call("DeleteQueue", QueueInput(QueueUrl: queueURL),
-                                                 endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        _ = try await json.call("DeleteQueue", value: .object(["QueueUrl": .string(queueURL)]),
+                                endpoint: try endpoint(queueURL: queueURL), logger: logger)
     }
 }
