@@ -114,3 +114,11 @@ int pz_spawn(const char *path, char *const *argv, char *const *envp, const char 
     *out_pid = pid;
     return 0;
 }
+
+int pz_pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    return (int)syscall(434, pid, 0);
+#endif
+}

@@ -16,6 +16,10 @@ public final class Lifecycle: Sendable {
         var stopReason: StopReason?
         var stopRequestedAt: ContinuousClock.Instant?
         var receiveCancels: [Int: @Sendable () -> Void] = [:]
+        /// Run once when the grace runs out (uploads to cancel), by token.
+        var graceActions: [Int: @Sendable () -> Void] = [:]
+        var nextToken = 0
+        var graceOver = false
         var runningTasks = 0
         var lastWork = ContinuousClock.now
         var emptyPolls = 0
@@ -44,13 +48,38 @@ public final class Lifecycle: Sendable {
 
     /// Stops taking work: cancels long polls in flight; running tasks get `grace` seconds.
     public func requestStop(_ reason: StopReason) {
-        let cancels: [@Sendable () -> Void] = state.withLock { s in
-            guard s.stopReason == nil else { return [] }
+        let cancels: [@Sendable () -> Void]? = state.withLock { s in
+            guard s.stopReason == nil else { return nil }
             s.stopReason = reason
             s.stopRequestedAt = .now
             return Array(s.receiveCancels.values)
         }
+        guard let cancels else { return }
         cancels.forEach { $0() }
+        Task { [self] in
+            try? await Task.sleep(for: .milliseconds(Int(grace * 1000)))
+            let actions = state.withLock { s in
+                s.graceOver = true
+                defer { s.graceActions = [:] }
+                return Array(s.graceActions.values)
+            }
+            actions.forEach { $0() }
+        }
+    }
+
+    /// Runs `work`, cancelling it if a stop's grace runs out first (at once if it has already).
+    func cancellingAtGraceEnd<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async -> Result<T, any Error> {
+        let task = Task { try await work() }
+        let token: Int? = state.withLock { s in
+            guard !s.graceOver else { return nil }
+            defer { s.nextToken += 1 }
+            s.graceActions[s.nextToken] = { task.cancel() }
+            return s.nextToken
+        }
+        if token == nil { task.cancel() }
+        let result = await task.result
+        if let token { state.withLock { _ = $0.graceActions.removeValue(forKey: token) } }
+        return result
     }
 
     /// True once a stop's grace period has run out: running commands are then killed and released.

@@ -1,5 +1,6 @@
 internal import CSpawn
 import AWSCore
+import Dispatch
 @preconcurrency import Glibc
 import HTTPCurl
 
@@ -82,12 +83,43 @@ public struct ProcessRunner: Sendable {
                     stop: @escaping @Sendable () -> Bool) async throws(SpawnError) -> ProcessOutcome {
         let pid = try spawn(argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
                             stderrPath: stderrPath, user: user)
-        let clock = ContinuousClock()
-        let started = clock.now
+        var reaper = Reaper(pid: pid, timeout: timeout, killGrace: killGrace, stop: stop)
+        let pidfd = pz_pidfd_open(pid)
+        guard pidfd >= 0 else {
+            // No pidfd (a kernel before 5.3): poll, sleeping between looks.
+            while true {
+                if let outcome = reaper.look() { return outcome }
+                try? await Task.sleep(nanoseconds: 20_000_000)
+            }
+        }
+        // The descriptor turns readable the moment the command ends: one thread sleeps in poll(2) until then,
+        // waking only to check `stop` and the time limit. No timers, and no delay after a short command.
+        let waiting = DispatchQueue(label: "parallelizer.wait")
+        return await withCheckedContinuation { continuation in
+            waiting.async { [reaper] in
+                var reaper = reaper
+                defer { close(pidfd) }
+                while true {
+                    if let outcome = reaper.look() { return continuation.resume(returning: outcome) }
+                    var entry = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+                    _ = poll(&entry, 1, 250)
+                }
+            }
+        }
+    }
+
+    /// Looks at a running command: collects its exit, and enforces its time limit and the stop switch.
+    struct Reaper: Sendable {
+        let pid: pid_t
+        let timeout: Int?
+        let killGrace: Double
+        let stop: @Sendable () -> Bool
+        let started = ContinuousClock.now
         var killedFor: ProcessOutcome?
         var termSentAt: ContinuousClock.Instant?
-        // Poll with WNOHANG: cheap, and it keeps a blocking waitpid off the cooperative pool.
-        while true {
+
+        /// How the command ended, or nil while it runs.
+        mutating func look() -> ProcessOutcome? {
             var status: Int32 = 0
             let done = waitpid(pid, &status, WNOHANG)
             if done == pid {
@@ -97,20 +129,20 @@ public struct ProcessRunner: Sendable {
             }
             if done < 0 && errno != EINTR { return killedFor ?? .signalled(0) }
             if killedFor == nil {
-                if let timeout, clock.now - started >= .seconds(timeout) {
+                if let timeout, ContinuousClock.now - started >= .seconds(timeout) {
                     killedFor = .timedOut
                 } else if stop() {
                     killedFor = .interrupted
                 }
                 if killedFor != nil {
                     kill(-pid, SIGTERM)
-                    termSentAt = clock.now
+                    termSentAt = .now
                 }
-            } else if let sent = termSentAt, clock.now - sent >= .seconds(killGrace) {
+            } else if let sent = termSentAt, ContinuousClock.now - sent >= .milliseconds(Int(killGrace * 1000)) {
                 kill(-pid, SIGKILL)
                 termSentAt = nil
             }
-            try? await Task.sleep(nanoseconds: 20_000_000)
+            return nil
         }
     }
 

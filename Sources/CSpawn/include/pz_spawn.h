@@ -10,4 +10,8 @@ int pz_spawn(const char *_Nonnull path, char *_Nullable const *_Nonnull argv, ch
              const char *_Nonnull cwd, int stdout_fd, int stderr_fd, int switch_user, uid_t uid, gid_t gid,
              pid_t *_Nonnull out_pid);
 
+/// A descriptor that becomes readable when process `pid` ends (`pidfd_open`, Linux 5.3), or -1 with errno set
+/// (ENOSYS on older kernels). Called through syscall(2), because glibc before 2.36 has no wrapper.
+int pz_pidfd_open(pid_t pid);
+
 #endif
