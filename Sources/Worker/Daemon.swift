@@ -188,15 +188,19 @@ public struct Daemon: Sendable {
         var logger = baseLogger
         logger[metadataKey: "slot"] = "\(slot)"
         var failures = 0
+        var sizer = ReceiveSizer(visibilityTimeout: config.visibilityTimeout)
         while !lifecycle.isStopping {
+            let count = options.once ? 1 : sizer.batchSize
             let receive = Task {
-                try await handler.sqs.receiveMessages(queueURL: config.queueURL, maxMessages: 1,
+                try await handler.sqs.receiveMessages(queueURL: config.queueURL, maxMessages: count,
                                                       waitSeconds: options.receiveWaitSeconds,
                                                       visibilityTimeout: config.visibilityTimeout, logger: logger)
             }
             guard lifecycle.registerReceive(slot: slot, cancel: { receive.cancel() }) else {
                 receive.cancel()
-                _ = await receive.result
+                if case .success(let messages) = await receive.result, !messages.isEmpty {
+                    await handler.release(messages, reason: "stopping before it started", logger: logger)
+                }
                 break
             }
             let result = await receive.result
@@ -216,13 +220,17 @@ public struct Daemon: Sendable {
                     if options.once { lifecycle.requestStop(.once) }
                     continue
                 }
-                for message in messages {
-                    if lifecycle.isStopping {
-                        await handler.changeVisibility(message, to: 0, logger: logger)
-                        continue
-                    }
-                    await handler.handle(message, slot: slot, logger: logger)
+                let held = HeldMessages(messages, receivedAt: .now, visibilityTimeout: config.visibilityTimeout) {
+                    [logger] late in
+                    await handler.release(late, reason: "held too long: the slot is busier than expected", logger: logger)
                 }
+                while !lifecycle.isStopping, let message = held.next() {
+                    let started = ContinuousClock.now
+                    await handler.handle(message, receivedAt: held.receivedAt, slot: slot, logger: logger)
+                    sizer.record(seconds: (ContinuousClock.now - started).seconds)
+                }
+                let left = held.takeAll()
+                if !left.isEmpty { await handler.release(left, reason: "stopping before it started", logger: logger) }
                 if options.once { lifecycle.requestStop(.once) }
             }
         }

@@ -54,7 +54,10 @@ struct MessageHandler: Sendable {
         case interrupted
     }
 
-    func handle(_ message: SQSMessage, slot: Int, logger baseLogger: Logger) async {
+    /// `receivedAt` is when the receive returned: a message may have waited behind others the slot took with it, and
+    /// its visibility timeout runs from then.
+    func handle(_ message: SQSMessage, receivedAt: ContinuousClock.Instant = .now, slot: Int,
+                logger baseLogger: Logger) async {
         var logger = baseLogger
         logger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
         await ledger?.received()
@@ -88,7 +91,7 @@ struct MessageHandler: Sendable {
 
         lifecycle.taskStarted()
         defer { lifecycle.taskFinished() }
-        let heartbeat = Task { await keepInvisible(message, logger: logger) }
+        let heartbeat = Task { await keepInvisible(message, since: receivedAt, logger: logger) }
         defer { heartbeat.cancel() }
 
         var failure: (input: TaskInput, reason: String, outcome: ProcessOutcome?, stderrTail: String, seconds: Double,
@@ -249,16 +252,10 @@ struct MessageHandler: Sendable {
             let key = TaskPaths.outputKey(inputKey: input.key, inputPrefix: config.inputPrefix,
                                           outputPrefix: config.outputPrefix, outputName: name)
             // The upload is cancelled when a shutdown's grace runs out (a multipart upload is then aborted).
-            let (s3, bucket, lifecycle) = (self.s3, config.outputBucket, self.lifecycle)
-            let upload = Task { try await s3.putObject(bucket: bucket, key: key, file: path, logger: logger) }
-            let watchdog = Task {
-                while !Task.isCancelled {
-                    if lifecycle.graceExpired { upload.cancel(); return }
-                    try? await Task.sleep(nanoseconds: 100_000_000)
-                }
+            let (s3, bucket) = (self.s3, config.outputBucket)
+            let result = await lifecycle.cancellingAtGraceEnd {
+                try await s3.putObject(bucket: bucket, key: key, file: path, logger: logger)
             }
-            let result = await upload.result
-            watchdog.cancel()
             if case .failure(let error) = result {
                 if lifecycle.graceExpired { return .interrupted }
                 return .failed(reason: "upload failed: \(error)", outcome: outcome, stderrTail: "")
@@ -269,13 +266,16 @@ struct MessageHandler: Sendable {
 
     // MARK: - Message fate
 
-    /// Extends the message's invisibility before it lapses, for as long as the task runs, within SQS's 12 hours.
-    func keepInvisible(_ message: SQSMessage, logger: Logger) async {
+    /// Extends the message's invisibility before it lapses, for as long as the task runs, within SQS's 12 hours:
+    /// every half timeout, counted from the receive.
+    func keepInvisible(_ message: SQSMessage, since receivedAt: ContinuousClock.Instant, logger: Logger) async {
         let firstReceived = Double(message.attributes["ApproximateFirstReceiveTimestamp"] ?? "").map { $0 / 1000 }
             ?? Date().timeIntervalSince1970
-        let interval = max(1, config.visibilityTimeout / 2)
+        let interval = Duration.seconds(max(1, config.visibilityTimeout / 2))
+        var next = receivedAt + interval
         while !Task.isCancelled {
-            try? await Task.sleep(nanoseconds: UInt64(interval) * 1_000_000_000)
+            try? await Task.sleep(until: next, clock: .continuous)
+            next = max(next, .now) + interval
             if Task.isCancelled { return }
             let left = 43200 - Int(Date().timeIntervalSince1970 - firstReceived) - 60
             let extend = min(config.visibilityTimeout, max(0, left))
@@ -300,6 +300,15 @@ struct MessageHandler: Sendable {
     func release(_ message: SQSMessage, logger: Logger) async {
         logger.notice("task interrupted by shutdown; message released")
         await changeVisibility(message, to: 0, logger: logger)
+    }
+
+    /// Makes messages the slot received but did not start visible again at once, for any worker to take.
+    func release(_ messages: [SQSMessage], reason: String, logger: Logger) async {
+        for message in messages {
+            logger.notice("message released before its task started", metadata: [
+                "sqs.message_id": "\(message.messageID)", "reason": "\(reason)"])
+            await changeVisibility(message, to: 0, logger: logger)
+        }
     }
 
     func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async {

@@ -363,3 +363,78 @@ extension RunOnceTests {
         }
     }
 }
+
+/// A slot with short tasks receives up to ten messages at a time. What it holds but has not started must not wait
+/// for it: held too long, or at a stop, those messages go back to the queue for any worker.
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
+struct HeldMessageTests {
+    /// Fast, except the second call, which marks its start and takes `slow` seconds: that call is the first of the
+    /// slot's first full receive (the first receive takes one message, before the slot knows how long tasks take).
+    static func secondCallIsSlow(_ dir: String, slow: Int) -> String {
+        """
+        n=$(cat \(dir)/calls 2>/dev/null || echo 0); echo $((n + 1)) > \(dir)/calls
+        if [ "$n" = 1 ]; then echo started > \(dir)/slow-started; sleep \(slow); fi
+        tr a-z A-Z < "$1" > "$1.out"
+        echo "$1.out"
+
+        """
+    }
+
+    static func taskDoneLines(_ log: String) -> Int {
+        log.split(separator: "\n").filter { $0.contains("task done") }.count
+    }
+
+    @Test func messagesHeldBehindASlowTaskGoToAnotherWorker() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let keys = (1...15).map { "f\($0).txt" }
+            for key in keys { try await h.upload(key, "content of \(key)") }
+            try await h.send(keys)
+            // A 4 s timeout: held messages go back after 2 s; the slow task (6 s) outlives the timeout itself.
+            let a = try h.startWorker(name: "a", parameters: h.parameters(
+                ["visibilityTimeout": "4", "numThreads": "1"], program: h.script("a.sh", Self.secondCallIsSlow(dir, slow: 6))))
+            for _ in 0..<300 where !fileExists("\(dir)/slow-started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            #expect(fileExists("\(dir)/slow-started"))
+            let b = try h.startWorker(name: "b", parameters: h.parameters(
+                ["visibilityTimeout": "4", "numThreads": "1"], program: h.script("b.sh", WorkerEndToEndTests.upper)))
+            #expect(await a.wait(timeout: 90) == .exited(0), "\(h.log("a"))")
+            #expect(await b.wait(timeout: 90) == .exited(0), "\(h.log("b"))")
+            #expect(h.log("a").contains("message released before its task started"), "\(h.log("a"))")
+            #expect(h.log("a").contains("held too long"))
+            // Each input done once: had worker a kept what it held, b would take those messages when their timeout
+            // lapsed, and a would process them again after its slow task.
+            #expect(Self.taskDoneLines(h.log("a")) + Self.taskDoneLines(h.log("b")) == keys.count,
+                    "a:\n\(h.log("a"))\nb:\n\(h.log("b"))")
+            #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
+            for key in keys { #expect(try await h.output(key + ".out") == "CONTENT OF \(key.uppercased())") }
+            #expect(try await h.queueDepth() == 0)
+        }
+    }
+
+    @Test func aStopReleasesWhatTheSlotHoldsAtOnce() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let keys = (1...12).map { "s\($0).txt" }
+            for key in keys { try await h.upload(key, "x") }
+            try await h.send(keys)
+            // A 60 s timeout: the held messages' own timer is 30 s away when the stop comes.
+            let a = try h.startWorker(name: "a", parameters: h.parameters(
+                ["visibilityTimeout": "60", "numThreads": "1", "shutdownGrace": "30"],
+                program: h.script("a.sh", Self.secondCallIsSlow(dir, slow: 3))))
+            for _ in 0..<300 where !fileExists("\(dir)/slow-started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            a.signal(SIGTERM)
+            #expect(await a.wait(timeout: 60) == .exited(0), "\(h.log("a"))")
+            let done = Self.taskDoneLines(h.log("a"))
+            #expect(done == 2, "the running task finishes within its grace; nothing new starts\n\(h.log("a"))")
+            #expect(h.log("a").contains("stopping before it started"))
+            // Everything not done is visible again now, not in a minute.
+            var back: [SQSMessage] = []
+            for _ in 0..<4 where back.count < keys.count - done {
+                back += try await h.sqs.receiveMessages(queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1,
+                                                        logger: quietLogger)
+            }
+            #expect(back.count == keys.count - done)
+            #expect(Set(back.map(\.body)).isDisjoint(with: try await h.outputKeys().map { String($0.dropLast(4)) }))
+        }
+    }
+}
