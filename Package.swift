@@ -32,7 +32,7 @@ let package = Package(
         // fork/exec with a new process group, a user switch and redirected output: a few lines of C that Swift
         // cannot safely do between fork and exec.
         .target(name: "CSpawn"),
-        // Link-time glibc compatibility for the portable release (hypotf's old symbol version).
+        // glibc specifics: the portable release's link-time compatibility (hypotf), the allocator's mmap threshold.
         .target(name: "CGlibcCompat"),
         // The daemon: configuration, message parsing, the task runner, the slot loop and its lifecycle.
         .target(

@@ -19,3 +19,11 @@ extern float pz_hypotf_compat(float x, float y);
 float hypotf(float x, float y) { return pz_hypotf_compat(x, y); }
 #endif
 #endif
+
+#include "CGlibcCompat.h"
+#if defined(__linux__) && defined(__GLIBC__)
+#include <malloc.h>
+void pz_fix_mmap_threshold(int bytes) { (void)mallopt(M_MMAP_THRESHOLD, bytes); }
+#else
+void pz_fix_mmap_threshold(int bytes) { (void)bytes; }
+#endif
