@@ -147,13 +147,8 @@ public struct SQSClient: Sendable {
     /// not thrown; a failure of the whole call is thrown.
     public func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
                                    logger: Logger) async throws(AWSError) -> SQSBatchResult {
-        let input: JSONValue = .object([
-            "QueueUrl": .string(queueURL),
-            "Entries": .array(entries.map { .object(["Id": .string($0.id), "ReceiptHandle": .string($0.receiptHandle)]) }),
-        ])
-        let reply = try await json.call("DeleteMessageBatch", value: input, endpoint: try endpoint(queueURL: queueURL),
-                                        logger: logger)
-        return SQSBatchResult(reply: reply)
+        try await batch("DeleteMessageBatch", queueURL: queueURL, field: "ReceiptHandle",
+                        entries: entries.map { ($0.id, $0.receiptHandle) }, logger: logger)
     }
 
     /// Sets how long the message stays invisible from now (0 releases it at once).
@@ -170,12 +165,18 @@ public struct SQSClient: Sendable {
     /// Sends up to 10 messages in one call. Entries that fail are reported, not thrown: the caller retries them.
     public func sendMessageBatch(queueURL: String, entries: [(id: String, body: String)],
                                  logger: Logger) async throws(AWSError) -> SQSBatchResult {
+        try await batch("SendMessageBatch", queueURL: queueURL, field: "MessageBody",
+                        entries: entries.map { ($0.id, $0.body) }, logger: logger)
+    }
+
+    /// A batch call whose entries are an `Id` and one string `field` each.
+    private func batch(_ operation: String, queueURL: String, field: String, entries: [(id: String, value: String)],
+                       logger: Logger) async throws(AWSError) -> SQSBatchResult {
         let input: JSONValue = .object([
             "QueueUrl": .string(queueURL),
-            "Entries": .array(entries.map { .object(["Id": .string($0.id), "MessageBody": .string($0.body)]) }),
+            "Entries": .array(entries.map { .object(["Id": .string($0.id), field: .string($0.value)]) }),
         ])
-        let reply = try await json.call("SendMessageBatch", value: input, endpoint: try endpoint(queueURL: queueURL),
-                                        logger: logger)
+        let reply = try await json.call(operation, value: input, endpoint: try endpoint(queueURL: queueURL), logger: logger)
         return SQSBatchResult(reply: reply)
     }
 
