@@ -2,8 +2,9 @@
 
   own CMD...                          run CMD; print "<wall s> <own user+sys CPU s> <own peak RSS KiB>" of that process
                                       alone (children excluded), sampled from /proc every 10 ms
-  loop QUEUE_URL IN OUT PROGRAM       the boto3 anchor: receive, get, run PROGRAM input, put its output, delete, until
-                                      the queue is empty; print "<wall s> <own CPU s> <tasks>"
+  loop QUEUE_URL IN OUT PROGRAM [MAX] the boto3 anchor: receive (MAX messages per call, 1 unless given), get, run
+                                      PROGRAM input, put its output, delete, until the queue is empty; print
+                                      "<wall s> <own CPU s> <tasks>"
   startup QUEUE_URL                   import boto3, make a client, one GetQueueAttributes and one ReceiveMessage
                                       (no wait); print "<wall s>"
   enqueue QUEUE_URL KEYFILE           SendMessageBatch of 10, one call at a time; print "<wall s> <messages>"
@@ -44,13 +45,13 @@ def client(service):
                         region_name=os.environ.get("AWS_REGION", "us-east-1"))
 
 
-def loop(queue, bucket_in, bucket_out, program):
+def loop(queue, bucket_in, bucket_out, program, most=1):
     start = time.monotonic()
     sqs, s3 = client("sqs"), client("s3")
     tasks, empty = 0, 0
     with tempfile.TemporaryDirectory() as work:
         while empty < 2:
-            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=1, WaitTimeSeconds=1).get("Messages", [])
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=most, WaitTimeSeconds=1).get("Messages", [])
             if not messages:
                 empty += 1
                 continue
@@ -105,7 +106,7 @@ if __name__ == "__main__":
     if verb == "own":
         sys.exit(own(args))
     elif verb == "loop":
-        loop(*args)
+        loop(*args[:4], *[int(n) for n in args[4:5]])
     elif verb == "startup":
         startup(*args)
     elif verb == "enqueue":
