@@ -16,6 +16,8 @@ public struct Daemon: Sendable {
         /// Seconds before the first retry of a failed message; doubled for each earlier attempt.
         public var retryBackoff = 30
         public var spotPollSeconds = 5.0
+        /// Messages per ReceiveMessage, fixed; nil lets each slot size its receives (`ReceiveSizer`).
+        public var receiveBatch: Int?
         public var ledger = Ledger.Settings()
         public init() {}
     }
@@ -190,7 +192,7 @@ public struct Daemon: Sendable {
         var failures = 0
         var sizer = ReceiveSizer(visibilityTimeout: config.visibilityTimeout)
         while !lifecycle.isStopping {
-            let count = options.once ? 1 : sizer.batchSize
+            let count = options.once ? 1 : options.receiveBatch ?? sizer.batchSize
             let receive = Task {
                 try await handler.sqs.receiveMessages(queueURL: config.queueURL, maxMessages: count,
                                                       waitSeconds: options.receiveWaitSeconds,

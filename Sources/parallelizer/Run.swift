@@ -31,6 +31,10 @@ struct Run: AsyncParsableCommand {
     @Option(help: .hidden)
     var retryBackoffSeconds: Int = 30
 
+    /// Messages per ReceiveMessage, fixed (1 to 10), instead of sized by each slot from its tasks' durations.
+    @Option(help: .hidden)
+    var receiveBatch: Int?
+
     func run() async throws {
         LineLogHandler.bootstrap()
         var logger = Logger(label: "parallelizer")
@@ -101,6 +105,7 @@ struct Run: AsyncParsableCommand {
         options.once = once
         options.receiveWaitSeconds = max(0, min(20, receiveWaitSeconds))
         options.retryBackoff = max(0, retryBackoffSeconds)
+        options.receiveBatch = receiveBatch.map { max(1, min(ReceiveSizer.maxMessages, $0)) }
         options.ledger.heartbeatInterval = max(0.1, ledgerHeartbeatSeconds)
         let code = await Daemon(config: resolved, context: context, options: options).run(logger: logger)
         if code != 0 { throw ExitCode(code) }
