@@ -381,6 +381,20 @@ struct HeldMessageTests {
         """
     }
 
+    /// Uploads and queues `keys`, starts worker "a" (one slot, ten messages per receive, `parameters`) and returns
+    /// once its slow first task has begun.
+    static func startHolder(_ h: WorkerHarness, _ dir: String, keys: [String], content: (String) -> String, slow: Int,
+                            parameters: [String: String]) async throws -> ChildProcess {
+        for key in keys { try await h.upload(key, content(key)) }
+        try await h.send(keys)
+        let a = try h.startWorker(name: "a", parameters: h.parameters(
+            parameters.merging(["numThreads": "1"]) { $1 }, program: h.script("a.sh", firstCallIsSlow(dir, slow: slow))),
+            extraArguments: ["--receive-batch", "10"])
+        for _ in 0..<300 where !fileExists("\(dir)/slow-started") { try await Task.sleep(nanoseconds: 50_000_000) }
+        #expect(fileExists("\(dir)/slow-started"), "\(h.log("a"))")
+        return a
+    }
+
     static func taskDoneLines(_ log: String) -> Int {
         log.split(separator: "\n").filter { $0.contains("task done") }.count
     }
@@ -389,14 +403,9 @@ struct HeldMessageTests {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             let keys = (1...15).map { "f\($0).txt" }
-            for key in keys { try await h.upload(key, "content of \(key)") }
-            try await h.send(keys)
             // A 4 s timeout: held messages go back after 2 s; the slow task (6 s) outlives the timeout itself.
-            let a = try h.startWorker(name: "a", parameters: h.parameters(
-                ["visibilityTimeout": "4", "numThreads": "1"], program: h.script("a.sh", Self.firstCallIsSlow(dir, slow: 6))),
-                extraArguments: ["--receive-batch", "10"])
-            for _ in 0..<300 where !fileExists("\(dir)/slow-started") { try await Task.sleep(nanoseconds: 50_000_000) }
-            #expect(fileExists("\(dir)/slow-started"))
+            let a = try await Self.startHolder(h, dir, keys: keys, content: { "content of \($0)" }, slow: 6,
+                                               parameters: ["visibilityTimeout": "4"])
             let b = try h.startWorker(name: "b", parameters: h.parameters(
                 ["visibilityTimeout": "4", "numThreads": "1"], program: h.script("b.sh", WorkerEndToEndTests.upper)))
             #expect(await a.wait(timeout: 90) == .exited(0), "\(h.log("a"))")
@@ -417,13 +426,9 @@ struct HeldMessageTests {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             let keys = (1...12).map { "s\($0).txt" }
-            for key in keys { try await h.upload(key, "x") }
-            try await h.send(keys)
             // A 60 s timeout: the held messages' own timer is 30 s away when the stop comes.
-            let a = try h.startWorker(name: "a", parameters: h.parameters(
-                ["visibilityTimeout": "60", "numThreads": "1", "shutdownGrace": "30"],
-                program: h.script("a.sh", Self.firstCallIsSlow(dir, slow: 3))), extraArguments: ["--receive-batch", "10"])
-            for _ in 0..<300 where !fileExists("\(dir)/slow-started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            let a = try await Self.startHolder(h, dir, keys: keys, content: { _ in "x" }, slow: 3,
+                                               parameters: ["visibilityTimeout": "60", "shutdownGrace": "30"])
             a.signal(SIGTERM)
             #expect(await a.wait(timeout: 60) == .exited(0), "\(h.log("a"))")
             let done = Self.taskDoneLines(h.log("a"))
