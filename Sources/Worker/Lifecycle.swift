@@ -19,7 +19,6 @@ public final class Lifecycle: Sendable {
         /// Run once when the grace runs out (uploads to cancel), by token.
         var graceActions: [Int: @Sendable () -> Void] = [:]
         var nextToken = 0
-        var graceOver = false
         var runningTasks = 0
         var lastWork = ContinuousClock.now
         var emptyPolls = 0
@@ -59,7 +58,6 @@ public final class Lifecycle: Sendable {
         Task { [self] in
             try? await Task.sleep(for: .milliseconds(Int(grace * 1000)))
             let actions = state.withLock { s in
-                s.graceOver = true
                 defer { s.graceActions = [:] }
                 return Array(s.graceActions.values)
             }
@@ -71,7 +69,7 @@ public final class Lifecycle: Sendable {
     func cancellingAtGraceEnd<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async -> Result<T, any Error> {
         let task = Task { try await work() }
         let token: Int? = state.withLock { s in
-            guard !s.graceOver else { return nil }
+            guard !graceExpired(s) else { return nil }
             defer { s.nextToken += 1 }
             s.graceActions[s.nextToken] = { task.cancel() }
             return s.nextToken
@@ -83,11 +81,13 @@ public final class Lifecycle: Sendable {
     }
 
     /// True once a stop's grace period has run out: running commands are then killed and released.
-    public var graceExpired: Bool {
-        state.withLock { s in
-            guard let at = s.stopRequestedAt else { return false }
-            return ContinuousClock.now - at >= .milliseconds(Int(grace * 1000))
-        }
+    public var graceExpired: Bool { state.withLock { graceExpired($0) } }
+
+    /// The same, under the lock. (The timer started by `requestStop` sleeps the grace through, so it runs the
+    /// registered actions only once this is true: work registered later is cancelled at once instead.)
+    private func graceExpired(_ s: State) -> Bool {
+        guard let at = s.stopRequestedAt else { return false }
+        return ContinuousClock.now - at >= .milliseconds(Int(grace * 1000))
     }
 
     /// Records how to cancel a slot's long poll; false when a stop has already been asked for.
