@@ -15,6 +15,11 @@ public enum ProcessOutcome: Sendable, Equatable {
 
     public var succeeded: Bool { self == .exited(0) }
 
+    /// From a `waitpid` status: the exit code, or the signal that ended the process.
+    init(waitStatus status: Int32) {
+        self = status & 0x7f == 0 ? .exited((status >> 8) & 0xff) : .signalled(status & 0x7f)
+    }
+
     /// For logs and failure records: `exit 3`, `signal 9`, `timeout`, `interrupted`.
     public var summary: String {
         switch self {
@@ -123,9 +128,7 @@ public struct ProcessRunner: Sendable {
             var status: Int32 = 0
             let done = waitpid(pid, &status, WNOHANG)
             if done == pid {
-                if let killedFor { return killedFor }
-                if status & 0x7f == 0 { return .exited((status >> 8) & 0xff) }
-                return .signalled(status & 0x7f)
+                return killedFor ?? ProcessOutcome(waitStatus: status)
             }
             if done < 0 && errno != EINTR { return killedFor ?? .signalled(0) }
             if killedFor == nil {
@@ -194,7 +197,7 @@ public struct ChildProcess: Sendable {
         while ContinuousClock.now < deadline {
             var status: Int32 = 0
             let done = waitpid(pid, &status, WNOHANG)
-            if done == pid { return status & 0x7f == 0 ? .exited((status >> 8) & 0xff) : .signalled(status & 0x7f) }
+            if done == pid { return ProcessOutcome(waitStatus: status) }
             if done < 0 { return nil }
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
