@@ -134,8 +134,10 @@ public enum JSONValue: Sendable, Equatable, Codable {
         }
     }
 
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
     static func writeString(_ s: String, to out: inout [UInt8]) {
-        let hex = Array("0123456789abcdef".utf8)
+        let hex = hexDigits
         out.append(UInt8(ascii: "\""))
         for byte in s.utf8 {
             switch byte {
@@ -197,48 +199,50 @@ struct JSONParser {
     }
 
     mutating func object(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
-        guard depth <= JSONValue.maxDepth else { throw error("nested more than \(JSONValue.maxDepth) deep") }
-        position += 1  // {
         var members: [String: JSONValue] = [:]
-        skipSpace()
-        if position < bytes.count && bytes[position] == UInt8(ascii: "}") {
-            position += 1
-            return .object(members)
+        try elements(closedBy: UInt8(ascii: "}"), depth: depth) { (parser: inout JSONParser) throws(JSONValue.ParseError) in
+            guard parser.position < parser.bytes.count, parser.bytes[parser.position] == UInt8(ascii: "\"") else {
+                throw parser.error("expected a key")
+            }
+            let key = try parser.string()
+            parser.skipSpace()
+            guard parser.position < parser.bytes.count, parser.bytes[parser.position] == UInt8(ascii: ":") else {
+                throw parser.error("expected ':'")
+            }
+            parser.position += 1
+            parser.skipSpace()
+            members[key] = try parser.value(depth: depth)
         }
-        while true {
-            skipSpace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw error("expected a key") }
-            let key = try string()
-            skipSpace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw error("expected ':'") }
-            position += 1
-            skipSpace()
-            members[key] = try value(depth: depth)
-            skipSpace()
-            guard position < bytes.count else { throw error("unexpected end") }
-            if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
-            if bytes[position] == UInt8(ascii: "}") { position += 1; return .object(members) }
-            throw error("expected ',' or '}'")
-        }
+        return .object(members)
     }
 
     mutating func array(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
-        guard depth <= JSONValue.maxDepth else { throw error("nested more than \(JSONValue.maxDepth) deep") }
-        position += 1  // [
         var items: [JSONValue] = []
+        try elements(closedBy: UInt8(ascii: "]"), depth: depth) { (parser: inout JSONParser) throws(JSONValue.ParseError) in
+            items.append(try parser.value(depth: depth))
+        }
+        return .array(items)
+    }
+
+    /// The elements of an array or object, from its opening bracket to `close`: `element` reads one (it starts
+    /// past any space), commas go between them.
+    mutating func elements(closedBy close: UInt8, depth: Int,
+                           _ element: (inout JSONParser) throws(JSONValue.ParseError) -> Void) throws(JSONValue.ParseError) {
+        guard depth <= JSONValue.maxDepth else { throw error("nested more than \(JSONValue.maxDepth) deep") }
+        position += 1  // [ or {
         skipSpace()
-        if position < bytes.count && bytes[position] == UInt8(ascii: "]") {
+        if position < bytes.count && bytes[position] == close {
             position += 1
-            return .array(items)
+            return
         }
         while true {
             skipSpace()
-            items.append(try value(depth: depth))
+            try element(&self)
             skipSpace()
             guard position < bytes.count else { throw error("unexpected end") }
             if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
-            if bytes[position] == UInt8(ascii: "]") { position += 1; return .array(items) }
-            throw error("expected ',' or ']'")
+            if bytes[position] == close { position += 1; return }
+            throw error("expected ',' or '\(Character(Unicode.Scalar(close)))'")
         }
     }
 
