@@ -86,11 +86,7 @@ struct TransportSecurityTests {
                 """], environment: ProcessEnvironment.current(), directory: dir, stdoutPath: dir + "/https.out",
                 stderrPath: dir + "/https.err")
             defer { server.signal(SIGKILL) }
-            let deadline = ContinuousClock.now + .seconds(30)
-            while !fileExists(dir + "/port") && ContinuousClock.now < deadline {
-                try await Task.sleep(nanoseconds: 50_000_000)
-            }
-            let port = try #require(LocalFile.readText(dir + "/port").flatMap { Int($0) }, "the HTTPS server did not start")
+            let port = try #require(await portWritten(to: dir + "/port"), "the HTTPS server did not start")
             LocalFile.write(dir + "/params", Array("""
                 queueURL=https://127.0.0.1:\(port)/123456789012/q
                 inputBucket=in-bucket

@@ -169,6 +169,18 @@ public func fileSHA256(_ path: String) async throws -> String {
 
 public func fileExists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
+/// The port a test server wrote to `path` once it listened, or nil after `seconds`. Servers pick a free port
+/// themselves and write it down (renamed into place, so it is never read half written): a port chosen by the test
+/// may be taken, and a fixed wait for start-up fails under load.
+public func portWritten(to path: String, within seconds: Int = 30) async -> Int? {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+        if let port = LocalFile.readText(path).flatMap({ Int($0) }) { return port }
+        try? await Task.sleep(nanoseconds: 50_000_000)
+    }
+    return nil
+}
+
 /// A log handler that keeps every line, for asserting on warnings and on the absence of secrets.
 public final class CapturedLogs: Sendable {
     private let storage = Mutex<[(Logger.Level, String)]>([])

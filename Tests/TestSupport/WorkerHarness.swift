@@ -188,12 +188,12 @@ public struct IMDSStandIn: Sendable {
         let process = try ProcessRunner().start(argv: argv, environment: ["PATH": "/usr/local/bin:/usr/bin:/bin"] .merging(
             TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" }) { $1 },
             directory: directory, stdoutPath: directory + "/imds-\(tag).out", stderrPath: directory + "/imds-\(tag).err")
-        for _ in 0..<300 {
-            if let port = LocalFile.readText(portFile).flatMap({ Int($0) }) {
-                let standIn = IMDSStandIn(endpoint: "http://127.0.0.1:\(port)", process: process)
+        if let port = await portWritten(to: portFile) {
+            let standIn = IMDSStandIn(endpoint: "http://127.0.0.1:\(port)", process: process)
+            for _ in 0..<100 {
                 if (try? await HTTPClientProbe.get(standIn.endpoint + "/_standin/stats")) == 200 { return standIn }
+                try await Task.sleep(nanoseconds: 100_000_000)
             }
-            try await Task.sleep(nanoseconds: 100_000_000)
         }
         process.signal(SIGKILL)
         throw TestEnvironment.Missing(name: "IMDS stand-in (\(LocalFile.readText(directory + "/imds-\(tag).err")?.suffix(500) ?? ""))")
