@@ -56,7 +56,7 @@ extension S3FaultTests {
             let result = try await fleet.finish(workers, started: started)
             try await TestEnvironment.setFaultRules("[]")
             print("fault scenario '\(fault.name)': \(result), faults fired \(try await TestEnvironment.faultsFired() - fired)")
-            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             #expect(fleet.logs().contains(fault.logShows), "no sign of the fault in the logs: \(result)")
         }
     }
@@ -130,7 +130,7 @@ extension S3FaultTests {
             try await TestEnvironment.setFaultRules("[]")
             print("process fault '\(fault.testDescription)': \(result), first worker \(firstExit.map { "\($0)" } ?? "running")")
             #expect(firstExit == (fault.blow == .kill9 ? .signalled(SIGKILL) : .exited(0)))
-            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             if fault.blow != .kill9 {
                 let log = fleet.harness.log("w0")
                 #expect(log.contains(fault.blow == .sigterm ? "SIGTERM" : "spot"), "\(log.suffix(2000))")
@@ -168,8 +168,8 @@ struct EnvironmentFaultTests {
             unlink(disk + "/filler")
             let result = try await fleet.finish(workers, started: started)
             print("environment fault 'disk full': \(result)")
-            #expect(bitten, "the full disk was never met: \(fleet.logs().suffix(2000))")
-            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            #expect(bitten, "the full disk was never met: \(fleet.logTails())")
+            #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             #expect(fleet.logs().contains("task failed"))
         }
     }
@@ -190,7 +190,7 @@ struct EnvironmentFaultTests {
             let stats = try await imds.stats()
             let created = stats["keysCreated"]?.intValue ?? 0, deleted = stats["keysDeleted"]?.intValue ?? 0
             print("environment fault 'credentials expiring every 60 s': \(result), keys handed out \(created), expired \(deleted)")
-            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             #expect(deleted >= 1 && result.seconds > 65, "no key expired while the fleet ran: \(result)")
             for index in 0..<3 {
                 #expect(fleet.harness.log("w\(index)").contains("credentials refreshed"), "worker \(index) never switched keys")
@@ -210,7 +210,7 @@ struct EnvironmentFaultTests {
             let workers = try (0..<3).map { try fleet.start($0, parameters: parameters, environment: skewed) }
             let result = try await fleet.finish(workers, started: started)
             print("environment fault 'clock 20 minutes fast': \(result)")
-            #expect(result.passed, "\(result)\n\(fleet.logs().suffix(3000))")
+            #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             for index in 0..<3 {
                 #expect(fleet.harness.log("w\(index)").contains("clock skew corrected"), "worker \(index) met no skew")
             }

@@ -226,7 +226,7 @@ struct FleetDrainTests {
             workers[0].signal(SIGKILL)
             #expect(await workers[0].wait(timeout: 10) == .signalled(SIGKILL))
             for worker in workers.dropFirst() {
-                #expect(await worker.wait(timeout: 240) == .exited(0))
+                #expect(await worker.wait(timeout: 240) == .exited(0), "\(h.logTails(["w1", "w2"]))")
             }
             let outputs = try await h.outputKeys()
             #expect(outputs.count == count, "missing: \(Set(keys.map { $0 + ".out" }).subtracting(outputs).sorted().prefix(5))")

@@ -27,6 +27,8 @@ public struct FaultFleet: Sendable {
         /// "retrying AWS call" lines across the workers' logs: the faults they met and got past.
         public var retries: Int
         public var seconds: Double
+        /// The end of each worker's log, for the failure message.
+        public var workerLogTails: String
 
         public var passed: Bool {
             correctOutputs == inputs && wrongOutputs.isEmpty && missingOutputs.isEmpty && failureRecords.isEmpty
@@ -92,13 +94,17 @@ public struct FaultFleet: Sendable {
                                 environment: environment, instanceRole: instanceRole)
     }
 
-    /// Waits for the workers, then checks every output against its input.
-    public func finish(_ workers: [ChildProcess], started: ContinuousClock.Instant, timeout: Double = 240) async throws -> Result {
+    /// Waits for the workers, then checks every output against its input. The timeout stays inside the suites' time
+    /// limit (3 minutes), so that a fleet that never drains is reported here, with its workers' logs.
+    public func finish(_ workers: [ChildProcess], started: ContinuousClock.Instant, timeout: Double = 150) async throws -> Result {
         // One deadline for the fleet, so a fleet that never drains fails within `timeout`, not once per worker.
         let deadline = ContinuousClock.now + .seconds(timeout)
         var exits: [ProcessOutcome?] = []
         for worker in workers { exits.append(await worker.wait(timeout: max(1, (deadline - ContinuousClock.now).seconds))) }
         for (worker, exit) in zip(workers, exits) where exit == nil { worker.signal(SIGKILL) }
+        if exits.contains(where: { $0 == nil }) {
+            print("the fleet did not drain within \(Int(timeout)) s; its workers' logs:\n\(logTails(workers.count))")
+        }
         let seconds = (ContinuousClock.now - started).seconds
         let outputs = Set(try await harness.outputKeys())
         var correct = 0
@@ -125,10 +131,12 @@ public struct FaultFleet: Sendable {
                       failureRecords: outputs.filter { $0.hasPrefix("_failed/") }.sorted(),
                       queueDepth: try await harness.queueDepth(), exits: exits,
                       retries: logs.reduce(0) { $0 + $1.components(separatedBy: "retrying AWS call").count - 1 },
-                      seconds: seconds)
+                      seconds: seconds, workerLogTails: logTails(workers.count))
     }
 
     public func logs(_ count: Int = 3) -> String { (0..<count).map { harness.log("w\($0)") }.joined(separator: "\n") }
+
+    public func logTails(_ count: Int = 3) -> String { harness.logTails((0..<count).map { "w\($0)" }) }
 }
 
 /// A small deterministic generator, so an input's content follows from its key.

@@ -125,6 +125,15 @@ public struct WorkerHarness: Sendable {
 
     public func log(_ name: String) -> String { LocalFile.readText("\(directory)/\(name).log") ?? "" }
 
+    /// The last `lines` lines of each named worker's log, headed by its name: what a failed or timed-out fleet test
+    /// prints, so that the failure explains itself.
+    public func logTails(_ names: [String], lines: Int = 40) -> String {
+        names.map { name in
+            let tail = log(name).split(separator: "\n", omittingEmptySubsequences: false).suffix(lines)
+            return "== \(name).log, last \(tail.count) lines\n" + tail.joined(separator: "\n")
+        }.joined(separator: "\n")
+    }
+
     /// Every key in the output bucket.
     public func outputKeys() async throws -> [String] {
         var keys: [String] = []

@@ -40,6 +40,17 @@ pz_install_dependencies_build() {
 # libfaketime's preload library, if installed (the fault suite runs a fleet whose clock is 20 minutes off).
 pz_faketime_lib() { compgen -G "/usr/lib/*/faketime/libfaketime.so.1" | head -n 1; }
 
+# What the fault suite preloads for a skewed clock: libfaketime, behind a shim that keeps it off monotonic timerfds
+# (libfaketime 0.9.10 shifts their absolute deadlines by FAKETIME, wolfcw/libfaketime#378: libdispatch's timers, and
+# with them Task.sleep, then never fire while the machine has been up less than the offset, and spin after).
+pz_faketime_preload() {
+    local lib shim="$PZ_RUN_DIR/faketime_timerfd_shim.so"
+    lib=$(pz_faketime_lib)
+    [ -n "$lib" ] || return 0
+    "${CC:-cc}" -shared -fPIC -O2 -o "$shim" "$PZ_LIB_DIR/faketime_timerfd_shim.c" -ldl || return 1
+    echo "$shim $lib"
+}
+
 # Installs what the tests and the demo need when it is missing: the build's packages (and any Debian packages given
 # as arguments) and the pip servers.
 pz_install_dependencies() {
