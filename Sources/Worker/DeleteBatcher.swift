@@ -7,6 +7,7 @@ import Synchronization
 public protocol BatchDeleting: Sendable {
     func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
                             logger: Logger) async throws(AWSError) -> SQSBatchResult
+    func deleteMessage(queueURL: String, receiptHandle: String, logger: Logger) async throws(AWSError)
 }
 
 extension SQSClient: BatchDeleting {}
@@ -21,7 +22,8 @@ extension SQSClient: BatchDeleting {}
 /// nothing: those messages come back after their visibility timeout and are processed again, as a crash between
 /// the upload and a single delete always allowed.
 public final class DeleteBatcher: Sendable {
-    struct Pending {
+    struct Pending: Sendable {
+        var messageID: String
         var receiptHandle: String
         var logger: Logger
     }
@@ -40,12 +42,18 @@ public final class DeleteBatcher: Sendable {
     let client: any BatchDeleting
     let queueURL: String
     let linger: Duration
+    /// Told how each message's delete ended (nil: deleted), by message id: the daemon's dead-end watch.
+    let outcome: @Sendable (_ messageID: String, _ error: AWSError?) -> Void
+    /// Batches go one message per call once `DeleteMessageBatch` is refused where `DeleteMessage` works.
+    let fallback = BatchFallback(batchAction: "DeleteMessageBatch", singleAction: "DeleteMessage")
     private let state = Mutex(State())
 
-    public init(client: any BatchDeleting, queueURL: String, linger: Duration) {
+    public init(client: any BatchDeleting, queueURL: String, linger: Duration,
+                outcome: @escaping @Sendable (_ messageID: String, _ error: AWSError?) -> Void = { _, _ in }) {
         self.client = client
         self.queueURL = queueURL
         self.linger = linger
+        self.outcome = outcome
     }
 
     /// The linger for a queue's visibility timeout: a second from 20 s up (ten seconds or more are left when the
@@ -57,7 +65,7 @@ public final class DeleteBatcher: Sendable {
     /// Queues the message for deletion; sends the batch now when this message fills it.
     public func delete(_ message: SQSMessage, logger: Logger) async {
         let full: [Pending]? = state.withLock { state in
-            state.pending.append(Pending(receiptHandle: message.receiptHandle, logger: logger))
+            state.pending.append(Pending(messageID: message.messageID, receiptHandle: message.receiptHandle, logger: logger))
             if state.pending.count >= Self.maxBatch || linger == .zero { return Self.take(&state) }
             if state.timer == nil {
                 let id = state.nextID
@@ -104,18 +112,32 @@ public final class DeleteBatcher: Sendable {
         let batch = batch.filter { seen.insert($0.receiptHandle).inserted }
         guard let first = batch.first else { return }
         let entries = batch.enumerated().map { (id: String($0.offset), receiptHandle: $0.element.receiptHandle) }
+        let (client, queueURL) = (self.client, self.queueURL)
+        var failures: [Int: AWSError] = [:]
         do {
-            let result = try await client.deleteMessageBatch(queueURL: queueURL, entries: entries, logger: first.logger)
+            let result = try await fallback.send(
+                entries, id: \.id,
+                batch: { entries throws(AWSError) in
+                    try await client.deleteMessageBatch(queueURL: queueURL, entries: entries, logger: first.logger)
+                },
+                single: { entry throws(AWSError) in
+                    try await client.deleteMessage(queueURL: queueURL, receiptHandle: entry.receiptHandle,
+                                                   logger: batch[Int(entry.id)!].logger)
+                },
+                logger: first.logger)
             for failure in result.failed {
                 guard let index = Int(failure.id), batch.indices.contains(index) else { continue }
-                batch[index].logger.error("could not delete the message; it will be processed again",
-                                          metadata: ["error": "\(failure.code): \(failure.message)"])
+                failures[index] = failure.error
             }
         } catch {
-            for pending in batch {
+            for index in batch.indices { failures[index] = error }
+        }
+        for (index, pending) in batch.enumerated() {
+            if let error = failures[index] {
                 pending.logger.error("could not delete the message; it will be processed again",
                                      metadata: ["error": "\(error)"])
             }
+            outcome(pending.messageID, failures[index])
         }
     }
 }

@@ -11,6 +11,8 @@ public struct Enqueuer: Sendable {
         public var sent = 0
         public var skipped = 0
         public var failed = 0
+        /// Why sending stopped before the end: an error that every further call would meet (`setupProblem`).
+        public var stoppedBy: String?
         public init() {}
     }
 
@@ -18,6 +20,8 @@ public struct Enqueuer: Sendable {
     public let queueURL: String
     public var concurrency = 8
     public var maxRetries = 5
+    /// Batches go one message per call once `SendMessageBatch` is refused where `SendMessage` works.
+    let fallback = BatchFallback(batchAction: "SendMessageBatch", singleAction: "SendMessage")
 
     public init(sqs: SQSClient, queueURL: String) {
         self.sqs = sqs
@@ -36,10 +40,11 @@ public struct Enqueuer: Sendable {
                 let batch = batches[next]
                 next += 1
                 group.addTask {
-                    let (sent, failed) = await sendBatch(batch, logger: logger)
+                    let (sent, failed, stop) = await sendBatch(batch, logger: logger)
                     let now = totals.value.withLock { t in
                         t.sent += sent
                         t.failed += failed
+                        if let stop, t.stoppedBy == nil { t.stoppedBy = "\(stop)" }
                         return t
                     }
                     progress(now)
@@ -47,8 +52,13 @@ public struct Enqueuer: Sendable {
             }
             while next < min(concurrency, batches.count) { launch() }
             while await group.next() != nil {
+                if totals.value.withLock({ $0.stoppedBy != nil }) { break }
                 if next < batches.count { launch() }
             }
+            await group.waitForAll()
+            // After a stop, the batches never sent count as failed.
+            let unsent = batches[next...].reduce(0) { $0 + $1.count }
+            totals.value.withLock { $0.failed += unsent }
         }
         return totals.value.withLock { $0 }
     }
@@ -57,16 +67,29 @@ public struct Enqueuer: Sendable {
         let value = Mutex(Totals())
     }
 
-    /// One batch, with its failed entries retried. Returns (sent, failed).
-    func sendBatch(_ bodies: [String], logger: Logger) async -> (Int, Int) {
+    /// One batch, with its failed entries retried. Returns (sent, failed, and the error that should stop the whole
+    /// run: one every further call would meet too, such as a denied `SendMessage` or a queue that is gone).
+    func sendBatch(_ bodies: [String], logger: Logger) async -> (Int, Int, AWSError?) {
         var pending = Array(bodies.enumerated().map { (id: "e\($0.offset)", body: $0.element) })
         var sent = 0
         var attempt = 0
+        let (sqs, queueURL) = (self.sqs, self.queueURL)
         while !pending.isEmpty {
             attempt += 1
             do {
-                let result = try await sqs.sendMessageBatch(queueURL: queueURL, entries: pending, logger: logger)
+                let result = try await fallback.send(
+                    pending, id: \.id,
+                    batch: { entries throws(AWSError) in
+                        try await sqs.sendMessageBatch(queueURL: queueURL, entries: entries, logger: logger)
+                    },
+                    single: { entry throws(AWSError) in
+                        _ = try await sqs.sendMessage(queueURL: queueURL, body: entry.body, logger: logger)
+                    },
+                    logger: logger)
                 sent += result.successful.count
+                if let stop = result.failed.lazy.map(\.error).first(where: { $0.setupProblem != nil }) {
+                    return (sent, pending.count - result.successful.count, stop)
+                }
                 let senderFaults = result.failed.filter(\.senderFault)
                 for fault in senderFaults {
                     logger.error("message refused", metadata: ["sqs.code": "\(fault.code)", "reason": "\(fault.message)",
@@ -75,18 +98,18 @@ public struct Enqueuer: Sendable {
                 let retry = Set(result.failed.filter { !$0.senderFault }.map(\.id))
                 let refused = senderFaults.count
                 pending = pending.filter { retry.contains($0.id) }
-                if refused > 0 && pending.isEmpty { return (sent, refused) }
-                if !pending.isEmpty && attempt > maxRetries { return (sent, pending.count + refused) }
+                if refused > 0 && pending.isEmpty { return (sent, refused, nil) }
+                if !pending.isEmpty && attempt > maxRetries { return (sent, pending.count + refused, nil) }
                 if !pending.isEmpty { try? await Task.sleep(nanoseconds: UInt64(100_000_000 << min(attempt, 6))) }
             } catch {
-                if attempt > maxRetries {
+                if error.setupProblem != nil || attempt > maxRetries {
                     logger.error("batch could not be sent", metadata: ["error": "\(error)", "messages": "\(pending.count)"])
-                    return (sent, pending.count)
+                    return (sent, pending.count, error.setupProblem != nil ? error : nil)
                 }
                 try? await Task.sleep(nanoseconds: UInt64(200_000_000 << min(attempt, 6)))
             }
         }
-        return (sent, 0)
+        return (sent, 0, nil)
     }
 
     /// Keys of `inputs` whose output already exists: some key under `outputPrefix` starts with

@@ -103,6 +103,10 @@ struct Enqueue: AsyncParsableCommand {
         let elapsed = (clock.now - started).seconds
         let rate = elapsed > 0 ? Double(totals.sent) / elapsed : 0
         print("sent \(totals.sent), skipped \(skipped), failed \(totals.failed) in \(elapsed) s (\(Int(rate)) messages/s)")
+        if let stop = totals.stoppedBy {
+            logger.critical("enqueue stopped: every further call would fail the same way", metadata: ["error": "\(stop)"])
+            throw ExitCode(2)
+        }
         if totals.failed > 0 { throw ExitCode(1) }
     }
 }

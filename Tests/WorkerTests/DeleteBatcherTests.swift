@@ -6,22 +6,31 @@ import TestSupport
 import Testing
 import Worker
 
-/// Records each DeleteMessageBatch call; answers after `delay`, and fails the entries or the whole call when told to.
+/// Records each DeleteMessageBatch and DeleteMessage call; answers after `delay`, and fails the entries, the whole
+/// batch call or the single calls when told to.
 final class RecordingDeleter: BatchDeleting {
     let calls = Mutex<[[String]]>([])
+    let singleCalls = Mutex<[String]>([])
     /// Entries answered so far (counted after the delay).
     let answered = Atomic<Int>(0)
     let failHandles: Set<String>
     let failCall: Bool
+    /// Every batch call fails with this error; single calls fail with `refuseSingles` when set.
+    let refuseBatch: AWSError?
+    let refuseSingles: AWSError?
     let delay: Duration
 
-    init(failHandles: Set<String> = [], failCall: Bool = false, delay: Duration = .zero) {
+    init(failHandles: Set<String> = [], failCall: Bool = false, refuseBatch: AWSError? = nil,
+         refuseSingles: AWSError? = nil, delay: Duration = .zero) {
         self.failHandles = failHandles
         self.failCall = failCall
+        self.refuseBatch = refuseBatch
+        self.refuseSingles = refuseSingles
         self.delay = delay
     }
 
     var batches: [[String]] { calls.withLock { $0 } }
+    var singles: [String] { singleCalls.withLock { $0 } }
 
     func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
                             logger: Logger) async throws(AWSError) -> SQSBatchResult {
@@ -29,11 +38,22 @@ final class RecordingDeleter: BatchDeleting {
         if delay > .zero { try? await Task.sleep(for: delay) }
         answered.add(entries.count, ordering: .relaxed)
         if failCall { throw AWSError.client("sqs", "connection refused") }
+        if let refuseBatch { throw refuseBatch }
         let failed = entries.filter { failHandles.contains($0.receiptHandle) }
         return SQSBatchResult(
             successful: entries.filter { !failHandles.contains($0.receiptHandle) }.map(\.id),
             failed: failed.map { .init(id: $0.id, code: "ReceiptHandleIsInvalid", message: "stale", senderFault: true) })
     }
+
+    func deleteMessage(queueURL: String, receiptHandle: String, logger: Logger) async throws(AWSError) {
+        singleCalls.withLock { $0.append(receiptHandle) }
+        if let refuseSingles { throw refuseSingles }
+    }
+}
+
+/// An AWS refusal as SQS sends it.
+func refusal(_ code: String, status: Int = 403) -> AWSError {
+    AWSError(kind: .service, service: "sqs", httpStatus: status, code: code, message: "not authorized", requestID: "r-1")
 }
 
 func message(_ n: Int) -> SQSMessage {
@@ -97,6 +117,58 @@ struct DeleteBatcherTests {
         for n in 0..<3 { await failing.delete(message(n), logger: down.logger()) }
         await failing.finish()
         #expect(down.lines.filter { $0.hasPrefix("error") && $0.contains("connection refused") }.count == 3)
+    }
+
+    /// moto builds the IAM action from the API's name, so a policy that allows `sqs:DeleteMessage` (all AWS needs)
+    /// refuses `DeleteMessageBatch` there. The entries go again one per call; once that works, every later batch
+    /// goes one per call, said once.
+    @Test func aRefusedBatchFallsBackToSingleCallsForGood() async {
+        let logs = CapturedLogs()
+        let deleter = RecordingDeleter(refuseBatch: refusal("AccessDenied"))
+        let outcomes = Mutex<[String: Bool]>([:])
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600)) { id, error in
+            outcomes.withLock { $0[id] = error == nil }
+        }
+        for n in 0..<25 { await batcher.delete(message(n), logger: logs.logger()) }
+        await batcher.finish()
+        #expect(deleter.batches.count == 1, "batches were tried again after single calls worked")
+        #expect(deleter.singles == (0..<25).map { "rh-\($0)" })
+        #expect(outcomes.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<25).map { ("id-\($0)", true) }))
+        #expect(logs.lines.filter { $0.contains("DeleteMessageBatch is refused but DeleteMessage works") }.count == 1)
+        #expect(!logs.lines.contains { $0.hasPrefix("error") })
+    }
+
+    /// When the single calls are refused too, the batch was not the problem: each message gets its error (and its
+    /// outcome, for the dead-end watch), and the next batch is tried as a batch again.
+    @Test func whenSingleCallsAreRefusedTooEachMessageGetsTheError() async {
+        let logs = CapturedLogs()
+        let deleter = RecordingDeleter(refuseBatch: refusal("AccessDenied"), refuseSingles: refusal("AccessDenied"))
+        let failures = Mutex<[String: String]>([:])
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600)) { id, error in
+            if let error { failures.withLock { $0[id] = error.code } }
+        }
+        for n in 0..<12 { await batcher.delete(message(n), logger: logs.logger()) }
+        await batcher.finish()
+        #expect(deleter.batches.map(\.count) == [10, 2])
+        #expect(deleter.singles.count == 12)
+        #expect(failures.withLock { $0 }.count == 12)
+        #expect(failures.withLock { $0 }.values.allSatisfy { $0 == "AccessDenied" })
+        #expect(logs.lines.filter { $0.hasPrefix("error") && $0.contains("AccessDenied") }.count == 12)
+        #expect(!logs.lines.contains { $0.contains("one message per call from now on") })
+    }
+
+    /// An error that may pass (throttling, a dropped connection) is not a refusal: no single calls.
+    @Test func anErrorThatMayPassIsNotARefusal() async {
+        let deleter = RecordingDeleter(refuseBatch: refusal("ThrottlingException", status: 400))
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600))
+        for n in 0..<3 { await batcher.delete(message(n), logger: quietLogger) }
+        await batcher.finish()
+        #expect(deleter.singles.isEmpty)
+        let down = RecordingDeleter(failCall: true)
+        let failing = DeleteBatcher(client: down, queueURL: "q", linger: .seconds(3600))
+        for n in 0..<3 { await failing.delete(message(n), logger: quietLogger) }
+        await failing.finish()
+        #expect(down.singles.isEmpty)
     }
 
     @Test func aMessageQueuedTwiceIsDeletedOnce() async {

@@ -30,12 +30,15 @@ public struct SQSBatchResult: Sendable {
         public var message: String
         /// True when the entry itself is wrong (retrying it will not help).
         public var senderFault: Bool
+        /// The error of the single call this entry went in, when it went alone (`BatchFallback`).
+        public var cause: AWSError?
 
-        public init(id: String, code: String, message: String, senderFault: Bool) {
+        public init(id: String, code: String, message: String, senderFault: Bool, cause: AWSError? = nil) {
             self.id = id
             self.code = code
             self.message = message
             self.senderFault = senderFault
+            self.cause = cause
         }
     }
     public var successful: [String]
