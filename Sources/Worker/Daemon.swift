@@ -18,6 +18,9 @@ public struct Daemon: Sendable {
         public var spotPollSeconds = 5.0
         /// Messages per ReceiveMessage, fixed; nil lets each slot size its receives (`ReceiveSizer`).
         public var receiveBatch: Int?
+        /// How long receives may keep failing with errors that may pass (the network, 5xx) before the daemon ends
+        /// with status 1 for systemd to restart it, instead of trying forever.
+        public var receiveOutageSeconds = 600.0
         public var ledger = Ledger.Settings()
         public init() {}
     }
@@ -32,14 +35,31 @@ public struct Daemon: Sendable {
         self.options = options
     }
 
-    /// Runs to the end and returns the process exit code.
+    /// Runs to the end and returns the process exit code: 0, 2 for a dead end (a configuration error that no
+    /// restart can fix), 1 for an error that a restart may get past.
     public func run(logger: Logger) async -> Int32 {
         let lifecycle = Lifecycle(grace: Double(config.shutdownGrace))
         let signals = installSignalHandlers(lifecycle, logger: logger)
         defer { signals.forEach { $0.cancel() } }
+        let deadEnds = DeadEnds { deadEnd in
+            var metadata: Logger.Metadata = [:]
+            if let error = deadEnd.error { metadata["error"] = "\(error)" }
+            logger.critical("cannot go on: \(deadEnd)", metadata: metadata)
+            lifecycle.requestStop(.deadEnd)
+        }
         let handler: MessageHandler
         do {
-            handler = try await prepare(lifecycle: lifecycle, logger: logger)
+            handler = try await prepare(lifecycle: lifecycle, deadEnds: deadEnds, logger: logger)
+        } catch let deadEnd as DeadEnd {
+            var metadata: Logger.Metadata = [:]
+            if let error = deadEnd.error { metadata["error"] = "\(error)" }
+            logger.critical("cannot start: \(deadEnd)", metadata: metadata)
+            await endOfRun(instanceID: nil, logger: logger)
+            return 2
+        } catch let error as ConfigError {
+            logger.critical("cannot start: \(error)", metadata: ["key": "\(error.key)"])
+            await endOfRun(instanceID: nil, logger: logger)
+            return 2
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             return 1
@@ -51,11 +71,15 @@ public struct Daemon: Sendable {
         let started = ContinuousClock.now
         await withTaskGroup(of: Void.self) { group in
             for slot in 1...max(1, config.numThreads) {
-                group.addTask { await runSlot(slot, handler: handler, lifecycle: lifecycle, logger: logger) }
+                group.addTask {
+                    await runSlot(slot, handler: handler, lifecycle: lifecycle, deadEnds: deadEnds, logger: logger)
+                }
             }
             let monitors = Task {
                 await withTaskGroup(of: Void.self) { inner in
-                    if !options.once { inner.addTask { await watchForDrain(lifecycle, logger: logger) } }
+                    if !options.once {
+                        inner.addTask { await watchForDrain(lifecycle, deadEnds: deadEnds, logger: logger) }
+                    }
                     if let imds = context.imds { inner.addTask { await watchForSpot(imds, lifecycle, logger: logger) } }
                 }
             }
@@ -74,11 +98,31 @@ public struct Daemon: Sendable {
             "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
         ])
         await handler.ledger?.finish(reason: lifecycle.stopReason?.rawValue ?? "unknown")
-        if lifecycle.stopReason == .drained && config.shouldShutdown {
-            if let group = config.autoScalingGroup { await leaveGroup(group, instanceID: handler.instanceID, logger: logger) }
-            await runShutdownCommand(logger: logger)
+        switch lifecycle.stopReason {
+        case .drained?:
+            await endOfRun(instanceID: handler.instanceID, logger: logger)
+        case .deadEnd?:
+            await endOfRun(instanceID: handler.instanceID, logger: logger)
+            return 2
+        case .queueUnreachable?:
+            return 1
+        default:
+            break
         }
         return 0
+    }
+
+    /// After a drain or a dead end, when `shouldShutdown` (and not `--once`): leaves the Auto Scaling group (so it
+    /// does not start a replacement that would meet the same end) and runs the shutdown command, so that neither a
+    /// finished nor a misconfigured fleet goes on billing.
+    func endOfRun(instanceID: String?, logger: Logger) async {
+        guard config.shouldShutdown, !options.once else { return }
+        if let group = config.autoScalingGroup {
+            var id = instanceID
+            if id == nil, let imds = context.imds { id = try? await imds.instanceID() }
+            if let id { await leaveGroup(group, instanceID: id, logger: logger) }
+        }
+        await runShutdownCommand(logger: logger)
     }
 
     /// Leaves the Auto Scaling group with its desired capacity lowered by one, so the group does not start a
@@ -98,7 +142,10 @@ public struct Daemon: Sendable {
 
     // MARK: - Start-up
 
-    func prepare(lifecycle: Lifecycle, logger: Logger) async throws -> MessageHandler {
+    /// Everything before the first receive. Throws `DeadEnd` or `ConfigError` for what no restart can fix (exit 2),
+    /// anything else for what one may (exit 1). The checks take a second at most: a misconfigured fleet ends before
+    /// it takes any message.
+    func prepare(lifecycle: Lifecycle, deadEnds: DeadEnds, logger: Logger) async throws -> MessageHandler {
         for dir in [config.workDir, config.workDir + "/tasks"] {
             if mkdir(dir, 0o700) != 0 && errno != EEXIST {
                 throw ConfigError(key: "workDir", message: "cannot create \(dir): \(String(cString: strerror(errno)))")
@@ -111,15 +158,20 @@ public struct Daemon: Sendable {
 
         let s3 = try S3Client(context: context)
         let sqs = SQSClient(context: context)
+        // The queue answers (and says whether it has a dead-letter queue).
         let attributes: [String: String]
         do {
             attributes = try await sqs.getQueueAttributes(queueURL: config.queueURL, names: ["All"], logger: logger)
         } catch {
-            throw ConfigError(key: "queueURL", message: "the queue cannot be read: \(error)")
+            if let problem = error.setupProblem {
+                throw DeadEnd.setup(problem, action: "sqs:GetQueueAttributes", resource: config.queueURL, error: error)
+            }
+            throw StartUpError(message: "the queue cannot be read: \(error)")
         }
         let hasRedrive = attributes["RedrivePolicy"].map { !$0.isEmpty } ?? false
         var instanceID = hostName()
         if let imds = context.imds, let id = try? await imds.instanceID() { instanceID = id }
+        try await checkOutputBucket(s3, instanceID: instanceID, logger: logger)
 
         var user: RunAsUser?
         if let name = config.runAsUser {
@@ -135,8 +187,22 @@ public struct Daemon: Sendable {
         }
         var environmentDirectory: String?
         if let bucket = config.environmentBucket, let zip = config.environmentZip {
-            environmentDirectory = try await EnvironmentArchive(s3: s3).prepare(
-                bucket: bucket, key: zip, prefix: config.environmentPrefix, workDir: config.workDir, logger: logger)
+            do {
+                environmentDirectory = try await EnvironmentArchive(s3: s3).prepare(
+                    bucket: bucket, key: zip, prefix: config.environmentPrefix, workDir: config.workDir, logger: logger)
+            } catch let error as AWSError {
+                let resource = "s3://\(bucket)/\(zip)"
+                if let problem = error.setupProblem {
+                    throw DeadEnd.setup(problem, action: "s3:GetObject", resource: resource, error: error)
+                }
+                if error.httpStatus == 404 {
+                    throw DeadEnd(what: "the environment archive \(resource) does not exist",
+                                  fix: "upload it, or correct environmentBucket and environmentZip", error: error)
+                }
+                throw StartUpError(message: "the environment archive cannot be fetched: \(error)")
+            } catch let failure as EnvironmentArchive.Failure {
+                throw ConfigError(key: "environmentZip", message: failure.message)
+            }
         }
         // Resolved once: a relative name against the environment (or the daemon's working folder), a bare name on
         // PATH too. A command that cannot be found would fail every task, so that stops start-up instead.
@@ -145,13 +211,21 @@ public struct Daemon: Sendable {
         guard let program = ProcessRunner.resolve(config.analysisProgram[0], in: base, path: environment["PATH"] ?? "") else {
             throw ConfigError(key: "analysisProgram", message: "'\(config.analysisProgram[0])' was not found in \(base) or on PATH")
         }
+        let queueURL = config.queueURL
+        let deletes = DeleteBatcher(client: sqs, queueURL: queueURL,
+                                    linger: DeleteBatcher.linger(visibilityTimeout: config.visibilityTimeout)) { id, error in
+            if let error {
+                deadEnds.failed(.deleteMessage, resource: queueURL, subject: id, error: error)
+            } else {
+                deadEnds.succeeded(.deleteMessage)
+            }
+        }
         var handler = MessageHandler(
             config: config, program: [program] + config.analysisProgram.dropFirst(), s3: s3, sqs: sqs,
-            deletes: DeleteBatcher(client: sqs, queueURL: config.queueURL,
-                                   linger: DeleteBatcher.linger(visibilityTimeout: config.visibilityTimeout)),
-            lifecycle: lifecycle, runner: ProcessRunner(),
+            deletes: deletes, lifecycle: lifecycle, runner: ProcessRunner(),
             environmentDirectory: environmentDirectory, commandEnvironment: environment,
-            user: user, instanceID: instanceID, hasRedrivePolicy: hasRedrive, retryBackoff: options.retryBackoff)
+            user: user, instanceID: instanceID, hasRedrivePolicy: hasRedrive, deadEnds: deadEnds,
+            retryBackoff: options.retryBackoff)
         if let table = config.ledgerTable {
             // Not checked here: a missing or throttled table must not stop the work, only be reported.
             let dynamo = try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: config.queueURL))
@@ -163,6 +237,29 @@ public struct Daemon: Sendable {
             handler.ledger = ledger
         }
         return handler
+    }
+
+    /// The output bucket exists and takes writes: a multipart upload begun and aborted at once needs only the
+    /// permissions the work needs (`s3:PutObject`, `s3:AbortMultipartUpload`) and leaves nothing behind, where a
+    /// probe object would stay among the outputs.
+    func checkOutputBucket(_ s3: S3Client, instanceID: String, logger: Logger) async throws {
+        let bucket = config.outputBucket
+        let key = config.outputPrefix + "_parallelizer/write-check-" + instanceID
+        let uploadID: String
+        do {
+            uploadID = try await s3.createMultipartUpload(bucket: bucket, key: key, logger: logger)
+        } catch {
+            if let problem = error.setupProblem {
+                throw DeadEnd.setup(problem, action: "s3:PutObject", resource: "s3://\(bucket)", error: error)
+            }
+            throw StartUpError(message: "the output bucket cannot be checked: \(error)")
+        }
+        do {
+            try await s3.abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, logger: logger)
+        } catch {
+            logger.warning("the output bucket's write check could not abort its upload; the bucket's lifecycle rule removes it",
+                           metadata: ["s3.key": "\(key)", "error": "\(error)"])
+        }
     }
 
     /// The command's environment: the daemon's, without AWS credentials unless `passCredentials`.
@@ -186,10 +283,13 @@ public struct Daemon: Sendable {
 
     // MARK: - Slots
 
-    func runSlot(_ slot: Int, handler: MessageHandler, lifecycle: Lifecycle, logger baseLogger: Logger) async {
+    func runSlot(_ slot: Int, handler: MessageHandler, lifecycle: Lifecycle, deadEnds: DeadEnds,
+                 logger baseLogger: Logger) async {
         var logger = baseLogger
         logger[metadataKey: "slot"] = "\(slot)"
         var failures = 0
+        var receives = 0
+        var failingSince: ContinuousClock.Instant?
         var sizer = ReceiveSizer(visibilityTimeout: config.visibilityTimeout)
         while !lifecycle.isStopping {
             let count = options.once ? 1 : options.receiveBatch ?? sizer.batchSize
@@ -207,15 +307,34 @@ public struct Daemon: Sendable {
             }
             let result = await receive.result
             lifecycle.unregisterReceive(slot: slot)
+            receives += 1
             switch result {
             case .failure(let error):
                 if lifecycle.isStopping { break }
                 failures += 1
+                let since = failingSince ?? .now
+                failingSince = since
+                if let error = error as? AWSError {
+                    // Each receive is a call of its own: three refused in a row end the daemon (DeadEnds).
+                    deadEnds.failed(.receive, resource: config.queueURL, subject: "\(slot)-\(receives)", error: error)
+                    if lifecycle.isStopping { break }
+                }
+                if (ContinuousClock.now - since).seconds >= options.receiveOutageSeconds {
+                    if lifecycle.requestStop(.queueUnreachable) {
+                        logger.critical("""
+                            cannot go on: the queue has not answered a receive for \(Int(options.receiveOutageSeconds)) s; \
+                            exiting for systemd to start the daemon again
+                            """, metadata: ["error": "\(error)"])
+                    }
+                    break
+                }
                 let delay = min(60.0, 1.0 * Double(1 << min(failures, 6))) * Double.random(in: 0.5...1)
                 logger.warning("receive failed; trying again", metadata: ["error": "\(error)", "retry.delay_s": "\(Int(delay))"])
-                try? await Task.sleep(nanoseconds: UInt64(delay * 1e9))
+                await lifecycle.sleepUnlessStopping(seconds: delay)
             case .success(let messages):
                 failures = 0
+                failingSince = nil
+                deadEnds.succeeded(.receive)
                 if messages.isEmpty {
                     lifecycle.emptyPoll()
                     // --once means at most one message: an empty poll ends the run too.
@@ -243,24 +362,28 @@ public struct Daemon: Sendable {
     /// Drained means: no slot has had work for `idleTimeout`, their long polls came back empty, and the queue
     /// reports nothing visible, in flight or delayed on two checks in a row. Messages in flight on other
     /// instances keep this worker waiting: they may fail and come back.
-    func watchForDrain(_ lifecycle: Lifecycle, logger: Logger) async {
+    func watchForDrain(_ lifecycle: Lifecycle, deadEnds: DeadEnds, logger: Logger) async {
         let sqs = SQSClient(context: context)
         let interval = max(1, min(5, config.idleTimeout / 3))
         var zeroChecks = 0
+        var checks = 0
         while !Task.isCancelled && !lifecycle.isStopping {
             try? await Task.sleep(nanoseconds: UInt64(interval) * 1_000_000_000)
             guard lifecycle.idle(for: config.idleTimeout) else {
                 zeroChecks = 0
                 continue
             }
+            checks += 1
             do {
                 let total = try await sqs.messageCounts(queueURL: config.queueURL, logger: logger).total
+                deadEnds.succeeded(.queueAttributes)
                 zeroChecks = total == 0 ? zeroChecks + 1 : 0
                 if total > 0 {
                     logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])
                 }
             } catch {
                 logger.warning("cannot read the queue's counts", metadata: ["error": "\(error)"])
+                deadEnds.failed(.queueAttributes, resource: config.queueURL, subject: "check-\(checks)", error: error)
                 zeroChecks = 0
             }
             if zeroChecks >= 2 {
@@ -318,6 +441,12 @@ public struct Daemon: Sendable {
             logger.error("cannot run the shutdown command", metadata: ["error": "\(error)"])
         }
     }
+}
+
+/// A start-up failure that a later start may get past (the network, a server error): exit status 1.
+struct StartUpError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }
 
 func currentDirectory() -> String {

@@ -10,11 +10,18 @@ public final class Lifecycle: Sendable {
         case signal = "signal"
         case spotInterruption = "spot interruption"
         case once = "--once"
+        /// An error no retry can get past (`DeadEnds`): the daemon exits with status 2.
+        case deadEnd = "configuration error"
+        /// Receives kept failing with errors that may pass, for longer than the daemon waits: exit status 1, for
+        /// systemd to start it again.
+        case queueUnreachable = "the queue did not answer"
     }
 
     struct State {
         var stopReason: StopReason?
         var stopRequestedAt: ContinuousClock.Instant?
+        /// The grace of the stop asked for: `grace`, or none for a dead end.
+        var stopGrace: Duration = .zero
         var receiveCancels: [Int: @Sendable () -> Void] = [:]
         /// Run once when the grace runs out (uploads to cancel), by token.
         var graceActions: [Int: @Sendable () -> Void] = [:]
@@ -45,24 +52,30 @@ public final class Lifecycle: Sendable {
     public var stopReason: StopReason? { state.withLock { $0.stopReason } }
     public var isStopping: Bool { stopReason != nil }
 
-    /// Stops taking work: cancels long polls in flight; running tasks get `grace` seconds.
-    public func requestStop(_ reason: StopReason) {
+    /// Stops taking work: cancels long polls in flight; running tasks get `grace` seconds, none at a dead end (their
+    /// work could not be settled anyway: their messages are released at once). Returns false when a stop had been
+    /// asked for already.
+    @discardableResult
+    public func requestStop(_ reason: StopReason) -> Bool {
+        let stopGrace: Duration = reason == .deadEnd ? .zero : .milliseconds(Int(grace * 1000))
         let cancels: [@Sendable () -> Void]? = state.withLock { s in
             guard s.stopReason == nil else { return nil }
             s.stopReason = reason
             s.stopRequestedAt = .now
+            s.stopGrace = stopGrace
             return Array(s.receiveCancels.values)
         }
-        guard let cancels else { return }
+        guard let cancels else { return false }
         cancels.forEach { $0() }
         Task { [self] in
-            try? await Task.sleep(for: .milliseconds(Int(grace * 1000)))
+            try? await Task.sleep(for: stopGrace)
             let actions = state.withLock { s in
                 defer { s.graceActions = [:] }
                 return Array(s.graceActions.values)
             }
             actions.forEach { $0() }
         }
+        return true
     }
 
     /// Runs `work`, cancelling it if a stop's grace runs out first (at once if it has already).
@@ -87,7 +100,15 @@ public final class Lifecycle: Sendable {
     /// registered actions only once this is true: work registered later is cancelled at once instead.)
     private func graceExpired(_ s: State) -> Bool {
         guard let at = s.stopRequestedAt else { return false }
-        return ContinuousClock.now - at >= .milliseconds(Int(grace * 1000))
+        return ContinuousClock.now - at >= s.stopGrace
+    }
+
+    /// Sleeps `seconds`, or less when a stop is asked for meanwhile (checked four times a second).
+    func sleepUnlessStopping(seconds: Double) async {
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while !isStopping && ContinuousClock.now < end {
+            try? await Task.sleep(for: min(.milliseconds(250), end - ContinuousClock.now))
+        }
     }
 
     /// Records how to cancel a slot's long poll; false when a stop has already been asked for.

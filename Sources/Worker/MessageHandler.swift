@@ -22,6 +22,8 @@ struct MessageHandler: Sendable {
     let user: RunAsUser?
     let instanceID: String
     let hasRedrivePolicy: Bool
+    /// Told of every queue and bucket call's end, to tell a task's failure from the daemon's dead end.
+    let deadEnds: DeadEnds
     /// Seconds before a failed message is retried, doubled for each earlier receive.
     let retryBackoff: Int
     /// The DynamoDB task ledger, when `ledgerTable` is set. Appending to it never waits for DynamoDB.
@@ -70,7 +72,7 @@ struct MessageHandler: Sendable {
             let recorded = await writeFailureRecord(key: "_failed/_bad-messages/\(message.messageID).json", fields: [
                 "messageId": .string(message.messageID), "reason": .string(error.reason),
                 "body": .string(String(message.body.prefix(4096))), "instanceId": .string(instanceID),
-            ], logger: logger)
+            ], subject: message.messageID, logger: logger)
             switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: false) {
             case .delete:
                 await delete(message, logger: logger)
@@ -88,14 +90,20 @@ struct MessageHandler: Sendable {
             await delete(message, logger: logger)
             return
         }
+        // Its attempts are used up (its last failure could not be settled: the record or the delete did not go
+        // through): settled now, without downloading or running anything again.
+        if message.receiveCount > config.maxAttempts {
+            await settleUsedUp(message, inputs: inputs, logger: logger)
+            return
+        }
 
         lifecycle.taskStarted()
         defer { lifecycle.taskFinished() }
         let heartbeat = Task { await keepInvisible(message, since: receivedAt, logger: logger) }
         defer { heartbeat.cancel() }
 
-        var failure: (input: TaskInput, reason: String, outcome: ProcessOutcome?, stderrTail: String, seconds: Double,
-                      permanent: Bool)?
+        // Each input (an S3 event may carry several) has its own fate: one that fails does not stop the others.
+        var failures: [TaskFailure] = []
         for input in inputs {
             var taskLogger = logger
             taskLogger[metadataKey: "task.key"] = "\(input.key)"
@@ -123,53 +131,95 @@ struct MessageHandler: Sendable {
             case .failed(let reason, let outcome, let tail):
                 taskLogger.warning("task failed", metadata: ["task.seconds": "\(seconds)", "reason": "\(reason)",
                                                              "task.exit_status": "\(outcome?.summary ?? "none")"])
-                failure = (input, reason, outcome, tail, seconds, false)
+                failures.append(TaskFailure(input: input, reason: reason, outcome: outcome, stderrTail: tail,
+                                            seconds: seconds, permanent: false))
             case .inputMissing(let reason):
                 taskLogger.error("input does not exist", metadata: ["reason": "\(reason)"])
-                failure = (input, reason, nil, "", seconds, true)
+                failures.append(TaskFailure(input: input, reason: reason, outcome: nil, stderrTail: "", seconds: seconds,
+                                            permanent: true))
             case .interrupted:
                 lifecycle.count { $0.released += 1 }
                 heartbeat.cancel()
                 await release(message, logger: taskLogger)
                 return
             }
-            if failure != nil { break }
         }
         heartbeat.cancel()
-        guard let failure else {
+        guard !failures.isEmpty else {
             await delete(message, logger: logger)
             return
         }
-        if failure.permanent || message.receiveCount >= config.maxAttempts {
-            lifecycle.count { $0.givenUp += 1 }
-            let recorded = await writeFailureRecord(key: "_failed/" + failure.input.key + ".json", fields: [
-                "input": .string(failure.input.description), "reason": .string(failure.reason),
-                "exitStatus": .string(failure.outcome?.summary ?? "none"), "attempts": .number(Double(message.receiveCount)),
-                "instanceId": .string(instanceID), "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
-                "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
-                "time": .string(CivilTime(date: Date()).iso8601),
-            ], logger: logger)
-            let attempts: Logger.Metadata = ["task.attempts": "\(message.receiveCount)"]
-            switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: !failure.permanent) {
-            case .deadLetterQueue:
-                logger.error(recorded ? "giving up: failure recorded; the queue's dead-letter queue takes the message"
-                                      : "giving up, but the failure record could not be written: left to the dead-letter queue",
-                             metadata: attempts)
-                await changeVisibility(message, to: 0, logger: logger)
-            case .delete:
-                logger.error("giving up: failure recorded and message deleted", metadata: attempts)
-                await delete(message, logger: logger)
-            case .keep:
-                logger.error("giving up, but the failure record could not be written: message kept",
-                             metadata: attempts.merging(["retry.after_seconds": "\(config.visibilityTimeout)"]) { $1 })
+        let attempts: Logger.Metadata = ["task.attempts": "\(message.receiveCount)"]
+        if failures.contains(where: { !$0.permanent }) && message.receiveCount < config.maxAttempts {
+            // Inputs that can never work are recorded now, each on its own; the message comes back for the rest
+            // (the inputs that worked are done again then, to the same output keys).
+            for failure in failures where failure.permanent {
+                lifecycle.count { $0.givenUp += 1 }
+                await writeFailureRecord(failure, message: message, logger: logger)
             }
+            lifecycle.count { $0.failed += 1 }
+            let delay = min(config.visibilityTimeout, retryBackoff << min(message.receiveCount - 1, 16))
+            logger.info("message will be retried", metadata: ["retry.after_seconds": "\(delay)",
+                                                              "task.attempt": "\(message.receiveCount)"])
+            await changeVisibility(message, to: delay, logger: logger)
             return
         }
-        lifecycle.count { $0.failed += 1 }
-        let delay = min(config.visibilityTimeout, retryBackoff << min(message.receiveCount - 1, 16))
-        logger.info("message will be retried", metadata: ["retry.after_seconds": "\(delay)",
-                                                          "task.attempt": "\(message.receiveCount)"])
-        await changeVisibility(message, to: delay, logger: logger)
+        // Every input is settled: a record for each that failed, then the message leaves.
+        var recorded = true
+        for failure in failures {
+            lifecycle.count { $0.givenUp += 1 }
+            if await !writeFailureRecord(failure, message: message, logger: logger) { recorded = false }
+        }
+        let worthRedriving = failures.contains { !$0.permanent }
+        await settle(message, recorded: recorded, worthRedriving: worthRedriving, metadata: attempts, logger: logger)
+    }
+
+    /// One input's failure, for its record.
+    struct TaskFailure {
+        var input: TaskInput
+        var reason: String
+        var outcome: ProcessOutcome?
+        var stderrTail: String
+        var seconds: Double
+        /// No retry can help (the input does not exist).
+        var permanent: Bool
+    }
+
+    /// The message of inputs given up leaves the queue by `FinalFate`: deleted once every record is written, or to
+    /// the dead-letter queue, or kept.
+    func settle(_ message: SQSMessage, recorded: Bool, worthRedriving: Bool, metadata: Logger.Metadata,
+                logger: Logger) async {
+        switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: worthRedriving) {
+        case .deadLetterQueue:
+            logger.error(recorded ? "giving up: failure recorded; the queue's dead-letter queue takes the message"
+                                  : "giving up, but the failure record could not be written: left to the dead-letter queue",
+                         metadata: metadata)
+            await changeVisibility(message, to: 0, logger: logger)
+        case .delete:
+            logger.error("giving up: failure recorded and message deleted", metadata: metadata)
+            await delete(message, logger: logger)
+        case .keep:
+            logger.error("giving up, but the failure record could not be written: message kept",
+                         metadata: metadata.merging(["retry.after_seconds": "\(config.visibilityTimeout)"]) { $1 })
+        }
+    }
+
+    /// A message received after its `maxAttempts` attempts: an earlier receive gave it up but could not settle it.
+    /// Each input gets a record unless one is there already (the attempt that gave up wrote it, with the command's
+    /// stderr), then the message leaves as any given-up message does. Nothing is downloaded or run.
+    func settleUsedUp(_ message: SQSMessage, inputs: [TaskInput], logger: Logger) async {
+        logger.error("attempts used up: settling the message without running it again", metadata: [
+            "task.attempts": "\(message.receiveCount)", "max_attempts": "\(config.maxAttempts)"])
+        var recorded = true
+        for input in inputs {
+            lifecycle.count { $0.givenUp += 1 }
+            let failure = TaskFailure(
+                input: input, reason: "received \(message.receiveCount) times, more than maxAttempts (\(config.maxAttempts)); "
+                    + "not run again", outcome: nil, stderrTail: "", seconds: 0, permanent: false)
+            if await !writeFailureRecord(failure, message: message, onlyIfAbsent: true, logger: logger) { recorded = false }
+        }
+        await settle(message, recorded: recorded, worthRedriving: true,
+                     metadata: ["task.attempts": "\(message.receiveCount)"], logger: logger)
     }
 
     // MARK: - One input
@@ -211,9 +261,17 @@ struct MessageHandler: Sendable {
         do {
             bytesIn = try await s3.getObject(bucket: input.bucket, key: input.key, to: inputPath, logger: logger).size
         } catch {
-            if error.httpStatus == 404 { return .inputMissing(reason: "\(error)") }
+            // Only the input bucket's answers say anything about the set-up: a message may name any bucket.
+            let ours = input.bucket == config.inputBucket
+            // The bucket answered that the key is not there (a bucket that is gone is NoSuchBucket, also a 404).
+            if error.httpStatus == 404 && error.setupProblem == nil {
+                if ours { deadEnds.succeeded(.getInput) }
+                return .inputMissing(reason: "\(error)")
+            }
+            if ours { deadEnds.failed(.getInput, resource: "s3://\(input.bucket)", subject: message.messageID, error: error) }
             return .failed(reason: "download failed: \(error)", outcome: nil, stderrTail: "")
         }
+        if input.bucket == config.inputBucket { deadEnds.succeeded(.getInput) }
         lifecycle.count { $0.bytesIn += bytesIn }
         reportedBytesIn = bytesIn
         if let user { _ = chown(inputPath, user.uid, user.gid) }
@@ -258,8 +316,12 @@ struct MessageHandler: Sendable {
             }
             if case .failure(let error) = result {
                 if lifecycle.graceExpired { return .interrupted }
+                if let error = error as? AWSError {
+                    deadEnds.failed(.putOutput, resource: "s3://\(bucket)", subject: message.messageID, error: error)
+                }
                 return .failed(reason: "upload failed: \(error)", outcome: outcome, stderrTail: "")
             }
+            deadEnds.succeeded(.putOutput)
             return .uploaded(key: key, bytes: LocalFile.size(path) ?? 0)
         }
     }
@@ -283,12 +345,9 @@ struct MessageHandler: Sendable {
                 logger.warning("message reached SQS's 12-hour visibility limit; it may be handed out again")
                 return
             }
-            do {
-                try await sqs.changeMessageVisibility(queueURL: config.queueURL, receiptHandle: message.receiptHandle,
-                                                      timeout: extend, logger: logger)
+            if await changeVisibility(message, to: extend, logger: logger,
+                                      failure: "could not extend the message's visibility") {
                 logger.debug("visibility extended", metadata: ["sqs.visibility_seconds": "\(extend)"])
-            } catch {
-                logger.warning("could not extend the message's visibility", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -311,26 +370,61 @@ struct MessageHandler: Sendable {
         }
     }
 
-    func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async {
+    @discardableResult
+    func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger,
+                          failure: String = "could not change the message's visibility") async -> Bool {
         do {
             try await sqs.changeMessageVisibility(queueURL: config.queueURL, receiptHandle: message.receiptHandle,
                                                   timeout: seconds, logger: logger)
+            deadEnds.succeeded(.changeVisibility)
+            return true
         } catch {
-            logger.warning("could not change the message's visibility", metadata: ["error": "\(error)"])
+            logger.warning("\(failure)", metadata: ["error": "\(error)"])
+            deadEnds.failed(.changeVisibility, resource: config.queueURL, subject: message.messageID, error: error)
+            return false
         }
+    }
+
+    /// Writes one input's failure record (`failureRecordKey`). With `onlyIfAbsent`, a record already there is kept
+    /// (S3's conditional write, `If-None-Match: *`) and counts as written.
+    @discardableResult
+    func writeFailureRecord(_ failure: TaskFailure, message: SQSMessage, onlyIfAbsent: Bool = false,
+                            logger: Logger) async -> Bool {
+        await writeFailureRecord(key: Self.failureRecordKey(forInput: failure.input.key), fields: [
+            "input": .string(failure.input.description), "reason": .string(failure.reason),
+            "exitStatus": .string(failure.outcome?.summary ?? "none"), "attempts": .number(Double(message.receiveCount)),
+            "instanceId": .string(instanceID), "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
+            "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
+            "time": .string(CivilTime(date: Date()).iso8601),
+        ], subject: message.messageID, onlyIfAbsent: onlyIfAbsent, logger: logger)
+    }
+
+    /// `_failed/<input key>.json`; when that would pass S3's 1,024-byte limit on keys,
+    /// `_failed/_long-keys/<SHA-256 of the input key>.json` (the record names the whole input inside).
+    static func failureRecordKey(forInput key: String) -> String {
+        let plain = "_failed/" + key + ".json"
+        if plain.utf8.count <= MessageParser.maxKeyBytes { return plain }
+        return "_failed/_long-keys/" + Digest.sha256(Array(key.utf8)).hexString + ".json"
     }
 
     /// Returns whether the record was written. When it was not (the output bucket is missing or denied), the
     /// message must not be deleted: it would then leave no trace at all.
     @discardableResult
-    func writeFailureRecord(key: String, fields: [String: JSONValue], logger: Logger) async -> Bool {
+    func writeFailureRecord(key: String, fields: [String: JSONValue], subject: String, onlyIfAbsent: Bool = false,
+                            logger: Logger) async -> Bool {
         let body = Array(JSONValue.object(fields).serialized.utf8)
         do {
             try await s3.putObject(bucket: config.outputBucket, key: key, bytes: body, contentType: "application/json",
-                                   logger: logger)
+                                   ifNoneMatch: onlyIfAbsent ? "*" : nil, logger: logger)
+            deadEnds.succeeded(.putOutput)
+            return true
+        } catch where onlyIfAbsent && error.httpStatus == 412 {
+            deadEnds.succeeded(.putOutput)
+            logger.info("a failure record is there already; kept", metadata: ["s3.key": "\(key)"])
             return true
         } catch {
             logger.error("could not write the failure record", metadata: ["s3.key": "\(key)", "error": "\(error)"])
+            deadEnds.failed(.putOutput, resource: "s3://\(config.outputBucket)", subject: subject, error: error)
             return false
         }
     }

@@ -35,6 +35,10 @@ struct Run: AsyncParsableCommand {
     @Option(help: .hidden)
     var receiveBatch: Int?
 
+    /// Seconds receives may keep failing with errors that may pass before the daemon exits with status 1.
+    @Option(help: .hidden)
+    var receiveOutageSeconds: Double = 600
+
     func run() async throws {
         LineLogHandler.bootstrap()
         var logger = Logger(label: "parallelizer")
@@ -106,6 +110,7 @@ struct Run: AsyncParsableCommand {
         options.receiveWaitSeconds = max(0, min(20, receiveWaitSeconds))
         options.retryBackoff = max(0, retryBackoffSeconds)
         options.receiveBatch = receiveBatch.map { max(1, min(ReceiveSizer.maxMessages, $0)) }
+        options.receiveOutageSeconds = max(1, receiveOutageSeconds)
         options.ledger.heartbeatInterval = max(0.1, ledgerHeartbeatSeconds)
         let code = await Daemon(config: resolved, context: context, options: options).run(logger: logger)
         if code != 0 { throw ExitCode(code) }

@@ -67,57 +67,93 @@ struct BadInputCatalogueTests {
         }
     }
 
-    enum UnwritableOutput: String, CaseIterable, Sendable { case missingBucket, deniedByPolicy }
-
-    /// Uploads fail (NoSuchBucket, or AccessDenied from the role's policy) and so does the failure record: the
-    /// message is kept, never silently deleted.
-    @Test(arguments: UnwritableOutput.allCases)
-    func anUnwritableOutputBucketKeepsTheMessage(_ variant: UnwritableOutput) async throws {
+    /// The task is given up, and its failure record cannot be written (the role may write outputs but not
+    /// `_failed/`): the message is kept, never deleted without a trace. When it comes back, its attempts are used up:
+    /// it is settled again without running the command. (A bucket missing or denied as a whole is a dead end instead:
+    /// DeadEndTests.)
+    @Test func anUnwritableFailureRecordKeepsTheMessage() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("a.txt", "a")
             try await h.send(["a.txt"])
-            let program = h.script("copy.sh", "cp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
-            var extra = ["maxAttempts": "2", "visibilityTimeout": "5"]
-            var imds: IMDSStandIn?
-            switch variant {
-            case .missingBucket:
-                extra["outputBucket"] = "no-such-bucket-\(UInt32.random(in: 0...UInt32.max))"
-            case .deniedByPolicy:
-                // The instance role may do anything but write to the output bucket (moto enforces IAM on it).
-                imds = try await IMDSStandIn.start(directory: dir, userData: nil, credentialLifetime: 3600,
-                                                   roleARN: try await Self.roleDenyingWrites(to: h.outputBucket, in: dir))
-            }
-            defer { if let imds { Task { await imds.stop() } } }
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(extra, program: program), imds: imds?.endpoint,
-                                           instanceRole: imds != nil)
-            var kept = false
+            let program = h.script("fail.sh", "echo run >> \"\(dir)/runs\"\nexit 3\n")
+            let denied = try await h.credentialsDenying([("s3:PutObject", "arn:aws:s3:::\(h.outputBucket)/_failed/*")])
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(["maxAttempts": "1", "visibilityTimeout": "3"],
+                                                                               program: program), environment: denied)
+            var keptTwice = false
             for _ in 0..<300 {
-                if h.log("w").contains("giving up, but the failure record could not be written: message kept") { kept = true; break }
+                let log = h.log("w")
+                if log.components(separatedBy: "giving up, but the failure record could not be written: message kept").count > 2,
+                    log.contains("attempts used up: settling the message without running it again")
+                {
+                    keptTwice = true
+                    break
+                }
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
             worker.signal(SIGTERM)
             #expect(await worker.wait(timeout: 30) == .exited(0))
             let log = h.log("w")
-            #expect(kept, "\(log.suffix(2000))")
-            #expect(log.contains(variant == .missingBucket ? "NoSuchBucket" : "AccessDenied"), "\(log.suffix(2000))")
+            #expect(keptTwice, "\(log.suffix(2000))")
+            #expect(log.contains("AccessDenied"), "\(log.suffix(2000))")
+            #expect(LocalFile.readText(dir + "/runs") == "run\n", "the command ran again after its attempts were used up")
             #expect(try await h.queueDepth() == 1, "the message was lost")
             #expect(try await h.outputKeys().isEmpty)
         }
     }
 
-    /// A role that may do everything except put objects into `bucket`.
-    static func roleDenyingWrites(to bucket: String, in dir: String) async throws -> String {
-        let name = uniqueName("pz-denied")
-        let trust = #"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#
-        let role = try await Scripts.awsCLI(["iam", "create-role", "--role-name", name, "--assume-role-policy-document", trust],
-                                            directory: dir)
-        let policy = """
-            {"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"},
-             {"Effect":"Deny","Action":"s3:PutObject","Resource":["arn:aws:s3:::\(bucket)","arn:aws:s3:::\(bucket)/*"]}]}
-            """
-        _ = try await Scripts.awsCLI(["iam", "put-role-policy", "--role-name", name, "--policy-name", "no-output",
-                                      "--policy-document", policy], directory: dir)
-        return try #require(role["Role"]?["Arn"]?.stringValue)
+    /// A message that comes back after its attempts were used up (its record or its delete did not go through) is
+    /// settled before anything is downloaded or run: a record unless one is there already (kept as it is), then
+    /// deleted (this queue has no dead-letter queue).
+    @Test func aMessagePastItsAttemptsIsSettledWithoutRunningTheCommand() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.upload("a.txt", "a")
+            try await h.upload("b.txt", "b")
+            try await h.send(["a.txt", "b.txt"])
+            // Another "instance" receives both three times without settling them.
+            var seen: [String: Int] = [:]
+            for _ in 0..<60 where seen.count < 2 || seen.values.contains(where: { $0 < 3 }) {
+                for message in try await h.sqs.receiveMessages(queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1,
+                                                               visibilityTimeout: 0, logger: quietLogger) {
+                    seen[message.body, default: 0] += 1
+                }
+            }
+            try #require(seen.count == 2 && seen.values.allSatisfy { $0 >= 3 }, "\(seen)")
+            let earlier = #"{"reason": "the attempt that gave up wrote this"}"#
+            try await h.s3.putObject(bucket: h.outputBucket, key: "_failed/a.txt.json", bytes: Array(earlier.utf8),
+                                     logger: quietLogger)
+            let program = h.script("copy.sh", "echo \"$1\" >> \"\(dir)/runs\"\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(["maxAttempts": "2"], program: program))
+            #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w").suffix(2000))")
+            #expect(!fileExists(dir + "/runs"), "the command ran again: \(LocalFile.readText(dir + "/runs") ?? "")")
+            #expect(try await h.output("_failed/a.txt.json") == earlier, "the earlier record was overwritten")
+            #expect(try await h.output("_failed/b.txt.json").contains("not run again"))
+            #expect(try await h.outputKeys() == ["_failed/a.txt.json", "_failed/b.txt.json"])
+            #expect(try await h.queueDepth() == 0)
+        }
+    }
+
+    /// An S3 event with several records: each gets its own fate. A missing one (with a key so long that its record
+    /// needs a shortened key) is recorded on its own; the records after it are still processed.
+    @Test func eachRecordOfAnS3EventHasItsOwnFate() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.upload("ev/one.txt", "one")
+            try await h.upload("ev/two.txt", "two")
+            let missing = "ev/" + String(repeating: "m", count: 1010) + ".txt"
+            let records = ["ev/one.txt", missing, "ev/two.txt"].map {
+                #"{"eventSource":"aws:s3","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"\#(h.inputBucket)"},"object":{"key":"\#($0)"}}}"#
+            }
+            try await h.send([#"{"Records":["# + records.joined(separator: ",") + "]}"])
+            let program = h.script("copy.sh", "cp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program))
+            #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w").suffix(2000))")
+            let record = "_failed/_long-keys/" + Digest.sha256(Array(missing.utf8)).hexString + ".json"
+            #expect(try await h.outputKeys() == [record, "ev/one.txt.out", "ev/two.txt.out"].sorted())
+            #expect(try await h.output("ev/two.txt.out") == "two")
+            #expect(try await h.output(record).contains(missing), "the record does not name the whole input")
+            #expect(try await h.queueDepth() == 0)
+        }
     }
 }

@@ -246,7 +246,7 @@ struct StartUpRefusalTests {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program))
-            #expect(await worker.wait(timeout: 30) == .exited(1))
+            #expect(await worker.wait(timeout: 30) == .exited(2))
             #expect(h.log("w").contains("analysisProgram"))
             #expect(h.log("w").contains("was not found"))
         }

@@ -7,12 +7,7 @@ extension S3Client {
     /// sending part n) `partConcurrency` at a time, then CompleteMultipartUpload. Any failure aborts the upload.
     func multipartUpload(bucket: String, key: String, file path: String, size: Int64, contentType: String,
                          logger: Logger) async throws(AWSError) -> String {
-        let created = try await send(AWSRequest(method: "POST", query: [("uploads", "")],
-                                                headers: [("Content-Type", contentType)]),
-                                     bucket: bucket, key: key, logger: logger)
-        guard let uploadID = (try? XML.parse(created.body))?["UploadId"] else {
-            throw AWSError.badResponse("s3", "CreateMultipartUpload gave no UploadId")
-        }
+        let uploadID = try await createMultipartUpload(bucket: bucket, key: key, contentType: contentType, logger: logger)
         var logger = logger
         logger[metadataKey: "s3.upload_id"] = "\(uploadID)"
         do throws(AWSError) {
@@ -41,6 +36,19 @@ extension S3Client {
             await Task { try? await client.abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, logger: logger) }.value
             throw error
         }
+    }
+
+    /// Begins a multipart upload and returns its id. (It needs only `s3:PutObject`, and an abort leaves nothing: the
+    /// daemon's start-up check that it may write to the output bucket.)
+    public func createMultipartUpload(bucket: String, key: String, contentType: String = "application/octet-stream",
+                                      logger: Logger) async throws(AWSError) -> String {
+        let created = try await send(AWSRequest(method: "POST", query: [("uploads", "")],
+                                                headers: [("Content-Type", contentType)]),
+                                     bucket: bucket, key: key, logger: logger)
+        guard let uploadID = (try? XML.parse(created.body))?["UploadId"] else {
+            throw AWSError.badResponse("s3", "CreateMultipartUpload gave no UploadId")
+        }
+        return uploadID
     }
 
     /// Multipart uploads begun and neither completed nor aborted (each keeps costing storage until aborted).

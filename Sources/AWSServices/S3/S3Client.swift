@@ -159,13 +159,15 @@ public struct S3Client: Sendable {
         }
     }
 
-    /// Uploads a small in-memory body (failure records, markers).
+    /// Uploads a small in-memory body (failure records, markers). `ifNoneMatch: "*"` writes only when no object has
+    /// the key (S3 answers 412 PreconditionFailed otherwise).
     @discardableResult
     public func putObject(bucket: String, key: String, bytes: [UInt8], contentType: String = "application/octet-stream",
-                          logger: Logger) async throws(AWSError) -> String {
-        let response = try await send(AWSRequest(
-            method: "PUT", headers: [("Content-Type", contentType), ("Content-MD5", Digest.md5(bytes).base64String)],
-            body: .bytes(bytes)), bucket: bucket, key: key, logger: logger)
+                          ifNoneMatch: String? = nil, logger: Logger) async throws(AWSError) -> String {
+        var headers = [("Content-Type", contentType), ("Content-MD5", Digest.md5(bytes).base64String)]
+        if let ifNoneMatch { headers.append(("If-None-Match", ifNoneMatch)) }
+        let response = try await send(AWSRequest(method: "PUT", headers: headers, body: .bytes(bytes)),
+                                      bucket: bucket, key: key, logger: logger)
         return response.header("ETag") ?? ""
     }
 

@@ -1,0 +1,125 @@
+import AWSCore
+import Synchronization
+
+/// A call the daemon makes over and over, whose failure may mean the daemon itself cannot go on.
+public enum DaemonCall: String, Sendable, CaseIterable {
+    case receive = "sqs:ReceiveMessage"
+    case deleteMessage = "sqs:DeleteMessage"
+    case changeVisibility = "sqs:ChangeMessageVisibility"
+    case queueAttributes = "sqs:GetQueueAttributes"
+    case getInput = "s3:GetObject"
+    case putOutput = "s3:PutObject"
+
+    /// Whether each call serves one task (a message); the others (receives, the drain check) are the daemon's own.
+    var isPerTask: Bool { self != .receive && self != .queueAttributes }
+}
+
+/// Why the daemon stops by itself: an error that no retry and no other task can get past. It ends the daemon with
+/// one `critical` line (what is wrong, and what to fix) and exit status 2, which systemd does not restart.
+public struct DeadEnd: Error, Sendable, CustomStringConvertible {
+    /// What is wrong, in a few words.
+    public var what: String
+    /// What an operator should change.
+    public var fix: String
+    /// The AWS error behind it, when there is one.
+    public var error: AWSError?
+    public var problem: SetupProblem?
+
+    public init(what: String, fix: String, error: AWSError? = nil, problem: SetupProblem? = nil) {
+        self.what = what
+        self.fix = fix
+        self.error = error
+        self.problem = problem
+    }
+
+    /// A call (`action`, the permission it needs, on `resource`: a queue URL or `s3://bucket`) refused `calls` times
+    /// in a row for `problem`.
+    public static func setup(_ problem: SetupProblem, action: String, resource: String, error: AWSError,
+                             calls: Int = 1, perTask: Bool = true) -> DeadEnd {
+        var what: String
+        let fix: String
+        switch problem {
+        case .denied:
+            what = "\(action) is denied on \(resource)"
+            fix = "allow \(action) on \(resource) in the instance role's policy (scripts/setup-aws writes one that does)"
+        case .credentialsRefused:
+            what = "AWS refuses the credentials (\(error.shortCode)) for \(action)"
+            fix = "check the instance profile (or the AWS_* variables, accessKey/secretKey) this worker takes its keys from"
+        case .noCredentials:
+            what = "no AWS credentials for \(action)"
+            fix = "attach an instance profile (scripts/setup-aws makes NAME-worker), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        case .queueMissing:
+            what = "the queue \(resource) does not exist"
+            fix = "check queueURL, or create the queue (scripts/setup-aws)"
+        case .bucketMissing:
+            what = "the bucket \(resource) does not exist"
+            fix = "check inputBucket, outputBucket and environmentBucket, or create the bucket"
+        case .unknownAction:
+            what = "the endpoint does not know \(action)"
+            fix = "check AWS_ENDPOINT_URL and the AWS_ENDPOINT_URL_* variables: they point at something that is not SQS or S3"
+        case .wrongRegion:
+            what = "\(resource) is in another region than the one \(action) was signed for"
+            fix = "set region (EC2SQSRegion) to the bucket's region"
+        }
+        if calls > 1 { what += " (\(calls) \(perTask ? "tasks" : "calls") in a row)" }
+        return DeadEnd(what: what, fix: fix, error: error, problem: problem)
+    }
+
+    public var description: String { "\(what); fix: \(fix)" }
+}
+
+/// Tells a task's failure from the daemon's dead end.
+///
+/// The rule: the same permanent error (`AWSError.setupProblem`, the same kind of problem) on `threshold` calls in a
+/// row of the same kind, each for a different task (a different message, or a different receive). One task's error
+/// is never enough: an object may be denied by its own policy, a message may name a bucket that is gone. But when
+/// three different tasks in a row meet a denied `DeleteMessage`, the next thousand will too, and each would be
+/// processed again forever. A success of the same kind of call starts the count again; errors that may pass
+/// (throttling, a dropped connection) neither count nor break the run.
+public final class DeadEnds: Sendable {
+    public static let defaultThreshold = 3
+
+    struct Run {
+        var problem: SetupProblem
+        var subjects: Set<String>
+    }
+
+    struct State {
+        var runs: [DaemonCall: Run] = [:]
+        var deadEnd: DeadEnd?
+    }
+
+    public let threshold: Int
+    private let state = Mutex(State())
+    private let reached: @Sendable (DeadEnd) -> Void
+
+    /// `reached` is called once, on the first dead end.
+    public init(threshold: Int = DeadEnds.defaultThreshold, reached: @escaping @Sendable (DeadEnd) -> Void) {
+        self.threshold = max(1, threshold)
+        self.reached = reached
+    }
+
+    /// The dead end met, if any.
+    public var deadEnd: DeadEnd? { state.withLock { $0.deadEnd } }
+
+    /// A call of `call` about `resource` for `subject` (a message id, a receive's number) failed with `error`.
+    public func failed(_ call: DaemonCall, resource: String, subject: String, error: AWSError) {
+        guard let problem = error.setupProblem else { return }
+        let found: DeadEnd? = state.withLock { s in
+            var run = s.runs[call].flatMap { $0.problem == problem ? $0 : nil } ?? Run(problem: problem, subjects: [])
+            run.subjects.insert(subject)
+            s.runs[call] = run
+            guard run.subjects.count >= threshold, s.deadEnd == nil else { return nil }
+            let deadEnd = DeadEnd.setup(problem, action: call.rawValue, resource: resource, error: error,
+                                        calls: run.subjects.count, perTask: call.isPerTask)
+            s.deadEnd = deadEnd
+            return deadEnd
+        }
+        if let found { reached(found) }
+    }
+
+    /// A call of `call` got an answer that shows the set-up works for it.
+    public func succeeded(_ call: DaemonCall) {
+        state.withLock { _ = $0.runs.removeValue(forKey: call) }
+    }
+}

@@ -1,0 +1,101 @@
+import AWSCore
+import Synchronization
+import Testing
+@testable import Worker
+
+/// The rule that tells a task's failure from the daemon's dead end, and which AWS errors can be one.
+struct DeadEndsTests {
+    func error(_ code: String, status: Int = 403, service: String = "sqs") -> AWSError {
+        AWSError(kind: .service, service: service, httpStatus: status, code: code, message: "m", requestID: "r")
+    }
+
+    final class Reached: Sendable {
+        let found = Mutex<[DeadEnd]>([])
+        var all: [DeadEnd] { found.withLock { $0 } }
+        func watch(threshold: Int = 3) -> DeadEnds { DeadEnds(threshold: threshold) { d in self.found.withLock { $0.append(d) } } }
+    }
+
+    @Test func theSamePermanentErrorOnThreeDifferentTasksIsADeadEnd() {
+        let reached = Reached()
+        let watch = reached.watch()
+        watch.failed(.deleteMessage, resource: "q", subject: "m1", error: error("AccessDenied"))
+        watch.failed(.deleteMessage, resource: "q", subject: "m2", error: error("AccessDenied"))
+        #expect(reached.all.isEmpty)
+        // The same task again adds nothing: one task's error is never enough.
+        watch.failed(.deleteMessage, resource: "q", subject: "m2", error: error("AccessDenied"))
+        #expect(reached.all.isEmpty)
+        watch.failed(.deleteMessage, resource: "q", subject: "m3", error: error("AccessDenied"))
+        #expect(reached.all.count == 1)
+        #expect(reached.all.first?.what == "sqs:DeleteMessage is denied on q (3 tasks in a row)")
+        #expect(reached.all.first?.fix.contains("allow sqs:DeleteMessage on q") == true)
+        // Reported once.
+        watch.failed(.deleteMessage, resource: "q", subject: "m4", error: error("AccessDenied"))
+        #expect(reached.all.count == 1)
+        #expect(watch.deadEnd != nil)
+    }
+
+    @Test func aSuccessOrAnotherProblemStartsTheCountAgain() {
+        let reached = Reached()
+        let watch = reached.watch()
+        watch.failed(.putOutput, resource: "s3://o", subject: "m1", error: error("AccessDenied", service: "s3"))
+        watch.failed(.putOutput, resource: "s3://o", subject: "m2", error: error("AccessDenied", service: "s3"))
+        watch.succeeded(.putOutput)
+        watch.failed(.putOutput, resource: "s3://o", subject: "m3", error: error("AccessDenied", service: "s3"))
+        watch.failed(.putOutput, resource: "s3://o", subject: "m4", error: error("NoSuchBucket", status: 404, service: "s3"))
+        watch.failed(.putOutput, resource: "s3://o", subject: "m5", error: error("NoSuchBucket", status: 404, service: "s3"))
+        #expect(reached.all.isEmpty)
+        // Another call's success does not help this one.
+        watch.succeeded(.getInput)
+        watch.failed(.putOutput, resource: "s3://o", subject: "m6", error: error("NoSuchBucket", status: 404, service: "s3"))
+        #expect(reached.all.map(\.what) == ["the bucket s3://o does not exist (3 tasks in a row)"])
+    }
+
+    @Test func errorsThatMayPassNeitherCountNorBreakTheRun() {
+        let reached = Reached()
+        let watch = reached.watch()
+        watch.failed(.receive, resource: "q", subject: "1", error: error("AccessDenied"))
+        watch.failed(.receive, resource: "q", subject: "2", error: error("ThrottlingException", status: 400))
+        watch.failed(.receive, resource: "q", subject: "3", error: error("InternalError", status: 500))
+        watch.failed(.receive, resource: "q", subject: "4", error: AWSError(kind: .transport(.connect), service: "sqs",
+                                                                            code: "TransportError", message: "refused"))
+        watch.failed(.receive, resource: "q", subject: "5", error: error("NoSuchKey", status: 404, service: "s3"))
+        #expect(reached.all.isEmpty)
+        watch.failed(.receive, resource: "q", subject: "6", error: error("AccessDenied"))
+        watch.failed(.receive, resource: "q", subject: "7", error: error("AccessDenied"))
+        #expect(reached.all.count == 1)
+    }
+
+    @Test func whichErrorsAreAboutTheSetUp() {
+        #expect(error("AccessDenied").setupProblem == .denied)
+        #expect(error("AccessDeniedException", status: 400).setupProblem == .denied)
+        #expect(error("AWS.SimpleQueueService.NonExistentQueue", status: 400).setupProblem == .queueMissing)
+        #expect(error("com.amazonaws.sqs#QueueDoesNotExist", status: 400).setupProblem == .queueMissing)
+        #expect(error("NoSuchBucket", status: 404, service: "s3").setupProblem == .bucketMissing)
+        #expect(error("InvalidClientTokenId").setupProblem == .credentialsRefused)
+        #expect(error("SignatureDoesNotMatch").setupProblem == .credentialsRefused)
+        #expect(error("InvalidAccessKeyId", service: "s3").setupProblem == .credentialsRefused)
+        #expect(error("InvalidAction", status: 400).setupProblem == .unknownAction)
+        #expect(error("PermanentRedirect", status: 301, service: "s3").setupProblem == .wrongRegion)
+        #expect(AWSError(kind: .credentials, service: "sqs", code: "NoCredentials", message: "").setupProblem == .noCredentials)
+        // A skewed clock is corrected by the client, a HEAD's bare 404 is a missing key: neither is the set-up.
+        #expect(AWSError(kind: .service, service: "s3", httpStatus: 403, code: "SignatureDoesNotMatch",
+                         message: "Signature expired: 20261130T000000Z is now earlier than ...").setupProblem == nil)
+        #expect(error("NotFound", status: 404, service: "s3").setupProblem == nil)
+        #expect(error("NoSuchKey", status: 404, service: "s3").setupProblem == nil)
+        #expect(error("ReceiptHandleIsInvalid", status: 400).setupProblem == nil)
+        #expect(error("SlowDown", status: 503, service: "s3").setupProblem == nil)
+    }
+
+    @Test func aFailureRecordKeyStaysWithinS3sLimit() {
+        #expect(MessageHandler.failureRecordKey(forInput: "a/b.txt") == "_failed/a/b.txt.json")
+        let fits = String(repeating: "k", count: 1024 - "_failed/".count - ".json".count)
+        #expect(MessageHandler.failureRecordKey(forInput: fits) == "_failed/\(fits).json")
+        let long = String(repeating: "é", count: 510)  // 1,020 bytes: fine as a key, too long with the prefix
+        let key = MessageHandler.failureRecordKey(forInput: long)
+        #expect(key.hasPrefix("_failed/_long-keys/") && key.hasSuffix(".json"))
+        #expect(key.utf8.count <= 1024)
+        #expect(key == MessageHandler.failureRecordKey(forInput: long), "the same input must give the same record key")
+        #expect(key != MessageHandler.failureRecordKey(forInput: long + "x"))
+        #expect(MessageHandler.failureRecordKey(forInput: fits + "k").hasPrefix("_failed/_long-keys/"))
+    }
+}
