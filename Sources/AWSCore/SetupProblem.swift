@@ -3,7 +3,7 @@
 ///
 /// Sending the same call again, or the next task's call, gets the same answer until an operator changes something.
 /// The daemon uses this to tell a task's failure (retried, then recorded) from its own dead end (one clear line, a
-/// clean stop); batch calls use it to decide whether single calls are worth trying.
+/// clean stop); `enqueue` stops at one.
 public enum SetupProblem: String, Sendable, Equatable {
     /// The policy does not allow the action (`AccessDenied`, SQS's `InvalidSecurity` for a plain-HTTP call).
     case denied
@@ -19,6 +19,11 @@ public enum SetupProblem: String, Sendable, Equatable {
     case unknownAction
     /// The bucket is in another region than the one the request was signed for.
     case wrongRegion
+    /// The KMS key that encrypts the queue cannot be used (disabled, deleted, or not allowed).
+    case keyUnusable
+    /// Refused for another reason that retrying cannot fix (a call with no per-task content, such as a receive,
+    /// that keeps getting the same final answer). Not returned by `setupProblem`: the caller decides.
+    case refused
 }
 
 extension AWSError {
@@ -34,6 +39,8 @@ extension AWSError {
             return nil
         }
         if isClockSkew { return nil }
+        // SQS passes on the errors of the KMS key that encrypts the queue (`KMS.DisabledException`, ...).
+        if shortCode.hasPrefix("KMS.") && !isRetryable { return .keyUnusable }
         let code = shortCode.split(separator: ".").last.map(String.init) ?? shortCode
         switch code {
         case "AccessDenied", "AccessDeniedException", "AllAccessDisabled", "InvalidSecurity", "UnauthorizedOperation",

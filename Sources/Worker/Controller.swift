@@ -156,6 +156,8 @@ public struct Controller: Sendable {
     }
 
     public static let tag = "parallelizer:queue"
+    /// Rounds in a row that may fail (errors that may pass: the network, throttling) before the controller gives up.
+    static let maxFailedRounds = 20
 
     let options: Options
     let context: AWSContext
@@ -190,6 +192,9 @@ public struct Controller: Sendable {
         }
         var memory = FleetPolicy.Memory()
         var terminated: Set<String> = []
+        // Failed rounds in a row, and how many of them met the same set-up problem (a denied call, a queue gone).
+        var failedRounds = 0
+        var refused: (problem: SetupProblem, rounds: Int)?
         while !Task.isCancelled {
             do {
                 let counts = try await sqs.messageCounts(queueURL: options.queueURL, logger: logger)
@@ -236,7 +241,24 @@ public struct Controller: Sendable {
                                   metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
                     return 0
                 }
+                failedRounds = 0
+                refused = nil
             } catch {
+                failedRounds += 1
+                if let problem = error.setupProblem {
+                    refused = (problem, refused?.problem == problem ? refused!.rounds + 1 : 1)
+                } else {
+                    refused = nil
+                }
+                if let refused, refused.rounds >= DeadEnds.defaultThreshold {
+                    logger.critical("controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (README, controller)",
+                                    metadata: ["error": "\(error)"])
+                    return 2
+                }
+                if failedRounds >= Self.maxFailedRounds {
+                    logger.critical("controller cannot go on: \(failedRounds) rounds in a row failed", metadata: ["error": "\(error)"])
+                    return 1
+                }
                 logger.warning("controller round failed; trying again next interval", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(nanoseconds: UInt64(max(0.2, min(options.interval, 30)) * 1e9))

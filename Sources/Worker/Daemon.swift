@@ -54,11 +54,11 @@ public struct Daemon: Sendable {
             var metadata: Logger.Metadata = [:]
             if let error = deadEnd.error { metadata["error"] = "\(error)" }
             logger.critical("cannot start: \(deadEnd)", metadata: metadata)
-            await endOfRun(instanceID: nil, logger: logger)
+            await endOfRun(afterDeadEnd: true, logger: logger)
             return 2
         } catch let error as ConfigError {
             logger.critical("cannot start: \(error)", metadata: ["key": "\(error.key)"])
-            await endOfRun(instanceID: nil, logger: logger)
+            await endOfRun(afterDeadEnd: true, logger: logger)
             return 2
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
@@ -98,12 +98,14 @@ public struct Daemon: Sendable {
             "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
         ])
         await handler.ledger?.finish(reason: lifecycle.stopReason?.rawValue ?? "unknown")
+        // A dead end met after another stop (a delete refused while draining) still exits 2, for systemd.
+        if deadEnds.deadEnd != nil {
+            if lifecycle.stopReason == .deadEnd { await endOfRun(afterDeadEnd: true, logger: logger) }
+            return 2
+        }
         switch lifecycle.stopReason {
         case .drained?:
-            await endOfRun(instanceID: handler.instanceID, logger: logger)
-        case .deadEnd?:
-            await endOfRun(instanceID: handler.instanceID, logger: logger)
-            return 2
+            await endOfRun(afterDeadEnd: false, logger: logger)
         case .queueUnreachable?:
             return 1
         default:
@@ -115,28 +117,41 @@ public struct Daemon: Sendable {
     /// After a drain or a dead end, when `shouldShutdown` (and not `--once`): leaves the Auto Scaling group (so it
     /// does not start a replacement that would meet the same end) and runs the shutdown command, so that neither a
     /// finished nor a misconfigured fleet goes on billing.
-    func endOfRun(instanceID: String?, logger: Logger) async {
+    func endOfRun(afterDeadEnd deadEnd: Bool, logger: Logger) async {
         guard config.shouldShutdown, !options.once else { return }
+        // The instance's id from IMDS: nil when this is not an EC2 instance (a laptop, a CI runner).
+        var instanceID: String?
+        if let imds = context.imds { instanceID = try? await imds.instanceID() }
+        guard instanceID != nil || config.shutdownCommandGiven else {
+            logger.notice("not on an EC2 instance (IMDS gave no instance id): the default shutdown command is not run")
+            return
+        }
         if let group = config.autoScalingGroup {
-            var id = instanceID
-            if id == nil, let imds = context.imds { id = try? await imds.instanceID() }
-            if let id { await leaveGroup(group, instanceID: id, logger: logger) }
+            let left = if let instanceID { await leaveGroup(group, instanceID: instanceID, logger: logger) } else { false }
+            if deadEnd && !left {
+                // Powered off, it would be replaced by one that meets the same end, again and again.
+                logger.error("staying up instead of powering off: the Auto Scaling group would replace this instance with one that meets the same end",
+                             metadata: ["group": "\(group)"])
+                return
+            }
         }
         await runShutdownCommand(logger: logger)
     }
 
     /// Leaves the Auto Scaling group with its desired capacity lowered by one, so the group does not start a
     /// replacement that would find no work (and bill until someone notices). The instance is terminated by the
-    /// group; the shutdown command still runs, in case the call did not get through.
-    func leaveGroup(_ group: String, instanceID: String, logger: Logger) async {
+    /// group; the shutdown command still runs, in case the call did not get through. Returns whether it left.
+    func leaveGroup(_ group: String, instanceID: String, logger: Logger) async -> Bool {
         do {
             let client = try AutoScalingClient(context: context)  // the instance's own region
             try await client.terminateInstanceInGroup(instanceID, decrementDesiredCapacity: true, logger: logger)
             logger.notice("left the Auto Scaling group: it shrinks instead of replacing this instance",
                           metadata: ["group": "\(group)", "instance": "\(instanceID)"])
+            return true
         } catch {
             logger.error("cannot leave the Auto Scaling group: it will start a replacement",
                          metadata: ["group": "\(group)", "instance": "\(instanceID)", "error": "\(error)"])
+            return false
         }
     }
 
@@ -161,7 +176,9 @@ public struct Daemon: Sendable {
         // The queue answers (and says whether it has a dead-letter queue).
         let attributes: [String: String]
         do {
-            attributes = try await sqs.getQueueAttributes(queueURL: config.queueURL, names: ["All"], logger: logger)
+            attributes = try await Self.checking(logger: logger) { () throws(AWSError) in
+                try await sqs.getQueueAttributes(queueURL: config.queueURL, names: ["All"], logger: logger)
+            }
         } catch {
             if let problem = error.setupProblem {
                 throw DeadEnd.setup(problem, action: "sqs:GetQueueAttributes", resource: config.queueURL, error: error)
@@ -239,6 +256,20 @@ public struct Daemon: Sendable {
         return handler
     }
 
+    /// Runs a start-up check. Refused credentials (or none) are tried again for a few seconds first: at boot, IMDS
+    /// may not serve the role's keys yet, and IAM takes seconds to know a role that was just made.
+    static func checking<T>(logger: Logger, _ call: () async throws(AWSError) -> T) async throws(AWSError) -> T {
+        let patience = ContinuousClock.now + .seconds(5)
+        while true {
+            do {
+                return try await call()
+            } catch where [.noCredentials, .credentialsRefused].contains(error.setupProblem) && ContinuousClock.now < patience {
+                logger.info("credentials not accepted yet; trying again", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
     /// The output bucket exists and takes writes: a multipart upload begun and aborted at once needs only the
     /// permissions the work needs (`s3:PutObject`, `s3:AbortMultipartUpload`) and leaves nothing behind, where a
     /// probe object would stay among the outputs.
@@ -247,7 +278,9 @@ public struct Daemon: Sendable {
         let key = config.outputPrefix + "_parallelizer/write-check-" + instanceID
         let uploadID: String
         do {
-            uploadID = try await s3.createMultipartUpload(bucket: bucket, key: key, logger: logger)
+            uploadID = try await Self.checking(logger: logger) { () throws(AWSError) in
+                try await s3.createMultipartUpload(bucket: bucket, key: key, logger: logger)
+            }
         } catch {
             if let problem = error.setupProblem {
                 throw DeadEnd.setup(problem, action: "s3:PutObject", resource: "s3://\(bucket)", error: error)
@@ -312,14 +345,16 @@ public struct Daemon: Sendable {
             case .failure(let error):
                 if lifecycle.isStopping { break }
                 failures += 1
-                let since = failingSince ?? .now
-                failingSince = since
-                if let error = error as? AWSError {
+                let awsError = error as? AWSError
+                if let awsError {
                     // Each receive is a call of its own: three refused in a row end the daemon (DeadEnds).
-                    deadEnds.failed(.receive, resource: config.queueURL, subject: "\(slot)-\(receives)", error: error)
+                    deadEnds.failed(.receive, resource: config.queueURL, subject: "\(slot)-\(receives)", error: awsError)
                     if lifecycle.isStopping { break }
                 }
-                if (ContinuousClock.now - since).seconds >= options.receiveOutageSeconds {
+                // Only errors that may pass make an outage; the others are counted above.
+                let since = awsError?.isRetryable == false ? nil : failingSince ?? .now
+                failingSince = since
+                if let since, (ContinuousClock.now - since).seconds >= options.receiveOutageSeconds {
                     if lifecycle.requestStop(.queueUnreachable) {
                         logger.critical("""
                             cannot go on: the queue has not answered a receive for \(Int(options.receiveOutageSeconds)) s; \

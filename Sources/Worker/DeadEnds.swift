@@ -37,11 +37,16 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
     public static func setup(_ problem: SetupProblem, action: String, resource: String, error: AWSError,
                              calls: Int = 1, perTask: Bool = true) -> DeadEnd {
         var what: String
-        let fix: String
+        var fix: String
         switch problem {
         case .denied:
             what = "\(action) is denied on \(resource)"
             fix = "allow \(action) on \(resource) in the instance role's policy (scripts/setup-aws writes one that does)"
+            if action == DaemonCall.getInput.rawValue {
+                // S3 answers 403 for a missing key when s3:ListBucket is not allowed, and for objects under a KMS key
+                // the role may not use.
+                fix += "; objects encrypted with a KMS key also need kms:Decrypt, and a missing key is a 403 without s3:ListBucket"
+            }
         case .credentialsRefused:
             what = "AWS refuses the credentials (\(error.shortCode)) for \(action)"
             fix = "check the instance profile (or the AWS_* variables, accessKey/secretKey) this worker takes its keys from"
@@ -60,6 +65,12 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
         case .wrongRegion:
             what = "\(resource) is in another region than the one \(action) was signed for"
             fix = "set region (EC2SQSRegion) to the bucket's region"
+        case .keyUnusable:
+            what = "the KMS key of \(resource) cannot be used (\(error.shortCode))"
+            fix = "enable the key, or allow kms:Decrypt and kms:GenerateDataKey on it in the instance role's policy"
+        case .refused:
+            what = "\(action) is refused on \(resource) (\(error.shortCode))"
+            fix = "see the error: it is not one that retrying can get past"
         }
         if calls > 1 { what += " (\(calls) \(perTask ? "tasks" : "calls") in a row)" }
         return DeadEnd(what: what, fix: fix, error: error, problem: problem)
@@ -104,7 +115,7 @@ public final class DeadEnds: Sendable {
 
     /// A call of `call` about `resource` for `subject` (a message id, a receive's number) failed with `error`.
     public func failed(_ call: DaemonCall, resource: String, subject: String, error: AWSError) {
-        guard let problem = error.setupProblem else { return }
+        guard let problem = Self.problem(call, error) else { return }
         let found: DeadEnd? = state.withLock { s in
             var run = s.runs[call].flatMap { $0.problem == problem ? $0 : nil } ?? Run(problem: problem, subjects: [])
             run.subjects.insert(subject)
@@ -116,6 +127,14 @@ public final class DeadEnds: Sendable {
             return deadEnd
         }
         if let found { reached(found) }
+    }
+
+    /// The set-up problem `error` shows for `call`. A receive has no per-task content: any final refusal of one
+    /// (one that retrying cannot fix) will meet the next receive too.
+    static func problem(_ call: DaemonCall, _ error: AWSError) -> SetupProblem? {
+        if let problem = error.setupProblem { return problem }
+        if call == .receive, error.kind == .service, !error.isRetryable { return .refused }
+        return nil
     }
 
     /// A call of `call` got an answer that shows the set-up works for it.

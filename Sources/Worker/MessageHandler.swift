@@ -149,6 +149,13 @@ struct MessageHandler: Sendable {
             await delete(message, logger: logger)
             return
         }
+        // The daemon met a dead end (maybe this very failure was its third): the failure is the set-up's, not the
+        // task's. The message goes back at once, for a fleet that is set up right.
+        if deadEnds.deadEnd != nil {
+            lifecycle.count { $0.released += 1 }
+            await release(message, logger: logger)
+            return
+        }
         let attempts: Logger.Metadata = ["task.attempts": "\(message.receiveCount)"]
         if failures.contains(where: { !$0.permanent }) && message.receiveCount < config.maxAttempts {
             // Inputs that can never work are recorded now, each on its own; the message comes back for the rest
@@ -357,7 +364,7 @@ struct MessageHandler: Sendable {
     }
 
     func release(_ message: SQSMessage, logger: Logger) async {
-        logger.notice("task interrupted by shutdown; message released")
+        logger.notice("task interrupted by a stop; message released")
         await changeVisibility(message, to: 0, logger: logger)
     }
 

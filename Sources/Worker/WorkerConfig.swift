@@ -30,6 +30,9 @@ public struct WorkerConfig: Sendable, Equatable {
     public var maxAttempts: Int = 5
     public var idleTimeout: Int = 60
     public var shutdownCommand: [String] = ["shutdown", "-h", "now"]
+    /// Whether `shutdownCommand` was set: the default one runs only on an EC2 instance, never on the machine of
+    /// someone trying the daemon out.
+    public var shutdownCommandGiven = false
     public var runAsUser: String?
     /// Hand the daemon's AWS credentials to the command's environment (off: the command gets none).
     public var passCredentials: Bool = false
@@ -191,7 +194,10 @@ extension WorkerConfig {
         config.taskTimeout = try integer("taskTimeout", 1...43200 * 2, duration: true)
         if let v = try integer("maxAttempts", 1...1000) { config.maxAttempts = v }
         if let v = try integer("idleTimeout", 0...86400, duration: true) { config.idleTimeout = v }
-        if let v = try words("shutdownCommand") { config.shutdownCommand = v }
+        if let v = try words("shutdownCommand") {
+            config.shutdownCommand = v
+            config.shutdownCommandGiven = true
+        }
         config.runAsUser = string("runAsUser")
         if let v = try boolean("passCredentials") { config.passCredentials = v }
         config.ledgerTable = string("ledgerTable")

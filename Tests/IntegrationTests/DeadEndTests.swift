@@ -32,8 +32,8 @@ struct DeadEndTests {
 
     /// Runs one worker (two slots, shutting down when done) until it exits; `during` runs while it works.
     static func run(_ h: WorkerHarness, _ extra: [String: String] = [:], environment: [String: String] = [:],
-                    commandSeconds: Double = 0, during: (@Sendable (ChildProcess) async throws -> Void)? = nil)
-        async throws -> Run
+                    extraArguments: [String] = [], imds: String? = nil, commandSeconds: Double = 0,
+                    during: (@Sendable (ChildProcess) async throws -> Void)? = nil) async throws -> Run
     {
         let dir = h.directory
         let program = h.script("copy.sh", """
@@ -46,7 +46,8 @@ struct DeadEndTests {
                       "shutdownCommand": "/bin/sh -c 'echo off >> \(dir)/shutdowns'"]
         values.merge(extra) { $1 }
         let started = ContinuousClock.now
-        let worker = try h.startWorker(name: "w", parameters: h.parameters(values, program: program), environment: environment)
+        let worker = try h.startWorker(name: "w", parameters: h.parameters(values, program: program), imds: imds,
+                                       extraArguments: extraArguments, environment: environment)
         if let during { try await during(worker) }
         let outcome = await worker.wait(timeout: 90)
         if outcome == nil { worker.signal(SIGKILL) }
@@ -99,7 +100,9 @@ struct DeadEndTests {
             let denied = try await h.credentialsDenying([("sqs:DeleteMessageBatch", "*")])
             let run = try await Self.run(h, ["shouldShutdown": "false"], environment: denied)
             #expect(run.outcome == .exited(0), "\(run.log.suffix(2000))")
+            // Exactly the outputs: the start-up write check left no object and no unfinished upload behind.
             #expect(try await h.outputKeys().count == 12)
+            #expect(try await h.s3.listMultipartUploads(bucket: h.outputBucket, logger: quietLogger).isEmpty)
             #expect(try await h.queueDepth() == 0)
             #expect(run.log.components(separatedBy: "DeleteMessageBatch is refused but DeleteMessage works").count - 1 == 1)
             #expect(!run.log.contains("could not delete"), "\(run.log.suffix(2000))")
@@ -123,7 +126,7 @@ struct DeadEndTests {
             let h = try await Self.harness(dir, inputs: 0)
             let gone = h.queueURL + "-gone"
             let run = try await Self.run(h, ["queueURL": gone])
-            Self.expectDeadEnd(run, says: "the queue \(gone) does not exist", within: 10)
+            Self.expectDeadEnd(run, says: "the queue \(gone) does not exist", within: 20)
             #expect(run.log.contains("cannot start"))
             print("a missing queue ended start-up after \(run.seconds) s")
         }
@@ -180,15 +183,14 @@ struct DeadEndTests {
             case .missing:
                 let gone = "pz-no-such-output-\(UInt32.random(in: 0...UInt32.max))"
                 run = try await Self.run(h, ["outputBucket": gone])
-                Self.expectDeadEnd(run, says: "the bucket s3://\(gone) does not exist", within: 10)
+                Self.expectDeadEnd(run, says: "the bucket s3://\(gone) does not exist", within: 20)
             case .denied:
                 let denied = try await h.credentialsDenying([("s3:PutObject", "arn:aws:s3:::\(h.outputBucket)/*")])
                 run = try await Self.run(h, environment: denied)
-                Self.expectDeadEnd(run, says: "s3:PutObject is denied on s3://\(h.outputBucket)", within: 10)
+                Self.expectDeadEnd(run, says: "s3:PutObject is denied on s3://\(h.outputBucket)", within: 20)
             }
             #expect(run.commandRuns.isEmpty)
             #expect(try await h.queueDepth() == 2)
-            #expect(try await h.outputKeys().isEmpty, "the write check left something behind")
         }
     }
 
@@ -198,7 +200,9 @@ struct DeadEndTests {
         try await withTemporaryDirectory { dir in
             let h = try await Self.harness(dir, inputs: 6)
             let denied = try await h.credentialsDenying([("s3:PutObject", "arn:aws:s3:::\(h.outputBucket)/in/*")])
-            let run = try await Self.run(h, environment: denied)
+            // A failed task comes back after its backoff (a second in these tests); a long one keeps the first tasks
+            // away while three others fail, however slow the machine.
+            let run = try await Self.run(h, environment: denied, extraArguments: ["--retry-backoff-seconds", "60"])
             Self.expectDeadEnd(run, says: "s3:PutObject is denied on s3://\(h.outputBucket)")
             #expect(try await h.queueDepth() == 6)
         }
@@ -210,7 +214,7 @@ struct DeadEndTests {
             let creds = try TestEnvironment.motoCredentials()
             let run = try await Self.run(h, environment: ["AWS_ACCESS_KEY_ID": creds.accessKeyID,
                                                           "AWS_SECRET_ACCESS_KEY": "wrong-secret-0123456789"])
-            Self.expectDeadEnd(run, says: "AWS refuses the credentials", within: 10)
+            Self.expectDeadEnd(run, says: "AWS refuses the credentials", within: 20)
             #expect(try await h.queueDepth() == 1)
         }
     }
@@ -242,8 +246,38 @@ struct DeadEndTests {
             let h = try await Self.harness(dir, inputs: 1)
             let run = try await Self.run(h, ["environmentBucket": h.inputBucket, "environmentZip": "env/missing.zip"])
             Self.expectDeadEnd(run, says: "the environment archive s3://\(h.inputBucket)/env/missing.zip does not exist",
-                               within: 10)
+                               within: 20)
             #expect(try await h.queueDepth() == 1)
+        }
+    }
+
+    /// The default shutdown command (`shutdown -h now`) runs only on an EC2 instance: someone trying the daemon on
+    /// their own machine with a typo in the queue URL must not see it power off. (A `shutdown` of the test's own is
+    /// first on PATH, so that a failure here powers nothing off either.)
+    @Test func theDefaultShutdownCommandRunsOnlyOnEC2() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await Self.harness(dir, inputs: 0)
+            _ = h.script("shutdown", "echo \"$@\" >> \"\(dir)/default-shutdowns\"\n")
+            let parameters = h.parameters(["queueURL": h.queueURL + "-gone", "shouldShutdown": "true"], program: "/bin/true")
+            let worker = try h.startWorker(name: "w", parameters: parameters, environment: ["PATH": "\(dir):/usr/bin:/bin"])
+            #expect(await worker.wait(timeout: 60) == .exited(2))
+            #expect(!fileExists(dir + "/default-shutdowns"), "the default shutdown command ran off EC2")
+            #expect(h.log("w").contains("not on an EC2 instance"), "\(h.log("w").suffix(1500))")
+        }
+    }
+
+    /// In an Auto Scaling group, a worker that cannot leave the group at a dead end stays up: powered off, it would
+    /// be replaced by one that meets the same end, again and again. (The group here does not exist, so leaving fails.)
+    @Test func aDeadEndInAGroupThatCannotBeLeftDoesNotPowerOff() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await Self.harness(dir, inputs: 0)
+            let imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-0deadend")
+            defer { Task { await imds.stop() } }
+            let run = try await Self.run(h, ["queueURL": h.queueURL + "-gone", "autoScalingGroup": "pz-no-such-group"],
+                                         imds: imds.endpoint)
+            #expect(run.outcome == .exited(2))
+            #expect(run.shutdowns == 0, "powered off: the group would start a replacement")
+            #expect(run.log.contains("staying up instead of powering off"), "\(run.log.suffix(1500))")
         }
     }
 
@@ -267,13 +301,20 @@ extension S3FaultTests {
             let h = try await DeadEndTests.harness(dir, inputs: 1)
             try await TestEnvironment.setFaultRules(
                 #"[{"service":"sqs","operation":"ReceiveMessage","error":{"code":"InternalError","status":500}}]"#)
-            defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
             let parameters = h.parameters(["shouldShutdown": "true", "shutdownCommand": "/bin/sh -c 'echo off >> \(dir)/shutdowns'"],
                                           program: "/bin/true")
             let started = ContinuousClock.now
-            let worker = try h.startWorker(name: "w", parameters: parameters, extraArguments: ["--receive-outage-seconds", "5"],
-                                           environment: try TestEnvironment.routeThroughFaultProxy())
-            let outcome = await worker.wait(timeout: 60)
+            let outcome: ProcessOutcome?
+            do {
+                let worker = try h.startWorker(name: "w", parameters: parameters, extraArguments: ["--receive-outage-seconds", "5"],
+                                               environment: try TestEnvironment.routeThroughFaultProxy())
+                outcome = await worker.wait(timeout: 60)
+                if outcome == nil { worker.signal(SIGKILL) }
+            } catch {
+                try? await TestEnvironment.setFaultRules("[]")
+                throw error
+            }
+            // Cleared before the next test of this serialized suite sets its own.
             try await TestEnvironment.setFaultRules("[]")
             let log = h.log("w")
             let critical = log.split(separator: "\n").filter { $0.contains("critical") }

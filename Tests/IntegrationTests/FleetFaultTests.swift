@@ -198,6 +198,24 @@ struct EnvironmentFaultTests {
         }
     }
 
+    /// A clock a year ahead, more than any machine's uptime. libfaketime 0.9.10 shifts the deadlines of monotonic
+    /// timers by its offset too, which then fall before the machine booted: without the shim the suite preloads
+    /// first (scripts/lib/faketime_timerfd_shim.c), no Task.sleep of the worker ever returns and it never stops. So
+    /// this fails on any machine when the shim is missing, where the 20-minute test below fails only on a machine up
+    /// for less than 20 minutes.
+    @Test func timersFireUnderAClockFarAhead() async throws {
+        try await withTemporaryDirectory { dir in
+            let skewed = ["LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+31536000",
+                          "FAKETIME_DONT_FAKE_MONOTONIC": "1"]
+            let fleet = try await FaultFleet.make(directory: dir, count: 5, s3: .seaweed)
+            let started = ContinuousClock.now
+            let worker = try fleet.start(0, parameters: fleet.parameters(), environment: skewed)
+            let result = try await fleet.finish([worker], started: started, timeout: 60)
+            print("environment fault 'clock a year ahead': \(result)")
+            #expect(result.passed, "\(result)\n\(result.workerLogTails)")
+        }
+    }
+
     /// Every worker's clock runs 20 minutes fast (libfaketime), and S3 is SeaweedFS, which refuses a signature more
     /// than 15 minutes off as AWS does. Each worker must take the offset from the server's `Date` and go on.
     @Test func aClockTwentyMinutesFastIsCorrectedFromTheServersDate() async throws {

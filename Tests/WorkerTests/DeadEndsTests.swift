@@ -53,16 +53,39 @@ struct DeadEndsTests {
     @Test func errorsThatMayPassNeitherCountNorBreakTheRun() {
         let reached = Reached()
         let watch = reached.watch()
-        watch.failed(.receive, resource: "q", subject: "1", error: error("AccessDenied"))
-        watch.failed(.receive, resource: "q", subject: "2", error: error("ThrottlingException", status: 400))
-        watch.failed(.receive, resource: "q", subject: "3", error: error("InternalError", status: 500))
-        watch.failed(.receive, resource: "q", subject: "4", error: AWSError(kind: .transport(.connect), service: "sqs",
-                                                                            code: "TransportError", message: "refused"))
-        watch.failed(.receive, resource: "q", subject: "5", error: error("NoSuchKey", status: 404, service: "s3"))
+        let s3 = { (code: String, status: Int) in self.error(code, status: status, service: "s3") }
+        watch.failed(.getInput, resource: "s3://i", subject: "1", error: s3("AccessDenied", 403))
+        watch.failed(.getInput, resource: "s3://i", subject: "2", error: s3("SlowDown", 503))
+        watch.failed(.getInput, resource: "s3://i", subject: "3", error: s3("InternalError", 500))
+        watch.failed(.getInput, resource: "s3://i", subject: "4", error: AWSError(kind: .transport(.connect), service: "s3",
+                                                                                 code: "TransportError", message: "refused"))
+        // A missing key is the task's own error.
+        watch.failed(.getInput, resource: "s3://i", subject: "5", error: s3("NoSuchKey", 404))
         #expect(reached.all.isEmpty)
-        watch.failed(.receive, resource: "q", subject: "6", error: error("AccessDenied"))
-        watch.failed(.receive, resource: "q", subject: "7", error: error("AccessDenied"))
+        watch.failed(.getInput, resource: "s3://i", subject: "6", error: s3("AccessDenied", 403))
+        watch.failed(.getInput, resource: "s3://i", subject: "7", error: s3("AccessDenied", 403))
         #expect(reached.all.count == 1)
+    }
+
+    /// A receive carries no task: any final refusal of one (here the queue's KMS key, or a code no list names) meets
+    /// the next receive too, so it counts; an error that may pass does not.
+    @Test func anyFinalRefusalOfAReceiveCounts() {
+        let reached = Reached()
+        let watch = reached.watch()
+        watch.failed(.receive, resource: "q", subject: "1", error: error("KMS.DisabledException", status: 400))
+        watch.failed(.receive, resource: "q", subject: "2", error: error("ThrottlingException", status: 400))
+        watch.failed(.receive, resource: "q", subject: "3", error: error("KMS.DisabledException", status: 400))
+        watch.failed(.receive, resource: "q", subject: "4", error: error("KMS.DisabledException", status: 400))
+        #expect(reached.all.map(\.what) == ["the KMS key of q cannot be used (KMS.DisabledException) (3 calls in a row)"])
+        let other = Reached()
+        let second = other.watch()
+        for n in 1...3 { second.failed(.receive, resource: "q", subject: "\(n)", error: error("SomethingNew", status: 400)) }
+        #expect(other.all.map(\.what) == ["sqs:ReceiveMessage is refused on q (SomethingNew) (3 calls in a row)"])
+        // For a task's call, an unknown final error is the task's.
+        let third = Reached()
+        let perTask = third.watch()
+        for n in 1...3 { perTask.failed(.deleteMessage, resource: "q", subject: "\(n)", error: error("SomethingNew", status: 400)) }
+        #expect(third.all.isEmpty)
     }
 
     @Test func whichErrorsAreAboutTheSetUp() {

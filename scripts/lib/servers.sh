@@ -44,17 +44,47 @@ pz_faketime_lib() { compgen -G "/usr/lib/*/faketime/libfaketime.so.1" | head -n 
 # (libfaketime 0.9.10 shifts their absolute deadlines by FAKETIME, wolfcw/libfaketime#378: libdispatch's timers, and
 # with them Task.sleep, then never fire while the machine has been up less than the offset, and spin after).
 pz_faketime_preload() {
-    local lib shim="$PZ_RUN_DIR/faketime_timerfd_shim.so"
+    local lib cc shim="$PZ_RUN_DIR/faketime_timerfd_shim.so"
     lib=$(pz_faketime_lib)
     [ -n "$lib" ] || return 0
-    "${CC:-cc}" -shared -fPIC -O2 -o "$shim" "$PZ_LIB_DIR/faketime_timerfd_shim.c" -ldl || return 1
+    # Any C compiler: Swift's toolchain brings clang, so there is always one.
+    cc=${CC:-$(command -v cc || command -v gcc || command -v clang || true)}
+    [ -n "$cc" ] || { echo "no C compiler (cc, gcc or clang) for the faketime shim" >&2; return 1; }
+    "$cc" -shared -fPIC -O2 -o "$shim" "$PZ_LIB_DIR/faketime_timerfd_shim.c" -ldl || return 1
     echo "$shim $lib"
+}
+
+# Debian's own python3 refuses pip installs into it (PEP 668, "externally-managed-environment"), and may have no
+# pip at all: then the servers go into a virtual environment of the project's, .build-venv/ (ignored by git), whose
+# bin/ is put first on PATH for this script and what it starts. A python3 of one's own (pyenv, a venv) is used as it
+# is. PZ_VENV=1 asks for the virtual environment anyway.
+pz_python_env() {
+    local venv
+    venv="$(cd "$PZ_LIB_DIR/../.." && pwd)/.build-venv"
+    if [ "${PZ_VENV:-}" != 1 ] && [ ! -x "$venv/bin/python3" ] && python3 -m pip --version >/dev/null 2>&1 \
+        && ! python3 -c 'import os, sys, sysconfig
+sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) else 1)'; then
+        return 0
+    fi
+    if [ ! -x "$venv/bin/python3" ]; then
+        echo "creating a Python virtual environment for the servers in $venv" >&2
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            rm -rf "$venv"
+            local sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo="sudo"
+            $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$venv"
+        fi
+    fi
+    export PATH="$venv/bin:$PATH"
+    hash -r
 }
 
 # Installs what the tests and the demo need when it is missing: the build's packages (and any Debian packages given
 # as arguments) and the pip servers.
 pz_install_dependencies() {
     pz_install_dependencies_build "$@"
+    pz_python_env
     local need_pip=()
     command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
     python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
