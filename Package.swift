@@ -34,16 +34,24 @@ let package = Package(
         .target(name: "CSpawn"),
         // glibc specifics: the portable release's link-time compatibility (hypotf), the allocator's mmap threshold.
         .target(name: "CGlibcCompat"),
+        // The DynamoDB task ledger: its schema, the daemon's writer and the operators' reader.
+        .target(name: "TaskLedger", dependencies: ["AWSServices", .product(name: "Logging", package: "swift-log")]),
         // The daemon: configuration, message parsing, the task runner, the slot loop and its lifecycle.
         .target(
             name: "Worker",
-            dependencies: ["AWSServices", "CSpawn", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["AWSServices", "TaskLedger", "CSpawn", .product(name: "Logging", package: "swift-log")]
+        ),
+        // The operators' tools: enqueue, status, the controller. They read what the daemon writes, never run it.
+        .target(
+            name: "Operators",
+            dependencies: ["AWSServices", "TaskLedger", .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
             name: "parallelizer",
             dependencies: [
                 "AWSServices",
                 "Worker",
+                "Operators",
                 "CGlibcCompat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -52,14 +60,15 @@ let package = Package(
 
         .target(
             name: "TestSupport",
-            dependencies: ["AWSServices", "Worker", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["AWSServices", "Worker", "TaskLedger", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "AWSSigV4Tests", dependencies: ["AWSSigV4", "TestSupport"]),
         .testTarget(name: "HTTPCurlTests", dependencies: ["HTTPCurl", "CChecksum", "TestSupport"]),
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSServices", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "Worker", "TestSupport"]),
+        .testTarget(name: "OperatorsTests", dependencies: ["Operators", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "Worker", "Operators", "TaskLedger", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

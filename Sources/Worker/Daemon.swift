@@ -4,6 +4,7 @@ import Dispatch
 import FoundationEssentials
 @preconcurrency import Glibc
 import Logging
+import TaskLedger
 
 /// `parallelizer run`: slots that receive, process and settle messages until the queue is drained or a stop is
 /// asked for (SIGTERM/SIGINT, a spot interruption notice, `--once`); then, after a drain, the shutdown command.

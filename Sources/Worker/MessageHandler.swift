@@ -3,6 +3,7 @@ import AWSServices
 import FoundationEssentials
 @preconcurrency import Glibc
 import Logging
+import TaskLedger
 
 /// Processes one received message from start to fate: parse, download, run, judge, upload, then delete, retry
 /// later, give up, or release. A failure decides only this message's fate; the slot goes on.

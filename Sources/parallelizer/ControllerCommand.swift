@@ -1,6 +1,8 @@
 import ArgumentParser
 import AWSCore
 import Logging
+import Operators
+import TaskLedger
 import Worker
 
 /// EC2-clusteR's controller as a subcommand: it retires stuck workers and stops the fleet after the drain.

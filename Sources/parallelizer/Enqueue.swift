@@ -4,7 +4,7 @@ import AWSServices
 @preconcurrency import Glibc
 import Logging
 import Synchronization
-import Worker
+import Operators
 
 struct Enqueue: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

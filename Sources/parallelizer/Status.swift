@@ -3,6 +3,8 @@ import AWSCore
 import AWSServices
 import FoundationEssentials
 @preconcurrency import Glibc
+import Operators
+import TaskLedger
 import Worker
 
 struct Status: AsyncParsableCommand {

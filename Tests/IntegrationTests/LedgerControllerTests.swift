@@ -4,6 +4,7 @@ import FoundationEssentials
 @preconcurrency import Glibc
 import Testing
 import TestSupport
+import TaskLedger
 import Worker
 
 /// The DynamoDB ledger written by real workers, and `parallelizer controller` acting on moto's EC2, SQS and DynamoDB.
@@ -18,7 +19,7 @@ struct LedgerControllerTests {
 
     static func items(_ dynamo: DynamoDBClient, table: String, queueURL: String) async throws -> [DynamoItem] {
         try await dynamo.queryAll(table: table, keyCondition: "#q = :q", names: ["#q": "queue"],
-                                  values: [":q": .s(Ledger.queueName(queueURL))], logger: quietLogger)
+                                  values: [":q": .s(LedgerSchema.queueName(queueURL))], logger: quietLogger)
     }
 
     @Test func fiftyTasksLeaveOneItemPerAttemptAndAHeartbeat() async throws {
@@ -131,7 +132,7 @@ struct LedgerControllerTests {
             let now = Date().timeIntervalSince1970
             for (id, last) in [(stuck, now - 3600), (busy, now)] {
                 try await dynamo.putItem(table: table, item: [
-                    "queue": .s(Ledger.queueName(h.queueURL)), "task": .s(Ledger.instanceSortKey(id)), "kind": .s("instance"),
+                    "queue": .s(LedgerSchema.queueName(h.queueURL)), "task": .s(LedgerSchema.instanceSortKey(id)), "kind": .s("instance"),
                     "instance": .s(id), "state": .s("running"), "startedEpoch": .number(now - 7200),
                     "lastCompletionEpoch": .number(last), "tasksDone": .number(5),
                 ], logger: quietLogger)

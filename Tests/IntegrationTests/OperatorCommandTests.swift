@@ -3,6 +3,7 @@ import AWSServices
 import FoundationEssentials
 import TestSupport
 import Testing
+import Operators
 import Worker
 
 /// `enqueue` and `status` against moto, as operators run them.

@@ -2,65 +2,7 @@ import AWSCore
 import AWSServices
 import FoundationEssentials
 import Logging
-
-/// An instance's heartbeat item in the ledger, as `status` and `controller` read it.
-public struct InstanceHeartbeat: Sendable, Equatable, Codable {
-    public var instanceID: String
-    public var state: String
-    public var version: String?
-    public var startedEpoch: Double?
-    public var updatedEpoch: Double?
-    public var lastReceiveEpoch: Double?
-    public var lastCompletionEpoch: Double?
-    public var tasksDone: Int
-    public var tasksFailed: Int
-    public var recentDurations: [Double]
-    public var recentCompletions: [Double]
-
-    public init(instanceID: String, state: String = "running", startedEpoch: Double? = nil,
-                lastCompletionEpoch: Double? = nil, tasksDone: Int = 0, recentDurations: [Double] = [],
-                recentCompletions: [Double] = []) {
-        self.instanceID = instanceID
-        self.state = state
-        self.startedEpoch = startedEpoch
-        self.lastCompletionEpoch = lastCompletionEpoch
-        self.tasksDone = tasksDone
-        self.tasksFailed = 0
-        self.recentDurations = recentDurations
-        self.recentCompletions = recentCompletions
-    }
-
-    /// When the instance last showed progress: its last completion, else its daemon's start.
-    public var lastProgressEpoch: Double? { lastCompletionEpoch ?? startedEpoch }
-
-    init?(item: DynamoItem) {
-        guard let id = item["instance"]?.string else { return nil }
-        instanceID = id
-        state = item["state"]?.string ?? "unknown"
-        version = item["version"]?.string
-        startedEpoch = item["startedEpoch"]?.double
-        updatedEpoch = item["updatedEpoch"]?.double
-        lastReceiveEpoch = item["lastReceiveEpoch"]?.double
-        lastCompletionEpoch = item["lastCompletionEpoch"]?.double
-        tasksDone = item["tasksDone"]?.int ?? 0
-        tasksFailed = item["tasksFailed"]?.int ?? 0
-        func numbers(_ name: String) -> [Double] {
-            if case .l(let values)? = item[name] { return values.compactMap(\.double) }
-            return []
-        }
-        recentDurations = numbers("recentDurations")
-        recentCompletions = numbers("recentCompletions")
-    }
-
-    /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).
-    public static func read(table: String, queueURL: String, client: DynamoDBClient,
-                            logger: Logger) async throws(AWSError) -> [InstanceHeartbeat] {
-        try await client.queryAll(
-            table: table, keyCondition: "#q = :q AND begins_with(#t, :prefix)", names: ["#q": "queue", "#t": "task"],
-            values: [":q": .s(Ledger.queueName(queueURL)), ":prefix": .s("instance#")], logger: logger
-        ).compactMap(InstanceHeartbeat.init(item:))
-    }
-}
+import TaskLedger
 
 /// What the controller decides from one look at the fleet. Pure: the clock is a parameter, so every rule is tested
 /// without waiting.
@@ -158,6 +100,9 @@ public struct Controller: Sendable {
     public static let tag = "parallelizer:queue"
     /// Rounds in a row that may fail (errors that may pass: the network, throttling) before the controller gives up.
     static let maxFailedRounds = 20
+    /// Rounds in a row with the same permanent error (`setupProblem`) before the controller gives up: the daemon's
+    /// dead-end rule, applied to rounds.
+    static let sameErrorRounds = 3
 
     let options: Options
     let context: AWSContext
@@ -250,7 +195,7 @@ public struct Controller: Sendable {
                 } else {
                     refused = nil
                 }
-                if let refused, refused.rounds >= DeadEnds.defaultThreshold {
+                if let refused, refused.rounds >= Self.sameErrorRounds {
                     logger.critical("controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (README, controller)",
                                     metadata: ["error": "\(error)"])
                     return 2

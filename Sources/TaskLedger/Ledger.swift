@@ -63,23 +63,12 @@ public actor Ledger {
                 logger: Logger) {
         self.client = client
         self.table = table
-        self.queueName = Self.queueName(queueURL)
+        self.queueName = LedgerSchema.queueName(queueURL)
         self.instanceID = instanceID
         self.settings = settings
         self.logger = logger
         self.startedAt = Self.now()
     }
-
-    /// The queue's name, the ledger's partition key: the last part of its URL.
-    public static func queueName(_ queueURL: String) -> String {
-        String(queueURL.split(separator: "/").last ?? Substring(queueURL))
-    }
-
-    public static func taskSortKey(inputKey: String, attempt: Int) -> String {
-        "task#\(inputKey)#\(String(repeating: "0", count: max(0, 4 - String(attempt).count)))\(attempt)"
-    }
-
-    public static func instanceSortKey(_ instanceID: String) -> String { "instance#\(instanceID)" }
 
     static func now() -> Double { Date().timeIntervalSince1970 }
 
@@ -102,7 +91,8 @@ public actor Ledger {
     public func taskStarted(inputKey: String, attempt: Int, slot: Int, messageID: String) {
         let now = Self.now()
         append(.put([
-            "queue": .s(queueName), "task": .s(Self.taskSortKey(inputKey: inputKey, attempt: attempt)), "kind": .s("task"),
+            LedgerSchema.partitionKey: .s(queueName),
+            LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)), LedgerSchema.kind: .s("task"),
             "inputKey": .s(inputKey), "attempt": .number(attempt), "instance": .s(instanceID), "slot": .number(slot),
             "state": .s("running"), "messageId": .s(messageID), "startedAt": .s(Self.iso(now)), "startedEpoch": .number(now),
         ]))
@@ -127,7 +117,8 @@ public actor Ledger {
             names["#reason"] = "reason"
             values[":reason"] = .s(String(reason.prefix(1000)))
         }
-        append(.update(key: ["queue": .s(queueName), "task": .s(Self.taskSortKey(inputKey: inputKey, attempt: attempt))],
+        append(.update(key: [LedgerSchema.partitionKey: .s(queueName),
+                             LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt))],
                        expression: "SET " + sets.joined(separator: ", "), names: names, values: values))
         switch outcome {
         case .done:
@@ -179,21 +170,22 @@ public actor Ledger {
 
     func heartbeatWrite(state: String, reason: String? = nil) -> Write {
         let now = Self.now()
+        typealias F = LedgerSchema.Instance
         var item: DynamoItem = [
-            "queue": .s(queueName), "task": .s(Self.instanceSortKey(instanceID)), "kind": .s("instance"),
-            "instance": .s(instanceID), "state": .s(state), "version": .s(Version.current),
-            "startedEpoch": .number(startedAt), "updatedEpoch": .number(now), "updatedAt": .s(Self.iso(now)),
-            "tasksDone": .number(progress.done), "tasksFailed": .number(progress.failed),
-            "tasksReleased": .number(progress.released),
-            "recentDurations": .l(progress.recentDurations.map { .number(($0 * 1000).rounded() / 1000) }),
-            "recentCompletions": .l(progress.recentCompletions.map { .number($0.rounded()) }),
+            LedgerSchema.partitionKey: .s(queueName), LedgerSchema.sortKey: .s(LedgerSchema.instanceSortKey(instanceID)),
+            LedgerSchema.kind: .s(F.kind), F.instance: .s(instanceID), F.state: .s(state), F.version: .s(Version.current),
+            F.startedEpoch: .number(startedAt), F.updatedEpoch: .number(now), F.updatedAt: .s(Self.iso(now)),
+            F.tasksDone: .number(progress.done), F.tasksFailed: .number(progress.failed),
+            F.tasksReleased: .number(progress.released),
+            F.recentDurations: .l(progress.recentDurations.map { .number(($0 * 1000).rounded() / 1000) }),
+            F.recentCompletions: .l(progress.recentCompletions.map { .number($0.rounded()) }),
         ]
-        if let t = progress.lastReceive { item["lastReceiveEpoch"] = .number(t.rounded()) }
+        if let t = progress.lastReceive { item[F.lastReceiveEpoch] = .number(t.rounded()) }
         if let t = progress.lastCompletion {
-            item["lastCompletionEpoch"] = .number(t.rounded())
-            item["lastCompletionAt"] = .s(Self.iso(t))
+            item[F.lastCompletionEpoch] = .number(t.rounded())
+            item[F.lastCompletionAt] = .s(Self.iso(t))
         }
-        if let reason { item["stopReason"] = .s(reason) }
+        if let reason { item[F.stopReason] = .s(reason) }
         return .put(item)
     }
 

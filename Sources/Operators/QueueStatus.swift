@@ -1,6 +1,7 @@
 import AWSCore
 import AWSServices
 import Logging
+import TaskLedger
 
 /// Progress of a run as the queue and the output bucket show it.
 public struct QueueStatus: Sendable, Equatable, Codable {

@@ -1,7 +1,8 @@
 import AWSServices
 import AWSSigV4
 import Testing
-@testable import Worker
+@testable import Operators
+import TaskLedger
 
 /// The controller's rules and `status`'s fleet summary, with the clock as a parameter.
 struct FleetPolicyTests {
@@ -87,8 +88,8 @@ struct FleetPolicyTests {
     }
 
     @Test func ledgerKeysSortAttemptsAndNameTheQueue() {
-        #expect(Ledger.taskSortKey(inputKey: "a/b.txt", attempt: 2) == "task#a/b.txt#0002")
-        #expect(Ledger.queueName("https://sqs.eu-west-1.amazonaws.com/123456789012/jobs") == "jobs")
-        #expect(Ledger.instanceSortKey("i-1") == "instance#i-1")
+        #expect(LedgerSchema.taskSortKey(inputKey: "a/b.txt", attempt: 2) == "task#a/b.txt#0002")
+        #expect(LedgerSchema.queueName("https://sqs.eu-west-1.amazonaws.com/123456789012/jobs") == "jobs")
+        #expect(LedgerSchema.instanceSortKey("i-1") == "instance#i-1")
     }
 }

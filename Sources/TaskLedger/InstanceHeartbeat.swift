@@ -1,0 +1,64 @@
+import AWSCore
+import AWSServices
+import Logging
+
+/// An instance's heartbeat item in the ledger, as `status` and `controller` read it.
+public struct InstanceHeartbeat: Sendable, Equatable, Codable {
+    public var instanceID: String
+    public var state: String
+    public var version: String?
+    public var startedEpoch: Double?
+    public var updatedEpoch: Double?
+    public var lastReceiveEpoch: Double?
+    public var lastCompletionEpoch: Double?
+    public var tasksDone: Int
+    public var tasksFailed: Int
+    public var recentDurations: [Double]
+    public var recentCompletions: [Double]
+
+    public init(instanceID: String, state: String = "running", startedEpoch: Double? = nil,
+                lastCompletionEpoch: Double? = nil, tasksDone: Int = 0, recentDurations: [Double] = [],
+                recentCompletions: [Double] = []) {
+        self.instanceID = instanceID
+        self.state = state
+        self.startedEpoch = startedEpoch
+        self.lastCompletionEpoch = lastCompletionEpoch
+        self.tasksDone = tasksDone
+        self.tasksFailed = 0
+        self.recentDurations = recentDurations
+        self.recentCompletions = recentCompletions
+    }
+
+    /// When the instance last showed progress: its last completion, else its daemon's start.
+    public var lastProgressEpoch: Double? { lastCompletionEpoch ?? startedEpoch }
+
+    init?(item: DynamoItem) {
+        typealias F = LedgerSchema.Instance
+        guard let id = item[F.instance]?.string else { return nil }
+        instanceID = id
+        state = item[F.state]?.string ?? "unknown"
+        version = item[F.version]?.string
+        startedEpoch = item[F.startedEpoch]?.double
+        updatedEpoch = item[F.updatedEpoch]?.double
+        lastReceiveEpoch = item[F.lastReceiveEpoch]?.double
+        lastCompletionEpoch = item[F.lastCompletionEpoch]?.double
+        tasksDone = item[F.tasksDone]?.int ?? 0
+        tasksFailed = item[F.tasksFailed]?.int ?? 0
+        func numbers(_ name: String) -> [Double] {
+            if case .l(let values)? = item[name] { return values.compactMap(\.double) }
+            return []
+        }
+        recentDurations = numbers(F.recentDurations)
+        recentCompletions = numbers(F.recentCompletions)
+    }
+
+    /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).
+    public static func read(table: String, queueURL: String, client: DynamoDBClient,
+                            logger: Logger) async throws(AWSError) -> [InstanceHeartbeat] {
+        try await client.queryAll(
+            table: table, keyCondition: "#q = :q AND begins_with(#t, :prefix)",
+            names: ["#q": LedgerSchema.partitionKey, "#t": LedgerSchema.sortKey],
+            values: [":q": .s(LedgerSchema.queueName(queueURL)), ":prefix": .s(LedgerSchema.instancePrefix)], logger: logger
+        ).compactMap(InstanceHeartbeat.init(item:))
+    }
+}

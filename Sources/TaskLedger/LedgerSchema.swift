@@ -1,0 +1,50 @@
+/// The ledger table's layout, written by the daemon (`Ledger`) and read by the operators' tools
+/// (`InstanceHeartbeat`): one table, partitioned by the queue's name, with two kinds of item.
+///
+/// - `task#<input key>#<attempt>`: one per task attempt;
+/// - `instance#<instance id>`: one heartbeat per instance.
+///
+/// Every name is spelled here once, so the writer and the readers cannot drift apart.
+public enum LedgerSchema {
+    /// The partition key: the queue's name.
+    public static let partitionKey = "queue"
+    /// The sort key: `task#...` or `instance#...`.
+    public static let sortKey = "task"
+    public static let taskPrefix = "task#"
+    public static let instancePrefix = "instance#"
+
+    /// The queue's name, the ledger's partition key: the last part of its URL.
+    public static func queueName(_ queueURL: String) -> String {
+        String(queueURL.split(separator: "/").last ?? Substring(queueURL))
+    }
+
+    /// `task#<input key>#0003`: attempts sort in order under their input.
+    public static func taskSortKey(inputKey: String, attempt: Int) -> String {
+        "\(taskPrefix)\(inputKey)#\(String(repeating: "0", count: max(0, 4 - String(attempt).count)))\(attempt)"
+    }
+
+    public static func instanceSortKey(_ instanceID: String) -> String { instancePrefix + instanceID }
+
+    /// The attributes of a heartbeat item.
+    public enum Instance {
+        public static let kind = "instance"
+        public static let instance = "instance"
+        public static let state = "state"
+        public static let version = "version"
+        public static let startedEpoch = "startedEpoch"
+        public static let updatedEpoch = "updatedEpoch"
+        public static let updatedAt = "updatedAt"
+        public static let lastReceiveEpoch = "lastReceiveEpoch"
+        public static let lastCompletionEpoch = "lastCompletionEpoch"
+        public static let lastCompletionAt = "lastCompletionAt"
+        public static let tasksDone = "tasksDone"
+        public static let tasksFailed = "tasksFailed"
+        public static let tasksReleased = "tasksReleased"
+        public static let recentDurations = "recentDurations"
+        public static let recentCompletions = "recentCompletions"
+        public static let stopReason = "stopReason"
+    }
+
+    /// The attribute every item has that tells its kind (`task` or `instance`).
+    public static let kind = "kind"
+}
