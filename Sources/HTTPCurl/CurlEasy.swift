@@ -1,44 +1,11 @@
 internal import CChecksum
 internal import CCurl
 @preconcurrency import Glibc
-import Synchronization
 
 /// libcurl's global state, initialised exactly once before any handle exists.
 enum CurlGlobal {
     static let initialized: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
     static var version: String { String(cString: pz_curl_version()) }
-}
-
-/// State shared with libcurl's C callbacks for one transfer. Curl gets it back through `Unmanaged`.
-final class TransferState {
-    // Response
-    var status = 0
-    var headers: [(String, String)] = []
-    var body: [UInt8] = []
-    var output: UnsafeMutablePointer<FILE>?
-    var bytesWritten: Int64 = 0
-    var memoryLimit = 256 << 20
-    var failure: HTTPTransportError?
-    // Request body
-    var input: UnsafeMutablePointer<FILE>?
-    var inputBytes: [UInt8] = []
-    var inputStart: Int64 = 0
-    var inputLength: Int64 = 0
-    var inputSent: Int64 = 0
-    /// For a body with a CRC-32C trailer: its framing, the data's running checksum, and the suffix once known.
-    var framing: ChunkedTrailerFraming?
-    var framingPrefix: [UInt8] = []
-    var framingSuffix: [UInt8]?
-    var crc: UInt32 = 0
-    /// The response body's running CRC-32C, when the request asked for it.
-    var responseCRC: UInt32?
-    // Cancellation, set from another thread.
-    let cancelled = Atomic<Bool>(false)
-
-    deinit {
-        if let output { fclose(output) }
-        if let input { fclose(input) }
-    }
 }
 
 /// One libcurl easy handle. Reusing it keeps the connection alive between requests (per worker slot).
@@ -48,9 +15,10 @@ final class CurlEasy {
     private let caBundle: String?
     private let userAgent: String
 
-    init(caBundle: String?, userAgent: String) {
-        precondition(CurlGlobal.initialized, "curl_global_init failed")
-        guard let h = curl_easy_init() else { fatalError("curl_easy_init failed") }
+    init(caBundle: String?, userAgent: String) throws(HTTPTransportError) {
+        guard CurlGlobal.initialized, let h = curl_easy_init() else {
+            throw HTTPTransportError(kind: .other, curlCode: -1, message: "libcurl cannot be initialised (curl_global_init or curl_easy_init failed)")
+        }
         handle = h
         self.caBundle = caBundle
         self.userAgent = userAgent
@@ -131,36 +99,36 @@ final class CurlEasy {
     private func configure(_ request: HTTPRequest, state: TransferState,
                            slist: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPTransportError) {
         let unmanaged = Unmanaged.passUnretained(state).toOpaque()
-        set(CURLOPT_URL, request.url)
-        set(CURLOPT_NOSIGNAL, 1)
-        set(CURLOPT_USERAGENT, userAgent)
-        set(CURLOPT_SSL_VERIFYPEER, 1)
-        set(CURLOPT_SSL_VERIFYHOST, 2)
-        if let caBundle { set(CURLOPT_CAINFO, caBundle) }
-        set(CURLOPT_TCP_KEEPALIVE, 1)
+        try set(CURLOPT_URL, request.url)
+        try set(CURLOPT_NOSIGNAL, 1)
+        try set(CURLOPT_USERAGENT, userAgent)
+        try set(CURLOPT_SSL_VERIFYPEER, 1)
+        try set(CURLOPT_SSL_VERIFYHOST, 2)
+        if let caBundle { try set(CURLOPT_CAINFO, caBundle) }
+        try set(CURLOPT_TCP_KEEPALIVE, 1, optional: true)
         // Receive in 512 KiB chunks (curl's maximum) rather than 16 KiB: fewer callbacks and writes per GiB.
-        if case .file = request.response { set(CURLOPT_BUFFERSIZE, 512 << 10) }
-        set(CURLOPT_CONNECTTIMEOUT, request.timeouts.connect)
-        set(CURLOPT_LOW_SPEED_LIMIT, request.timeouts.lowSpeedBytes)
-        set(CURLOPT_LOW_SPEED_TIME, request.timeouts.lowSpeedSeconds)
-        set(CURLOPT_TIMEOUT, request.timeouts.total)
-        set(CURLOPT_FOLLOWLOCATION, 0)
+        if case .file = request.response { try set(CURLOPT_BUFFERSIZE, 512 << 10, optional: true) }
+        try set(CURLOPT_CONNECTTIMEOUT, request.timeouts.connect)
+        try set(CURLOPT_LOW_SPEED_LIMIT, request.timeouts.lowSpeedBytes)
+        try set(CURLOPT_LOW_SPEED_TIME, request.timeouts.lowSpeedSeconds)
+        try set(CURLOPT_TIMEOUT, request.timeouts.total)
+        try set(CURLOPT_FOLLOWLOCATION, 0)
         // S3 keys may contain `..` and `//`; the path must go out exactly as it was signed.
-        set(CURLOPT_PATH_AS_IS, 1)
+        try set(CURLOPT_PATH_AS_IS, 1)
         if !request.connectTo.isEmpty {
             var connect: UnsafeMutablePointer<curl_slist>?
             for entry in request.connectTo { connect = curl_slist_append(connect, entry) }
             connectToList = connect
-            _ = pz_curl_setopt_slist(handle, CURLOPT_CONNECT_TO, connect)
+            try check(pz_curl_setopt_slist(handle, CURLOPT_CONNECT_TO, connect), "CONNECT_TO")
         }
 
-        _ = pz_curl_setopt_ptr(handle, CURLOPT_HEADERDATA, unmanaged)
-        _ = pz_curl_setopt_datafn(handle, CURLOPT_HEADERFUNCTION, curlHeaderCallback)
-        _ = pz_curl_setopt_ptr(handle, CURLOPT_WRITEDATA, unmanaged)
-        _ = pz_curl_setopt_datafn(handle, CURLOPT_WRITEFUNCTION, curlWriteCallback)
-        set(CURLOPT_NOPROGRESS, 0)
-        _ = pz_curl_setopt_ptr(handle, CURLOPT_XFERINFODATA, unmanaged)
-        _ = pz_curl_setopt_xferinfofn(handle, CURLOPT_XFERINFOFUNCTION, curlProgressCallback)
+        try check(pz_curl_setopt_ptr(handle, CURLOPT_HEADERDATA, unmanaged), "HEADERDATA")
+        try check(pz_curl_setopt_datafn(handle, CURLOPT_HEADERFUNCTION, curlHeaderCallback), "HEADERFUNCTION")
+        try check(pz_curl_setopt_ptr(handle, CURLOPT_WRITEDATA, unmanaged), "WRITEDATA")
+        try check(pz_curl_setopt_datafn(handle, CURLOPT_WRITEFUNCTION, curlWriteCallback), "WRITEFUNCTION")
+        try set(CURLOPT_NOPROGRESS, 0)
+        try check(pz_curl_setopt_ptr(handle, CURLOPT_XFERINFODATA, unmanaged), "XFERINFODATA")
+        try check(pz_curl_setopt_xferinfofn(handle, CURLOPT_XFERINFOFUNCTION, curlProgressCallback), "XFERINFOFUNCTION")
 
         // Request body: always through the read callback, so a file is streamed and a retry re-reads it.
         switch request.body {
@@ -188,30 +156,30 @@ final class CurlEasy {
         let hasBody = request.body.length > 0 || request.method == "PUT" || request.method == "POST"
         if hasBody {
             // Larger reads mean fewer callbacks and syscalls for big files (curl's default is 64 KiB).
-            if request.body.length > 1 << 20 { set(CURLOPT_UPLOAD_BUFFERSIZE, 1 << 20) }
-            _ = pz_curl_setopt_ptr(handle, CURLOPT_READDATA, unmanaged)
-            _ = pz_curl_setopt_datafn(handle, CURLOPT_READFUNCTION, curlReadCallback)
-            _ = pz_curl_setopt_ptr(handle, CURLOPT_SEEKDATA, unmanaged)
-            _ = pz_curl_setopt_seekfn(handle, CURLOPT_SEEKFUNCTION, curlSeekCallback)
+            if request.body.length > 1 << 20 { try set(CURLOPT_UPLOAD_BUFFERSIZE, 1 << 20, optional: true) }
+            try check(pz_curl_setopt_ptr(handle, CURLOPT_READDATA, unmanaged), "READDATA")
+            try check(pz_curl_setopt_datafn(handle, CURLOPT_READFUNCTION, curlReadCallback), "READFUNCTION")
+            try check(pz_curl_setopt_ptr(handle, CURLOPT_SEEKDATA, unmanaged), "SEEKDATA")
+            try check(pz_curl_setopt_seekfn(handle, CURLOPT_SEEKFUNCTION, curlSeekCallback), "SEEKFUNCTION")
         }
 
         switch request.method {
         case "GET":
-            set(CURLOPT_HTTPGET, 1)
+            try set(CURLOPT_HTTPGET, 1)
         case "HEAD":
-            set(CURLOPT_NOBODY, 1)
+            try set(CURLOPT_NOBODY, 1)
         case "POST":
-            set(CURLOPT_POST, 1)
-            _ = pz_curl_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.length))
+            try set(CURLOPT_POST, 1)
+            try check(pz_curl_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.length)), "POSTFIELDSIZE_LARGE")
         case "PUT":
             // Without INFILESIZE a PUT goes out chunked, which S3 refuses.
-            set(CURLOPT_UPLOAD, 1)
-            _ = pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length))
+            try set(CURLOPT_UPLOAD, 1)
+            try check(pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length)), "INFILESIZE_LARGE")
         default:
-            set(CURLOPT_CUSTOMREQUEST, request.method)
+            try set(CURLOPT_CUSTOMREQUEST, request.method)
             if request.body.length > 0 {
-                set(CURLOPT_UPLOAD, 1)
-                _ = pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length))
+                try set(CURLOPT_UPLOAD, 1)
+                try check(pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length)), "INFILESIZE_LARGE")
             }
         }
 
@@ -225,7 +193,7 @@ final class CurlEasy {
             list = curl_slist_append(list, "Content-Type:")
         }
         slist = list
-        _ = pz_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
+        try check(pz_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, list), "HTTPHEADER")
     }
 
     /// Kept alive for the duration of the transfer that uses it.
@@ -233,8 +201,24 @@ final class CurlEasy {
         didSet { if let oldValue { curl_slist_free_all(oldValue) } }
     }
 
-    private func set(_ option: CURLoption, _ value: Int) { _ = pz_curl_setopt_long(handle, option, value) }
-    private func set(_ option: CURLoption, _ value: String) { _ = pz_curl_setopt_string(handle, option, value) }
+    /// Sets an option. An `optional` one (a buffer size, keep-alive: speed, not correctness) may be missing from an
+    /// older libcurl; any other refusal fails the request with the option's name, instead of sending a request that
+    /// is not the one meant.
+    private func set(_ option: CURLoption, _ value: Int, optional: Bool = false) throws(HTTPTransportError) {
+        let code = pz_curl_setopt_long(handle, option, value)
+        if optional && (code == CURLE_UNKNOWN_OPTION || code == CURLE_NOT_BUILT_IN) { return }
+        try check(code, "option \(option.rawValue)")
+    }
+
+    private func set(_ option: CURLoption, _ value: String) throws(HTTPTransportError) {
+        try check(pz_curl_setopt_string(handle, option, value), "option \(option.rawValue)")
+    }
+
+    private func check(_ code: CURLcode, _ what: String) throws(HTTPTransportError) {
+        guard code != CURLE_OK else { return }
+        throw HTTPTransportError(kind: .other, curlCode: Int32(code.rawValue),
+                                 message: "curl_easy_setopt(\(what)) failed: \(String(cString: curl_easy_strerror(code)))")
+    }
 
     static func error(_ code: CURLcode, cancelled: Bool) -> HTTPTransportError {
         let message = String(cString: curl_easy_strerror(code))
@@ -255,154 +239,3 @@ final class CurlEasy {
 }
 
 func errnoText() -> String { String(cString: strerror(errno)) }
-
-// MARK: - C callbacks (non-capturing; they find their state through the userdata pointer)
-
-private func curlHeaderCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
-                                _ userdata: UnsafeMutableRawPointer?) -> Int {
-    let length = size * count
-    guard let userdata else { return 0 }
-    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
-    // Bytes, not Characters: a header line is ASCII in practice, and grapheme-aware String searching was a
-    // visible share of the daemon's CPU per request.
-    let line = UnsafeRawBufferPointer(start: data, count: length)
-    if length >= 5, line[0] == UInt8(ascii: "H"), line[1] == UInt8(ascii: "T"), line[2] == UInt8(ascii: "T"),
-       line[3] == UInt8(ascii: "P"), line[4] == UInt8(ascii: "/") {
-        // A new status line (after 100 Continue or a redirect): start over.
-        var status = 0
-        if let space = line.firstIndex(of: UInt8(ascii: " ")) {
-            for byte in line[(space + 1)...] {
-                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), status < 1000 else { break }
-                status = status * 10 + Int(byte - UInt8(ascii: "0"))
-            }
-        }
-        state.status = status
-        state.headers = []
-    } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
-        let isSpace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 || byte == 0x0d || byte == 0x0a }
-        var start = colon + 1
-        var end = length
-        while start < end, isSpace(line[start]) { start += 1 }
-        while end > start, isSpace(line[end - 1]) { end -= 1 }
-        state.headers.append((String(decoding: line[..<colon], as: UTF8.self),
-                              String(decoding: line[start..<end], as: UTF8.self)))
-    }
-    return length
-}
-
-private func curlWriteCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
-                               _ userdata: UnsafeMutableRawPointer?) -> Int {
-    let length = size * count
-    guard let userdata else { return 0 }
-    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
-    if let output = state.output, (200..<300).contains(state.status) {
-        if let crc = state.responseCRC { state.responseCRC = pz_crc32c(crc, data, length) }
-        let written = fwrite(data, 1, length, output)
-        state.bytesWritten += Int64(written)
-        if written != length {
-            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
-            return 0
-        }
-        return length
-    }
-    if state.body.count + length > state.memoryLimit {
-        if state.output != nil { return length }  // an oversized error body: keep its head, drop the rest
-        state.failure = HTTPTransportError(kind: .other, curlCode: -1,
-                                           message: "response body exceeds \(state.memoryLimit) bytes")
-        return 0
-    }
-    state.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
-    return length
-}
-
-private func curlReadCallback(_ buffer: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
-                              _ userdata: UnsafeMutableRawPointer?) -> Int {
-    guard let userdata else { return Int(CURL_READFUNC_ABORT) }
-    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
-    let wanted = Int(min(Int64(size * count), state.inputLength - state.inputSent))
-    if wanted <= 0 { return 0 }
-    if let framing = state.framing, let input = state.input {
-        return readFramed(into: UnsafeMutableRawPointer(buffer), capacity: wanted, framing: framing, input: input, state: state)
-    }
-    if let input = state.input {
-        let got = fread(buffer, 1, wanted, input)
-        if got == 0 {
-            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
-                message: "request body file ended early after \(state.inputSent) of \(state.inputLength) bytes")
-            return Int(CURL_READFUNC_ABORT)
-        }
-        state.inputSent += Int64(got)
-        return got
-    }
-    let start = Int(state.inputSent)
-    state.inputBytes.withUnsafeBytes { raw in
-        UnsafeMutableRawPointer(buffer).copyMemory(from: raw.baseAddress! + start, byteCount: wanted)
-    }
-    state.inputSent += Int64(wanted)
-    return wanted
-}
-
-/// The wire bytes from `state.inputSent` on: the prefix, then file data (checksummed as it passes), then the
-/// suffix, which is built once the last data byte has been read.
-private func readFramed(into buffer: UnsafeMutableRawPointer, capacity: Int, framing: ChunkedTrailerFraming,
-                        input: UnsafeMutablePointer<FILE>, state: TransferState) -> Int {
-    let prefixEnd = Int64(state.framingPrefix.count)
-    let dataEnd = prefixEnd + framing.dataLength
-    var written = 0
-    while written < capacity {
-        let position = state.inputSent
-        let room = capacity - written
-        var n: Int
-        if position < prefixEnd {
-            n = min(room, Int(prefixEnd - position))
-            state.framingPrefix.withUnsafeBytes { (buffer + written).copyMemory(from: $0.baseAddress! + Int(position), byteCount: n) }
-        } else if position < dataEnd {
-            n = fread(buffer + written, 1, min(room, Int(dataEnd - position)), input)
-            if n == 0 {
-                state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
-                    message: "request body file ended early after \(position - prefixEnd) of \(framing.dataLength) bytes")
-                return Int(CURL_READFUNC_ABORT)
-            }
-            state.crc = pz_crc32c(state.crc, buffer + written, n)
-        } else {
-            if state.framingSuffix == nil { state.framingSuffix = framing.suffix(crc: state.crc) }
-            let suffix = state.framingSuffix!
-            let start = Int(position - dataEnd)
-            n = min(room, suffix.count - start)
-            if n <= 0 { break }
-            suffix.withUnsafeBytes { (buffer + written).copyMemory(from: $0.baseAddress! + start, byteCount: n) }
-        }
-        written += n
-        state.inputSent += Int64(n)
-    }
-    return written
-}
-
-/// Lets curl rewind the body when it must send it again (a reused connection that turned out dead).
-private func curlSeekCallback(_ userdata: UnsafeMutableRawPointer?, _ offset: curl_off_t, _ origin: Int32) -> Int32 {
-    guard let userdata, origin == SEEK_SET else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
-    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
-    guard offset >= 0, Int64(offset) <= state.inputLength else { return Int32(CURL_SEEKFUNC_FAIL) }
-    if state.framing != nil {
-        // The checksum runs from the first byte: a framed body rewinds only to its start (curl's only use).
-        guard offset == 0, let input = state.input, fseeko(input, off_t(state.inputStart), SEEK_SET) == 0 else {
-            return Int32(CURL_SEEKFUNC_CANTSEEK)
-        }
-        state.crc = 0
-        state.framingSuffix = nil
-        state.inputSent = 0
-        return Int32(CURL_SEEKFUNC_OK)
-    }
-    if let input = state.input, fseeko(input, off_t(state.inputStart + Int64(offset)), SEEK_SET) != 0 {
-        return Int32(CURL_SEEKFUNC_FAIL)
-    }
-    state.inputSent = Int64(offset)
-    return Int32(CURL_SEEKFUNC_OK)
-}
-
-private func curlProgressCallback(_ userdata: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t,
-                                  _: curl_off_t, _: curl_off_t) -> Int32 {
-    guard let userdata else { return 0 }
-    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
-    return state.cancelled.load(ordering: .relaxed) ? 1 : 0
-}

@@ -34,7 +34,12 @@ public final class HTTPClient: Sendable {
 
     /// Sends `request` and waits for the whole response. Task cancellation aborts the transfer.
     public func execute(_ request: HTTPRequest) async throws(HTTPTransportError) -> HTTPResponse {
-        let session = idle.withLock { $0.popLast() } ?? CurlSession(configuration: configuration)
+        let session: CurlSession
+        if let pooled = idle.withLock({ $0.popLast() }) {
+            session = pooled
+        } else {
+            session = try CurlSession(configuration: configuration)
+        }
         let state = TransferState()
         let result: Result<HTTPResponse, HTTPTransportError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
@@ -62,10 +67,8 @@ final class CurlSession: @unchecked Sendable {
     /// Touched only on `queue`.
     let easy: CurlEasy
 
-    init(configuration: HTTPClient.Configuration) {
+    init(configuration: HTTPClient.Configuration) throws(HTTPTransportError) {
         queue = DispatchQueue(label: "parallelizer.curl")
-        easy = CurlEasy(caBundle: configuration.caBundle, userAgent: configuration.userAgent)
+        easy = try CurlEasy(caBundle: configuration.caBundle, userAgent: configuration.userAgent)
     }
 }
-
-extension TransferState: @unchecked Sendable {}

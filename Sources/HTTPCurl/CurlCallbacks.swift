@@ -1,0 +1,154 @@
+internal import CChecksum
+internal import CCurl
+@preconcurrency import Glibc
+
+// MARK: - C callbacks (non-capturing; they find their state through the userdata pointer)
+
+func curlHeaderCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+                                _ userdata: UnsafeMutableRawPointer?) -> Int {
+    let length = size * count
+    guard let userdata else { return 0 }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    // Bytes, not Characters: a header line is ASCII in practice, and grapheme-aware String searching was a
+    // visible share of the daemon's CPU per request.
+    let line = UnsafeRawBufferPointer(start: data, count: length)
+    if length >= 5, line[0] == UInt8(ascii: "H"), line[1] == UInt8(ascii: "T"), line[2] == UInt8(ascii: "T"),
+       line[3] == UInt8(ascii: "P"), line[4] == UInt8(ascii: "/") {
+        // A new status line (after 100 Continue or a redirect): start over.
+        var status = 0
+        if let space = line.firstIndex(of: UInt8(ascii: " ")) {
+            for byte in line[(space + 1)...] {
+                guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), status < 1000 else { break }
+                status = status * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+        }
+        state.status = status
+        state.headers = []
+    } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+        let isSpace = { (byte: UInt8) in byte == 0x20 || byte == 0x09 || byte == 0x0d || byte == 0x0a }
+        var start = colon + 1
+        var end = length
+        while start < end, isSpace(line[start]) { start += 1 }
+        while end > start, isSpace(line[end - 1]) { end -= 1 }
+        state.headers.append((String(decoding: line[..<colon], as: UTF8.self),
+                              String(decoding: line[start..<end], as: UTF8.self)))
+    }
+    return length
+}
+
+func curlWriteCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+                               _ userdata: UnsafeMutableRawPointer?) -> Int {
+    let length = size * count
+    guard let userdata else { return 0 }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    if let output = state.output, (200..<300).contains(state.status) {
+        if let crc = state.responseCRC { state.responseCRC = pz_crc32c(crc, data, length) }
+        let written = fwrite(data, 1, length, output)
+        state.bytesWritten += Int64(written)
+        if written != length {
+            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+            return 0
+        }
+        return length
+    }
+    if state.body.count + length > state.memoryLimit {
+        if state.output != nil { return length }  // an oversized error body: keep its head, drop the rest
+        state.failure = HTTPTransportError(kind: .other, curlCode: -1,
+                                           message: "response body exceeds \(state.memoryLimit) bytes")
+        return 0
+    }
+    state.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
+    return length
+}
+
+func curlReadCallback(_ buffer: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+                              _ userdata: UnsafeMutableRawPointer?) -> Int {
+    guard let userdata else { return Int(CURL_READFUNC_ABORT) }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    let wanted = Int(min(Int64(size * count), state.inputLength - state.inputSent))
+    if wanted <= 0 { return 0 }
+    if let framing = state.framing, let input = state.input {
+        return readFramed(into: UnsafeMutableRawPointer(buffer), capacity: wanted, framing: framing, input: input, state: state)
+    }
+    if let input = state.input {
+        let got = fread(buffer, 1, wanted, input)
+        if got == 0 {
+            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
+                message: "request body file ended early after \(state.inputSent) of \(state.inputLength) bytes")
+            return Int(CURL_READFUNC_ABORT)
+        }
+        state.inputSent += Int64(got)
+        return got
+    }
+    let start = Int(state.inputSent)
+    state.inputBytes.withUnsafeBytes { raw in
+        UnsafeMutableRawPointer(buffer).copyMemory(from: raw.baseAddress! + start, byteCount: wanted)
+    }
+    state.inputSent += Int64(wanted)
+    return wanted
+}
+
+/// The wire bytes from `state.inputSent` on: the prefix, then file data (checksummed as it passes), then the
+/// suffix, which is built once the last data byte has been read.
+func readFramed(into buffer: UnsafeMutableRawPointer, capacity: Int, framing: ChunkedTrailerFraming,
+                        input: UnsafeMutablePointer<FILE>, state: TransferState) -> Int {
+    let prefixEnd = Int64(state.framingPrefix.count)
+    let dataEnd = prefixEnd + framing.dataLength
+    var written = 0
+    while written < capacity {
+        let position = state.inputSent
+        let room = capacity - written
+        var n: Int
+        if position < prefixEnd {
+            n = min(room, Int(prefixEnd - position))
+            state.framingPrefix.withUnsafeBytes { (buffer + written).copyMemory(from: $0.baseAddress! + Int(position), byteCount: n) }
+        } else if position < dataEnd {
+            n = fread(buffer + written, 1, min(room, Int(dataEnd - position)), input)
+            if n == 0 {
+                state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
+                    message: "request body file ended early after \(position - prefixEnd) of \(framing.dataLength) bytes")
+                return Int(CURL_READFUNC_ABORT)
+            }
+            state.crc = pz_crc32c(state.crc, buffer + written, n)
+        } else {
+            if state.framingSuffix == nil { state.framingSuffix = framing.suffix(crc: state.crc) }
+            let suffix = state.framingSuffix!
+            let start = Int(position - dataEnd)
+            n = min(room, suffix.count - start)
+            if n <= 0 { break }
+            suffix.withUnsafeBytes { (buffer + written).copyMemory(from: $0.baseAddress! + start, byteCount: n) }
+        }
+        written += n
+        state.inputSent += Int64(n)
+    }
+    return written
+}
+
+/// Lets curl rewind the body when it must send it again (a reused connection that turned out dead).
+func curlSeekCallback(_ userdata: UnsafeMutableRawPointer?, _ offset: curl_off_t, _ origin: Int32) -> Int32 {
+    guard let userdata, origin == SEEK_SET else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    guard offset >= 0, Int64(offset) <= state.inputLength else { return Int32(CURL_SEEKFUNC_FAIL) }
+    if state.framing != nil {
+        // The checksum runs from the first byte: a framed body rewinds only to its start (curl's only use).
+        guard offset == 0, let input = state.input, fseeko(input, off_t(state.inputStart), SEEK_SET) == 0 else {
+            return Int32(CURL_SEEKFUNC_CANTSEEK)
+        }
+        state.crc = 0
+        state.framingSuffix = nil
+        state.inputSent = 0
+        return Int32(CURL_SEEKFUNC_OK)
+    }
+    if let input = state.input, fseeko(input, off_t(state.inputStart + Int64(offset)), SEEK_SET) != 0 {
+        return Int32(CURL_SEEKFUNC_FAIL)
+    }
+    state.inputSent = Int64(offset)
+    return Int32(CURL_SEEKFUNC_OK)
+}
+
+func curlProgressCallback(_ userdata: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t,
+                                  _: curl_off_t, _: curl_off_t) -> Int32 {
+    guard let userdata else { return 0 }
+    let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    return state.cancelled.load(ordering: .relaxed) ? 1 : 0
+}

@@ -1,0 +1,36 @@
+@preconcurrency import Glibc
+import Synchronization
+
+/// State shared with libcurl's C callbacks for one transfer. Curl gets it back through `Unmanaged`.
+final class TransferState {
+    // Response
+    var status = 0
+    var headers: [(String, String)] = []
+    var body: [UInt8] = []
+    var output: UnsafeMutablePointer<FILE>?
+    var bytesWritten: Int64 = 0
+    var memoryLimit = 256 << 20
+    var failure: HTTPTransportError?
+    // Request body
+    var input: UnsafeMutablePointer<FILE>?
+    var inputBytes: [UInt8] = []
+    var inputStart: Int64 = 0
+    var inputLength: Int64 = 0
+    var inputSent: Int64 = 0
+    /// For a body with a CRC-32C trailer: its framing, the data's running checksum, and the suffix once known.
+    var framing: ChunkedTrailerFraming?
+    var framingPrefix: [UInt8] = []
+    var framingSuffix: [UInt8]?
+    var crc: UInt32 = 0
+    /// The response body's running CRC-32C, when the request asked for it.
+    var responseCRC: UInt32?
+    // Cancellation, set from another thread.
+    let cancelled = Atomic<Bool>(false)
+
+    deinit {
+        if let output { fclose(output) }
+        if let input { fclose(input) }
+    }
+}
+
+extension TransferState: @unchecked Sendable {}
