@@ -227,4 +227,30 @@ struct ProvisioningScriptTests {
             #expect(config.region == "eu-west-1" && config.numThreads == 3 && config.shutdownGrace == 100)
         }
     }
+
+    /// The parameters are checked and rendered by the daemon's own code (`parallelizer config render`), so launch
+    /// reads durations as the daemon does and refuses, before starting anything, what the daemon would refuse.
+    @Test func launchChecksParametersWithTheDaemonsOwnRules() async throws {
+        try await withTemporaryDirectory { dir in
+            let environment = try Scripts.motoEnvironment(in: dir)
+            let common = [
+                "--queue-url", "https://sqs.eu-west-1.amazonaws.com/123456789012/q", "--instance-profile", "p",
+                "--release-s3", "s3://rel/parallelizer.tar.gz", "--release-sha256", String(repeating: "ab", count: 32),
+                "--region", "eu-west-1", "--render-only", "--endpoint-url", try TestEnvironment.endpoint(.moto),
+                "--set", "inputBucket=in-bucket", "--set", "outputBucket=out-bucket", "--set", "analysisProgram=bin/x",
+            ]
+            let minutes = try await Scripts.run("launch", common + ["--set", "shutdown-grace=2m"], environment: environment,
+                                                directory: dir)
+            #expect(minutes.succeeded, "\(minutes.stderr)")
+            #expect(minutes.stdout.contains("TimeoutStopSec=150"))
+            #expect(minutes.stdout.contains("  shutdownGrace: '2m'"), "the key is not in its canonical spelling")
+            for (bad, says) in [("taskTimeout=soon", "taskTimeout"), ("numThreds=4", "numThreds"),
+                                ("outputBucket=Not_A_Bucket", "outputBucket")] {
+                let refused = try await Scripts.run("launch", common + ["--set", bad], environment: environment, directory: dir)
+                #expect(refused.status == 2, "\(bad): \(refused.stderr)")
+                #expect(refused.stderr.contains(says), "\(bad): \(refused.stderr)")
+                #expect(!refused.stdout.contains("#cloud-config"), "\(bad) was rendered")
+            }
+        }
+    }
 }

@@ -1,0 +1,46 @@
+import ArgumentParser
+@preconcurrency import Glibc
+import Worker
+
+/// `parallelizer config render`: the daemon's own check and rendering of user-data parameters, for
+/// `scripts/launch` (and anyone writing user-data by hand).
+struct ConfigCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config", abstract: "Check and render the daemon's parameters.", subcommands: [Render.self])
+
+    struct Render: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check parameters as the daemon would and print them as the user-data's `parallelizer:` map.",
+            discussion: "Unknown keys, bad values and missing required ones are refused with exit status 2.")
+
+        @Option(name: .customLong("set"), help: "A parameter as key=value; repeatable; a later one wins.")
+        var settings: [String] = []
+
+        @Option(help: "Print this parameter's value as the daemon reads it (durations in seconds) instead of the map.")
+        var value: String?
+
+        func run() throws {
+            var pairs: [(key: String, value: String)] = []
+            for setting in settings {
+                guard let eq = setting.firstIndex(of: "="), eq != setting.startIndex else {
+                    throw ValidationError("--set takes key=value, got '\(setting)'")
+                }
+                pairs.append((String(setting[..<eq]), String(setting[setting.index(after: eq)...])))
+            }
+            do {
+                let (text, config) = try UserDataRenderer.render(pairs)
+                guard let name = value else {
+                    print(text, terminator: "")
+                    return
+                }
+                guard let resolved = config.renderedValue(name) else {
+                    throw ValidationError("--value knows shutdownGrace, visibilityTimeout, taskTimeout, numThreads, maxAttempts")
+                }
+                print(resolved)
+            } catch let error as ConfigError {
+                fputs("parallelizer config render: \(error)\n", stderr)
+                throw ExitCode(2)
+            }
+        }
+    }
+}
