@@ -92,7 +92,8 @@ public final class AWSClient: Sendable {
             }
             let error: AWSError
             do {
-                let response = try await sendOnce(request, endpoint: endpoint, signer: signer, payload: payload)
+                let response = try await sendOnce(request, endpoint: endpoint, signer: signer, payload: payload,
+                                                  logger: logger)
                 if response.isSuccess { return response }
                 error = AWSError.from(response: response, service: endpoint.service)
             } catch {
@@ -138,9 +139,11 @@ public final class AWSClient: Sendable {
         await sleep(delay)
     }
 
+    /// `logger` is the caller's, with its metadata (the message, the task): a credential refresh it sets off is
+    /// logged as part of that work.
     private func sendOnce(_ request: AWSRequest, endpoint: ServiceEndpoint, signer: SigV4Signer,
-                          payload: SignableRequest.Payload) async throws(AWSError) -> HTTPResponse {
-        guard let creds = try await credentials.credentials(logger: Logger(label: "parallelizer.credentials")) else {
+                          payload: SignableRequest.Payload, logger: Logger) async throws(AWSError) -> HTTPResponse {
+        guard let creds = try await credentials.credentials(logger: logger) else {
             throw AWSError(kind: .credentials, service: endpoint.service, code: "NoCredentials",
                            message: "no credentials in the environment, the shared files or the instance role")
         }

@@ -152,8 +152,6 @@ public actor RefreshingCredentials: CredentialProvider {
     private var fetchedAt: Date?
     private var refreshing: Task<Credentials?, any Error>?
     private var lastFailure: Date?
-    /// How many fetches reached the source (for tests).
-    public private(set) var fetchCount = 0
 
     public init(_ source: any CredentialProvider, refreshAhead: TimeInterval = 300,
                 now: @escaping @Sendable () -> Date = { Date() }) {
@@ -175,7 +173,6 @@ public actor RefreshingCredentials: CredentialProvider {
             task = refreshing
         } else {
             let source = self.source
-            fetchCount += 1
             task = Task { try await source.credentials(logger: logger) }
             refreshing = task
         }

@@ -292,8 +292,8 @@ public final class SigningKeyCache: Sendable {
 
     public init() {}
 
-    /// How many keys were derived rather than taken from the cache (for tests).
-    public var derivationCount: Int { derivations.load(ordering: .relaxed) }
+    /// How many keys were derived rather than taken from the cache.
+    var derivationCount: Int { derivations.load(ordering: .relaxed) }
 
     public func key(secret: String, day: String, region: String, service: String) -> [UInt8] {
         let id = "\(day)/\(region)/\(service)"

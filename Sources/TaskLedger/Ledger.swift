@@ -233,7 +233,9 @@ public actor Ledger {
                 // Throttling and 5xx were already retried by the client; these retries cover a longer outage.
                 // A missing table or a denied write will not heal in seconds.
                 if error.isRetryable && attempt < settings.attemptsPerWrite && !Task.isCancelled {
-                    try? await Task.sleep(nanoseconds: UInt64(settings.retryDelay * Double(attempt) * 1e9))
+                    let pause = RetryPolicy(maxAttempts: settings.attemptsPerWrite, baseDelay: settings.retryDelay,
+                                            maxDelay: 30, jitter: .none).delay(beforeRetry: attempt)
+                    try? await Task.sleep(for: .seconds(pause))
                     continue
                 }
                 failures += 1

@@ -15,12 +15,14 @@ extension SQSClient: BatchDeleting {}
 /// Deletes settled messages ten to a `DeleteMessageBatch` call instead of one `DeleteMessage` each: SQS bills per
 /// request, and with short tasks the delete was a quarter of the daemon's requests and CPU per task.
 ///
-/// A message waits at most `linger` before its batch goes. That must stay well inside the time its visibility has
-/// left once the heartbeat stops: half a visibility timeout, less the latency of the last extension, which under
-/// load can take seconds. So batching waits only on queues whose timeout is long (`linger(visibilityTimeout:)`); on
-/// short ones each delete goes at once. The tenth message sends the batch at once, from the slot that added it. `finish()` sends what is left when the daemon stops. A crash before a batch goes loses
-/// nothing: those messages come back after their visibility timeout and are processed again, as a crash between
-/// the upload and a single delete always allowed.
+/// A message waits at most `linger` (`VisibilityPlan.deleteLinger`) before its batch goes; the tenth message sends
+/// the batch at once, from the slot that added it. `withDeleteBatcher` runs the batcher for a scope: beside the scope
+/// a flusher sends each batch whose linger is over, and at the scope's end whatever is left goes. A crash before a
+/// batch goes loses nothing: those messages come back after their visibility timeout and are processed again, as a
+/// crash between the upload and a single delete always allowed.
+///
+/// Sends run to their end even in a cancelled task (`uncancelled`): a stop's grace cancels the slots, not their
+/// deletes.
 public final class DeleteBatcher: Sendable {
     struct Pending: Sendable {
         var messageID: String
@@ -30,11 +32,10 @@ public final class DeleteBatcher: Sendable {
 
     struct State {
         var pending: [Pending] = []
-        /// The sleeping timer of the open batch, if any.
-        var timer: (id: Int, task: Task<Void, Never>)?
-        /// Batches sent by timers that fired, still on their way (`finish()` waits for them).
-        var timersSending = 0
-        var nextID = 0
+        /// When the open batch must go at the latest.
+        var due: ContinuousClock.Instant?
+        /// The flusher, asleep until a batch opens.
+        var flusher: CheckedContinuation<Void, Never>?
     }
 
     public static let maxBatch = 10
@@ -42,68 +43,80 @@ public final class DeleteBatcher: Sendable {
     let client: any BatchDeleting
     let queueURL: String
     let linger: Duration
+    let clock: any WorkerClock
     /// Told how each message's delete ended (nil: deleted), by message id: the daemon's dead-end watch.
     let outcome: @Sendable (_ messageID: String, _ error: AWSError?) -> Void
     /// Batches go one message per call once `DeleteMessageBatch` is refused where `DeleteMessage` works.
     let fallback = BatchFallback(batchAction: "DeleteMessageBatch", singleAction: "DeleteMessage")
     private let state = Mutex(State())
 
-    public init(client: any BatchDeleting, queueURL: String, linger: Duration,
+    public init(client: any BatchDeleting, queueURL: String, linger: Duration, clock: any WorkerClock = SystemClock(),
                 outcome: @escaping @Sendable (_ messageID: String, _ error: AWSError?) -> Void = { _, _ in }) {
         self.client = client
         self.queueURL = queueURL
         self.linger = linger
+        self.clock = clock
         self.outcome = outcome
     }
 
-    /// The linger for a queue's visibility timeout: a second from 20 s up (ten seconds or more are left when the
-    /// heartbeat stops), none below, where a message is deleted as soon as it is settled.
-    public static func linger(visibilityTimeout: Int) -> Duration {
-        visibilityTimeout >= 20 ? .seconds(1) : .zero
-    }
-
-    /// Queues the message for deletion; sends the batch now when this message fills it.
+    /// Queues the message for deletion; sends the batch now when this message fills it (or there is no linger).
     public func delete(_ message: SQSMessage, logger: Logger) async {
-        let full: [Pending]? = state.withLock { state in
+        let now = clock.now
+        let (full, wake): ([Pending]?, CheckedContinuation<Void, Never>?) = state.withLock { state in
             state.pending.append(Pending(messageID: message.messageID, receiptHandle: message.receiptHandle, logger: logger))
-            if state.pending.count >= Self.maxBatch || linger == .zero { return Self.take(&state) }
-            if state.timer == nil {
-                let id = state.nextID
-                state.nextID += 1
-                state.timer = (id, Task { await self.timerFired(id) })
-            }
-            return nil
+            if state.pending.count >= Self.maxBatch || linger == .zero { return (Self.take(&state), nil) }
+            guard state.due == nil else { return (nil, nil) }
+            state.due = now + linger
+            defer { state.flusher = nil }
+            return (nil, state.flusher)
         }
-        if let full { await send(full) }
+        wake?.resume()
+        if let full { await uncancelled { await self.send(full) } }
     }
 
-    /// Sends everything pending and waits for batches already on their way.
+    /// Sends each batch whose linger is over, until the calling task is cancelled.
+    func runFlusher() async {
+        while !Task.isCancelled {
+            guard let due = state.withLock({ $0.due }) else {
+                await waitForABatch()
+                continue
+            }
+            do { try await clock.sleep(until: due) } catch { return }
+            // Taken full (or by the end of the scope) while this slept: nothing is due any more.
+            let batch = state.withLock { $0.due == due ? Self.take(&$0) : [] }
+            if !batch.isEmpty { await uncancelled { await self.send(batch) } }
+        }
+    }
+
+    private func waitForABatch() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if state.due != nil || Task.isCancelled { return true }
+                    state.flusher = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { state in
+                defer { state.flusher = nil }
+                return state.flusher
+            }?.resume()
+        }
+    }
+
+    /// Sends everything pending.
     public func finish() async {
         let batch = state.withLock { Self.take(&$0) }
-        if !batch.isEmpty { await send(batch) }
-        while state.withLock({ $0.timersSending }) > 0 { try? await Task.sleep(for: .milliseconds(10)) }
+        if !batch.isEmpty { await uncancelled { await self.send(batch) } }
     }
 
-    /// Takes the open batch and stops its timer, if it is still asleep.
+    /// Takes the open batch.
     private static func take(_ state: inout State) -> [Pending] {
-        state.timer?.task.cancel()
-        state.timer = nil
+        state.due = nil
         defer { state.pending = [] }
         return state.pending
-    }
-
-    private func timerFired(_ id: Int) async {
-        try? await Task.sleep(for: linger)
-        // No longer the open batch's timer: the batch was taken, full or by finish(), while this one slept.
-        let batch: [Pending]? = state.withLock { state in
-            guard state.timer?.id == id else { return nil }
-            state.timer = nil  // first, so that take() does not cancel this task (and its request) while it sends
-            state.timersSending += 1
-            return Self.take(&state)
-        }
-        guard let batch else { return }
-        await send(batch)
-        state.withLock { $0.timersSending -= 1 }
     }
 
     private func send(_ batch: [Pending]) async {
@@ -139,5 +152,18 @@ public final class DeleteBatcher: Sendable {
             }
             outcome(pending.messageID, failures[index])
         }
+    }
+}
+
+/// Runs `body` with `batcher`: a flusher beside it sends each batch whose linger is over, and when `body` returns the
+/// flusher stops and what is left is sent.
+public func withDeleteBatcher<T: Sendable>(_ batcher: DeleteBatcher, _ body: () async -> T) async -> T {
+    await withTaskGroup(of: Void.self) { group in
+        group.addTask { await batcher.runFlusher() }
+        let result = await body()
+        group.cancelAll()
+        await group.waitForAll()
+        await batcher.finish()
+        return result
     }
 }

@@ -80,9 +80,9 @@ struct EnvironmentArchive {
         }
         let outcome = try await runner.run(argv: [program] + argv.dropFirst(), environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C"],
                                            directory: directory, stdoutPath: out, stderrPath: err, user: nil,
-                                           timeout: 600, stop: { false })
+                                           timeout: 600)
         guard outcome.succeeded else {
-            let message = MessageHandler.tail(of: err, bytes: 500).trimmingSpaces
+            let message = (LocalFile.tail(err, bytes: 500).map { String(decoding: $0, as: UTF8.self) } ?? "").trimmingSpaces
             throw Failure(message: "\(argv[0]) failed (\(outcome.summary)): \(message)")
         }
         return LocalFile.readText(out) ?? ""

@@ -1,9 +1,12 @@
-import Dispatch
-import FoundationEssentials
 import Synchronization
 
-/// Shared state of one daemon: whether to keep taking work, what runs, and what has been done. Slots, the idle
-/// monitor, the signal handlers and the spot poller all meet here.
+/// Shared state of one daemon: whether to keep taking work, what runs, and what has been done. The slots, the drain
+/// and spot monitors, the signal handlers and the dead-end watch meet here.
+///
+/// There is one way to stop. `requestStop` is a signal: long polls end at once (`cancellingAtStop`), no new message
+/// is taken, and running tasks go on. When the stop's grace runs out (`waitForGraceEnd`: `shutdownGrace`, none at a
+/// dead end) the daemon cancels the slots' tasks, and task cancellation does the rest: the command's process group
+/// is killed, an upload or download is aborted, and the message is released.
 public final class Lifecycle: Sendable {
     public enum StopReason: String, Sendable {
         case drained = "queue drained"
@@ -17,21 +20,6 @@ public final class Lifecycle: Sendable {
         case queueUnreachable = "the queue did not answer"
     }
 
-    struct State {
-        var stopReason: StopReason?
-        var stopRequestedAt: ContinuousClock.Instant?
-        /// The grace of the stop asked for: `grace`, or none for a dead end.
-        var stopGrace: Duration = .zero
-        var receiveCancels: [Int: @Sendable () -> Void] = [:]
-        /// Run once when the grace runs out (uploads to cancel), by token.
-        var graceActions: [Int: @Sendable () -> Void] = [:]
-        var nextToken = 0
-        var runningTasks = 0
-        var lastWork = ContinuousClock.now
-        var emptyPolls = 0
-        var counts = Counts()
-    }
-
     public struct Counts: Sendable, Equatable {
         public var succeeded = 0
         public var noOutput = 0
@@ -43,94 +31,100 @@ public final class Lifecycle: Sendable {
         public var bytesOut: Int64 = 0
     }
 
-    private let state = Mutex(State())
-    /// Seconds a running task may go on after a stop before it is killed and its message released.
-    public let grace: Double
+    struct State {
+        var stopReason: StopReason?
+        var stopWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
+        var runningTasks = 0
+        var lastWork: ContinuousClock.Instant
+        var emptyPolls = 0
+        var counts = Counts()
+    }
 
-    public init(grace: Double) { self.grace = grace }
+    /// How long running tasks may go on after a stop (`shutdownGrace`).
+    public let grace: Duration
+    let clock: any WorkerClock
+    private let state: Mutex<State>
+
+    public init(grace: Double, clock: any WorkerClock = SystemClock()) {
+        self.grace = .milliseconds(Int(grace * 1000))
+        self.clock = clock
+        state = Mutex(State(lastWork: clock.now))
+    }
 
     public var stopReason: StopReason? { state.withLock { $0.stopReason } }
     public var isStopping: Bool { stopReason != nil }
 
-    /// Stops taking work: cancels long polls in flight; running tasks get `grace` seconds, none at a dead end (their
-    /// work could not be settled anyway: their messages are released at once). Returns false when a stop had been
-    /// asked for already.
+    /// Stops taking work. Returns false when a stop had been asked for already (the first reason stays).
     @discardableResult
     public func requestStop(_ reason: StopReason) -> Bool {
-        let stopGrace: Duration = reason == .deadEnd ? .zero : .milliseconds(Int(grace * 1000))
-        let cancels: [@Sendable () -> Void]? = state.withLock { s in
+        let waiters: [CheckedContinuation<Void, Never>]? = state.withLock { s in
             guard s.stopReason == nil else { return nil }
             s.stopReason = reason
-            s.stopRequestedAt = .now
-            s.stopGrace = stopGrace
-            return Array(s.receiveCancels.values)
+            defer { s.stopWaiters = [:] }
+            return Array(s.stopWaiters.values)
         }
-        guard let cancels else { return false }
-        cancels.forEach { $0() }
-        Task { [self] in
-            try? await Task.sleep(for: stopGrace)
-            let actions = state.withLock { s in
-                defer { s.graceActions = [:] }
-                return Array(s.graceActions.values)
-            }
-            actions.forEach { $0() }
-        }
+        guard let waiters else { return false }
+        waiters.forEach { $0.resume() }
         return true
     }
 
-    /// Runs `work`, cancelling it if a stop's grace runs out first (at once if it has already).
-    func cancellingAtGraceEnd<T: Sendable>(_ work: @escaping @Sendable () async throws -> T) async -> Result<T, any Error> {
-        let task = Task { try await work() }
-        let token: Int? = state.withLock { s in
-            guard !graceExpired(s) else { return nil }
-            defer { s.nextToken += 1 }
-            s.graceActions[s.nextToken] = { task.cancel() }
-            return s.nextToken
+    /// Returns once a stop is asked for (at once if it was), or when the calling task is cancelled.
+    func waitForStop() async {
+        let id = state.withLock { s in
+            defer { s.nextWaiter += 1 }
+            return s.nextWaiter
         }
-        if token == nil { task.cancel() }
-        let result = await task.result
-        if let token { state.withLock { _ = $0.graceActions.removeValue(forKey: token) } }
-        return result
-    }
-
-    /// True once a stop's grace period has run out: running commands are then killed and released.
-    public var graceExpired: Bool { state.withLock { graceExpired($0) } }
-
-    /// The same, under the lock. (The timer started by `requestStop` sleeps the grace through, so it runs the
-    /// registered actions only once this is true: work registered later is cancelled at once instead.)
-    private func graceExpired(_ s: State) -> Bool {
-        guard let at = s.stopRequestedAt else { return false }
-        return ContinuousClock.now - at >= s.stopGrace
-    }
-
-    /// Sleeps `seconds`, or less when a stop is asked for meanwhile (checked four times a second).
-    func sleepUnlessStopping(seconds: Double) async {
-        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while !isStopping && ContinuousClock.now < end {
-            try? await Task.sleep(for: min(.milliseconds(250), end - ContinuousClock.now))
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.stopReason != nil || Task.isCancelled { return true }
+                    s.stopWaiters[id] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            state.withLock { $0.stopWaiters.removeValue(forKey: id) }?.resume()
         }
     }
 
-    /// Records how to cancel a slot's long poll; false when a stop has already been asked for.
-    func registerReceive(slot: Int, cancel: @escaping @Sendable () -> Void) -> Bool {
-        state.withLock { s in
-            guard s.stopReason == nil else { return false }
-            s.receiveCancels[slot] = cancel
-            return true
+    /// Returns when a stop's grace has run out: `grace` after the stop, at once after a dead end. Throws
+    /// `CancellationError` when the calling task is cancelled first.
+    func waitForGraceEnd() async throws {
+        await waitForStop()
+        try Task.checkCancellation()
+        if stopReason != .deadEnd { try await clock.sleep(for: grace) }
+    }
+
+    /// Runs `work` (a long poll); a stop asked for meanwhile cancels it. Returns what `work` returned either way: a
+    /// receive cut short by a stop may still have brought messages, which the caller then releases.
+    func cancellingAtStop<T: Sendable>(_ work: @escaping @Sendable () async -> T) async -> T {
+        await withTaskGroup(of: T?.self) { group in
+            group.addTask { await work() }
+            group.addTask {
+                await self.waitForStop()
+                return nil
+            }
+            var result: T?
+            while let next = await group.next() {
+                if let next { result = next }
+                // Either the work ended (the stop waiter goes) or a stop came (the work is cancelled, and its result
+                // is still collected by the next turn of this loop).
+                group.cancelAll()
+            }
+            return result!
         }
     }
 
-    func unregisterReceive(slot: Int) { state.withLock { _ = $0.receiveCancels.removeValue(forKey: slot) } }
-
-    func taskStarted() { state.withLock { $0.runningTasks += 1; $0.lastWork = .now; $0.emptyPolls = 0 } }
-    func taskFinished() { state.withLock { $0.runningTasks -= 1; $0.lastWork = .now } }
+    func taskStarted() { state.withLock { $0.runningTasks += 1; $0.lastWork = clock.now; $0.emptyPolls = 0 } }
+    func taskFinished() { state.withLock { $0.runningTasks -= 1; $0.lastWork = clock.now } }
     func emptyPoll() { state.withLock { $0.emptyPolls += 1 } }
 
     /// Nothing runs, and the last work ended at least `seconds` ago with empty polls since.
     func idle(for seconds: Int) -> Bool {
-        state.withLock { s in
-            s.runningTasks == 0 && s.emptyPolls > 0 && ContinuousClock.now - s.lastWork >= .seconds(seconds)
-        }
+        let now = clock.now
+        return state.withLock { s in s.runningTasks == 0 && s.emptyPolls > 0 && now - s.lastWork >= .seconds(seconds) }
     }
 
     func count(_ update: (inout Counts) -> Void) { state.withLock { update(&$0.counts) } }

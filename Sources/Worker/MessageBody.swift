@@ -1,21 +1,10 @@
 import AWSCore
 import AWSServices
 
-/// One input to process: an object in S3.
-public struct TaskInput: Sendable, Equatable, CustomStringConvertible {
-    public var bucket: String
-    public var key: String
-    public init(bucket: String, key: String) {
-        self.bucket = bucket
-        self.key = key
-    }
-    public var description: String { "s3://\(bucket)/\(key)" }
-}
-
 /// What a message asks for.
 public enum MessageRequest: Sendable, Equatable {
     /// One or more inputs (an S3 event can carry several records).
-    case tasks([TaskInput])
+    case tasks([S3URI])
     /// S3's `s3:TestEvent`, sent when a notification is configured: delete it silently.
     case testEvent
 }
@@ -74,7 +63,7 @@ public struct MessageParser: Sendable {
         }
         if json["Event"]?.stringValue == "s3:TestEvent" { return .testEvent }
         if let records = json["Records"]?.arrayValue {
-            var inputs: [TaskInput] = []
+            var inputs: [S3URI] = []
             for (index, record) in records.enumerated() {
                 let event = record["eventName"]?.stringValue ?? ""
                 guard event.isEmpty || event.hasPrefix("ObjectCreated") else { continue }
@@ -108,16 +97,16 @@ public struct MessageParser: Sendable {
         throw BadMessage(reason: "JSON message of the wrong shape: expected {\"bucket\", \"key\"} or an S3 event")
     }
 
-    func input(bucket: String, key: String) throws(BadMessage) -> TaskInput {
+    func input(bucket: String, key: String) throws(BadMessage) -> S3URI {
         guard !key.isEmpty else { throw BadMessage(reason: "the input key is empty") }
         guard key.utf8.count <= Self.maxKeyBytes else {
             throw BadMessage(reason: "the input key is \(key.utf8.count) bytes long; S3 keys are at most 1024")
         }
         guard !key.utf8.contains(0) else { throw BadMessage(reason: "the input key contains a NUL byte") }
-        guard !bucket.isEmpty, bucket.utf8.count <= 63, !bucket.contains("/") else {
+        guard S3URI.isValidBucketName(bucket) else {
             throw BadMessage(reason: "'\(preview(bucket))' is not a bucket name")
         }
-        return TaskInput(bucket: bucket, key: key)
+        return S3URI(bucket: bucket, key: key)
     }
 
     func preview(_ text: String) -> String { text.count > 80 ? String(text.prefix(80)) + "…" : text }

@@ -3,6 +3,7 @@ import AWSCore
 import Dispatch
 @preconcurrency import Glibc
 import HTTPCurl
+import Synchronization
 
 /// How a command ended.
 public enum ProcessOutcome: Sendable, Equatable {
@@ -10,13 +11,13 @@ public enum ProcessOutcome: Sendable, Equatable {
     case signalled(Int32)
     /// Killed by us after `taskTimeout`.
     case timedOut
-    /// Killed by us because the daemon is shutting down.
+    /// Killed by us because the task running it was cancelled (a stop's grace ran out).
     case interrupted
 
     public var succeeded: Bool { self == .exited(0) }
 
     /// From a `waitpid` status: the exit code, or the signal that ended the process.
-    init(waitStatus status: Int32) {
+    public init(waitStatus status: Int32) {
         self = status & 0x7f == 0 ? .exited((status >> 8) & 0xff) : .signalled(status & 0x7f)
     }
 
@@ -57,7 +58,7 @@ public struct RunAsUser: Sendable, Equatable {
 }
 
 /// Runs a command the way the daemon needs: never through a shell, in its own process group so the whole tree
-/// can be killed, output to files, an optional time limit, and a kill switch for shutdown.
+/// can be killed, output to files, an optional time limit; cancelling the task that waits for it kills it.
 public struct ProcessRunner: Sendable {
     public var killGrace: Double = 5
 
@@ -79,26 +80,42 @@ public struct ProcessRunner: Sendable {
         return nil
     }
 
-    /// Starts `argv`, waits for it, and returns how it ended.
-    /// - Parameters:
-    ///   - timeout: seconds before the process group gets SIGTERM (then SIGKILL after `killGrace`).
-    ///   - stop: polled; when it returns true the process group is killed and `.interrupted` returned.
+    /// Starts `argv`, waits for it, and returns how it ended. Cancelling the calling task kills the process group
+    /// (SIGTERM, then SIGKILL after `killGrace`) and returns `.interrupted`.
+    /// - Parameter timeout: seconds before the process group gets SIGTERM (then SIGKILL after `killGrace`).
     public func run(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-                    stderrPath: String, user: RunAsUser?, timeout: Int?,
-                    stop: @escaping @Sendable () -> Bool) async throws(SpawnError) -> ProcessOutcome {
+                    stderrPath: String, user: RunAsUser?, timeout: Int?) async throws(SpawnError) -> ProcessOutcome {
         let pid = try spawn(argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
                             stderrPath: stderrPath, user: user)
-        var reaper = Reaper(pid: pid, timeout: timeout, killGrace: killGrace, stop: stop)
+        let cancelled = CancelFlag()
+        return await withTaskCancellationHandler {
+            await wait(Reaper(pid: pid, timeout: timeout, killGrace: killGrace, cancelled: cancelled))
+        } onCancel: {
+            cancelled.raise()
+        }
+    }
+
+    /// Set when the task waiting for a command is cancelled; the reaper sees it within 250 ms.
+    final class CancelFlag: Sendable {
+        private let value = Atomic<Bool>(false)
+        func raise() { value.store(true, ordering: .relaxed) }
+        var isRaised: Bool { value.load(ordering: .relaxed) }
+    }
+
+    private func wait(_ reaper: Reaper) async -> ProcessOutcome {
+        var reaper = reaper
+        let pid = reaper.pid
         let pidfd = pz_pidfd_open(pid)
         guard pidfd >= 0 else {
-            // No pidfd (a kernel before 5.3): poll, sleeping between looks.
+            // No pidfd (a kernel before 5.3): poll, sleeping between looks on a dispatch thread (a sleeping Swift
+            // task would wake at once once cancelled, and spin).
             while true {
                 if let outcome = reaper.look() { return outcome }
-                try? await Task.sleep(nanoseconds: 20_000_000)
+                await runBlocking { () throws(Never) in _ = usleep(20_000) }
             }
         }
         // The descriptor turns readable the moment the command ends: one thread sleeps in poll(2) until then,
-        // waking only to check `stop` and the time limit. No timers, and no delay after a short command.
+        // waking only to check for cancellation and the time limit. No timers, and no delay after a short command.
         let waiting = DispatchQueue(label: "parallelizer.wait")
         return await withCheckedContinuation { continuation in
             waiting.async { [reaper] in
@@ -113,12 +130,12 @@ public struct ProcessRunner: Sendable {
         }
     }
 
-    /// Looks at a running command: collects its exit, and enforces its time limit and the stop switch.
+    /// Looks at a running command: collects its exit, and enforces its time limit and cancellation.
     struct Reaper: Sendable {
         let pid: pid_t
         let timeout: Int?
         let killGrace: Double
-        let stop: @Sendable () -> Bool
+        let cancelled: CancelFlag
         let started = ContinuousClock.now
         var killedFor: ProcessOutcome?
         var termSentAt: ContinuousClock.Instant?
@@ -134,7 +151,7 @@ public struct ProcessRunner: Sendable {
             if killedFor == nil {
                 if let timeout, ContinuousClock.now - started >= .seconds(timeout) {
                     killedFor = .timedOut
-                } else if stop() {
+                } else if cancelled.isRaised {
                     killedFor = .interrupted
                 }
                 if killedFor != nil {
@@ -149,15 +166,10 @@ public struct ProcessRunner: Sendable {
         }
     }
 
-    /// Starts `argv` in its own process group and returns at once (tests drive worker processes this way).
-    public func start(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-                      stderrPath: String) throws(SpawnError) -> ChildProcess {
-        ChildProcess(pid: try spawn(argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
-                                    stderrPath: stderrPath, user: nil))
-    }
-
-    func spawn(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-               stderrPath: String, user: RunAsUser?) throws(SpawnError) -> pid_t {
+    /// Starts `argv` in a process group of its own, its output to the two files, as `user` when given; returns its
+    /// pid at once. `run` waits for it; the test harness starts whole worker processes this way.
+    public func spawn(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+                      stderrPath: String, user: RunAsUser?) throws(SpawnError) -> Int32 {
         let program = argv[0]
         let outFD = open(stdoutPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         let errFD = open(stderrPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -181,26 +193,5 @@ public struct ProcessRunner: Sendable {
                             user?.gid ?? 0, &pid)
         guard code == 0 else { throw SpawnError(program: program, errno: code) }
         return pid
-    }
-}
-
-/// A started process: signal it, wait for it.
-public struct ChildProcess: Sendable {
-    public let pid: Int32
-
-    /// Sends `signal` to the process (not its group).
-    public func signal(_ number: Int32) { kill(pid, number) }
-
-    /// Waits for the exit, polling; nil if it has not ended within `timeout` seconds.
-    public func wait(timeout: Double) async -> ProcessOutcome? {
-        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
-        while ContinuousClock.now < deadline {
-            var status: Int32 = 0
-            let done = waitpid(pid, &status, WNOHANG)
-            if done == pid { return ProcessOutcome(waitStatus: status) }
-            if done < 0 { return nil }
-            try? await Task.sleep(nanoseconds: 50_000_000)
-        }
-        return nil
     }
 }

@@ -1,4 +1,5 @@
 import AWSCore
+import AWSServices
 
 /// Everything `parallelizer run` needs, resolved and validated.
 ///
@@ -147,9 +148,7 @@ extension WorkerConfig {
             let value: String?
             if isRequired { value = try required(key) } else { value = string(key) }
             guard let name = value else { return nil }
-            guard name.utf8.count >= 3, name.utf8.count <= 63,
-                name.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-" || $0 == ".") })
-            else {
+            guard S3URI.isValidBucketName(name) else {
                 throw ConfigError(key: key, message: "'\(name)' is not a valid S3 bucket name")
             }
             return name

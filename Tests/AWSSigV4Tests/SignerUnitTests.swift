@@ -1,4 +1,4 @@
-import AWSSigV4
+@testable import AWSSigV4
 import FoundationEssentials
 import Testing
 

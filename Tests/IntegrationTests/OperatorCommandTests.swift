@@ -81,7 +81,7 @@ struct CommandLineTests {
                                "PATH": "/usr/bin:/bin", "HOME": dir]
             let outcome = try await ProcessRunner().run(
                 argv: [WorkerHarness.binary, "version"], environment: environment, directory: dir,
-                stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: 30, stop: { false })
+                stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: 30)
             #expect(outcome.succeeded)
             let out = LocalFile.readText(dir + "/out") ?? ""
             #expect(out.hasPrefix("parallelizer "), "the subcommand was lost: \(out.prefix(200))")

@@ -40,8 +40,7 @@ public enum Scripts {
         let tag = "\(program.split(separator: "/").last ?? "x")-\(UInt32.random(in: 0..<UInt32.max))"
         let out = "\(directory)/\(tag).stdout", err = "\(directory)/\(tag).stderr"
         let outcome = try await ProcessRunner().run(argv: argv, environment: environment, directory: directory,
-                                                    stdoutPath: out, stderrPath: err, user: nil, timeout: timeout,
-                                                    stop: { false })
+                                                    stdoutPath: out, stderrPath: err, user: nil, timeout: timeout)
         var status: Int32?
         if case .exited(let code) = outcome { status = code }
         return Result(status: status, stdout: LocalFile.readText(out) ?? "", stderr: LocalFile.readText(err) ?? "")

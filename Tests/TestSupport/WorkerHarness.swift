@@ -259,7 +259,7 @@ extension WorkerHarness {
             argv: ["/usr/bin/env", "python3", directory + "/mkzip.py", path],
             environment: TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" },
             directory: directory, stdoutPath: directory + "/mkzip.out", stderrPath: directory + "/mkzip.err", user: nil,
-            timeout: 60, stop: { false })
+            timeout: 60)
         precondition(outcome.succeeded, "mkzip failed: \(LocalFile.readText(directory + "/mkzip.err") ?? "")")
     }
 

@@ -110,15 +110,15 @@ struct DeadEndsTests {
     }
 
     @Test func aFailureRecordKeyStaysWithinS3sLimit() {
-        #expect(MessageHandler.failureRecordKey(forInput: "a/b.txt") == "_failed/a/b.txt.json")
+        #expect(FailureRecords.key(forInput: "a/b.txt") == "_failed/a/b.txt.json")
         let fits = String(repeating: "k", count: 1024 - "_failed/".count - ".json".count)
-        #expect(MessageHandler.failureRecordKey(forInput: fits) == "_failed/\(fits).json")
+        #expect(FailureRecords.key(forInput: fits) == "_failed/\(fits).json")
         let long = String(repeating: "é", count: 510)  // 1,020 bytes: fine as a key, too long with the prefix
-        let key = MessageHandler.failureRecordKey(forInput: long)
+        let key = FailureRecords.key(forInput: long)
         #expect(key.hasPrefix("_failed/_long-keys/") && key.hasSuffix(".json"))
         #expect(key.utf8.count <= 1024)
-        #expect(key == MessageHandler.failureRecordKey(forInput: long), "the same input must give the same record key")
-        #expect(key != MessageHandler.failureRecordKey(forInput: long + "x"))
-        #expect(MessageHandler.failureRecordKey(forInput: fits + "k").hasPrefix("_failed/_long-keys/"))
+        #expect(key == FailureRecords.key(forInput: long), "the same input must give the same record key")
+        #expect(key != FailureRecords.key(forInput: long + "x"))
+        #expect(FailureRecords.key(forInput: fits + "k").hasPrefix("_failed/_long-keys/"))
     }
 }

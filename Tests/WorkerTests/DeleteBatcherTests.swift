@@ -64,36 +64,45 @@ func message(_ n: Int) -> SQSMessage {
 struct DeleteBatcherTests {
     @Test func fullBatchesGoAtOnceAndTheRestAfterTheLinger() async throws {
         let deleter = RecordingDeleter()
-        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .milliseconds(300))
-        for n in 0..<25 { await batcher.delete(message(n), logger: quietLogger) }
-        // The 10th and the 20th message each sent their batch before `delete` returned.
-        #expect(deleter.batches.map(\.count) == [10, 10])
-        #expect(deleter.batches.first == (0..<10).map { "rh-\($0)" })
-        let deadline = ContinuousClock.now + .seconds(10)
-        while deleter.batches.count < 3 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
-        #expect(deleter.batches.map(\.count) == [10, 10, 5])
-        await batcher.finish()
-        #expect(deleter.batches.count == 3, "finish sent an empty batch")
+        let clock = ManualClock()
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .milliseconds(300), clock: clock)
+        await withDeleteBatcher(batcher) {
+            for n in 0..<25 { await batcher.delete(message(n), logger: quietLogger) }
+            // The 10th and the 20th message each sent their batch before `delete` returned.
+            #expect(deleter.batches.map(\.count) == [10, 10])
+            #expect(deleter.batches.first == (0..<10).map { "rh-\($0)" })
+            await clock.waitForSleepers(1)
+            clock.advance(by: .milliseconds(299))
+            #expect(deleter.batches.count == 2, "the batch went before its linger was over")
+            clock.advance(by: .milliseconds(1))
+            await eventually { deleter.batches.count == 3 }
+            #expect(deleter.batches.map(\.count) == [10, 10, 5])
+        }
+        #expect(deleter.batches.count == 3, "the end of the scope sent an empty batch")
     }
 
-    @Test func finishSendsWhatIsLeftWithoutWaitingOutTheLinger() async throws {
+    @Test func theEndOfTheScopeSendsWhatIsLeftWithoutWaitingOutTheLinger() async throws {
         let deleter = RecordingDeleter()
-        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600))
-        for n in 0..<3 { await batcher.delete(message(n), logger: quietLogger) }
-        #expect(deleter.batches.isEmpty)
-        let started = ContinuousClock.now
-        await batcher.finish()
+        let clock = ManualClock()
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600), clock: clock)
+        await withDeleteBatcher(batcher) {
+            for n in 0..<3 { await batcher.delete(message(n), logger: quietLogger) }
+            #expect(deleter.batches.isEmpty)
+        }
         #expect(deleter.batches == [["rh-0", "rh-1", "rh-2"]])
-        #expect(ContinuousClock.now - started < .seconds(5))
     }
 
-    @Test func finishWaitsForABatchAlreadyOnItsWay() async throws {
-        // Slow to answer: finish() must not return before the timer's call has.
+    @Test func theEndOfTheScopeWaitsForABatchAlreadyOnItsWay() async throws {
+        // Slow to answer: the scope must not end before the flusher's call has.
         let deleter = RecordingDeleter(delay: .milliseconds(500))
-        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .milliseconds(50))
-        await batcher.delete(message(1), logger: quietLogger)
-        try await Task.sleep(for: .milliseconds(200))  // the timer has fired and is sending
-        await batcher.finish()
+        let clock = ManualClock()
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .milliseconds(50), clock: clock)
+        await withDeleteBatcher(batcher) {
+            await batcher.delete(message(1), logger: quietLogger)
+            await clock.waitForSleepers(1)
+            clock.advance(by: .milliseconds(50))
+            await eventually { !deleter.batches.isEmpty }  // the flusher is sending
+        }
         #expect(deleter.answered.load(ordering: .relaxed) == 1)
     }
 
@@ -177,13 +186,6 @@ struct DeleteBatcherTests {
         for n in [1, 2, 1] { await batcher.delete(message(n), logger: quietLogger) }
         await batcher.finish()
         #expect(deleter.batches == [["rh-1", "rh-2"]])
-    }
-
-    @Test func shortVisibilityTimeoutsGetNoLinger() {
-        #expect(DeleteBatcher.linger(visibilityTimeout: 600) == .seconds(1))
-        #expect(DeleteBatcher.linger(visibilityTimeout: 20) == .seconds(1))
-        #expect(DeleteBatcher.linger(visibilityTimeout: 19) == .zero)
-        #expect(DeleteBatcher.linger(visibilityTimeout: 1) == .zero)
     }
 
     /// Without a linger, each settled message is deleted before `delete` returns: nothing waits for a batch.

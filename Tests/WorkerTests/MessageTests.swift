@@ -1,4 +1,5 @@
 import TestSupport
+import AWSServices
 import Testing
 @testable import Worker
 
@@ -6,13 +7,13 @@ import Testing
     let parser = MessageParser(inputBucket: "in-bucket")
 
     @Test func bodyForms() throws {
-        #expect(try parser.parse("dir/a b.txt\n") == .tasks([TaskInput(bucket: "in-bucket", key: "dir/a b.txt")]))
-        #expect(try parser.parse("s3://other/x/y.txt") == .tasks([TaskInput(bucket: "other", key: "x/y.txt")]))
-        #expect(try parser.parse(#"{"bucket": "b2", "key": "k é"}"#) == .tasks([TaskInput(bucket: "b2", key: "k é")]))
-        #expect(try parser.parse(#"{"key": "only-key"}"#) == .tasks([TaskInput(bucket: "in-bucket", key: "only-key")]))
+        #expect(try parser.parse("dir/a b.txt\n") == .tasks([S3URI(bucket: "in-bucket", key: "dir/a b.txt")]))
+        #expect(try parser.parse("s3://other/x/y.txt") == .tasks([S3URI(bucket: "other", key: "x/y.txt")]))
+        #expect(try parser.parse(#"{"bucket": "bucket-2", "key": "k é"}"#) == .tasks([S3URI(bucket: "bucket-2", key: "k é")]))
+        #expect(try parser.parse(#"{"key": "only-key"}"#) == .tasks([S3URI(bucket: "in-bucket", key: "only-key")]))
         let prefixed = MessageParser(inputBucket: "in-bucket", inputPrefix: "raw/")
-        #expect(try prefixed.parse("a.txt") == .tasks([TaskInput(bucket: "in-bucket", key: "raw/a.txt")]))
-        #expect(try prefixed.parse("raw/a.txt") == .tasks([TaskInput(bucket: "in-bucket", key: "raw/a.txt")]))
+        #expect(try prefixed.parse("a.txt") == .tasks([S3URI(bucket: "in-bucket", key: "raw/a.txt")]))
+        #expect(try prefixed.parse("raw/a.txt") == .tasks([S3URI(bucket: "in-bucket", key: "raw/a.txt")]))
     }
 
     @Test func s3EventNotifications() throws {
@@ -22,11 +23,11 @@ import Testing
               {"eventName": "ObjectCreated:CompleteMultipartUpload", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "two"}}}
             ]}
             """
-        #expect(try parser.parse(event) == .tasks([TaskInput(bucket: "in-bucket", key: "dir/a b+cé.txt"),
-                                                   TaskInput(bucket: "in-bucket", key: "two")]))
+        #expect(try parser.parse(event) == .tasks([S3URI(bucket: "in-bucket", key: "dir/a b+cé.txt"),
+                                                   S3URI(bucket: "in-bucket", key: "two")]))
         #expect(try parser.parse(#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"in-bucket"}"#) == .testEvent)
         let sns = #"{"Type": "Notification", "Message": "{\"Records\":[{\"s3\":{\"bucket\":{\"name\":\"in-bucket\"},\"object\":{\"key\":\"k\"}}}]}"}"#
-        #expect(try parser.parse(sns) == .tasks([TaskInput(bucket: "in-bucket", key: "k")]))
+        #expect(try parser.parse(sns) == .tasks([S3URI(bucket: "in-bucket", key: "k")]))
     }
 
     @Test(arguments: [
@@ -65,7 +66,7 @@ import Testing
 
 /// One rule settles every message whose work is over: bad messages and given-up tasks alike.
 @Suite struct FinalFateTests {
-    typealias Fate = MessageHandler.FinalFate
+    typealias Fate = FinalFate
 
     @Test func aRecordedFailureIsDeletedUnlessItIsWorthARedrive() {
         #expect(Fate(recorded: true, hasDeadLetterQueue: false, worthRedriving: true) == .delete)

@@ -8,11 +8,9 @@ import Worker
 struct RunnerTests {
     let runner = ProcessRunner()
 
-    func run(_ script: String, in dir: String, timeout: Int? = nil, stop: @escaping @Sendable () -> Bool = { false })
-        async throws -> ProcessOutcome
-    {
+    func run(_ script: String, in dir: String, timeout: Int? = nil) async throws -> ProcessOutcome {
         try await runner.run(argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"], directory: dir,
-                             stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: timeout, stop: stop)
+                             stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: timeout)
     }
 
     @Test func exitStatusesAndCapturedOutput() async throws {
@@ -45,8 +43,11 @@ struct RunnerTests {
 
     @Test func aStopRequestInterrupts() async throws {
         try await withTemporaryDirectory { dir in
-            let started = ContinuousClock.now
-            let outcome = try await run("sleep 30", in: dir, stop: { ContinuousClock.now - started > .milliseconds(300) })
+            // Cancelling the task that waits for the command is how a stop's grace ends it.
+            let waiting = Task { try await run("sleep 30", in: dir) }
+            try await Task.sleep(for: .milliseconds(300))
+            waiting.cancel()
+            let outcome = try await waiting.value
             #expect(outcome == .interrupted)
         }
     }
@@ -57,7 +58,7 @@ struct RunnerTests {
             for program in ["/nonexistent/program", dir + "/script.sh"] {
                 await #expect(throws: SpawnError.self) {
                     _ = try await runner.run(argv: [program], environment: [:], directory: dir, stdoutPath: dir + "/o",
-                                             stderrPath: dir + "/e", user: nil, timeout: nil, stop: { false })
+                                             stderrPath: dir + "/e", user: nil, timeout: nil)
                 }
             }
             #expect(ProcessRunner.resolve("sh", in: dir, path: "/usr/bin:/bin") != nil)
@@ -109,7 +110,7 @@ struct RunnerTests {
     @Test func theChildGetsOnlyTheGivenEnvironment() async throws {
         try await withTemporaryDirectory { dir in
             _ = try await runner.run(argv: ["/usr/bin/env"], environment: ["ONLY": "this"], directory: dir,
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: nil, stop: { false })
+                                     stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: nil)
             #expect(LocalFile.readText(dir + "/out") == "ONLY=this\n")
         }
     }

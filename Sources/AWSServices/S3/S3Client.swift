@@ -67,18 +67,10 @@ public struct S3Client: Sendable {
     /// custom endpoints and for bucket names with dots, which break the wildcard TLS certificate.
     func address(bucket: String, key: String?) -> (host: String?, path: String) {
         let encodedKey = key.map { "/" + URIEncoding.encode($0, keepSlash: true) } ?? "/"
-        if endpoint.isCustom || bucket.contains(".") || !Self.isDNSCompatible(bucket) {
+        if endpoint.isCustom || bucket.contains(".") || !S3URI.isValidBucketName(bucket) {
             return (nil, "/" + URIEncoding.encode(bucket) + (key == nil ? "" : encodedKey))
         }
         return ("\(bucket).\(endpoint.hostHeader)", encodedKey)
-    }
-
-    static func isDNSCompatible(_ bucket: String) -> Bool {
-        guard (3...63).contains(bucket.utf8.count) else { return false }
-        return bucket.utf8.allSatisfy { b in
-            (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9"))
-                || b == UInt8(ascii: "-") || b == UInt8(ascii: ".")
-        }
     }
 
     func send(_ request: AWSRequest, bucket: String, key: String?, logger: Logger) async throws(AWSError) -> HTTPResponse {

@@ -1,0 +1,37 @@
+import AWSServices
+import FoundationEssentials
+import Logging
+
+/// Runs `body` while, beside it, a heartbeat keeps `message` hidden: every `plan.heartbeatInterval`, counted from
+/// the receive (`receivedAt`: a message may have waited behind others the slot took with it), its visibility is
+/// extended by one timeout, within SQS's 12 hours from its first receive. The heartbeat ends with `body`.
+///
+/// `extend` makes the call and says whether it worked (its errors are logged and counted by the caller).
+func withHeartbeat<T: Sendable>(
+    for message: SQSMessage, receivedAt: ContinuousClock.Instant, plan: VisibilityPlan, clock: any WorkerClock,
+    logger: Logger, extend: @escaping @Sendable (_ seconds: Int) async -> Bool, _ body: () async -> T
+) async -> T {
+    await withTaskGroup(of: Void.self) { group in
+        group.addTask {
+            let firstReceived = Double(message.attributes["ApproximateFirstReceiveTimestamp"] ?? "").map { $0 / 1000 }
+                ?? Date().timeIntervalSince1970
+            var next = receivedAt + plan.heartbeatInterval
+            while true {
+                do { try await clock.sleep(until: next) } catch { return }
+                next = max(next, clock.now) + plan.heartbeatInterval
+                let seconds = plan.extensionSeconds(
+                    secondsSinceFirstReceive: Int(Date().timeIntervalSince1970 - firstReceived))
+                guard seconds > 0 else {
+                    logger.warning("message reached SQS's 12-hour visibility limit; it may be handed out again")
+                    return
+                }
+                if await extend(seconds) {
+                    logger.debug("visibility extended", metadata: ["sqs.visibility_seconds": "\(seconds)"])
+                }
+            }
+        }
+        let result = await body()
+        group.cancelAll()
+        return result
+    }
+}

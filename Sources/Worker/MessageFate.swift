@@ -1,0 +1,86 @@
+import AWSServices
+
+/// How one input's task attempt ended (an S3 event can carry several inputs in one message).
+enum AttemptOutcome: Sendable, Equatable {
+    /// Exit 0 and an output file named: uploaded under `key`.
+    case uploaded(key: String, bytes: Int64)
+    /// Exit 0 and nothing usable named: nothing to upload (aws-parallelizer's "move on").
+    case noOutput
+    /// It failed in a way that may pass: a non-zero exit, a timeout, a failed download or upload.
+    case failed(TaskFailure)
+    /// The input does not exist: no retry can bring it back.
+    case inputMissing(TaskFailure)
+    /// The task was cut short by a stop (its grace ran out) or a dead end.
+    case interrupted
+}
+
+/// Why one input failed, for its failure record.
+struct TaskFailure: Sendable, Equatable {
+    var input: S3URI
+    var reason: String
+    var outcome: ProcessOutcome?
+    var stderrTail: String = ""
+    var seconds: Double = 0
+}
+
+/// What becomes of a message: the README's "Failure handling" table, in code, in one place.
+///
+/// | what happened | fate |
+/// | --- | --- |
+/// | every input done (uploaded, or nothing named) | `delete` |
+/// | a stop or a dead end cut it short | `release`: visible again at once |
+/// | a failure that may pass, receives left | `retry`: back after a backoff that doubles with each receive; inputs that can never work are recorded now |
+/// | failures at `maxAttempts` receives, or only inputs that can never work | `giveUp`: a record per failed input, then `FinalFate` |
+/// | a body that can never work | `giveUp` with a bad-message record |
+/// | received after its `maxAttempts` | `giveUp` without running (an earlier record is kept) |
+/// | an S3 test event | `delete` |
+enum MessageFate: Sendable, Equatable {
+    case delete
+    case release
+    /// Back after `afterSeconds`; `recordNow` are the inputs that can never work, recorded at once.
+    case retry(afterSeconds: Int, recordNow: [TaskFailure])
+    /// Its work is over for good: each failure recorded, then the message leaves by `FinalFate`. `worthRedriving`:
+    /// the failure may pass (a dead-letter queue keeps it for a redrive).
+    case giveUp([TaskFailure], worthRedriving: Bool)
+
+    /// The fate after the message's inputs were attempted.
+    /// - Parameters:
+    ///   - deadEnd: the daemon met a dead end: a failure is then the set-up's, not the task's.
+    ///   - retryDelay: the backoff for this receive (`VisibilityPlan.retryDelay`).
+    static func after(_ outcomes: [AttemptOutcome], receiveCount: Int, maxAttempts: Int, deadEnd: Bool,
+                      retryDelay: Int) -> MessageFate {
+        if outcomes.contains(.interrupted) { return .release }
+        var failures: [TaskFailure] = []  // in the inputs' order
+        var never: [TaskFailure] = []
+        for outcome in outcomes {
+            switch outcome {
+            case .failed(let failure): failures.append(failure)
+            case .inputMissing(let failure): failures.append(failure); never.append(failure)
+            case .uploaded, .noOutput, .interrupted: break
+            }
+        }
+        if failures.isEmpty { return .delete }
+        if deadEnd { return .release }
+        let mayPass = failures.count > never.count
+        if mayPass && receiveCount < maxAttempts { return .retry(afterSeconds: retryDelay, recordNow: never) }
+        return .giveUp(failures, worthRedriving: mayPass)
+    }
+}
+
+/// How a message whose work is over for good (a bad message, or a task given up) leaves the queue.
+///
+/// Deleted once its failure record is written. Sent on to the dead-letter queue (made visible at once, so SQS moves
+/// it after `maxReceiveCount` receives) when the queue has one and either the record could not be written or the
+/// failure may pass and be worth a redrive. Otherwise kept, to come back after its visibility timeout: deleting a
+/// message that left no record would lose its input without a trace.
+enum FinalFate: Equatable {
+    case delete, deadLetterQueue, keep
+
+    init(recorded: Bool, hasDeadLetterQueue: Bool, worthRedriving: Bool) {
+        if hasDeadLetterQueue && (worthRedriving || !recorded) {
+            self = .deadLetterQueue
+        } else {
+            self = recorded ? .delete : .keep
+        }
+    }
+}

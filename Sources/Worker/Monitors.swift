@@ -1,0 +1,70 @@
+import AWSCore
+import AWSServices
+import Dispatch
+@preconcurrency import Glibc
+import Logging
+
+// What ends a run from outside the slots: a drained queue, a spot interruption notice, SIGTERM or SIGINT.
+extension Daemon {
+    /// Drained means: no slot has had work for `idleTimeout`, their long polls came back empty, and the queue
+    /// reports nothing visible, in flight or delayed on two checks in a row. Messages in flight on other
+    /// instances keep this worker waiting: they may fail and come back.
+    func watchForDrain(_ queue: some WorkQueue, _ lifecycle: Lifecycle, deadEnds: DeadEnds, clock: any WorkerClock,
+                       logger: Logger) async {
+        let interval = Duration.seconds(max(1, min(5, config.idleTimeout / 3)))
+        var zeroChecks = 0
+        var checks = 0
+        while !lifecycle.isStopping {
+            do { try await clock.sleep(for: interval) } catch { return }
+            guard lifecycle.idle(for: config.idleTimeout) else {
+                zeroChecks = 0
+                continue
+            }
+            checks += 1
+            do {
+                let total = try await queue.counts(logger: logger).total
+                deadEnds.succeeded(.queueAttributes)
+                zeroChecks = total == 0 ? zeroChecks + 1 : 0
+                if total > 0 {
+                    logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])
+                }
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("cannot read the queue's counts", metadata: ["error": "\(error)"])
+                deadEnds.failed(.queueAttributes, resource: config.queueURL, subject: "check-\(checks)", error: error)
+                zeroChecks = 0
+            }
+            if zeroChecks >= 2 {
+                logger.notice("queue drained", metadata: ["idle_seconds": "\(config.idleTimeout)"])
+                lifecycle.requestStop(.drained)
+            }
+        }
+    }
+
+    /// Polls IMDS for a spot interruption notice; on one, drains as for SIGTERM, inside the two-minute warning.
+    func watchForSpot(_ imds: IMDSClient, _ lifecycle: Lifecycle, clock: any WorkerClock, logger: Logger) async {
+        while !lifecycle.isStopping {
+            if let action = try? await imds.spotInstanceAction() {
+                logger.warning("spot interruption notice: draining", metadata: [
+                    "spot.action": "\(action.action)", "spot.time": "\(action.time)"])
+                lifecycle.requestStop(.spotInterruption)
+                return
+            }
+            do { try await clock.sleep(for: .milliseconds(Int(options.spotPollSeconds * 1000))) } catch { return }
+        }
+    }
+
+    func installSignalHandlers(_ lifecycle: Lifecycle, logger: Logger) -> [DispatchSourceSignal] {
+        [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                logger.notice("stop requested: finishing running tasks, taking no new ones", metadata: [
+                    "signal": "\(number == SIGTERM ? "SIGTERM" : "SIGINT")", "grace_seconds": "\(config.shutdownGrace)"])
+                lifecycle.requestStop(.signal)
+            }
+            source.resume()
+            return source
+        }
+    }
+}

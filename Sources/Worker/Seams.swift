@@ -1,0 +1,90 @@
+import AWSCore
+import AWSServices
+import Logging
+
+// The three things the worker loop talks to. The daemon uses SQS, S3 and real processes; the unit tests of the
+// loop and of every message fate use in-memory doubles (TestSupport) through these same protocols.
+
+/// The queue, as the loop sees it.
+public protocol WorkQueue: Sendable {
+    /// Long-polls for up to `count` messages (1...10), waiting up to `waitSeconds` when there are none.
+    func receive(count: Int, waitSeconds: Int, logger: Logger) async throws(AWSError) -> [SQSMessage]
+    /// How long the message stays hidden from now on; 0 makes it visible at once.
+    func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async throws(AWSError)
+    /// Deletes a settled message. It may wait a moment for others to share a batch call; it never throws: a failed
+    /// delete only means the message comes back and is processed again.
+    func delete(_ message: SQSMessage, logger: Logger) async
+    /// What the queue holds: visible, in flight, delayed.
+    func counts(logger: Logger) async throws(AWSError) -> SQSClient.MessageCounts
+}
+
+/// The object store, as the loop sees it.
+public protocol ObjectStore: Sendable {
+    /// Streams the object to `path`; returns its size.
+    func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64
+    /// Uploads the file at `path`.
+    func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError)
+    /// Writes a small object; with `onlyIfAbsent`, S3 refuses it (412) when the key exists.
+    func put(_ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
+             logger: Logger) async throws(AWSError)
+}
+
+/// One run of the command, as the loop describes it.
+public struct CommandRun: Sendable {
+    public var argv: [String]
+    public var environment: [String: String]
+    /// The working directory.
+    public var directory: String
+    public var stdoutPath: String
+    public var stderrPath: String
+    public var user: RunAsUser?
+    /// Seconds before its process group is killed; nil for no limit.
+    public var timeout: Int?
+
+    public init(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+                stderrPath: String, user: RunAsUser?, timeout: Int?) {
+        self.argv = argv
+        self.environment = environment
+        self.directory = directory
+        self.stdoutPath = stdoutPath
+        self.stderrPath = stderrPath
+        self.user = user
+        self.timeout = timeout
+    }
+}
+
+/// What runs the command.
+public protocol TaskRunner: Sendable {
+    /// Runs the command to its end. Cancelling the calling task kills its process group and returns `.interrupted`.
+    func run(_ command: CommandRun) async throws(SpawnError) -> ProcessOutcome
+}
+
+extension S3Client: ObjectStore {
+    public func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64 {
+        try await getObject(bucket: object.bucket, key: object.key, to: path, logger: logger).size
+    }
+
+    public func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError) {
+        try await putObject(bucket: object.bucket, key: object.key, file: path, logger: logger)
+    }
+
+    public func put(_ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
+                    logger: Logger) async throws(AWSError) {
+        try await putObject(bucket: object.bucket, key: object.key, bytes: bytes, contentType: contentType,
+                            ifNoneMatch: onlyIfAbsent ? "*" : nil, logger: logger)
+    }
+}
+
+extension ProcessRunner: TaskRunner {
+    public func run(_ command: CommandRun) async throws(SpawnError) -> ProcessOutcome {
+        try await run(argv: command.argv, environment: command.environment, directory: command.directory,
+                      stdoutPath: command.stdoutPath, stderrPath: command.stderrPath, user: command.user,
+                      timeout: command.timeout)
+    }
+}
+
+/// Runs `work` to its end even when the calling task is cancelled. What settles a message (its release, its delete,
+/// its failure record) must still go out after a stop's grace has cancelled the task it belongs to.
+func uncancelled<T: Sendable>(_ work: @escaping @Sendable () async -> T) async -> T {
+    await Task { await work() }.value
+}

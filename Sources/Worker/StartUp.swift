@@ -1,0 +1,190 @@
+import AWSCore
+import AWSServices
+@preconcurrency import Glibc
+import Logging
+import TaskLedger
+
+/// Everything before the first receive: the work folder, the checks that the queue and the output bucket answer, the
+/// execution environment, the command, the ledger.
+///
+/// `prepare` throws `DeadEnd` or `ConfigError` for what no restart can fix (exit status 2), anything else for what
+/// one may (exit status 1). The checks take a second at most: a misconfigured fleet ends before it takes a message.
+struct StartUp: Sendable {
+    let config: WorkerConfig
+    let context: AWSContext
+    let options: Daemon.Options
+
+    /// What start-up found and made.
+    struct Prepared: Sendable {
+        var s3: S3Client
+        var sqs: SQSClient
+        var setting: TaskSetting
+        var instanceID: String
+        var hasRedrivePolicy: Bool
+        var ledger: Ledger?
+    }
+
+    func prepare(logger: Logger) async throws -> Prepared {
+        for dir in [config.workDir, config.workDir + "/tasks"] {
+            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+                throw ConfigError(key: "workDir", message: "cannot create \(dir): \(String(cString: strerror(errno)))")
+            }
+        }
+        _ = chmod(config.workDir, 0o700)
+        // Task folders left by a killed run hold nothing worth keeping: their messages come back by themselves.
+        LocalFile.removeTree(config.workDir + "/tasks")
+        _ = mkdir(config.workDir + "/tasks", 0o700)
+
+        let s3 = try S3Client(context: context)
+        let sqs = SQSClient(context: context)
+        // The queue answers (and says whether it has a dead-letter queue).
+        let attributes: [String: String]
+        do {
+            attributes = try await Self.checking(logger: logger) { () throws(AWSError) in
+                try await sqs.getQueueAttributes(queueURL: config.queueURL, names: ["All"], logger: logger)
+            }
+        } catch {
+            if let problem = error.setupProblem {
+                throw DeadEnd.setup(problem, action: "sqs:GetQueueAttributes", resource: config.queueURL, error: error)
+            }
+            throw StartUpError(message: "the queue cannot be read: \(error)")
+        }
+        let hasRedrive = attributes["RedrivePolicy"].map { !$0.isEmpty } ?? false
+        var instanceID = hostName()
+        if let imds = context.imds, let id = try? await imds.instanceID() { instanceID = id }
+        try await checkOutputBucket(s3, instanceID: instanceID, logger: logger)
+
+        var user: RunAsUser?
+        if let name = config.runAsUser {
+            guard let found = RunAsUser.lookup(name) else {
+                throw ConfigError(key: "runAsUser", message: "no such user '\(name)'")
+            }
+            guard getuid() == 0 else { throw ConfigError(key: "runAsUser", message: "switching users needs root") }
+            user = found
+            // The user may pass through (not list) the work dir to reach its own task folders.
+            _ = chown(config.workDir, 0, 0)
+            _ = chmod(config.workDir, 0o711)
+            _ = chmod(config.workDir + "/tasks", 0o711)
+        }
+        let environmentDirectory = try await unpackEnvironment(s3, logger: logger)
+        // Resolved once: a relative name against the environment (or the daemon's working folder), a bare name on
+        // PATH too. A command that cannot be found would fail every task, so that stops start-up instead.
+        let environment = commandEnvironment(user: user)
+        let base = environmentDirectory ?? currentDirectory()
+        guard let program = ProcessRunner.resolve(config.analysisProgram[0], in: base, path: environment["PATH"] ?? "") else {
+            throw ConfigError(key: "analysisProgram", message: "'\(config.analysisProgram[0])' was not found in \(base) or on PATH")
+        }
+        var ledger: Ledger?
+        if let table = config.ledgerTable {
+            // Not checked here: a missing or throttled table must not stop the work, only be reported.
+            let dynamo = try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: config.queueURL))
+            var ledgerLogger = logger
+            ledgerLogger[metadataKey: "ledger.table"] = "\(table)"
+            ledger = Ledger(client: dynamo, table: table, queueURL: config.queueURL, instanceID: instanceID,
+                            settings: options.ledger, logger: ledgerLogger)
+        }
+        let setting = TaskSetting(program: [program] + config.analysisProgram.dropFirst(),
+                                  environmentDirectory: environmentDirectory, environment: environment, user: user)
+        return Prepared(s3: s3, sqs: sqs, setting: setting, instanceID: instanceID, hasRedrivePolicy: hasRedrive,
+                        ledger: ledger)
+    }
+
+    /// Runs a start-up check. Refused credentials (or none) are tried again for a few seconds first: at boot, IMDS
+    /// may not serve the role's keys yet, and IAM takes seconds to know a role that was just made.
+    static func checking<T>(logger: Logger, _ call: () async throws(AWSError) -> T) async throws(AWSError) -> T {
+        let patience = ContinuousClock.now + .seconds(5)
+        while true {
+            do {
+                return try await call()
+            } catch where [.noCredentials, .credentialsRefused].contains(error.setupProblem) && ContinuousClock.now < patience {
+                logger.info("credentials not accepted yet; trying again", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    /// The output bucket exists and takes writes: a multipart upload begun and aborted at once needs only the
+    /// permissions the work needs (`s3:PutObject`, `s3:AbortMultipartUpload`) and leaves nothing behind, where a
+    /// probe object would stay among the outputs.
+    func checkOutputBucket(_ s3: S3Client, instanceID: String, logger: Logger) async throws {
+        let bucket = config.outputBucket
+        let key = config.outputPrefix + "_parallelizer/write-check-" + instanceID
+        let uploadID: String
+        do {
+            uploadID = try await Self.checking(logger: logger) { () throws(AWSError) in
+                try await s3.createMultipartUpload(bucket: bucket, key: key, logger: logger)
+            }
+        } catch {
+            if let problem = error.setupProblem {
+                throw DeadEnd.setup(problem, action: "s3:PutObject", resource: "s3://\(bucket)", error: error)
+            }
+            throw StartUpError(message: "the output bucket cannot be checked: \(error)")
+        }
+        do {
+            try await s3.abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, logger: logger)
+        } catch {
+            logger.warning("the output bucket's write check could not abort its upload; the bucket's lifecycle rule removes it",
+                           metadata: ["s3.key": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    /// Fetches and unpacks `environmentZip`, when there is one; returns the folder the command runs in.
+    func unpackEnvironment(_ s3: S3Client, logger: Logger) async throws -> String? {
+        guard let bucket = config.environmentBucket, let zip = config.environmentZip else { return nil }
+        do {
+            return try await EnvironmentArchive(s3: s3).prepare(
+                bucket: bucket, key: zip, prefix: config.environmentPrefix, workDir: config.workDir, logger: logger)
+        } catch let error as AWSError {
+            let resource = "s3://\(bucket)/\(zip)"
+            if let problem = error.setupProblem {
+                throw DeadEnd.setup(problem, action: "s3:GetObject", resource: resource, error: error)
+            }
+            if error.httpStatus == 404 {
+                throw DeadEnd(what: "the environment archive \(resource) does not exist",
+                              fix: "upload it, or correct environmentBucket and environmentZip", error: error)
+            }
+            throw StartUpError(message: "the environment archive cannot be fetched: \(error)")
+        } catch let failure as EnvironmentArchive.Failure {
+            throw ConfigError(key: "environmentZip", message: failure.message)
+        }
+    }
+
+    /// The command's environment: the daemon's, without AWS credentials unless `passCredentials`.
+    func commandEnvironment(user: RunAsUser?) -> [String: String] {
+        var environment = context.environment
+        if !config.passCredentials {
+            for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                         "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE"] {
+                environment.removeValue(forKey: name)
+            }
+            for name in environment.keys where name.hasPrefix("PARALLELIZER_") { environment.removeValue(forKey: name) }
+        }
+        if environment["PATH"] == nil { environment["PATH"] = "/usr/local/bin:/usr/bin:/bin" }
+        if let user {
+            environment["HOME"] = user.home
+            environment["USER"] = user.name
+            environment["LOGNAME"] = user.name
+        }
+        return environment
+    }
+}
+
+/// A start-up failure that a later start may get past (the network, a server error): exit status 1.
+struct StartUpError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+func currentDirectory() -> String {
+    guard let cwd = getcwd(nil, 0) else { return "/" }
+    defer { free(cwd) }
+    return String(cString: cwd)
+}
+
+func hostName() -> String {
+    var buffer = [UInt8](repeating: 0, count: 256)
+    buffer.withUnsafeMutableBufferPointer { raw in
+        raw.withMemoryRebound(to: CChar.self) { _ = gethostname($0.baseAddress!, $0.count - 1) }
+    }
+    return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
+}

@@ -1,0 +1,200 @@
+import AWSCore
+import AWSServices
+import FoundationEssentials
+import Logging
+import Synchronization
+import Worker
+
+// In-memory doubles of the worker loop's three seams (Worker/Seams.swift), for unit tests of the loop and of every
+// message fate. They record what was asked of them; the end-to-end suites keep the real SQS, S3 and processes.
+
+/// An AWS error as a service sends it.
+public func serviceError(_ code: String, status: Int, service: String = "s3") -> AWSError {
+    AWSError(kind: .service, service: service, httpStatus: status, code: code, message: code, requestID: "req-1")
+}
+
+/// A queue that hands out the messages it was given and records what became of each.
+public final class MemoryQueue: WorkQueue {
+    public enum Event: Sendable, Equatable, CustomStringConvertible {
+        case received(String)
+        case visibility(String, Int)
+        case deleted(String)
+
+        public var description: String {
+            switch self {
+            case .received(let id): return "received \(id)"
+            case .visibility(let id, let seconds): return "visibility \(id) \(seconds)"
+            case .deleted(let id): return "deleted \(id)"
+            }
+        }
+    }
+
+    struct State {
+        var waiting: [SQSMessage]
+        var events: [Event] = []
+        var refuseVisibility: AWSError?
+    }
+
+    private let state: Mutex<State>
+
+    public init(_ messages: [SQSMessage] = []) { state = Mutex(State(waiting: messages)) }
+
+    public var events: [Event] { state.withLock { $0.events } }
+    /// What became of the message: its events after the receive.
+    public func fate(of id: String) -> [Event] {
+        events.filter {
+            switch $0 {
+            case .visibility(let m, _), .deleted(let m): return m == id
+            case .received: return false
+            }
+        }
+    }
+
+    /// Makes every ChangeMessageVisibility fail with `error` (nil: succeed).
+    public func refuseVisibility(_ error: AWSError?) { state.withLock { $0.refuseVisibility = error } }
+
+    public func add(_ messages: [SQSMessage]) { state.withLock { $0.waiting += messages } }
+
+    /// Hands out what waits; with nothing waiting, a long poll that lasts until it is cancelled (or `waitSeconds`).
+    public func receive(count: Int, waitSeconds: Int, logger: Logger) async throws(AWSError) -> [SQSMessage] {
+        let taken = state.withLock { s -> [SQSMessage] in
+            let taken = Array(s.waiting.prefix(count))
+            s.waiting.removeFirst(taken.count)
+            s.events += taken.map { .received($0.messageID) }
+            return taken
+        }
+        if !taken.isEmpty { return taken }
+        do {
+            try await Task.sleep(for: .seconds(waitSeconds))
+        } catch {
+            throw AWSError(kind: .transport(.cancelled), service: "sqs", code: "Cancelled", message: "cancelled")
+        }
+        return []
+    }
+
+    public func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async throws(AWSError) {
+        let refusal = state.withLock { s -> AWSError? in
+            if s.refuseVisibility == nil { s.events.append(.visibility(message.messageID, seconds)) }
+            return s.refuseVisibility
+        }
+        if let refusal { throw refusal }
+    }
+
+    public func delete(_ message: SQSMessage, logger: Logger) async {
+        state.withLock { $0.events.append(.deleted(message.messageID)) }
+    }
+
+    public func counts(logger: Logger) async throws(AWSError) -> SQSClient.MessageCounts {
+        SQSClient.MessageCounts(visible: state.withLock { $0.waiting.count }, inFlight: 0, delayed: 0)
+    }
+}
+
+/// Objects in memory, by `bucket/key`; refusals by bucket or by exact object.
+public final class MemoryStore: ObjectStore {
+    struct State {
+        var objects: [String: [UInt8]] = [:]
+        var refusals: [String: AWSError] = [:]
+        var puts = 0
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public func add(_ object: S3URI, _ text: String) {
+        state.withLock { $0.objects["\(object.bucket)/\(object.key)"] = Array(text.utf8) }
+    }
+
+    /// Every call on `bucketOrObject` (`bucket` or `bucket/key`) fails with `error`.
+    public func refuse(_ bucketOrObject: String, with error: AWSError) {
+        state.withLock { $0.refusals[bucketOrObject] = error }
+    }
+
+    public func text(_ object: S3URI) -> String? {
+        state.withLock { $0.objects["\(object.bucket)/\(object.key)"] }.map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Every key in `bucket`, sorted.
+    public func keys(in bucket: String) -> [String] {
+        state.withLock { s in s.objects.keys.filter { $0.hasPrefix(bucket + "/") }.map { String($0.dropFirst(bucket.count + 1)) } }
+            .sorted()
+    }
+
+    private func refusal(_ object: S3URI) -> AWSError? {
+        state.withLock { $0.refusals["\(object.bucket)/\(object.key)"] ?? $0.refusals[object.bucket] }
+    }
+
+    public func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64 {
+        if let refusal = refusal(object) { throw refusal }
+        guard let bytes = state.withLock({ $0.objects["\(object.bucket)/\(object.key)"] }) else {
+            throw serviceError("NoSuchKey", status: 404)
+        }
+        LocalFile.write(path, bytes)
+        return Int64(bytes.count)
+    }
+
+    public func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError) {
+        if let refusal = refusal(object) { throw refusal }
+        guard let bytes = LocalFile.read(path, limit: 1 << 30) else { throw AWSError.client("s3", "cannot read \(path)") }
+        state.withLock { $0.objects["\(object.bucket)/\(object.key)"] = bytes }
+    }
+
+    public func put(_ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
+                    logger: Logger) async throws(AWSError) {
+        if let refusal = refusal(object) { throw refusal }
+        let exists = state.withLock { s -> Bool in
+            let key = "\(object.bucket)/\(object.key)"
+            if onlyIfAbsent && s.objects[key] != nil { return true }
+            s.objects[key] = bytes
+            s.puts += 1
+            return false
+        }
+        if exists { throw serviceError("PreconditionFailed", status: 412) }
+    }
+}
+
+/// Runs a scripted command instead of a process: `script` gets what would be run (argv, the task's files) and
+/// returns how it ended, writing files as the real command would.
+public struct ScriptedRunner: TaskRunner {
+    public let script: @Sendable (CommandRun) async -> ProcessOutcome
+    private let runs = Counter()
+
+    public init(_ script: @escaping @Sendable (CommandRun) async -> ProcessOutcome) { self.script = script }
+
+    /// How many times a command ran.
+    public var count: Int { runs.value.load(ordering: .relaxed) }
+
+    public func run(_ command: CommandRun) async throws(SpawnError) -> ProcessOutcome {
+        runs.value.add(1, ordering: .relaxed)
+        return await script(command)
+    }
+
+    final class Counter: Sendable { let value = Atomic<Int>(0) }
+
+    /// A command that copies its input to `<input>.out` and names it (exit 0).
+    public static var copying: ScriptedRunner { ScriptedRunner { command in
+        let input = command.argv.last!
+        LocalFile.write(input + ".out", LocalFile.read(input, limit: 1 << 20) ?? [])
+        LocalFile.write(command.stdoutPath, Array("some chatter\n\(input).out\n".utf8))
+        return .exited(0)
+    } }
+
+    /// A command that exits with `code` and says why on stderr.
+    public static func failing(_ code: Int32) -> ScriptedRunner {
+        ScriptedRunner { command in
+            LocalFile.write(command.stderrPath, Array("something went wrong\n".utf8))
+            return .exited(code)
+        }
+    }
+
+    /// A command that runs until its task is cancelled, as a real one killed at a stop's grace end.
+    public static var endless: ScriptedRunner { ScriptedRunner { _ in
+        while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
+        return .interrupted
+    } }
+}
+
+/// A received message: `body`, received `count` times.
+public func received(_ id: String, _ body: String, count: Int = 1) -> SQSMessage {
+    SQSMessage(messageID: id, receiptHandle: "rh-\(id)", body: body, attributes: ["ApproximateReceiveCount": "\(count)"])
+}
