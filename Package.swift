@@ -68,7 +68,8 @@ let package = Package(
         .testTarget(name: "AWSCoreTests", dependencies: ["AWSServices", "TestSupport"]),
         .testTarget(name: "WorkerTests", dependencies: ["Worker", "TestSupport"]),
         .testTarget(name: "OperatorsTests", dependencies: ["Operators", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["AWSServices", "Worker", "Operators", "TaskLedger", "TestSupport"]),
+        .testTarget(
+            name: "IntegrationTests", dependencies: ["AWSServices", "Worker", "Operators", "TaskLedger", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -19,9 +19,11 @@ public struct AWSRequest: Sendable {
     /// A host to use instead of the endpoint's (S3 virtual-hosted style: `bucket.s3.region.amazonaws.com`).
     public var host: String?
 
-    public init(method: String, path: String = "/", query: [(String, String)] = [], headers: [(String, String)] = [],
-                body: HTTPBody = .none, payload: SignableRequest.Payload? = nil, response: ResponseSink = .memory,
-                timeouts: Timeouts = .default, host: String? = nil) {
+    public init(
+        method: String, path: String = "/", query: [(String, String)] = [], headers: [(String, String)] = [],
+        body: HTTPBody = .none, payload: SignableRequest.Payload? = nil, response: ResponseSink = .memory,
+        timeouts: Timeouts = .default, host: String? = nil
+    ) {
         self.method = method
         self.path = path
         self.query = query
@@ -59,12 +61,14 @@ public final class AWSClient: Sendable {
     private let now: @Sendable () -> Date
     private let sleep: @Sendable (Double) async -> Void
 
-    public init(http: HTTPClient, credentials: any CredentialProvider, retry: RetryPolicy = RetryPolicy(),
-                clock: ClockCorrection = ClockCorrection(), connectTo: [String] = [],
-                now: @escaping @Sendable () -> Date = { Date() },
-                sleep: @escaping @Sendable (Double) async -> Void = { seconds in
-                    try? await Task.sleep(nanoseconds: UInt64(max(0, seconds) * 1_000_000_000))
-                }) {
+    public init(
+        http: HTTPClient, credentials: any CredentialProvider, retry: RetryPolicy = RetryPolicy(),
+        clock: ClockCorrection = ClockCorrection(), connectTo: [String] = [],
+        now: @escaping @Sendable () -> Date = { Date() },
+        sleep: @escaping @Sendable (Double) async -> Void = { seconds in
+            try? await Task.sleep(nanoseconds: UInt64(max(0, seconds) * 1_000_000_000))
+        }
+    ) {
         self.http = http
         self.credentials = credentials
         self.retry = retry
@@ -78,8 +82,10 @@ public final class AWSClient: Sendable {
     public func signingDate() -> Date { now().addingTimeInterval(clock.seconds) }
 
     /// Sends `request` to `endpoint` and returns the 2xx reply, or throws the final error.
-    public func send(_ request: AWSRequest, to endpoint: ServiceEndpoint, signing options: SigV4Signer.Options,
-                     logger: Logger) async throws(AWSError) -> HTTPResponse {
+    public func send(
+        _ request: AWSRequest, to endpoint: ServiceEndpoint, signing options: SigV4Signer.Options,
+        logger: Logger
+    ) async throws(AWSError) -> HTTPResponse {
         let signer = SigV4Signer(region: endpoint.region, service: endpoint.service, options: options)
         let payload = request.payload ?? Self.payloadHash(request.body)
         var attempt = 0
@@ -88,12 +94,15 @@ public final class AWSClient: Sendable {
         while true {
             attempt += 1
             if Task.isCancelled {
-                throw AWSError(kind: .transport(.cancelled), service: endpoint.service, code: "Cancelled", message: "task cancelled")
+                throw AWSError(
+                    kind: .transport(.cancelled), service: endpoint.service, code: "Cancelled",
+                    message: "task cancelled")
             }
             let error: AWSError
             do {
-                let response = try await sendOnce(request, endpoint: endpoint, signer: signer, payload: payload,
-                                                  logger: logger)
+                let response = try await sendOnce(
+                    request, endpoint: endpoint, signer: signer, payload: payload,
+                    logger: logger)
                 if response.isSuccess { return response }
                 error = AWSError.from(response: response, service: endpoint.service)
             } catch {
@@ -108,10 +117,12 @@ public final class AWSClient: Sendable {
                 correctedClock = true
                 let offset = Double(serverSeconds) - now().timeIntervalSince1970
                 clock.adopt(offset)
-                logger.warning("clock skew corrected from the server's Date header", metadata: [
-                    "aws.service": "\(endpoint.service)", "aws.code": "\(error.code)",
-                    "clock.offset_seconds": "\(Int(offset))",
-                ])
+                logger.warning(
+                    "clock skew corrected from the server's Date header",
+                    metadata: [
+                        "aws.service": "\(endpoint.service)", "aws.code": "\(error.code)",
+                        "clock.offset_seconds": "\(Int(offset))",
+                    ])
                 attempt -= 1
                 continue
             }
@@ -130,35 +141,43 @@ public final class AWSClient: Sendable {
     private func backoff(_ error: AWSError, attempt: Int, logger: Logger) async throws(AWSError) {
         guard attempt < retry.maxAttempts else { throw error }
         let delay = retry.delay(beforeRetry: attempt)
-        logger.info("retrying AWS call", metadata: [
-            "aws.service": "\(error.service)", "aws.code": "\(error.code)", "aws.status": "\(error.httpStatus)",
-            "retry.attempt": "\(attempt)", "retry.delay_ms": "\(Int(delay * 1000))",
-            // What went wrong, in a few words (a timeout, a reset, the service's message); never a secret.
-            "aws.message": "\(error.message.prefix(160))",
-        ])
+        logger.info(
+            "retrying AWS call",
+            metadata: [
+                "aws.service": "\(error.service)", "aws.code": "\(error.code)", "aws.status": "\(error.httpStatus)",
+                "retry.attempt": "\(attempt)", "retry.delay_ms": "\(Int(delay * 1000))",
+                // What went wrong, in a few words (a timeout, a reset, the service's message); never a secret.
+                "aws.message": "\(error.message.prefix(160))",
+            ])
         await sleep(delay)
     }
 
     /// `logger` is the caller's, with its metadata (the message, the task): a credential refresh it sets off is
     /// logged as part of that work.
-    private func sendOnce(_ request: AWSRequest, endpoint: ServiceEndpoint, signer: SigV4Signer,
-                          payload: SignableRequest.Payload, logger: Logger) async throws(AWSError) -> HTTPResponse {
+    private func sendOnce(
+        _ request: AWSRequest, endpoint: ServiceEndpoint, signer: SigV4Signer,
+        payload: SignableRequest.Payload, logger: Logger
+    ) async throws(AWSError) -> HTTPResponse {
         guard let creds = try await credentials.credentials(logger: logger) else {
-            throw AWSError(kind: .credentials, service: endpoint.service, code: "NoCredentials",
-                           message: "no credentials in the environment, the shared files or the instance role")
+            throw AWSError(
+                kind: .credentials, service: endpoint.service, code: "NoCredentials",
+                message: "no credentials in the environment, the shared files or the instance role")
         }
         let host = request.host ?? endpoint.hostHeader
         var headers = request.headers
         headers.insert(("Host", host), at: 0)
         // Content-Length is left to curl and not signed, as the AWS SDKs do: proxies may re-frame the body.
-        let signable = SignableRequest(method: request.method, path: endpoint.basePath + request.path,
-                                       query: request.query, headers: headers, payload: payload)
+        let signable = SignableRequest(
+            method: request.method, path: endpoint.basePath + request.path,
+            query: request.query, headers: headers, payload: payload)
         let signed = signer.signHeaders(signable, credentials: creds, date: signingDate())
-        let url = "\(endpoint.scheme)://\(host)\(endpoint.basePath)\(request.path)"
+        let url =
+            "\(endpoint.scheme)://\(host)\(endpoint.basePath)\(request.path)"
             + (request.query.isEmpty ? "" : "?" + URIEncoding.formatQuery(request.query))
-        let http = HTTPRequest(method: request.method, url: url, headers: headers + signed.addedHeaders,
-                               body: request.body, response: request.response, timeouts: request.timeouts,
-                               connectTo: connectTo)
+        let http = HTTPRequest(
+            method: request.method, url: url, headers: headers + signed.addedHeaders,
+            body: request.body, response: request.response, timeouts: request.timeouts,
+            connectTo: connectTo)
         do {
             return try await self.http.execute(http)
         } catch {
@@ -167,18 +186,23 @@ public final class AWSClient: Sendable {
     }
 
     /// A presigned URL (query signing), valid for `expires` seconds.
-    public func presignedURL(method: String, path: String, query: [(String, String)] = [], host: String? = nil,
-                             endpoint: ServiceEndpoint, options: SigV4Signer.Options, expires: Int,
-                             logger: Logger) async throws(AWSError) -> String {
+    public func presignedURL(
+        method: String, path: String, query: [(String, String)] = [], host: String? = nil,
+        endpoint: ServiceEndpoint, options: SigV4Signer.Options, expires: Int,
+        logger: Logger
+    ) async throws(AWSError) -> String {
         guard let creds = try await credentials.credentials(logger: logger) else {
-            throw AWSError(kind: .credentials, service: endpoint.service, code: "NoCredentials", message: "no credentials")
+            throw AWSError(
+                kind: .credentials, service: endpoint.service, code: "NoCredentials", message: "no credentials")
         }
         let host = host ?? endpoint.hostHeader
         let signer = SigV4Signer(region: endpoint.region, service: endpoint.service, options: options)
-        let signable = SignableRequest(method: method, path: endpoint.basePath + path, query: query,
-                                       headers: [("Host", host)], payload: .unsigned)
+        let signable = SignableRequest(
+            method: method, path: endpoint.basePath + path, query: query,
+            headers: [("Host", host)], payload: .unsigned)
         let result = signer.presign(signable, credentials: creds, date: signingDate(), expires: expires)
-        return "\(endpoint.scheme)://\(host)\(endpoint.basePath)\(path)?" + URIEncoding.formatQuery(query + result.addedQuery)
+        return "\(endpoint.scheme)://\(host)\(endpoint.basePath)\(path)?"
+            + URIEncoding.formatQuery(query + result.addedQuery)
     }
 
     static func payloadHash(_ body: HTTPBody) -> SignableRequest.Payload {

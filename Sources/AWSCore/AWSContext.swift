@@ -33,23 +33,32 @@ public struct AWSContext: Sendable {
     /// - Parameters:
     ///   - region: an explicit region (a flag or user-data), which wins over everything else.
     ///   - credentials: explicit keys (user-data `accessKey`/`secretKey`), used instead of the chain.
-    public static func resolve(environment: [String: String], region explicitRegion: String? = nil,
-                               credentials explicit: Credentials? = nil, retry: RetryPolicy = RetryPolicy(),
-                               logger: Logger) async throws(AWSError) -> AWSContext {
-        let http = HTTPClient(configuration: .init(caBundle: environment.nonEmpty("AWS_CA_BUNDLE"),
-                                                   userAgent: "parallelizer/\(Version.current)"))
+    public static func resolve(
+        environment: [String: String], region explicitRegion: String? = nil,
+        credentials explicit: Credentials? = nil, retry: RetryPolicy = RetryPolicy(),
+        logger: Logger
+    ) async throws(AWSError) -> AWSContext {
+        let http = HTTPClient(
+            configuration: .init(
+                caBundle: environment.nonEmpty("AWS_CA_BUNDLE"),
+                userAgent: "parallelizer/\(Version.current)"))
         let imds = IMDSClient.endpoint(environment: environment).map { IMDSClient(endpoint: $0, http: http) }
-        let region = try await resolveRegion(explicit: explicitRegion, environment: environment, imds: imds, logger: logger)
-        let provider: any CredentialProvider = explicit.map { StaticCredentialProvider($0) }
+        let region = try await resolveRegion(
+            explicit: explicitRegion, environment: environment, imds: imds, logger: logger)
+        let provider: any CredentialProvider =
+            explicit.map { StaticCredentialProvider($0) }
             ?? CredentialChain.default(environment: environment, imds: imds)
-        let client = AWSClient(http: http, credentials: provider, retry: retry,
-                               connectTo: environment.nonEmpty("PARALLELIZER_CONNECT_TO").map { [$0] } ?? [])
+        let client = AWSClient(
+            http: http, credentials: provider, retry: retry,
+            connectTo: environment.nonEmpty("PARALLELIZER_CONNECT_TO").map { [$0] } ?? [])
         return AWSContext(region: region, client: client, imds: imds, environment: environment)
     }
 
     /// `AWS_REGION`, then `AWS_DEFAULT_REGION`, then the profile's `region`, then IMDS `placement/region`.
-    public static func resolveRegion(explicit: String?, environment: [String: String], imds: IMDSClient?,
-                                     logger: Logger) async throws(AWSError) -> String {
+    public static func resolveRegion(
+        explicit: String?, environment: [String: String], imds: IMDSClient?,
+        logger: Logger
+    ) async throws(AWSError) -> String {
         if let explicit, !explicit.isEmpty { return explicit }
         if let region = environment.nonEmpty("AWS_REGION") ?? environment.nonEmpty("AWS_DEFAULT_REGION") {
             return region

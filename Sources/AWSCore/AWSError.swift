@@ -29,8 +29,10 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
     /// The server's `Date` header, used for clock-skew correction.
     public var serverDate: String?
 
-    public init(kind: Kind, service: String, httpStatus: Int = 0, code: String, message: String,
-                requestID: String? = nil, serverDate: String? = nil) {
+    public init(
+        kind: Kind, service: String, httpStatus: Int = 0, code: String, message: String,
+        requestID: String? = nil, serverDate: String? = nil
+    ) {
         self.kind = kind
         self.service = service
         self.httpStatus = httpStatus
@@ -109,7 +111,8 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
 extension AWSError {
     /// Builds the error for a non-2xx reply, from an XML (S3, EC2, query) or JSON (SQS, DynamoDB) body.
     public static func from(response: HTTPResponse, service: String) -> AWSError {
-        let requestID = response.header("x-amz-request-id") ?? response.header("x-amzn-RequestId")
+        let requestID =
+            response.header("x-amz-request-id") ?? response.header("x-amzn-RequestId")
             ?? response.header("x-amzn-requestid")
         var code = ""
         var message = ""
@@ -140,7 +143,8 @@ extension AWSError {
             default: code = "HTTP\(response.status)"
             }
         }
-        return AWSError(kind: .service, service: service, httpStatus: response.status, code: code, message: message,
-                        requestID: requestID ?? bodyRequestID, serverDate: response.header("Date"))
+        return AWSError(
+            kind: .service, service: service, httpStatus: response.status, code: code, message: message,
+            requestID: requestID ?? bodyRequestID, serverDate: response.header("Date"))
     }
 }

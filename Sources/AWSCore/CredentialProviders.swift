@@ -33,7 +33,8 @@ public struct EnvironmentCredentialProvider: CredentialProvider {
         guard let key = environment.nonEmpty("AWS_ACCESS_KEY_ID"),
             let secret = environment.nonEmpty("AWS_SECRET_ACCESS_KEY")
         else { return nil }
-        return Credentials(accessKeyID: key, secretAccessKey: secret, sessionToken: environment.nonEmpty("AWS_SESSION_TOKEN"))
+        return Credentials(
+            accessKeyID: key, secretAccessKey: secret, sessionToken: environment.nonEmpty("AWS_SESSION_TOKEN"))
     }
 }
 
@@ -104,10 +105,13 @@ public actor CredentialChain: CredentialProvider {
     public init(providers: [any CredentialProvider]) { self.providers = providers }
 
     /// The default chain for an environment. `imds` nil means IMDS is disabled.
-    public static func `default`(environment: [String: String], imds: IMDSClient?,
-                                 now: @escaping @Sendable () -> Date = { Date() }) -> CredentialChain {
+    public static func `default`(
+        environment: [String: String], imds: IMDSClient?,
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) -> CredentialChain {
         var providers: [any CredentialProvider] = [
-            EnvironmentCredentialProvider(environment: environment), ProfileCredentialProvider(environment: environment),
+            EnvironmentCredentialProvider(environment: environment),
+            ProfileCredentialProvider(environment: environment),
         ]
         if let imds { providers.append(RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds), now: now)) }
         return CredentialChain(providers: providers)
@@ -125,7 +129,9 @@ public actor CredentialChain: CredentialProvider {
                 }
             } catch {
                 lastError = error
-                logger.debug("credential source failed", metadata: ["credentials.source": "\(provider.name)", "error": "\(error)"])
+                logger.debug(
+                    "credential source failed",
+                    metadata: ["credentials.source": "\(provider.name)", "error": "\(error)"])
             }
         }
         if let lastError { throw lastError }
@@ -153,8 +159,10 @@ public actor RefreshingCredentials: CredentialProvider {
     private var refreshing: Task<Credentials?, any Error>?
     private var lastFailure: Date?
 
-    public init(_ source: any CredentialProvider, refreshAhead: TimeInterval = 300,
-                now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(
+        _ source: any CredentialProvider, refreshAhead: TimeInterval = 300,
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) {
         self.source = source
         self.name = source.name
         self.refreshAhead = refreshAhead
@@ -184,9 +192,11 @@ public actor RefreshingCredentials: CredentialProvider {
             if let fresh {
                 // Operators see each rotation (hourly on EC2): the source and the new expiry, never the keys.
                 if let cached, cached.accessKeyID != fresh.accessKeyID {
-                    logger.info("credentials refreshed", metadata: [
-                        "credentials.source": "\(name)", "credentials.expiration": "\(Self.iso(fresh.expiration))",
-                    ])
+                    logger.info(
+                        "credentials refreshed",
+                        metadata: [
+                            "credentials.source": "\(name)", "credentials.expiration": "\(Self.iso(fresh.expiration))",
+                        ])
                 }
                 cached = fresh
                 fetchedAt = current
@@ -195,10 +205,12 @@ public actor RefreshingCredentials: CredentialProvider {
         case .failure(let error):
             lastFailure = current
             if let cached, isValid(cached, at: current) {
-                logger.warning("credential refresh failed; using the current credentials until they expire", metadata: [
-                    "credentials.source": "\(name)", "credentials.expiration": "\(Self.iso(cached.expiration))",
-                    "error": "\(error)",
-                ])
+                logger.warning(
+                    "credential refresh failed; using the current credentials until they expire",
+                    metadata: [
+                        "credentials.source": "\(name)", "credentials.expiration": "\(Self.iso(cached.expiration))",
+                        "error": "\(error)",
+                    ])
                 return cached
             }
             if let awsError = error as? AWSError { throw awsError }

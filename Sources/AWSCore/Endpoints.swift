@@ -40,8 +40,9 @@ public struct ServiceEndpoint: Sendable, Equatable {
             return try ServiceEndpoint(service: service, region: region, url: url, isCustom: true)
         }
         let suffix = region.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
-        return try ServiceEndpoint(service: service, region: region, url: "https://\(service).\(region).\(suffix)",
-                                   isCustom: false)
+        return try ServiceEndpoint(
+            service: service, region: region, url: "https://\(service).\(region).\(suffix)",
+            isCustom: false)
     }
 }
 

@@ -18,8 +18,10 @@ public actor IMDSClient {
     private var token: (value: String, expires: Date)?
     private let timeouts = Timeouts(connect: 1, lowSpeedBytes: 1, lowSpeedSeconds: 5, total: 5)
 
-    public init(endpoint: String = IMDSClient.defaultEndpoint, http: HTTPClient,
-                now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(
+        endpoint: String = IMDSClient.defaultEndpoint, http: HTTPClient,
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) {
         var endpoint = endpoint
         while endpoint.hasSuffix("/") { endpoint.removeLast() }
         self.endpoint = endpoint
@@ -39,8 +41,9 @@ public actor IMDSClient {
             let token = try await sessionToken(forceNew: attempt > 0)
             let response: HTTPResponse
             do {
-                response = try await http.execute(HTTPRequest(
-                    method: "GET", url: endpoint + path, headers: [(Self.tokenHeader, token)], timeouts: timeouts))
+                response = try await http.execute(
+                    HTTPRequest(
+                        method: "GET", url: endpoint + path, headers: [(Self.tokenHeader, token)], timeouts: timeouts))
             } catch {
                 throw AWSError(transport: error, service: "imds")
             }
@@ -51,17 +54,20 @@ public actor IMDSClient {
             default: throw AWSError.from(response: response, service: "imds")
             }
         }
-        throw AWSError(kind: .service, service: "imds", httpStatus: 401, code: "Unauthorized",
-                       message: "IMDS refused a fresh token")
+        throw AWSError(
+            kind: .service, service: "imds", httpStatus: 401, code: "Unauthorized",
+            message: "IMDS refused a fresh token")
     }
 
     private func sessionToken(forceNew: Bool) async throws(AWSError) -> String {
         if !forceNew, let token, token.expires > now().addingTimeInterval(60) { return token.value }
         let response: HTTPResponse
         do {
-            response = try await http.execute(HTTPRequest(
-                method: "PUT", url: endpoint + Self.tokenPath, headers: [(Self.tokenTTLHeader, String(Self.tokenTTL))],
-                timeouts: timeouts))
+            response = try await http.execute(
+                HTTPRequest(
+                    method: "PUT", url: endpoint + Self.tokenPath,
+                    headers: [(Self.tokenTTLHeader, String(Self.tokenTTL))],
+                    timeouts: timeouts))
         } catch {
             throw AWSError(transport: error, service: "imds")
         }
@@ -102,12 +108,14 @@ public actor IMDSClient {
             throw AWSError.badResponse("imds", "role credentials are not the expected JSON")
         }
         if let code = json["Code"]?.stringValue, code != "Success" {
-            throw AWSError(kind: .credentials, service: "imds", code: code, message: "instance role credentials not available")
+            throw AWSError(
+                kind: .credentials, service: "imds", code: code, message: "instance role credentials not available")
         }
         let expiration = json["Expiration"]?.stringValue.flatMap(CivilTime.parseISO8601)
             .map { Date(timeIntervalSince1970: TimeInterval($0)) }
-        return Credentials(accessKeyID: key, secretAccessKey: secret, sessionToken: json["Token"]?.stringValue,
-                           expiration: expiration)
+        return Credentials(
+            accessKeyID: key, secretAccessKey: secret, sessionToken: json["Token"]?.stringValue,
+            expiration: expiration)
     }
 }
 

@@ -15,12 +15,19 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let n = try? c.decode(Double.self) { self = .number(n) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
+        if c.decodeNil() {
+            self = .null
+        } else if let b = try? c.decode(Bool.self) {
+            self = .bool(b)
+        } else if let n = try? c.decode(Double.self) {
+            self = .number(n)
+        } else if let s = try? c.decode(String.self) {
+            self = .string(s)
+        } else if let a = try? c.decode([JSONValue].self) {
+            self = .array(a)
+        } else {
+            self = .object(try c.decode([String: JSONValue].self))
+        }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -148,7 +155,10 @@ public enum JSONValue: Sendable, Equatable, Codable {
             case 0x09: out += #"\t"#.utf8
             case 0x08: out += #"\b"#.utf8
             case 0x0c: out += #"\f"#.utf8
-            case 0..<0x20: out += #"\u00"#.utf8; out.append(hex[Int(byte >> 4)]); out.append(hex[Int(byte & 15)])
+            case 0..<0x20:
+                out += #"\u00"#.utf8
+                out.append(hex[Int(byte >> 4)])
+                out.append(hex[Int(byte & 15)])
             default: out.append(byte)
             }
         }
@@ -180,9 +190,15 @@ struct JSONParser {
         case UInt8(ascii: "{"): return try object(depth: depth + 1)
         case UInt8(ascii: "["): return try array(depth: depth + 1)
         case UInt8(ascii: "\""): return .string(try string())
-        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
-        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
-        case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "t"):
+            try literal("true")
+            return .bool(true)
+        case UInt8(ascii: "f"):
+            try literal("false")
+            return .bool(false)
+        case UInt8(ascii: "n"):
+            try literal("null")
+            return .null
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
         default: throw error("unexpected character")
         }
@@ -200,7 +216,8 @@ struct JSONParser {
 
     mutating func object(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
         var members: [String: JSONValue] = [:]
-        try elements(closedBy: UInt8(ascii: "}"), depth: depth) { (parser: inout JSONParser) throws(JSONValue.ParseError) in
+        try elements(closedBy: UInt8(ascii: "}"), depth: depth) {
+            (parser: inout JSONParser) throws(JSONValue.ParseError) in
             guard parser.position < parser.bytes.count, parser.bytes[parser.position] == UInt8(ascii: "\"") else {
                 throw parser.error("expected a key")
             }
@@ -218,7 +235,8 @@ struct JSONParser {
 
     mutating func array(depth: Int) throws(JSONValue.ParseError) -> JSONValue {
         var items: [JSONValue] = []
-        try elements(closedBy: UInt8(ascii: "]"), depth: depth) { (parser: inout JSONParser) throws(JSONValue.ParseError) in
+        try elements(closedBy: UInt8(ascii: "]"), depth: depth) {
+            (parser: inout JSONParser) throws(JSONValue.ParseError) in
             items.append(try parser.value(depth: depth))
         }
         return .array(items)
@@ -226,8 +244,10 @@ struct JSONParser {
 
     /// The elements of an array or object, from its opening bracket to `close`: `element` reads one (it starts
     /// past any space), commas go between them.
-    mutating func elements(closedBy close: UInt8, depth: Int,
-                           _ element: (inout JSONParser) throws(JSONValue.ParseError) -> Void) throws(JSONValue.ParseError) {
+    mutating func elements(
+        closedBy close: UInt8, depth: Int,
+        _ element: (inout JSONParser) throws(JSONValue.ParseError) -> Void
+    ) throws(JSONValue.ParseError) {
         guard depth <= JSONValue.maxDepth else { throw error("nested more than \(JSONValue.maxDepth) deep") }
         position += 1  // [ or {
         skipSpace()
@@ -240,8 +260,14 @@ struct JSONParser {
             try element(&self)
             skipSpace()
             guard position < bytes.count else { throw error("unexpected end") }
-            if bytes[position] == UInt8(ascii: ",") { position += 1; continue }
-            if bytes[position] == close { position += 1; return }
+            if bytes[position] == UInt8(ascii: ",") {
+                position += 1
+                continue
+            }
+            if bytes[position] == close {
+                position += 1
+                return
+            }
             throw error("expected ',' or '\(Character(Unicode.Scalar(close)))'")
         }
     }
@@ -281,7 +307,9 @@ struct JSONParser {
                 case UInt8(ascii: "b"): out.append(0x08)
                 case UInt8(ascii: "f"): out.append(0x0c)
                 case UInt8(ascii: "u"): appendScalar(try unicodeEscape(), to: &out)
-                default: position -= 1; throw error("unknown escape")
+                default:
+                    position -= 1
+                    throw error("unknown escape")
                 }
             case 0..<0x20:
                 throw error("control character in a string")
@@ -304,7 +332,9 @@ struct JSONParser {
     mutating func unicodeEscape() throws(JSONValue.ParseError) -> Unicode.Scalar {
         let first = try hex4()
         if (0xD800..<0xDC00).contains(first) {
-            if position + 1 < bytes.count, bytes[position] == UInt8(ascii: "\\"), bytes[position + 1] == UInt8(ascii: "u") {
+            if position + 1 < bytes.count, bytes[position] == UInt8(ascii: "\\"),
+                bytes[position + 1] == UInt8(ascii: "u")
+            {
                 let saved = position
                 position += 2
                 let second = try hex4()
@@ -346,7 +376,8 @@ struct JSONParser {
         func digits(_ parser: inout JSONParser) -> Int {
             let from = parser.position
             while parser.position < parser.bytes.count,
-                  (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(parser.bytes[parser.position]) {
+                (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(parser.bytes[parser.position])
+            {
                 parser.position += 1
             }
             return parser.position - from
@@ -364,7 +395,8 @@ struct JSONParser {
         }
         if position < bytes.count && (bytes[position] | 0x20) == UInt8(ascii: "e") {
             position += 1
-            if position < bytes.count && (bytes[position] == UInt8(ascii: "+") || bytes[position] == UInt8(ascii: "-")) {
+            if position < bytes.count && (bytes[position] == UInt8(ascii: "+") || bytes[position] == UInt8(ascii: "-"))
+            {
                 position += 1
             }
             guard digits(&self) > 0 else { throw error("bad number") }

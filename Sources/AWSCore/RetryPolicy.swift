@@ -23,8 +23,10 @@ public struct RetryPolicy: Sendable {
     public var random: @Sendable () -> Double
     public var jitter: Jitter
 
-    public init(maxAttempts: Int = 5, baseDelay: Double = 0.1, maxDelay: Double = 20, jitter: Jitter = .full,
-                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) {
+    public init(
+        maxAttempts: Int = 5, baseDelay: Double = 0.1, maxDelay: Double = 20, jitter: Jitter = .full,
+        random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }
+    ) {
         self.maxAttempts = maxAttempts
         self.baseDelay = baseDelay
         self.maxDelay = maxDelay

@@ -63,7 +63,11 @@ public enum XML {
             while true {
                 skipSpace()
                 guard i < bytes.count else { throw XMLParseError(message: "no root element") }
-                if starts("<?") { try skip(past: "?>") } else if starts("<!--") { try skip(past: "-->") } else if starts("<!") {
+                if starts("<?") {
+                    try skip(past: "?>")
+                } else if starts("<!--") {
+                    try skip(past: "-->")
+                } else if starts("<!") {
                     try skip(past: ">")
                 } else if bytes[i] == UInt8(ascii: "<") {
                     return try element()
@@ -116,10 +120,13 @@ public enum XML {
                     let closing = readName()
                     guard closing == name else { throw XMLParseError(message: "</\(closing)> closes <\(name)>") }
                     skipSpace()
-                    guard i < bytes.count, bytes[i] == UInt8(ascii: ">") else { throw XMLParseError(message: "bad end tag") }
+                    guard i < bytes.count, bytes[i] == UInt8(ascii: ">") else {
+                        throw XMLParseError(message: "bad end tag")
+                    }
                     i += 1
-                    return XMLElement(name: name, attributes: attributes, children: children,
-                                      text: try decodeEntities(text[...]))
+                    return XMLElement(
+                        name: name, attributes: attributes, children: children,
+                        text: try decodeEntities(text[...]))
                 }
                 if starts("<![CDATA[") {
                     i += 9
@@ -128,7 +135,11 @@ public enum XML {
                     guard i < bytes.count else { throw XMLParseError(message: "unterminated CDATA") }
                     // Escape so decodeEntities leaves the CDATA text as it was.
                     for b in bytes[start..<i] {
-                        if b == UInt8(ascii: "&") { text.append(contentsOf: Array("&amp;".utf8)) } else { text.append(b) }
+                        if b == UInt8(ascii: "&") {
+                            text.append(contentsOf: Array("&amp;".utf8))
+                        } else {
+                            text.append(b)
+                        }
                     }
                     i += 3
                 } else if starts("<!--") {
@@ -159,7 +170,9 @@ public enum XML {
         }
 
         mutating func skipSpace() {
-            while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x09 || bytes[i] == 0x0a || bytes[i] == 0x0d { i += 1 }
+            while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x09 || bytes[i] == 0x0a || bytes[i] == 0x0d {
+                i += 1
+            }
         }
 
         mutating func readName() -> String {

@@ -6,7 +6,9 @@ public struct CivilTime: Sendable, Equatable {
     public var year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int
 
     public init(year: Int, month: Int, day: Int, hour: Int = 0, minute: Int = 0, second: Int = 0) {
-        (self.year, self.month, self.day, self.hour, self.minute, self.second) = (year, month, day, hour, minute, second)
+        (self.year, self.month, self.day, self.hour, self.minute, self.second) = (
+            year, month, day, hour, minute, second
+        )
     }
 
     /// The whole second `date` falls in.
@@ -97,7 +99,8 @@ public struct CivilTime: Sendable, Equatable {
         let days = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]
         let dayNumber = Int((epochSeconds >= 0 ? epochSeconds : epochSeconds - 86399) / 86400)
         let weekday = days[((dayNumber % 7) + 7) % 7]
-        return "\(weekday), \(pad(day, 2)) \(months[month - 1]) \(pad(year, 4)) \(pad(hour, 2)):\(pad(minute, 2)):\(pad(second, 2)) GMT"
+        return
+            "\(weekday), \(pad(day, 2)) \(months[month - 1]) \(pad(year, 4)) \(pad(hour, 2)):\(pad(minute, 2)):\(pad(second, 2)) GMT"
     }
 }
 

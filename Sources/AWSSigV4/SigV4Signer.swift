@@ -34,7 +34,9 @@ public struct SignableRequest: Sendable {
         }
     }
 
-    public init(method: String, path: String, query: [(String, String)] = [], headers: [(String, String)], payload: Payload) {
+    public init(
+        method: String, path: String, query: [(String, String)] = [], headers: [(String, String)], payload: Payload
+    ) {
         self.method = method
         self.path = path
         self.query = query
@@ -72,8 +74,10 @@ public struct SigV4Signer: Sendable {
         /// Add `X-Amz-Security-Token` after signing instead of signing it (a few legacy services want this).
         public var omitSessionTokenFromSignature: Bool
 
-        public init(doubleURIEncode: Bool = true, normalizePath: Bool = true, addContentSHA256Header: Bool = false,
-                    omitSessionTokenFromSignature: Bool = false) {
+        public init(
+            doubleURIEncode: Bool = true, normalizePath: Bool = true, addContentSHA256Header: Bool = false,
+            omitSessionTokenFromSignature: Bool = false
+        ) {
             self.doubleURIEncode = doubleURIEncode
             self.normalizePath = normalizePath
             self.addContentSHA256Header = addContentSHA256Header
@@ -123,19 +127,22 @@ public struct SigV4Signer: Sendable {
         let scope = credentialScope(stamp)
         let toSign = stringToSign(stamp: stamp, scope: scope, canonicalRequest: canonical)
         let signature = sign(toSign, credentials: credentials, stamp: stamp)
-        added.append((
-            "Authorization",
-            "\(Self.algorithm) Credential=\(credentials.accessKeyID)/\(scope), "
-                + "SignedHeaders=\(canonicalHeaders.signed), Signature=\(signature)"
-        ))
-        return SigningResult(canonicalRequest: canonical, stringToSign: toSign, signature: signature,
-                             addedHeaders: added, addedQuery: [])
+        added.append(
+            (
+                "Authorization",
+                "\(Self.algorithm) Credential=\(credentials.accessKeyID)/\(scope), "
+                    + "SignedHeaders=\(canonicalHeaders.signed), Signature=\(signature)"
+            ))
+        return SigningResult(
+            canonicalRequest: canonical, stringToSign: toSign, signature: signature,
+            addedHeaders: added, addedQuery: [])
     }
 
     // MARK: - Query presigning
 
     /// Presigns with `X-Amz-*` query parameters, valid for `expires` seconds (AWS allows at most 7 days).
-    public func presign(_ request: SignableRequest, credentials: Credentials, date: Date, expires: Int) -> SigningResult {
+    public func presign(_ request: SignableRequest, credentials: Credentials, date: Date, expires: Int) -> SigningResult
+    {
         let stamp = AmzDate(date)
         let scope = credentialScope(stamp)
         let canonicalHeaders = Self.canonicalHeaders(request.headers)
@@ -157,15 +164,18 @@ public struct SigV4Signer: Sendable {
         let toSign = stringToSign(stamp: stamp, scope: scope, canonicalRequest: canonical)
         let signature = sign(toSign, credentials: credentials, stamp: stamp)
         added.append(("X-Amz-Signature", signature))
-        return SigningResult(canonicalRequest: canonical, stringToSign: toSign, signature: signature,
-                             addedHeaders: [], addedQuery: added)
+        return SigningResult(
+            canonicalRequest: canonical, stringToSign: toSign, signature: signature,
+            addedHeaders: [], addedQuery: added)
     }
 
     // MARK: - Stages
 
     /// Task 1: the canonical request.
-    func canonicalRequest(method: String, path: String, query: String,
-                          canonicalHeaders: (block: String, signed: String), payload: String) -> String {
+    func canonicalRequest(
+        method: String, path: String, query: String,
+        canonicalHeaders: (block: String, signed: String), payload: String
+    ) -> String {
         [method, canonicalURI(path), query, canonicalHeaders.block, canonicalHeaders.signed, payload]
             .joined(separator: "\n")
     }

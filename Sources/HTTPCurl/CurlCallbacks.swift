@@ -4,8 +4,10 @@ internal import CCurl
 
 // MARK: - C callbacks (non-capturing; they find their state through the userdata pointer)
 
-func curlHeaderCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
-                                _ userdata: UnsafeMutableRawPointer?) -> Int {
+func curlHeaderCallback(
+    _ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+    _ userdata: UnsafeMutableRawPointer?
+) -> Int {
     let length = size * count
     guard let userdata else { return 0 }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
@@ -13,7 +15,8 @@ func curlHeaderCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ coun
     // visible share of the daemon's CPU per request.
     let line = UnsafeRawBufferPointer(start: data, count: length)
     if length >= 5, line[0] == UInt8(ascii: "H"), line[1] == UInt8(ascii: "T"), line[2] == UInt8(ascii: "T"),
-       line[3] == UInt8(ascii: "P"), line[4] == UInt8(ascii: "/") {
+        line[3] == UInt8(ascii: "P"), line[4] == UInt8(ascii: "/")
+    {
         // A new status line (after 100 Continue or a redirect): start over.
         var status = 0
         if let space = line.firstIndex(of: UInt8(ascii: " ")) {
@@ -30,14 +33,19 @@ func curlHeaderCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ coun
         var end = length
         while start < end, isSpace(line[start]) { start += 1 }
         while end > start, isSpace(line[end - 1]) { end -= 1 }
-        state.headers.append((String(decoding: line[..<colon], as: UTF8.self),
-                              String(decoding: line[start..<end], as: UTF8.self)))
+        state.headers.append(
+            (
+                String(decoding: line[..<colon], as: UTF8.self),
+                String(decoding: line[start..<end], as: UTF8.self)
+            ))
     }
     return length
 }
 
-func curlWriteCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
-                               _ userdata: UnsafeMutableRawPointer?) -> Int {
+func curlWriteCallback(
+    _ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+    _ userdata: UnsafeMutableRawPointer?
+) -> Int {
     let length = size * count
     guard let userdata else { return 0 }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
@@ -53,27 +61,32 @@ func curlWriteCallback(_ data: UnsafeMutablePointer<CChar>, _ size: Int, _ count
     }
     if state.body.count + length > state.memoryLimit {
         if state.output != nil { return length }  // an oversized error body: keep its head, drop the rest
-        state.failure = HTTPTransportError(kind: .other, curlCode: -1,
-                                           message: "response body exceeds \(state.memoryLimit) bytes")
+        state.failure = HTTPTransportError(
+            kind: .other, curlCode: -1,
+            message: "response body exceeds \(state.memoryLimit) bytes")
         return 0
     }
     state.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
     return length
 }
 
-func curlReadCallback(_ buffer: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
-                              _ userdata: UnsafeMutableRawPointer?) -> Int {
+func curlReadCallback(
+    _ buffer: UnsafeMutablePointer<CChar>, _ size: Int, _ count: Int,
+    _ userdata: UnsafeMutableRawPointer?
+) -> Int {
     guard let userdata else { return Int(CURL_READFUNC_ABORT) }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
     let wanted = Int(min(Int64(size * count), state.inputLength - state.inputSent))
     if wanted <= 0 { return 0 }
     if let framing = state.framing, let input = state.input {
-        return readFramed(into: UnsafeMutableRawPointer(buffer), capacity: wanted, framing: framing, input: input, state: state)
+        return readFramed(
+            into: UnsafeMutableRawPointer(buffer), capacity: wanted, framing: framing, input: input, state: state)
     }
     if let input = state.input {
         let got = fread(buffer, 1, wanted, input)
         if got == 0 {
-            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
+            state.failure = HTTPTransportError(
+                kind: .localFile, curlCode: -1,
                 message: "request body file ended early after \(state.inputSent) of \(state.inputLength) bytes")
             return Int(CURL_READFUNC_ABORT)
         }
@@ -90,8 +103,10 @@ func curlReadCallback(_ buffer: UnsafeMutablePointer<CChar>, _ size: Int, _ coun
 
 /// The wire bytes from `state.inputSent` on: the prefix, then file data (checksummed as it passes), then the
 /// suffix, which is built once the last data byte has been read.
-func readFramed(into buffer: UnsafeMutableRawPointer, capacity: Int, framing: ChunkedTrailerFraming,
-                        input: UnsafeMutablePointer<FILE>, state: TransferState) -> Int {
+func readFramed(
+    into buffer: UnsafeMutableRawPointer, capacity: Int, framing: ChunkedTrailerFraming,
+    input: UnsafeMutablePointer<FILE>, state: TransferState
+) -> Int {
     let prefixEnd = Int64(state.framingPrefix.count)
     let dataEnd = prefixEnd + framing.dataLength
     var written = 0
@@ -101,12 +116,16 @@ func readFramed(into buffer: UnsafeMutableRawPointer, capacity: Int, framing: Ch
         var n: Int
         if position < prefixEnd {
             n = min(room, Int(prefixEnd - position))
-            state.framingPrefix.withUnsafeBytes { (buffer + written).copyMemory(from: $0.baseAddress! + Int(position), byteCount: n) }
+            state.framingPrefix.withUnsafeBytes {
+                (buffer + written).copyMemory(from: $0.baseAddress! + Int(position), byteCount: n)
+            }
         } else if position < dataEnd {
             n = fread(buffer + written, 1, min(room, Int(dataEnd - position)), input)
             if n == 0 {
-                state.failure = HTTPTransportError(kind: .localFile, curlCode: -1,
-                    message: "request body file ended early after \(position - prefixEnd) of \(framing.dataLength) bytes")
+                state.failure = HTTPTransportError(
+                    kind: .localFile, curlCode: -1,
+                    message:
+                        "request body file ended early after \(position - prefixEnd) of \(framing.dataLength) bytes")
                 return Int(CURL_READFUNC_ABORT)
             }
             state.crc = pz_crc32c(state.crc, buffer + written, n)
@@ -146,8 +165,10 @@ func curlSeekCallback(_ userdata: UnsafeMutableRawPointer?, _ offset: curl_off_t
     return Int32(CURL_SEEKFUNC_OK)
 }
 
-func curlProgressCallback(_ userdata: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t,
-                                  _: curl_off_t, _: curl_off_t) -> Int32 {
+func curlProgressCallback(
+    _ userdata: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t,
+    _: curl_off_t, _: curl_off_t
+) -> Int32 {
     guard let userdata else { return 0 }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
     return state.cancelled.load(ordering: .relaxed) ? 1 : 0

@@ -17,7 +17,9 @@ final class CurlEasy {
 
     init(caBundle: String?, userAgent: String) throws(HTTPTransportError) {
         guard CurlGlobal.initialized, let h = curl_easy_init() else {
-            throw HTTPTransportError(kind: .other, curlCode: -1, message: "libcurl cannot be initialised (curl_global_init or curl_easy_init failed)")
+            throw HTTPTransportError(
+                kind: .other, curlCode: -1,
+                message: "libcurl cannot be initialised (curl_global_init or curl_easy_init failed)")
         }
         handle = h
         self.caBundle = caBundle
@@ -40,7 +42,8 @@ final class CurlEasy {
         }
         if let partPath {
             guard let f = fopen(partPath, "wb") else {
-                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot open \(partPath): \(errnoText())")
+                throw HTTPTransportError(
+                    kind: .localFile, curlCode: -1, message: "cannot open \(partPath): \(errnoText())")
             }
             // No stdio buffering: curl hands over large chunks, and copying them through a 4 KiB buffer costs time.
             setvbuf(f, nil, _IONBF, 0)
@@ -60,7 +63,8 @@ final class CurlEasy {
             fclose(output)
             state.output = nil
             if flushFailed && state.failure == nil {
-                state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+                state.failure = HTTPTransportError(
+                    kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
             }
         }
         if let failure = state.failure { throw failure }
@@ -72,32 +76,38 @@ final class CurlEasy {
         _ = pz_curl_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects)
         var contentLength: curl_off_t = -1
         _ = pz_curl_getinfo_off_t(handle, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &contentLength)
-        let response = HTTPResponse(status: status, headers: state.headers, body: state.body,
-                                    bytesWritten: state.bytesWritten, newConnections: connects)
+        let response = HTTPResponse(
+            status: status, headers: state.headers, body: state.body,
+            bytesWritten: state.bytesWritten, newConnections: connects)
 
         if let partPath, case .file(let path, let crc32cHeader) = request.response, response.isSuccess,
-           request.method != "HEAD"
+            request.method != "HEAD"
         {
             if contentLength >= 0 && Int64(contentLength) != state.bytesWritten {
-                throw HTTPTransportError(kind: .truncated, curlCode: -1,
+                throw HTTPTransportError(
+                    kind: .truncated, curlCode: -1,
                     message: "body has \(state.bytesWritten) bytes, Content-Length says \(contentLength)")
             }
             if let crc32cHeader, let expected = response.header(crc32cHeader), !expected.contains("-"),
-               let crc = state.responseCRC, ChunkedTrailerFraming.base64(crc) != expected
+                let crc = state.responseCRC, ChunkedTrailerFraming.base64(crc) != expected
             {
-                throw HTTPTransportError(kind: .corrupt, curlCode: -1,
+                throw HTTPTransportError(
+                    kind: .corrupt, curlCode: -1,
                     message: "body's CRC-32C is \(ChunkedTrailerFraming.base64(crc)), \(crc32cHeader) says \(expected)")
             }
             guard rename(partPath, path) == 0 else {
-                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot rename to \(path): \(errnoText())")
+                throw HTTPTransportError(
+                    kind: .localFile, curlCode: -1, message: "cannot rename to \(path): \(errnoText())")
             }
             moved = true
         }
         return response
     }
 
-    private func configure(_ request: HTTPRequest, state: TransferState,
-                           slist: inout UnsafeMutablePointer<curl_slist>?) throws(HTTPTransportError) {
+    private func configure(
+        _ request: HTTPRequest, state: TransferState,
+        slist: inout UnsafeMutablePointer<curl_slist>?
+    ) throws(HTTPTransportError) {
         let unmanaged = Unmanaged.passUnretained(state).toOpaque()
         try set(CURLOPT_URL, request.url)
         try set(CURLOPT_NOSIGNAL, 1)
@@ -170,16 +180,22 @@ final class CurlEasy {
             try set(CURLOPT_NOBODY, 1)
         case "POST":
             try set(CURLOPT_POST, 1)
-            try check(pz_curl_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.length)), "POSTFIELDSIZE_LARGE")
+            try check(
+                pz_curl_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.length)),
+                "POSTFIELDSIZE_LARGE")
         case "PUT":
             // Without INFILESIZE a PUT goes out chunked, which S3 refuses.
             try set(CURLOPT_UPLOAD, 1)
-            try check(pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length)), "INFILESIZE_LARGE")
+            try check(
+                pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length)),
+                "INFILESIZE_LARGE")
         default:
             try set(CURLOPT_CUSTOMREQUEST, request.method)
             if request.body.length > 0 {
                 try set(CURLOPT_UPLOAD, 1)
-                try check(pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length)), "INFILESIZE_LARGE")
+                try check(
+                    pz_curl_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length)),
+                    "INFILESIZE_LARGE")
             }
         }
 
@@ -216,8 +232,9 @@ final class CurlEasy {
 
     private func check(_ code: CURLcode, _ what: String) throws(HTTPTransportError) {
         guard code != CURLE_OK else { return }
-        throw HTTPTransportError(kind: .other, curlCode: Int32(code.rawValue),
-                                 message: "curl_easy_setopt(\(what)) failed: \(String(cString: curl_easy_strerror(code)))")
+        throw HTTPTransportError(
+            kind: .other, curlCode: Int32(code.rawValue),
+            message: "curl_easy_setopt(\(what)) failed: \(String(cString: curl_easy_strerror(code)))")
     }
 
     static func error(_ code: CURLcode, cancelled: Bool) -> HTTPTransportError {

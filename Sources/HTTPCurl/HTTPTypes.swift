@@ -12,8 +12,10 @@ public struct HTTPRequest: Sendable {
     /// names while keeping the URL (and so the signature) intact. Used to route through a fault proxy.
     public var connectTo: [String]
 
-    public init(method: String, url: String, headers: [(String, String)] = [], body: HTTPBody = .none,
-                response: ResponseSink = .memory, timeouts: Timeouts = .default, connectTo: [String] = []) {
+    public init(
+        method: String, url: String, headers: [(String, String)] = [], body: HTTPBody = .none,
+        response: ResponseSink = .memory, timeouts: Timeouts = .default, connectTo: [String] = []
+    ) {
         self.method = method
         self.url = url
         self.headers = headers
@@ -122,7 +124,9 @@ public struct HTTPResponse: Sendable {
     /// How many new connections this request opened (0 means a kept-alive connection was reused).
     public var newConnections: Int
 
-    public init(status: Int, headers: [(String, String)], body: [UInt8], bytesWritten: Int64 = 0, newConnections: Int = 0) {
+    public init(
+        status: Int, headers: [(String, String)], body: [UInt8], bytesWritten: Int64 = 0, newConnections: Int = 0
+    ) {
         self.status = status
         self.headers = headers
         self.body = body

@@ -25,8 +25,10 @@ public struct FleetPolicy: Sendable {
         /// By instance id; nil without a ledger (then stuck instances cannot be told).
         public var heartbeats: [String: InstanceHeartbeat]?
 
-        public init(now: Double, queue: SQSClient.MessageCounts, instances: [EC2Instance],
-                    heartbeats: [String: InstanceHeartbeat]?) {
+        public init(
+            now: Double, queue: SQSClient.MessageCounts, instances: [EC2Instance],
+            heartbeats: [String: InstanceHeartbeat]?
+        ) {
             self.now = now
             self.queue = queue
             self.instances = instances
@@ -48,7 +50,8 @@ public struct FleetPolicy: Sendable {
     /// Seconds since `instance` last completed a task, or since it started (its daemon's start, else its launch)
     /// when it never has: a worker whose boot failed is stuck too.
     public static func idleSeconds(_ instance: EC2Instance, heartbeat: InstanceHeartbeat?, now: Double) -> Double? {
-        let since = heartbeat?.lastProgressEpoch ?? instance.launchTime.flatMap { CivilTime.parseISO8601($0) }.map(Double.init)
+        let since =
+            heartbeat?.lastProgressEpoch ?? instance.launchTime.flatMap { CivilTime.parseISO8601($0) }.map(Double.init)
         return since.map { now - $0 }
     }
 
@@ -74,10 +77,13 @@ public struct FleetPolicy: Sendable {
             guard let idle = Self.idleSeconds(instance, heartbeat: heartbeats[instance.instanceID], now: snapshot.now),
                 idle >= stuckAfter
             else { return nil }
-            let what = heartbeats[instance.instanceID]?.lastCompletionEpoch == nil ? "no task completed since start"
+            let what =
+                heartbeats[instance.instanceID]?.lastCompletionEpoch == nil
+                ? "no task completed since start"
                 : "no task completed"
-            return Termination(instanceID: instance.instanceID,
-                               reason: "\(what) for \(Int(idle)) s while \(queue.visible) messages wait")
+            return Termination(
+                instanceID: instance.instanceID,
+                reason: "\(what) for \(Int(idle)) s while \(queue.visible) messages wait")
         }
     }
 }
@@ -128,12 +134,16 @@ public struct Controller: Sendable {
             return 1
         }
         let policy = FleetPolicy(stuckAfter: options.stuckAfter, drainedFor: options.interval)
-        logger.notice("controller started", metadata: [
-            "queue": "\(options.queueURL)", "ledger": "\(options.ledgerTable ?? "none")",
-            "stuck_after_s": "\(Int(options.stuckAfter))", "interval_s": "\(options.interval)", "dry_run": "\(options.dryRun)",
-        ])
+        logger.notice(
+            "controller started",
+            metadata: [
+                "queue": "\(options.queueURL)", "ledger": "\(options.ledgerTable ?? "none")",
+                "stuck_after_s": "\(Int(options.stuckAfter))", "interval_s": "\(options.interval)",
+                "dry_run": "\(options.dryRun)",
+            ])
         if options.ledgerTable == nil {
-            logger.notice("no ledger table: stuck instances cannot be told apart, so only the drained-queue stop applies")
+            logger.notice(
+                "no ledger table: stuck instances cannot be told apart, so only the drained-queue stop applies")
         }
         var memory = FleetPolicy.Memory()
         var terminated: Set<String> = []
@@ -144,31 +154,39 @@ public struct Controller: Sendable {
             do {
                 let counts = try await sqs.messageCounts(queueURL: options.queueURL, logger: logger)
                 let instances = try await ec2.describeInstances(
-                    filters: [("tag:\(Self.tag)", [options.queueURL]), ("instance-state-name", ["pending", "running"])],
+                    filters: [
+                        ("tag:\(Self.tag)", [options.queueURL]), ("instance-state-name", ["pending", "running"]),
+                    ],
                     logger: logger)
                 var heartbeats: [String: InstanceHeartbeat]?
                 if let table = options.ledgerTable, let dynamo {
                     do {
-                        let items = try await InstanceHeartbeat.read(table: table, queueURL: options.queueURL,
-                                                                     client: dynamo, logger: logger)
+                        let items = try await InstanceHeartbeat.read(
+                            table: table, queueURL: options.queueURL,
+                            client: dynamo, logger: logger)
                         heartbeats = Dictionary(items.map { ($0.instanceID, $0) }, uniquingKeysWith: { a, _ in a })
                     } catch {
                         // Without heartbeats this round, judge no one stuck: a ledger outage must not kill workers.
-                        logger.warning("cannot read the ledger; no stuck-instance decisions this round",
-                                       metadata: ["error": "\(error)"])
+                        logger.warning(
+                            "cannot read the ledger; no stuck-instance decisions this round",
+                            metadata: ["error": "\(error)"])
                     }
                 }
-                let snapshot = FleetPolicy.Snapshot(now: Date().timeIntervalSince1970, queue: counts, instances: instances,
-                                                    heartbeats: heartbeats)
+                let snapshot = FleetPolicy.Snapshot(
+                    now: Date().timeIntervalSince1970, queue: counts, instances: instances,
+                    heartbeats: heartbeats)
                 let decisions = policy.decide(snapshot, memory: &memory)
-                logger.info("controller round", metadata: [
-                    "queue.visible": "\(counts.visible)", "queue.in_flight": "\(counts.inFlight)",
-                    "queue.delayed": "\(counts.delayed)", "instances": "\(instances.count)",
-                    "decisions": "\(decisions.count)",
-                ])
+                logger.info(
+                    "controller round",
+                    metadata: [
+                        "queue.visible": "\(counts.visible)", "queue.in_flight": "\(counts.inFlight)",
+                        "queue.delayed": "\(counts.delayed)", "instances": "\(instances.count)",
+                        "decisions": "\(decisions.count)",
+                    ])
                 for decision in decisions {
-                    logger.notice(options.dryRun ? "would terminate instance (dry run)" : "terminating instance",
-                                  metadata: ["instance": "\(decision.instanceID)", "reason": "\(decision.reason)"])
+                    logger.notice(
+                        options.dryRun ? "would terminate instance (dry run)" : "terminating instance",
+                        metadata: ["instance": "\(decision.instanceID)", "reason": "\(decision.reason)"])
                 }
                 // decide() forgets drainedSince whenever work is back, so this is the same rule it just applied.
                 let fleetStop = policy.fleetStopIsDue(memory, now: snapshot.now)
@@ -181,9 +199,12 @@ public struct Controller: Sendable {
                     _ = try await ec2.terminateInstances(ids, logger: logger)
                 }
                 terminated.formUnion(ids)
-                if fleetStop && !options.keepRunning && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) }) {
-                    logger.notice("controller done: the queue is drained and the fleet is stopped",
-                                  metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
+                if fleetStop && !options.keepRunning
+                    && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) })
+                {
+                    logger.notice(
+                        "controller done: the queue is drained and the fleet is stopped",
+                        metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
                     return 0
                 }
                 failedRounds = 0
@@ -196,12 +217,15 @@ public struct Controller: Sendable {
                     refused = nil
                 }
                 if let refused, refused.rounds >= Self.sameErrorRounds {
-                    logger.critical("controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (README, controller)",
-                                    metadata: ["error": "\(error)"])
+                    logger.critical(
+                        "controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (README, controller)",
+                        metadata: ["error": "\(error)"])
                     return 2
                 }
                 if failedRounds >= Self.maxFailedRounds {
-                    logger.critical("controller cannot go on: \(failedRounds) rounds in a row failed", metadata: ["error": "\(error)"])
+                    logger.critical(
+                        "controller cannot go on: \(failedRounds) rounds in a row failed",
+                        metadata: ["error": "\(error)"])
                     return 1
                 }
                 logger.warning("controller round failed; trying again next interval", metadata: ["error": "\(error)"])
@@ -218,13 +242,18 @@ public struct Controller: Sendable {
         do {
             for group in try await autoscaling.groups(taggedWith: Self.tag, value: options.queueURL, logger: logger)
             where group.desiredCapacity > 0 {
-                logger.notice(options.dryRun ? "would scale the Auto Scaling group to 0 (dry run)" : "scaling the Auto Scaling group to 0",
-                              metadata: ["group": "\(group.name)", "desired_capacity": "\(group.desiredCapacity)"])
-                if !options.dryRun { try await autoscaling.setDesiredCapacity(group: group.name, to: 0, logger: logger) }
+                logger.notice(
+                    options.dryRun
+                        ? "would scale the Auto Scaling group to 0 (dry run)" : "scaling the Auto Scaling group to 0",
+                    metadata: ["group": "\(group.name)", "desired_capacity": "\(group.desiredCapacity)"])
+                if !options.dryRun {
+                    try await autoscaling.setDesiredCapacity(group: group.name, to: 0, logger: logger)
+                }
             }
         } catch {
-            logger.warning("cannot scale the queue's Auto Scaling groups; they may replace stopped instances",
-                           metadata: ["error": "\(error)"])
+            logger.warning(
+                "cannot scale the queue's Auto Scaling groups; they may replace stopped instances",
+                metadata: ["error": "\(error)"])
         }
     }
 }

@@ -96,18 +96,25 @@ public struct Enqueuer: Sendable {
                 }
                 let senderFaults = result.failed.filter(\.senderFault)
                 for fault in senderFaults {
-                    logger.error("message refused", metadata: ["sqs.code": "\(fault.code)", "reason": "\(fault.message)",
-                                                               "body": "\(pending.first { $0.id == fault.id }?.body ?? "")"])
+                    logger.error(
+                        "message refused",
+                        metadata: [
+                            "sqs.code": "\(fault.code)", "reason": "\(fault.message)",
+                            "body": "\(pending.first { $0.id == fault.id }?.body ?? "")",
+                        ])
                 }
                 let retry = Set(result.failed.filter { !$0.senderFault }.map(\.id))
                 let refused = senderFaults.count
                 pending = pending.filter { retry.contains($0.id) }
                 if refused > 0 && pending.isEmpty { return (sent, refused, nil) }
                 if !pending.isEmpty && attempt > maxRetries { return (sent, pending.count + refused, nil) }
-                if !pending.isEmpty { try? await Task.sleep(for: .seconds(Self.entryRetry.delay(beforeRetry: attempt))) }
+                if !pending.isEmpty {
+                    try? await Task.sleep(for: .seconds(Self.entryRetry.delay(beforeRetry: attempt)))
+                }
             } catch {
                 if error.setupProblem != nil || attempt > maxRetries {
-                    logger.error("batch could not be sent", metadata: ["error": "\(error)", "messages": "\(pending.count)"])
+                    logger.error(
+                        "batch could not be sent", metadata: ["error": "\(error)", "messages": "\(pending.count)"])
                     return (sent, pending.count, error.setupProblem != nil ? error : nil)
                 }
                 try? await Task.sleep(for: .seconds(Self.batchRetry.delay(beforeRetry: attempt)))

@@ -18,19 +18,23 @@ public struct QueueStatus: Sendable, Equatable, Codable {
     public var fleet: FleetStatus?
 
     /// Reads the queue's counts, its dead-letter queue's, and (with `output`) counts outputs and `_failed/` records.
-    public static func read(queueURL: String, output: S3URI?, context: AWSContext,
-                            logger: Logger) async throws(AWSError) -> QueueStatus {
+    public static func read(
+        queueURL: String, output: S3URI?, context: AWSContext,
+        logger: Logger
+    ) async throws(AWSError) -> QueueStatus {
         let sqs = SQSClient(context: context)
         let a = try await sqs.getQueueAttributes(queueURL: queueURL, logger: logger)
         let counts = SQSClient.MessageCounts(attributes: a)
-        var status = QueueStatus(queueURL: queueURL, visible: counts.visible, inFlight: counts.inFlight,
-                                 delayed: counts.delayed)
+        var status = QueueStatus(
+            queueURL: queueURL, visible: counts.visible, inFlight: counts.inFlight,
+            delayed: counts.delayed)
         if let policy = a["RedrivePolicy"], let json = try? JSONValue.parse(policy),
             let arn = json["deadLetterTargetArn"]?.stringValue, let name = arn.split(separator: ":").last
         {
             let dlq = try await sqs.getQueueURL(name: String(name), logger: logger)
             status.deadLetterQueueURL = dlq
-            let d = try await sqs.getQueueAttributes(queueURL: dlq, names: ["ApproximateNumberOfMessages"], logger: logger)
+            let d = try await sqs.getQueueAttributes(
+                queueURL: dlq, names: ["ApproximateNumberOfMessages"], logger: logger)
             status.deadLetters = Int(d["ApproximateNumberOfMessages"] ?? "") ?? 0
         }
         if let output {
@@ -49,8 +53,10 @@ public struct QueueStatus: Sendable, Equatable, Codable {
 
     /// Lines for a person.
     public var text: String {
-        var lines = ["queue       \(queueURL)",
-                     "visible     \(visible)", "in flight   \(inFlight)", "delayed     \(delayed)"]
+        var lines = [
+            "queue       \(queueURL)",
+            "visible     \(visible)", "in flight   \(inFlight)", "delayed     \(delayed)",
+        ]
         if let deadLetters { lines.append("dead letter \(deadLetters)") }
         if let outputs { lines.append("outputs     \(outputs)") }
         if let failureRecords { lines.append("failed      \(failureRecords)") }
@@ -82,8 +88,10 @@ public struct FleetStatus: Sendable, Equatable, Codable {
     public static let window = 300.0
 
     /// Pure: `now` and the queue's counts are parameters.
-    public static func summarize(_ heartbeats: [InstanceHeartbeat], queue: SQSClient.MessageCounts, now: Double,
-                                 stuckAfter: Double) -> FleetStatus {
+    public static func summarize(
+        _ heartbeats: [InstanceHeartbeat], queue: SQSClient.MessageCounts, now: Double,
+        stuckAfter: Double
+    ) -> FleetStatus {
         var rate = 0.0  // per second
         for beat in heartbeats {
             let recent = beat.recentCompletions.filter { now - $0 <= window }
@@ -101,27 +109,34 @@ public struct FleetStatus: Sendable, Equatable, Codable {
         }
         let instances = heartbeats.sorted { $0.instanceID < $1.instanceID }.map { beat in
             let idle = beat.lastProgressEpoch.map { now - $0 }
-            return Instance(instanceID: beat.instanceID, state: beat.state, tasksDone: beat.tasksDone,
-                            tasksFailed: beat.tasksFailed,
-                            lastCompletionAgoSeconds: beat.lastCompletionEpoch.map { Int(now - $0) },
-                            looksStuck: beat.state == "running" && queue.visible > 0 && (idle ?? 0) >= stuckAfter)
+            return Instance(
+                instanceID: beat.instanceID, state: beat.state, tasksDone: beat.tasksDone,
+                tasksFailed: beat.tasksFailed,
+                lastCompletionAgoSeconds: beat.lastCompletionEpoch.map { Int(now - $0) },
+                looksStuck: beat.state == "running" && queue.visible > 0 && (idle ?? 0) >= stuckAfter)
         }
         let remaining = queue.total
-        return FleetStatus(instances: instances, durationP50Seconds: percentile(0.5), durationP95Seconds: percentile(0.95),
-                           tasksPerMinute: (rate * 60 * 10).rounded() / 10,
-                           etaSeconds: remaining == 0 ? 0 : rate > 0 ? Int((Double(remaining) / rate).rounded()) : nil)
+        return FleetStatus(
+            instances: instances, durationP50Seconds: percentile(0.5), durationP95Seconds: percentile(0.95),
+            tasksPerMinute: (rate * 60 * 10).rounded() / 10,
+            etaSeconds: remaining == 0 ? 0 : rate > 0 ? Int((Double(remaining) / rate).rounded()) : nil)
     }
 
     public var text: String {
         func seconds(_ value: Double?) -> String { value.map { String(($0 * 100).rounded() / 100) + " s" } ?? "-" }
-        var lines = ["tasks/min   \(tasksPerMinute) (last \(Int(Self.window / 60)) min)",
-                     "duration    p50 \(seconds(durationP50Seconds)), p95 \(seconds(durationP95Seconds))",
-                     "eta         " + (etaSeconds.map { "\($0 / 3600)h \($0 % 3600 / 60)m \($0 % 60)s" } ?? "unknown (no recent completions)"),
-                     "instances   \(instances.count)"]
+        var lines = [
+            "tasks/min   \(tasksPerMinute) (last \(Int(Self.window / 60)) min)",
+            "duration    p50 \(seconds(durationP50Seconds)), p95 \(seconds(durationP95Seconds))",
+            "eta         "
+                + (etaSeconds.map { "\($0 / 3600)h \($0 % 3600 / 60)m \($0 % 60)s" }
+                    ?? "unknown (no recent completions)"),
+            "instances   \(instances.count)",
+        ]
         for i in instances {
             let last = i.lastCompletionAgoSeconds.map { "\($0) s ago" } ?? "never"
-            lines.append("  \(i.instanceID)  \(i.state)  done \(i.tasksDone)  failed \(i.tasksFailed)  last completion \(last)"
-                         + (i.looksStuck ? "  LOOKS STUCK" : ""))
+            lines.append(
+                "  \(i.instanceID)  \(i.state)  done \(i.tasksDone)  failed \(i.tasksFailed)  last completion \(last)"
+                    + (i.looksStuck ? "  LOOKS STUCK" : ""))
         }
         return lines.joined(separator: "\n")
     }

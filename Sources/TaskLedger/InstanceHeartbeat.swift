@@ -16,9 +16,11 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
     public var recentDurations: [Double]
     public var recentCompletions: [Double]
 
-    public init(instanceID: String, state: String = "running", startedEpoch: Double? = nil,
-                lastCompletionEpoch: Double? = nil, tasksDone: Int = 0, recentDurations: [Double] = [],
-                recentCompletions: [Double] = []) {
+    public init(
+        instanceID: String, state: String = "running", startedEpoch: Double? = nil,
+        lastCompletionEpoch: Double? = nil, tasksDone: Int = 0, recentDurations: [Double] = [],
+        recentCompletions: [Double] = []
+    ) {
         self.instanceID = instanceID
         self.state = state
         self.startedEpoch = startedEpoch
@@ -53,12 +55,15 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
     }
 
     /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).
-    public static func read(table: String, queueURL: String, client: DynamoDBClient,
-                            logger: Logger) async throws(AWSError) -> [InstanceHeartbeat] {
+    public static func read(
+        table: String, queueURL: String, client: DynamoDBClient,
+        logger: Logger
+    ) async throws(AWSError) -> [InstanceHeartbeat] {
         try await client.queryAll(
             table: table, keyCondition: "#q = :q AND begins_with(#t, :prefix)",
             names: ["#q": LedgerSchema.partitionKey, "#t": LedgerSchema.sortKey],
-            values: [":q": .s(LedgerSchema.queueName(queueURL)), ":prefix": .s(LedgerSchema.instancePrefix)], logger: logger
+            values: [":q": .s(LedgerSchema.queueName(queueURL)), ":prefix": .s(LedgerSchema.instancePrefix)],
+            logger: logger
         ).compactMap(InstanceHeartbeat.init(item:))
     }
 }

@@ -59,8 +59,10 @@ public actor Ledger {
     var writer: Task<Void, Never>?
     var wake: CheckedContinuation<Void, Never>?
 
-    public init(client: DynamoDBClient, table: String, queueURL: String, instanceID: String, settings: Settings = Settings(),
-                logger: Logger) {
+    public init(
+        client: DynamoDBClient, table: String, queueURL: String, instanceID: String, settings: Settings = Settings(),
+        logger: Logger
+    ) {
         self.client = client
         self.table = table
         self.queueName = LedgerSchema.queueName(queueURL)
@@ -90,18 +92,24 @@ public actor Ledger {
 
     public func taskStarted(inputKey: String, attempt: Int, slot: Int, messageID: String) {
         let now = Self.now()
-        append(.put([
-            LedgerSchema.partitionKey: .s(queueName),
-            LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)), LedgerSchema.kind: .s("task"),
-            "inputKey": .s(inputKey), "attempt": .number(attempt), "instance": .s(instanceID), "slot": .number(slot),
-            "state": .s("running"), "messageId": .s(messageID), "startedAt": .s(Self.iso(now)), "startedEpoch": .number(now),
-        ]))
+        append(
+            .put([
+                LedgerSchema.partitionKey: .s(queueName),
+                LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)),
+                LedgerSchema.kind: .s("task"),
+                "inputKey": .s(inputKey), "attempt": .number(attempt), "instance": .s(instanceID),
+                "slot": .number(slot),
+                "state": .s("running"), "messageId": .s(messageID), "startedAt": .s(Self.iso(now)),
+                "startedEpoch": .number(now),
+            ]))
     }
 
     public enum Outcome: String, Sendable { case done, failed, released }
 
-    public func taskEnded(inputKey: String, attempt: Int, outcome: Outcome, seconds: Double, bytesIn: Int64, bytesOut: Int64,
-                          exitStatus: String, outputKey: String?, reason: String?) {
+    public func taskEnded(
+        inputKey: String, attempt: Int, outcome: Outcome, seconds: Double, bytesIn: Int64, bytesOut: Int64,
+        exitStatus: String, outputKey: String?, reason: String?
+    ) {
         let now = Self.now()
         var names = ["#state": "state"]
         var values: DynamoItem = [
@@ -109,17 +117,26 @@ public actor Ledger {
             ":duration": .number((seconds * 1000).rounded() / 1000), ":bytesIn": .number(bytesIn),
             ":bytesOut": .number(bytesOut), ":exit": .s(exitStatus), ":instance": .s(instanceID),
         ]
-        var sets = ["#state = :state", "endedAt = :endedAt", "endedEpoch = :endedEpoch", "durationSeconds = :duration",
-                    "bytesIn = :bytesIn", "bytesOut = :bytesOut", "exitStatus = :exit", "instance = :instance"]
-        if let outputKey { sets.append("outputKey = :output"); values[":output"] = .s(outputKey) }
+        var sets = [
+            "#state = :state", "endedAt = :endedAt", "endedEpoch = :endedEpoch", "durationSeconds = :duration",
+            "bytesIn = :bytesIn", "bytesOut = :bytesOut", "exitStatus = :exit", "instance = :instance",
+        ]
+        if let outputKey {
+            sets.append("outputKey = :output")
+            values[":output"] = .s(outputKey)
+        }
         if let reason {
             sets.append("#reason = :reason")
             names["#reason"] = "reason"
             values[":reason"] = .s(String(reason.prefix(1000)))
         }
-        append(.update(key: [LedgerSchema.partitionKey: .s(queueName),
-                             LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt))],
-                       expression: "SET " + sets.joined(separator: ", "), names: names, values: values))
+        append(
+            .update(
+                key: [
+                    LedgerSchema.partitionKey: .s(queueName),
+                    LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)),
+                ],
+                expression: "SET " + sets.joined(separator: ", "), names: names, values: values))
         switch outcome {
         case .done:
             progress.done += 1
@@ -172,8 +189,10 @@ public actor Ledger {
         let now = Self.now()
         typealias F = LedgerSchema.Instance
         var item: DynamoItem = [
-            LedgerSchema.partitionKey: .s(queueName), LedgerSchema.sortKey: .s(LedgerSchema.instanceSortKey(instanceID)),
-            LedgerSchema.kind: .s(F.kind), F.instance: .s(instanceID), F.state: .s(state), F.version: .s(Version.current),
+            LedgerSchema.partitionKey: .s(queueName),
+            LedgerSchema.sortKey: .s(LedgerSchema.instanceSortKey(instanceID)),
+            LedgerSchema.kind: .s(F.kind), F.instance: .s(instanceID), F.state: .s(state),
+            F.version: .s(Version.current),
             F.startedEpoch: .number(startedAt), F.updatedEpoch: .number(now), F.updatedAt: .s(Self.iso(now)),
             F.tasksDone: .number(progress.done), F.tasksFailed: .number(progress.failed),
             F.tasksReleased: .number(progress.released),
@@ -200,7 +219,8 @@ public actor Ledger {
             if buffer.isEmpty {
                 if stopping { return }
                 // Sleep until something is appended, or until the next heartbeat may be due.
-                let wait = heartbeatDirty ? max(0.05, settings.heartbeatInterval - (now - (lastHeartbeat ?? now))) : 3600
+                let wait =
+                    heartbeatDirty ? max(0.05, settings.heartbeatInterval - (now - (lastHeartbeat ?? now))) : 3600
                 let sleeper = Task { [weak self] in
                     try? await Task.sleep(nanoseconds: UInt64(min(wait, 3600) * 1e9))
                     await self?.signal()
@@ -221,8 +241,9 @@ public actor Ledger {
                 case .put(let item):
                     try await client.putItem(table: table, item: item, logger: logger)
                 case .update(let key, let expression, let names, let values):
-                    try await client.updateItem(table: table, key: key, update: expression, names: names, values: values,
-                                                logger: logger)
+                    try await client.updateItem(
+                        table: table, key: key, update: expression, names: names, values: values,
+                        logger: logger)
                 }
                 if failures > 0 {
                     logger.notice("ledger writes succeed again", metadata: ["ledger.failed_writes": "\(failures)"])
@@ -233,17 +254,21 @@ public actor Ledger {
                 // Throttling and 5xx were already retried by the client; these retries cover a longer outage.
                 // A missing table or a denied write will not heal in seconds.
                 if error.isRetryable && attempt < settings.attemptsPerWrite && !Task.isCancelled {
-                    let pause = RetryPolicy(maxAttempts: settings.attemptsPerWrite, baseDelay: settings.retryDelay,
-                                            maxDelay: 30, jitter: .none).delay(beforeRetry: attempt)
+                    let pause = RetryPolicy(
+                        maxAttempts: settings.attemptsPerWrite, baseDelay: settings.retryDelay,
+                        maxDelay: 30, jitter: .none
+                    ).delay(beforeRetry: attempt)
                     try? await Task.sleep(for: .seconds(pause))
                     continue
                 }
                 failures += 1
                 // The first failure, then one line per 100, so a missing table does not flood the log.
                 if failures == 1 || failures % 100 == 0 {
-                    logger.error("ledger write failed; tasks go on without it", metadata: [
-                        "ledger.table": "\(table)", "error": "\(error)", "ledger.failed_writes": "\(failures)",
-                    ])
+                    logger.error(
+                        "ledger write failed; tasks go on without it",
+                        metadata: [
+                            "ledger.table": "\(table)", "error": "\(error)", "ledger.failed_writes": "\(failures)",
+                        ])
                 }
             }
         }

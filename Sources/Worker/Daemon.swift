@@ -55,15 +55,22 @@ public struct Daemon: Sendable {
         } catch {
             return await startUpFailed(error, logger: logger)
         }
-        logger.notice("parallelizer started", metadata: [
-            "queue": "\(config.queueURL)", "slots": "\(config.numThreads)", "instance": "\(start.instanceID)",
-            "version": "\(Version.current)", "input_bucket": "\(config.inputBucket)", "output_bucket": "\(config.outputBucket)",
-        ])
+        logger.notice(
+            "parallelizer started",
+            metadata: [
+                "queue": "\(config.queueURL)", "slots": "\(config.numThreads)", "instance": "\(start.instanceID)",
+                "version": "\(Version.current)", "input_bucket": "\(config.inputBucket)",
+                "output_bucket": "\(config.outputBucket)",
+            ])
         let plan = VisibilityPlan(visibilityTimeout: config.visibilityTimeout)
         let queueURL = config.queueURL
-        let deletes = DeleteBatcher(client: start.sqs, queueURL: queueURL, linger: plan.deleteLinger, clock: clock) { id, error in
-            if let error { deadEnds.failed(.deleteMessage, resource: queueURL, subject: id, error: error) }
-            else { deadEnds.succeeded(.deleteMessage) }
+        let deletes = DeleteBatcher(client: start.sqs, queueURL: queueURL, linger: plan.deleteLinger, clock: clock) {
+            id, error in
+            if let error {
+                deadEnds.failed(.deleteMessage, resource: queueURL, subject: id, error: error)
+            } else {
+                deadEnds.succeeded(.deleteMessage)
+            }
         }
         let processor = MessageProcessor(
             config: config, setting: start.setting,
@@ -75,13 +82,16 @@ public struct Daemon: Sendable {
         await withLedger(start.ledger, reason: { lifecycle.stopReason?.rawValue ?? "unknown" }) {
             await withDeleteBatcher(deletes) { await runSlots(processor, deadEnds: deadEnds, logger: logger) }
             let counts = lifecycle.counts
-            logger.notice("parallelizer stopped", metadata: [
-                "reason": "\(lifecycle.stopReason?.rawValue ?? "unknown")", "seconds": "\((clock.now - started).seconds)",
-                "tasks.succeeded": "\(counts.succeeded)", "tasks.no_output": "\(counts.noOutput)",
-                "tasks.failed_will_retry": "\(counts.failed)", "tasks.given_up": "\(counts.givenUp)",
-                "tasks.released": "\(counts.released)", "messages.bad": "\(counts.badMessages)",
-                "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
-            ])
+            logger.notice(
+                "parallelizer stopped",
+                metadata: [
+                    "reason": "\(lifecycle.stopReason?.rawValue ?? "unknown")",
+                    "seconds": "\((clock.now - started).seconds)",
+                    "tasks.succeeded": "\(counts.succeeded)", "tasks.no_output": "\(counts.noOutput)",
+                    "tasks.failed_will_retry": "\(counts.failed)", "tasks.given_up": "\(counts.givenUp)",
+                    "tasks.released": "\(counts.released)", "messages.bad": "\(counts.badMessages)",
+                    "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
+                ])
         }
         // A dead end met after another stop (a delete refused while draining) still exits 2, for systemd.
         if deadEnds.deadEnd != nil {
@@ -101,7 +111,9 @@ public struct Daemon: Sendable {
         let lifecycle = processor.lifecycle
         await withTaskGroup(of: Void.self) { daemon in
             if !options.once {
-                daemon.addTask { await watchForDrain(processor.queue, lifecycle, deadEnds: deadEnds, clock: clock, logger: logger) }
+                daemon.addTask {
+                    await watchForDrain(processor.queue, lifecycle, deadEnds: deadEnds, clock: clock, logger: logger)
+                }
             }
             if let imds = context.imds {
                 daemon.addTask { await watchForSpot(imds, lifecycle, clock: clock, logger: logger) }
@@ -109,9 +121,10 @@ public struct Daemon: Sendable {
             await withTaskGroup(of: SlotEvent.self) { slots in
                 let count = max(1, config.numThreads)
                 for slot in 1...count {
-                    let loop = SlotLoop(slot: slot, processor: processor, once: options.once,
-                                        waitSeconds: options.receiveWaitSeconds, fixedBatch: options.receiveBatch,
-                                        receiveOutage: .milliseconds(Int(options.receiveOutageSeconds * 1000)))
+                    let loop = SlotLoop(
+                        slot: slot, processor: processor, once: options.once,
+                        waitSeconds: options.receiveWaitSeconds, fixedBatch: options.receiveBatch,
+                        receiveOutage: .milliseconds(Int(options.receiveOutageSeconds * 1000)))
                     slots.addTask {
                         await loop.run(logger: logger)
                         return .slotEnded

@@ -34,25 +34,31 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
 
     /// A call (`action`, the permission it needs, on `resource`: a queue URL or `s3://bucket`) refused `calls` times
     /// in a row for `problem`.
-    public static func setup(_ problem: SetupProblem, action: String, resource: String, error: AWSError,
-                             calls: Int = 1, perTask: Bool = true) -> DeadEnd {
+    public static func setup(
+        _ problem: SetupProblem, action: String, resource: String, error: AWSError,
+        calls: Int = 1, perTask: Bool = true
+    ) -> DeadEnd {
         var what: String
         var fix: String
         switch problem {
         case .denied:
             what = "\(action) is denied on \(resource)"
-            fix = "allow \(action) on \(resource) in the instance role's policy (scripts/setup-aws writes one that does)"
+            fix =
+                "allow \(action) on \(resource) in the instance role's policy (scripts/setup-aws writes one that does)"
             if action == DaemonCall.getInput.rawValue {
                 // S3 answers 403 for a missing key when s3:ListBucket is not allowed, and for objects under a KMS key
                 // the role may not use.
-                fix += "; objects encrypted with a KMS key also need kms:Decrypt, and a missing key is a 403 without s3:ListBucket"
+                fix +=
+                    "; objects encrypted with a KMS key also need kms:Decrypt, and a missing key is a 403 without s3:ListBucket"
             }
         case .credentialsRefused:
             what = "AWS refuses the credentials (\(error.shortCode)) for \(action)"
-            fix = "check the instance profile (or the AWS_* variables, accessKey/secretKey) this worker takes its keys from"
+            fix =
+                "check the instance profile (or the AWS_* variables, accessKey/secretKey) this worker takes its keys from"
         case .noCredentials:
             what = "no AWS credentials for \(action)"
-            fix = "attach an instance profile (scripts/setup-aws makes NAME-worker), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            fix =
+                "attach an instance profile (scripts/setup-aws makes NAME-worker), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         case .queueMissing:
             what = "the queue \(resource) does not exist"
             fix = "check queueURL, or create the queue (scripts/setup-aws)"
@@ -61,7 +67,8 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
             fix = "check inputBucket, outputBucket and environmentBucket, or create the bucket"
         case .unknownAction:
             what = "the endpoint does not know \(action)"
-            fix = "check AWS_ENDPOINT_URL and the AWS_ENDPOINT_URL_* variables: they point at something that is not SQS or S3"
+            fix =
+                "check AWS_ENDPOINT_URL and the AWS_ENDPOINT_URL_* variables: they point at something that is not SQS or S3"
         case .wrongRegion:
             what = "\(resource) is in another region than the one \(action) was signed for"
             fix = "set region (EC2SQSRegion) to the bucket's region"
@@ -121,8 +128,9 @@ public final class DeadEnds: Sendable {
             run.subjects.insert(subject)
             s.runs[call] = run
             guard run.subjects.count >= threshold, s.deadEnd == nil else { return nil }
-            let deadEnd = DeadEnd.setup(problem, action: call.rawValue, resource: resource, error: error,
-                                        calls: run.subjects.count, perTask: call.isPerTask)
+            let deadEnd = DeadEnd.setup(
+                problem, action: call.rawValue, resource: resource, error: error,
+                calls: run.subjects.count, perTask: call.isPerTask)
             s.deadEnd = deadEnd
             return deadEnd
         }

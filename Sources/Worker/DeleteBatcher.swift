@@ -5,8 +5,10 @@ import Synchronization
 
 /// What the batcher needs from SQS (the client, or a recording double in unit tests).
 public protocol BatchDeleting: Sendable {
-    func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
-                            logger: Logger) async throws(AWSError) -> SQSBatchResult
+    func deleteMessageBatch(
+        queueURL: String, entries: [(id: String, receiptHandle: String)],
+        logger: Logger
+    ) async throws(AWSError) -> SQSBatchResult
     func deleteMessage(queueURL: String, receiptHandle: String, logger: Logger) async throws(AWSError)
 }
 
@@ -50,8 +52,10 @@ public final class DeleteBatcher: Sendable {
     let fallback = BatchFallback(batchAction: "DeleteMessageBatch", singleAction: "DeleteMessage")
     private let state = Mutex(State())
 
-    public init(client: any BatchDeleting, queueURL: String, linger: Duration, clock: any WorkerClock = SystemClock(),
-                outcome: @escaping @Sendable (_ messageID: String, _ error: AWSError?) -> Void = { _, _ in }) {
+    public init(
+        client: any BatchDeleting, queueURL: String, linger: Duration, clock: any WorkerClock = SystemClock(),
+        outcome: @escaping @Sendable (_ messageID: String, _ error: AWSError?) -> Void = { _, _ in }
+    ) {
         self.client = client
         self.queueURL = queueURL
         self.linger = linger
@@ -63,7 +67,8 @@ public final class DeleteBatcher: Sendable {
     public func delete(_ message: SQSMessage, logger: Logger) async {
         let now = clock.now
         let (full, wake): ([Pending]?, CheckedContinuation<Void, Never>?) = state.withLock { state in
-            state.pending.append(Pending(messageID: message.messageID, receiptHandle: message.receiptHandle, logger: logger))
+            state.pending.append(
+                Pending(messageID: message.messageID, receiptHandle: message.receiptHandle, logger: logger))
             if state.pending.count >= Self.maxBatch || linger == .zero { return (Self.take(&state), nil) }
             guard state.due == nil else { return (nil, nil) }
             state.due = now + linger
@@ -134,8 +139,9 @@ public final class DeleteBatcher: Sendable {
                     try await client.deleteMessageBatch(queueURL: queueURL, entries: entries, logger: first.logger)
                 },
                 single: { entry throws(AWSError) in
-                    try await client.deleteMessage(queueURL: queueURL, receiptHandle: entry.receiptHandle,
-                                                   logger: batch[Int(entry.id)!].logger)
+                    try await client.deleteMessage(
+                        queueURL: queueURL, receiptHandle: entry.receiptHandle,
+                        logger: batch[Int(entry.id)!].logger)
                 },
                 logger: first.logger)
             for failure in result.failed {
@@ -147,8 +153,9 @@ public final class DeleteBatcher: Sendable {
         }
         for (index, pending) in batch.enumerated() {
             if let error = failures[index] {
-                pending.logger.error("could not delete the message; it will be processed again",
-                                     metadata: ["error": "\(error)"])
+                pending.logger.error(
+                    "could not delete the message; it will be processed again",
+                    metadata: ["error": "\(error)"])
             }
             outcome(pending.messageID, failures[index])
         }

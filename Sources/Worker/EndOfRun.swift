@@ -18,11 +18,13 @@ extension Daemon {
             return
         }
         if let group = config.autoScalingGroup {
-            let left = if let instanceID { await leaveGroup(group, instanceID: instanceID, logger: logger) } else { false }
+            let left =
+                if let instanceID { await leaveGroup(group, instanceID: instanceID, logger: logger) } else { false }
             if deadEnd && !left {
                 // Powered off, it would be replaced by one that meets the same end, again and again.
-                logger.error("staying up instead of powering off: the Auto Scaling group would replace this instance with one that meets the same end",
-                             metadata: ["group": "\(group)"])
+                logger.error(
+                    "staying up instead of powering off: the Auto Scaling group would replace this instance with one that meets the same end",
+                    metadata: ["group": "\(group)"])
                 return
             }
         }
@@ -36,20 +38,24 @@ extension Daemon {
         do {
             let client = try AutoScalingClient(context: context)  // the instance's own region
             try await client.terminateInstanceInGroup(instanceID, decrementDesiredCapacity: true, logger: logger)
-            logger.notice("left the Auto Scaling group: it shrinks instead of replacing this instance",
-                          metadata: ["group": "\(group)", "instance": "\(instanceID)"])
+            logger.notice(
+                "left the Auto Scaling group: it shrinks instead of replacing this instance",
+                metadata: ["group": "\(group)", "instance": "\(instanceID)"])
             return true
         } catch {
-            logger.error("cannot leave the Auto Scaling group: it will start a replacement",
-                         metadata: ["group": "\(group)", "instance": "\(instanceID)", "error": "\(error)"])
+            logger.error(
+                "cannot leave the Auto Scaling group: it will start a replacement",
+                metadata: ["group": "\(group)", "instance": "\(instanceID)", "error": "\(error)"])
             return false
         }
     }
 
     func runShutdownCommand(logger: Logger) async {
         let argv = config.shutdownCommand
-        guard let program = ProcessRunner.resolve(argv[0], in: "/", path: context.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
-            ?? ProcessRunner.resolve(argv[0], in: "/", path: "/usr/sbin:/sbin:/usr/bin:/bin")
+        guard
+            let program = ProcessRunner.resolve(
+                argv[0], in: "/", path: context.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
+                ?? ProcessRunner.resolve(argv[0], in: "/", path: "/usr/sbin:/sbin:/usr/bin:/bin")
         else {
             logger.error("shutdown command not found", metadata: ["command": "\(argv.joined(separator: " "))"])
             return
@@ -57,9 +63,10 @@ extension Daemon {
         logger.notice("running the shutdown command", metadata: ["command": "\(argv.joined(separator: " "))"])
         let out = config.workDir + "/shutdown.log"
         do {
-            let outcome = try await ProcessRunner().run(argv: [program] + argv.dropFirst(), environment: context.environment,
-                                                        directory: "/", stdoutPath: out, stderrPath: out, user: nil,
-                                                        timeout: 120)
+            let outcome = try await ProcessRunner().run(
+                argv: [program] + argv.dropFirst(), environment: context.environment,
+                directory: "/", stdoutPath: out, stderrPath: out, user: nil,
+                timeout: 120)
             if !outcome.succeeded {
                 logger.error("the shutdown command failed", metadata: ["exit": "\(outcome.summary)"])
             }

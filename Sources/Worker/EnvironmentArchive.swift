@@ -31,14 +31,18 @@ struct EnvironmentArchive {
                 throw Failure(message: "the environment archive has an entry that escapes its folder: '\(entry)'")
             }
         }
-        _ = try await capture(isZip ? ["unzip", "-q", "-o", archive, "-d", target]
-                                    : ["tar", "-xzf", archive, "-C", target, "--no-same-owner", "--no-same-permissions"],
-                              in: workDir)
+        _ = try await capture(
+            isZip
+                ? ["unzip", "-q", "-o", archive, "-d", target]
+                : ["tar", "-xzf", archive, "-C", target, "--no-same-owner", "--no-same-permissions"],
+            in: workDir)
         try secure(target, root: target)
         var directory = target
         if let prefix, !prefix.isEmpty {
             directory = target + "/" + prefix.trimmingSlashes
-            guard let real = OutputJudge.realPath(directory), real.hasPrefix(OutputJudge.realPath(target)! + "/") || real == OutputJudge.realPath(target) else {
+            guard let real = OutputJudge.realPath(directory),
+                real.hasPrefix(OutputJudge.realPath(target)! + "/") || real == OutputJudge.realPath(target)
+            else {
                 throw Failure(message: "environmentPrefix '\(prefix)' is not a folder inside the environment archive")
             }
             var st = stat()
@@ -74,15 +78,21 @@ struct EnvironmentArchive {
     /// Runs a tool and returns its stdout; throws with its stderr when it fails.
     func capture(_ argv: [String], in directory: String) async throws -> String {
         let out = directory + "/.env-tool.out", err = directory + "/.env-tool.err"
-        defer { unlink(out); unlink(err) }
-        guard let program = ProcessRunner.resolve(argv[0], in: "/nonexistent", path: "/usr/bin:/bin:/usr/local/bin") else {
+        defer {
+            unlink(out)
+            unlink(err)
+        }
+        guard let program = ProcessRunner.resolve(argv[0], in: "/nonexistent", path: "/usr/bin:/bin:/usr/local/bin")
+        else {
             throw Failure(message: "\(argv[0]) is not installed")
         }
-        let outcome = try await runner.run(argv: [program] + argv.dropFirst(), environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C"],
-                                           directory: directory, stdoutPath: out, stderrPath: err, user: nil,
-                                           timeout: 600)
+        let outcome = try await runner.run(
+            argv: [program] + argv.dropFirst(), environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C"],
+            directory: directory, stdoutPath: out, stderrPath: err, user: nil,
+            timeout: 600)
         guard outcome.succeeded else {
-            let message = (LocalFile.tail(err, bytes: 500).map { String(decoding: $0, as: UTF8.self) } ?? "").trimmingSpaces
+            let message = (LocalFile.tail(err, bytes: 500).map { String(decoding: $0, as: UTF8.self) } ?? "")
+                .trimmingSpaces
             throw Failure(message: "\(argv[0]) failed (\(outcome.summary)): \(message)")
         }
         return LocalFile.readText(out) ?? ""

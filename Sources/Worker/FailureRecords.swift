@@ -19,20 +19,24 @@ enum FailureRecords {
 
     /// An input's record: what failed, why, how often, where, and the end of the command's stderr.
     static func body(_ failure: TaskFailure, message: SQSMessage, instanceID: String, time: Date) -> [UInt8] {
-        Array(JSONValue.object([
-            "input": .string(failure.input.description), "reason": .string(failure.reason),
-            "exitStatus": .string(failure.outcome?.summary ?? "none"), "attempts": .number(Double(message.receiveCount)),
-            "instanceId": .string(instanceID), "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
-            "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
-            "time": .string(CivilTime(date: time).iso8601),
-        ]).serialized.utf8)
+        Array(
+            JSONValue.object([
+                "input": .string(failure.input.description), "reason": .string(failure.reason),
+                "exitStatus": .string(failure.outcome?.summary ?? "none"),
+                "attempts": .number(Double(message.receiveCount)),
+                "instanceId": .string(instanceID),
+                "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
+                "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
+                "time": .string(CivilTime(date: time).iso8601),
+            ]).serialized.utf8)
     }
 
     /// A bad message's record: why, and the start of its body.
     static func body(badMessage message: SQSMessage, reason: String, instanceID: String) -> [UInt8] {
-        Array(JSONValue.object([
-            "messageId": .string(message.messageID), "reason": .string(reason),
-            "body": .string(String(message.body.prefix(4096))), "instanceId": .string(instanceID),
-        ]).serialized.utf8)
+        Array(
+            JSONValue.object([
+                "messageId": .string(message.messageID), "reason": .string(reason),
+                "body": .string(String(message.body.prefix(4096))), "instanceId": .string(instanceID),
+            ]).serialized.utf8)
     }
 }

@@ -13,7 +13,8 @@ func withHeartbeat<T: Sendable>(
 ) async -> T {
     await withTaskGroup(of: Void.self) { group in
         group.addTask {
-            let firstReceived = Double(message.attributes["ApproximateFirstReceiveTimestamp"] ?? "").map { $0 / 1000 }
+            let firstReceived =
+                Double(message.attributes["ApproximateFirstReceiveTimestamp"] ?? "").map { $0 / 1000 }
                 ?? Date().timeIntervalSince1970
             var next = receivedAt + plan.heartbeatInterval
             while true {

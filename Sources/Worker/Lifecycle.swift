@@ -117,8 +117,19 @@ public final class Lifecycle: Sendable {
         }
     }
 
-    func taskStarted() { state.withLock { $0.runningTasks += 1; $0.lastWork = clock.now; $0.emptyPolls = 0 } }
-    func taskFinished() { state.withLock { $0.runningTasks -= 1; $0.lastWork = clock.now } }
+    func taskStarted() {
+        state.withLock {
+            $0.runningTasks += 1
+            $0.lastWork = clock.now
+            $0.emptyPolls = 0
+        }
+    }
+    func taskFinished() {
+        state.withLock {
+            $0.runningTasks -= 1
+            $0.lastWork = clock.now
+        }
+    }
     func emptyPoll() { state.withLock { $0.emptyPolls += 1 } }
 
     /// Nothing runs, and the last work ended at least `seconds` ago with empty polls since.

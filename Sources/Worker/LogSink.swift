@@ -61,7 +61,9 @@ public struct LineLogHandler: LogHandler {
     /// Values with spaces, quotes, `=` or control characters are quoted and escaped, so a line stays one line.
     static func quote(_ value: String) -> String {
         if value.isEmpty { return "\"\"" }
-        let needs = value.contains { $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline || ($0.asciiValue ?? 32) < 32 }
+        let needs = value.contains {
+            $0 == " " || $0 == "\"" || $0 == "=" || $0.isNewline || ($0.asciiValue ?? 32) < 32
+        }
         guard needs else { return value }
         var out = "\""
         for scalar in value.unicodeScalars {
@@ -72,7 +74,9 @@ public struct LineLogHandler: LogHandler {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             default:
-                if scalar.value < 32 || scalar.value == 127 { out += "\\x" + String(scalar.value, radix: 16) } else {
+                if scalar.value < 32 || scalar.value == 127 {
+                    out += "\\x" + String(scalar.value, radix: 16)
+                } else {
                     out.unicodeScalars.append(scalar)
                 }
             }

@@ -73,9 +73,12 @@ public struct MessageParser: Sendable {
                     throw BadMessage(reason: "S3 event record \(index) has no s3.bucket.name or s3.object.key")
                 }
                 guard bucket == inputBucket else {
-                    throw BadMessage(reason: "S3 event record \(index) is for bucket '\(bucket)', not the input bucket '\(inputBucket)'")
+                    throw BadMessage(
+                        reason:
+                            "S3 event record \(index) is for bucket '\(bucket)', not the input bucket '\(inputBucket)'")
                 }
-                guard let key = String(validating: URIEncoding.decodeBytes(rawKey, plusIsSpace: true), as: UTF8.self) else {
+                guard let key = String(validating: URIEncoding.decodeBytes(rawKey, plusIsSpace: true), as: UTF8.self)
+                else {
                     throw BadMessage(reason: "the event's object key is not UTF-8 once URL-decoded")
                 }
                 inputs.append(try input(bucket: bucket, key: key))
@@ -121,7 +124,8 @@ public enum TaskPaths {
         var name = String(last.map { $0.isASCII && ($0.asciiValue! < 0x20 || $0.asciiValue! == 0x7f) ? "_" : $0 })
         if name.isEmpty || name == "." || name == ".." { name = "input" }
         if name.utf8.count > 200 {
-            let ext = name.split(separator: ".").count > 1 ? "." + String(name.split(separator: ".").last!.prefix(20)) : ""
+            let ext =
+                name.split(separator: ".").count > 1 ? "." + String(name.split(separator: ".").last!.prefix(20)) : ""
             var stem = ""
             for ch in name where stem.utf8.count + ch.utf8.count + ext.utf8.count <= 200 { stem.append(ch) }
             name = stem + ext
@@ -131,7 +135,9 @@ public enum TaskPaths {
 
     /// `outputPrefix` + the input key's folder (relative to `inputPrefix`) + the output's file name, so outputs of
     /// inputs with the same name in different folders never collide.
-    public static func outputKey(inputKey: String, inputPrefix: String, outputPrefix: String, outputName: String) -> String {
+    public static func outputKey(inputKey: String, inputPrefix: String, outputPrefix: String, outputName: String)
+        -> String
+    {
         var relative = inputKey
         if !inputPrefix.isEmpty, relative.hasPrefix(inputPrefix) { relative.removeFirst(inputPrefix.count) }
         let folder = relative.lastIndex(of: "/").map { String(relative[...$0]) } ?? ""

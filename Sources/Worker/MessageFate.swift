@@ -47,15 +47,19 @@ enum MessageFate: Sendable, Equatable {
     /// - Parameters:
     ///   - deadEnd: the daemon met a dead end: a failure is then the set-up's, not the task's.
     ///   - retryDelay: the backoff for this receive (`VisibilityPlan.retryDelay`).
-    static func after(_ outcomes: [AttemptOutcome], receiveCount: Int, maxAttempts: Int, deadEnd: Bool,
-                      retryDelay: Int) -> MessageFate {
+    static func after(
+        _ outcomes: [AttemptOutcome], receiveCount: Int, maxAttempts: Int, deadEnd: Bool,
+        retryDelay: Int
+    ) -> MessageFate {
         if outcomes.contains(.interrupted) { return .release }
         var failures: [TaskFailure] = []  // in the inputs' order
         var never: [TaskFailure] = []
         for outcome in outcomes {
             switch outcome {
             case .failed(let failure): failures.append(failure)
-            case .inputMissing(let failure): failures.append(failure); never.append(failure)
+            case .inputMissing(let failure):
+                failures.append(failure)
+                never.append(failure)
             case .uploaded, .noOutput, .interrupted: break
             }
         }

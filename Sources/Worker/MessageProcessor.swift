@@ -44,7 +44,9 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
         await ledger?.received()
         let inputs: [S3URI]
         do {
-            switch try MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix).parse(message.body) {
+            switch try MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix).parse(
+                message.body)
+            {
             case .testEvent:
                 logger.info("S3 test event deleted")
                 await queue.delete(message, logger: logger)
@@ -65,7 +67,8 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
         let outcomes = await withHeartbeat(
             for: message, receivedAt: receivedAt, plan: plan, clock: clock, logger: logger,
             extend: { seconds in
-                await changeVisibility(message, to: seconds, logger: logger, failure: "could not extend the message's visibility")
+                await changeVisibility(
+                    message, to: seconds, logger: logger, failure: "could not extend the message's visibility")
             }
         ) {
             // Each input (an S3 event may carry several) has its own fate: one that fails does not stop the others.
@@ -77,9 +80,12 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             }
             return outcomes
         }
-        await carryOut(MessageFate.after(
-            outcomes, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts, deadEnd: deadEnds.deadEnd != nil,
-            retryDelay: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff)), message, logger: logger)
+        await carryOut(
+            MessageFate.after(
+                outcomes, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts,
+                deadEnd: deadEnds.deadEnd != nil,
+                retryDelay: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff)), message,
+            logger: logger)
     }
 
     func carryOut(_ fate: MessageFate, _ message: SQSMessage, logger: Logger) async {
@@ -98,8 +104,12 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 await writeRecord(failure, message: message, logger: logger)
             }
             lifecycle.count { $0.failed += 1 }
-            logger.info("message will be retried", metadata: ["retry.after_seconds": "\(seconds)",
-                                                              "task.attempt": "\(message.receiveCount)"])
+            logger.info(
+                "message will be retried",
+                metadata: [
+                    "retry.after_seconds": "\(seconds)",
+                    "task.attempt": "\(message.receiveCount)",
+                ])
             await changeVisibility(message, to: seconds, logger: logger)
         case .giveUp(let failures, let worthRedriving):
             var recorded = true
@@ -107,26 +117,32 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 lifecycle.count { $0.givenUp += 1 }
                 if await !writeRecord(failure, message: message, logger: logger) { recorded = false }
             }
-            await settle(message, recorded: recorded, worthRedriving: worthRedriving,
-                         metadata: ["task.attempts": "\(message.receiveCount)"], logger: logger)
+            await settle(
+                message, recorded: recorded, worthRedriving: worthRedriving,
+                metadata: ["task.attempts": "\(message.receiveCount)"], logger: logger)
         }
     }
 
     /// The message of inputs given up leaves the queue by `FinalFate`.
-    func settle(_ message: SQSMessage, recorded: Bool, worthRedriving: Bool, metadata: Logger.Metadata,
-                logger: Logger) async {
+    func settle(
+        _ message: SQSMessage, recorded: Bool, worthRedriving: Bool, metadata: Logger.Metadata,
+        logger: Logger
+    ) async {
         switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: worthRedriving) {
         case .deadLetterQueue:
-            logger.error(recorded ? "giving up: failure recorded; the queue's dead-letter queue takes the message"
-                                  : "giving up, but the failure record could not be written: left to the dead-letter queue",
-                         metadata: metadata)
+            logger.error(
+                recorded
+                    ? "giving up: failure recorded; the queue's dead-letter queue takes the message"
+                    : "giving up, but the failure record could not be written: left to the dead-letter queue",
+                metadata: metadata)
             await changeVisibility(message, to: 0, logger: logger)
         case .delete:
             logger.error("giving up: failure recorded and message deleted", metadata: metadata)
             await queue.delete(message, logger: logger)
         case .keep:
-            logger.error("giving up, but the failure record could not be written: message kept",
-                         metadata: metadata.merging(["retry.after_seconds": "\(config.visibilityTimeout)"]) { $1 })
+            logger.error(
+                "giving up, but the failure record could not be written: message kept",
+                metadata: metadata.merging(["retry.after_seconds": "\(config.visibilityTimeout)"]) { $1 })
         }
     }
 
@@ -135,9 +151,10 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     func settleBadMessage(_ message: SQSMessage, reason: String, logger: Logger) async {
         logger.error("bad message: recorded under _failed/ and deleted", metadata: ["reason": "\(reason)"])
         lifecycle.count { $0.badMessages += 1 }
-        let recorded = await write(FailureRecords.body(badMessage: message, reason: reason, instanceID: instanceID),
-                                   key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID,
-                                   logger: logger)
+        let recorded = await write(
+            FailureRecords.body(badMessage: message, reason: reason, instanceID: instanceID),
+            key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID,
+            logger: logger)
         switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: false) {
         case .delete:
             await queue.delete(message, logger: logger)
@@ -145,8 +162,9 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             logger.error("bad message left to the dead-letter queue: its record could not be written")
             await changeVisibility(message, to: 0, logger: logger)
         case .keep:
-            logger.error("bad message kept: its record could not be written",
-                         metadata: ["retry.after_seconds": "\(config.visibilityTimeout)"])
+            logger.error(
+                "bad message kept: its record could not be written",
+                metadata: ["retry.after_seconds": "\(config.visibilityTimeout)"])
         }
     }
 
@@ -154,18 +172,23 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     /// Each input gets a record unless one is there already (the attempt that gave up wrote it, with the command's
     /// stderr), then the message leaves as any given-up message does. Nothing is downloaded or run.
     func settleUsedUp(_ message: SQSMessage, inputs: [S3URI], logger: Logger) async {
-        logger.error("attempts used up: settling the message without running it again", metadata: [
-            "task.attempts": "\(message.receiveCount)", "max_attempts": "\(config.maxAttempts)"])
+        logger.error(
+            "attempts used up: settling the message without running it again",
+            metadata: [
+                "task.attempts": "\(message.receiveCount)", "max_attempts": "\(config.maxAttempts)",
+            ])
         var recorded = true
         for input in inputs {
             lifecycle.count { $0.givenUp += 1 }
             let failure = TaskFailure(
-                input: input, reason: "received \(message.receiveCount) times, more than maxAttempts (\(config.maxAttempts)); "
+                input: input,
+                reason: "received \(message.receiveCount) times, more than maxAttempts (\(config.maxAttempts)); "
                     + "not run again", outcome: nil)
             if await !writeRecord(failure, message: message, onlyIfAbsent: true, logger: logger) { recorded = false }
         }
-        await settle(message, recorded: recorded, worthRedriving: true,
-                     metadata: ["task.attempts": "\(message.receiveCount)"], logger: logger)
+        await settle(
+            message, recorded: recorded, worthRedriving: true,
+            metadata: ["task.attempts": "\(message.receiveCount)"], logger: logger)
     }
 
     // MARK: - Calls that settle a message
@@ -174,8 +197,10 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     // watch how it went.
 
     @discardableResult
-    func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger,
-                          failure: String = "could not change the message's visibility") async -> Bool {
+    func changeVisibility(
+        _ message: SQSMessage, to seconds: Int, logger: Logger,
+        failure: String = "could not change the message's visibility"
+    ) async -> Bool {
         let (queue, deadEnds, queueURL) = (self.queue, self.deadEnds, config.queueURL)
         return await uncancelled {
             do throws(AWSError) {
@@ -193,23 +218,28 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     /// Writes one input's failure record. With `onlyIfAbsent`, a record already there is kept (S3's conditional
     /// write, `If-None-Match: *`) and counts as written.
     @discardableResult
-    func writeRecord(_ failure: TaskFailure, message: SQSMessage, onlyIfAbsent: Bool = false, logger: Logger) async -> Bool {
-        await write(FailureRecords.body(failure, message: message, instanceID: instanceID, time: Date()),
-                    key: FailureRecords.key(forInput: failure.input.key), subject: message.messageID,
-                    onlyIfAbsent: onlyIfAbsent, logger: logger)
+    func writeRecord(_ failure: TaskFailure, message: SQSMessage, onlyIfAbsent: Bool = false, logger: Logger) async
+        -> Bool
+    {
+        await write(
+            FailureRecords.body(failure, message: message, instanceID: instanceID, time: Date()),
+            key: FailureRecords.key(forInput: failure.input.key), subject: message.messageID,
+            onlyIfAbsent: onlyIfAbsent, logger: logger)
     }
 
     /// Returns whether the record was written. When it was not (the output bucket is missing or denied), the
     /// message must not be deleted: it would then leave no trace at all.
-    func write(_ body: [UInt8], key: String, subject: String, onlyIfAbsent: Bool = false, logger: Logger) async -> Bool {
+    func write(_ body: [UInt8], key: String, subject: String, onlyIfAbsent: Bool = false, logger: Logger) async -> Bool
+    {
         let (store, deadEnds, bucket) = (self.store, self.deadEnds, config.outputBucket)
         return await uncancelled {
             do throws(AWSError) {
-                try await store.put(body, to: S3URI(bucket: bucket, key: key), contentType: "application/json",
-                                    onlyIfAbsent: onlyIfAbsent, logger: logger)
+                try await store.put(
+                    body, to: S3URI(bucket: bucket, key: key), contentType: "application/json",
+                    onlyIfAbsent: onlyIfAbsent, logger: logger)
                 deadEnds.succeeded(.putOutput)
                 return true
-            } catch where onlyIfAbsent && error.httpStatus == 412 {
+            } catch  where onlyIfAbsent && error.httpStatus == 412 {
                 deadEnds.succeeded(.putOutput)
                 logger.info("a failure record is there already; kept", metadata: ["s3.key": "\(key)"])
                 return true
@@ -224,8 +254,11 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     /// Makes messages the slot received but did not start visible again at once, for any worker to take.
     func release(_ messages: [SQSMessage], reason: String, logger: Logger) async {
         for message in messages {
-            logger.notice("message released before its task started", metadata: [
-                "sqs.message_id": "\(message.messageID)", "reason": "\(reason)"])
+            logger.notice(
+                "message released before its task started",
+                metadata: [
+                    "sqs.message_id": "\(message.messageID)", "reason": "\(reason)",
+                ])
             await changeVisibility(message, to: 0, logger: logger)
         }
     }

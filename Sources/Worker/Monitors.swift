@@ -9,8 +9,10 @@ extension Daemon {
     /// Drained means: no slot has had work for `idleTimeout`, their long polls came back empty, and the queue
     /// reports nothing visible, in flight or delayed on two checks in a row. Messages in flight on other
     /// instances keep this worker waiting: they may fail and come back.
-    func watchForDrain(_ queue: some WorkQueue, _ lifecycle: Lifecycle, deadEnds: DeadEnds, clock: any WorkerClock,
-                       logger: Logger) async {
+    func watchForDrain(
+        _ queue: some WorkQueue, _ lifecycle: Lifecycle, deadEnds: DeadEnds, clock: any WorkerClock,
+        logger: Logger
+    ) async {
         let interval = Duration.seconds(max(1, min(5, config.idleTimeout / 3)))
         var zeroChecks = 0
         var checks = 0
@@ -45,8 +47,11 @@ extension Daemon {
     func watchForSpot(_ imds: IMDSClient, _ lifecycle: Lifecycle, clock: any WorkerClock, logger: Logger) async {
         while !lifecycle.isStopping {
             if let action = try? await imds.spotInstanceAction() {
-                logger.warning("spot interruption notice: draining", metadata: [
-                    "spot.action": "\(action.action)", "spot.time": "\(action.time)"])
+                logger.warning(
+                    "spot interruption notice: draining",
+                    metadata: [
+                        "spot.action": "\(action.action)", "spot.time": "\(action.time)",
+                    ])
                 lifecycle.requestStop(.spotInterruption)
                 return
             }
@@ -59,8 +64,12 @@ extension Daemon {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
-                logger.notice("stop requested: finishing running tasks, taking no new ones", metadata: [
-                    "signal": "\(number == SIGTERM ? "SIGTERM" : "SIGINT")", "grace_seconds": "\(config.shutdownGrace)"])
+                logger.notice(
+                    "stop requested: finishing running tasks, taking no new ones",
+                    metadata: [
+                        "signal": "\(number == SIGTERM ? "SIGTERM" : "SIGINT")",
+                        "grace_seconds": "\(config.shutdownGrace)",
+                    ])
                 lifecycle.requestStop(.signal)
             }
             source.resume()

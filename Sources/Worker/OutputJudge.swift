@@ -37,11 +37,15 @@ public enum OutputJudge {
         var st = stat()
         guard stat(resolved, &st) == 0 else { return .rejected("'\(line)' cannot be read") }
         guard (st.st_mode & S_IFMT) == S_IFREG else {
-            let kind = (st.st_mode & S_IFMT) == S_IFDIR ? "a directory" : (st.st_mode & S_IFMT) == S_IFIFO ? "a FIFO" : "not a regular file"
+            let kind =
+                (st.st_mode & S_IFMT) == S_IFDIR
+                ? "a directory" : (st.st_mode & S_IFMT) == S_IFIFO ? "a FIFO" : "not a regular file"
             return .rejected("'\(line)' is \(kind)")
         }
         let printedName = line.split(separator: "/").last.map(String.init) ?? ""
-        let name = printedName.isEmpty || printedName == "." || printedName == ".." ? TaskPaths.localName(forKey: resolved) : printedName
+        let name =
+            printedName.isEmpty || printedName == "." || printedName == ".."
+            ? TaskPaths.localName(forKey: resolved) : printedName
         return .file(path: resolved, name: name)
     }
 

@@ -52,8 +52,9 @@ public struct RunAsUser: Sendable, Equatable {
         var result: UnsafeMutablePointer<passwd>?
         var buffer = [CChar](repeating: 0, count: 16384)
         guard getpwnam_r(name, &entry, &buffer, buffer.count, &result) == 0, let found = result else { return nil }
-        return RunAsUser(name: name, uid: found.pointee.pw_uid, gid: found.pointee.pw_gid,
-                         home: String(cString: found.pointee.pw_dir))
+        return RunAsUser(
+            name: name, uid: found.pointee.pw_uid, gid: found.pointee.pw_gid,
+            home: String(cString: found.pointee.pw_dir))
     }
 }
 
@@ -83,10 +84,13 @@ public struct ProcessRunner: Sendable {
     /// Starts `argv`, waits for it, and returns how it ended. Cancelling the calling task kills the process group
     /// (SIGTERM, then SIGKILL after `killGrace`) and returns `.interrupted`.
     /// - Parameter timeout: seconds before the process group gets SIGTERM (then SIGKILL after `killGrace`).
-    public func run(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-                    stderrPath: String, user: RunAsUser?, timeout: Int?) async throws(SpawnError) -> ProcessOutcome {
-        let pid = try spawn(argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
-                            stderrPath: stderrPath, user: user)
+    public func run(
+        argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+        stderrPath: String, user: RunAsUser?, timeout: Int?
+    ) async throws(SpawnError) -> ProcessOutcome {
+        let pid = try spawn(
+            argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
+            stderrPath: stderrPath, user: user)
         let cancelled = CancelFlag()
         return await withTaskCancellationHandler {
             await wait(Reaper(pid: pid, timeout: timeout, killGrace: killGrace, cancelled: cancelled))
@@ -168,8 +172,10 @@ public struct ProcessRunner: Sendable {
 
     /// Starts `argv` in a process group of its own, its output to the two files, as `user` when given; returns its
     /// pid at once. `run` waits for it; the test harness starts whole worker processes this way.
-    public func spawn(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-                      stderrPath: String, user: RunAsUser?) throws(SpawnError) -> Int32 {
+    public func spawn(
+        argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+        stderrPath: String, user: RunAsUser?
+    ) throws(SpawnError) -> Int32 {
         let program = argv[0]
         let outFD = open(stdoutPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         let errFD = open(stderrPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -189,8 +195,9 @@ public struct ProcessRunner: Sendable {
             cEnv.forEach { free($0) }
         }
         var pid: pid_t = 0
-        let code = pz_spawn(program, cArgv, cEnv, directory, outFD, errFD, user == nil ? 0 : 1, user?.uid ?? 0,
-                            user?.gid ?? 0, &pid)
+        let code = pz_spawn(
+            program, cArgv, cEnv, directory, outFD, errFD, user == nil ? 0 : 1, user?.uid ?? 0,
+            user?.gid ?? 0, &pid)
         guard code == 0 else { throw SpawnError(program: program, errno: code) }
         return pid
     }

@@ -10,13 +10,15 @@ struct SQSWorkQueue: WorkQueue {
     let deletes: DeleteBatcher
 
     func receive(count: Int, waitSeconds: Int, logger: Logger) async throws(AWSError) -> [SQSMessage] {
-        try await sqs.receiveMessages(queueURL: queueURL, maxMessages: count, waitSeconds: waitSeconds,
-                                      visibilityTimeout: plan.visibilityTimeout, logger: logger)
+        try await sqs.receiveMessages(
+            queueURL: queueURL, maxMessages: count, waitSeconds: waitSeconds,
+            visibilityTimeout: plan.visibilityTimeout, logger: logger)
     }
 
     func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async throws(AWSError) {
-        try await sqs.changeMessageVisibility(queueURL: queueURL, receiptHandle: message.receiptHandle, timeout: seconds,
-                                              logger: logger)
+        try await sqs.changeMessageVisibility(
+            queueURL: queueURL, receiptHandle: message.receiptHandle, timeout: seconds,
+            logger: logger)
     }
 
     func delete(_ message: SQSMessage, logger: Logger) async {

@@ -25,8 +25,9 @@ public protocol ObjectStore: Sendable {
     /// Uploads the file at `path`.
     func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError)
     /// Writes a small object; with `onlyIfAbsent`, S3 refuses it (412) when the key exists.
-    func put(_ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
-             logger: Logger) async throws(AWSError)
+    func put(
+        _ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
+        logger: Logger) async throws(AWSError)
 }
 
 /// One run of the command, as the loop describes it.
@@ -41,8 +42,10 @@ public struct CommandRun: Sendable {
     /// Seconds before its process group is killed; nil for no limit.
     public var timeout: Int?
 
-    public init(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-                stderrPath: String, user: RunAsUser?, timeout: Int?) {
+    public init(
+        argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+        stderrPath: String, user: RunAsUser?, timeout: Int?
+    ) {
         self.argv = argv
         self.environment = environment
         self.directory = directory
@@ -68,18 +71,22 @@ extension S3Client: ObjectStore {
         try await putObject(bucket: object.bucket, key: object.key, file: path, logger: logger)
     }
 
-    public func put(_ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
-                    logger: Logger) async throws(AWSError) {
-        try await putObject(bucket: object.bucket, key: object.key, bytes: bytes, contentType: contentType,
-                            ifNoneMatch: onlyIfAbsent ? "*" : nil, logger: logger)
+    public func put(
+        _ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
+        logger: Logger
+    ) async throws(AWSError) {
+        try await putObject(
+            bucket: object.bucket, key: object.key, bytes: bytes, contentType: contentType,
+            ifNoneMatch: onlyIfAbsent ? "*" : nil, logger: logger)
     }
 }
 
 extension ProcessRunner: TaskRunner {
     public func run(_ command: CommandRun) async throws(SpawnError) -> ProcessOutcome {
-        try await run(argv: command.argv, environment: command.environment, directory: command.directory,
-                      stdoutPath: command.stdoutPath, stderrPath: command.stderrPath, user: command.user,
-                      timeout: command.timeout)
+        try await run(
+            argv: command.argv, environment: command.environment, directory: command.directory,
+            stdoutPath: command.stdoutPath, stderrPath: command.stderrPath, user: command.user,
+            timeout: command.timeout)
     }
 }
 

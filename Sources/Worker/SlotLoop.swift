@@ -50,14 +50,16 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                 if lifecycle.isStopping { break }
                 failures += 1
                 // Each receive is a call of its own: three refused in a row end the daemon.
-                processor.deadEnds.failed(.receive, resource: processor.config.queueURL, subject: "\(slot)-\(receives)",
-                                          error: error)
+                processor.deadEnds.failed(
+                    .receive, resource: processor.config.queueURL, subject: "\(slot)-\(receives)",
+                    error: error)
                 if lifecycle.isStopping { break }
                 // Only errors that may pass make an outage; the others were counted above.
                 failingSince = error.isRetryable ? failingSince ?? clock.now : nil
                 if let since = failingSince, clock.now - since >= receiveOutage {
                     if lifecycle.requestStop(.queueUnreachable) {
-                        logger.critical("""
+                        logger.critical(
+                            """
                             cannot go on: the queue has not answered a receive for \(Int(receiveOutage.seconds)) s; \
                             exiting for systemd to start the daemon again
                             """, metadata: ["error": "\(error)"])
@@ -65,8 +67,11 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                     break
                 }
                 let pause = Self.receiveRetry.delay(beforeRetry: failures + 1)
-                logger.warning("receive failed; trying again", metadata: ["error": "\(error)", "retry.delay_s": "\(Int(pause))"])
-                await lifecycle.cancellingAtStop { [clock] in try? await clock.sleep(for: .milliseconds(Int(pause * 1000))) }
+                logger.warning(
+                    "receive failed; trying again", metadata: ["error": "\(error)", "retry.delay_s": "\(Int(pause))"])
+                await lifecycle.cancellingAtStop { [clock] in
+                    try? await clock.sleep(for: .milliseconds(Int(pause * 1000)))
+                }
             case .success(let messages):
                 failures = 0
                 failingSince = nil
@@ -85,8 +90,10 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
 
     /// Starts the received messages in turn; what is not started when a stop comes (or after half its timeout)
     /// goes back at once.
-    func process(_ messages: [SQSMessage], receivedAt: ContinuousClock.Instant, sizer: inout ReceiveSizer,
-                 logger: Logger) async {
+    func process(
+        _ messages: [SQSMessage], receivedAt: ContinuousClock.Instant, sizer: inout ReceiveSizer,
+        logger: Logger
+    ) async {
         let processor = self.processor
         sizer = await withHeldMessages(
             messages, receivedAt: receivedAt, plan: processor.plan, clock: clock,

@@ -71,8 +71,10 @@ struct StartUp: Sendable {
         // PATH too. A command that cannot be found would fail every task, so that stops start-up instead.
         let environment = commandEnvironment(user: user)
         let base = environmentDirectory ?? currentDirectory()
-        guard let program = ProcessRunner.resolve(config.analysisProgram[0], in: base, path: environment["PATH"] ?? "") else {
-            throw ConfigError(key: "analysisProgram", message: "'\(config.analysisProgram[0])' was not found in \(base) or on PATH")
+        guard let program = ProcessRunner.resolve(config.analysisProgram[0], in: base, path: environment["PATH"] ?? "")
+        else {
+            throw ConfigError(
+                key: "analysisProgram", message: "'\(config.analysisProgram[0])' was not found in \(base) or on PATH")
         }
         var ledger: Ledger?
         if let table = config.ledgerTable {
@@ -80,13 +82,16 @@ struct StartUp: Sendable {
             let dynamo = try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: config.queueURL))
             var ledgerLogger = logger
             ledgerLogger[metadataKey: "ledger.table"] = "\(table)"
-            ledger = Ledger(client: dynamo, table: table, queueURL: config.queueURL, instanceID: instanceID,
-                            settings: options.ledger, logger: ledgerLogger)
+            ledger = Ledger(
+                client: dynamo, table: table, queueURL: config.queueURL, instanceID: instanceID,
+                settings: options.ledger, logger: ledgerLogger)
         }
-        let setting = TaskSetting(program: [program] + config.analysisProgram.dropFirst(),
-                                  environmentDirectory: environmentDirectory, environment: environment, user: user)
-        return Prepared(s3: s3, sqs: sqs, setting: setting, instanceID: instanceID, hasRedrivePolicy: hasRedrive,
-                        ledger: ledger)
+        let setting = TaskSetting(
+            program: [program] + config.analysisProgram.dropFirst(),
+            environmentDirectory: environmentDirectory, environment: environment, user: user)
+        return Prepared(
+            s3: s3, sqs: sqs, setting: setting, instanceID: instanceID, hasRedrivePolicy: hasRedrive,
+            ledger: ledger)
     }
 
     /// Runs a start-up check. Refused credentials (or none) are tried again for a few seconds first: at boot, IMDS
@@ -96,7 +101,10 @@ struct StartUp: Sendable {
         while true {
             do {
                 return try await call()
-            } catch where [.noCredentials, .credentialsRefused].contains(error.setupProblem) && ContinuousClock.now < patience {
+            } catch
+                where [.noCredentials, .credentialsRefused].contains(error.setupProblem)
+                && ContinuousClock.now < patience
+            {
                 logger.info("credentials not accepted yet; trying again", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: .seconds(1))
             }
@@ -123,8 +131,9 @@ struct StartUp: Sendable {
         do {
             try await s3.abortMultipartUpload(bucket: bucket, key: key, uploadID: uploadID, logger: logger)
         } catch {
-            logger.warning("the output bucket's write check could not abort its upload; the bucket's lifecycle rule removes it",
-                           metadata: ["s3.key": "\(key)", "error": "\(error)"])
+            logger.warning(
+                "the output bucket's write check could not abort its upload; the bucket's lifecycle rule removes it",
+                metadata: ["s3.key": "\(key)", "error": "\(error)"])
         }
     }
 
@@ -140,8 +149,9 @@ struct StartUp: Sendable {
                 throw DeadEnd.setup(problem, action: "s3:GetObject", resource: resource, error: error)
             }
             if error.httpStatus == 404 {
-                throw DeadEnd(what: "the environment archive \(resource) does not exist",
-                              fix: "upload it, or correct environmentBucket and environmentZip", error: error)
+                throw DeadEnd(
+                    what: "the environment archive \(resource) does not exist",
+                    fix: "upload it, or correct environmentBucket and environmentZip", error: error)
             }
             throw StartUpError(message: "the environment archive cannot be fetched: \(error)")
         } catch let failure as EnvironmentArchive.Failure {
@@ -153,8 +163,10 @@ struct StartUp: Sendable {
     func commandEnvironment(user: RunAsUser?) -> [String: String] {
         var environment = context.environment
         if !config.passCredentials {
-            for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                         "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE"] {
+            for name in [
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE",
+            ] {
                 environment.removeValue(forKey: name)
             }
             for name in environment.keys where name.hasPrefix("PARALLELIZER_") { environment.removeValue(forKey: name) }

@@ -13,23 +13,37 @@ extension MessageProcessor {
         if input.bucket != config.inputBucket { logger[metadataKey: "task.bucket"] = "\(input.bucket)" }
         let started = clock.now
         logger.info("task start", metadata: ["task.attempt": "\(message.receiveCount)"])
-        await ledger?.taskStarted(inputKey: input.key, attempt: message.receiveCount, slot: slot, messageID: message.messageID)
+        await ledger?.taskStarted(
+            inputKey: input.key, attempt: message.receiveCount, slot: slot, messageID: message.messageID)
         let (outcome, bytesIn) = await run(input, slot: slot, message: message, logger: logger)
         let seconds = (clock.now - started).seconds
         await ledger?.record(outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn)
         switch outcome {
         case .uploaded(let key, let bytes):
-            lifecycle.count { $0.succeeded += 1; $0.bytesOut += bytes }
-            logger.info("task done", metadata: ["task.seconds": "\(seconds)", "task.output": "\(key)",
-                                                "task.bytes_out": "\(bytes)", "task.exit_status": "0"])
+            lifecycle.count {
+                $0.succeeded += 1
+                $0.bytesOut += bytes
+            }
+            logger.info(
+                "task done",
+                metadata: [
+                    "task.seconds": "\(seconds)", "task.output": "\(key)",
+                    "task.bytes_out": "\(bytes)", "task.exit_status": "0",
+                ])
         case .noOutput:
             lifecycle.count { $0.noOutput += 1 }
             logger.info("task done without output", metadata: ["task.seconds": "\(seconds)", "task.exit_status": "0"])
         case .failed(let failure):
-            logger.warning("task failed", metadata: ["task.seconds": "\(seconds)", "reason": "\(failure.reason)",
-                                                     "task.exit_status": "\(failure.outcome?.summary ?? "none")"])
-            return .failed(TaskFailure(input: input, reason: failure.reason, outcome: failure.outcome,
-                                       stderrTail: failure.stderrTail, seconds: seconds))
+            logger.warning(
+                "task failed",
+                metadata: [
+                    "task.seconds": "\(seconds)", "reason": "\(failure.reason)",
+                    "task.exit_status": "\(failure.outcome?.summary ?? "none")",
+                ])
+            return .failed(
+                TaskFailure(
+                    input: input, reason: failure.reason, outcome: failure.outcome,
+                    stderrTail: failure.stderrTail, seconds: seconds))
         case .inputMissing(let failure):
             logger.error("input does not exist", metadata: ["reason": "\(failure.reason)"])
             return .inputMissing(TaskFailure(input: input, reason: failure.reason, outcome: nil, seconds: seconds))
@@ -52,7 +66,10 @@ extension MessageProcessor {
         guard mkdir(root, 0o700) == 0, mkdir(data, 0o700) == 0 else {
             return (failed("cannot create task folder \(root): \(String(cString: strerror(errno)))", nil, ""), 0)
         }
-        if let user = setting.user { _ = chown(data, user.uid, user.gid); _ = chown(root, user.uid, user.gid) }
+        if let user = setting.user {
+            _ = chown(data, user.uid, user.gid)
+            _ = chown(root, user.uid, user.gid)
+        }
         let inputPath = data + "/" + TaskPaths.localName(forKey: input.key)
         // Only the input bucket's answers say anything about the set-up: a message may name any bucket.
         let ours = input.bucket == config.inputBucket
@@ -66,7 +83,9 @@ extension MessageProcessor {
                 if ours { deadEnds.succeeded(.getInput) }
                 return (.inputMissing(TaskFailure(input: input, reason: "\(error)", outcome: nil)), 0)
             }
-            if ours { deadEnds.failed(.getInput, resource: "s3://\(input.bucket)", subject: message.messageID, error: error) }
+            if ours {
+                deadEnds.failed(.getInput, resource: "s3://\(input.bucket)", subject: message.messageID, error: error)
+            }
             return (failed("download failed: \(error)", nil, ""), 0)
         }
         if ours { deadEnds.succeeded(.getInput) }
@@ -82,17 +101,20 @@ extension MessageProcessor {
         let stderrPath = root + "/stderr.log"
         let outcome: ProcessOutcome
         do {
-            outcome = try await runner.run(CommandRun(
-                argv: setting.program + [inputPath], environment: environment,
-                directory: setting.environmentDirectory ?? data, stdoutPath: stdoutPath, stderrPath: stderrPath,
-                user: setting.user, timeout: config.taskTimeout))
+            outcome = try await runner.run(
+                CommandRun(
+                    argv: setting.program + [inputPath], environment: environment,
+                    directory: setting.environmentDirectory ?? data, stdoutPath: stdoutPath, stderrPath: stderrPath,
+                    user: setting.user, timeout: config.taskTimeout))
         } catch {
             return (failed("\(error)", nil, ""), bytesIn)
         }
         if outcome == .interrupted { return (.interrupted, bytesIn) }
         guard outcome.succeeded else {
-            let reason = outcome == .timedOut ? "the command ran past taskTimeout (\(config.taskTimeout ?? 0) s)"
-                                              : "the command failed (\(outcome.summary))"
+            let reason =
+                outcome == .timedOut
+                ? "the command ran past taskTimeout (\(config.taskTimeout ?? 0) s)"
+                : "the command failed (\(outcome.summary))"
             let tail = LocalFile.tail(stderrPath, bytes: 64 << 10).map { String(decoding: $0, as: UTF8.self) } ?? ""
             return (failed(reason, outcome, tail), bytesIn)
         }
@@ -100,19 +122,22 @@ extension MessageProcessor {
         case .none:
             return (.noOutput, bytesIn)
         case .rejected(let why):
-            logger.warning("the command's output line names no usable file; moving on without an output",
-                           // A command may print anything as its last line: keep the log line readable.
-                           metadata: ["reason": "\(why.count > 300 ? String(why.prefix(300)) + "…" : why)"])
+            logger.warning(
+                "the command's output line names no usable file; moving on without an output",
+                // A command may print anything as its last line: keep the log line readable.
+                metadata: ["reason": "\(why.count > 300 ? String(why.prefix(300)) + "…" : why)"])
             return (.noOutput, bytesIn)
         case .file(let path, let name):
-            let key = TaskPaths.outputKey(inputKey: input.key, inputPrefix: config.inputPrefix,
-                                          outputPrefix: config.outputPrefix, outputName: name)
+            let key = TaskPaths.outputKey(
+                inputKey: input.key, inputPrefix: config.inputPrefix,
+                outputPrefix: config.outputPrefix, outputName: name)
             do {
                 // Cancelled when a stop's grace runs out (a multipart upload is then aborted).
                 try await store.upload(file: path, to: S3URI(bucket: config.outputBucket, key: key), logger: logger)
             } catch {
                 if Task.isCancelled { return (.interrupted, bytesIn) }
-                deadEnds.failed(.putOutput, resource: "s3://\(config.outputBucket)", subject: message.messageID, error: error)
+                deadEnds.failed(
+                    .putOutput, resource: "s3://\(config.outputBucket)", subject: message.messageID, error: error)
                 return (failed("upload failed: \(error)", outcome, ""), bytesIn)
             }
             deadEnds.succeeded(.putOutput)
@@ -126,21 +151,26 @@ extension Ledger {
     func record(_ outcome: AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64) {
         switch outcome {
         case .uploaded(let key, let bytes):
-            taskEnded(inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
-                      bytesOut: bytes, exitStatus: "exit 0", outputKey: key, reason: nil)
+            taskEnded(
+                inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
+                bytesOut: bytes, exitStatus: "exit 0", outputKey: key, reason: nil)
         case .noOutput:
-            taskEnded(inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
-                      bytesOut: 0, exitStatus: "exit 0", outputKey: nil, reason: "no output named")
+            taskEnded(
+                inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
+                bytesOut: 0, exitStatus: "exit 0", outputKey: nil, reason: "no output named")
         case .failed(let failure):
-            taskEnded(inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
-                      bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason)
+            taskEnded(
+                inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
+                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason)
         case .inputMissing(let failure):
-            taskEnded(inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: 0,
-                      bytesOut: 0, exitStatus: "none", outputKey: nil, reason: failure.reason)
+            taskEnded(
+                inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: 0,
+                bytesOut: 0, exitStatus: "none", outputKey: nil, reason: failure.reason)
         case .interrupted:
-            taskEnded(inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
-                      bytesIn: bytesIn, bytesOut: 0, exitStatus: "interrupted", outputKey: nil,
-                      reason: "released at shutdown")
+            taskEnded(
+                inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
+                bytesIn: bytesIn, bytesOut: 0, exitStatus: "interrupted", outputKey: nil,
+                reason: "released at shutdown")
         }
     }
 }

@@ -80,7 +80,10 @@ public enum UserData {
             let leading = withoutComment.prefix { $0 == " " || $0 == "\t" }.count
             if leading == 0 {
                 inside = withoutComment.trimmingSpaces == "parallelizer:"
-                if inside { found = true; indent = nil }
+                if inside {
+                    found = true
+                    indent = nil
+                }
                 if !inside, withoutComment.hasPrefix("parallelizer:") {
                     throw ParseError(message: "line \(number + 1): 'parallelizer:' must be a map of key: value lines")
                 }
@@ -89,7 +92,8 @@ public enum UserData {
             guard inside else { continue }
             if indent == nil { indent = leading }
             guard leading == indent else {
-                throw ParseError(message: "line \(number + 1): only flat 'key: value' lines are read under 'parallelizer:'")
+                throw ParseError(
+                    message: "line \(number + 1): only flat 'key: value' lines are read under 'parallelizer:'")
             }
             let line = withoutComment.trimmingSpaces
             guard let colon = line.firstIndex(of: ":") else {
@@ -209,7 +213,8 @@ public enum UserData {
                 case "n": result.append("\n")
                 case "t": result.append("\t")
                 case "\\", "\"", "/": result.append(value[next])
-                default: throw ParseError(message: "line \(line): unsupported escape '\\\(value[next])' in a quoted value")
+                default:
+                    throw ParseError(message: "line \(line): unsupported escape '\\\(value[next])' in a quoted value")
                 }
                 index = value.index(after: next)
                 continue

@@ -122,7 +122,9 @@ extension WorkerConfig {
             guard let text = string(key) else { return nil }
             let parsed = duration ? parseDuration(text) : Int(text)
             guard let value = parsed else {
-                throw ConfigError(key: key, message: "'\(text)' is not \(duration ? "a duration (600, 90s, 15m, 2h)" : "a whole number")")
+                throw ConfigError(
+                    key: key,
+                    message: "'\(text)' is not \(duration ? "a duration (600, 90s, 15m, 2h)" : "a whole number")")
             }
             guard range.contains(value) else {
                 throw ConfigError(key: key, message: "\(value) is outside \(range.lowerBound)...\(range.upperBound)")
@@ -156,14 +158,17 @@ extension WorkerConfig {
 
         let queueURL = try required("queueURL")
         guard let url = ParsedURL(queueURL), url.path.split(separator: "/").count >= 2 else {
-            throw ConfigError(key: "queueURL", message: "'\(queueURL)' is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+            throw ConfigError(
+                key: "queueURL",
+                message: "'\(queueURL)' is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
         }
         let inputBucket = try bucket("inputBucket", required: true)!
         let outputBucket = try bucket("outputBucket", required: true)!
         _ = try required("analysisProgram")
         let program = try words("analysisProgram")!
-        var config = WorkerConfig(queueURL: queueURL, inputBucket: inputBucket, outputBucket: outputBucket,
-                                  analysisProgram: program)
+        var config = WorkerConfig(
+            queueURL: queueURL, inputBucket: inputBucket, outputBucket: outputBucket,
+            analysisProgram: program)
         config.environmentBucket = try bucket("environmentBucket", required: false)
         config.environmentZip = string("environmentZip")
         config.environmentPrefix = string("environmentPrefix")
@@ -177,8 +182,9 @@ extension WorkerConfig {
         config.accessKey = string("accessKey")
         config.secretKey = string("secretKey")
         if (config.accessKey == nil) != (config.secretKey == nil) {
-            throw ConfigError(key: config.accessKey == nil ? "accessKey" : "secretKey",
-                              message: "accessKey and secretKey go together")
+            throw ConfigError(
+                key: config.accessKey == nil ? "accessKey" : "secretKey",
+                message: "accessKey and secretKey go together")
         }
         if config.accessKey != nil {
             warnings.append("accessKey/secretKey given as parameters: an instance role is the safe way to grant access")
@@ -234,12 +240,19 @@ public enum ShellWords {
         while let ch = iterator.next() {
             switch ch {
             case " ", "\t", "\n":
-                if inWord { words.append(current); current = ""; inWord = false }
+                if inWord {
+                    words.append(current)
+                    current = ""
+                    inWord = false
+                }
             case "'":
                 inWord = true
                 var closed = false
                 while let c = iterator.next() {
-                    if c == "'" { closed = true; break }
+                    if c == "'" {
+                        closed = true
+                        break
+                    }
                     current.append(c)
                 }
                 if !closed { throw SplitError(message: "has an unterminated single quote") }
@@ -247,10 +260,15 @@ public enum ShellWords {
                 inWord = true
                 var closed = false
                 while let c = iterator.next() {
-                    if c == "\"" { closed = true; break }
+                    if c == "\"" {
+                        closed = true
+                        break
+                    }
                     if c == "\\" {
                         guard let next = iterator.next() else { break }
-                        if next == "\"" || next == "\\" || next == "$" || next == "`" { current.append(next) } else {
+                        if next == "\"" || next == "\\" || next == "$" || next == "`" {
+                            current.append(next)
+                        } else {
                             current.append("\\")
                             current.append(next)
                         }

@@ -34,7 +34,8 @@ struct ConfigCommand: ParsableCommand {
                     return
                 }
                 guard let resolved = config.renderedValue(name) else {
-                    throw ValidationError("--value knows shutdownGrace, visibilityTimeout, taskTimeout, numThreads, maxAttempts")
+                    throw ValidationError(
+                        "--value knows shutdownGrace, visibilityTimeout, taskTimeout, numThreads, maxAttempts")
                 }
                 print(resolved)
             } catch let error as ConfigError {

@@ -9,7 +9,8 @@ import Worker
 struct ControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "controller",
-        abstract: "Terminate stuck workers, and the whole fleet once the queue is drained (only instances tagged parallelizer:queue=QUEUE_URL).",
+        abstract:
+            "Terminate stuck workers, and the whole fleet once the queue is drained (only instances tagged parallelizer:queue=QUEUE_URL).",
         discussion: """
             With --ledger-table, an instance that has completed no task for --stuck-after while messages wait is \
             terminated; its in-flight messages come back when their visibility lapses. Without a ledger there is no \

@@ -7,7 +7,8 @@ import Logging
 /// and what `scripts/bench` measures).
 struct Copy: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "cp", abstract: "Copy one object: s3://bucket/key to a local path, or a local path to s3://bucket/key.")
+        commandName: "cp",
+        abstract: "Copy one object: s3://bucket/key to a local path, or a local path to s3://bucket/key.")
 
     @OptionGroup var global: GlobalOptions
 
@@ -23,10 +24,11 @@ struct Copy: AsyncParsableCommand {
     @Option(name: .customLong("part-size-mib"), help: "Part size in MiB for multipart uploads.")
     var partSizeMiB: Int = 16
 
-    @Option(help: """
-        Upload integrity check: crc32c (a trailer computed while sending; one read of the file), sha256 (signed \
-        payload hash), md5 (Content-MD5), or none (transport only).
-        """)
+    @Option(
+        help: """
+            Upload integrity check: crc32c (a trailer computed while sending; one read of the file), sha256 (signed \
+            payload hash), md5 (Content-MD5), or none (transport only).
+            """)
     var checksum: String = "crc32c"
 
     static let checksums: [String: S3Client.UploadChecksum] = [
@@ -34,7 +36,9 @@ struct Copy: AsyncParsableCommand {
     ]
 
     func validate() throws {
-        guard Self.checksums[checksum] != nil else { throw ValidationError("--checksum is crc32c, sha256, md5 or none") }
+        guard Self.checksums[checksum] != nil else {
+            throw ValidationError("--checksum is crc32c, sha256, md5 or none")
+        }
         guard (S3URI(source) == nil) != (S3URI(destination) == nil) else {
             throw ValidationError("exactly one of source and destination must be s3://bucket/key")
         }
@@ -59,8 +63,14 @@ struct Copy: AsyncParsableCommand {
             try await s3.putObject(bucket: to.bucket, key: to.key, file: source, logger: logger)
             bytes = size
         }
-        let seconds = Double((clock.now - started).components.attoseconds) / 1e18 + Double((clock.now - started).components.seconds)
-        logger.notice("copied", metadata: ["bytes": "\(bytes)", "seconds": "\(seconds)",
-                                          "mb_per_s": "\(Int(Double(bytes) / 1e6 / max(seconds, 1e-9)))"])
+        let seconds =
+            Double((clock.now - started).components.attoseconds) / 1e18
+            + Double((clock.now - started).components.seconds)
+        logger.notice(
+            "copied",
+            metadata: [
+                "bytes": "\(bytes)", "seconds": "\(seconds)",
+                "mb_per_s": "\(Int(Double(bytes) / 1e6 / max(seconds, 1e-9)))",
+            ])
     }
 }

@@ -96,15 +96,19 @@ struct Enqueue: AsyncParsableCommand {
                 let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
                 fputs("\r[\(bar)] \(done)/\(total)", stderr)
             } else {
-                logger.info("enqueue progress", metadata: ["sent": "\(t.sent)", "failed": "\(t.failed)", "total": "\(total)"])
+                logger.info(
+                    "enqueue progress", metadata: ["sent": "\(t.sent)", "failed": "\(t.failed)", "total": "\(total)"])
             }
         }
         if terminal { fputs("\n", stderr) }
         let elapsed = (clock.now - started).seconds
         let rate = elapsed > 0 ? Double(totals.sent) / elapsed : 0
-        print("sent \(totals.sent), skipped \(skipped), failed \(totals.failed) in \(elapsed) s (\(Int(rate)) messages/s)")
+        print(
+            "sent \(totals.sent), skipped \(skipped), failed \(totals.failed) in \(elapsed) s (\(Int(rate)) messages/s)"
+        )
         if let stop = totals.stoppedBy {
-            logger.critical("enqueue stopped: every further call would fail the same way", metadata: ["error": "\(stop)"])
+            logger.critical(
+                "enqueue stopped: every further call would fail the same way", metadata: ["error": "\(stop)"])
             throw ExitCode(2)
         }
         if totals.failed > 0 { throw ExitCode(1) }

@@ -21,7 +21,9 @@ enum Entry {
     static func commandLine() -> [String] {
         if !CommandLine.arguments.isEmpty { return CommandLine.arguments }
         guard let bytes = LocalFile.read("/proc/self/cmdline", limit: 1 << 20) else { return [] }
-        var parts = bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        var parts = bytes.split(separator: 0, omittingEmptySubsequences: false).map {
+            String(decoding: $0, as: UTF8.self)
+        }
         if parts.last == "" { parts.removeLast() }
         return parts
     }

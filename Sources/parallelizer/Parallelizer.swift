@@ -8,7 +8,10 @@ struct Parallelizer: AsyncParsableCommand {
         commandName: "parallelizer",
         abstract: "Process files from S3 on a fleet of EC2 instances, one SQS message per file.",
         version: Version.current,
-        subcommands: [Run.self, Enqueue.self, Status.self, ControllerCommand.self, Copy.self, Presign.self, Smoke.self, VersionCommand.self, ConfigCommand.self])
+        subcommands: [
+            Run.self, Enqueue.self, Status.self, ControllerCommand.self, Copy.self, Presign.self, Smoke.self,
+            VersionCommand.self, ConfigCommand.self,
+        ])
 }
 
 /// Options every subcommand shares: region and log level. Credentials and endpoints come from the AWS SDKs'

@@ -53,7 +53,8 @@ struct Run: AsyncParsableCommand {
                     layers.append(ConfigLayer(source: "user-data", values: try UserData.parse(text)))
                 }
             } catch let error as UserData.ParseError {
-                logger.critical("cannot start: the user-data cannot be read", metadata: ["key": "user-data", "error": "\(error)"])
+                logger.critical(
+                    "cannot start: the user-data cannot be read", metadata: ["key": "user-data", "error": "\(error)"])
                 throw ExitCode(2)
             } catch {
                 logger.info("no user-data from IMDS", metadata: ["error": "\(error)"])
@@ -61,14 +62,19 @@ struct Run: AsyncParsableCommand {
         }
         if let path = config {
             guard let text = LocalFile.readText(path) else {
-                logger.critical("cannot start: the --config file cannot be read", metadata: ["key": "config", "path": "\(path)"])
+                logger.critical(
+                    "cannot start: the --config file cannot be read", metadata: ["key": "config", "path": "\(path)"])
                 throw ExitCode(2)
             }
             do {
                 layers.append(ConfigLayer(source: path, values: try UserData.parse(text)))
             } catch {
-                logger.critical("cannot start: the --config file is malformed", metadata: ["key": "config", "path": "\(path)",
-                                                                                          "error": "\(error)"])
+                logger.critical(
+                    "cannot start: the --config file is malformed",
+                    metadata: [
+                        "key": "config", "path": "\(path)",
+                        "error": "\(error)",
+                    ])
                 throw ExitCode(2)
             }
         }
@@ -98,9 +104,12 @@ struct Run: AsyncParsableCommand {
 
         let context: AWSContext
         do {
-            let explicit = resolved.accessKey.map { Credentials(accessKeyID: $0, secretAccessKey: resolved.secretKey ?? "") }
-            context = try await AWSContext.resolve(environment: environment, region: resolved.region, credentials: explicit,
-                                                   logger: logger)
+            let explicit = resolved.accessKey.map {
+                Credentials(accessKeyID: $0, secretAccessKey: resolved.secretKey ?? "")
+            }
+            context = try await AWSContext.resolve(
+                environment: environment, region: resolved.region, credentials: explicit,
+                logger: logger)
         } catch {
             logger.critical("cannot start: \(error)", metadata: ["key": "region"])
             throw ExitCode(2)
@@ -120,9 +129,9 @@ struct Run: AsyncParsableCommand {
 enum System {
     static var cores: Int {
         #if canImport(Glibc)
-        return Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            return Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         #else
-        return 1
+            return 1
         #endif
     }
 }

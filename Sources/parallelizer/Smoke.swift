@@ -24,7 +24,11 @@ struct Smoke: AsyncParsableCommand {
         let bucket = "parallelizer-smoke-\(UInt32.random(in: 0..<UInt32.max))"
         let dir = "/tmp/\(bucket)"
         _ = mkdir(dir, 0o700)
-        defer { _ = unlink("\(dir)/in"); _ = unlink("\(dir)/out"); _ = rmdir(dir) }
+        defer {
+            _ = unlink("\(dir)/in")
+            _ = unlink("\(dir)/out")
+            _ = rmdir(dir)
+        }
 
         var pattern = [UInt8](repeating: 0, count: size)
         for i in 0..<size { pattern[i] = UInt8(truncatingIfNeeded: i &* 131) }
@@ -38,8 +42,12 @@ struct Smoke: AsyncParsableCommand {
         started = clock.now
         let info = try await s3.getObject(bucket: bucket, key: "smoke/input file.bin", to: "\(dir)/out", logger: logger)
         let same = LocalFile.read("\(dir)/out", limit: size + 1) == pattern
-        logger.notice("S3 GetObject done", metadata: ["bytes": "\(info.size)", "seconds": "\(clock.now - started)",
-                                                      "identical": "\(same)"])
+        logger.notice(
+            "S3 GetObject done",
+            metadata: [
+                "bytes": "\(info.size)", "seconds": "\(clock.now - started)",
+                "identical": "\(same)",
+            ])
         let page = try await s3.listObjectsV2(bucket: bucket, logger: logger)
         logger.notice("S3 ListObjectsV2 done", metadata: ["keys": "\(page.objects.map(\.key))"])
 

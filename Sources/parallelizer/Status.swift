@@ -37,23 +37,30 @@ struct Status: AsyncParsableCommand {
     func validate() throws {
         if let output, S3URI(output) == nil { throw ValidationError("--output takes s3://bucket/prefix") }
         guard interval >= 1 else { throw ValidationError("--interval is at least 1") }
-        guard WorkerConfig.parseDuration(stuckAfter) != nil else { throw ValidationError("--stuck-after is a duration (90s, 15m)") }
+        guard WorkerConfig.parseDuration(stuckAfter) != nil else {
+            throw ValidationError("--stuck-after is a duration (90s, 15m)")
+        }
     }
 
     func run() async throws {
         let logger = global.logger("parallelizer.status")
         let context = try await global.context(logger: logger)
         repeat {
-            var status = try await QueueStatus.read(queueURL: queueURL, output: output.flatMap(S3URI.init),
-                                                    context: context, logger: logger)
+            var status = try await QueueStatus.read(
+                queueURL: queueURL, output: output.flatMap(S3URI.init),
+                context: context, logger: logger)
             if let ledgerTable {
                 let dynamo = try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: queueURL))
-                let beats = try await InstanceHeartbeat.read(table: ledgerTable, queueURL: queueURL, client: dynamo,
-                                                             logger: logger)
+                let beats = try await InstanceHeartbeat.read(
+                    table: ledgerTable, queueURL: queueURL, client: dynamo,
+                    logger: logger)
                 status.fleet = FleetStatus.summarize(
-                    beats, queue: SQSClient.MessageCounts(visible: status.visible, inFlight: status.inFlight,
-                                                          delayed: status.delayed),
-                    now: Date().timeIntervalSince1970, stuckAfter: Double(WorkerConfig.parseDuration(stuckAfter) ?? 900))
+                    beats,
+                    queue: SQSClient.MessageCounts(
+                        visible: status.visible, inFlight: status.inFlight,
+                        delayed: status.delayed),
+                    now: Date().timeIntervalSince1970, stuckAfter: Double(WorkerConfig.parseDuration(stuckAfter) ?? 900)
+                )
             }
             if json {
                 let encoder = JSONEncoder()

@@ -3,7 +3,8 @@ import AWSCore
 import HTTPCurl
 
 struct VersionCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "version", abstract: "Print the version and the libcurl and OpenSSL versions.")
+    static let configuration = CommandConfiguration(
+        commandName: "version", abstract: "Print the version and the libcurl and OpenSSL versions.")
 
     func run() {
         print("parallelizer \(Version.current)")

@@ -27,8 +27,9 @@ final class ScriptedSource: CredentialProvider, @unchecked Sendable {
         if failing.load(ordering: .relaxed) {
             throw AWSError(kind: .transport(.connect), service: "imds", code: "TransportError", message: "IMDS down")
         }
-        return Credentials(accessKeyID: "ASIA\(n)", secretAccessKey: "SECRET-\(n)", sessionToken: "TOKEN-\(n)",
-                           expiration: clock.now().addingTimeInterval(lifetime))
+        return Credentials(
+            accessKeyID: "ASIA\(n)", secretAccessKey: "SECRET-\(n)", sessionToken: "TOKEN-\(n)",
+            expiration: clock.now().addingTimeInterval(lifetime))
     }
 }
 
@@ -38,14 +39,16 @@ final class TestClock: Sendable {
     func advance(_ by: Double) { seconds.withLock { $0 += by } }
 }
 
-
-
 @Suite struct CredentialTests {
     @Test func environmentComesFirst() async throws {
         try await withTemporaryDirectory { dir in
-            LocalFile.write("\(dir)/credentials", Array("[default]\naws_access_key_id = FILEKEY\naws_secret_access_key = FILESECRET\n".utf8))
-            let env = ["AWS_ACCESS_KEY_ID": "ENVKEY", "AWS_SECRET_ACCESS_KEY": "ENVSECRET", "AWS_SESSION_TOKEN": "ENVTOKEN",
-                       "AWS_SHARED_CREDENTIALS_FILE": "\(dir)/credentials"]
+            LocalFile.write(
+                "\(dir)/credentials",
+                Array("[default]\naws_access_key_id = FILEKEY\naws_secret_access_key = FILESECRET\n".utf8))
+            let env = [
+                "AWS_ACCESS_KEY_ID": "ENVKEY", "AWS_SECRET_ACCESS_KEY": "ENVSECRET", "AWS_SESSION_TOKEN": "ENVTOKEN",
+                "AWS_SHARED_CREDENTIALS_FILE": "\(dir)/credentials",
+            ]
             let creds = try await CredentialChain.default(environment: env, imds: nil).credentials(logger: quietLogger)
             #expect(creds?.accessKeyID == "ENVKEY")
             #expect(creds?.sessionToken == "ENVTOKEN")
@@ -54,16 +57,21 @@ final class TestClock: Sendable {
 
     @Test func sharedFilesWithProfiles() async throws {
         try await withTemporaryDirectory { dir in
-            LocalFile.write("\(dir)/credentials", Array("""
-                [default]
-                aws_access_key_id = DEFKEY
-                aws_secret_access_key = DEFSECRET
-                [work]
-                aws_access_key_id=WORKKEY
-                aws_secret_access_key=WORKSECRET
-                aws_session_token=WORKTOKEN
-                """.utf8))
-            LocalFile.write("\(dir)/config", Array("[profile cfgonly]\naws_access_key_id = CFGKEY\naws_secret_access_key = CFGSECRET\n".utf8))
+            LocalFile.write(
+                "\(dir)/credentials",
+                Array(
+                    """
+                    [default]
+                    aws_access_key_id = DEFKEY
+                    aws_secret_access_key = DEFSECRET
+                    [work]
+                    aws_access_key_id=WORKKEY
+                    aws_secret_access_key=WORKSECRET
+                    aws_session_token=WORKTOKEN
+                    """.utf8))
+            LocalFile.write(
+                "\(dir)/config",
+                Array("[profile cfgonly]\naws_access_key_id = CFGKEY\naws_secret_access_key = CFGSECRET\n".utf8))
             let base = ["AWS_SHARED_CREDENTIALS_FILE": "\(dir)/credentials", "AWS_CONFIG_FILE": "\(dir)/config"]
             func key(_ extra: [String: String]) async throws -> String? {
                 try await CredentialChain.default(environment: base.merging(extra) { $1 }, imds: nil)
@@ -74,8 +82,11 @@ final class TestClock: Sendable {
             #expect(try await key(["AWS_PROFILE": "cfgonly"]) == "CFGKEY")
             #expect(try await key(["AWS_PROFILE": "missing"]) == nil)
             // Without the variables, ~/.aws under HOME is used.
-            _ = mkdir("\(dir)/home", 0o755); _ = mkdir("\(dir)/home/.aws", 0o755)
-            LocalFile.write("\(dir)/home/.aws/credentials", Array("[default]\naws_access_key_id=HOMEKEY\naws_secret_access_key=S\n".utf8))
+            _ = mkdir("\(dir)/home", 0o755)
+            _ = mkdir("\(dir)/home/.aws", 0o755)
+            LocalFile.write(
+                "\(dir)/home/.aws/credentials",
+                Array("[default]\naws_access_key_id=HOMEKEY\naws_secret_access_key=S\n".utf8))
             let home = try await CredentialChain.default(environment: ["HOME": "\(dir)/home"], imds: nil)
                 .credentials(logger: quietLogger)
             #expect(home?.accessKeyID == "HOMEKEY")

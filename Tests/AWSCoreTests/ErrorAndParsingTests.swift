@@ -7,17 +7,20 @@ import TestSupport
 
 @Suite struct ErrorAndParsingTests {
     @Test func receiveReplyIsReadWithAttributes() throws {
-        let reply = try JSONValue.parse(#"""
+        let reply = try JSONValue.parse(
+            #"""
             {"Messages":[{"MessageId":"m1","ReceiptHandle":"h1","MD5OfBody":"x","Body":"in/a.txt",
               "Attributes":{"ApproximateReceiveCount":"3","SentTimestamp":"1700000000000"}},
              {"MessageId":"m2","ReceiptHandle":"h2"}]}
             """#)
         let messages = try SQSClient.messages(in: reply)
-        #expect(messages == [
-            SQSMessage(messageID: "m1", receiptHandle: "h1", body: "in/a.txt",
-                       attributes: ["ApproximateReceiveCount": "3", "SentTimestamp": "1700000000000"]),
-            SQSMessage(messageID: "m2", receiptHandle: "h2", body: "", attributes: [:]),
-        ])
+        #expect(
+            messages == [
+                SQSMessage(
+                    messageID: "m1", receiptHandle: "h1", body: "in/a.txt",
+                    attributes: ["ApproximateReceiveCount": "3", "SentTimestamp": "1700000000000"]),
+                SQSMessage(messageID: "m2", receiptHandle: "h2", body: "", attributes: [:]),
+            ])
         #expect(messages[0].receiveCount == 3)
         #expect(try SQSClient.messages(in: .object([:])).isEmpty)
         // A message that cannot be deleted (no receipt handle) makes the reply unusable, rather than being dropped.
@@ -28,10 +31,12 @@ import TestSupport
     }
 
     @Test func batchReplyListsFailuresWithTheirCodes() throws {
-        let result = SQSBatchResult(reply: try JSONValue.parse(#"""
-            {"Successful":[{"Id":"0"},{"Id":"2"}],
-             "Failed":[{"Id":"1","Code":"ReceiptHandleIsInvalid","Message":"stale","SenderFault":true}]}
-            """#))
+        let result = SQSBatchResult(
+            reply: try JSONValue.parse(
+                #"""
+                {"Successful":[{"Id":"0"},{"Id":"2"}],
+                 "Failed":[{"Id":"1","Code":"ReceiptHandleIsInvalid","Message":"stale","SenderFault":true}]}
+                """#))
         #expect(result.successful == ["0", "2"])
         #expect(result.failed.map(\.id) == ["1"])
         #expect(result.failed.first?.code == "ReceiptHandleIsInvalid")
@@ -39,13 +44,15 @@ import TestSupport
     }
 
     @Test func s3XMLErrorCarriesCodeMessageAndRequestID() {
-        let body = Array("""
+        let body = Array(
+            """
             <?xml version="1.0" encoding="UTF-8"?>
             <Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message>
             <Key>a&amp;b</Key><RequestId>4442587FB7D0A2F9</RequestId></Error>
             """.utf8)
-        let error = AWSError.from(response: HTTPResponse(status: 404, headers: [("x-amz-request-id", "REQ1")], body: body),
-                                  service: "s3")
+        let error = AWSError.from(
+            response: HTTPResponse(status: 404, headers: [("x-amz-request-id", "REQ1")], body: body),
+            service: "s3")
         #expect(error.code == "NoSuchKey")
         #expect(error.message == "The specified key does not exist.")
         #expect(error.requestID == "REQ1")
@@ -55,7 +62,9 @@ import TestSupport
     }
 
     @Test func ec2QueryErrorIsNested() {
-        let body = Array("<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error></Errors><RequestID>ec2-req</RequestID></Response>".utf8)
+        let body = Array(
+            "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error></Errors><RequestID>ec2-req</RequestID></Response>"
+                .utf8)
         let error = AWSError.from(response: HTTPResponse(status: 503, headers: [], body: body), service: "ec2")
         #expect(error.code == "RequestLimitExceeded")
         #expect(error.requestID == "ec2-req")
@@ -63,23 +72,32 @@ import TestSupport
     }
 
     @Test func jsonErrorAndSQSQueryErrorHeader() {
-        let body = Array(#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#.utf8)
-        let error = AWSError.from(response: HTTPResponse(
-            status: 400, headers: [("x-amzn-RequestId", "sqs-req"),
-                                   ("x-amzn-query-error", "AWS.SimpleQueueService.NonExistentQueue;Sender")],
-            body: body), service: "sqs")
+        let body = Array(
+            #"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#.utf8)
+        let error = AWSError.from(
+            response: HTTPResponse(
+                status: 400,
+                headers: [
+                    ("x-amzn-RequestId", "sqs-req"),
+                    ("x-amzn-query-error", "AWS.SimpleQueueService.NonExistentQueue;Sender"),
+                ],
+                body: body), service: "sqs")
         #expect(error.code == "AWS.SimpleQueueService.NonExistentQueue")
         #expect(error.requestID == "sqs-req")
         #expect(!error.isRetryable)
-        let throttled = AWSError.from(response: HTTPResponse(
-            status: 400, headers: [], body: Array(#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"x"}"#.utf8)),
+        let throttled = AWSError.from(
+            response: HTTPResponse(
+                status: 400, headers: [],
+                body: Array(#"{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"x"}"#.utf8)),
             service: "dynamodb")
         #expect(throttled.shortCode == "ThrottlingException")
         #expect(throttled.isRetryable)
         // SQS throttling as its JSON protocol answers it: the legacy code in the header is namespaced.
-        let sqsThrottled = AWSError.from(response: HTTPResponse(
-            status: 400, headers: [("x-amzn-query-error", "AWS.SimpleQueueService.ThrottlingException;Sender")],
-            body: Array(#"{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}"#.utf8)), service: "sqs")
+        let sqsThrottled = AWSError.from(
+            response: HTTPResponse(
+                status: 400, headers: [("x-amzn-query-error", "AWS.SimpleQueueService.ThrottlingException;Sender")],
+                body: Array(#"{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}"#.utf8)),
+            service: "sqs")
         #expect(sqsThrottled.isRetryable)
     }
 
@@ -89,17 +107,26 @@ import TestSupport
         (404, "NoSuchKey", false), (400, "InvalidParameterValue", false),
     ])
     func retryClassification(status: Int, code: String, retryable: Bool) {
-        let error = AWSError(kind: .service, service: "s3", httpStatus: status, code: code.isEmpty ? "HTTP\(status)" : code,
-                             message: "")
+        let error = AWSError(
+            kind: .service, service: "s3", httpStatus: status, code: code.isEmpty ? "HTTP\(status)" : code,
+            message: "")
         #expect(error.isRetryable == retryable)
     }
 
     @Test func clockSkewIsRecognised() {
-        #expect(AWSError(kind: .service, service: "s3", httpStatus: 403, code: "RequestTimeTooSkewed", message: "").isClockSkew)
-        #expect(AWSError(kind: .service, service: "sqs", httpStatus: 400, code: "InvalidSignatureException",
-                         message: "Signature expired: 20150830T123600Z is now earlier than ...").isClockSkew)
-        #expect(!AWSError(kind: .service, service: "s3", httpStatus: 403, code: "SignatureDoesNotMatch",
-                          message: "The request signature we calculated does not match").isClockSkew)
+        #expect(
+            AWSError(kind: .service, service: "s3", httpStatus: 403, code: "RequestTimeTooSkewed", message: "")
+                .isClockSkew)
+        #expect(
+            AWSError(
+                kind: .service, service: "sqs", httpStatus: 400, code: "InvalidSignatureException",
+                message: "Signature expired: 20150830T123600Z is now earlier than ..."
+            ).isClockSkew)
+        #expect(
+            !AWSError(
+                kind: .service, service: "s3", httpStatus: 403, code: "SignatureDoesNotMatch",
+                message: "The request signature we calculated does not match"
+            ).isClockSkew)
     }
 
     @Test func transportErrorsAreRetryableExceptLocalOnes() {
@@ -110,7 +137,8 @@ import TestSupport
     }
 
     @Test func xmlParserHandlesEntitiesCDATAAndNamespaces() throws {
-        let root = try XML.parse("""
+        let root = try XML.parse(
+            """
             <?xml version="1.0"?><!-- c --><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
             <Contents><Key>a &lt;b&gt; &#233;&#x41;</Key><Size>3</Size></Contents>
             <Contents><Key><![CDATA[x&y]]></Key><Empty/></Contents></ListBucketResult>

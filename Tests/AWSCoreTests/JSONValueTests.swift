@@ -6,10 +6,12 @@ import Testing
     @Test func parsesEveryKindOfValue() throws {
         let text = #" { "s": "a", "n": -12.5e1, "t": true, "f": false, "z": null, "a": [1, [], {}], "o": {"k": "v"} } "#
         let value = try JSONValue.parse(text)
-        #expect(value == .object([
-            "s": .string("a"), "n": .number(-125), "t": .bool(true), "f": .bool(false), "z": .null,
-            "a": .array([.number(1), .array([]), .object([:])]), "o": .object(["k": .string("v")]),
-        ]))
+        #expect(
+            value
+                == .object([
+                    "s": .string("a"), "n": .number(-125), "t": .bool(true), "f": .bool(false), "z": .null,
+                    "a": .array([.number(1), .array([]), .object([:])]), "o": .object(["k": .string("v")]),
+                ]))
     }
 
     @Test func agreesWithFoundationsDecoderOnValidDocuments() throws {
@@ -77,8 +79,9 @@ import Testing
             "a": .string("q\"uote \\ slash/ nl\n tab\t bell\u{07} é"),
             "c": .number(.infinity),
         ])
-        #expect(value.serialized
-            == #"{"a":"q\"uote \\ slash/ nl\n tab\t bell\u0007 é","b":[3,-0.25,1e+21,false,null],"c":null}"#)
+        #expect(
+            value.serialized
+                == #"{"a":"q\"uote \\ slash/ nl\n tab\t bell\u0007 é","b":[3,-0.25,1e+21,false,null],"c":null}"#)
     }
 
     @Test func whatIsWrittenReadsBackTheSame() throws {

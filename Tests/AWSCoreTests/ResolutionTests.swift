@@ -16,18 +16,21 @@ import Testing
         let ec2 = try ServiceEndpoint.resolve(service: "ec2", region: "eu-west-1", environment: [:])
         #expect(ec2.origin == "https://ec2.eu-west-1.amazonaws.com")
         #expect(!ec2.isCustom)
-        let dynamo = try ServiceEndpoint.resolve(service: "dynamodb", region: "us-east-2",
-                                                 environment: ["AWS_ENDPOINT_URL_DYNAMODB": "https://ddb.local:8443"])
+        let dynamo = try ServiceEndpoint.resolve(
+            service: "dynamodb", region: "us-east-2",
+            environment: ["AWS_ENDPOINT_URL_DYNAMODB": "https://ddb.local:8443"])
         #expect(dynamo.origin == "https://ddb.local:8443")
     }
 
     @Test func regionOrder() async throws {
         try await withTemporaryDirectory { dir in
-            LocalFile.write("\(dir)/config", Array("[default]\nregion = ap-south-1\n[profile other]\nregion=sa-east-1\n".utf8))
+            LocalFile.write(
+                "\(dir)/config", Array("[default]\nregion = ap-south-1\n[profile other]\nregion=sa-east-1\n".utf8))
             let base = ["AWS_CONFIG_FILE": "\(dir)/config", "HOME": dir]
             func region(_ env: [String: String], explicit: String? = nil) async throws -> String {
-                try await AWSContext.resolveRegion(explicit: explicit, environment: base.merging(env) { $1 }, imds: nil,
-                                                   logger: quietLogger)
+                try await AWSContext.resolveRegion(
+                    explicit: explicit, environment: base.merging(env) { $1 }, imds: nil,
+                    logger: quietLogger)
             }
             let r1 = try await region(["AWS_REGION": "us-west-1", "AWS_DEFAULT_REGION": "us-west-2"])
             #expect(r1 == "us-west-1")
@@ -40,8 +43,9 @@ import Testing
             let r5 = try await region(["AWS_REGION": "us-west-1"], explicit: "eu-central-1")
             #expect(r5 == "eu-central-1")
             await #expect(throws: AWSError.self) {
-                _ = try await AWSContext.resolveRegion(explicit: nil, environment: ["HOME": "/nonexistent"], imds: nil,
-                                                       logger: quietLogger)
+                _ = try await AWSContext.resolveRegion(
+                    explicit: nil, environment: ["HOME": "/nonexistent"], imds: nil,
+                    logger: quietLogger)
             }
         }
     }

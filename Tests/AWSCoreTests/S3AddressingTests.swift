@@ -8,14 +8,19 @@ import Testing
 /// URLs, which need no network).
 @Suite struct S3AddressingTests {
     func s3(_ environment: [String: String], region: String = "eu-west-1") throws -> S3Client {
-        let client = AWSClient(http: HTTPClient(), credentials: StaticCredentialProvider(
-            Credentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: "secret")))
+        let client = AWSClient(
+            http: HTTPClient(),
+            credentials: StaticCredentialProvider(
+                Credentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: "secret")))
         return try S3Client(context: AWSContext(region: region, client: client, imds: nil, environment: environment))
     }
 
     @Test func awsUsesVirtualHostedStyle() async throws {
-        let url = try await s3([:]).presignedGetURL(bucket: "my-bucket", key: "a b/c+d.txt", expires: 60, logger: quietLogger)
-        #expect(url.hasPrefix("https://my-bucket.s3.eu-west-1.amazonaws.com/a%20b/c%2Bd.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"))
+        let url = try await s3([:]).presignedGetURL(
+            bucket: "my-bucket", key: "a b/c+d.txt", expires: 60, logger: quietLogger)
+        #expect(
+            url.hasPrefix(
+                "https://my-bucket.s3.eu-west-1.amazonaws.com/a%20b/c%2Bd.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"))
         #expect(url.contains("X-Amz-Expires=60"))
         #expect(url.contains("%2Feu-west-1%2Fs3%2Faws4_request"))
     }

@@ -18,8 +18,9 @@ import Testing
     static func signer(_ v: SigV4Vector) -> SigV4Signer {
         SigV4Signer(
             region: v.region, service: v.service,
-            options: .init(doubleURIEncode: true, normalizePath: v.normalize, addContentSHA256Header: v.signBody,
-                           omitSessionTokenFromSignature: v.omitSessionToken),
+            options: .init(
+                doubleURIEncode: true, normalizePath: v.normalize, addContentSHA256Header: v.signBody,
+                omitSessionTokenFromSignature: v.omitSessionToken),
             keyCache: SigningKeyCache())
     }
 
@@ -55,7 +56,8 @@ import Testing
         #expect(result.stringToSign == v.expected("query-string-to-sign.txt"))
         #expect(result.signature == v.expected("query-signature.txt"))
         let added = result.addedQuery.map { "\($0.0)=\(URIEncoding.encode($0.1))" }.joined(separator: "&")
-        let target = v.request.target + (v.request.rawQuery.isEmpty ? (v.request.target.contains("?") ? "" : "?") : "&") + added
+        let target =
+            v.request.target + (v.request.rawQuery.isEmpty ? (v.request.target.contains("?") ? "" : "?") : "&") + added
         var lines = ["\(v.request.method) \(target) HTTP/1.1"] + v.request.headerLines
         lines.append("")
         let rebuilt = lines.joined(separator: "\n") + "\n" + String(decoding: v.request.body, as: UTF8.self)

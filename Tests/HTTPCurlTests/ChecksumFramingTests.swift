@@ -67,7 +67,10 @@ struct ChunkedTrailerWireTests {
     /// A file of `size` bytes at `path`, its bytes, and their framing.
     static func framedFile(_ path: String, size: Int, seed: UInt8) -> ([UInt8], ChunkedTrailerFraming) {
         makeFile(path, size: size, seed: seed)
-        return (LocalFile.read(path, limit: 8 << 20)!, ChunkedTrailerFraming(dataLength: Int64(size), trailerName: "x-amz-checksum-crc32c"))
+        return (
+            LocalFile.read(path, limit: 8 << 20)!,
+            ChunkedTrailerFraming(dataLength: Int64(size), trailerName: "x-amz-checksum-crc32c")
+        )
     }
 
     /// The length and SHA-256 of the wire bytes `data` should become, with the checksum by the table (outside
@@ -85,8 +88,10 @@ struct ChunkedTrailerWireTests {
             LocalFile.write("\(dir)/g", [1, 2, 3] + data)
             let path = "/framed-\(size)-\(UInt32.random(in: 0...UInt32.max))"
             let url = try TestEnvironment.endpoint(.httpStub) + path
-            let response = try await HTTPClient().execute(HTTPRequest(
-                method: "PUT", url: url, body: .fileWithCRC32CTrailer(path: "\(dir)/g", offset: 3, framing: framing)))
+            let response = try await HTTPClient().execute(
+                HTTPRequest(
+                    method: "PUT", url: url, body: .fileWithCRC32CTrailer(path: "\(dir)/g", offset: 3, framing: framing)
+                ))
             #expect(response.status == 200)
             let seen = try await TestEnvironment.stubLast(path)
             let expected = Self.expectedWire(data, framing)
@@ -105,8 +110,10 @@ struct ChunkedTrailerWireTests {
             let http = HTTPClient(configuration: .init(maxIdleHandles: 1))
             _ = try await http.execute(HTTPRequest(method: "GET", url: stub + "/bytes/10"))  // a connection to reuse
             let path = "/dropreused/\(UInt32.random(in: 0...UInt32.max))"
-            let response = try await http.execute(HTTPRequest(
-                method: "PUT", url: stub + path, body: .fileWithCRC32CTrailer(path: "\(dir)/f", offset: 0, framing: framing)))
+            let response = try await http.execute(
+                HTTPRequest(
+                    method: "PUT", url: stub + path,
+                    body: .fileWithCRC32CTrailer(path: "\(dir)/f", offset: 0, framing: framing)))
             #expect(response.status == 200)
             let seen = try await TestEnvironment.stubLast(path)
             let expected = Self.expectedWire(data, framing)

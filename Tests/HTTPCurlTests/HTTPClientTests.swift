@@ -29,8 +29,10 @@ struct HTTPClientTests {
     @Test func streamsALargeBodyToAFile() async throws {
         try await withTemporaryDirectory { dir in
             let size = 24 << 20
-            let response = try await http.execute(HTTPRequest(method: "GET", url: try url("/bytes/\(size)"),
-                                                              response: .file(path: "\(dir)/out")))
+            let response = try await http.execute(
+                HTTPRequest(
+                    method: "GET", url: try url("/bytes/\(size)"),
+                    response: .file(path: "\(dir)/out")))
             #expect(response.bytesWritten == Int64(size))
             #expect(response.body.isEmpty)
             #expect(LocalFile.size("\(dir)/out") == Int64(size))
@@ -41,8 +43,10 @@ struct HTTPClientTests {
     @Test func aTruncatedBodyFailsAndLeavesNoFile() async throws {
         try await withTemporaryDirectory { dir in
             await #expect {
-                _ = try await http.execute(HTTPRequest(method: "GET", url: try url("/short/100000"),
-                                                       response: .file(path: "\(dir)/out")))
+                _ = try await http.execute(
+                    HTTPRequest(
+                        method: "GET", url: try url("/short/100000"),
+                        response: .file(path: "\(dir)/out")))
             } throws: { error in
                 (error as? HTTPTransportError)?.kind == .truncated
             }
@@ -53,8 +57,10 @@ struct HTTPClientTests {
 
     @Test func anErrorReplyGoesToMemoryNotTheFile() async throws {
         try await withTemporaryDirectory { dir in
-            let response = try await http.execute(HTTPRequest(method: "GET", url: try url("/status/404"),
-                                                              response: .file(path: "\(dir)/out")))
+            let response = try await http.execute(
+                HTTPRequest(
+                    method: "GET", url: try url("/status/404"),
+                    response: .file(path: "\(dir)/out")))
             #expect(response.status == 404)
             #expect(String(decoding: response.body, as: UTF8.self).contains("StubError"))
             #expect(!fileExists("\(dir)/out"))
@@ -65,9 +71,10 @@ struct HTTPClientTests {
         try await withTemporaryDirectory { dir in
             let size = 9 << 20
             makeFile("\(dir)/in", size: size, seed: 3)
-            let response = try await http.execute(HTTPRequest(
-                method: "PUT", url: try url("/echo"), headers: [("Content-Type", "application/octet-stream")],
-                body: .file(path: "\(dir)/in", offset: 0, length: Int64(size))))
+            let response = try await http.execute(
+                HTTPRequest(
+                    method: "PUT", url: try url("/echo"), headers: [("Content-Type", "application/octet-stream")],
+                    body: .file(path: "\(dir)/in", offset: 0, length: Int64(size))))
             let json = try JSONValue.parse(response.body)
             #expect(json["length"]?.intValue == size)
             #expect(json["sha256"]?.stringValue == (try await fileSHA256("\(dir)/in")))
@@ -81,8 +88,9 @@ struct HTTPClientTests {
         try await withTemporaryDirectory { dir in
             makeFile("\(dir)/in", size: 3000, seed: 9)
             let bytes = LocalFile.read("\(dir)/in")!
-            let response = try await http.execute(HTTPRequest(
-                method: "PUT", url: try url("/echo"), body: .file(path: "\(dir)/in", offset: 1000, length: 1500)))
+            let response = try await http.execute(
+                HTTPRequest(
+                    method: "PUT", url: try url("/echo"), body: .file(path: "\(dir)/in", offset: 1000, length: 1500)))
             let json = try JSONValue.parse(response.body)
             #expect(json["length"]?.intValue == 1500)
             #expect(json["sha256"]?.stringValue == Digest.sha256(bytes[1000..<2500]).hexString)
@@ -92,8 +100,10 @@ struct HTTPClientTests {
     @Test func totalTimeoutAbortsAHungRequest() async throws {
         let started = ContinuousClock.now
         await #expect {
-            _ = try await http.execute(HTTPRequest(method: "GET", url: try url("/slow/10"),
-                                                   timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 1)))
+            _ = try await http.execute(
+                HTTPRequest(
+                    method: "GET", url: try url("/slow/10"),
+                    timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 1)))
         } throws: { error in
             (error as? HTTPTransportError)?.kind == .timeout
         }
@@ -103,8 +113,10 @@ struct HTTPClientTests {
     @Test func refusedConnectionIsAConnectError() async throws {
         let port = Int.random(in: 20000...30000)
         await #expect {
-            _ = try await http.execute(HTTPRequest(method: "GET", url: "http://127.0.0.1:\(port)/",
-                                                   timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 3)))
+            _ = try await http.execute(
+                HTTPRequest(
+                    method: "GET", url: "http://127.0.0.1:\(port)/",
+                    timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 3)))
         } throws: { error in
             let e = error as? HTTPTransportError
             return e?.kind == .connect && e?.isRetryable == true
@@ -119,14 +131,19 @@ struct HTTPClientTests {
         let started = ContinuousClock.now
         let result = await task.result
         #expect(ContinuousClock.now - started < .seconds(5))
-        guard case .failure(let error) = result else { Issue.record("a cancelled request succeeded"); return }
+        guard case .failure(let error) = result else {
+            Issue.record("a cancelled request succeeded")
+            return
+        }
         #expect((error as? HTTPTransportError)?.kind == .cancelled)
     }
 
     @Test func missingUploadFileIsALocalError() async throws {
         await #expect {
-            _ = try await http.execute(HTTPRequest(method: "PUT", url: try url("/echo"),
-                                                   body: .file(path: "/nonexistent/x", offset: 0, length: 10)))
+            _ = try await http.execute(
+                HTTPRequest(
+                    method: "PUT", url: try url("/echo"),
+                    body: .file(path: "/nonexistent/x", offset: 0, length: 10)))
         } throws: { error in
             let e = error as? HTTPTransportError
             return e?.kind == .localFile && e?.isRetryable == false

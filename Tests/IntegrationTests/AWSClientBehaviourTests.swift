@@ -9,8 +9,9 @@ import Testing
 @Suite(.enabled(if: TestEnvironment.canRun(.httpStub)), .timeLimit(.minutes(2)))
 struct AWSClientBehaviourTests {
     func client(_ logs: CapturedLogs? = nil) throws -> (AWSClient, ServiceEndpoint) {
-        let ctx = TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.httpStub),
-                                          credentials: Credentials(accessKeyID: "AKID", secretAccessKey: "SECRET"))
+        let ctx = TestEnvironment.context(
+            endpoint: try TestEnvironment.endpoint(.httpStub),
+            credentials: Credentials(accessKeyID: "AKID", secretAccessKey: "SECRET"))
         return (ctx.client, try ctx.endpoint("s3"))
     }
 
@@ -18,8 +19,9 @@ struct AWSClientBehaviourTests {
         let (client, endpoint) = try client()
         let logs = CapturedLogs()
         let key = uniqueName("k")
-        let response = try await client.send(AWSRequest(method: "GET", path: "/flaky/\(key)/2"), to: endpoint,
-                                             signing: .s3, logger: logs.logger())
+        let response = try await client.send(
+            AWSRequest(method: "GET", path: "/flaky/\(key)/2"), to: endpoint,
+            signing: .s3, logger: logs.logger())
         #expect(String(decoding: response.body, as: UTF8.self) == "ok after 3")
         #expect(logs.lines.filter { $0.contains("retrying AWS call") && $0.contains("SlowDown") }.count == 2)
     }
@@ -27,8 +29,9 @@ struct AWSClientBehaviourTests {
     @Test func retriesStopAtMaxAttempts() async throws {
         let (client, endpoint) = try client()
         await #expect {
-            _ = try await client.send(AWSRequest(method: "GET", path: "/flaky/\(uniqueName("k"))/10"), to: endpoint,
-                                      signing: .s3, logger: quietLogger)
+            _ = try await client.send(
+                AWSRequest(method: "GET", path: "/flaky/\(uniqueName("k"))/10"), to: endpoint,
+                signing: .s3, logger: quietLogger)
         } throws: { error in
             (error as? AWSError)?.code == "SlowDown" && (error as? AWSError)?.httpStatus == 503
         }
@@ -38,8 +41,9 @@ struct AWSClientBehaviourTests {
         let (client, endpoint) = try client()
         let logs = CapturedLogs()
         await #expect(throws: AWSError.self) {
-            _ = try await client.send(AWSRequest(method: "GET", path: "/status/400"), to: endpoint, signing: .s3,
-                                      logger: logs.logger())
+            _ = try await client.send(
+                AWSRequest(method: "GET", path: "/status/400"), to: endpoint, signing: .s3,
+                logger: logs.logger())
         }
         #expect(!logs.lines.contains { $0.contains("retrying") })
     }
@@ -49,7 +53,8 @@ struct AWSClientBehaviourTests {
         try await withTemporaryDirectory { dir in
             let size = 4 << 20
             let response = try await client.send(
-                AWSRequest(method: "GET", path: "/flakybody/\(uniqueName("k"))/1/\(size)", response: .file(path: "\(dir)/x")),
+                AWSRequest(
+                    method: "GET", path: "/flakybody/\(uniqueName("k"))/1/\(size)", response: .file(path: "\(dir)/x")),
                 to: endpoint, signing: .s3, logger: quietLogger)
             #expect(response.bytesWritten == Int64(size))
             #expect(LocalFile.size("\(dir)/x") == Int64(size))
@@ -61,8 +66,9 @@ struct AWSClientBehaviourTests {
         try await withTemporaryDirectory { dir in
             makeFile("\(dir)/in", size: 3 << 20, seed: 11)
             let response = try await client.send(
-                AWSRequest(method: "PUT", path: "/flaky/\(uniqueName("k"))/2",
-                           body: .file(path: "\(dir)/in", offset: 0, length: 3 << 20), payload: .unsigned),
+                AWSRequest(
+                    method: "PUT", path: "/flaky/\(uniqueName("k"))/2",
+                    body: .file(path: "\(dir)/in", offset: 0, length: 3 << 20), payload: .unsigned),
                 to: endpoint, signing: .s3, logger: quietLogger)
             let json = try JSONValue.parse(response.body)
             #expect(json["length"]?.intValue == 3 << 20)
@@ -78,16 +84,19 @@ struct S3UploadWireTests {
     func client(_ checksum: S3Client.UploadChecksum) throws -> S3Client {
         var options = S3Client.Options()
         options.checksum = checksum
-        return try S3Client(context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.httpStub),
-                                                             credentials: Credentials(accessKeyID: "AKID", secretAccessKey: "S")),
-                            options: options)
+        return try S3Client(
+            context: TestEnvironment.context(
+                endpoint: try TestEnvironment.endpoint(.httpStub),
+                credentials: Credentials(accessKeyID: "AKID", secretAccessKey: "S")),
+            options: options)
     }
 
     @Test func sha256ModeSignsTheBodysHash() async throws {
         try await withTemporaryDirectory { dir in
             makeFile("\(dir)/f", size: 123_456, seed: 4)
             let bucket = uniqueName("b")
-            try await client(.sha256).putObject(bucket: bucket, key: "dir/a b+c.txt", file: "\(dir)/f", logger: quietLogger)
+            try await client(.sha256).putObject(
+                bucket: bucket, key: "dir/a b+c.txt", file: "\(dir)/f", logger: quietLogger)
             let seen = try await TestEnvironment.stubLast("/\(bucket)/dir/a%20b%2Bc.txt")
             let sha = try await fileSHA256("\(dir)/f")
             #expect(seen["sha256"]?.stringValue == sha)

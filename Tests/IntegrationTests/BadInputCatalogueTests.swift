@@ -34,7 +34,8 @@ struct BadInputCatalogueTests {
             // (Keys with a newline or `%` are left out here: moto itself mishandles them, 404 on PUT and a refused
             // signature; their local names are unit-tested, and SeaweedFS takes such keys in S3SeaweedTests.)
             let missing = ["..", "/etc/passwd", "deleted-before-get.txt"]
-            try await h.send(bad.map(\.1) + missing.map { #"{"key": \#(JSONValue.string($0).serialized)}"# } + ["good.txt"])
+            try await h.send(
+                bad.map(\.1) + missing.map { #"{"key": \#(JSONValue.string($0).serialized)}"# } + ["good.txt"])
             let program = h.script("copy.sh", "cp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             let worker = try h.startWorker(name: "w", parameters: h.parameters(["maxAttempts": "3"], program: program))
             #expect(await worker.wait(timeout: 120) == .exited(0), "\(h.log("w").suffix(2000))")
@@ -42,7 +43,8 @@ struct BadInputCatalogueTests {
             let log = h.log("w")
             #expect(keys.contains("good.txt.out"), "the worker did not go on to the good input")
             #expect(keys.filter { $0.hasPrefix("_failed/_bad-messages/") }.count == bad.count, "\(keys)")
-            #expect(log.components(separatedBy: "bad message: recorded under _failed/ and deleted").count - 1 == bad.count)
+            #expect(
+                log.components(separatedBy: "bad message: recorded under _failed/ and deleted").count - 1 == bad.count)
             for reason in ["not UTF-8", "for bucket 'someone-elses-bucket'", "1024", "NUL", "wrong shape", "empty"] {
                 #expect(log.contains(reason), "no log line says '\(reason)'")
             }
@@ -60,7 +62,8 @@ struct BadInputCatalogueTests {
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("a.txt", "a")
             try await h.send(["a.txt"])
-            let program = h.script("loud.sh", "yes 'a line of chatter' | head -n 1000000\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            let program = h.script(
+                "loud.sh", "yes 'a line of chatter' | head -n 1000000\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program))
             #expect(await worker.wait(timeout: 120) == .exited(0), "\(h.log("w").suffix(2000))")
             #expect(try await h.outputKeys() == ["a.txt.out"], "\(h.log("w").suffix(3000))")
@@ -78,12 +81,16 @@ struct BadInputCatalogueTests {
             try await h.send(["a.txt"])
             let program = h.script("fail.sh", "echo run >> \"\(dir)/runs\"\nexit 3\n")
             let denied = try await h.credentialsDenying([("s3:PutObject", "arn:aws:s3:::\(h.outputBucket)/_failed/*")])
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["maxAttempts": "1", "visibilityTimeout": "3"],
-                                                                               program: program), environment: denied)
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["maxAttempts": "1", "visibilityTimeout": "3"],
+                    program: program), environment: denied)
             var keptTwice = false
             for _ in 0..<300 {
                 let log = h.log("w")
-                if log.components(separatedBy: "giving up, but the failure record could not be written: message kept").count > 2,
+                if log.components(separatedBy: "giving up, but the failure record could not be written: message kept")
+                    .count > 2,
                     log.contains("attempts used up: settling the message without running it again")
                 {
                     keptTwice = true
@@ -96,7 +103,8 @@ struct BadInputCatalogueTests {
             let log = h.log("w")
             #expect(keptTwice, "\(log.suffix(2000))")
             #expect(log.contains("AccessDenied"), "\(log.suffix(2000))")
-            #expect(LocalFile.readText(dir + "/runs") == "run\n", "the command ran again after its attempts were used up")
+            #expect(
+                LocalFile.readText(dir + "/runs") == "run\n", "the command ran again after its attempts were used up")
             #expect(try await h.queueDepth() == 1, "the message was lost")
             #expect(try await h.outputKeys().isEmpty)
         }
@@ -114,15 +122,18 @@ struct BadInputCatalogueTests {
             // Another "instance" receives both three times without settling them.
             var seen: [String: Int] = [:]
             for _ in 0..<60 where seen.count < 2 || seen.values.contains(where: { $0 < 3 }) {
-                for message in try await h.sqs.receiveMessages(queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1,
-                                                               visibilityTimeout: 0, logger: quietLogger) {
+                for message in try await h.sqs.receiveMessages(
+                    queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1,
+                    visibilityTimeout: 0, logger: quietLogger)
+                {
                     seen[message.body, default: 0] += 1
                 }
             }
             try #require(seen.count == 2 && seen.values.allSatisfy { $0 >= 3 }, "\(seen)")
             let earlier = #"{"reason": "the attempt that gave up wrote this"}"#
-            try await h.s3.putObject(bucket: h.outputBucket, key: "_failed/a.txt.json", bytes: Array(earlier.utf8),
-                                     logger: quietLogger)
+            try await h.s3.putObject(
+                bucket: h.outputBucket, key: "_failed/a.txt.json", bytes: Array(earlier.utf8),
+                logger: quietLogger)
             let program = h.script("copy.sh", "echo \"$1\" >> \"\(dir)/runs\"\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             let worker = try h.startWorker(name: "w", parameters: h.parameters(["maxAttempts": "2"], program: program))
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w").suffix(2000))")

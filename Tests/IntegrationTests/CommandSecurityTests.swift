@@ -25,8 +25,11 @@ struct CommandSecurityTests {
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("a.txt", "a")
             try await h.send(["a.txt"])
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["passCredentials": "\(pass)"],
-                                                                                   program: h.script("report.sh", Self.report)))
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["passCredentials": "\(pass)"],
+                    program: h.script("report.sh", Self.report)))
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             let report = try await h.output("a.txt.report")
             let secret = try TestEnvironment.motoCredentials().secretAccessKey
@@ -34,20 +37,27 @@ struct CommandSecurityTests {
             #expect(report.contains("secret=none") == !pass)
             #expect(report.contains("taskdir=700"))
             var info = stat()
-            #expect(stat(dir + "/worker.log", &info) == 0 && info.st_mode & 0o777 == 0o640, "the log file is not mode 0640")
+            #expect(
+                stat(dir + "/worker.log", &info) == 0 && info.st_mode & 0o777 == 0o640, "the log file is not mode 0640")
         }
     }
 
     @Test(.enabled(if: getuid() == 0, "switching users needs root"))
     func runAsUserRunsTheCommandAsThatUser() async throws {
-        guard let nobody = RunAsUser.lookup("nobody") else { Issue.record("no 'nobody' user"); return }
+        guard let nobody = RunAsUser.lookup("nobody") else {
+            Issue.record("no 'nobody' user")
+            return
+        }
         try await withTemporaryDirectory { dir in
             _ = chmod(dir, 0o755)
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("a.txt", "a")
             try await h.send(["a.txt"])
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["runAsUser": "nobody"],
-                                                                                   program: h.script("report.sh", Self.report)))
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["runAsUser": "nobody"],
+                    program: h.script("report.sh", Self.report)))
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             let report = try await h.output("a.txt.report")
             #expect(report.contains("uid=\(nobody.uid)"))
@@ -63,48 +73,60 @@ struct CommandSecurityTests {
 struct TransportSecurityTests {
     @Test func userDataCannotTurnOffCertificateChecks() async throws {
         try await withTemporaryDirectory { dir in
-            let keygen = try await Scripts.run("/usr/bin/openssl", [
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem",
-                "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            ], environment: ["PATH": "/usr/bin:/bin"], directory: dir)
+            let keygen = try await Scripts.run(
+                "/usr/bin/openssl",
+                [
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/key.pem", "-out",
+                    dir + "/cert.pem",
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                ], environment: ["PATH": "/usr/bin:/bin"], directory: dir)
             try #require(keygen.succeeded, "\(keygen.stderr)")
             // The server picks its own free port and writes it down once it listens (a fixed wait flaked under load).
-            let server = try ProcessRunner().start(argv: ["/usr/bin/env", "python3", "-c", """
-                import http.server, ssl
-                class H(http.server.BaseHTTPRequestHandler):
-                    def do_POST(self):
-                        open("\(dir)/served", "a").write(self.path + "\\n")
-                        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
-                    do_GET = do_POST
-                server = http.server.HTTPServer(("127.0.0.1", 0), H)
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                context.load_cert_chain("\(dir)/cert.pem", "\(dir)/key.pem")
-                server.socket = context.wrap_socket(server.socket, server_side=True)
-                open("\(dir)/port.tmp", "w").write(str(server.server_address[1]))
-                __import__("os").rename("\(dir)/port.tmp", "\(dir)/port")
-                server.serve_forever()
-                """], environment: ProcessEnvironment.current(), directory: dir, stdoutPath: dir + "/https.out",
+            let server = try ProcessRunner().start(
+                argv: [
+                    "/usr/bin/env", "python3", "-c",
+                    """
+                    import http.server, ssl
+                    class H(http.server.BaseHTTPRequestHandler):
+                        def do_POST(self):
+                            open("\(dir)/served", "a").write(self.path + "\\n")
+                            self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers(); self.wfile.write(b"{}")
+                        do_GET = do_POST
+                    server = http.server.HTTPServer(("127.0.0.1", 0), H)
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    context.load_cert_chain("\(dir)/cert.pem", "\(dir)/key.pem")
+                    server.socket = context.wrap_socket(server.socket, server_side=True)
+                    open("\(dir)/port.tmp", "w").write(str(server.server_address[1]))
+                    __import__("os").rename("\(dir)/port.tmp", "\(dir)/port")
+                    server.serve_forever()
+                    """,
+                ], environment: ProcessEnvironment.current(), directory: dir, stdoutPath: dir + "/https.out",
                 stderrPath: dir + "/https.err")
             defer { server.signal(SIGKILL) }
             let port = try #require(await portWritten(to: dir + "/port"), "the HTTPS server did not start")
-            LocalFile.write(dir + "/params", Array("""
-                queueURL=https://127.0.0.1:\(port)/123456789012/q
-                inputBucket=in-bucket
-                outputBucket=out-bucket
-                analysisProgram=/bin/true
-                workDir=\(dir)/work
-                logFile=\(dir)/worker.log
-                sslVerify=false
-                verifySSL=false
-                insecure=true
-                noVerifySSL=true
-                caBundle=\(dir)/cert.pem
-                """.utf8))
+            LocalFile.write(
+                dir + "/params",
+                Array(
+                    """
+                    queueURL=https://127.0.0.1:\(port)/123456789012/q
+                    inputBucket=in-bucket
+                    outputBucket=out-bucket
+                    analysisProgram=/bin/true
+                    workDir=\(dir)/work
+                    logFile=\(dir)/worker.log
+                    sslVerify=false
+                    verifySSL=false
+                    insecure=true
+                    noVerifySSL=true
+                    caBundle=\(dir)/cert.pem
+                    """.utf8))
             let worker = try ProcessRunner().start(
                 argv: [WorkerHarness.binary, "run", "--config", dir + "/params"],
-                environment: ["AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example-secret-key-0000",
-                              "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": "https://127.0.0.1:\(port)",
-                              "AWS_EC2_METADATA_DISABLED": "true", "PATH": "/usr/bin:/bin", "HOME": dir],
+                environment: [
+                    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example-secret-key-0000",
+                    "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": "https://127.0.0.1:\(port)",
+                    "AWS_EC2_METADATA_DISABLED": "true", "PATH": "/usr/bin:/bin", "HOME": dir,
+                ],
                 directory: dir, stdoutPath: dir + "/w.out", stderrPath: dir + "/w.err")
             let outcome = await worker.wait(timeout: 60)
             let log = LocalFile.readText(dir + "/w.err") ?? ""

@@ -31,23 +31,29 @@ struct DeadEndTests {
     }
 
     /// Runs one worker (two slots, shutting down when done) until it exits; `during` runs while it works.
-    static func run(_ h: WorkerHarness, _ extra: [String: String] = [:], environment: [String: String] = [:],
-                    extraArguments: [String] = [], imds: String? = nil, commandSeconds: Double = 0,
-                    during: (@Sendable (ChildProcess) async throws -> Void)? = nil) async throws -> Run
-    {
+    static func run(
+        _ h: WorkerHarness, _ extra: [String: String] = [:], environment: [String: String] = [:],
+        extraArguments: [String] = [], imds: String? = nil, commandSeconds: Double = 0,
+        during: (@Sendable (ChildProcess) async throws -> Void)? = nil
+    ) async throws -> Run {
         let dir = h.directory
-        let program = h.script("copy.sh", """
+        let program = h.script(
+            "copy.sh",
+            """
             echo "$PARALLELIZER_INPUT_KEY" >> "\(dir)/command-runs"
             sleep \(commandSeconds)
             cp "$1" "$1.out"
             echo "$1.out"
             """)
-        var values = ["numThreads": "2", "shouldShutdown": "true", "visibilityTimeout": "30",
-                      "shutdownCommand": "/bin/sh -c 'echo off >> \(dir)/shutdowns'"]
+        var values = [
+            "numThreads": "2", "shouldShutdown": "true", "visibilityTimeout": "30",
+            "shutdownCommand": "/bin/sh -c 'echo off >> \(dir)/shutdowns'",
+        ]
         values.merge(extra) { $1 }
         let started = ContinuousClock.now
-        let worker = try h.startWorker(name: "w", parameters: h.parameters(values, program: program), imds: imds,
-                                       extraArguments: extraArguments, environment: environment)
+        let worker = try h.startWorker(
+            name: "w", parameters: h.parameters(values, program: program), imds: imds,
+            extraArguments: extraArguments, environment: environment)
         if let during { try await during(worker) }
         let outcome = await worker.wait(timeout: 90)
         if outcome == nil { worker.signal(SIGKILL) }
@@ -55,26 +61,33 @@ struct DeadEndTests {
         let lines = { (path: String) in
             (LocalFile.readText(path) ?? "").split(separator: "\n").map(String.init)
         }
-        return Run(outcome: outcome, seconds: seconds, log: h.log("w"), shutdowns: lines(dir + "/shutdowns").count,
-                   commandRuns: lines(dir + "/command-runs"))
+        return Run(
+            outcome: outcome, seconds: seconds, log: h.log("w"), shutdowns: lines(dir + "/shutdowns").count,
+            commandRuns: lines(dir + "/command-runs"))
     }
 
     /// The worker stopped by itself within a minute with status 2 and one critical line saying `says`, ran its
     /// shutdown command once, and ran the command at most once per input.
-    static func expectDeadEnd(_ run: Run, says: String, within seconds: Double = 60,
-                              sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectDeadEnd(
+        _ run: Run, says: String, within seconds: Double = 60,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         let tail = run.log.split(separator: "\n").suffix(30).joined(separator: "\n")
         #expect(run.outcome == .exited(2), "\(tail)", sourceLocation: sourceLocation)
         #expect(run.seconds < seconds, "took \(run.seconds) s", sourceLocation: sourceLocation)
         let critical = run.log.split(separator: "\n").filter { $0.contains("critical") }
-        print("dead end after \(run.seconds) s, exit \(run.outcome.map { "\($0)" } ?? "none"): \(critical.first ?? "no critical line")")
+        print(
+            "dead end after \(run.seconds) s, exit \(run.outcome.map { "\($0)" } ?? "none"): \(critical.first ?? "no critical line")"
+        )
         #expect(critical.count == 1, "\(critical)", sourceLocation: sourceLocation)
-        #expect(critical.first?.contains(says) == true, "no critical line says '\(says)': \(critical)",
-                sourceLocation: sourceLocation)
+        #expect(
+            critical.first?.contains(says) == true, "no critical line says '\(says)': \(critical)",
+            sourceLocation: sourceLocation)
         #expect(critical.first?.contains("fix:") == true, "\(critical)", sourceLocation: sourceLocation)
         #expect(run.shutdowns == 1, "the shutdown command ran \(run.shutdowns) times", sourceLocation: sourceLocation)
-        #expect(Set(run.commandRuns).count == run.commandRuns.count, "an input was processed twice: \(run.commandRuns)",
-                sourceLocation: sourceLocation)
+        #expect(
+            Set(run.commandRuns).count == run.commandRuns.count, "an input was processed twice: \(run.commandRuns)",
+            sourceLocation: sourceLocation)
     }
 
     // MARK: - The queue
@@ -104,7 +117,8 @@ struct DeadEndTests {
             #expect(try await h.outputKeys().count == 12)
             #expect(try await h.s3.listMultipartUploads(bucket: h.outputBucket, logger: quietLogger).isEmpty)
             #expect(try await h.queueDepth() == 0)
-            #expect(run.log.components(separatedBy: "DeleteMessageBatch is refused but DeleteMessage works").count - 1 == 1)
+            #expect(
+                run.log.components(separatedBy: "DeleteMessageBatch is refused but DeleteMessage works").count - 1 == 1)
             #expect(!run.log.contains("could not delete"), "\(run.log.suffix(2000))")
         }
     }
@@ -137,7 +151,9 @@ struct DeadEndTests {
         try await withTemporaryDirectory { dir in
             let h = try await Self.harness(dir, inputs: 8)
             let run = try await Self.run(h, commandSeconds: 1) { _ in
-                for _ in 0..<300 where !fileExists(dir + "/command-runs") { try await Task.sleep(for: .milliseconds(50)) }
+                for _ in 0..<300 where !fileExists(dir + "/command-runs") {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
                 try await h.sqs.deleteQueue(queueURL: h.queueURL, logger: quietLogger)
             }
             Self.expectDeadEnd(run, says: "does not exist")
@@ -212,8 +228,12 @@ struct DeadEndTests {
         try await withTemporaryDirectory { dir in
             let h = try await Self.harness(dir, inputs: 1)
             let creds = try TestEnvironment.motoCredentials()
-            let run = try await Self.run(h, environment: ["AWS_ACCESS_KEY_ID": creds.accessKeyID,
-                                                          "AWS_SECRET_ACCESS_KEY": "wrong-secret-0123456789"])
+            let run = try await Self.run(
+                h,
+                environment: [
+                    "AWS_ACCESS_KEY_ID": creds.accessKeyID,
+                    "AWS_SECRET_ACCESS_KEY": "wrong-secret-0123456789",
+                ])
             Self.expectDeadEnd(run, says: "AWS refuses the credentials", within: 20)
             #expect(try await h.queueDepth() == 1)
         }
@@ -245,8 +265,9 @@ struct DeadEndTests {
         try await withTemporaryDirectory { dir in
             let h = try await Self.harness(dir, inputs: 1)
             let run = try await Self.run(h, ["environmentBucket": h.inputBucket, "environmentZip": "env/missing.zip"])
-            Self.expectDeadEnd(run, says: "the environment archive s3://\(h.inputBucket)/env/missing.zip does not exist",
-                               within: 20)
+            Self.expectDeadEnd(
+                run, says: "the environment archive s3://\(h.inputBucket)/env/missing.zip does not exist",
+                within: 20)
             #expect(try await h.queueDepth() == 1)
         }
     }
@@ -258,8 +279,10 @@ struct DeadEndTests {
         try await withTemporaryDirectory { dir in
             let h = try await Self.harness(dir, inputs: 0)
             _ = h.script("shutdown", "echo \"$@\" >> \"\(dir)/default-shutdowns\"\n")
-            let parameters = h.parameters(["queueURL": h.queueURL + "-gone", "shouldShutdown": "true"], program: "/bin/true")
-            let worker = try h.startWorker(name: "w", parameters: parameters, environment: ["PATH": "\(dir):/usr/bin:/bin"])
+            let parameters = h.parameters(
+                ["queueURL": h.queueURL + "-gone", "shouldShutdown": "true"], program: "/bin/true")
+            let worker = try h.startWorker(
+                name: "w", parameters: parameters, environment: ["PATH": "\(dir):/usr/bin:/bin"])
             #expect(await worker.wait(timeout: 60) == .exited(2))
             #expect(!fileExists(dir + "/default-shutdowns"), "the default shutdown command ran off EC2")
             #expect(h.log("w").contains("not on an EC2 instance"), "\(h.log("w").suffix(1500))")
@@ -273,8 +296,9 @@ struct DeadEndTests {
             let h = try await Self.harness(dir, inputs: 0)
             let imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-0deadend")
             defer { Task { await imds.stop() } }
-            let run = try await Self.run(h, ["queueURL": h.queueURL + "-gone", "autoScalingGroup": "pz-no-such-group"],
-                                         imds: imds.endpoint)
+            let run = try await Self.run(
+                h, ["queueURL": h.queueURL + "-gone", "autoScalingGroup": "pz-no-such-group"],
+                imds: imds.endpoint)
             #expect(run.outcome == .exited(2))
             #expect(run.shutdowns == 0, "powered off: the group would start a replacement")
             #expect(run.log.contains("staying up instead of powering off"), "\(run.log.suffix(1500))")
@@ -301,13 +325,15 @@ extension S3FaultTests {
             let h = try await DeadEndTests.harness(dir, inputs: 1)
             try await TestEnvironment.setFaultRules(
                 #"[{"service":"sqs","operation":"ReceiveMessage","error":{"code":"InternalError","status":500}}]"#)
-            let parameters = h.parameters(["shouldShutdown": "true", "shutdownCommand": "/bin/sh -c 'echo off >> \(dir)/shutdowns'"],
-                                          program: "/bin/true")
+            let parameters = h.parameters(
+                ["shouldShutdown": "true", "shutdownCommand": "/bin/sh -c 'echo off >> \(dir)/shutdowns'"],
+                program: "/bin/true")
             let started = ContinuousClock.now
             let outcome: ProcessOutcome?
             do {
-                let worker = try h.startWorker(name: "w", parameters: parameters, extraArguments: ["--receive-outage-seconds", "5"],
-                                               environment: try TestEnvironment.routeThroughFaultProxy())
+                let worker = try h.startWorker(
+                    name: "w", parameters: parameters, extraArguments: ["--receive-outage-seconds", "5"],
+                    environment: try TestEnvironment.routeThroughFaultProxy())
                 outcome = await worker.wait(timeout: 60)
                 if outcome == nil { worker.signal(SIGKILL) }
             } catch {
@@ -320,7 +346,9 @@ extension S3FaultTests {
             let critical = log.split(separator: "\n").filter { $0.contains("critical") }
             #expect(outcome == .exited(1), "\(log.suffix(2000))")
             #expect((ContinuousClock.now - started).seconds < 40)
-            #expect(critical.count == 1 && critical.first?.contains("has not answered a receive for 5 s") == true, "\(critical)")
+            #expect(
+                critical.count == 1 && critical.first?.contains("has not answered a receive for 5 s") == true,
+                "\(critical)")
             #expect(!fileExists(dir + "/shutdowns"), "an outage that may pass powered the instance off")
             #expect(try await h.queueDepth() == 1)
         }

@@ -12,15 +12,24 @@ struct EnvironmentArchiveTests {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             // Mode 0644 on purpose: files get their executable bits when unpacked.
-            try await h.makeZip(dir + "/env.zip", files: [
-                ("tool/bin/analyse.sh", "#!/bin/sh\n. ./lib/settings\nprintf '%s:' \"$GREETING\" > \"$1.res\"\ncat \"$1\" >> \"$1.res\"\necho \"$1.res\"\n", 0o644),
-                ("tool/lib/settings", "GREETING=hello\n", 0o644),
-            ])
+            try await h.makeZip(
+                dir + "/env.zip",
+                files: [
+                    (
+                        "tool/bin/analyse.sh",
+                        "#!/bin/sh\n. ./lib/settings\nprintf '%s:' \"$GREETING\" > \"$1.res\"\ncat \"$1\" >> \"$1.res\"\necho \"$1.res\"\n",
+                        0o644
+                    ),
+                    ("tool/lib/settings", "GREETING=hello\n", 0o644),
+                ])
             try await h.uploadFile(bucket: h.inputBucket, key: "env/env.zip", path: dir + "/env.zip")
             try await h.upload("in/x.txt", "data")
             try await h.send(["in/x.txt"])
-            let params = h.parameters(["environmentBucket": h.inputBucket, "environmentZip": "env/env.zip",
-                                       "environmentPrefix": "tool"], program: "bin/analyse.sh")
+            let params = h.parameters(
+                [
+                    "environmentBucket": h.inputBucket, "environmentZip": "env/env.zip",
+                    "environmentPrefix": "tool",
+                ], program: "bin/analyse.sh")
             let worker = try h.startWorker(name: "w", parameters: params)
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             #expect(try await h.output("in/x.txt.res") == "hello:data")
@@ -36,15 +45,18 @@ struct EnvironmentArchiveTests {
             } else if kind == "corrupt" {
                 LocalFile.write(dir + "/env.zip", Array("PK\u{03}\u{04} this is not really a zip archive".utf8))
             } else {
-                try await h.makeZip(dir + "/env.zip", files: [("ok.sh", "#!/bin/sh\n", 0o755)], symlinks: [("etc", "/etc")])
+                try await h.makeZip(
+                    dir + "/env.zip", files: [("ok.sh", "#!/bin/sh\n", 0o755)], symlinks: [("etc", "/etc")])
             }
             try await h.uploadFile(bucket: h.inputBucket, key: "env.zip", path: dir + "/env.zip")
-            let params = h.parameters(["environmentBucket": h.inputBucket, "environmentZip": "env.zip"], program: "ok.sh")
+            let params = h.parameters(
+                ["environmentBucket": h.inputBucket, "environmentZip": "env.zip"], program: "ok.sh")
             let worker = try h.startWorker(name: "w", parameters: params)
             // A configuration error no restart can fix: status 2, which systemd does not restart.
             #expect(await worker.wait(timeout: 60) == .exited(2))
             let log = h.log("w")
-            let says = ["zip-slip": "escapes its folder", "symlink": "pointing outside", "corrupt": "unzip failed"][kind]!
+            let says = ["zip-slip": "escapes its folder", "symlink": "pointing outside", "corrupt": "unzip failed"][
+                kind]!
             #expect(log.contains(says), "\(log)")
             #expect(!fileExists(dir + "/escaped.sh"))
         }

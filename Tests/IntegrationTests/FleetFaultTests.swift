@@ -14,28 +14,40 @@ struct TransportFault: Sendable, CustomTestStringConvertible {
     var testDescription: String { name }
 
     static let all: [TransportFault] = [
-        TransportFault(name: "S3 503 SlowDown and 500s", rules: """
-            [{"service":"s3","operation":"GetObject","error":{"code":"SlowDown","status":503},"probability":0.25},
-             {"service":"s3","operation":"PutObject","error":{"code":"InternalError","status":500},"probability":0.25}]
-            """),
-        TransportFault(name: "SQS throttling", rules: """
-            [{"service":"sqs","error":{"code":"ThrottlingException","status":400},"probability":0.2}]
-            """),
+        TransportFault(
+            name: "S3 503 SlowDown and 500s",
+            rules: """
+                [{"service":"s3","operation":"GetObject","error":{"code":"SlowDown","status":503},"probability":0.25},
+                 {"service":"s3","operation":"PutObject","error":{"code":"InternalError","status":500},"probability":0.25}]
+                """),
+        TransportFault(
+            name: "SQS throttling",
+            rules: """
+                [{"service":"sqs","error":{"code":"ThrottlingException","status":400},"probability":0.2}]
+                """),
         TransportFault(name: "TCP resets", rules: #"[{"reset":true,"probability":0.1}]"#),
         // Latency is no error: nothing to retry, only slower tasks (task.seconds in the log).
-        TransportFault(name: "1-3 s latency", rules: """
-            [{"latency":{"min_ms":1000,"max_ms":3000},"probability":0.15}]
-            """, logShows: "task done"),
-        TransportFault(name: "GET aborted mid-body", rules: """
-            [{"service":"s3","operation":"GetObject","response":{"abort_frac":0.5},"probability":0.3}]
-            """),
-        TransportFault(name: "upload cut halfway", rules: """
-            [{"service":"s3","operation":"PutObject","request":{"cut_upload":{"after_bytes":3072}},"probability":0.3}]
-            """),
+        TransportFault(
+            name: "1-3 s latency",
+            rules: """
+                [{"latency":{"min_ms":1000,"max_ms":3000},"probability":0.15}]
+                """, logShows: "task done"),
+        TransportFault(
+            name: "GET aborted mid-body",
+            rules: """
+                [{"service":"s3","operation":"GetObject","response":{"abort_frac":0.5},"probability":0.3}]
+                """),
+        TransportFault(
+            name: "upload cut halfway",
+            rules: """
+                [{"service":"s3","operation":"PutObject","request":{"cut_upload":{"after_bytes":3072}},"probability":0.3}]
+                """),
         // Every slot's first long poll hangs: each must time out on its own (wait + 15 s) and poll again.
-        TransportFault(name: "ReceiveMessage hangs until the client's timeout", rules: """
-            [{"service":"sqs","operation":"ReceiveMessage","timeout_ms":120000,"times":6}]
-            """, logShows: "Timeout was reached"),
+        TransportFault(
+            name: "ReceiveMessage hangs until the client's timeout",
+            rules: """
+                [{"service":"sqs","operation":"ReceiveMessage","timeout_ms":120000,"times":6}]
+                """, logShows: "Timeout was reached"),
     ]
 }
 
@@ -55,7 +67,9 @@ extension S3FaultTests {
             let fired = try await TestEnvironment.faultsFired()
             let result = try await fleet.finish(workers, started: started)
             try await TestEnvironment.setFaultRules("[]")
-            print("fault scenario '\(fault.name)': \(result), faults fired \(try await TestEnvironment.faultsFired() - fired)")
+            print(
+                "fault scenario '\(fault.name)': \(result), faults fired \(try await TestEnvironment.faultsFired() - fired)"
+            )
             #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             #expect(fleet.logs().contains(fault.logShows), "no sign of the fault in the logs: \(result)")
         }
@@ -88,9 +102,11 @@ extension S3FaultTests {
             // Slow the first transfers through the proxy, so "mid-download" and "mid-upload" last long enough to hit.
             switch fault.moment {
             case .download:
-                try await TestEnvironment.setFaultRules(#"[{"service":"s3","operation":"GetObject","latency":2000,"times":12}]"#)
+                try await TestEnvironment.setFaultRules(
+                    #"[{"service":"s3","operation":"GetObject","latency":2000,"times":12}]"#)
             case .upload:
-                try await TestEnvironment.setFaultRules(#"[{"service":"s3","operation":"PutObject","latency":2000,"times":12}]"#)
+                try await TestEnvironment.setFaultRules(
+                    #"[{"service":"s3","operation":"PutObject","latency":2000,"times":12}]"#)
             case .command:
                 try await TestEnvironment.setFaultRules("[]")
             }
@@ -102,7 +118,9 @@ extension S3FaultTests {
             let proxy = try TestEnvironment.routeThroughFaultProxy()
             let started = ContinuousClock.now
             var imds: IMDSStandIn?
-            if fault.blow == .spotNotice { imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-0spot") }
+            if fault.blow == .spotNotice {
+                imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-0spot")
+            }
             let first = try fleet.start(0, parameters: parameters, environment: proxy, imds: imds?.endpoint)
             let others = try (1..<3).map { try fleet.start($0, parameters: parameters, environment: proxy) }
 
@@ -128,7 +146,9 @@ extension S3FaultTests {
             await imds?.stop()
             let result = try await fleet.finish(others, started: started)
             try await TestEnvironment.setFaultRules("[]")
-            print("process fault '\(fault.testDescription)': \(result), first worker \(firstExit.map { "\($0)" } ?? "running")")
+            print(
+                "process fault '\(fault.testDescription)': \(result), first worker \(firstExit.map { "\($0)" } ?? "running")"
+            )
             #expect(firstExit == (fault.blow == .kill9 ? .signalled(SIGKILL) : .exited(0)))
             #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             if fault.blow != .kill9 {
@@ -150,8 +170,9 @@ struct EnvironmentFaultTests {
         try await withTemporaryDirectory { dir in
             let disk = dir + "/disk"
             _ = mkdir(disk, 0o755)
-            let mounted = try await Scripts.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk],
-                                                environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
+            let mounted = try await Scripts.run(
+                "/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk],
+                environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
             try #require(mounted.succeeded, "cannot mount a tmpfs: \(mounted.stderr)")
             defer { _ = umount2(disk, Int32(MNT_DETACH)) }
             let fleet = try await FaultFleet.make(directory: dir, count: 100, size: 48 << 10)
@@ -162,7 +183,10 @@ struct EnvironmentFaultTests {
             // Let the full disk bite, then make room.
             var bitten = false
             for _ in 0..<300 {
-                if fleet.logs().contains("No space left on device") || fleet.logs().contains("Failed writing") { bitten = true; break }
+                if fleet.logs().contains("No space left on device") || fleet.logs().contains("Failed writing") {
+                    bitten = true
+                    break
+                }
                 try await Task.sleep(nanoseconds: 20_000_000)
             }
             unlink(disk + "/filler")
@@ -179,21 +203,28 @@ struct EnvironmentFaultTests {
     @Test func credentialsExpiringEveryMinuteAreReplacedBeforeTheyDie() async throws {
         try await withTemporaryDirectory { dir in
             let fleet = try await FaultFleet.make(directory: dir, count: 100)
-            let imds = try await IMDSStandIn.start(directory: dir, userData: nil, credentialLifetime: 60,
-                                                   rotatingUser: uniqueName("pz-rotating"))
+            let imds = try await IMDSStandIn.start(
+                directory: dir, userData: nil, credentialLifetime: 60,
+                rotatingUser: uniqueName("pz-rotating"))
             defer { Task { await imds.stop() } }
             let started = ContinuousClock.now
             // About 17 tasks per slot at 4 s each: the fleet runs well past the first key's death at 60 s.
             let parameters = fleet.parameters(before: "sleep 4")
-            let workers = try (0..<3).map { try fleet.start($0, parameters: parameters, imds: imds.endpoint, instanceRole: true) }
+            let workers = try (0..<3).map {
+                try fleet.start($0, parameters: parameters, imds: imds.endpoint, instanceRole: true)
+            }
             let result = try await fleet.finish(workers, started: started)
             let stats = try await imds.stats()
             let created = stats["keysCreated"]?.intValue ?? 0, deleted = stats["keysDeleted"]?.intValue ?? 0
-            print("environment fault 'credentials expiring every 60 s': \(result), keys handed out \(created), expired \(deleted)")
+            print(
+                "environment fault 'credentials expiring every 60 s': \(result), keys handed out \(created), expired \(deleted)"
+            )
             #expect(result.passed, "\(result)\n\(result.workerLogTails)")
             #expect(deleted >= 1 && result.seconds > 65, "no key expired while the fleet ran: \(result)")
             for index in 0..<3 {
-                #expect(fleet.harness.log("w\(index)").contains("credentials refreshed"), "worker \(index) never switched keys")
+                #expect(
+                    fleet.harness.log("w\(index)").contains("credentials refreshed"),
+                    "worker \(index) never switched keys")
             }
         }
     }
@@ -205,8 +236,10 @@ struct EnvironmentFaultTests {
     /// for less than 20 minutes.
     @Test func timersFireUnderAClockFarAhead() async throws {
         try await withTemporaryDirectory { dir in
-            let skewed = ["LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+31536000",
-                          "FAKETIME_DONT_FAKE_MONOTONIC": "1"]
+            let skewed = [
+                "LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+31536000",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            ]
             let fleet = try await FaultFleet.make(directory: dir, count: 5, s3: .seaweed)
             let started = ContinuousClock.now
             let worker = try fleet.start(0, parameters: fleet.parameters(), environment: skewed)
@@ -220,8 +253,10 @@ struct EnvironmentFaultTests {
     /// than 15 minutes off as AWS does. Each worker must take the offset from the server's `Date` and go on.
     @Test func aClockTwentyMinutesFastIsCorrectedFromTheServersDate() async throws {
         try await withTemporaryDirectory { dir in
-            let skewed = ["LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+1200",
-                          "FAKETIME_DONT_FAKE_MONOTONIC": "1"]
+            let skewed = [
+                "LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+1200",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            ]
             let fleet = try await FaultFleet.make(directory: dir, count: 100, s3: .seaweed)
             let started = ContinuousClock.now
             let parameters = fleet.parameters()

@@ -12,15 +12,19 @@ struct IMDSTests {
     let http = HTTPClient()
 
     func configure(_ json: String) async throws {
-        let response = try await http.execute(HTTPRequest(
-            method: "POST", url: try TestEnvironment.endpoint(.imds) + "/_standin/config",
-            headers: [("Content-Type", "application/json")], body: .bytes(Array(json.utf8))))
+        let response = try await http.execute(
+            HTTPRequest(
+                method: "POST", url: try TestEnvironment.endpoint(.imds) + "/_standin/config",
+                headers: [("Content-Type", "application/json")], body: .bytes(Array(json.utf8))))
         #expect(response.status == 200)
     }
 
     func stats() async throws -> JSONValue {
-        try JSONValue.parse(try await http.execute(HTTPRequest(
-            method: "GET", url: try TestEnvironment.endpoint(.imds) + "/_standin/stats")).body)
+        try JSONValue.parse(
+            try await http.execute(
+                HTTPRequest(
+                    method: "GET", url: try TestEnvironment.endpoint(.imds) + "/_standin/stats")
+            ).body)
     }
 
     @Test func theStandInRefusesTokenlessRequestsLikeEC2() async throws {
@@ -32,7 +36,8 @@ struct IMDSTests {
     }
 
     @Test func metadataThroughTokens() async throws {
-        try await configure(#"{"userData": "queueURL=http://q\n", "instanceId": "i-0abc", "region": "eu-west-3", "spotAction": null}"#)
+        try await configure(
+            #"{"userData": "queueURL=http://q\n", "instanceId": "i-0abc", "region": "eu-west-3", "spotAction": null}"#)
         let before = try await stats()
         let imds = IMDSClient(endpoint: try TestEnvironment.endpoint(.imds), http: http)
         #expect(try await imds.userData() == "queueURL=http://q\n")
@@ -40,7 +45,9 @@ struct IMDSTests {
         #expect(try await imds.region() == "eu-west-3")
         #expect(try await imds.spotInstanceAction() == nil)
         try await configure(#"{"spotAction": {"action": "terminate", "time": "2026-11-23T10:00:00Z"}}"#)
-        #expect(try await imds.spotInstanceAction() == SpotInstanceAction(action: "terminate", time: "2026-11-23T10:00:00Z"))
+        #expect(
+            try await imds.spotInstanceAction() == SpotInstanceAction(action: "terminate", time: "2026-11-23T10:00:00Z")
+        )
         try await configure(#"{"spotAction": null, "userData": null}"#)
         #expect(try await imds.userData() == nil)
         let after = try await stats()
@@ -52,8 +59,9 @@ struct IMDSTests {
     @Test func regionComesFromIMDSLast() async throws {
         try await configure(#"{"region": "ap-northeast-2"}"#)
         let imds = IMDSClient(endpoint: try TestEnvironment.endpoint(.imds), http: http)
-        let region = try await AWSContext.resolveRegion(explicit: nil, environment: ["HOME": "/nonexistent"], imds: imds,
-                                                        logger: quietLogger)
+        let region = try await AWSContext.resolveRegion(
+            explicit: nil, environment: ["HOME": "/nonexistent"], imds: imds,
+            logger: quietLogger)
         #expect(region == "ap-northeast-2")
         #expect(IMDSClient.endpoint(environment: ["AWS_EC2_METADATA_DISABLED": "true"]) == nil)
         #expect(IMDSClient.endpoint(environment: ["AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://x:1"]) == "http://x:1")
@@ -62,8 +70,10 @@ struct IMDSTests {
 
     @Test func instanceRoleCredentialsSignRealRequests() async throws {
         try await configure(#"{"credentialLifetime": 3600, "failCredentials": 0}"#)
-        let env = ["AWS_EC2_METADATA_SERVICE_ENDPOINT": try TestEnvironment.endpoint(.imds), "HOME": "/nonexistent",
-                   "AWS_ENDPOINT_URL": try TestEnvironment.endpoint(.moto), "AWS_REGION": "us-east-1"]
+        let env = [
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": try TestEnvironment.endpoint(.imds), "HOME": "/nonexistent",
+            "AWS_ENDPOINT_URL": try TestEnvironment.endpoint(.moto), "AWS_REGION": "us-east-1",
+        ]
         let ctx = try await AWSContext.resolve(environment: env, logger: quietLogger)
         let creds = try await ctx.client.credentials.credentials(logger: quietLogger)
         #expect(creds?.accessKeyID.hasPrefix("ASIA") == true)
@@ -80,8 +90,9 @@ struct IMDSTests {
         try await configure(#"{"credentialLifetime": 60, "failCredentials": 0}"#)
         let imds = IMDSClient(endpoint: try TestEnvironment.endpoint(.imds), http: http)
         let skip = Atomic<Int>(0)
-        let refreshing = RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds),
-                                               now: { Date().addingTimeInterval(Double(skip.load(ordering: .relaxed))) })
+        let refreshing = RefreshingCredentials(
+            InstanceRoleCredentialProvider(imds: imds),
+            now: { Date().addingTimeInterval(Double(skip.load(ordering: .relaxed))) })
         let logs = CapturedLogs()
         let first = try await refreshing.credentials(logger: logs.logger())
         try await configure(#"{"failCredentials": 3}"#)

@@ -18,15 +18,18 @@ struct LedgerControllerTests {
     }
 
     static func items(_ dynamo: DynamoDBClient, table: String, queueURL: String) async throws -> [DynamoItem] {
-        try await dynamo.queryAll(table: table, keyCondition: "#q = :q", names: ["#q": "queue"],
-                                  values: [":q": .s(LedgerSchema.queueName(queueURL))], logger: quietLogger)
+        try await dynamo.queryAll(
+            table: table, keyCondition: "#q = :q", names: ["#q": "queue"],
+            values: [":q": .s(LedgerSchema.queueName(queueURL))], logger: quietLogger)
     }
 
     @Test func fiftyTasksLeaveOneItemPerAttemptAndAHeartbeat() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             let (dynamo, table) = try await Self.makeTable()
-            let program = h.script("task.sh", """
+            let program = h.script(
+                "task.sh",
+                """
                 # The local file keeps only the key's last part, so the content says what to do.
                 if grep -q fail "$1"; then echo "cannot do $1" >&2; exit 3; fi
                 if grep -q slow "$1"; then touch "\(dir)/slow-started"; sleep 120; fi
@@ -38,20 +41,30 @@ struct LedgerControllerTests {
             for key in keys { try await h.upload(key, "content of \(key)") }
             try await h.send(keys)
             let worker = try h.startWorker(
-                name: "w", parameters: h.parameters(["ledgerTable": table, "numThreads": "3", "maxAttempts": "2",
-                                                     "shutdownGrace": "1", "visibilityTimeout": "60"], program: program),
+                name: "w",
+                parameters: h.parameters(
+                    [
+                        "ledgerTable": table, "numThreads": "3", "maxAttempts": "2",
+                        "shutdownGrace": "1", "visibilityTimeout": "60",
+                    ], program: program),
                 extraArguments: ["--ledger-heartbeat-seconds", "1"])
             // All but the slow one settle (each failing input twice), then SIGTERM releases the slow one.
             var settled = false
             for _ in 0..<600 {
                 let outputs = try await h.outputKeys()
-                if outputs.filter({ $0.hasPrefix("ok/") }).count == 46, outputs.filter({ $0.hasPrefix("_failed/") }).count == 3,
-                   fileExists("\(dir)/slow-started") { settled = true; break }
+                if outputs.filter({ $0.hasPrefix("ok/") }).count == 46,
+                    outputs.filter({ $0.hasPrefix("_failed/") }).count == 3,
+                    fileExists("\(dir)/slow-started")
+                {
+                    settled = true
+                    break
+                }
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
             #expect(settled, "\(h.log("w").suffix(2000))")
             // The heartbeat is written while the worker runs, not only at exit.
-            let running = try await InstanceHeartbeat.read(table: table, queueURL: h.queueURL, client: dynamo, logger: quietLogger)
+            let running = try await InstanceHeartbeat.read(
+                table: table, queueURL: h.queueURL, client: dynamo, logger: quietLogger)
             #expect(running.first?.state == "running")
             worker.signal(SIGTERM)
             #expect(await worker.wait(timeout: 60) == .exited(0))
@@ -81,7 +94,8 @@ struct LedgerControllerTests {
                 #expect(item["instance"]?.string?.isEmpty == false)
                 #expect((1...3).contains(item["slot"]?.int ?? 0))
             }
-            let beats = try await InstanceHeartbeat.read(table: table, queueURL: h.queueURL, client: dynamo, logger: quietLogger)
+            let beats = try await InstanceHeartbeat.read(
+                table: table, queueURL: h.queueURL, client: dynamo, logger: quietLogger)
             let beat = try #require(beats.first)
             #expect(beats.count == 1)
             #expect(beat.state == "stopped")
@@ -91,7 +105,8 @@ struct LedgerControllerTests {
             #expect(beat.recentDurations.count == 46 && beat.recentCompletions.count == 46)
 
             // status reads the same heartbeat.
-            let (_, text) = try await h.command("status", ["status", "--queue-url", h.queueURL, "--ledger-table", table])
+            let (_, text) = try await h.command(
+                "status", ["status", "--queue-url", h.queueURL, "--ledger-table", table])
             #expect(text.contains(beat.instanceID) && text.contains("done 46"), "\(text)")
         }
     }
@@ -103,8 +118,11 @@ struct LedgerControllerTests {
             let keys = (0..<8).map { "in/\($0).txt" }
             for key in keys { try await h.upload(key, key) }
             try await h.send(keys)
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["ledgerTable": "no-such-table-\(UInt32.random(in: 0...UInt32.max))"],
-                                                                               program: program))
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["ledgerTable": "no-such-table-\(UInt32.random(in: 0...UInt32.max))"],
+                    program: program))
             #expect(await worker.wait(timeout: 120) == .exited(0))
             #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
             let log = h.log("w")
@@ -124,27 +142,36 @@ struct LedgerControllerTests {
             let ec2 = try EC2Client(context: h.context)
             let image = "ami-12c6146b"
             let tag = ["parallelizer:queue": h.queueURL]
-            let stuck = try await ec2.runInstances(imageID: image, count: 1, tags: tag, logger: quietLogger)[0].instanceID
-            let busy = try await ec2.runInstances(imageID: image, count: 1, tags: tag, logger: quietLogger)[0].instanceID
+            let stuck = try await ec2.runInstances(imageID: image, count: 1, tags: tag, logger: quietLogger)[0]
+                .instanceID
+            let busy = try await ec2.runInstances(imageID: image, count: 1, tags: tag, logger: quietLogger)[0]
+                .instanceID
             let untagged = try await ec2.runInstances(imageID: image, count: 1, logger: quietLogger)[0].instanceID
-            let other = try await ec2.runInstances(imageID: image, count: 1, tags: ["parallelizer:queue": h.queueURL + "x"],
-                                                   logger: quietLogger)[0].instanceID
+            let other = try await ec2.runInstances(
+                imageID: image, count: 1, tags: ["parallelizer:queue": h.queueURL + "x"],
+                logger: quietLogger)[0].instanceID
             let now = Date().timeIntervalSince1970
             for (id, last) in [(stuck, now - 3600), (busy, now)] {
-                try await dynamo.putItem(table: table, item: [
-                    "queue": .s(LedgerSchema.queueName(h.queueURL)), "task": .s(LedgerSchema.instanceSortKey(id)), "kind": .s("instance"),
-                    "instance": .s(id), "state": .s("running"), "startedEpoch": .number(now - 7200),
-                    "lastCompletionEpoch": .number(last), "tasksDone": .number(5),
-                ], logger: quietLogger)
+                try await dynamo.putItem(
+                    table: table,
+                    item: [
+                        "queue": .s(LedgerSchema.queueName(h.queueURL)), "task": .s(LedgerSchema.instanceSortKey(id)),
+                        "kind": .s("instance"),
+                        "instance": .s(id), "state": .s("running"), "startedEpoch": .number(now - 7200),
+                        "lastCompletionEpoch": .number(last), "tasksDone": .number(5),
+                    ], logger: quietLogger)
             }
             try await h.send((0..<5).map { "waiting-\($0)" })
 
-            var arguments = ["controller", "--queue-url", h.queueURL, "--ledger-table", table, "--stuck-after", "10m",
-                             "--interval", "1s"]
+            var arguments = [
+                "controller", "--queue-url", h.queueURL, "--ledger-table", table, "--stuck-after", "10m",
+                "--interval", "1s",
+            ]
             if dryRun { arguments.append("--dry-run") }
             let controller = try h.startWorkerProcess(name: "controller", arguments: arguments)
             func states() async throws -> [String: String] {
-                let described = try await ec2.describeInstances(instanceIDs: [stuck, busy, untagged, other], logger: quietLogger)
+                let described = try await ec2.describeInstances(
+                    instanceIDs: [stuck, busy, untagged, other], logger: quietLogger)
                 return Dictionary(described.map { ($0.instanceID, $0.state) }, uniquingKeysWith: { a, _ in a })
             }
             func gone(_ state: String?) -> Bool { state == "shutting-down" || state == "terminated" }
@@ -160,9 +187,13 @@ struct LedgerControllerTests {
 
             // Drain the queue: after an interval the rest of the fleet goes, and the controller ends.
             for _ in 0..<10 {
-                let messages = try await h.sqs.receiveMessages(queueURL: h.queueURL, maxMessages: 10, waitSeconds: 0,
-                                                               visibilityTimeout: 30, logger: quietLogger)
-                for m in messages { try await h.sqs.deleteMessage(queueURL: h.queueURL, receiptHandle: m.receiptHandle, logger: quietLogger) }
+                let messages = try await h.sqs.receiveMessages(
+                    queueURL: h.queueURL, maxMessages: 10, waitSeconds: 0,
+                    visibilityTimeout: 30, logger: quietLogger)
+                for m in messages {
+                    try await h.sqs.deleteMessage(
+                        queueURL: h.queueURL, receiptHandle: m.receiptHandle, logger: quietLogger)
+                }
                 if try await h.queueDepth() == 0 { break }
             }
             #expect(await controller.wait(timeout: 60) == .exited(0), "\(h.log("controller").suffix(2000))")
@@ -175,7 +206,8 @@ struct LedgerControllerTests {
             #expect(log.contains("the queue has been drained for"))
             #expect(log.contains(dryRun ? "would terminate instance (dry run)" : "terminating instance"))
             #expect(!log.contains("instance=\(untagged)") && !log.contains("instance=\(other)"))
-            _ = try await ec2.terminateInstances([untagged, other] + (dryRun ? [stuck, busy] : []), logger: quietLogger)
+            _ = try await ec2.terminateInstances(
+                [untagged, other] + (dryRun ? [stuck, busy] : []), logger: quietLogger)
         }
     }
 }
@@ -187,17 +219,24 @@ extension LedgerControllerTests {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             let group = "parallelizer-" + (h.queueURL.split(separator: "/").last.map(String.init) ?? "")
-            _ = try await Scripts.awsCLI(["ec2", "create-launch-template", "--launch-template-name", group,
-                                          "--launch-template-data", #"{"ImageId":"ami-12c6146b","InstanceType":"t3.micro"}"#],
-                                         directory: dir)
-            _ = try await Scripts.awsCLI(["autoscaling", "create-auto-scaling-group", "--auto-scaling-group-name", group,
-                                          "--min-size", "0", "--max-size", "2", "--desired-capacity", "2",
-                                          "--launch-template", "LaunchTemplateName=\(group)", "--availability-zones", "us-east-1a",
-                                          "--tags", "Key=parallelizer:queue,Value=\(h.queueURL),PropagateAtLaunch=true"],
-                                         directory: dir)
+            _ = try await Scripts.awsCLI(
+                [
+                    "ec2", "create-launch-template", "--launch-template-name", group,
+                    "--launch-template-data", #"{"ImageId":"ami-12c6146b","InstanceType":"t3.micro"}"#,
+                ],
+                directory: dir)
+            _ = try await Scripts.awsCLI(
+                [
+                    "autoscaling", "create-auto-scaling-group", "--auto-scaling-group-name", group,
+                    "--min-size", "0", "--max-size", "2", "--desired-capacity", "2",
+                    "--launch-template", "LaunchTemplateName=\(group)", "--availability-zones", "us-east-1a",
+                    "--tags", "Key=parallelizer:queue,Value=\(h.queueURL),PropagateAtLaunch=true",
+                ],
+                directory: dir)
             let autoscaling = try AutoScalingClient(context: h.context)
             func ours() async throws -> AutoScalingGroup {
-                let found = try await autoscaling.groups(taggedWith: "parallelizer:queue", value: h.queueURL, logger: quietLogger)
+                let found = try await autoscaling.groups(
+                    taggedWith: "parallelizer:queue", value: h.queueURL, logger: quietLogger)
                 try #require(found.count == 1, "the tag filter found \(found.map(\.name))")
                 return found[0]
             }
@@ -207,10 +246,13 @@ extension LedgerControllerTests {
 
             let imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: me)
             defer { Task { await imds.stop() } }
-            let worker = try h.startWorker(name: "w", parameters: h.parameters([
-                "autoScalingGroup": group, "shouldShutdown": "true", "idleTimeout": "1",
-                "shutdownCommand": "/bin/sh -c 'echo x > \(dir)/halted'",
-            ], program: "/bin/true"), imds: imds.endpoint)
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    [
+                        "autoScalingGroup": group, "shouldShutdown": "true", "idleTimeout": "1",
+                        "shutdownCommand": "/bin/sh -c 'echo x > \(dir)/halted'",
+                    ], program: "/bin/true"), imds: imds.endpoint)
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w").suffix(2000))")
             #expect(h.log("w").contains("left the Auto Scaling group"), "\(h.log("w").suffix(2000))")
             #expect(fileExists("\(dir)/halted"), "the shutdown command still runs")
@@ -218,13 +260,17 @@ extension LedgerControllerTests {
             #expect(after.desiredCapacity == 1, "the group would replace the drained worker")
             #expect(after.instances[me] == nil || after.instances[me]!.hasPrefix("Terminating"))
 
-            let controller = try h.startWorkerProcess(name: "controller",
-                                                      arguments: ["controller", "--queue-url", h.queueURL, "--interval", "1s"])
+            let controller = try h.startWorkerProcess(
+                name: "controller",
+                arguments: ["controller", "--queue-url", h.queueURL, "--interval", "1s"])
             #expect(await controller.wait(timeout: 60) == .exited(0), "\(h.log("controller").suffix(2000))")
             #expect(h.log("controller").contains("scaling the Auto Scaling group to 0"))
             #expect(try await ours().desiredCapacity == 0)
-            _ = try await Scripts.awsCLI(["autoscaling", "delete-auto-scaling-group", "--auto-scaling-group-name", group,
-                                          "--force-delete"], directory: dir)
+            _ = try await Scripts.awsCLI(
+                [
+                    "autoscaling", "delete-auto-scaling-group", "--auto-scaling-group-name", group,
+                    "--force-delete",
+                ], directory: dir)
         }
     }
 }
@@ -240,7 +286,8 @@ extension S3FaultTests {
             let keys = (0..<10).map { "in/\($0).txt" }
             for key in keys { try await h.upload(key, key) }
             try await h.send(keys)
-            try await TestEnvironment.setFaultRules("""
+            try await TestEnvironment.setFaultRules(
+                """
                 [{"service":"dynamodb","operation":"PutItem","error":{"code":"ProvisionedThroughputExceededException","status":400}},
                  {"service":"dynamodb","operation":"UpdateItem","error":{"code":"ProvisionedThroughputExceededException","status":400}}]
                 """)
@@ -253,7 +300,10 @@ extension S3FaultTests {
             // All outputs appear while every ledger write is still being refused.
             var done = false
             for _ in 0..<300 {
-                if try await h.outputKeys().count == keys.count { done = true; break }
+                if try await h.outputKeys().count == keys.count {
+                    done = true
+                    break
+                }
                 try await Task.sleep(nanoseconds: 100_000_000)
             }
             #expect(done)

@@ -21,11 +21,13 @@ struct ProvisioningScriptTests {
     static func makeTarball(in directory: String, environment: [String: String]) async throws -> String {
         let folder = "\(directory)/parallelizer-0.0.0-linux-test"
         _ = try await Scripts.run("/bin/mkdir", ["-p", folder], environment: environment, directory: directory)
-        _ = try await Scripts.run("/bin/cp", [WorkerHarness.binary, folder + "/parallelizer"], environment: environment,
-                                  directory: directory)
+        _ = try await Scripts.run(
+            "/bin/cp", [WorkerHarness.binary, folder + "/parallelizer"], environment: environment,
+            directory: directory)
         let tarball = folder + ".tar.gz"
-        let tar = try await Scripts.run("/bin/tar", ["-czf", tarball, "-C", directory, "parallelizer-0.0.0-linux-test"],
-                                        environment: environment, directory: directory)
+        let tar = try await Scripts.run(
+            "/bin/tar", ["-czf", tarball, "-C", directory, "parallelizer-0.0.0-linux-test"],
+            environment: environment, directory: directory)
         #expect(tar.succeeded, "\(tar.stderr)")
         return tarball
     }
@@ -35,9 +37,11 @@ struct ProvisioningScriptTests {
             let environment = try Scripts.motoEnvironment(in: dir)
             let moto = try TestEnvironment.endpoint(.moto)
             let name = uniqueName("pzs")
-            let arguments = ["--name", name, "--input-bucket", "\(name)-in", "--output-bucket", "\(name)-out",
-                             "--ledger-table", "\(name)-ledger", "--visibility-timeout", "300",
-                             "--max-receive-count", "4", "--endpoint-url", moto]
+            let arguments = [
+                "--name", name, "--input-bucket", "\(name)-in", "--output-bucket", "\(name)-out",
+                "--ledger-table", "\(name)-ledger", "--visibility-timeout", "300",
+                "--max-receive-count", "4", "--endpoint-url", moto,
+            ]
             let first = try await Scripts.run("setup-aws", arguments, environment: environment, directory: dir)
             #expect(first.succeeded, "\(first.stderr)")
             #expect(first.stderr.contains("created"))
@@ -64,7 +68,8 @@ struct ProvisioningScriptTests {
             for bucket in ["\(name)-in", "\(name)-out"] {
                 _ = try await s3.listObjectsV2(bucket: bucket, logger: quietLogger)
             }
-            let table = try await Scripts.awsCLI(["dynamodb", "describe-table", "--table-name", "\(name)-ledger"], directory: dir)
+            let table = try await Scripts.awsCLI(
+                ["dynamodb", "describe-table", "--table-name", "\(name)-ledger"], directory: dir)
             #expect(table["Table"]?["BillingModeSummary"]?["BillingMode"]?.stringValue == "PAY_PER_REQUEST")
             let keys = table["Table"]?["KeySchema"]?.arrayValue?.compactMap { $0["AttributeName"]?.stringValue }
             #expect(keys == ["queue", "task"])
@@ -72,8 +77,11 @@ struct ProvisioningScriptTests {
             // The role trusts EC2 only, and its one policy names only these buckets, this queue and this table.
             let role = try await Scripts.awsCLI(["iam", "get-role", "--role-name", "\(name)-worker"], directory: dir)
             #expect(role["Role"]?["AssumeRolePolicyDocument"]?.serialized.contains("ec2.amazonaws.com") == true)
-            let policy = try await Scripts.awsCLI(["iam", "get-role-policy", "--role-name", "\(name)-worker",
-                                                   "--policy-name", "\(name)-worker-access"], directory: dir)
+            let policy = try await Scripts.awsCLI(
+                [
+                    "iam", "get-role-policy", "--role-name", "\(name)-worker",
+                    "--policy-name", "\(name)-worker-access",
+                ], directory: dir)
             let statements = try #require(policy["PolicyDocument"]?["Statement"]?.arrayValue)
             var actions: Set<String> = []
             for statement in statements {
@@ -85,12 +93,17 @@ struct ProvisioningScriptTests {
                 }
                 for action in statement["Action"]?.arrayValue ?? [] { actions.insert(action.stringValue ?? "") }
             }
-            #expect(actions.isSuperset(of: ["s3:GetObject", "s3:PutObject", "sqs:ReceiveMessage", "sqs:DeleteMessage",
-                                             "sqs:ChangeMessageVisibility", "dynamodb:PutItem", "dynamodb:UpdateItem"]))
+            #expect(
+                actions.isSuperset(of: [
+                    "s3:GetObject", "s3:PutObject", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+                    "sqs:ChangeMessageVisibility", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                ]))
             #expect(!actions.contains { $0.hasSuffix("*") || $0.hasPrefix("iam:") || $0.hasPrefix("ec2:") })
-            let profile = try await Scripts.awsCLI(["iam", "get-instance-profile", "--instance-profile-name", "\(name)-worker"],
-                                                   directory: dir)
-            #expect(profile["InstanceProfile"]?["Roles"]?.arrayValue?.first?["RoleName"]?.stringValue == "\(name)-worker")
+            let profile = try await Scripts.awsCLI(
+                ["iam", "get-instance-profile", "--instance-profile-name", "\(name)-worker"],
+                directory: dir)
+            #expect(
+                profile["InstanceProfile"]?["Roles"]?.arrayValue?.first?["RoleName"]?.stringValue == "\(name)-worker")
 
             // Again: everything is reported unchanged, and the same values come out.
             let second = try await Scripts.run("setup-aws", arguments, environment: environment, directory: dir)
@@ -107,68 +120,98 @@ struct ProvisioningScriptTests {
             let environment = try Scripts.motoEnvironment(in: dir)
             let moto = try TestEnvironment.endpoint(.moto)
             let name = uniqueName("pzl")
-            let setup = try await Scripts.run("setup-aws", ["--name", name, "--input-bucket", "\(name)-in",
-                                                            "--output-bucket", "\(name)-out", "--endpoint-url", moto],
-                                              environment: environment, directory: dir)
+            let setup = try await Scripts.run(
+                "setup-aws",
+                [
+                    "--name", name, "--input-bucket", "\(name)-in",
+                    "--output-bucket", "\(name)-out", "--endpoint-url", moto,
+                ],
+                environment: environment, directory: dir)
             #expect(setup.succeeded, "\(setup.stderr)")
             let setupFile = "\(dir)/setup.env"
             LocalFile.write(setupFile, Array(setup.stdout.utf8))
             let queueURL = try #require(Self.keyValues(setup.stdout)["QUEUE_URL"])
             let tarball = try await Self.makeTarball(in: dir, environment: environment)
-            let common = ["--setup", setupFile, "--release-tarball", tarball, "--set", "analysisProgram=bin/run.sh --fast",
-                          "--endpoint-url", moto]
+            let common = [
+                "--setup", setupFile, "--release-tarball", tarball, "--set", "analysisProgram=bin/run.sh --fast",
+                "--endpoint-url", moto,
+            ]
 
-            let onDemand = try await Scripts.run("launch", common + ["--count", "2"], environment: environment, directory: dir)
+            let onDemand = try await Scripts.run(
+                "launch", common + ["--count", "2"], environment: environment, directory: dir)
             #expect(onDemand.succeeded, "\(onDemand.stderr)")
-            let spot = try await Scripts.run("launch", common + ["--market", "spot"], environment: environment, directory: dir)
+            let spot = try await Scripts.run(
+                "launch", common + ["--market", "spot"], environment: environment, directory: dir)
             #expect(spot.succeeded, "\(spot.stderr)")
             let ours = (onDemand.stdout + spot.stdout).split(separator: "\n").map(String.init)
             #expect(ours.count == 3)
 
             // The release went to the release prefix.
             let s3 = try S3Client(context: try TestEnvironment.motoContext())
-            let release = try await s3.headObject(bucket: "\(name)-out", key: "_release/parallelizer-0.0.0-linux-test.tar.gz",
-                                                  logger: quietLogger)
+            let release = try await s3.headObject(
+                bucket: "\(name)-out", key: "_release/parallelizer-0.0.0-linux-test.tar.gz",
+                logger: quietLogger)
             #expect(release != nil)
 
             // Each: tagged with the queue, IMDSv2 required, terminate on shutdown, user-data the daemon reads back.
-            let described = try await Scripts.awsCLI(["ec2", "describe-instances", "--instance-ids"] + ours, directory: dir)
+            let described = try await Scripts.awsCLI(
+                ["ec2", "describe-instances", "--instance-ids"] + ours, directory: dir)
             let instances = described["Reservations"]?.arrayValue?.flatMap { $0["Instances"]?.arrayValue ?? [] } ?? []
             #expect(instances.count == 3)
             for instance in instances {
                 let tags = instance["Tags"]?.arrayValue ?? []
-                #expect(tags.contains { $0["Key"]?.stringValue == "parallelizer:queue" && $0["Value"]?.stringValue == queueURL })
+                #expect(
+                    tags.contains {
+                        $0["Key"]?.stringValue == "parallelizer:queue" && $0["Value"]?.stringValue == queueURL
+                    })
                 #expect(instance["MetadataOptions"]?["HttpTokens"]?.stringValue == "required")
                 // (moto does not report the instance profile given to RunInstances, so it is not checked here.)
             }
             #expect(instances.filter { $0["InstanceLifecycle"]?.stringValue == "spot" }.count == 1)
-            let behaviour = try await Scripts.awsCLI(["ec2", "describe-instance-attribute", "--instance-id", ours[0],
-                                                      "--attribute", "instanceInitiatedShutdownBehavior"], directory: dir)
+            let behaviour = try await Scripts.awsCLI(
+                [
+                    "ec2", "describe-instance-attribute", "--instance-id", ours[0],
+                    "--attribute", "instanceInitiatedShutdownBehavior",
+                ], directory: dir)
             #expect(behaviour["InstanceInitiatedShutdownBehavior"]?["Value"]?.stringValue == "terminate")
-            let userDataAttribute = try await Scripts.awsCLI(["ec2", "describe-instance-attribute", "--instance-id", ours[0],
-                                                             "--attribute", "userData"], directory: dir)
+            let userDataAttribute = try await Scripts.awsCLI(
+                [
+                    "ec2", "describe-instance-attribute", "--instance-id", ours[0],
+                    "--attribute", "userData",
+                ], directory: dir)
             let encoded = try #require(userDataAttribute["UserData"]?["Value"]?.stringValue)
             let userData = String(decoding: try #require(Data(base64Encoded: encoded)), as: UTF8.self)
-            let (config, _) = try WorkerConfig.resolve([ConfigLayer(source: "user-data", values: try UserData.parse(userData))],
-                                                       cores: 2)
+            let (config, _) = try WorkerConfig.resolve(
+                [ConfigLayer(source: "user-data", values: try UserData.parse(userData))],
+                cores: 2)
             #expect(config.queueURL == queueURL)
             #expect(config.inputBucket == "\(name)-in" && config.outputBucket == "\(name)-out")
             #expect(config.analysisProgram == ["bin/run.sh", "--fast"])
-            #expect(userData.contains("X-Amz-Signature="), "the release URL is signed with SigV4 by the release's binary")
+            #expect(
+                userData.contains("X-Amz-Signature="), "the release URL is signed with SigV4 by the release's binary")
 
             // An Auto Scaling group of two from a launch template.
-            let group = try await Scripts.run("launch", common + ["--market", "asg", "--count", "2"], environment: environment,
-                                              directory: dir)
+            let group = try await Scripts.run(
+                "launch", common + ["--market", "asg", "--count", "2"], environment: environment,
+                directory: dir)
             #expect(group.succeeded, "\(group.stderr)")
-            let groups = try await Scripts.awsCLI(["autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names",
-                                                   "parallelizer-\(name)"], directory: dir)
+            let groups = try await Scripts.awsCLI(
+                [
+                    "autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names",
+                    "parallelizer-\(name)",
+                ], directory: dir)
             #expect(groups["AutoScalingGroups"]?.arrayValue?.first?["DesiredCapacity"]?.intValue == 2)
             // Its workers are told their group, so that a drained one leaves it rather than being replaced.
-            let versions = try await Scripts.awsCLI(["ec2", "describe-launch-template-versions", "--launch-template-name",
-                                                     "parallelizer-\(name)", "--versions", "$Latest"], directory: dir)
-            let templateData = try #require(versions["LaunchTemplateVersions"]?.arrayValue?.first?["LaunchTemplateData"])
-            let groupUserData = String(decoding: try #require(Data(base64Encoded: templateData["UserData"]?.stringValue ?? "")),
-                                       as: UTF8.self)
+            let versions = try await Scripts.awsCLI(
+                [
+                    "ec2", "describe-launch-template-versions", "--launch-template-name",
+                    "parallelizer-\(name)", "--versions", "$Latest",
+                ], directory: dir)
+            let templateData = try #require(
+                versions["LaunchTemplateVersions"]?.arrayValue?.first?["LaunchTemplateData"])
+            let groupUserData = String(
+                decoding: try #require(Data(base64Encoded: templateData["UserData"]?.stringValue ?? "")),
+                as: UTF8.self)
             let (groupConfig, _) = try WorkerConfig.resolve(
                 [ConfigLayer(source: "user-data", values: try UserData.parse(groupUserData))], cores: 2)
             #expect(groupConfig.autoScalingGroup == "parallelizer-\(name)")
@@ -178,29 +221,37 @@ struct ProvisioningScriptTests {
             let ec2 = try EC2Client(context: try TestEnvironment.motoContext())
             let image = try #require(instances.first?["ImageId"]?.stringValue)
             let untagged = try await ec2.runInstances(imageID: image, count: 1, logger: quietLogger)
-            let other = try await ec2.runInstances(imageID: image, count: 1, tags: ["parallelizer:queue": queueURL + "-other"],
-                                                   logger: quietLogger)
+            let other = try await ec2.runInstances(
+                imageID: image, count: 1, tags: ["parallelizer:queue": queueURL + "-other"],
+                logger: quietLogger)
             let bystanders = (untagged + other).map(\.instanceID)
 
-            let dry = try await Scripts.run("teardown", ["--setup", setupFile, "--dry-run", "--endpoint-url", moto],
-                                            environment: environment, directory: dir)
+            let dry = try await Scripts.run(
+                "teardown", ["--setup", setupFile, "--dry-run", "--endpoint-url", moto],
+                environment: environment, directory: dir)
             #expect(dry.succeeded, "\(dry.stderr)")
             let stillRunning = try await ec2.describeInstances(instanceIDs: ours, logger: quietLogger)
             #expect(stillRunning.allSatisfy { $0.state == "running" }, "--dry-run terminated something")
 
-            let teardown = try await Scripts.run("teardown", ["--setup", setupFile, "--endpoint-url", moto],
-                                                 environment: environment, directory: dir)
+            let teardown = try await Scripts.run(
+                "teardown", ["--setup", setupFile, "--endpoint-url", moto],
+                environment: environment, directory: dir)
             #expect(teardown.succeeded, "\(teardown.stderr)")
             let terminated = Set(teardown.stdout.split(separator: "\n").map(String.init))
             #expect(terminated.isSuperset(of: ours))
             #expect(terminated.isDisjoint(with: bystanders))
             let after = try await ec2.describeInstances(instanceIDs: ours + bystanders, logger: quietLogger)
             for instance in after {
-                let expected = bystanders.contains(instance.instanceID) ? ["running", "pending"] : ["shutting-down", "terminated"]
+                let expected =
+                    bystanders.contains(instance.instanceID)
+                    ? ["running", "pending"] : ["shutting-down", "terminated"]
                 #expect(expected.contains(instance.state), "\(instance.instanceID) is \(instance.state)")
             }
-            let groupsAfter = try await Scripts.awsCLI(["autoscaling", "describe-auto-scaling-groups",
-                                                        "--auto-scaling-group-names", "parallelizer-\(name)"], directory: dir)
+            let groupsAfter = try await Scripts.awsCLI(
+                [
+                    "autoscaling", "describe-auto-scaling-groups",
+                    "--auto-scaling-group-names", "parallelizer-\(name)",
+                ], directory: dir)
             #expect(groupsAfter["AutoScalingGroups"]?.arrayValue?.isEmpty == true)
             _ = try await ec2.terminateInstances(bystanders, logger: quietLogger)
         }
@@ -209,13 +260,17 @@ struct ProvisioningScriptTests {
     @Test func renderedUserDataKeepsQuotesAndSetsTheStopTimeout() async throws {
         try await withTemporaryDirectory { dir in
             let environment = try Scripts.motoEnvironment(in: dir)
-            let rendered = try await Scripts.run("launch", [
-                "--queue-url", "https://sqs.eu-west-1.amazonaws.com/123456789012/q", "--instance-profile", "p",
-                "--release-s3", "s3://rel/parallelizer.tar.gz", "--release-sha256", String(repeating: "ab", count: 32),
-                "--region", "eu-west-1", "--render-only", "--endpoint-url", try TestEnvironment.endpoint(.moto),
-                "--set", "inputBucket=in-bucket", "--set", "outputBucket=out-bucket", "--set", #"analysisProgram=bin/x --say 'it''s' "two words""#,
-                "--set", "shutdownGrace=100", "--set", "numThreads=3",
-            ], environment: environment, directory: dir)
+            let rendered = try await Scripts.run(
+                "launch",
+                [
+                    "--queue-url", "https://sqs.eu-west-1.amazonaws.com/123456789012/q", "--instance-profile", "p",
+                    "--release-s3", "s3://rel/parallelizer.tar.gz", "--release-sha256",
+                    String(repeating: "ab", count: 32),
+                    "--region", "eu-west-1", "--render-only", "--endpoint-url", try TestEnvironment.endpoint(.moto),
+                    "--set", "inputBucket=in-bucket", "--set", "outputBucket=out-bucket", "--set",
+                    #"analysisProgram=bin/x --say 'it''s' "two words""#,
+                    "--set", "shutdownGrace=100", "--set", "numThreads=3",
+                ], environment: environment, directory: dir)
             #expect(rendered.succeeded, "\(rendered.stderr)")
             #expect(rendered.stdout.hasPrefix("#cloud-config\n"))
             #expect(rendered.stdout.contains("TimeoutStopSec=130"))
@@ -239,14 +294,18 @@ struct ProvisioningScriptTests {
                 "--region", "eu-west-1", "--render-only", "--endpoint-url", try TestEnvironment.endpoint(.moto),
                 "--set", "inputBucket=in-bucket", "--set", "outputBucket=out-bucket", "--set", "analysisProgram=bin/x",
             ]
-            let minutes = try await Scripts.run("launch", common + ["--set", "shutdown-grace=2m"], environment: environment,
-                                                directory: dir)
+            let minutes = try await Scripts.run(
+                "launch", common + ["--set", "shutdown-grace=2m"], environment: environment,
+                directory: dir)
             #expect(minutes.succeeded, "\(minutes.stderr)")
             #expect(minutes.stdout.contains("TimeoutStopSec=150"))
             #expect(minutes.stdout.contains("  shutdownGrace: '2m'"), "the key is not in its canonical spelling")
-            for (bad, says) in [("taskTimeout=soon", "taskTimeout"), ("numThreds=4", "numThreds"),
-                                ("outputBucket=Not_A_Bucket", "outputBucket")] {
-                let refused = try await Scripts.run("launch", common + ["--set", bad], environment: environment, directory: dir)
+            for (bad, says) in [
+                ("taskTimeout=soon", "taskTimeout"), ("numThreds=4", "numThreds"),
+                ("outputBucket=Not_A_Bucket", "outputBucket"),
+            ] {
+                let refused = try await Scripts.run(
+                    "launch", common + ["--set", bad], environment: environment, directory: dir)
                 #expect(refused.status == 2, "\(bad): \(refused.stderr)")
                 #expect(refused.stderr.contains(says), "\(bad): \(refused.stderr)")
                 #expect(!refused.stdout.contains("#cloud-config"), "\(bad) was rendered")

@@ -18,7 +18,8 @@ struct S3MotoTests {
         let bucket = try await bucket(good)
         var wrong = try TestEnvironment.motoCredentials()
         wrong.secretAccessKey = String(wrong.secretAccessKey.reversed())
-        let bad = try S3Client(context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.moto), credentials: wrong))
+        let bad = try S3Client(
+            context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.moto), credentials: wrong))
         await #expect {
             _ = try await bad.listObjectsV2(bucket: bucket, logger: quietLogger)
         } throws: { error in
@@ -99,7 +100,8 @@ struct S3MotoTests {
         try await withTemporaryDirectory { dir in
             let size = 70 << 20
             makeFile("\(dir)/big", size: size, seed: 1)
-            let etag = try await s3.putObject(bucket: bucket, key: "big/object", file: "\(dir)/big", logger: quietLogger)
+            let etag = try await s3.putObject(
+                bucket: bucket, key: "big/object", file: "\(dir)/big", logger: quietLogger)
             #expect(etag.hasSuffix("-5\""))  // an AWS-style multipart ETag: five parts
             let info = try await s3.getObject(bucket: bucket, key: "big/object", to: "\(dir)/back", logger: quietLogger)
             #expect(info.size == Int64(size))
@@ -108,15 +110,19 @@ struct S3MotoTests {
     }
 
     @Test func sessionTokenCredentialsWork() async throws {
-        let ctx = TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.moto),
-                                          credentials: try TestEnvironment.motoSessionCredentials())
+        let ctx = TestEnvironment.context(
+            endpoint: try TestEnvironment.endpoint(.moto),
+            credentials: try TestEnvironment.motoSessionCredentials())
         let s3 = try S3Client(context: ctx)
         let bucket = try await bucket(s3)
         try await s3.putObject(bucket: bucket, key: "k", bytes: Array("hello".utf8), logger: quietLogger)
         #expect(try await s3.headObject(bucket: bucket, key: "k", logger: quietLogger)?.size == 5)
         var tampered = try TestEnvironment.motoSessionCredentials()
         tampered.sessionToken = "X" + (tampered.sessionToken ?? "")
-        let bad = try S3Client(context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.moto), credentials: tampered))
-        await #expect(throws: AWSError.self) { _ = try await bad.headObject(bucket: bucket, key: "k", logger: quietLogger) }
+        let bad = try S3Client(
+            context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.moto), credentials: tampered))
+        await #expect(throws: AWSError.self) {
+            _ = try await bad.headObject(bucket: bucket, key: "k", logger: quietLogger)
+        }
     }
 }

@@ -34,7 +34,9 @@ struct S3SeaweedTests {
                 #expect(try await fileSHA256("\(dir)/out") == (try await fileSHA256("\(dir)/in")), "GET \(key)")
             }
             var listed: [String] = []
-            try await s3.listAll(bucket: bucket, logger: quietLogger) { page throws(AWSError) in listed += page.map(\.key) }
+            try await s3.listAll(bucket: bucket, logger: quietLogger) { page throws(AWSError) in
+                listed += page.map(\.key)
+            }
             #expect(Set(listed) == Set(Self.awkwardKeys))
             let underDir = try await s3.listObjectsV2(bucket: bucket, prefix: "深い/", logger: quietLogger)
             #expect(underDir.objects.map(\.key) == ["深い/フォルダ/ファイル 1.dat"])
@@ -52,7 +54,8 @@ struct S3SeaweedTests {
         try await withTemporaryDirectory { dir in
             for size in [0, 1, (3 << 20) + 7] {
                 makeFile("\(dir)/in", size: size, seed: 9)
-                try await s3.putObject(bucket: bucket, key: "crc/\(size) é+.bin", file: "\(dir)/in", logger: quietLogger)
+                try await s3.putObject(
+                    bucket: bucket, key: "crc/\(size) é+.bin", file: "\(dir)/in", logger: quietLogger)
                 try await s3.getObject(bucket: bucket, key: "crc/\(size) é+.bin", to: "\(dir)/out", logger: quietLogger)
                 #expect(try await fileSHA256("\(dir)/out") == (try await fileSHA256("\(dir)/in")), "size \(size)")
             }
@@ -92,9 +95,10 @@ struct S3SeaweedTests {
     @Test func aSkewedClockIsCorrectedWithASessionToken() async throws {
         // Our clock runs 20 minutes fast; SeaweedFS refuses such signatures (RequestTimeTooSkewed) like AWS does.
         let logs = CapturedLogs()
-        let ctx = TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.seaweed),
-                                          credentials: try TestEnvironment.seaweedSessionCredentials(),
-                                          now: { Date().addingTimeInterval(20 * 60) })
+        let ctx = TestEnvironment.context(
+            endpoint: try TestEnvironment.endpoint(.seaweed),
+            credentials: try TestEnvironment.seaweedSessionCredentials(),
+            now: { Date().addingTimeInterval(20 * 60) })
         let s3 = try S3Client(context: ctx)
         let bucket = uniqueName("pz-skew")
         try await s3.createBucket(bucket, logger: logs.logger())
@@ -109,7 +113,8 @@ struct S3SeaweedTests {
     @Test func aTamperedSessionTokenIsRejected() async throws {
         var creds = try TestEnvironment.seaweedSessionCredentials()
         creds.sessionToken = String(creds.sessionToken!.dropLast(4)) + "AAAA"
-        let s3 = try S3Client(context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.seaweed), credentials: creds))
+        let s3 = try S3Client(
+            context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.seaweed), credentials: creds))
         await #expect(throws: AWSError.self) { _ = try await s3.listObjectsV2(bucket: "anything", logger: quietLogger) }
     }
 

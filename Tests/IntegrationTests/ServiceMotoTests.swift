@@ -24,7 +24,8 @@ struct ServiceMotoTests {
         #expect(message.body.hasPrefix("input/"))
         #expect(message.receiveCount == 1)
         // Released at once, it comes back with a higher receive count.
-        try await sqs.changeMessageVisibility(queueURL: url, receiptHandle: message.receiptHandle, timeout: 0, logger: quietLogger)
+        try await sqs.changeMessageVisibility(
+            queueURL: url, receiptHandle: message.receiptHandle, timeout: 0, logger: quietLogger)
         var again: SQSMessage?
         for _ in 0..<20 where again == nil {
             again = try await sqs.receiveMessages(queueURL: url, maxMessages: 10, waitSeconds: 1, logger: quietLogger)
@@ -39,15 +40,17 @@ struct ServiceMotoTests {
     /// receipt handle reported for its own message while the others go.
     @Test func settledMessagesAreDeletedInBatches() async throws {
         let sqs = SQSClient(context: try TestEnvironment.motoContext())
-        let url = try await sqs.createQueue(name: uniqueName("pz-del"), attributes: ["VisibilityTimeout": "60"],
-                                            logger: quietLogger)
+        let url = try await sqs.createQueue(
+            name: uniqueName("pz-del"), attributes: ["VisibilityTimeout": "60"],
+            logger: quietLogger)
         for start in stride(from: 0, to: 23, by: 10) {
             let entries = (start..<min(start + 10, 23)).map { (id: "m\($0)", body: "k\($0)") }
             _ = try await sqs.sendMessageBatch(queueURL: url, entries: entries, logger: quietLogger)
         }
         var received: [SQSMessage] = []
         for _ in 0..<20 where received.count < 23 {
-            received += try await sqs.receiveMessages(queueURL: url, maxMessages: 10, waitSeconds: 1, logger: quietLogger)
+            received += try await sqs.receiveMessages(
+                queueURL: url, maxMessages: 10, waitSeconds: 1, logger: quietLogger)
         }
         #expect(received.count == 23)
         let logs = CapturedLogs()
@@ -85,14 +88,16 @@ struct ServiceMotoTests {
             _ = try await sqs.getQueueAttributes(queueURL: missing, logger: quietLogger)
         } throws: { error in
             let e = error as? AWSError
-            return e?.httpStatus == 400 && (e?.code.contains("NonExistentQueue") == true || e?.shortCode == "QueueDoesNotExist")
+            return e?.httpStatus == 400
+                && (e?.code.contains("NonExistentQueue") == true || e?.shortCode == "QueueDoesNotExist")
         }
     }
 
     @Test func sqsRejectsAWrongSecret() async throws {
         var wrong = try TestEnvironment.motoCredentials()
         wrong.secretAccessKey = "wrong-secret"
-        let sqs = SQSClient(context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.moto), credentials: wrong))
+        let sqs = SQSClient(
+            context: TestEnvironment.context(endpoint: try TestEnvironment.endpoint(.moto), credentials: wrong))
         await #expect {
             _ = try await sqs.createQueue(name: uniqueName("pz-denied"), logger: quietLogger)
         } throws: { ($0 as? AWSError)?.httpStatus == 403 }
@@ -103,14 +108,17 @@ struct ServiceMotoTests {
         let table = uniqueName("pz-ledger")
         try await ddb.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
         for i in 0..<3 {
-            try await ddb.putItem(table: table, item: ["queue": .s("q1"), "task": .s("in/\(i)#1"), "state": .s("running")],
-                                  logger: quietLogger)
+            try await ddb.putItem(
+                table: table, item: ["queue": .s("q1"), "task": .s("in/\(i)#1"), "state": .s("running")],
+                logger: quietLogger)
         }
-        try await ddb.updateItem(table: table, key: ["queue": .s("q1"), "task": .s("in/1#1")],
-                                 update: "SET #s = :done, bytes = :b", names: ["#s": "state"],
-                                 values: [":done": .s("done"), ":b": .number(42)], logger: quietLogger)
-        let page = try await ddb.query(table: table, keyCondition: "#q = :q AND begins_with(task, :p)",
-                                       names: ["#q": "queue"], values: [":q": .s("q1"), ":p": .s("in/")], logger: quietLogger)
+        try await ddb.updateItem(
+            table: table, key: ["queue": .s("q1"), "task": .s("in/1#1")],
+            update: "SET #s = :done, bytes = :b", names: ["#s": "state"],
+            values: [":done": .s("done"), ":b": .number(42)], logger: quietLogger)
+        let page = try await ddb.query(
+            table: table, keyCondition: "#q = :q AND begins_with(task, :p)",
+            names: ["#q": "queue"], values: [":q": .s("q1"), ":p": .s("in/")], logger: quietLogger)
         #expect(page.items.count == 3)
         let updated = page.items.first { $0["task"] == .s("in/1#1") }
         #expect(updated?["state"] == .s("done"))
@@ -120,14 +128,18 @@ struct ServiceMotoTests {
     @Test func ec2DescribeTagTerminate() async throws {
         let ec2 = try EC2Client(context: try TestEnvironment.motoContext())
         let queue = uniqueName("pz-fleet")
-        let tagged = try await ec2.runInstances(imageID: "ami-12c6146b", count: 2, tags: ["parallelizer:queue": queue],
-                                                logger: quietLogger)
+        let tagged = try await ec2.runInstances(
+            imageID: "ami-12c6146b", count: 2, tags: ["parallelizer:queue": queue],
+            logger: quietLogger)
         let untagged = try await ec2.runInstances(imageID: "ami-12c6146b", count: 1, logger: quietLogger)
         #expect(tagged.count == 2)
         try await ec2.createTags(resources: [tagged[0].instanceID], tags: ["Name": "worker-0"], logger: quietLogger)
-        let found = try await ec2.describeInstances(filters: [("tag:parallelizer:queue", [queue]),
-                                                              ("instance-state-name", ["pending", "running"])],
-                                                    logger: quietLogger)
+        let found = try await ec2.describeInstances(
+            filters: [
+                ("tag:parallelizer:queue", [queue]),
+                ("instance-state-name", ["pending", "running"]),
+            ],
+            logger: quietLogger)
         #expect(Set(found.map(\.instanceID)) == Set(tagged.map(\.instanceID)))
         #expect(found.first { $0.instanceID == tagged[0].instanceID }?.tags["Name"] == "worker-0")
         let states = try await ec2.terminateInstances(tagged.map(\.instanceID), logger: quietLogger)

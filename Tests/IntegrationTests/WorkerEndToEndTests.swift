@@ -26,9 +26,12 @@ struct WorkerEndToEndTests {
             case "json":
                 userData = "{" + lines.map { "\"\($0.0)\": \"\($0.1)\"" }.joined(separator: ", ") + "}"
             case "cloud-config":
-                userData = "#cloud-config\npackages: [unzip]\nparallelizer:\n" + lines.map { "  \($0.0): \"\($0.1)\"" }.joined(separator: "\n") + "\n"
+                userData =
+                    "#cloud-config\npackages: [unzip]\nparallelizer:\n"
+                    + lines.map { "  \($0.0): \"\($0.1)\"" }.joined(separator: "\n") + "\n"
             case "multipart":
-                userData = "Content-Type: multipart/mixed; boundary=\"XYZ\"\nMIME-Version: 1.0\n\n--XYZ\nContent-Type: text/x-shellscript\n\n#!/bin/sh\necho boot\n--XYZ\nContent-Type: text/plain\n\n"
+                userData =
+                    "Content-Type: multipart/mixed; boundary=\"XYZ\"\nMIME-Version: 1.0\n\n--XYZ\nContent-Type: text/x-shellscript\n\n#!/bin/sh\necho boot\n--XYZ\nContent-Type: text/plain\n\n"
                     + lines.map { "\($0.0)=\($0.1)" }.joined(separator: "\n") + "\n--XYZ--\n"
             default:
                 userData = lines.map { "\($0.0)=\($0.1)" }.joined(separator: "\n")
@@ -52,14 +55,16 @@ struct WorkerEndToEndTests {
             let program = h.script("upper.sh", Self.upper)
             for key in ["plain.txt", "uri/x.txt", "json/y.txt", "event/a b.txt"] { try await h.upload(key, key) }
             try await h.send([
-                "plain.txt", "s3://\(h.inputBucket)/uri/x.txt", #"{"bucket": "\#(h.inputBucket)", "key": "json/y.txt"}"#,
+                "plain.txt", "s3://\(h.inputBucket)/uri/x.txt",
+                #"{"bucket": "\#(h.inputBucket)", "key": "json/y.txt"}"#,
                 #"{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "\#(h.inputBucket)"}, "object": {"key": "event/a+b.txt"}}}]}"#,
                 #"{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "\#(h.inputBucket)"}"#,
             ])
             let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program))
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             // (moto refuses signatures for keys with `+`; the `%2B` decoding is covered by MessageTests.)
-            #expect(try await h.outputKeys() == ["event/a b.txt.out", "json/y.txt.out", "plain.txt.out", "uri/x.txt.out"])
+            #expect(
+                try await h.outputKeys() == ["event/a b.txt.out", "json/y.txt.out", "plain.txt.out", "uri/x.txt.out"])
             #expect(try await h.output("event/a b.txt.out") == "EVENT/A B.TXT")
             #expect(h.log("w").contains("S3 test event deleted"))
             #expect(try await h.queueDepth() == 0)
@@ -69,7 +74,9 @@ struct WorkerEndToEndTests {
     @Test func failurePathsAndTheirFates() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let program = h.script("judge.sh", """
+            let program = h.script(
+                "judge.sh",
+                """
                 name=$(basename "$1")
                 case "$name" in
                   fail*) echo "boom on $name" >&2; exit 3 ;;
@@ -80,13 +87,18 @@ struct WorkerEndToEndTests {
                   *) tr a-z A-Z < "$1" > "$1.out"; echo "$1.out" ;;
                 esac
                 """)
-            for key in ["ok.txt", "fail.txt", "hang.txt", "outside.txt", "nofile.txt", "quiet.txt"] { try await h.upload(key, key) }
-            try await h.send(["ok.txt", "fail.txt", "hang.txt", "outside.txt", "nofile.txt", "quiet.txt", "missing.txt"])
+            for key in ["ok.txt", "fail.txt", "hang.txt", "outside.txt", "nofile.txt", "quiet.txt"] {
+                try await h.upload(key, key)
+            }
+            try await h.send([
+                "ok.txt", "fail.txt", "hang.txt", "outside.txt", "nofile.txt", "quiet.txt", "missing.txt",
+            ])
             let params = h.parameters(["maxAttempts": "2", "taskTimeout": "2", "numThreads": "3"], program: program)
             let worker = try h.startWorker(name: "w", parameters: params)
             #expect(await worker.wait(timeout: 120) == .exited(0), "\(h.log("w"))")
             let keys = try await h.outputKeys()
-            #expect(keys == ["_failed/fail.txt.json", "_failed/hang.txt.json", "_failed/missing.txt.json", "ok.txt.out"])
+            #expect(
+                keys == ["_failed/fail.txt.json", "_failed/hang.txt.json", "_failed/missing.txt.json", "ok.txt.out"])
             let fail = try JSONValue.parse(try await h.output("_failed/fail.txt.json"))
             #expect(fail["exitStatus"]?.stringValue == "exit 3")
             #expect(fail["attempts"]?.intValue == 2)
@@ -111,8 +123,11 @@ struct WorkerEndToEndTests {
             let program = h.script("slow.sh", "echo started > \(dir)/started\nsleep 60\n")
             try await h.upload("slow.txt", "x")
             try await h.send(["slow.txt"])
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"],
-                                                                                   program: program))
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["shutdownGrace": "1", "visibilityTimeout": "300"],
+                    program: program))
             for _ in 0..<200 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
             #expect(fileExists("\(dir)/started"))
             worker.signal(SIGTERM)
@@ -132,8 +147,11 @@ struct WorkerEndToEndTests {
             let program = h.script("slow.sh", "echo started > \(dir)/started\nsleep 60\n")
             try await h.upload("slow.txt", "x")
             try await h.send(["slow.txt"])
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"],
-                                                                                   program: program), imds: imds.endpoint)
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["shutdownGrace": "1", "visibilityTimeout": "300"],
+                    program: program), imds: imds.endpoint)
             for _ in 0..<200 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
             try await imds.configure(#"{"spotAction": {"action": "terminate", "time": "2026-11-23T12:00:00Z"}}"#)
             #expect(await worker.wait(timeout: 30) == .exited(0), "\(h.log("w"))")
@@ -149,8 +167,11 @@ struct WorkerEndToEndTests {
             let program = h.script("upper.sh", Self.upper)
             try await h.upload("a.txt", "a")
             try await h.send(["a.txt"])
-            let params = h.parameters(["shouldShutdown": "true", "numThreads": "3",
-                                       "shutdownCommand": "/bin/sh -c 'echo halted >> \(dir)/shutdowns'"], program: program)
+            let params = h.parameters(
+                [
+                    "shouldShutdown": "true", "numThreads": "3",
+                    "shutdownCommand": "/bin/sh -c 'echo halted >> \(dir)/shutdowns'",
+                ], program: program)
             let worker = try h.startWorker(name: "w", parameters: params)
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             #expect(LocalFile.readText("\(dir)/shutdowns") == "halted\n")
@@ -166,7 +187,8 @@ struct WorkerEndToEndTests {
             // Another "instance" holds the message, then gives it back: the idle worker must not have left.
             let held = try await h.sqs.receiveMessages(queueURL: h.queueURL, visibilityTimeout: 8, logger: quietLogger)
             #expect(held.count == 1)
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(program: h.script("upper.sh", Self.upper)))
+            let worker = try h.startWorker(
+                name: "w", parameters: h.parameters(program: h.script("upper.sh", Self.upper)))
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             #expect(try await h.outputKeys() == ["late.txt.out"])
         }
@@ -175,12 +197,14 @@ struct WorkerEndToEndTests {
     @Test func badParametersStopStartUpNamingTheKey() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["taskTimeout": "soon"], program: "/bin/true"))
+            let worker = try h.startWorker(
+                name: "w", parameters: h.parameters(["taskTimeout": "soon"], program: "/bin/true"))
             #expect(await worker.wait(timeout: 30) == .exited(2))
             let lines = h.log("w").split(separator: "\n").filter { $0.contains("critical") }
             #expect(lines.count == 1)
             #expect(lines.first?.contains("taskTimeout") == true)
-            let unreadable = try h.startWorker(name: "u", parameters: nil, extraArguments: ["--config", "/nonexistent/params"])
+            let unreadable = try h.startWorker(
+                name: "u", parameters: nil, extraArguments: ["--config", "/nonexistent/params"])
             #expect(await unreadable.wait(timeout: 30) == .exited(2))
             #expect(h.log("u").contains("--config file cannot be read"))
         }
@@ -197,20 +221,25 @@ struct FleetDrainTests {
             let keys = (0..<count).map { "batch/\($0 % 7)/input-\($0).txt" }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for chunk in stride(from: 0, to: count, by: 25) {
-                    group.addTask { for key in keys[chunk..<min(chunk + 25, count)] { try await h.upload(key, "content of \(key)") } }
+                    group.addTask {
+                        for key in keys[chunk..<min(chunk + 25, count)] { try await h.upload(key, "content of \(key)") }
+                    }
                 }
                 try await group.waitForAll()
             }
             try await h.send(keys)
             // Each task marks itself, takes a moment, and writes a checksum-like output.
-            let program = h.script("work.sh", """
+            let program = h.script(
+                "work.sh",
+                """
                 touch "\(dir)/running-$PPID"
                 sleep 0.1
                 tr a-z A-Z < "$1" > "$1.out"
                 rm -f "\(dir)/running-$PPID"
                 echo "$1.out"
                 """)
-            let params = h.parameters(["visibilityTimeout": "8", "idleTimeout": "3", "maxAttempts": "5"], program: program)
+            let params = h.parameters(
+                ["visibilityTimeout": "8", "idleTimeout": "3", "maxAttempts": "5"], program: program)
             let workers = try (0..<3).map { try h.startWorker(name: "w\($0)", parameters: params) }
             // Kill the first worker while its command runs (the marker exists only during a task), once some work
             // is done.
@@ -229,7 +258,9 @@ struct FleetDrainTests {
                 #expect(await worker.wait(timeout: 240) == .exited(0), "\(h.logTails(["w1", "w2"]))")
             }
             let outputs = try await h.outputKeys()
-            #expect(outputs.count == count, "missing: \(Set(keys.map { $0 + ".out" }).subtracting(outputs).sorted().prefix(5))")
+            #expect(
+                outputs.count == count,
+                "missing: \(Set(keys.map { $0 + ".out" }).subtracting(outputs).sorted().prefix(5))")
             #expect(Set(outputs) == Set(keys.map { $0 + ".out" }))
             for key in keys.shuffled().prefix(10) {
                 #expect(try await h.output(key + ".out") == "content of \(key)".uppercased())
@@ -260,14 +291,18 @@ struct HeartbeatTests {
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("long.txt", "long")
             try await h.send(["long.txt"])
-            let program = h.script("long.sh", "echo started > \(dir)/started\nsleep 9\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["visibilityTimeout": "3"], program: program))
+            let program = h.script(
+                "long.sh", "echo started > \(dir)/started\nsleep 9\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            let worker = try h.startWorker(
+                name: "w", parameters: h.parameters(["visibilityTimeout": "3"], program: program))
             for _ in 0..<200 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
             // Three visibility timeouts pass while the command runs; nobody else may receive the message.
             var stolen: [String] = []
             for _ in 0..<6 {
-                stolen += try await h.sqs.receiveMessages(queueURL: h.queueURL, maxMessages: 1, waitSeconds: 1,
-                                                         visibilityTimeout: 1, logger: quietLogger).map(\.body)
+                stolen += try await h.sqs.receiveMessages(
+                    queueURL: h.queueURL, maxMessages: 1, waitSeconds: 1,
+                    visibilityTimeout: 1, logger: quietLogger
+                ).map(\.body)
                 try await Task.sleep(nanoseconds: 500_000_000)
             }
             #expect(stolen.isEmpty, "the message became visible during the task")
@@ -291,11 +326,13 @@ extension S3FaultTests {
             try await h.upload("big.txt", "x")
             try await h.send(["big.txt"])
             // A 70 MiB output goes up in parts; each part takes 3 s through the proxy.
-            let program = h.script("big.sh", "head -c 73400320 /dev/zero > \"$1.out\"\necho uploading > \(dir)/started\necho \"$1.out\"\n")
+            let program = h.script(
+                "big.sh", "head -c 73400320 /dev/zero > \"$1.out\"\necho uploading > \(dir)/started\necho \"$1.out\"\n")
             try await TestEnvironment.setFaultRules(#"[{"service":"s3","operation":"PutObject","latency":3000}]"#)
             defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
             let worker = try h.startWorker(
-                name: "w", parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"], program: program),
+                name: "w",
+                parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"], program: program),
                 environment: try TestEnvironment.routeThroughFaultProxy())
             for _ in 0..<400 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
             try await Task.sleep(nanoseconds: 500_000_000)
@@ -323,8 +360,9 @@ struct CredentialRotationTests {
             try await h.send(keys)
             let program = h.script("slow.sh", "sleep 1.5\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             // At trace level, so the secret scan of the log covers every line the daemon can write about credentials.
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program), imds: imds.endpoint,
-                                           extraArguments: ["--log-level", "trace"], instanceRole: true)
+            let worker = try h.startWorker(
+                name: "w", parameters: h.parameters(program: program), imds: imds.endpoint,
+                extraArguments: ["--log-level", "trace"], instanceRole: true)
             #expect(await worker.wait(timeout: 90) == .exited(0), "\(h.log("w"))")
             #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
             let stats = try await imds.stats()
@@ -342,10 +380,15 @@ struct RunOnceTests {
             let h = try await WorkerHarness.make(directory: dir)
             for key in ["a.txt", "b.txt"] { try await h.upload(key, key) }
             try await h.send(["a.txt", "b.txt"])
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(["shouldShutdown": "true",
-                                                                                    "shutdownCommand": "/bin/sh -c 'echo x > \(dir)/halted'"],
-                                                                                   program: h.script("upper.sh", WorkerEndToEndTests.upper)),
-                                           extraArguments: ["--once"])
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    [
+                        "shouldShutdown": "true",
+                        "shutdownCommand": "/bin/sh -c 'echo x > \(dir)/halted'",
+                    ],
+                    program: h.script("upper.sh", WorkerEndToEndTests.upper)),
+                extraArguments: ["--once"])
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             #expect(try await h.outputKeys().count == 1)
             #expect(try await h.queueDepth() == 1)
@@ -358,7 +401,8 @@ extension RunOnceTests {
     @Test func onceOnAnEmptyQueueExitsAfterOnePoll() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let worker = try h.startWorker(name: "w", parameters: h.parameters(program: "/bin/true"), extraArguments: ["--once"])
+            let worker = try h.startWorker(
+                name: "w", parameters: h.parameters(program: "/bin/true"), extraArguments: ["--once"])
             #expect(await worker.wait(timeout: 30) == .exited(0), "\(h.log("w"))")
         }
     }
@@ -383,12 +427,17 @@ struct HeldMessageTests {
 
     /// Uploads and queues `keys`, starts worker "a" (one slot, ten messages per receive, `parameters`) and returns
     /// once its slow first task has begun.
-    static func startHolder(_ h: WorkerHarness, _ dir: String, keys: [String], content: (String) -> String, slow: Int,
-                            parameters: [String: String]) async throws -> ChildProcess {
+    static func startHolder(
+        _ h: WorkerHarness, _ dir: String, keys: [String], content: (String) -> String, slow: Int,
+        parameters: [String: String]
+    ) async throws -> ChildProcess {
         for key in keys { try await h.upload(key, content(key)) }
         try await h.send(keys)
-        let a = try h.startWorker(name: "a", parameters: h.parameters(
-            parameters.merging(["numThreads": "1"]) { $1 }, program: h.script("a.sh", firstCallIsSlow(dir, slow: slow))),
+        let a = try h.startWorker(
+            name: "a",
+            parameters: h.parameters(
+                parameters.merging(["numThreads": "1"]) { $1 },
+                program: h.script("a.sh", firstCallIsSlow(dir, slow: slow))),
             extraArguments: ["--receive-batch", "10"])
         for _ in 0..<300 where !fileExists("\(dir)/slow-started") { try await Task.sleep(nanoseconds: 50_000_000) }
         #expect(fileExists("\(dir)/slow-started"), "\(h.log("a"))")
@@ -404,18 +453,23 @@ struct HeldMessageTests {
             let h = try await WorkerHarness.make(directory: dir)
             let keys = (1...15).map { "f\($0).txt" }
             // A 4 s timeout: held messages go back after 2 s; the slow task (6 s) outlives the timeout itself.
-            let a = try await Self.startHolder(h, dir, keys: keys, content: { "content of \($0)" }, slow: 6,
-                                               parameters: ["visibilityTimeout": "4"])
-            let b = try h.startWorker(name: "b", parameters: h.parameters(
-                ["visibilityTimeout": "4", "numThreads": "1"], program: h.script("b.sh", WorkerEndToEndTests.upper)))
+            let a = try await Self.startHolder(
+                h, dir, keys: keys, content: { "content of \($0)" }, slow: 6,
+                parameters: ["visibilityTimeout": "4"])
+            let b = try h.startWorker(
+                name: "b",
+                parameters: h.parameters(
+                    ["visibilityTimeout": "4", "numThreads": "1"], program: h.script("b.sh", WorkerEndToEndTests.upper))
+            )
             #expect(await a.wait(timeout: 90) == .exited(0), "\(h.log("a"))")
             #expect(await b.wait(timeout: 90) == .exited(0), "\(h.log("b"))")
             #expect(h.log("a").contains("message released before its task started"), "\(h.log("a"))")
             #expect(h.log("a").contains("held too long"))
             // Each input done once: had worker a kept what it held, b would take those messages when their timeout
             // lapsed, and a would process them again after its slow task.
-            #expect(Self.taskDoneLines(h.log("a")) + Self.taskDoneLines(h.log("b")) == keys.count,
-                    "a:\n\(h.log("a"))\nb:\n\(h.log("b"))")
+            #expect(
+                Self.taskDoneLines(h.log("a")) + Self.taskDoneLines(h.log("b")) == keys.count,
+                "a:\n\(h.log("a"))\nb:\n\(h.log("b"))")
             #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
             for key in keys { #expect(try await h.output(key + ".out") == "CONTENT OF \(key.uppercased())") }
             #expect(try await h.queueDepth() == 0)
@@ -427,8 +481,9 @@ struct HeldMessageTests {
             let h = try await WorkerHarness.make(directory: dir)
             let keys = (1...12).map { "s\($0).txt" }
             // A 60 s timeout: the held messages' own timer is 30 s away when the stop comes.
-            let a = try await Self.startHolder(h, dir, keys: keys, content: { _ in "x" }, slow: 3,
-                                               parameters: ["visibilityTimeout": "60", "shutdownGrace": "30"])
+            let a = try await Self.startHolder(
+                h, dir, keys: keys, content: { _ in "x" }, slow: 3,
+                parameters: ["visibilityTimeout": "60", "shutdownGrace": "30"])
             a.signal(SIGTERM)
             #expect(await a.wait(timeout: 60) == .exited(0), "\(h.log("a"))")
             let done = Self.taskDoneLines(h.log("a"))
@@ -437,8 +492,9 @@ struct HeldMessageTests {
             // Everything not done is visible again now, not in a minute.
             var back: [SQSMessage] = []
             for _ in 0..<4 where back.count < keys.count - done {
-                back += try await h.sqs.receiveMessages(queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1,
-                                                        logger: quietLogger)
+                back += try await h.sqs.receiveMessages(
+                    queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1,
+                    logger: quietLogger)
             }
             #expect(back.count == keys.count - done)
             #expect(Set(back.map(\.body)).isDisjoint(with: try await h.outputKeys().map { String($0.dropLast(4)) }))

@@ -3,10 +3,14 @@ import Worker
 
 extension ProcessRunner {
     /// Starts `argv` in its own process group and returns at once: how tests drive worker processes.
-    public func start(argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-                      stderrPath: String) throws(SpawnError) -> ChildProcess {
-        ChildProcess(pid: try spawn(argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
-                                    stderrPath: stderrPath, user: nil))
+    public func start(
+        argv: [String], environment: [String: String], directory: String, stdoutPath: String,
+        stderrPath: String
+    ) throws(SpawnError) -> ChildProcess {
+        ChildProcess(
+            pid: try spawn(
+                argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
+                stderrPath: stderrPath, user: nil))
     }
 }
 

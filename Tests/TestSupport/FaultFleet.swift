@@ -44,7 +44,8 @@ public struct FaultFleet: Sendable {
 
     public static func content(for key: String, size: Int) -> String {
         // FNV-1a of the key: the same content for the same key in every process.
-        var generator = SplitMix(seed: key.utf8.reduce(0xcbf2_9ce4_8422_2325 as UInt64) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 })
+        var generator = SplitMix(
+            seed: key.utf8.reduce(0xcbf2_9ce4_8422_2325 as UInt64) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 })
         let words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
         var text = "input \(key)\n"
         while text.utf8.count < size {
@@ -54,10 +55,14 @@ public struct FaultFleet: Sendable {
     }
 
     /// Makes the buckets and queue, uploads `count` inputs of about `size` bytes, and queues them.
-    public static func make(directory: String, count: Int, size: Int = 6144,
-                            s3: TestEnvironment.Server = .moto) async throws -> FaultFleet {
+    public static func make(
+        directory: String, count: Int, size: Int = 6144,
+        s3: TestEnvironment.Server = .moto
+    ) async throws -> FaultFleet {
         let harness = try await WorkerHarness.make(directory: directory, s3: s3)
-        let keys = (0..<count).map { n in "in/" + String(repeating: "0", count: max(0, 4 - String(n).count)) + "\(n).txt" }
+        let keys = (0..<count).map { n in
+            "in/" + String(repeating: "0", count: max(0, 4 - String(n).count)) + "\(n).txt"
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for chunk in stride(from: 0, to: keys.count, by: 20) {
                 let part = keys[chunk..<min(chunk + 20, keys.count)]
@@ -71,9 +76,13 @@ public struct FaultFleet: Sendable {
 
     /// The parameters of every worker: two slots, quick retries, many attempts (faults make tasks fail and retry).
     /// The command: `before` and `after` are shell lines around the upper-casing (markers for process faults).
-    public func parameters(workDir: String? = nil, extra: [String: String] = [:], before: String = "",
-                           after: String = "") -> String {
-        let program = harness.script("upper.sh", """
+    public func parameters(
+        workDir: String? = nil, extra: [String: String] = [:], before: String = "",
+        after: String = ""
+    ) -> String {
+        let program = harness.script(
+            "upper.sh",
+            """
             \(before)
             tr 'a-z' 'A-Z' < "$1" > "$1.up" || exit 1
             \(after)
@@ -87,20 +96,27 @@ public struct FaultFleet: Sendable {
 
     /// Starts worker `index` with its own work folder (under `workRoot`, default the test's folder), as each
     /// instance has its own disk. With `instanceRole`, it has no keys of its own and takes the role's from `imds`.
-    public func start(_ index: Int, parameters: String, environment: [String: String] = [:], imds: String? = nil,
-                      instanceRole: Bool = false, workRoot: String? = nil) throws -> ChildProcess {
-        try harness.startWorker(name: "w\(index)", parameters: parameters, imds: imds,
-                                extraArguments: ["--set", "workDir=\(workRoot ?? directory)/work-w\(index)"],
-                                environment: environment, instanceRole: instanceRole)
+    public func start(
+        _ index: Int, parameters: String, environment: [String: String] = [:], imds: String? = nil,
+        instanceRole: Bool = false, workRoot: String? = nil
+    ) throws -> ChildProcess {
+        try harness.startWorker(
+            name: "w\(index)", parameters: parameters, imds: imds,
+            extraArguments: ["--set", "workDir=\(workRoot ?? directory)/work-w\(index)"],
+            environment: environment, instanceRole: instanceRole)
     }
 
     /// Waits for the workers, then checks every output against its input. The timeout stays inside the suites' time
     /// limit (3 minutes), so that a fleet that never drains is reported here, with its workers' logs.
-    public func finish(_ workers: [ChildProcess], started: ContinuousClock.Instant, timeout: Double = 150) async throws -> Result {
+    public func finish(_ workers: [ChildProcess], started: ContinuousClock.Instant, timeout: Double = 150) async throws
+        -> Result
+    {
         // One deadline for the fleet, so a fleet that never drains fails within `timeout`, not once per worker.
         let deadline = ContinuousClock.now + .seconds(timeout)
         var exits: [ProcessOutcome?] = []
-        for worker in workers { exits.append(await worker.wait(timeout: max(1, (deadline - ContinuousClock.now).seconds))) }
+        for worker in workers {
+            exits.append(await worker.wait(timeout: max(1, (deadline - ContinuousClock.now).seconds)))
+        }
         for (worker, exit) in zip(workers, exits) where exit == nil { worker.signal(SIGKILL) }
         if exits.contains(where: { $0 == nil }) {
             print("the fleet did not drain within \(Int(timeout)) s; its workers' logs:\n\(logTails(workers.count))")
@@ -127,11 +143,12 @@ public struct FaultFleet: Sendable {
             }
         }
         let logs = (0..<workers.count).map { harness.log("w\($0)") }
-        return Result(inputs: keys.count, correctOutputs: correct, wrongOutputs: wrong.sorted(), missingOutputs: missing.sorted(),
-                      failureRecords: outputs.filter { $0.hasPrefix("_failed/") }.sorted(),
-                      queueDepth: try await harness.queueDepth(), exits: exits,
-                      retries: logs.reduce(0) { $0 + $1.components(separatedBy: "retrying AWS call").count - 1 },
-                      seconds: seconds, workerLogTails: logTails(workers.count))
+        return Result(
+            inputs: keys.count, correctOutputs: correct, wrongOutputs: wrong.sorted(), missingOutputs: missing.sorted(),
+            failureRecords: outputs.filter { $0.hasPrefix("_failed/") }.sorted(),
+            queueDepth: try await harness.queueDepth(), exits: exits,
+            retries: logs.reduce(0) { $0 + $1.components(separatedBy: "retrying AWS call").count - 1 },
+            seconds: seconds, workerLogTails: logTails(workers.count))
     }
 
     public func logs(_ count: Int = 3) -> String { (0..<count).map { harness.log("w\($0)") }.joined(separator: "\n") }

@@ -116,8 +116,10 @@ public final class MemoryStore: ObjectStore {
 
     /// Every key in `bucket`, sorted.
     public func keys(in bucket: String) -> [String] {
-        state.withLock { s in s.objects.keys.filter { $0.hasPrefix(bucket + "/") }.map { String($0.dropFirst(bucket.count + 1)) } }
-            .sorted()
+        state.withLock { s in
+            s.objects.keys.filter { $0.hasPrefix(bucket + "/") }.map { String($0.dropFirst(bucket.count + 1)) }
+        }
+        .sorted()
     }
 
     private func refusal(_ object: S3URI) -> AWSError? {
@@ -135,12 +137,16 @@ public final class MemoryStore: ObjectStore {
 
     public func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError) {
         if let refusal = refusal(object) { throw refusal }
-        guard let bytes = LocalFile.read(path, limit: 1 << 30) else { throw AWSError.client("s3", "cannot read \(path)") }
+        guard let bytes = LocalFile.read(path, limit: 1 << 30) else {
+            throw AWSError.client("s3", "cannot read \(path)")
+        }
         state.withLock { $0.objects["\(object.bucket)/\(object.key)"] = bytes }
     }
 
-    public func put(_ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
-                    logger: Logger) async throws(AWSError) {
+    public func put(
+        _ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
+        logger: Logger
+    ) async throws(AWSError) {
         if let refusal = refusal(object) { throw refusal }
         let exists = state.withLock { s -> Bool in
             let key = "\(object.bucket)/\(object.key)"
@@ -172,12 +178,14 @@ public struct ScriptedRunner: TaskRunner {
     final class Counter: Sendable { let value = Atomic<Int>(0) }
 
     /// A command that copies its input to `<input>.out` and names it (exit 0).
-    public static var copying: ScriptedRunner { ScriptedRunner { command in
-        let input = command.argv.last!
-        LocalFile.write(input + ".out", LocalFile.read(input, limit: 1 << 20) ?? [])
-        LocalFile.write(command.stdoutPath, Array("some chatter\n\(input).out\n".utf8))
-        return .exited(0)
-    } }
+    public static var copying: ScriptedRunner {
+        ScriptedRunner { command in
+            let input = command.argv.last!
+            LocalFile.write(input + ".out", LocalFile.read(input, limit: 1 << 20) ?? [])
+            LocalFile.write(command.stdoutPath, Array("some chatter\n\(input).out\n".utf8))
+            return .exited(0)
+        }
+    }
 
     /// A command that exits with `code` and says why on stderr.
     public static func failing(_ code: Int32) -> ScriptedRunner {
@@ -188,13 +196,16 @@ public struct ScriptedRunner: TaskRunner {
     }
 
     /// A command that runs until its task is cancelled, as a real one killed at a stop's grace end.
-    public static var endless: ScriptedRunner { ScriptedRunner { _ in
-        while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
-        return .interrupted
-    } }
+    public static var endless: ScriptedRunner {
+        ScriptedRunner { _ in
+            while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
+            return .interrupted
+        }
+    }
 }
 
 /// A received message: `body`, received `count` times.
 public func received(_ id: String, _ body: String, count: Int = 1) -> SQSMessage {
-    SQSMessage(messageID: id, receiptHandle: "rh-\(id)", body: body, attributes: ["ApproximateReceiveCount": "\(count)"])
+    SQSMessage(
+        messageID: id, receiptHandle: "rh-\(id)", body: body, attributes: ["ApproximateReceiveCount": "\(count)"])
 }

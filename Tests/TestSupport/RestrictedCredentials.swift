@@ -9,10 +9,14 @@ extension WorkerHarness {
         let name = uniqueName("pz-restricted")
         _ = try await Scripts.awsCLI(["iam", "create-user", "--user-name", name], directory: directory)
         let denials = denied.map { #"{"Effect":"Deny","Action":"\#($0.action)","Resource":"\#($0.resource)"}"# }
-        let policy = #"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}"#
+        let policy =
+            #"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}"#
             + denials.map { "," + $0 }.joined() + "]}"
-        _ = try await Scripts.awsCLI(["iam", "put-user-policy", "--user-name", name, "--policy-name", "restricted",
-                                      "--policy-document", policy], directory: directory)
+        _ = try await Scripts.awsCLI(
+            [
+                "iam", "put-user-policy", "--user-name", name, "--policy-name", "restricted",
+                "--policy-document", policy,
+            ], directory: directory)
         let key = try await Scripts.awsCLI(["iam", "create-access-key", "--user-name", name], directory: directory)
         let id = try #require(key["AccessKey"]?["AccessKeyId"]?.stringValue)
         let secret = try #require(key["AccessKey"]?["SecretAccessKey"]?.stringValue)

@@ -33,14 +33,18 @@ public enum Scripts {
     }
 
     /// Runs `scripts/<name> arguments` (or any program when `name` starts with `/` or has no `scripts/` form).
-    public static func run(_ program: String, _ arguments: [String], environment: [String: String], directory: String,
-                           timeout: Int = 300) async throws -> Result
-    {
-        let argv = program.hasPrefix("/") ? [program] + arguments : ["/bin/bash", "\(repositoryRoot)/scripts/\(program)"] + arguments
+    public static func run(
+        _ program: String, _ arguments: [String], environment: [String: String], directory: String,
+        timeout: Int = 300
+    ) async throws -> Result {
+        let argv =
+            program.hasPrefix("/")
+            ? [program] + arguments : ["/bin/bash", "\(repositoryRoot)/scripts/\(program)"] + arguments
         let tag = "\(program.split(separator: "/").last ?? "x")-\(UInt32.random(in: 0..<UInt32.max))"
         let out = "\(directory)/\(tag).stdout", err = "\(directory)/\(tag).stderr"
-        let outcome = try await ProcessRunner().run(argv: argv, environment: environment, directory: directory,
-                                                    stdoutPath: out, stderrPath: err, user: nil, timeout: timeout)
+        let outcome = try await ProcessRunner().run(
+            argv: argv, environment: environment, directory: directory,
+            stdoutPath: out, stderrPath: err, user: nil, timeout: timeout)
         var status: Int32?
         if case .exited(let code) = outcome { status = code }
         return Result(status: status, stdout: LocalFile.readText(out) ?? "", stderr: LocalFile.readText(err) ?? "")
@@ -49,10 +53,17 @@ public enum Scripts {
     /// `aws --endpoint-url <moto> --region us-east-1 --output json ARGS`, parsed.
     public static func awsCLI(_ arguments: [String], directory: String) async throws -> JSONValue {
         let environment = try motoEnvironment(in: directory)
-        let aws = ProcessRunner.resolve("aws", in: directory, path: environment["PATH"] ?? "/usr/bin:/bin") ?? "/usr/bin/aws"
-        let result = try await run(aws, ["--endpoint-url", try TestEnvironment.endpoint(.moto), "--region", "us-east-1",
-                                         "--output", "json"] + arguments, environment: environment, directory: directory)
-        guard result.succeeded else { throw CLIError(message: "aws \(arguments.prefix(2).joined(separator: " ")): \(result.stderr)") }
+        let aws =
+            ProcessRunner.resolve("aws", in: directory, path: environment["PATH"] ?? "/usr/bin:/bin") ?? "/usr/bin/aws"
+        let result = try await run(
+            aws,
+            [
+                "--endpoint-url", try TestEnvironment.endpoint(.moto), "--region", "us-east-1",
+                "--output", "json",
+            ] + arguments, environment: environment, directory: directory)
+        guard result.succeeded else {
+            throw CLIError(message: "aws \(arguments.prefix(2).joined(separator: " ")): \(result.stderr)")
+        }
         return result.stdout.trimmingSpaces.isEmpty ? .null : try JSONValue.parse(result.stdout)
     }
 

@@ -92,7 +92,8 @@ public struct SigV4Vector: Sendable, CustomStringConvertible {
     }
 
     static func loadV4(name: String, directory: String) -> SigV4Vector? {
-        guard let contextText = readText("\(directory)/context.json"), let requestText = readText("\(directory)/request.txt"),
+        guard let contextText = readText("\(directory)/context.json"),
+            let requestText = readText("\(directory)/request.txt"),
             let context = try? JSONDecoder().decode(Context.self, from: Data(contextText.utf8)),
             let seconds = parseISO(context.timestamp)
         else { return nil }
@@ -111,7 +112,10 @@ public struct SigV4Vector: Sendable, CustomStringConvertible {
         // both itself, so they move from the request into the signing inputs.
         var token: String?
         request.headers.removeAll { name, value in
-            if name.lowercased() == "x-amz-security-token" { token = value; return true }
+            if name.lowercased() == "x-amz-security-token" {
+                token = value
+                return true
+            }
             return name.lowercased() == "x-amz-date"
         }
         request.headerLines.removeAll {
@@ -167,8 +171,9 @@ public struct SigV4Vector: Sendable, CustomStringConvertible {
                 headers.append((String(line[..<colon]), String(line[line.index(after: colon)...])))
             }
         }
-        return ParsedRequest(method: method, target: target, headers: headers, body: Array(body.utf8),
-                             headerLines: lines.filter { !$0.isEmpty })
+        return ParsedRequest(
+            method: method, target: target, headers: headers, body: Array(body.utf8),
+            headerLines: lines.filter { !$0.isEmpty })
     }
 
     static func parseISO(_ text: String) -> Int64? {
@@ -178,8 +183,12 @@ public struct SigV4Vector: Sendable, CustomStringConvertible {
         let d = Array(digits)
         func n(_ a: Int, _ b: Int) -> Int { Int(String(d[a..<b]))! }
         var t = tm()
-        t.tm_year = Int32(n(0, 4) - 1900); t.tm_mon = Int32(n(4, 6) - 1); t.tm_mday = Int32(n(6, 8))
-        t.tm_hour = Int32(n(8, 10)); t.tm_min = Int32(n(10, 12)); t.tm_sec = Int32(n(12, 14))
+        t.tm_year = Int32(n(0, 4) - 1900)
+        t.tm_mon = Int32(n(4, 6) - 1)
+        t.tm_mday = Int32(n(6, 8))
+        t.tm_hour = Int32(n(8, 10))
+        t.tm_min = Int32(n(10, 12))
+        t.tm_sec = Int32(n(12, 14))
         return Int64(timegm(&t))
     }
 }

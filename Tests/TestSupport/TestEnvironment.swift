@@ -32,7 +32,9 @@ public enum TestEnvironment {
 
     public struct Missing: Error, CustomStringConvertible {
         public let name: String
-        public var description: String { "\(name) is not set: run the suite through scripts/test, which starts the servers" }
+        public var description: String {
+            "\(name) is not set: run the suite through scripts/test, which starts the servers"
+        }
     }
 
     public static func value(_ name: String) throws -> String {
@@ -44,8 +46,10 @@ public enum TestEnvironment {
 
     /// What the HTTP stub's last PUT or POST to `path` received: length, sha256, headers (and tries, where counted).
     public static func stubLast(_ path: String) async throws -> JSONValue {
-        try JSONValue.parse(try await HTTPClient().execute(
-            HTTPRequest(method: "GET", url: try endpoint(.httpStub) + "/last" + path)).body)
+        try JSONValue.parse(
+            try await HTTPClient().execute(
+                HTTPRequest(method: "GET", url: try endpoint(.httpStub) + "/last" + path)
+            ).body)
     }
 
     // MARK: - Credentials for each server
@@ -56,9 +60,10 @@ public enum TestEnvironment {
 
     /// Temporary credentials from moto's STS (AssumeRole): an `ASIA…` key with a session token.
     public static func motoSessionCredentials() throws -> Credentials {
-        Credentials(accessKeyID: try value("PZ_TEST_MOTO_SESSION_KEY"),
-                    secretAccessKey: try value("PZ_TEST_MOTO_SESSION_SECRET"),
-                    sessionToken: try value("PZ_TEST_MOTO_SESSION_TOKEN"))
+        Credentials(
+            accessKeyID: try value("PZ_TEST_MOTO_SESSION_KEY"),
+            secretAccessKey: try value("PZ_TEST_MOTO_SESSION_SECRET"),
+            sessionToken: try value("PZ_TEST_MOTO_SESSION_TOKEN"))
     }
 
     public static func seaweedCredentials() throws -> Credentials {
@@ -66,18 +71,23 @@ public enum TestEnvironment {
     }
 
     public static func seaweedSessionCredentials() throws -> Credentials {
-        Credentials(accessKeyID: try value("PZ_TEST_SEAWEED_SESSION_KEY"),
-                    secretAccessKey: try value("PZ_TEST_SEAWEED_SESSION_SECRET"),
-                    sessionToken: try value("PZ_TEST_SEAWEED_SESSION_TOKEN"))
+        Credentials(
+            accessKeyID: try value("PZ_TEST_SEAWEED_SESSION_KEY"),
+            secretAccessKey: try value("PZ_TEST_SEAWEED_SESSION_SECRET"),
+            sessionToken: try value("PZ_TEST_SEAWEED_SESSION_TOKEN"))
     }
 
     /// A context whose every service points at `endpoint`, with fixed credentials and IMDS off.
-    public static func context(endpoint: String, credentials: Credentials, region: String = "us-east-1",
-                               retry: RetryPolicy = RetryPolicy(maxAttempts: 4, baseDelay: 0.05, maxDelay: 0.5),
-                               now: @escaping @Sendable () -> Date = { Date() }) -> AWSContext {
-        let client = AWSClient(http: HTTPClient(), credentials: StaticCredentialProvider(credentials), retry: retry, now: now)
-        return AWSContext(region: region, client: client, imds: nil,
-                          environment: ["AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"])
+    public static func context(
+        endpoint: String, credentials: Credentials, region: String = "us-east-1",
+        retry: RetryPolicy = RetryPolicy(maxAttempts: 4, baseDelay: 0.05, maxDelay: 0.5),
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) -> AWSContext {
+        let client = AWSClient(
+            http: HTTPClient(), credentials: StaticCredentialProvider(credentials), retry: retry, now: now)
+        return AWSContext(
+            region: region, client: client, imds: nil,
+            environment: ["AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true"])
     }
 
     public static func motoContext(region: String = "us-east-1") throws -> AWSContext {
@@ -90,17 +100,20 @@ public enum TestEnvironment {
     {
         let moto = try #require(ParsedURL(try endpoint(.moto)))
         let proxy = try #require(ParsedURL(try endpoint(.microburst)))
-        let client = AWSClient(http: HTTPClient(), credentials: StaticCredentialProvider(try motoCredentials()),
-                               retry: retry, connectTo: ["\(moto.host):\(moto.port!):\(proxy.host):\(proxy.port!)"])
-        return AWSContext(region: "us-east-1", client: client, imds: nil,
-                          environment: ["AWS_ENDPOINT_URL": try endpoint(.moto), "AWS_EC2_METADATA_DISABLED": "true"])
+        let client = AWSClient(
+            http: HTTPClient(), credentials: StaticCredentialProvider(try motoCredentials()),
+            retry: retry, connectTo: ["\(moto.host):\(moto.port!):\(proxy.host):\(proxy.port!)"])
+        return AWSContext(
+            region: "us-east-1", client: client, imds: nil,
+            environment: ["AWS_ENDPOINT_URL": try endpoint(.moto), "AWS_EC2_METADATA_DISABLED": "true"])
     }
 
     /// Replaces the fault proxy's rules (`[]` clears them).
     public static func setFaultRules(_ json: String) async throws {
-        let response = try await HTTPClient().execute(HTTPRequest(
-            method: "POST", url: try endpoint(.microburst) + "/_microburst/rules",
-            headers: [("Content-Type", "application/json")], body: .bytes(Array(json.utf8))))
+        let response = try await HTTPClient().execute(
+            HTTPRequest(
+                method: "POST", url: try endpoint(.microburst) + "/_microburst/rules",
+                headers: [("Content-Type", "application/json")], body: .bytes(Array(json.utf8))))
         guard response.status == 200 else { throw Missing(name: "microburst rules: HTTP \(response.status)") }
     }
 
@@ -115,8 +128,9 @@ public enum TestEnvironment {
 
     /// How many faults the proxy has injected so far (its fired log).
     public static func faultsFired() async throws -> Int {
-        let response = try await HTTPClient().execute(HTTPRequest(
-            method: "GET", url: try endpoint(.microburst) + "/_microburst/fired?limit=1000000"))
+        let response = try await HTTPClient().execute(
+            HTTPRequest(
+                method: "GET", url: try endpoint(.microburst) + "/_microburst/fired?limit=1000000"))
         return try JSONValue.parse(response.body).arrayValue?.count ?? 0
     }
 
@@ -228,8 +242,11 @@ public let quietLogger: Logger = {
 public enum SecretScan {
     /// The secret values of this run: the servers' secret keys, session secrets and tokens, the IMDS stand-in's.
     public static var secrets: [String] {
-        let names = ["PZ_TEST_MOTO_SECRET", "PZ_TEST_MOTO_SESSION_SECRET", "PZ_TEST_MOTO_SESSION_TOKEN", "PZ_TEST_SEAWEED_SECRET",
-                     "PZ_TEST_SEAWEED_SESSION_SECRET", "PZ_TEST_SEAWEED_SESSION_TOKEN"]
+        let names = [
+            "PZ_TEST_MOTO_SECRET", "PZ_TEST_MOTO_SESSION_SECRET", "PZ_TEST_MOTO_SESSION_TOKEN",
+            "PZ_TEST_SEAWEED_SECRET",
+            "PZ_TEST_SEAWEED_SESSION_SECRET", "PZ_TEST_SEAWEED_SESSION_TOKEN",
+        ]
         return names.compactMap { TestEnvironment.environment.nonEmpty($0) } + ["standin-secret", "standin-token"]
     }
 
@@ -268,9 +285,13 @@ public enum SecretScan {
                 let full = dir + "/" + name
                 var info = stat()
                 guard lstat(full, &info) == 0 else { continue }
-                if info.st_mode & S_IFMT == S_IFDIR { walk(full); continue }
+                if info.st_mode & S_IFMT == S_IFDIR {
+                    walk(full)
+                    continue
+                }
                 guard info.st_mode & S_IFMT == S_IFREG, info.st_size < 8 << 20, !exempt(name),
-                      let bytes = LocalFile.read(full) else { continue }
+                    let bytes = LocalFile.read(full)
+                else { continue }
                 hits += leaks(in: bytes, secrets: secrets).map { "\(full) holds \($0)" }
             }
         }

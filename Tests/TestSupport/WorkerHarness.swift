@@ -30,24 +30,32 @@ public struct WorkerHarness: Sendable {
         var candidate = dir
         for _ in 0..<4 {
             if access(candidate + "/parallelizer", X_OK) == 0 { return candidate + "/parallelizer" }
-            candidate = candidate.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            candidate = candidate.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(
+                separator: "/")
         }
         return dir + "/parallelizer"
     }
 
     /// Creates a fresh pair of buckets and a queue (with `queueAttributes`), in a fresh local folder.
-    public static func make(directory: String, queueAttributes: [String: String] = [:],
-                            s3 s3Server: TestEnvironment.Server = .moto) async throws -> WorkerHarness {
+    public static func make(
+        directory: String, queueAttributes: [String: String] = [:],
+        s3 s3Server: TestEnvironment.Server = .moto
+    ) async throws -> WorkerHarness {
         let context = try TestEnvironment.motoContext()
-        let s3Context = s3Server == .moto ? context
-            : TestEnvironment.context(endpoint: try TestEnvironment.endpoint(s3Server), credentials: try TestEnvironment.motoCredentials())
+        let s3Context =
+            s3Server == .moto
+            ? context
+            : TestEnvironment.context(
+                endpoint: try TestEnvironment.endpoint(s3Server), credentials: try TestEnvironment.motoCredentials())
         let s3 = try S3Client(context: s3Context)
         let name = uniqueName("pzw")
         try await s3.createBucket(name + "-in", logger: quietLogger)
         try await s3.createBucket(name + "-out", logger: quietLogger)
-        let queue = try await SQSClient(context: context).createQueue(name: name, attributes: queueAttributes, logger: quietLogger)
-        return WorkerHarness(directory: directory, inputBucket: name + "-in", outputBucket: name + "-out", queueURL: queue,
-                             context: context, s3Server: s3Server, s3Context: s3Context)
+        let queue = try await SQSClient(context: context).createQueue(
+            name: name, attributes: queueAttributes, logger: quietLogger)
+        return WorkerHarness(
+            directory: directory, inputBucket: name + "-in", outputBucket: name + "-out", queueURL: queue,
+            context: context, s3Server: s3Server, s3Context: s3Context)
     }
 
     public func upload(_ key: String, _ text: String) async throws {
@@ -57,7 +65,9 @@ public struct WorkerHarness: Sendable {
     public func send(_ bodies: [String]) async throws {
         var index = 0
         while index < bodies.count {
-            let batch = bodies[index..<min(index + 10, bodies.count)].enumerated().map { (id: "m\($0.offset)", body: $0.element) }
+            let batch = bodies[index..<min(index + 10, bodies.count)].enumerated().map {
+                (id: "m\($0.offset)", body: $0.element)
+            }
             let result = try await sqs.sendMessageBatch(queueURL: queueURL, entries: Array(batch), logger: quietLogger)
             precondition(result.failed.isEmpty, "send failed: \(result.failed.map(\.message))")
             index += 10
@@ -77,9 +87,10 @@ public struct WorkerHarness: Sendable {
 
     /// Starts a worker with `parameters` in a `--config` file (or none), IMDS as given.
     /// - Parameter instanceRole: give the worker no keys, so it takes the role's credentials from `imds`.
-    public func startWorker(name: String, parameters: String?, imds: String? = nil, extraArguments: [String] = [],
-                            environment extra: [String: String] = [:], instanceRole: Bool = false) throws -> ChildProcess
-    {
+    public func startWorker(
+        name: String, parameters: String?, imds: String? = nil, extraArguments: [String] = [],
+        environment extra: [String: String] = [:], instanceRole: Bool = false
+    ) throws -> ChildProcess {
         var arguments = ["run", "--receive-wait-seconds", "1", "--retry-backoff-seconds", "1"] + extraArguments
         if let parameters {
             let path = "\(directory)/\(name).params"
@@ -89,11 +100,14 @@ public struct WorkerHarness: Sendable {
         let moto = try TestEnvironment.endpoint(.moto)
         let creds = try TestEnvironment.motoCredentials()
         var environment = [
-            "AWS_ENDPOINT_URL": moto, "AWS_ACCESS_KEY_ID": creds.accessKeyID, "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey,
+            "AWS_ENDPOINT_URL": moto, "AWS_ACCESS_KEY_ID": creds.accessKeyID,
+            "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey,
             "AWS_REGION": "us-east-1", "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": directory,
         ]
         if s3Server != .moto { environment["AWS_ENDPOINT_URL_S3"] = try TestEnvironment.endpoint(s3Server) }
-        if let imds { environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds } else {
+        if let imds {
+            environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds
+        } else {
             environment["AWS_EC2_METADATA_DISABLED"] = "true"
         }
         if instanceRole {
@@ -101,8 +115,9 @@ public struct WorkerHarness: Sendable {
             environment.removeValue(forKey: "AWS_SECRET_ACCESS_KEY")
         }
         environment.merge(extra) { $1 }
-        return try ProcessRunner().start(argv: [Self.binary] + arguments, environment: environment, directory: directory,
-                                         stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
+        return try ProcessRunner().start(
+            argv: [Self.binary] + arguments, environment: environment, directory: directory,
+            stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
     }
 
     /// Runs a one-shot subcommand (`enqueue`, `status`) with moto's credentials; returns its exit and stdout.
@@ -116,11 +131,13 @@ public struct WorkerHarness: Sendable {
         let creds = try TestEnvironment.motoCredentials()
         let environment = [
             "AWS_ENDPOINT_URL": try TestEnvironment.endpoint(.moto), "AWS_ACCESS_KEY_ID": creds.accessKeyID,
-            "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
             "PATH": "/usr/bin:/bin", "HOME": directory,
         ]
-        return try ProcessRunner().start(argv: [Self.binary] + arguments, environment: environment, directory: directory,
-                                         stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
+        return try ProcessRunner().start(
+            argv: [Self.binary] + arguments, environment: environment, directory: directory,
+            stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
     }
 
     public func log(_ name: String) -> String { LocalFile.readText("\(directory)/\(name).log") ?? "" }
@@ -137,7 +154,9 @@ public struct WorkerHarness: Sendable {
     /// Every key in the output bucket.
     public func outputKeys() async throws -> [String] {
         var keys: [String] = []
-        try await s3.listAll(bucket: outputBucket, logger: quietLogger) { page throws(AWSError) in keys += page.map(\.key) }
+        try await s3.listAll(bucket: outputBucket, logger: quietLogger) { page throws(AWSError) in
+            keys += page.map(\.key)
+        }
         return keys.sorted()
     }
 
@@ -148,7 +167,9 @@ public struct WorkerHarness: Sendable {
         let text = LocalFile.readText(path) ?? ""
         // Failure records and outputs are scanned like logs (a report asked to show credentials is the exception).
         if !SecretScan.exempt(key) {
-            for leak in SecretScan.leaks(in: text) { Issue.record("a secret (\(leak)) leaked into s3://\(outputBucket)/\(key)") }
+            for leak in SecretScan.leaks(in: text) {
+                Issue.record("a secret (\(leak)) leaked into s3://\(outputBucket)/\(key)")
+            }
         }
         return text
     }
@@ -174,19 +195,26 @@ public struct IMDSStandIn: Sendable {
     /// - Parameter credentialLifetime: hand out real temporary credentials from moto's STS that say they expire
     ///   after this many seconds.
     /// - Parameter rotatingUser: instead, hand out keys of this new IAM user, each deleted from moto when it expires.
-    public static func start(directory: String, userData: String?, instanceID: String = "i-0test",
-                             credentialLifetime: Int? = nil, rotatingUser: String? = nil,
-                             roleARN: String? = nil) async throws -> IMDSStandIn {
+    public static func start(
+        directory: String, userData: String?, instanceID: String = "i-0test",
+        credentialLifetime: Int? = nil, rotatingUser: String? = nil,
+        roleARN: String? = nil
+    ) async throws -> IMDSStandIn {
         // The stand-in picks a free port itself and writes it down: a random one may be taken (even by an outgoing
         // connection's ephemeral port).
         let tag = UInt32.random(in: 0...UInt32.max)
         let portFile = directory + "/imds-port-\(tag)"
-        var argv = ["/usr/bin/env", "python3", Self.script, "--port", "0", "--port-file", portFile, "--instance-id", instanceID]
+        var argv = [
+            "/usr/bin/env", "python3", Self.script, "--port", "0", "--port-file", portFile, "--instance-id", instanceID,
+        ]
         if let credentialLifetime {
-            argv += ["--credential-lifetime", String(credentialLifetime), "--sts-endpoint", try TestEnvironment.endpoint(.moto),
-                     "--sts-key", try TestEnvironment.value("PZ_TEST_MOTO_KEY"),
-                     "--sts-secret", try TestEnvironment.value("PZ_TEST_MOTO_SECRET"),
-                     "--role-arn", try roleARN ?? TestEnvironment.value("PZ_TEST_MOTO_ROLE_ARN")]
+            argv += [
+                "--credential-lifetime", String(credentialLifetime), "--sts-endpoint",
+                try TestEnvironment.endpoint(.moto),
+                "--sts-key", try TestEnvironment.value("PZ_TEST_MOTO_KEY"),
+                "--sts-secret", try TestEnvironment.value("PZ_TEST_MOTO_SECRET"),
+                "--role-arn", try roleARN ?? TestEnvironment.value("PZ_TEST_MOTO_ROLE_ARN"),
+            ]
             if let rotatingUser { argv += ["--rotate-user", rotatingUser] }
         }
         if let userData {
@@ -194,9 +222,13 @@ public struct IMDSStandIn: Sendable {
             LocalFile.write(path, Array(userData.utf8))
             argv += ["--user-data-file", path]
         }
-        let process = try ProcessRunner().start(argv: argv, environment: ["PATH": "/usr/local/bin:/usr/bin:/bin"] .merging(
-            TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" }) { $1 },
-            directory: directory, stdoutPath: directory + "/imds-\(tag).out", stderrPath: directory + "/imds-\(tag).err")
+        let process = try ProcessRunner().start(
+            argv: argv,
+            environment: ["PATH": "/usr/local/bin:/usr/bin:/bin"].merging(
+                TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" }
+            ) { $1 },
+            directory: directory, stdoutPath: directory + "/imds-\(tag).out", stderrPath: directory + "/imds-\(tag).err"
+        )
         if let port = await portWritten(to: portFile) {
             let standIn = IMDSStandIn(endpoint: "http://127.0.0.1:\(port)", process: process)
             for _ in 0..<100 {
@@ -205,7 +237,8 @@ public struct IMDSStandIn: Sendable {
             }
         }
         process.signal(SIGKILL)
-        throw TestEnvironment.Missing(name: "IMDS stand-in (\(LocalFile.readText(directory + "/imds-\(tag).err")?.suffix(500) ?? ""))")
+        throw TestEnvironment.Missing(
+            name: "IMDS stand-in (\(LocalFile.readText(directory + "/imds-\(tag).err")?.suffix(500) ?? ""))")
     }
 
     static var script: String {
@@ -219,7 +252,8 @@ public struct IMDSStandIn: Sendable {
     }
 
     public func stats() async throws -> JSONValue {
-        try JSONValue.parse(try await HTTPClient().execute(HTTPRequest(method: "GET", url: endpoint + "/_standin/stats")).body)
+        try JSONValue.parse(
+            try await HTTPClient().execute(HTTPRequest(method: "GET", url: endpoint + "/_standin/stats")).body)
     }
 
     public func stop() async {
@@ -232,18 +266,25 @@ import HTTPCurl
 
 enum HTTPClientProbe {
     static func get(_ url: String) async throws -> Int {
-        try await HTTPClient().execute(HTTPRequest(method: "GET", url: url,
-                                                   timeouts: Timeouts(connect: 1, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 2))).status
+        try await HTTPClient().execute(
+            HTTPRequest(
+                method: "GET", url: url,
+                timeouts: Timeouts(connect: 1, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 2))
+        ).status
     }
     static func post(_ url: String, _ body: String) async throws -> Int {
-        try await HTTPClient().execute(HTTPRequest(method: "POST", url: url, headers: [("Content-Type", "application/json")],
-                                                   body: .bytes(Array(body.utf8)))).status
+        try await HTTPClient().execute(
+            HTTPRequest(
+                method: "POST", url: url, headers: [("Content-Type", "application/json")],
+                body: .bytes(Array(body.utf8)))
+        ).status
     }
 }
 
 extension WorkerHarness {
     /// Builds a zip with Python's zipfile: entries are (name, content, mode) or a symlink (name, target).
-    public func makeZip(_ path: String, files: [(String, String, Int)], symlinks: [(String, String)] = []) async throws {
+    public func makeZip(_ path: String, files: [(String, String, Int)], symlinks: [(String, String)] = []) async throws
+    {
         var script = "import zipfile, sys\nz = zipfile.ZipFile(sys.argv[1], 'w')\n"
         for (name, content, mode) in files {
             script += "i = zipfile.ZipInfo(\(pythonString(name)))\ni.external_attr = (0o100000 | \(mode)) << 16\n"
@@ -257,7 +298,9 @@ extension WorkerHarness {
         LocalFile.write(directory + "/mkzip.py", Array(script.utf8))
         let outcome = try await ProcessRunner().run(
             argv: ["/usr/bin/env", "python3", directory + "/mkzip.py", path],
-            environment: TestEnvironment.environment.filter { $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME" },
+            environment: TestEnvironment.environment.filter {
+                $0.key == "PATH" || $0.key.hasPrefix("PYENV") || $0.key == "HOME"
+            },
             directory: directory, stdoutPath: directory + "/mkzip.out", stderrPath: directory + "/mkzip.err", user: nil,
             timeout: 60)
         precondition(outcome.succeeded, "mkzip failed: \(LocalFile.readText(directory + "/mkzip.err") ?? "")")
@@ -277,7 +320,8 @@ func pythonString(_ text: String) -> String {
 public func putWithCRC32CTrailer(_ s3: S3Client, bucket: String, key: String, data: [UInt8], crc: UInt32) async throws {
     let framing = ChunkedTrailerFraming(dataLength: Int64(data.count), trailerName: "x-amz-checksum-crc32c")
     let request = AWSRequest(
-        method: "PUT", path: "/\(bucket)/\(key)", headers: [
+        method: "PUT", path: "/\(bucket)/\(key)",
+        headers: [
             ("Content-Encoding", "aws-chunked"), ("x-amz-decoded-content-length", "\(data.count)"),
             ("x-amz-trailer", "x-amz-checksum-crc32c"), ("x-amz-sdk-checksum-algorithm", "CRC32C"),
         ], body: .bytes(framing.prefix + data + framing.suffix(crc: crc)), payload: .streamingUnsignedTrailer)

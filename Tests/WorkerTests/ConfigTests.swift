@@ -16,7 +16,8 @@ import Worker
     }
 
     @Test func jsonObject() throws {
-        let values = try UserData.parse(#"{"queueURL": "https://q/1/x", "numThreads": 4, "shouldShutdown": false, "x": null}"#)
+        let values = try UserData.parse(
+            #"{"queueURL": "https://q/1/x", "numThreads": 4, "shouldShutdown": false, "x": null}"#)
         #expect(values == ["queueURL": "https://q/1/x", "numThreads": "4", "shouldShutdown": "false"])
     }
 
@@ -37,8 +38,11 @@ import Worker
               - [systemctl, start, parallelizer]
             """
         let values = try UserData.parse(text)
-        #expect(values == ["queueURL": "https://sqs.eu-west-1.amazonaws.com/1/q", "inputBucket": "in",
-                           "analysisProgram": "bin/run --flag", "numThreads": "2"])
+        #expect(
+            values == [
+                "queueURL": "https://sqs.eu-west-1.amazonaws.com/1/q", "inputBucket": "in",
+                "analysisProgram": "bin/run --flag", "numThreads": "2",
+            ])
     }
 
     /// YAML's quoting, as scripts/launch writes it: `''` inside single quotes, backslash escapes inside double.
@@ -51,10 +55,15 @@ import Worker
               outputPrefix: ''
             """
         let values = try UserData.parse(text)
-        #expect(values == ["analysisProgram": "bin/x.sh --mode 'fast' # not a comment",
-                           "shutdownCommand": "/bin/sh -c \"echo a\tb\"", "outputPrefix": ""])
+        #expect(
+            values == [
+                "analysisProgram": "bin/x.sh --mode 'fast' # not a comment",
+                "shutdownCommand": "/bin/sh -c \"echo a\tb\"", "outputPrefix": "",
+            ])
         for bad in ["'open", "'a' b", #""\q""#] {
-            #expect(throws: UserData.ParseError.self) { try UserData.parse("#cloud-config\nparallelizer:\n  k: \(bad)\n") }
+            #expect(throws: UserData.ParseError.self) {
+                try UserData.parse("#cloud-config\nparallelizer:\n  k: \(bad)\n")
+            }
         }
     }
 
@@ -92,7 +101,9 @@ import Worker
     }
 
     @Test func defaultsAndRequiredKeys() throws {
-        let (config, warnings) = try resolve([ConfigLayer(source: "user-data", values: try UserData.parse(Self.required))])
+        let (config, warnings) = try resolve([
+            ConfigLayer(source: "user-data", values: try UserData.parse(Self.required))
+        ])
         #expect(config.analysisProgram == ["./run.sh", "--fast", "two words"])
         #expect(config.visibilityTimeout == 600)
         #expect(config.numThreads == 1)
@@ -107,9 +118,13 @@ import Worker
     }
 
     @Test func layersApplyInOrder() throws {
-        let userData = ConfigLayer(source: "user-data", values: try UserData.parse(Self.required + "\nnumThreads=2\nmaxAttempts=3\nidleTimeout=10"))
+        let userData = ConfigLayer(
+            source: "user-data",
+            values: try UserData.parse(Self.required + "\nnumThreads=2\nmaxAttempts=3\nidleTimeout=10"))
         let file = ConfigLayer(source: "file", values: ["numThreads": "3", "maxAttempts": "4"])
-        let env = ConfigLayer.environment(["PARALLELIZER_MAXATTEMPTS": "7", "PARALLELIZER_IDLE_TIMEOUT": "2m", "OTHER": "x"])
+        let env = ConfigLayer.environment([
+            "PARALLELIZER_MAXATTEMPTS": "7", "PARALLELIZER_IDLE_TIMEOUT": "2m", "OTHER": "x",
+        ])
         let flags = ConfigLayer(source: "--set", values: ["maxattempts": "9"])
         let (config, _) = try resolve([userData, file, env, flags])
         #expect(config.numThreads == 3)
@@ -118,8 +133,11 @@ import Worker
     }
 
     @Test func aliasesZeroThreadsAndUnknownKeys() throws {
-        let layer = ConfigLayer(source: "user-data", values: try UserData.parse(
-            Self.required + "\nEC2SQSRegion=eu-west-2\nnumThreads=0\ncolour=blue\naccessKey=AKIA1\nsecretKey=s3cr3t"))
+        let layer = ConfigLayer(
+            source: "user-data",
+            values: try UserData.parse(
+                Self.required + "\nEC2SQSRegion=eu-west-2\nnumThreads=0\ncolour=blue\naccessKey=AKIA1\nsecretKey=s3cr3t"
+            ))
         let (config, warnings) = try resolve([layer])
         #expect(config.region == "eu-west-2")
         #expect(config.numThreads == 8)
@@ -130,14 +148,17 @@ import Worker
 
     @Test(arguments: [
         ("", "queueURL"), ("queueURL=not a url", "queueURL"), ("visibilityTimeout=soon", "visibilityTimeout"),
-        ("taskTimeout=ten minutes", "taskTimeout"), ("numThreads=-1", "numThreads"), ("shouldShutdown=maybe", "shouldShutdown"),
+        ("taskTimeout=ten minutes", "taskTimeout"), ("numThreads=-1", "numThreads"),
+        ("shouldShutdown=maybe", "shouldShutdown"),
         ("maxAttempts=0", "maxAttempts"), ("analysisProgram=\"unterminated", "analysisProgram"),
         ("outputBucket=Bad_Bucket", "outputBucket"), ("workDir=relative/dir", "workDir"),
         ("environmentZip=env.zip", "environmentBucket"), ("accessKey=AKIA", "secretKey"),
     ])
     func badValuesNameTheirKey(override: String, key: String) throws {
         var text = Self.required
-        if override.isEmpty { text = text.split(separator: "\n").dropFirst().joined(separator: "\n") } else {
+        if override.isEmpty {
+            text = text.split(separator: "\n").dropFirst().joined(separator: "\n")
+        } else {
             text += "\n" + override
         }
         let layer = ConfigLayer(source: "user-data", values: try UserData.parse(text))

@@ -12,7 +12,9 @@ struct DeadEndsTests {
     final class Reached: Sendable {
         let found = Mutex<[DeadEnd]>([])
         var all: [DeadEnd] { found.withLock { $0 } }
-        func watch(threshold: Int = 3) -> DeadEnds { DeadEnds(threshold: threshold) { d in self.found.withLock { $0.append(d) } } }
+        func watch(threshold: Int = 3) -> DeadEnds {
+            DeadEnds(threshold: threshold) { d in self.found.withLock { $0.append(d) } }
+        }
     }
 
     @Test func theSamePermanentErrorOnThreeDifferentTasksIsADeadEnd() {
@@ -41,12 +43,15 @@ struct DeadEndsTests {
         watch.failed(.putOutput, resource: "s3://o", subject: "m2", error: error("AccessDenied", service: "s3"))
         watch.succeeded(.putOutput)
         watch.failed(.putOutput, resource: "s3://o", subject: "m3", error: error("AccessDenied", service: "s3"))
-        watch.failed(.putOutput, resource: "s3://o", subject: "m4", error: error("NoSuchBucket", status: 404, service: "s3"))
-        watch.failed(.putOutput, resource: "s3://o", subject: "m5", error: error("NoSuchBucket", status: 404, service: "s3"))
+        watch.failed(
+            .putOutput, resource: "s3://o", subject: "m4", error: error("NoSuchBucket", status: 404, service: "s3"))
+        watch.failed(
+            .putOutput, resource: "s3://o", subject: "m5", error: error("NoSuchBucket", status: 404, service: "s3"))
         #expect(reached.all.isEmpty)
         // Another call's success does not help this one.
         watch.succeeded(.getInput)
-        watch.failed(.putOutput, resource: "s3://o", subject: "m6", error: error("NoSuchBucket", status: 404, service: "s3"))
+        watch.failed(
+            .putOutput, resource: "s3://o", subject: "m6", error: error("NoSuchBucket", status: 404, service: "s3"))
         #expect(reached.all.map(\.what) == ["the bucket s3://o does not exist (3 tasks in a row)"])
     }
 
@@ -57,8 +62,11 @@ struct DeadEndsTests {
         watch.failed(.getInput, resource: "s3://i", subject: "1", error: s3("AccessDenied", 403))
         watch.failed(.getInput, resource: "s3://i", subject: "2", error: s3("SlowDown", 503))
         watch.failed(.getInput, resource: "s3://i", subject: "3", error: s3("InternalError", 500))
-        watch.failed(.getInput, resource: "s3://i", subject: "4", error: AWSError(kind: .transport(.connect), service: "s3",
-                                                                                 code: "TransportError", message: "refused"))
+        watch.failed(
+            .getInput, resource: "s3://i", subject: "4",
+            error: AWSError(
+                kind: .transport(.connect), service: "s3",
+                code: "TransportError", message: "refused"))
         // A missing key is the task's own error.
         watch.failed(.getInput, resource: "s3://i", subject: "5", error: s3("NoSuchKey", 404))
         #expect(reached.all.isEmpty)
@@ -76,15 +84,20 @@ struct DeadEndsTests {
         watch.failed(.receive, resource: "q", subject: "2", error: error("ThrottlingException", status: 400))
         watch.failed(.receive, resource: "q", subject: "3", error: error("KMS.DisabledException", status: 400))
         watch.failed(.receive, resource: "q", subject: "4", error: error("KMS.DisabledException", status: 400))
-        #expect(reached.all.map(\.what) == ["the KMS key of q cannot be used (KMS.DisabledException) (3 calls in a row)"])
+        #expect(
+            reached.all.map(\.what) == ["the KMS key of q cannot be used (KMS.DisabledException) (3 calls in a row)"])
         let other = Reached()
         let second = other.watch()
-        for n in 1...3 { second.failed(.receive, resource: "q", subject: "\(n)", error: error("SomethingNew", status: 400)) }
+        for n in 1...3 {
+            second.failed(.receive, resource: "q", subject: "\(n)", error: error("SomethingNew", status: 400))
+        }
         #expect(other.all.map(\.what) == ["sqs:ReceiveMessage is refused on q (SomethingNew) (3 calls in a row)"])
         // For a task's call, an unknown final error is the task's.
         let third = Reached()
         let perTask = third.watch()
-        for n in 1...3 { perTask.failed(.deleteMessage, resource: "q", subject: "\(n)", error: error("SomethingNew", status: 400)) }
+        for n in 1...3 {
+            perTask.failed(.deleteMessage, resource: "q", subject: "\(n)", error: error("SomethingNew", status: 400))
+        }
         #expect(third.all.isEmpty)
     }
 
@@ -99,10 +112,15 @@ struct DeadEndsTests {
         #expect(error("InvalidAccessKeyId", service: "s3").setupProblem == .credentialsRefused)
         #expect(error("InvalidAction", status: 400).setupProblem == .unknownAction)
         #expect(error("PermanentRedirect", status: 301, service: "s3").setupProblem == .wrongRegion)
-        #expect(AWSError(kind: .credentials, service: "sqs", code: "NoCredentials", message: "").setupProblem == .noCredentials)
+        #expect(
+            AWSError(kind: .credentials, service: "sqs", code: "NoCredentials", message: "").setupProblem
+                == .noCredentials)
         // A skewed clock is corrected by the client, a HEAD's bare 404 is a missing key: neither is the set-up.
-        #expect(AWSError(kind: .service, service: "s3", httpStatus: 403, code: "SignatureDoesNotMatch",
-                         message: "Signature expired: 20261130T000000Z is now earlier than ...").setupProblem == nil)
+        #expect(
+            AWSError(
+                kind: .service, service: "s3", httpStatus: 403, code: "SignatureDoesNotMatch",
+                message: "Signature expired: 20261130T000000Z is now earlier than ..."
+            ).setupProblem == nil)
         #expect(error("NotFound", status: 404, service: "s3").setupProblem == nil)
         #expect(error("NoSuchKey", status: 404, service: "s3").setupProblem == nil)
         #expect(error("ReceiptHandleIsInvalid", status: 400).setupProblem == nil)

@@ -20,8 +20,10 @@ final class RecordingDeleter: BatchDeleting {
     let refuseSingles: AWSError?
     let delay: Duration
 
-    init(failHandles: Set<String> = [], failCall: Bool = false, refuseBatch: AWSError? = nil,
-         refuseSingles: AWSError? = nil, delay: Duration = .zero) {
+    init(
+        failHandles: Set<String> = [], failCall: Bool = false, refuseBatch: AWSError? = nil,
+        refuseSingles: AWSError? = nil, delay: Duration = .zero
+    ) {
         self.failHandles = failHandles
         self.failCall = failCall
         self.refuseBatch = refuseBatch
@@ -32,8 +34,10 @@ final class RecordingDeleter: BatchDeleting {
     var batches: [[String]] { calls.withLock { $0 } }
     var singles: [String] { singleCalls.withLock { $0 } }
 
-    func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
-                            logger: Logger) async throws(AWSError) -> SQSBatchResult {
+    func deleteMessageBatch(
+        queueURL: String, entries: [(id: String, receiptHandle: String)],
+        logger: Logger
+    ) async throws(AWSError) -> SQSBatchResult {
         calls.withLock { $0.append(entries.map(\.receiptHandle)) }
         if delay > .zero { try? await Task.sleep(for: delay) }
         answered.add(entries.count, ordering: .relaxed)
@@ -42,7 +46,8 @@ final class RecordingDeleter: BatchDeleting {
         let failed = entries.filter { failHandles.contains($0.receiptHandle) }
         return SQSBatchResult(
             successful: entries.filter { !failHandles.contains($0.receiptHandle) }.map(\.id),
-            failed: failed.map { .init(id: $0.id, code: "ReceiptHandleIsInvalid", message: "stale", senderFault: true) })
+            failed: failed.map { .init(id: $0.id, code: "ReceiptHandleIsInvalid", message: "stale", senderFault: true) }
+        )
     }
 
     func deleteMessage(queueURL: String, receiptHandle: String, logger: Logger) async throws(AWSError) {
@@ -53,7 +58,8 @@ final class RecordingDeleter: BatchDeleting {
 
 /// An AWS refusal as SQS sends it.
 func refusal(_ code: String, status: Int = 403) -> AWSError {
-    AWSError(kind: .service, service: "sqs", httpStatus: status, code: code, message: "not authorized", requestID: "r-1")
+    AWSError(
+        kind: .service, service: "sqs", httpStatus: status, code: code, message: "not authorized", requestID: "r-1")
 }
 
 func message(_ n: Int) -> SQSMessage {

@@ -21,9 +21,12 @@ struct MessageFateTests {
         let deadEnds: DeadEnds
         let processor: MessageProcessor<MemoryQueue, MemoryStore, ScriptedRunner>
 
-        init(_ directory: String, runner: ScriptedRunner = .copying, maxAttempts: Int = 3, deadLetterQueue: Bool = false) {
-            var config = WorkerConfig(queueURL: "https://sqs.us-east-1.amazonaws.com/1/q", inputBucket: "in-bucket",
-                                      outputBucket: "out-bucket", analysisProgram: ["/bin/command"])
+        init(
+            _ directory: String, runner: ScriptedRunner = .copying, maxAttempts: Int = 3, deadLetterQueue: Bool = false
+        ) {
+            var config = WorkerConfig(
+                queueURL: "https://sqs.us-east-1.amazonaws.com/1/q", inputBucket: "in-bucket",
+                outputBucket: "out-bucket", analysisProgram: ["/bin/command"])
             config.maxAttempts = maxAttempts
             config.workDir = directory
             _ = mkdir(directory + "/tasks", 0o700)
@@ -32,7 +35,8 @@ struct MessageFateTests {
             self.lifecycle = lifecycle
             self.deadEnds = deadEnds
             processor = MessageProcessor(
-                config: config, setting: TaskSetting(program: ["/bin/command"], environmentDirectory: nil, environment: [:]),
+                config: config,
+                setting: TaskSetting(program: ["/bin/command"], environmentDirectory: nil, environment: [:]),
                 queue: queue, store: store, runner: runner, lifecycle: lifecycle, deadEnds: deadEnds,
                 plan: VisibilityPlan(visibilityTimeout: 600), clock: clock, instanceID: "i-test",
                 hasRedrivePolicy: deadLetterQueue, retryBackoff: 30, ledger: nil)
@@ -42,7 +46,9 @@ struct MessageFateTests {
             await processor.handle(message, receivedAt: clock.now, slot: 1, logger: quietLogger)
         }
 
-        func record(_ key: String) -> JSONValue? { store.text(S3URI(bucket: "out-bucket", key: key)).flatMap { try? JSONValue.parse($0) } }
+        func record(_ key: String) -> JSONValue? {
+            store.text(S3URI(bucket: "out-bucket", key: key)).flatMap { try? JSONValue.parse($0) }
+        }
     }
 
     // MARK: - The table, row by row
@@ -61,10 +67,12 @@ struct MessageFateTests {
     @Test func exitZeroAndNothingUsableNamedDeletesTheMessage() async throws {
         try await withTemporaryDirectory { dir in
             for line in ["", "/etc/passwd", "no-such-file", "."] {
-                let f = Fixture(dir, runner: ScriptedRunner { command in
-                    LocalFile.write(command.stdoutPath, Array(line.utf8))
-                    return .exited(0)
-                })
+                let f = Fixture(
+                    dir,
+                    runner: ScriptedRunner { command in
+                        LocalFile.write(command.stdoutPath, Array(line.utf8))
+                        return .exited(0)
+                    })
                 f.store.add(S3URI(bucket: "in-bucket", key: "x.txt"), "data")
                 await f.handle(received("m1", "x.txt"))
                 #expect(f.store.keys(in: "out-bucket").isEmpty, "'\(line)' was uploaded")
@@ -175,7 +183,8 @@ struct MessageFateTests {
             let runner = ScriptedRunner.copying
             let f = Fixture(dir, runner: runner, maxAttempts: 3)
             f.store.add(S3URI(bucket: "in-bucket", key: "x.txt"), "data")
-            f.store.add(S3URI(bucket: "out-bucket", key: "_failed/x.txt.json"), #"{"reason": "the attempt that gave up"}"#)
+            f.store.add(
+                S3URI(bucket: "out-bucket", key: "_failed/x.txt.json"), #"{"reason": "the attempt that gave up"}"#)
             await f.handle(received("m1", "x.txt", count: 4))
             await f.handle(received("m2", "y.txt", count: 4))
             #expect(runner.count == 0)
@@ -253,9 +262,12 @@ struct MessageFateTests {
         #expect(decide([.uploaded(key: "k.out", bytes: 1), .noOutput], 1) == .delete)
         #expect(decide([.uploaded(key: "k.out", bytes: 1), .interrupted], 1) == .release)
         #expect(decide([.failed(failure)], 2) == .retry(afterSeconds: 30, recordNow: []))
-        #expect(decide([.failed(failure), .inputMissing(failure)], 2) == .retry(afterSeconds: 30, recordNow: [failure]))
+        #expect(
+            decide([.failed(failure), .inputMissing(failure)], 2) == .retry(afterSeconds: 30, recordNow: [failure]))
         #expect(decide([.failed(failure)], 3) == .giveUp([failure], worthRedriving: true))
         #expect(decide([.inputMissing(failure)], 1) == .giveUp([failure], worthRedriving: false))
-        #expect(MessageFate.after([.failed(failure)], receiveCount: 1, maxAttempts: 3, deadEnd: true, retryDelay: 30) == .release)
+        #expect(
+            MessageFate.after([.failed(failure)], receiveCount: 1, maxAttempts: 3, deadEnd: true, retryDelay: 30)
+                == .release)
     }
 }

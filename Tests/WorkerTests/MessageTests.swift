@@ -9,7 +9,9 @@ import Testing
     @Test func bodyForms() throws {
         #expect(try parser.parse("dir/a b.txt\n") == .tasks([S3URI(bucket: "in-bucket", key: "dir/a b.txt")]))
         #expect(try parser.parse("s3://other/x/y.txt") == .tasks([S3URI(bucket: "other", key: "x/y.txt")]))
-        #expect(try parser.parse(#"{"bucket": "bucket-2", "key": "k é"}"#) == .tasks([S3URI(bucket: "bucket-2", key: "k é")]))
+        #expect(
+            try parser.parse(#"{"bucket": "bucket-2", "key": "k é"}"#)
+                == .tasks([S3URI(bucket: "bucket-2", key: "k é")]))
         #expect(try parser.parse(#"{"key": "only-key"}"#) == .tasks([S3URI(bucket: "in-bucket", key: "only-key")]))
         let prefixed = MessageParser(inputBucket: "in-bucket", inputPrefix: "raw/")
         #expect(try prefixed.parse("a.txt") == .tasks([S3URI(bucket: "in-bucket", key: "raw/a.txt")]))
@@ -23,10 +25,15 @@ import Testing
               {"eventName": "ObjectCreated:CompleteMultipartUpload", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "two"}}}
             ]}
             """
-        #expect(try parser.parse(event) == .tasks([S3URI(bucket: "in-bucket", key: "dir/a b+cé.txt"),
-                                                   S3URI(bucket: "in-bucket", key: "two")]))
+        #expect(
+            try parser.parse(event)
+                == .tasks([
+                    S3URI(bucket: "in-bucket", key: "dir/a b+cé.txt"),
+                    S3URI(bucket: "in-bucket", key: "two"),
+                ]))
         #expect(try parser.parse(#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"in-bucket"}"#) == .testEvent)
-        let sns = #"{"Type": "Notification", "Message": "{\"Records\":[{\"s3\":{\"bucket\":{\"name\":\"in-bucket\"},\"object\":{\"key\":\"k\"}}}]}"}"#
+        let sns =
+            #"{"Type": "Notification", "Message": "{\"Records\":[{\"s3\":{\"bucket\":{\"name\":\"in-bucket\"},\"object\":{\"key\":\"k\"}}}]}"}"#
         #expect(try parser.parse(sns) == .tasks([S3URI(bucket: "in-bucket", key: "k")]))
     }
 
@@ -57,10 +64,18 @@ import Testing
     }
 
     @Test func outputKeysFollowTheInputFolder() {
-        #expect(TaskPaths.outputKey(inputKey: "a/x.txt", inputPrefix: "", outputPrefix: "out/", outputName: "x.res") == "out/a/x.res")
-        #expect(TaskPaths.outputKey(inputKey: "b/x.txt", inputPrefix: "", outputPrefix: "out/", outputName: "x.res") == "out/b/x.res")
-        #expect(TaskPaths.outputKey(inputKey: "raw/a/x.txt", inputPrefix: "raw/", outputPrefix: "", outputName: "y") == "a/y")
-        #expect(TaskPaths.outputKey(inputKey: "top.txt", inputPrefix: "", outputPrefix: "", outputName: "top.out") == "top.out")
+        #expect(
+            TaskPaths.outputKey(inputKey: "a/x.txt", inputPrefix: "", outputPrefix: "out/", outputName: "x.res")
+                == "out/a/x.res")
+        #expect(
+            TaskPaths.outputKey(inputKey: "b/x.txt", inputPrefix: "", outputPrefix: "out/", outputName: "x.res")
+                == "out/b/x.res")
+        #expect(
+            TaskPaths.outputKey(inputKey: "raw/a/x.txt", inputPrefix: "raw/", outputPrefix: "", outputName: "y")
+                == "a/y")
+        #expect(
+            TaskPaths.outputKey(inputKey: "top.txt", inputPrefix: "", outputPrefix: "", outputName: "top.out")
+                == "top.out")
     }
 }
 

@@ -50,8 +50,10 @@ import Testing
     @Test func heldMessagesAreStartedInOrder() async {
         let released = Released()
         let clock = ManualClock()
-        await withHeldMessages([message(1), message(2), message(3)], receivedAt: clock.now,
-                               plan: VisibilityPlan(visibilityTimeout: 60), clock: clock, release: released.release) { held in
+        await withHeldMessages(
+            [message(1), message(2), message(3)], receivedAt: clock.now,
+            plan: VisibilityPlan(visibilityTimeout: 60), clock: clock, release: released.release
+        ) { held in
             #expect(held.next()?.messageID == "id-1")
             #expect(held.next()?.messageID == "id-2")
             #expect(held.takeAll().map(\.messageID) == ["id-3"])
@@ -64,8 +66,10 @@ import Testing
         let released = Released()
         let clock = ManualClock()
         // A 1 s visibility timeout: what is not started after 0.5 s goes back.
-        await withHeldMessages([message(1), message(2), message(3)], receivedAt: clock.now,
-                               plan: VisibilityPlan(visibilityTimeout: 1), clock: clock, release: released.release) { held in
+        await withHeldMessages(
+            [message(1), message(2), message(3)], receivedAt: clock.now,
+            plan: VisibilityPlan(visibilityTimeout: 1), clock: clock, release: released.release
+        ) { held in
             #expect(held.next()?.messageID == "id-1")  // started: the slot is now busy with it
             await clock.waitForSleepers(1)
             clock.advance(by: .milliseconds(499))
@@ -81,8 +85,10 @@ import Testing
     @Test func takingTheRestStopsTheTimer() async throws {
         let released = Released()
         let clock = ManualClock()
-        await withHeldMessages([message(1), message(2)], receivedAt: clock.now, plan: VisibilityPlan(visibilityTimeout: 1),
-                               clock: clock, release: released.release) { held in
+        await withHeldMessages(
+            [message(1), message(2)], receivedAt: clock.now, plan: VisibilityPlan(visibilityTimeout: 1),
+            clock: clock, release: released.release
+        ) { held in
             #expect(held.takeAll().count == 2)
             await clock.waitForSleepers(1)
             clock.advance(by: .milliseconds(800))

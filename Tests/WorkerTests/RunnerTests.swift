@@ -9,8 +9,9 @@ struct RunnerTests {
     let runner = ProcessRunner()
 
     func run(_ script: String, in dir: String, timeout: Int? = nil) async throws -> ProcessOutcome {
-        try await runner.run(argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"], directory: dir,
-                             stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: timeout)
+        try await runner.run(
+            argv: ["/bin/sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"], directory: dir,
+            stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: timeout)
     }
 
     @Test func exitStatusesAndCapturedOutput() async throws {
@@ -57,8 +58,9 @@ struct RunnerTests {
             LocalFile.write(dir + "/script.sh", Array("#!/bin/sh\necho hi\n".utf8), mode: 0o644)
             for program in ["/nonexistent/program", dir + "/script.sh"] {
                 await #expect(throws: SpawnError.self) {
-                    _ = try await runner.run(argv: [program], environment: [:], directory: dir, stdoutPath: dir + "/o",
-                                             stderrPath: dir + "/e", user: nil, timeout: nil)
+                    _ = try await runner.run(
+                        argv: [program], environment: [:], directory: dir, stdoutPath: dir + "/o",
+                        stderrPath: dir + "/e", user: nil, timeout: nil)
                 }
             }
             #expect(ProcessRunner.resolve("sh", in: dir, path: "/usr/bin:/bin") != nil)
@@ -83,13 +85,16 @@ struct RunnerTests {
             var before = sigset_t()
             pthread_sigmask(SIG_BLOCK, &blocked, &before)
             // Programs run directly, not through a shell, which might reset its mask by itself.
-            let status = try runner.start(argv: ["/bin/grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"],
-                                          environment: [:], directory: dir, stdoutPath: dir + "/status",
-                                          stderrPath: dir + "/err")
+            let status = try runner.start(
+                argv: ["/bin/grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"],
+                environment: [:], directory: dir, stdoutPath: dir + "/status",
+                stderrPath: dir + "/err")
             var after = sigset_t()
             pthread_sigmask(SIG_SETMASK, &before, &after)
             // The runner blocks every signal around the clone: the thread must get exactly its own mask back.
-            let changed = (1..<65).filter { sigismember(&after, $0) != (($0 == SIGUSR2) ? 1 : sigismember(&before, $0)) }
+            let changed = (1..<65).filter {
+                sigismember(&after, $0) != (($0 == SIGUSR2) ? 1 : sigismember(&before, $0))
+            }
             #expect(changed.isEmpty, "signals whose blocking changed: \(changed)")
 
             #expect(await status.wait(timeout: 10) == .exited(0))
@@ -98,8 +103,9 @@ struct RunnerTests {
             // Bit 13 (SIGPIPE) set would mean the daemon's SIG_IGN leaked into the command.
             let ignored = lines.dropFirst().first.flatMap { UInt64($0.split(separator: "\t").last ?? "", radix: 16) }
             #expect(ignored.map { $0 & (1 << UInt64(SIGPIPE - 1)) == 0 } == true, "\(lines)")
-            let fds = try runner.start(argv: ["/bin/ls", "/proc/self/fd"], environment: [:], directory: dir,
-                                       stdoutPath: dir + "/fds", stderrPath: dir + "/err")
+            let fds = try runner.start(
+                argv: ["/bin/ls", "/proc/self/fd"], environment: [:], directory: dir,
+                stdoutPath: dir + "/fds", stderrPath: dir + "/err")
             #expect(await fds.wait(timeout: 10) == .exited(0))
             // 0, 1, 2, and the one `ls` opens to read the folder.
             let open = LocalFile.readText(dir + "/fds")?.split(separator: "\n") ?? []
@@ -109,8 +115,9 @@ struct RunnerTests {
 
     @Test func theChildGetsOnlyTheGivenEnvironment() async throws {
         try await withTemporaryDirectory { dir in
-            _ = try await runner.run(argv: ["/usr/bin/env"], environment: ["ONLY": "this"], directory: dir,
-                                     stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: nil)
+            _ = try await runner.run(
+                argv: ["/usr/bin/env"], environment: ["ONLY": "this"], directory: dir,
+                stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: nil)
             #expect(LocalFile.readText(dir + "/out") == "ONLY=this\n")
         }
     }
@@ -125,9 +132,15 @@ struct RunnerTests {
             _ = symlink("/etc/shadow", task + "/shadow")
             _ = symlink(task + "/result.txt", task + "/inside-link")
             LocalFile.write(dir + "/outside.txt", Array("o".utf8))
-            #expect(OutputJudge.judge(line: "result.txt", taskDirectory: task) == .file(path: task + "/result.txt", name: "result.txt"))
-            #expect(OutputJudge.judge(line: task + "/result.txt", taskDirectory: task) == .file(path: task + "/result.txt", name: "result.txt"))
-            #expect(OutputJudge.judge(line: "inside-link", taskDirectory: task) == .file(path: task + "/result.txt", name: "inside-link"))
+            #expect(
+                OutputJudge.judge(line: "result.txt", taskDirectory: task)
+                    == .file(path: task + "/result.txt", name: "result.txt"))
+            #expect(
+                OutputJudge.judge(line: task + "/result.txt", taskDirectory: task)
+                    == .file(path: task + "/result.txt", name: "result.txt"))
+            #expect(
+                OutputJudge.judge(line: "inside-link", taskDirectory: task)
+                    == .file(path: task + "/result.txt", name: "inside-link"))
             #expect(OutputJudge.judge(line: nil, taskDirectory: task) == .none)
             for bad in ["../outside.txt", dir + "/outside.txt", "sub", "fifo", "shadow", "missing.txt", "/etc/passwd"] {
                 guard case .rejected = OutputJudge.judge(line: bad, taskDirectory: task) else {
@@ -140,8 +153,10 @@ struct RunnerTests {
             big += Array("\nresult.txt\n\n  \n".utf8)
             LocalFile.write(dir + "/stdout", big)
             #expect(OutputJudge.lastLine(ofFile: dir + "/stdout") == "result.txt")
-            for (printed, last) in [("a\r\nb.out\r\n\r\n", "b.out"), ("only", "only"), ("\n \n\t\n", nil), ("", nil),
-                                    ("x\n  spaced name.txt  \n", "spaced name.txt")] as [(String, String?)] {
+            for (printed, last) in [
+                ("a\r\nb.out\r\n\r\n", "b.out"), ("only", "only"), ("\n \n\t\n", nil), ("", nil),
+                ("x\n  spaced name.txt  \n", "spaced name.txt"),
+            ] as [(String, String?)] {
                 LocalFile.write(dir + "/stdout", Array(printed.utf8))
                 #expect(OutputJudge.lastLine(ofFile: dir + "/stdout") == last, "\(printed.debugDescription)")
             }

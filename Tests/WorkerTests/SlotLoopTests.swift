@@ -7,8 +7,12 @@ import Testing
 /// daemon asks (a stop ends a long poll at once; at the grace's end what runs is released, and so is what was held).
 @Suite(.timeLimit(.minutes(1)))
 struct SlotLoopTests {
-    func loop(_ f: MessageFateTests.Fixture, once: Bool = false, batch: Int? = nil) -> SlotLoop<MemoryQueue, MemoryStore, ScriptedRunner> {
-        SlotLoop(slot: 1, processor: f.processor, once: once, waitSeconds: 20, fixedBatch: batch, receiveOutage: .seconds(600))
+    func loop(_ f: MessageFateTests.Fixture, once: Bool = false, batch: Int? = nil) -> SlotLoop<
+        MemoryQueue, MemoryStore, ScriptedRunner
+    > {
+        SlotLoop(
+            slot: 1, processor: f.processor, once: once, waitSeconds: 20, fixedBatch: batch,
+            receiveOutage: .seconds(600))
     }
 
     @Test func aSlotSettlesEveryMessageThenAStopEndsItsLongPoll() async throws {

@@ -18,28 +18,34 @@ public struct AutoScalingClient: Sendable {
     let query: QueryProtocol
 
     public init(context: AWSContext, region: String? = nil) throws(AWSError) {
-        query = QueryProtocol(context: context, endpoint: try context.endpoint("autoscaling", region: region),
-                              version: Self.apiVersion)
+        query = QueryProtocol(
+            context: context, endpoint: try context.endpoint("autoscaling", region: region),
+            version: Self.apiVersion)
     }
 
     /// The groups tagged `key` = `value`, all pages.
-    public func groups(taggedWith key: String, value: String, logger: Logger) async throws(AWSError) -> [AutoScalingGroup] {
+    public func groups(taggedWith key: String, value: String, logger: Logger) async throws(AWSError)
+        -> [AutoScalingGroup]
+    {
         let filter = [("Filters.member.1.Name", "tag:\(key)"), ("Filters.member.1.Values.member.1", value)]
         var result: [AutoScalingGroup] = []
         var token: String?
         repeat {
-            let root = try await query.call("DescribeAutoScalingGroups", filter + (token.map { [("NextToken", $0)] } ?? []),
-                                            logger: logger)
+            let root = try await query.call(
+                "DescribeAutoScalingGroups", filter + (token.map { [("NextToken", $0)] } ?? []),
+                logger: logger)
             let body = root.child("DescribeAutoScalingGroupsResult")
             for member in body?.child("AutoScalingGroups")?.all("member") ?? [] {
                 var instances: [String: String] = [:]
                 for instance in member.child("Instances")?.all("member") ?? [] {
                     if let id = instance["InstanceId"] { instances[id] = instance["LifecycleState"] ?? "" }
                 }
-                result.append(AutoScalingGroup(
-                    name: member["AutoScalingGroupName"] ?? "", minSize: Int(member["MinSize"] ?? "") ?? 0,
-                    maxSize: Int(member["MaxSize"] ?? "") ?? 0, desiredCapacity: Int(member["DesiredCapacity"] ?? "") ?? 0,
-                    instances: instances))
+                result.append(
+                    AutoScalingGroup(
+                        name: member["AutoScalingGroupName"] ?? "", minSize: Int(member["MinSize"] ?? "") ?? 0,
+                        maxSize: Int(member["MaxSize"] ?? "") ?? 0,
+                        desiredCapacity: Int(member["DesiredCapacity"] ?? "") ?? 0,
+                        instances: instances))
             }
             token = body?["NextToken"].flatMap { $0.isEmpty ? nil : $0 }
         } while token != nil
@@ -48,17 +54,24 @@ public struct AutoScalingClient: Sendable {
 
     /// Sets the number of instances the group keeps (its minimum must allow it).
     public func setDesiredCapacity(group: String, to capacity: Int, logger: Logger) async throws(AWSError) {
-        _ = try await query.call("SetDesiredCapacity", [
-            ("AutoScalingGroupName", group), ("DesiredCapacity", String(capacity)), ("HonorCooldown", "false"),
-        ], logger: logger)
+        _ = try await query.call(
+            "SetDesiredCapacity",
+            [
+                ("AutoScalingGroupName", group), ("DesiredCapacity", String(capacity)), ("HonorCooldown", "false"),
+            ], logger: logger)
     }
 
     /// Terminates an instance of a group. With `decrementDesiredCapacity` the group shrinks instead of starting a
     /// replacement: what a worker does when the queue is drained.
-    public func terminateInstanceInGroup(_ instanceID: String, decrementDesiredCapacity: Bool,
-                                         logger: Logger) async throws(AWSError) {
-        _ = try await query.call("TerminateInstanceInAutoScalingGroup", [
-            ("InstanceId", instanceID), ("ShouldDecrementDesiredCapacity", decrementDesiredCapacity ? "true" : "false"),
-        ], logger: logger)
+    public func terminateInstanceInGroup(
+        _ instanceID: String, decrementDesiredCapacity: Bool,
+        logger: Logger
+    ) async throws(AWSError) {
+        _ = try await query.call(
+            "TerminateInstanceInAutoScalingGroup",
+            [
+                ("InstanceId", instanceID),
+                ("ShouldDecrementDesiredCapacity", decrementDesiredCapacity ? "true" : "false"),
+            ], logger: logger)
     }
 }

@@ -16,14 +16,24 @@ public indirect enum DynamoValue: Sendable, Equatable, Codable {
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: Key.self)
-        if let v = try c.decodeIfPresent(String.self, forKey: .S) { self = .s(v) }
-        else if let v = try c.decodeIfPresent(String.self, forKey: .N) { self = .n(v) }
-        else if let v = try c.decodeIfPresent(Bool.self, forKey: .BOOL) { self = .bool(v) }
-        else if c.contains(.NULL) { self = .null }
-        else if let v = try c.decodeIfPresent([String: DynamoValue].self, forKey: .M) { self = .m(v) }
-        else if let v = try c.decodeIfPresent([DynamoValue].self, forKey: .L) { self = .l(v) }
-        else if let v = try c.decodeIfPresent([String].self, forKey: .SS) { self = .ss(v) }
-        else { throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: "unknown attribute type")) }
+        if let v = try c.decodeIfPresent(String.self, forKey: .S) {
+            self = .s(v)
+        } else if let v = try c.decodeIfPresent(String.self, forKey: .N) {
+            self = .n(v)
+        } else if let v = try c.decodeIfPresent(Bool.self, forKey: .BOOL) {
+            self = .bool(v)
+        } else if c.contains(.NULL) {
+            self = .null
+        } else if let v = try c.decodeIfPresent([String: DynamoValue].self, forKey: .M) {
+            self = .m(v)
+        } else if let v = try c.decodeIfPresent([DynamoValue].self, forKey: .L) {
+            self = .l(v)
+        } else if let v = try c.decodeIfPresent([String].self, forKey: .SS) {
+            self = .ss(v)
+        } else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: c.codingPath, debugDescription: "unknown attribute type"))
+        }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -42,9 +52,18 @@ public indirect enum DynamoValue: Sendable, Equatable, Codable {
     public static func number<N: BinaryInteger>(_ n: N) -> DynamoValue { .n(String(n)) }
     public static func number(_ d: Double) -> DynamoValue { .n(String(d)) }
 
-    public var string: String? { if case .s(let v) = self { return v }; return nil }
-    public var int: Int? { if case .n(let v) = self { return Int(v) ?? Double(v).map { Int($0) } }; return nil }
-    public var double: Double? { if case .n(let v) = self { return Double(v) }; return nil }
+    public var string: String? {
+        if case .s(let v) = self { return v }
+        return nil
+    }
+    public var int: Int? {
+        if case .n(let v) = self { return Int(v) ?? Double(v).map { Int($0) } }
+        return nil
+    }
+    public var double: Double? {
+        if case .n(let v) = self { return Double(v) }
+        return nil
+    }
 }
 
 public typealias DynamoItem = [String: DynamoValue]
@@ -75,11 +94,15 @@ public struct DynamoDBClient: Sendable {
         var ExpressionAttributeValues: DynamoItem?
     }
 
-    public func putItem(table: String, item: DynamoItem, condition: String? = nil, names: [String: String]? = nil,
-                        values: DynamoItem? = nil, logger: Logger) async throws(AWSError) {
+    public func putItem(
+        table: String, item: DynamoItem, condition: String? = nil, names: [String: String]? = nil,
+        values: DynamoItem? = nil, logger: Logger
+    ) async throws(AWSError) {
         let _: EmptyOutput = try await json.call(
-            "PutItem", PutInput(TableName: table, Item: item, ConditionExpression: condition,
-                                ExpressionAttributeNames: names, ExpressionAttributeValues: values),
+            "PutItem",
+            PutInput(
+                TableName: table, Item: item, ConditionExpression: condition,
+                ExpressionAttributeNames: names, ExpressionAttributeValues: values),
             endpoint: endpoint, logger: logger)
     }
 
@@ -92,12 +115,16 @@ public struct DynamoDBClient: Sendable {
         var ExpressionAttributeValues: DynamoItem?
     }
 
-    public func updateItem(table: String, key: DynamoItem, update: String, condition: String? = nil,
-                           names: [String: String]? = nil, values: DynamoItem? = nil,
-                           logger: Logger) async throws(AWSError) {
+    public func updateItem(
+        table: String, key: DynamoItem, update: String, condition: String? = nil,
+        names: [String: String]? = nil, values: DynamoItem? = nil,
+        logger: Logger
+    ) async throws(AWSError) {
         let _: EmptyOutput = try await json.call(
-            "UpdateItem", UpdateInput(TableName: table, Key: key, UpdateExpression: update, ConditionExpression: condition,
-                                      ExpressionAttributeNames: names, ExpressionAttributeValues: values),
+            "UpdateItem",
+            UpdateInput(
+                TableName: table, Key: key, UpdateExpression: update, ConditionExpression: condition,
+                ExpressionAttributeNames: names, ExpressionAttributeValues: values),
             endpoint: endpoint, logger: logger)
     }
 
@@ -115,25 +142,32 @@ public struct DynamoDBClient: Sendable {
         var LastEvaluatedKey: DynamoItem?
     }
 
-    public func query(table: String, keyCondition: String, names: [String: String]? = nil, values: DynamoItem,
-                      startKey: DynamoItem? = nil, limit: Int? = nil, forward: Bool? = nil,
-                      logger: Logger) async throws(AWSError) -> DynamoQueryPage {
+    public func query(
+        table: String, keyCondition: String, names: [String: String]? = nil, values: DynamoItem,
+        startKey: DynamoItem? = nil, limit: Int? = nil, forward: Bool? = nil,
+        logger: Logger
+    ) async throws(AWSError) -> DynamoQueryPage {
         let output: QueryOutput = try await json.call(
-            "Query", QueryInput(TableName: table, KeyConditionExpression: keyCondition, ExpressionAttributeNames: names,
-                                ExpressionAttributeValues: values, ExclusiveStartKey: startKey, Limit: limit,
-                                ScanIndexForward: forward),
+            "Query",
+            QueryInput(
+                TableName: table, KeyConditionExpression: keyCondition, ExpressionAttributeNames: names,
+                ExpressionAttributeValues: values, ExclusiveStartKey: startKey, Limit: limit,
+                ScanIndexForward: forward),
             endpoint: endpoint, logger: logger)
         return DynamoQueryPage(items: output.Items ?? [], lastEvaluatedKey: output.LastEvaluatedKey)
     }
 
     /// Every item the query matches, page by page (as `S3Client.listAll` does for a listing).
-    public func queryAll(table: String, keyCondition: String, names: [String: String]? = nil, values: DynamoItem,
-                         logger: Logger) async throws(AWSError) -> [DynamoItem] {
+    public func queryAll(
+        table: String, keyCondition: String, names: [String: String]? = nil, values: DynamoItem,
+        logger: Logger
+    ) async throws(AWSError) -> [DynamoItem] {
         var items: [DynamoItem] = []
         var start: DynamoItem?
         repeat {
-            let page = try await query(table: table, keyCondition: keyCondition, names: names, values: values,
-                                       startKey: start, logger: logger)
+            let page = try await query(
+                table: table, keyCondition: keyCondition, names: names, values: values,
+                startKey: start, logger: logger)
             items += page.items
             start = page.lastEvaluatedKey
         } while start != nil
@@ -141,8 +175,14 @@ public struct DynamoDBClient: Sendable {
     }
 
     struct CreateTableInput: Encodable {
-        struct Attr: Encodable { var AttributeName: String; var AttributeType: String }
-        struct KeyElement: Encodable { var AttributeName: String; var KeyType: String }
+        struct Attr: Encodable {
+            var AttributeName: String
+            var AttributeType: String
+        }
+        struct KeyElement: Encodable {
+            var AttributeName: String
+            var KeyType: String
+        }
         var TableName: String
         var AttributeDefinitions: [Attr]
         var KeySchema: [KeyElement]
@@ -150,12 +190,18 @@ public struct DynamoDBClient: Sendable {
     }
 
     /// Creates a table with a string partition key and string sort key, billed on demand.
-    public func createTable(_ table: String, partitionKey: String, sortKey: String, logger: Logger) async throws(AWSError) {
+    public func createTable(_ table: String, partitionKey: String, sortKey: String, logger: Logger)
+        async throws(AWSError)
+    {
         let input = CreateTableInput(
             TableName: table,
-            AttributeDefinitions: [.init(AttributeName: partitionKey, AttributeType: "S"),
-                                   .init(AttributeName: sortKey, AttributeType: "S")],
-            KeySchema: [.init(AttributeName: partitionKey, KeyType: "HASH"), .init(AttributeName: sortKey, KeyType: "RANGE")])
+            AttributeDefinitions: [
+                .init(AttributeName: partitionKey, AttributeType: "S"),
+                .init(AttributeName: sortKey, AttributeType: "S"),
+            ],
+            KeySchema: [
+                .init(AttributeName: partitionKey, KeyType: "HASH"), .init(AttributeName: sortKey, KeyType: "RANGE"),
+            ])
         let _: EmptyOutput = try await json.call("CreateTable", input, endpoint: endpoint, logger: logger)
     }
 }

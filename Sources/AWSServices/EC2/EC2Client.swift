@@ -29,13 +29,16 @@ public struct EC2Client: Sendable {
     }
 
     func call(_ action: String, _ parameters: [(String, String)], logger: Logger) async throws(AWSError) -> XMLElement {
-        try await QueryProtocol(context: context, endpoint: endpoint, version: Self.apiVersion).call(action, parameters,
-                                                                                                      logger: logger)
+        try await QueryProtocol(context: context, endpoint: endpoint, version: Self.apiVersion).call(
+            action, parameters,
+            logger: logger)
     }
 
     /// Instances matching `filters` (name → values, e.g. `tag:parallelizer:queue` → [url]), all pages.
-    public func describeInstances(filters: [(String, [String])] = [], instanceIDs: [String] = [],
-                                  logger: Logger) async throws(AWSError) -> [EC2Instance] {
+    public func describeInstances(
+        filters: [(String, [String])] = [], instanceIDs: [String] = [],
+        logger: Logger
+    ) async throws(AWSError) -> [EC2Instance] {
         var parameters: [(String, String)] = []
         for (i, (name, values)) in filters.enumerated() {
             parameters.append(("Filter.\(i + 1).Name", name))
@@ -45,8 +48,9 @@ public struct EC2Client: Sendable {
         var result: [EC2Instance] = []
         var token: String?
         repeat {
-            let root = try await call("DescribeInstances", parameters + (token.map { [("NextToken", $0)] } ?? []),
-                                      logger: logger)
+            let root = try await call(
+                "DescribeInstances", parameters + (token.map { [("NextToken", $0)] } ?? []),
+                logger: logger)
             for reservation in root.child("reservationSet")?.all("item") ?? [] {
                 for item in reservation.child("instancesSet")?.all("item") ?? [] {
                     result.append(Self.instance(item))
@@ -62,16 +66,18 @@ public struct EC2Client: Sendable {
         for tag in item.child("tagSet")?.all("item") ?? [] {
             if let key = tag["key"] { tags[key] = tag["value"] ?? "" }
         }
-        return EC2Instance(instanceID: item["instanceId"] ?? "", state: item.child("instanceState")?["name"] ?? "",
-                           launchTime: item["launchTime"], tags: tags)
+        return EC2Instance(
+            instanceID: item["instanceId"] ?? "", state: item.child("instanceState")?["name"] ?? "",
+            launchTime: item["launchTime"], tags: tags)
     }
 
     /// Terminates the instances; returns their new states by id.
     @discardableResult
     public func terminateInstances(_ ids: [String], logger: Logger) async throws(AWSError) -> [String: String] {
         guard !ids.isEmpty else { return [:] }
-        let root = try await call("TerminateInstances", ids.enumerated().map { ("InstanceId.\($0.offset + 1)", $0.element) },
-                                  logger: logger)
+        let root = try await call(
+            "TerminateInstances", ids.enumerated().map { ("InstanceId.\($0.offset + 1)", $0.element) },
+            logger: logger)
         var states: [String: String] = [:]
         for item in root.child("instancesSet")?.all("item") ?? [] {
             if let id = item["instanceId"] { states[id] = item.child("currentState")?["name"] ?? "" }
@@ -90,10 +96,13 @@ public struct EC2Client: Sendable {
     }
 
     /// Starts instances (used by tests and the demo's simulated fleet; operators launch with `scripts/launch`).
-    public func runInstances(imageID: String, count: Int, instanceType: String = "t3.micro", tags: [String: String] = [:],
-                             logger: Logger) async throws(AWSError) -> [EC2Instance] {
+    public func runInstances(
+        imageID: String, count: Int, instanceType: String = "t3.micro", tags: [String: String] = [:],
+        logger: Logger
+    ) async throws(AWSError) -> [EC2Instance] {
         var parameters: [(String, String)] = [
-            ("ImageId", imageID), ("MinCount", String(count)), ("MaxCount", String(count)), ("InstanceType", instanceType),
+            ("ImageId", imageID), ("MinCount", String(count)), ("MaxCount", String(count)),
+            ("InstanceType", instanceType),
         ]
         if !tags.isEmpty {
             parameters.append(("TagSpecification.1.ResourceType", "instance"))

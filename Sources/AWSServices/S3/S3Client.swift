@@ -73,7 +73,9 @@ public struct S3Client: Sendable {
         return ("\(bucket).\(endpoint.hostHeader)", encodedKey)
     }
 
-    func send(_ request: AWSRequest, bucket: String, key: String?, logger: Logger) async throws(AWSError) -> HTTPResponse {
+    func send(_ request: AWSRequest, bucket: String, key: String?, logger: Logger) async throws(AWSError)
+        -> HTTPResponse
+    {
         var request = request
         let (host, path) = address(bucket: bucket, key: key)
         request.host = host
@@ -87,21 +89,27 @@ public struct S3Client: Sendable {
     /// checked against Content-Length, and the body against the CRC-32C S3 stored with the object when it has one
     /// (asked for with `x-amz-checksum-mode`); a short or corrupt body is fetched again from the start.
     @discardableResult
-    public func getObject(bucket: String, key: String, to path: String, logger: Logger) async throws(AWSError) -> S3ObjectInfo {
-        let response = try await send(AWSRequest(method: "GET", headers: [("x-amz-checksum-mode", "ENABLED")],
-                                                 response: .file(path: path, crc32cHeader: "x-amz-checksum-crc32c")),
-                                      bucket: bucket, key: key, logger: logger)
-        return S3ObjectInfo(key: key, size: response.bytesWritten, etag: response.header("ETag") ?? "",
-                            lastModified: response.header("Last-Modified"))
+    public func getObject(bucket: String, key: String, to path: String, logger: Logger) async throws(AWSError)
+        -> S3ObjectInfo
+    {
+        let response = try await send(
+            AWSRequest(
+                method: "GET", headers: [("x-amz-checksum-mode", "ENABLED")],
+                response: .file(path: path, crc32cHeader: "x-amz-checksum-crc32c")),
+            bucket: bucket, key: key, logger: logger)
+        return S3ObjectInfo(
+            key: key, size: response.bytesWritten, etag: response.header("ETag") ?? "",
+            lastModified: response.header("Last-Modified"))
     }
 
     /// The object's size and ETag, or nil when it does not exist.
     public func headObject(bucket: String, key: String, logger: Logger) async throws(AWSError) -> S3ObjectInfo? {
         do {
             let response = try await send(AWSRequest(method: "HEAD"), bucket: bucket, key: key, logger: logger)
-            return S3ObjectInfo(key: key, size: Int64(response.header("Content-Length") ?? "") ?? 0,
-                                etag: response.header("ETag") ?? "", lastModified: response.header("Last-Modified"))
-        } catch where error.httpStatus == 404 {
+            return S3ObjectInfo(
+                key: key, size: Int64(response.header("Content-Length") ?? "") ?? 0,
+                etag: response.header("ETag") ?? "", lastModified: response.header("Last-Modified"))
+        } catch  where error.httpStatus == 404 {
             return nil
         }
     }
@@ -109,27 +117,34 @@ public struct S3Client: Sendable {
     /// Uploads a file. Above `multipartThreshold` it goes in parts, several at once; a failed multipart upload is
     /// aborted so no orphaned parts keep costing money.
     @discardableResult
-    public func putObject(bucket: String, key: String, file path: String, contentType: String = "application/octet-stream",
-                          logger: Logger) async throws(AWSError) -> String {
+    public func putObject(
+        bucket: String, key: String, file path: String, contentType: String = "application/octet-stream",
+        logger: Logger
+    ) async throws(AWSError) -> String {
         guard let size = LocalFile.size(path) else { throw AWSError.client("s3", "cannot read \(path)") }
         if size > options.multipartThreshold {
-            return try await multipartUpload(bucket: bucket, key: key, file: path, size: size, contentType: contentType,
-                                             logger: logger)
+            return try await multipartUpload(
+                bucket: bucket, key: key, file: path, size: size, contentType: contentType,
+                logger: logger)
         }
         let request: AWSRequest
         if case .crc32cTrailer = options.checksum {
             let trailer = "x-amz-checksum-crc32c"
             request = AWSRequest(
                 method: "PUT",
-                headers: [("Content-Type", contentType), ("Content-Encoding", "aws-chunked"),
-                          ("x-amz-decoded-content-length", "\(size)"), ("x-amz-trailer", trailer),
-                          ("x-amz-sdk-checksum-algorithm", "CRC32C")],
-                body: .fileWithCRC32CTrailer(path: path, offset: 0,
-                                             framing: ChunkedTrailerFraming(dataLength: size, trailerName: trailer)))
+                headers: [
+                    ("Content-Type", contentType), ("Content-Encoding", "aws-chunked"),
+                    ("x-amz-decoded-content-length", "\(size)"), ("x-amz-trailer", trailer),
+                    ("x-amz-sdk-checksum-algorithm", "CRC32C"),
+                ],
+                body: .fileWithCRC32CTrailer(
+                    path: path, offset: 0,
+                    framing: ChunkedTrailerFraming(dataLength: size, trailerName: trailer)))
         } else {
             let (headers, payload) = try await integrity(path: path, offset: 0, length: size)
-            request = AWSRequest(method: "PUT", headers: [("Content-Type", contentType)] + headers,
-                                 body: .file(path: path, offset: 0, length: size), payload: payload)
+            request = AWSRequest(
+                method: "PUT", headers: [("Content-Type", contentType)] + headers,
+                body: .file(path: path, offset: 0, length: size), payload: payload)
         }
         let response = try await send(request, bucket: bucket, key: key, logger: logger)
         return response.header("ETag") ?? ""
@@ -154,12 +169,15 @@ public struct S3Client: Sendable {
     /// Uploads a small in-memory body (failure records, markers). `ifNoneMatch: "*"` writes only when no object has
     /// the key (S3 answers 412 PreconditionFailed otherwise).
     @discardableResult
-    public func putObject(bucket: String, key: String, bytes: [UInt8], contentType: String = "application/octet-stream",
-                          ifNoneMatch: String? = nil, logger: Logger) async throws(AWSError) -> String {
+    public func putObject(
+        bucket: String, key: String, bytes: [UInt8], contentType: String = "application/octet-stream",
+        ifNoneMatch: String? = nil, logger: Logger
+    ) async throws(AWSError) -> String {
         var headers = [("Content-Type", contentType), ("Content-MD5", Digest.md5(bytes).base64String)]
         if let ifNoneMatch { headers.append(("If-None-Match", ifNoneMatch)) }
-        let response = try await send(AWSRequest(method: "PUT", headers: headers, body: .bytes(bytes)),
-                                      bucket: bucket, key: key, logger: logger)
+        let response = try await send(
+            AWSRequest(method: "PUT", headers: headers, body: .bytes(bytes)),
+            bucket: bucket, key: key, logger: logger)
         return response.header("ETag") ?? ""
     }
 
@@ -171,9 +189,11 @@ public struct S3Client: Sendable {
 
     /// One page of ListObjectsV2. Keys come URL-encoded (`encoding-type=url`) so that any character, even those
     /// XML 1.0 cannot carry, survives; they are decoded here.
-    public func listObjectsV2(bucket: String, prefix: String? = nil, continuationToken: String? = nil,
-                              startAfter: String? = nil, maxKeys: Int = 1000,
-                              logger: Logger) async throws(AWSError) -> S3ListPage {
+    public func listObjectsV2(
+        bucket: String, prefix: String? = nil, continuationToken: String? = nil,
+        startAfter: String? = nil, maxKeys: Int = 1000,
+        logger: Logger
+    ) async throws(AWSError) -> S3ListPage {
         var query: [(String, String)] = [("list-type", "2"), ("encoding-type", "url"), ("max-keys", String(maxKeys))]
         if let prefix, !prefix.isEmpty { query.append(("prefix", prefix)) }
         if let continuationToken { query.append(("continuation-token", continuationToken)) }
@@ -186,9 +206,10 @@ public struct S3Client: Sendable {
         let urlEncoded = root["EncodingType"] == "url"
         let objects = root.all("Contents").map { item in
             let raw = item["Key"] ?? ""
-            return S3ObjectInfo(key: urlEncoded ? URIEncoding.decode(raw, plusIsSpace: true) : raw,
-                                size: Int64(item["Size"] ?? "") ?? 0, etag: item["ETag"] ?? "",
-                                lastModified: item["LastModified"])
+            return S3ObjectInfo(
+                key: urlEncoded ? URIEncoding.decode(raw, plusIsSpace: true) : raw,
+                size: Int64(item["Size"] ?? "") ?? 0, etag: item["ETag"] ?? "",
+                lastModified: item["LastModified"])
         }
         let truncated = root["IsTruncated"] == "true"
         return S3ListPage(objects: objects, nextContinuationToken: truncated ? root["NextContinuationToken"] : nil)
@@ -196,8 +217,10 @@ public struct S3Client: Sendable {
 
     /// Every object under `prefix`, page by page, handed to `body` as each page arrives (a million keys are never
     /// held at once).
-    public func listAll(bucket: String, prefix: String? = nil, logger: Logger,
-                        _ body: ([S3ObjectInfo]) async throws(AWSError) -> Void) async throws(AWSError) {
+    public func listAll(
+        bucket: String, prefix: String? = nil, logger: Logger,
+        _ body: ([S3ObjectInfo]) async throws(AWSError) -> Void
+    ) async throws(AWSError) {
         var token: String?
         repeat {
             let page = try await listObjectsV2(bucket: bucket, prefix: prefix, continuationToken: token, logger: logger)
@@ -211,13 +234,16 @@ public struct S3Client: Sendable {
     public func createBucket(_ bucket: String, logger: Logger) async throws(AWSError) {
         var body: [UInt8] = []
         if endpoint.region != "us-east-1" {
-            body = Array(("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
-                + "<LocationConstraint>\(XML.escape(endpoint.region))</LocationConstraint></CreateBucketConfiguration>").utf8)
+            body = Array(
+                ("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+                    + "<LocationConstraint>\(XML.escape(endpoint.region))</LocationConstraint></CreateBucketConfiguration>")
+                    .utf8)
         }
         do {
-            _ = try await send(AWSRequest(method: "PUT", headers: [("Content-Type", "application/xml")], body: .bytes(body)),
-                               bucket: bucket, key: nil, logger: logger)
-        } catch where error.code == "BucketAlreadyOwnedByYou" {
+            _ = try await send(
+                AWSRequest(method: "PUT", headers: [("Content-Type", "application/xml")], body: .bytes(body)),
+                bucket: bucket, key: nil, logger: logger)
+        } catch  where error.code == "BucketAlreadyOwnedByYou" {
             return
         }
     }
@@ -225,9 +251,12 @@ public struct S3Client: Sendable {
     // MARK: - Presigning
 
     /// A presigned GET URL for handing an object to someone without credentials.
-    public func presignedGetURL(bucket: String, key: String, expires: Int, logger: Logger) async throws(AWSError) -> String {
+    public func presignedGetURL(bucket: String, key: String, expires: Int, logger: Logger) async throws(AWSError)
+        -> String
+    {
         let (host, path) = address(bucket: bucket, key: key)
-        return try await client.presignedURL(method: "GET", path: path, host: host, endpoint: endpoint, options: .s3,
-                                             expires: expires, logger: logger)
+        return try await client.presignedURL(
+            method: "GET", path: path, host: host, endpoint: endpoint, options: .s3,
+            expires: expires, logger: logger)
     }
 }

@@ -5,7 +5,9 @@ import Synchronization
 extension SQSBatchResult.Failure {
     /// The entry's failure as an error, for the same judgement as a whole call's (`setupProblem`, retrying).
     public var error: AWSError {
-        cause ?? AWSError(kind: .service, service: "sqs", httpStatus: senderFault ? 400 : 500, code: code, message: message)
+        cause
+            ?? AWSError(
+                kind: .service, service: "sqs", httpStatus: senderFault ? 400 : 500, code: code, message: message)
     }
 }
 
@@ -51,15 +53,19 @@ public final class BatchFallback: Sendable {
         }
         let result = await oneByOne(entries, id: id, single: single)
         if !result.successful.isEmpty && !singlesOnly.exchange(true, ordering: .relaxed) {
-            logger.warning("\(batchAction) is refused but \(singleAction) works: one message per call from now on", metadata: [
-                "aws.code": "\(refusal.code)", "error": "\(refusal)",
-            ])
+            logger.warning(
+                "\(batchAction) is refused but \(singleAction) works: one message per call from now on",
+                metadata: [
+                    "aws.code": "\(refusal.code)", "error": "\(refusal)",
+                ])
         }
         return result
     }
 
-    private func oneByOne<Entry: Sendable>(_ entries: [Entry], id: (Entry) -> String,
-                                           single: (Entry) async throws(AWSError) -> Void) async -> SQSBatchResult {
+    private func oneByOne<Entry: Sendable>(
+        _ entries: [Entry], id: (Entry) -> String,
+        single: (Entry) async throws(AWSError) -> Void
+    ) async -> SQSBatchResult {
         var successful: [String] = []
         var failed: [SQSBatchResult.Failure] = []
         for entry in entries {
@@ -67,8 +73,10 @@ public final class BatchFallback: Sendable {
                 try await single(entry)
                 successful.append(id(entry))
             } catch {
-                failed.append(.init(id: id(entry), code: error.code, message: error.message, senderFault: !error.isRetryable,
-                                    cause: error))
+                failed.append(
+                    .init(
+                        id: id(entry), code: error.code, message: error.message, senderFault: !error.isRetryable,
+                        cause: error))
             }
         }
         return SQSBatchResult(successful: successful, failed: failed)

@@ -56,8 +56,9 @@ extension SQSBatchResult {
         successful = (reply["Successful"]?.arrayValue ?? []).compactMap { $0["Id"]?.stringValue }
         failed = (reply["Failed"]?.arrayValue ?? []).compactMap { entry in
             guard let id = entry["Id"]?.stringValue else { return nil }
-            return .init(id: id, code: entry["Code"]?.stringValue ?? "", message: entry["Message"]?.stringValue ?? "",
-                         senderFault: entry["SenderFault"]?.boolValue ?? false)
+            return .init(
+                id: id, code: entry["Code"]?.stringValue ?? "", message: entry["Message"]?.stringValue ?? "",
+                senderFault: entry["SenderFault"]?.boolValue ?? false)
         }
     }
 }
@@ -102,8 +103,10 @@ public struct SQSClient: Sendable {
         ["ApproximateReceiveCount", "SentTimestamp", "ApproximateFirstReceiveTimestamp"].map { .string($0) })
 
     /// Long-polls for up to `maxMessages` messages, waiting up to `waitSeconds` (max 20) when the queue is empty.
-    public func receiveMessages(queueURL: String, maxMessages: Int = 1, waitSeconds: Int = 20,
-                                visibilityTimeout: Int? = nil, logger: Logger) async throws(AWSError) -> [SQSMessage] {
+    public func receiveMessages(
+        queueURL: String, maxMessages: Int = 1, waitSeconds: Int = 20,
+        visibilityTimeout: Int? = nil, logger: Logger
+    ) async throws(AWSError) -> [SQSMessage] {
         var input: [String: JSONValue] = [
             "QueueUrl": .string(queueURL), "MaxNumberOfMessages": .number(Double(maxMessages)),
             "WaitTimeSeconds": .number(Double(waitSeconds)),
@@ -112,24 +115,30 @@ public struct SQSClient: Sendable {
         if let visibilityTimeout { input["VisibilityTimeout"] = .number(Double(visibilityTimeout)) }
         // The server holds a long poll open for up to waitSeconds; give the transfer that plus a margin.
         let timeouts = Timeouts(connect: 10, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: waitSeconds + 15)
-        let reply = try await json.call("ReceiveMessage", value: .object(input), endpoint: try endpoint(queueURL: queueURL),
-                                        timeouts: timeouts, logger: logger)
+        let reply = try await json.call(
+            "ReceiveMessage", value: .object(input), endpoint: try endpoint(queueURL: queueURL),
+            timeouts: timeouts, logger: logger)
         return try Self.messages(in: reply)
     }
 
     /// The messages of a ReceiveMessage reply; one without an id or receipt handle makes the reply unusable.
     static func messages(in reply: JSONValue) throws(AWSError) -> [SQSMessage] {
         guard let items = reply["Messages"] else { return [] }
-        guard let list = items.arrayValue else { throw AWSError.badResponse("sqs", "ReceiveMessage reply: Messages is not a list", requestID: nil) }
+        guard let list = items.arrayValue else {
+            throw AWSError.badResponse("sqs", "ReceiveMessage reply: Messages is not a list", requestID: nil)
+        }
         var messages: [SQSMessage] = []
         messages.reserveCapacity(list.count)
         for item in list {
             guard let id = item["MessageId"]?.stringValue, let handle = item["ReceiptHandle"]?.stringValue else {
-                throw AWSError.badResponse("sqs", "ReceiveMessage reply: a message without MessageId or ReceiptHandle",
-                                           requestID: nil)
+                throw AWSError.badResponse(
+                    "sqs", "ReceiveMessage reply: a message without MessageId or ReceiptHandle",
+                    requestID: nil)
             }
-            messages.append(SQSMessage(messageID: id, receiptHandle: handle, body: item["Body"]?.stringValue ?? "",
-                                       attributes: Self.strings(item["Attributes"])))
+            messages.append(
+                SQSMessage(
+                    messageID: id, receiptHandle: handle, body: item["Body"]?.stringValue ?? "",
+                    attributes: Self.strings(item["Attributes"])))
         }
         return messages
     }
@@ -141,53 +150,73 @@ public struct SQSClient: Sendable {
     }
 
     public func deleteMessage(queueURL: String, receiptHandle: String, logger: Logger) async throws(AWSError) {
-        _ = try await json.call("DeleteMessage", value: .object(["QueueUrl": .string(queueURL),
-                                                                 "ReceiptHandle": .string(receiptHandle)]),
-                                endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        _ = try await json.call(
+            "DeleteMessage",
+            value: .object([
+                "QueueUrl": .string(queueURL),
+                "ReceiptHandle": .string(receiptHandle),
+            ]),
+            endpoint: try endpoint(queueURL: queueURL), logger: logger)
     }
 
     /// Deletes up to 10 messages in one call. Entries that fail (a receipt handle gone stale, say) are reported,
     /// not thrown; a failure of the whole call is thrown.
-    public func deleteMessageBatch(queueURL: String, entries: [(id: String, receiptHandle: String)],
-                                   logger: Logger) async throws(AWSError) -> SQSBatchResult {
-        try await batch("DeleteMessageBatch", queueURL: queueURL, field: "ReceiptHandle",
-                        entries: entries.map { ($0.id, $0.receiptHandle) }, logger: logger)
+    public func deleteMessageBatch(
+        queueURL: String, entries: [(id: String, receiptHandle: String)],
+        logger: Logger
+    ) async throws(AWSError) -> SQSBatchResult {
+        try await batch(
+            "DeleteMessageBatch", queueURL: queueURL, field: "ReceiptHandle",
+            entries: entries.map { ($0.id, $0.receiptHandle) }, logger: logger)
     }
 
     /// Sets how long the message stays invisible from now (0 releases it at once).
-    public func changeMessageVisibility(queueURL: String, receiptHandle: String, timeout: Int,
-                                        logger: Logger) async throws(AWSError) {
+    public func changeMessageVisibility(
+        queueURL: String, receiptHandle: String, timeout: Int,
+        logger: Logger
+    ) async throws(AWSError) {
         let input: JSONValue = .object([
             "QueueUrl": .string(queueURL), "ReceiptHandle": .string(receiptHandle),
             "VisibilityTimeout": .number(Double(timeout)),
         ])
-        _ = try await json.call("ChangeMessageVisibility", value: input, endpoint: try endpoint(queueURL: queueURL),
-                                logger: logger)
+        _ = try await json.call(
+            "ChangeMessageVisibility", value: input, endpoint: try endpoint(queueURL: queueURL),
+            logger: logger)
     }
 
     /// Sends up to 10 messages in one call. Entries that fail are reported, not thrown: the caller retries them.
-    public func sendMessageBatch(queueURL: String, entries: [(id: String, body: String)],
-                                 logger: Logger) async throws(AWSError) -> SQSBatchResult {
-        try await batch("SendMessageBatch", queueURL: queueURL, field: "MessageBody",
-                        entries: entries.map { ($0.id, $0.body) }, logger: logger)
+    public func sendMessageBatch(
+        queueURL: String, entries: [(id: String, body: String)],
+        logger: Logger
+    ) async throws(AWSError) -> SQSBatchResult {
+        try await batch(
+            "SendMessageBatch", queueURL: queueURL, field: "MessageBody",
+            entries: entries.map { ($0.id, $0.body) }, logger: logger)
     }
 
     /// A batch call whose entries are an `Id` and one string `field` each.
-    private func batch(_ operation: String, queueURL: String, field: String, entries: [(id: String, value: String)],
-                       logger: Logger) async throws(AWSError) -> SQSBatchResult {
+    private func batch(
+        _ operation: String, queueURL: String, field: String, entries: [(id: String, value: String)],
+        logger: Logger
+    ) async throws(AWSError) -> SQSBatchResult {
         let input: JSONValue = .object([
             "QueueUrl": .string(queueURL),
             "Entries": .array(entries.map { .object(["Id": .string($0.id), field: .string($0.value)]) }),
         ])
-        let reply = try await json.call(operation, value: input, endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        let reply = try await json.call(
+            operation, value: input, endpoint: try endpoint(queueURL: queueURL), logger: logger)
         return SQSBatchResult(reply: reply)
     }
 
     @discardableResult
     public func sendMessage(queueURL: String, body: String, logger: Logger) async throws(AWSError) -> String {
-        let reply = try await json.call("SendMessage", value: .object(["QueueUrl": .string(queueURL),
-                                                                       "MessageBody": .string(body)]),
-                                        endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        let reply = try await json.call(
+            "SendMessage",
+            value: .object([
+                "QueueUrl": .string(queueURL),
+                "MessageBody": .string(body),
+            ]),
+            endpoint: try endpoint(queueURL: queueURL), logger: logger)
         guard let id = reply["MessageId"]?.stringValue else {
             throw AWSError.badResponse("sqs", "SendMessage reply without MessageId", requestID: nil)
         }
@@ -195,8 +224,10 @@ public struct SQSClient: Sendable {
     }
 
     /// Queue attributes (`ApproximateNumberOfMessages`, `ApproximateNumberOfMessagesNotVisible`, `RedrivePolicy`...).
-    public func getQueueAttributes(queueURL: String, names: [String] = ["All"],
-                                   logger: Logger) async throws(AWSError) -> [String: String] {
+    public func getQueueAttributes(
+        queueURL: String, names: [String] = ["All"],
+        logger: Logger
+    ) async throws(AWSError) -> [String: String] {
         let reply = try await json.call(
             "GetQueueAttributes",
             value: .object(["QueueUrl": .string(queueURL), "AttributeNames": .array(names.map { .string($0) })]),
@@ -228,21 +259,30 @@ public struct SQSClient: Sendable {
 
     public func messageCounts(queueURL: String, logger: Logger) async throws(AWSError) -> MessageCounts {
         let a = try await getQueueAttributes(
-            queueURL: queueURL, names: ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                                        "ApproximateNumberOfMessagesDelayed"], logger: logger)
+            queueURL: queueURL,
+            names: [
+                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ], logger: logger)
         return MessageCounts(attributes: a)
     }
 
     public func getQueueURL(name: String, logger: Logger) async throws(AWSError) -> String {
-        let reply = try await json.call("GetQueueUrl", value: .object(["QueueName": .string(name)]),
-                                        endpoint: try context.endpoint("sqs"), logger: logger)
+        let reply = try await json.call(
+            "GetQueueUrl", value: .object(["QueueName": .string(name)]),
+            endpoint: try context.endpoint("sqs"), logger: logger)
         return try Self.queueURL(in: reply, operation: "GetQueueUrl")
     }
 
     /// Creates a queue (or returns the existing one with the same attributes).
-    public func createQueue(name: String, attributes: [String: String] = [:], logger: Logger) async throws(AWSError) -> String {
-        let input: JSONValue = .object(["QueueName": .string(name), "Attributes": .object(attributes.mapValues { .string($0) })])
-        let reply = try await json.call("CreateQueue", value: input, endpoint: try context.endpoint("sqs"), logger: logger)
+    public func createQueue(name: String, attributes: [String: String] = [:], logger: Logger) async throws(AWSError)
+        -> String
+    {
+        let input: JSONValue = .object([
+            "QueueName": .string(name), "Attributes": .object(attributes.mapValues { .string($0) }),
+        ])
+        let reply = try await json.call(
+            "CreateQueue", value: input, endpoint: try context.endpoint("sqs"), logger: logger)
         return try Self.queueURL(in: reply, operation: "CreateQueue")
     }
 
@@ -254,7 +294,8 @@ public struct SQSClient: Sendable {
     }
 
     public func deleteQueue(queueURL: String, logger: Logger) async throws(AWSError) {
-        _ = try await json.call("DeleteQueue", value: .object(["QueueUrl": .string(queueURL)]),
-                                endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        _ = try await json.call(
+            "DeleteQueue", value: .object(["QueueUrl": .string(queueURL)]),
+            endpoint: try endpoint(queueURL: queueURL), logger: logger)
     }
 }
