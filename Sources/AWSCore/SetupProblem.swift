@@ -26,6 +26,12 @@ public enum SetupProblem: String, Sendable, Equatable {
     case refused
 }
 
+extension SetupProblem {
+    /// How many calls in a row (each for a different task), or rounds of the controller, must meet the same set-up
+    /// problem before it counts as a dead end rather than one task's trouble.
+    public static let repeatsBeforeDeadEnd = 3
+}
+
 extension AWSError {
     /// What is wrong with the set-up, when this error says so; nil for errors that may pass (throttling, 5xx, a
     /// dropped connection) and for errors about one request (a missing key, a stale receipt handle).

@@ -18,7 +18,7 @@ final class CurlEasy {
     init(caBundle: String?, userAgent: String) throws(HTTPTransportError) {
         guard CurlGlobal.initialized, let h = curl_easy_init() else {
             throw HTTPTransportError(
-                kind: .other, curlCode: -1,
+                kind: .curlSetup, curlCode: -1,
                 message: "libcurl cannot be initialised (curl_global_init or curl_easy_init failed)")
         }
         handle = h
@@ -233,7 +233,7 @@ final class CurlEasy {
     private func check(_ code: CURLcode, _ what: String) throws(HTTPTransportError) {
         guard code != CURLE_OK else { return }
         throw HTTPTransportError(
-            kind: .other, curlCode: Int32(code.rawValue),
+            kind: .curlSetup, curlCode: Int32(code.rawValue),
             message: "curl_easy_setopt(\(what)) failed: \(String(cString: curl_easy_strerror(code)))")
     }
 

@@ -149,6 +149,8 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
         case connect, timeout, sendFailed, receiveFailed, truncated, tls, localFile, cancelled, other
         /// The body arrived whole but does not match the checksum the server gave for it.
         case corrupt
+        /// libcurl refused an option or could not start: the request was never sent, and sending again would not help.
+        case curlSetup
     }
     public var kind: Kind
     /// The libcurl `CURLcode`, or -1 for failures found by us.
@@ -166,7 +168,7 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     /// Whether sending the same request again may succeed. A local file error or a TLS verification failure won't.
     public var isRetryable: Bool {
         switch kind {
-        case .localFile, .tls, .cancelled: return false
+        case .localFile, .tls, .cancelled, .curlSetup: return false
         default: return true
         }
     }

@@ -108,7 +108,7 @@ public struct Controller: Sendable {
     static let maxFailedRounds = 20
     /// Rounds in a row with the same permanent error (`setupProblem`) before the controller gives up: the daemon's
     /// dead-end rule, applied to rounds.
-    static let sameErrorRounds = 3
+    static let sameErrorRounds = SetupProblem.repeatsBeforeDeadEnd
 
     let options: Options
     let context: AWSContext

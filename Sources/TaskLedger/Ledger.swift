@@ -91,16 +91,15 @@ public actor Ledger {
     }
 
     public func taskStarted(inputKey: String, attempt: Int, slot: Int, messageID: String) {
+        typealias F = LedgerSchema.Task
         let now = Self.now()
         append(
             .put([
                 LedgerSchema.partitionKey: .s(queueName),
                 LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)),
-                LedgerSchema.kind: .s("task"),
-                "inputKey": .s(inputKey), "attempt": .number(attempt), "instance": .s(instanceID),
-                "slot": .number(slot),
-                "state": .s("running"), "messageId": .s(messageID), "startedAt": .s(Self.iso(now)),
-                "startedEpoch": .number(now),
+                LedgerSchema.kind: .s(F.kind), F.inputKey: .s(inputKey), F.attempt: .number(attempt),
+                F.instance: .s(instanceID), F.slot: .number(slot), F.state: .s("running"), F.messageID: .s(messageID),
+                F.startedAt: .s(Self.iso(now)), F.startedEpoch: .number(now),
             ]))
     }
 
@@ -110,33 +109,26 @@ public actor Ledger {
         inputKey: String, attempt: Int, outcome: Outcome, seconds: Double, bytesIn: Int64, bytesOut: Int64,
         exitStatus: String, outputKey: String?, reason: String?
     ) {
+        typealias F = LedgerSchema.Task
         let now = Self.now()
-        var names = ["#state": "state"]
-        var values: DynamoItem = [
-            ":state": .s(outcome.rawValue), ":endedAt": .s(Self.iso(now)), ":endedEpoch": .number(now),
-            ":duration": .number((seconds * 1000).rounded() / 1000), ":bytesIn": .number(bytesIn),
-            ":bytesOut": .number(bytesOut), ":exit": .s(exitStatus), ":instance": .s(instanceID),
+        var fields: [(name: String, value: DynamoValue)] = [
+            (F.state, .s(outcome.rawValue)), (F.endedAt, .s(Self.iso(now))), (F.endedEpoch, .number(now)),
+            (F.durationSeconds, .number((seconds * 1000).rounded() / 1000)), (F.bytesIn, .number(bytesIn)),
+            (F.bytesOut, .number(bytesOut)), (F.exitStatus, .s(exitStatus)), (F.instance, .s(instanceID)),
         ]
-        var sets = [
-            "#state = :state", "endedAt = :endedAt", "endedEpoch = :endedEpoch", "durationSeconds = :duration",
-            "bytesIn = :bytesIn", "bytesOut = :bytesOut", "exitStatus = :exit", "instance = :instance",
-        ]
-        if let outputKey {
-            sets.append("outputKey = :output")
-            values[":output"] = .s(outputKey)
-        }
-        if let reason {
-            sets.append("#reason = :reason")
-            names["#reason"] = "reason"
-            values[":reason"] = .s(String(reason.prefix(1000)))
-        }
+        if let outputKey { fields.append((F.outputKey, .s(outputKey))) }
+        if let reason { fields.append((F.reason, .s(String(reason.prefix(1000))))) }
+        // Every attribute through a placeholder: some of these names (`state`) are DynamoDB reserved words.
+        let names = Dictionary(uniqueKeysWithValues: fields.enumerated().map { ("#a\($0.offset)", $0.element.name) })
+        let values = DynamoItem(uniqueKeysWithValues: fields.enumerated().map { (":v\($0.offset)", $0.element.value) })
         append(
             .update(
                 key: [
                     LedgerSchema.partitionKey: .s(queueName),
                     LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)),
                 ],
-                expression: "SET " + sets.joined(separator: ", "), names: names, values: values))
+                expression: "SET " + fields.indices.map { "#a\($0) = :v\($0)" }.joined(separator: ", "),
+                names: names, values: values))
         switch outcome {
         case .done:
             progress.done += 1

@@ -25,6 +25,28 @@ public enum LedgerSchema {
 
     public static func instanceSortKey(_ instanceID: String) -> String { instancePrefix + instanceID }
 
+    /// The attributes of a task attempt's item.
+    public enum Task {
+        public static let kind = "task"
+        public static let inputKey = "inputKey"
+        public static let attempt = "attempt"
+        public static let instance = "instance"
+        public static let slot = "slot"
+        /// `running`, then `done`, `failed` or `released`.
+        public static let state = "state"
+        public static let messageID = "messageId"
+        public static let startedAt = "startedAt"
+        public static let startedEpoch = "startedEpoch"
+        public static let endedAt = "endedAt"
+        public static let endedEpoch = "endedEpoch"
+        public static let durationSeconds = "durationSeconds"
+        public static let bytesIn = "bytesIn"
+        public static let bytesOut = "bytesOut"
+        public static let exitStatus = "exitStatus"
+        public static let outputKey = "outputKey"
+        public static let reason = "reason"
+    }
+
     /// The attributes of a heartbeat item.
     public enum Instance {
         public static let kind = "instance"

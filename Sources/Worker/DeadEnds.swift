@@ -95,7 +95,7 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
 /// processed again forever. A success of the same kind of call starts the count again; errors that may pass
 /// (throttling, a dropped connection) neither count nor break the run.
 public final class DeadEnds: Sendable {
-    public static let defaultThreshold = 3
+    public static let defaultThreshold = SetupProblem.repeatsBeforeDeadEnd
 
     struct Run {
         var problem: SetupProblem

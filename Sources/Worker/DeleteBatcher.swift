@@ -111,8 +111,8 @@ public final class DeleteBatcher: Sendable {
         }
     }
 
-    /// Sends everything pending.
-    public func finish() async {
+    /// Sends everything pending (at the end of `withDeleteBatcher`).
+    func finish() async {
         let batch = state.withLock { Self.take(&$0) }
         if !batch.isEmpty { await uncancelled { await self.send(batch) } }
     }

@@ -106,7 +106,7 @@ public struct MessageParser: Sendable {
             throw BadMessage(reason: "the input key is \(key.utf8.count) bytes long; S3 keys are at most 1024")
         }
         guard !key.utf8.contains(0) else { throw BadMessage(reason: "the input key contains a NUL byte") }
-        guard S3URI.isValidBucketName(bucket) else {
+        guard S3URI.mayBeBucketName(bucket) else {
             throw BadMessage(reason: "'\(preview(bucket))' is not a bucket name")
         }
         return S3URI(bucket: bucket, key: key)

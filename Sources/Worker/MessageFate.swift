@@ -23,17 +23,18 @@ struct TaskFailure: Sendable, Equatable {
     var seconds: Double = 0
 }
 
-/// What becomes of a message: the README's "Failure handling" table, in code, in one place.
+/// What becomes of a message: the README's "Failure handling" table, in code, in one place. `before` decides what
+/// can be decided from the body alone; `after` decides from what the attempts at its inputs came to.
 ///
 /// | what happened | fate |
 /// | --- | --- |
 /// | every input done (uploaded, or nothing named) | `delete` |
+/// | an S3 test event | `delete` |
 /// | a stop or a dead end cut it short | `release`: visible again at once |
 /// | a failure that may pass, receives left | `retry`: back after a backoff that doubles with each receive; inputs that can never work are recorded now |
 /// | failures at `maxAttempts` receives, or only inputs that can never work | `giveUp`: a record per failed input, then `FinalFate` |
-/// | a body that can never work | `giveUp` with a bad-message record |
-/// | received after its `maxAttempts` | `giveUp` without running (an earlier record is kept) |
-/// | an S3 test event | `delete` |
+/// | a body that can never work | `badMessage`: a record under `_failed/_bad-messages/`, then `FinalFate` |
+/// | received after its `maxAttempts` | `usedUp`: a record per input unless one is there, then `FinalFate`; nothing runs |
 enum MessageFate: Sendable, Equatable {
     case delete
     case release
@@ -42,6 +43,25 @@ enum MessageFate: Sendable, Equatable {
     /// Its work is over for good: each failure recorded, then the message leaves by `FinalFate`. `worthRedriving`:
     /// the failure may pass (a dead-letter queue keeps it for a redrive).
     case giveUp([TaskFailure], worthRedriving: Bool)
+    /// The body can never be processed: recorded, then it leaves by `FinalFate` (not worth a redrive).
+    case badMessage(reason: String)
+    /// Its attempts were used up on earlier receives that could not settle it: settled now without running.
+    case usedUp([S3URI])
+
+    /// What the body alone decides: the inputs to attempt, or a fate without running anything.
+    enum Before: Sendable, Equatable {
+        case attempt([S3URI])
+        case settle(MessageFate)
+    }
+
+    static func before(_ parsed: Result<MessageRequest, BadMessage>, receiveCount: Int, maxAttempts: Int) -> Before {
+        switch parsed {
+        case .failure(let bad): return .settle(.badMessage(reason: bad.reason))
+        case .success(.testEvent): return .settle(.delete)
+        case .success(.tasks(let inputs)):
+            return receiveCount > maxAttempts ? .settle(.usedUp(inputs)) : .attempt(inputs)
+        }
+    }
 
     /// The fate after the message's inputs were attempted.
     /// - Parameters:

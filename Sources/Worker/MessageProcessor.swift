@@ -42,36 +42,34 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
         messageLogger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
         let logger = messageLogger
         await ledger?.received()
-        let inputs: [S3URI]
-        do {
-            switch try MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix).parse(
-                message.body)
-            {
-            case .testEvent:
-                logger.info("S3 test event deleted")
-                await queue.delete(message, logger: logger)
-                return
-            case .tasks(let list):
-                inputs = list
-            }
-        } catch {
-            await settleBadMessage(message, reason: error.reason, logger: logger)
-            return
+        let parser = MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix)
+        let parsed = Result { () throws(BadMessage) in try parser.parse(message.body) }
+        switch MessageFate.before(parsed, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts) {
+        case .settle(let fate):
+            if case .success(.testEvent) = parsed { logger.info("S3 test event deleted") }
+            await carryOut(fate, message, logger: logger)
+        case .attempt(let inputs):
+            let outcomes = await attempt(inputs, message: message, receivedAt: receivedAt, slot: slot, logger: logger)
+            let fate = MessageFate.after(
+                outcomes, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts,
+                deadEnd: deadEnds.deadEnd != nil,
+                retryDelay: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff))
+            await carryOut(fate, message, logger: logger)
         }
-        if message.receiveCount > config.maxAttempts {
-            await settleUsedUp(message, inputs: inputs, logger: logger)
-            return
-        }
+    }
+
+    /// Attempts each input in turn while a heartbeat keeps the message hidden. Each input (an S3 event may carry
+    /// several) has its own outcome: one that fails does not stop the others; a stop does.
+    func attempt(
+        _ inputs: [S3URI], message: SQSMessage, receivedAt: ContinuousClock.Instant, slot: Int,
+        logger: Logger
+    ) async -> [AttemptOutcome] {
         lifecycle.taskStarted()
         defer { lifecycle.taskFinished() }
-        let outcomes = await withHeartbeat(
+        return await withHeartbeat(
             for: message, receivedAt: receivedAt, plan: plan, clock: clock, logger: logger,
-            extend: { seconds in
-                await changeVisibility(
-                    message, to: seconds, logger: logger, failure: "could not extend the message's visibility")
-            }
+            extend: { seconds in await extendVisibility(message, to: seconds, logger: logger) }
         ) {
-            // Each input (an S3 event may carry several) has its own fate: one that fails does not stop the others.
             var outcomes: [AttemptOutcome] = []
             for input in inputs {
                 let outcome = await attempt(input, message: message, slot: slot, logger: logger)
@@ -80,15 +78,11 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             }
             return outcomes
         }
-        await carryOut(
-            MessageFate.after(
-                outcomes, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts,
-                deadEnd: deadEnds.deadEnd != nil,
-                retryDelay: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff)), message,
-            logger: logger)
     }
 
+    /// Carries out a fate: the one place where a message is deleted, released, put back, or recorded and settled.
     func carryOut(_ fate: MessageFate, _ message: SQSMessage, logger: Logger) async {
+        let attempts: Logger.Metadata = ["task.attempts": "\(message.receiveCount)"]
         switch fate {
         case .delete:
             await queue.delete(message, logger: logger)
@@ -106,10 +100,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             lifecycle.count { $0.failed += 1 }
             logger.info(
                 "message will be retried",
-                metadata: [
-                    "retry.after_seconds": "\(seconds)",
-                    "task.attempt": "\(message.receiveCount)",
-                ])
+                metadata: ["retry.after_seconds": "\(seconds)", "task.attempt": "\(message.receiveCount)"])
             await changeVisibility(message, to: seconds, logger: logger)
         case .giveUp(let failures, let worthRedriving):
             var recorded = true
@@ -117,78 +108,66 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 lifecycle.count { $0.givenUp += 1 }
                 if await !writeRecord(failure, message: message, logger: logger) { recorded = false }
             }
-            await settle(
-                message, recorded: recorded, worthRedriving: worthRedriving,
-                metadata: ["task.attempts": "\(message.receiveCount)"], logger: logger)
+            await leave(
+                message, recorded: recorded, worthRedriving: worthRedriving, what: "giving up",
+                metadata: attempts, logger: logger)
+        case .badMessage(let reason):
+            logger.error("bad message: recorded under _failed/ and deleted", metadata: ["reason": "\(reason)"])
+            lifecycle.count { $0.badMessages += 1 }
+            let recorded = await write(
+                FailureRecords.body(badMessage: message, reason: reason, instanceID: instanceID),
+                key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID, logger: logger)
+            await leave(
+                message, recorded: recorded, worthRedriving: false, what: "bad message", metadata: [:],
+                logger: logger)
+        case .usedUp(let inputs):
+            // An earlier receive gave it up but could not settle it. Each input gets a record unless one is there
+            // already (the attempt that gave up wrote it, with the command's stderr).
+            logger.error(
+                "attempts used up: settling the message without running it again",
+                metadata: attempts.merging(["max_attempts": "\(config.maxAttempts)"]) { $1 })
+            var recorded = true
+            for input in inputs {
+                lifecycle.count { $0.givenUp += 1 }
+                let failure = TaskFailure(
+                    input: input,
+                    reason:
+                        "received \(message.receiveCount) times, more than maxAttempts (\(config.maxAttempts)); not run again",
+                    outcome: nil)
+                if await !writeRecord(failure, message: message, onlyIfAbsent: true, logger: logger) {
+                    recorded = false
+                }
+            }
+            await leave(
+                message, recorded: recorded, worthRedriving: true, what: "giving up", metadata: attempts,
+                logger: logger)
         }
     }
 
-    /// The message of inputs given up leaves the queue by `FinalFate`.
-    func settle(
-        _ message: SQSMessage, recorded: Bool, worthRedriving: Bool, metadata: Logger.Metadata,
+    /// How a message whose work is over for good leaves the queue (`FinalFate`): deleted once recorded, on to the
+    /// dead-letter queue, or kept. `what` heads its log line: "giving up" or "bad message".
+    func leave(
+        _ message: SQSMessage, recorded: Bool, worthRedriving: Bool, what: String, metadata: Logger.Metadata,
         logger: Logger
     ) async {
         switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: worthRedriving) {
         case .deadLetterQueue:
             logger.error(
                 recorded
-                    ? "giving up: failure recorded; the queue's dead-letter queue takes the message"
-                    : "giving up, but the failure record could not be written: left to the dead-letter queue",
+                    ? "\(what): failure recorded; the queue's dead-letter queue takes the message"
+                    : "\(what), but the failure record could not be written: left to the dead-letter queue",
                 metadata: metadata)
             await changeVisibility(message, to: 0, logger: logger)
         case .delete:
-            logger.error("giving up: failure recorded and message deleted", metadata: metadata)
+            if what != "bad message" {
+                logger.error("\(what): failure recorded and message deleted", metadata: metadata)
+            }
             await queue.delete(message, logger: logger)
         case .keep:
             logger.error(
-                "giving up, but the failure record could not be written: message kept",
+                "\(what), but the failure record could not be written: message kept",
                 metadata: metadata.merging(["retry.after_seconds": "\(config.visibilityTimeout)"]) { $1 })
         }
-    }
-
-    /// A body that can never be processed: a record under `_failed/_bad-messages/`, then deleted (or on to the
-    /// dead-letter queue, or kept, when the record cannot be written).
-    func settleBadMessage(_ message: SQSMessage, reason: String, logger: Logger) async {
-        logger.error("bad message: recorded under _failed/ and deleted", metadata: ["reason": "\(reason)"])
-        lifecycle.count { $0.badMessages += 1 }
-        let recorded = await write(
-            FailureRecords.body(badMessage: message, reason: reason, instanceID: instanceID),
-            key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID,
-            logger: logger)
-        switch FinalFate(recorded: recorded, hasDeadLetterQueue: hasRedrivePolicy, worthRedriving: false) {
-        case .delete:
-            await queue.delete(message, logger: logger)
-        case .deadLetterQueue:
-            logger.error("bad message left to the dead-letter queue: its record could not be written")
-            await changeVisibility(message, to: 0, logger: logger)
-        case .keep:
-            logger.error(
-                "bad message kept: its record could not be written",
-                metadata: ["retry.after_seconds": "\(config.visibilityTimeout)"])
-        }
-    }
-
-    /// A message received after its `maxAttempts` attempts: an earlier receive gave it up but could not settle it.
-    /// Each input gets a record unless one is there already (the attempt that gave up wrote it, with the command's
-    /// stderr), then the message leaves as any given-up message does. Nothing is downloaded or run.
-    func settleUsedUp(_ message: SQSMessage, inputs: [S3URI], logger: Logger) async {
-        logger.error(
-            "attempts used up: settling the message without running it again",
-            metadata: [
-                "task.attempts": "\(message.receiveCount)", "max_attempts": "\(config.maxAttempts)",
-            ])
-        var recorded = true
-        for input in inputs {
-            lifecycle.count { $0.givenUp += 1 }
-            let failure = TaskFailure(
-                input: input,
-                reason: "received \(message.receiveCount) times, more than maxAttempts (\(config.maxAttempts)); "
-                    + "not run again", outcome: nil)
-            if await !writeRecord(failure, message: message, onlyIfAbsent: true, logger: logger) { recorded = false }
-        }
-        await settle(
-            message, recorded: recorded, worthRedriving: true,
-            metadata: ["task.attempts": "\(message.receiveCount)"], logger: logger)
     }
 
     // MARK: - Calls that settle a message
@@ -196,22 +175,33 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     // Each runs to its end even when a stop's grace has cancelled the slot (`uncancelled`), and tells the dead-end
     // watch how it went.
 
-    @discardableResult
-    func changeVisibility(
-        _ message: SQSMessage, to seconds: Int, logger: Logger,
-        failure: String = "could not change the message's visibility"
-    ) async -> Bool {
-        let (queue, deadEnds, queueURL) = (self.queue, self.deadEnds, config.queueURL)
-        return await uncancelled {
-            do throws(AWSError) {
-                try await queue.changeVisibility(message, to: seconds, logger: logger)
-                deadEnds.succeeded(.changeVisibility)
-                return true
-            } catch {
-                logger.warning("\(failure)", metadata: ["error": "\(error)"])
-                deadEnds.failed(.changeVisibility, resource: queueURL, subject: message.messageID, error: error)
-                return false
-            }
+    /// Settles a message's visibility (a release, a retry's backoff, a hand-over to the dead-letter queue): it goes
+    /// out even when a stop's grace has cancelled the slot.
+    func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async {
+        let processor = self
+        await uncancelled {
+            _ = await processor.setVisibility(
+                message, to: seconds, logger: logger,
+                failure: "could not change the message's visibility")
+        }
+    }
+
+    /// One heartbeat's extension. Unlike a settling call it is cancelled with its task: when the task ends, the
+    /// message is about to be settled anyway, and a late extension must not hold up the release.
+    func extendVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async -> Bool {
+        await setVisibility(message, to: seconds, logger: logger, failure: "could not extend the message's visibility")
+    }
+
+    private func setVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger, failure: String) async -> Bool {
+        do throws(AWSError) {
+            try await queue.changeVisibility(message, to: seconds, logger: logger)
+            deadEnds.succeeded(.changeVisibility)
+            return true
+        } catch {
+            if Task.isCancelled { return false }
+            logger.warning("\(failure)", metadata: ["error": "\(error)"])
+            deadEnds.failed(.changeVisibility, resource: config.queueURL, subject: message.messageID, error: error)
+            return false
         }
     }
 

@@ -6,12 +6,13 @@ public enum UserDataRenderer {
     /// The map's lines for `settings` (key, value; a later key wins, in the first one's place), after checking them
     /// as the daemon would: unknown keys, bad values and missing required ones are refused here, before any
     /// instance starts. Returns the text and what the daemon will make of it.
-    public static func render(_ settings: [(key: String, value: String)]) throws(ConfigError)
+    public static func render(_ settings: [(key: String, value: String)], over base: [String: String] = [:])
+        throws(ConfigError)
         -> (text: String, config: WorkerConfig)
     {
         var order: [String] = []
         var values: [String: String] = [:]
-        for (key, value) in settings {
+        for (key, value) in base.sorted(by: { $0.key < $1.key }).map({ (key: $0.key, value: $0.value) }) + settings {
             guard let canonical = WorkerConfig.knownKeys[WorkerConfig.normalise(key)] else {
                 throw ConfigError(key: key, message: "is not a parameter (README, Parameters)")
             }

@@ -1,3 +1,4 @@
+import AWSCore
 import ArgumentParser
 @preconcurrency import Glibc
 import Worker
@@ -8,7 +9,7 @@ struct ConfigCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config", abstract: "Check and render the daemon's parameters.", subcommands: [Render.self])
 
-    struct Render: ParsableCommand {
+    struct Render: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check parameters as the daemon would and print them as the user-data's `parallelizer:` map.",
             discussion: "Unknown keys, bad values and missing required ones are refused with exit status 2.")
@@ -19,7 +20,28 @@ struct ConfigCommand: ParsableCommand {
         @Option(help: "Print this parameter's value as the daemon reads it (durations in seconds) instead of the map.")
         var value: String?
 
-        func run() throws {
+        /// On an instance: start from its user-data (IMDS), as `run` does. The boot script sets the systemd unit's
+        /// stop timeout from `--user-data --value shutdownGrace`, so it is the daemon that reads the parameter.
+        @Flag(help: "Start from this instance's user-data (IMDS), as the daemon does.")
+        var userData = false
+
+        func run() async throws {
+            var base: [String: String] = [:]
+            if userData {
+                let environment = ProcessEnvironment.current()
+                guard let endpoint = IMDSClient.endpoint(environment: environment),
+                    let text = try? await IMDSClient(endpoint: endpoint, http: .init()).userData()
+                else {
+                    fputs("parallelizer config render: no user-data from IMDS\n", stderr)
+                    throw ExitCode(2)
+                }
+                do {
+                    base = try UserData.parse(text)
+                } catch {
+                    fputs("parallelizer config render: the user-data cannot be read: \(error)\n", stderr)
+                    throw ExitCode(2)
+                }
+            }
             var pairs: [(key: String, value: String)] = []
             for setting in settings {
                 guard let eq = setting.firstIndex(of: "="), eq != setting.startIndex else {
@@ -28,7 +50,7 @@ struct ConfigCommand: ParsableCommand {
                 pairs.append((String(setting[..<eq]), String(setting[setting.index(after: eq)...])))
             }
             do {
-                let (text, config) = try UserDataRenderer.render(pairs)
+                let (text, config) = try UserDataRenderer.render(pairs, over: base)
                 guard let name = value else {
                     print(text, terminator: "")
                     return

@@ -312,4 +312,52 @@ struct ProvisioningScriptTests {
             }
         }
     }
+
+    /// Where no release runs (a Mac launching a Linux release; `--parallelizer none` here), launch only quotes the
+    /// parameters and says so; the instance's boot script sets the stop timeout from the daemon's own reading.
+    @Test func withoutALocalBinaryTheParametersAreCheckedAtBoot() async throws {
+        try await withTemporaryDirectory { dir in
+            let environment = try Scripts.motoEnvironment(in: dir)
+            let rendered = try await Scripts.run(
+                "launch",
+                [
+                    "--queue-url", "https://sqs.eu-west-1.amazonaws.com/123456789012/q", "--instance-profile", "p",
+                    "--release-s3", "s3://rel/parallelizer.tar.gz", "--release-sha256",
+                    String(repeating: "ab", count: 32),
+                    "--region", "eu-west-1", "--render-only", "--endpoint-url", try TestEnvironment.endpoint(.moto),
+                    "--parallelizer", "none", "--set", "inputBucket=in-bucket", "--set", "outputBucket=out-bucket",
+                    "--set", #"analysisProgram=bin/x --say 'it''s'"#, "--set", "shutdownGrace=2m",
+                ], environment: environment, directory: dir)
+            #expect(rendered.succeeded, "\(rendered.stderr)")
+            #expect(rendered.stderr.contains("checked by the daemon at boot"))
+            #expect(rendered.stdout.contains("config render --user-data --value shutdownGrace"))
+            let (config, _) = try WorkerConfig.resolve(
+                [ConfigLayer(source: "user-data", values: try UserData.parse(rendered.stdout))], cores: 2)
+            #expect(config.analysisProgram == ["bin/x", "--say", "its"])
+            #expect(config.shutdownGrace == 120)
+        }
+    }
+
+    /// The boot script's stop timeout: the installed binary reads shutdownGrace from the instance's user-data.
+    @Test func theBinaryReadsShutdownGraceFromTheInstancesUserData() async throws {
+        try await withTemporaryDirectory { dir in
+            let userData = """
+                #cloud-config
+                parallelizer:
+                  queueURL: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q'
+                  inputBucket: 'in-bucket'
+                  outputBucket: 'out-bucket'
+                  analysisProgram: 'bin/x'
+                  shutdown-grace: '3m'
+                """
+            let imds = try await IMDSStandIn.start(directory: dir, userData: userData)
+            defer { Task { await imds.stop() } }
+            let result = try await Scripts.run(
+                WorkerHarness.binary, ["config", "render", "--user-data", "--value", "shutdownGrace"],
+                environment: ["AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint, "PATH": "/usr/bin:/bin"],
+                directory: dir)
+            #expect(result.succeeded, "\(result.stderr)")
+            #expect(result.stdout == "180\n")
+        }
+    }
 }

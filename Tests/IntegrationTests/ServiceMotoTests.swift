@@ -57,12 +57,13 @@ struct ServiceMotoTests {
         let batcher = DeleteBatcher(client: sqs, queueURL: url, linger: .seconds(3600))
         var stale = received[5]
         stale.receiptHandle += "-stale"
-        for (index, message) in received.enumerated() {
-            var logger = logs.logger()
-            logger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
-            await batcher.delete(index == 5 ? stale : message, logger: logger)
+        await withDeleteBatcher(batcher) {
+            for (index, message) in received.enumerated() {
+                var logger = logs.logger()
+                logger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
+                await batcher.delete(index == 5 ? stale : message, logger: logger)
+            }
         }
-        await batcher.finish()
         let counts = try await sqs.messageCounts(queueURL: url, logger: quietLogger)
         #expect(counts.visible + counts.inFlight == 1, "only the message with the stale handle is left")
         let errors = logs.lines.filter { $0.hasPrefix("error") }

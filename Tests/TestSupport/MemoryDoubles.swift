@@ -8,6 +8,13 @@ import Worker
 // In-memory doubles of the worker loop's three seams (Worker/Seams.swift), for unit tests of the loop and of every
 // message fate. They record what was asked of them; the end-to-end suites keep the real SQS, S3 and processes.
 
+/// What the real client throws for a request made in a cancelled task: it never goes out. The doubles do the same, so
+/// that a settling call the code forgot to run uncancelled fails in the unit tests as it would in the daemon.
+func cancelledRequest(_ service: String) -> AWSError? {
+    Task.isCancelled
+        ? AWSError(kind: .transport(.cancelled), service: service, code: "Cancelled", message: "cancelled") : nil
+}
+
 /// An AWS error as a service sends it.
 public func serviceError(_ code: String, status: Int, service: String = "s3") -> AWSError {
     AWSError(kind: .service, service: service, httpStatus: status, code: code, message: code, requestID: "req-1")
@@ -73,6 +80,7 @@ public final class MemoryQueue: WorkQueue {
     }
 
     public func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async throws(AWSError) {
+        if let cancelled = cancelledRequest("sqs") { throw cancelled }
         let refusal = state.withLock { s -> AWSError? in
             if s.refuseVisibility == nil { s.events.append(.visibility(message.messageID, seconds)) }
             return s.refuseVisibility
@@ -127,6 +135,7 @@ public final class MemoryStore: ObjectStore {
     }
 
     public func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64 {
+        if let cancelled = cancelledRequest("s3") { throw cancelled }
         if let refusal = refusal(object) { throw refusal }
         guard let bytes = state.withLock({ $0.objects["\(object.bucket)/\(object.key)"] }) else {
             throw serviceError("NoSuchKey", status: 404)
@@ -136,6 +145,7 @@ public final class MemoryStore: ObjectStore {
     }
 
     public func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError) {
+        if let cancelled = cancelledRequest("s3") { throw cancelled }
         if let refusal = refusal(object) { throw refusal }
         guard let bytes = LocalFile.read(path, limit: 1 << 30) else {
             throw AWSError.client("s3", "cannot read \(path)")
@@ -147,6 +157,7 @@ public final class MemoryStore: ObjectStore {
         _ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
         logger: Logger
     ) async throws(AWSError) {
+        if let cancelled = cancelledRequest("s3") { throw cancelled }
         if let refusal = refusal(object) { throw refusal }
         let exists = state.withLock { s -> Bool in
             let key = "\(object.bucket)/\(object.key)"

@@ -154,7 +154,12 @@ public func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async 
     defer {
         // Every log, output and record a test left is searched for the secrets of this run before it goes.
         for leak in SecretScan.scan(directory: path) { Issue.record("a secret leaked: \(leak)") }
-        removeTree(path)
+        // PZ_TEST_KEEP_DIRS=1 keeps each test's folder (its workers' logs) for a look after a failure.
+        if TestEnvironment.environment.nonEmpty("PZ_TEST_KEEP_DIRS") == nil {
+            removeTree(path)
+        } else {
+            print("kept \(path)")
+        }
     }
     return try await body(path)
 }

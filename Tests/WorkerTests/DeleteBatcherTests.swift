@@ -38,6 +38,10 @@ final class RecordingDeleter: BatchDeleting {
         queueURL: String, entries: [(id: String, receiptHandle: String)],
         logger: Logger
     ) async throws(AWSError) -> SQSBatchResult {
+        // As the real client: a cancelled task's request never goes out.
+        if Task.isCancelled {
+            throw AWSError(kind: .transport(.cancelled), service: "sqs", code: "Cancelled", message: "")
+        }
         calls.withLock { $0.append(entries.map(\.receiptHandle)) }
         if delay > .zero { try? await Task.sleep(for: delay) }
         answered.add(entries.count, ordering: .relaxed)
@@ -91,11 +95,31 @@ struct DeleteBatcherTests {
         let deleter = RecordingDeleter()
         let clock = ManualClock()
         let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600), clock: clock)
+        var ended = ContinuousClock.now
         await withDeleteBatcher(batcher) {
             for n in 0..<3 { await batcher.delete(message(n), logger: quietLogger) }
             #expect(deleter.batches.isEmpty)
+            ended = ContinuousClock.now
         }
         #expect(deleter.batches == [["rh-0", "rh-1", "rh-2"]])
+        #expect(ContinuousClock.now - ended < .seconds(5))
+    }
+
+    /// A stop's grace cancels the slots, and the scope may end in a cancelled task: what waits for its batch is
+    /// deleted all the same (the sends run uncancelled).
+    @Test func deletesGoOutEvenWhenTheTaskIsCancelled() async throws {
+        let deleter = RecordingDeleter()
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600), clock: ManualClock())
+        let work = Task {
+            await withDeleteBatcher(batcher) {
+                for n in 0..<12 {
+                    await batcher.delete(message(n), logger: quietLogger)
+                    if n == 5 { withUnsafeCurrentTask { $0?.cancel() } }
+                }
+            }
+        }
+        await work.value
+        #expect(deleter.batches.map(\.count) == [10, 2])
     }
 
     @Test func theEndOfTheScopeWaitsForABatchAlreadyOnItsWay() async throws {
@@ -129,8 +153,7 @@ struct DeleteBatcherTests {
 
         let down = CapturedLogs()
         let failing = DeleteBatcher(client: RecordingDeleter(failCall: true), queueURL: "q", linger: .seconds(3600))
-        for n in 0..<3 { await failing.delete(message(n), logger: down.logger()) }
-        await failing.finish()
+        await withDeleteBatcher(failing) { for n in 0..<3 { await failing.delete(message(n), logger: down.logger()) } }
         #expect(down.lines.filter { $0.hasPrefix("error") && $0.contains("connection refused") }.count == 3)
     }
 
@@ -144,8 +167,7 @@ struct DeleteBatcherTests {
         let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600)) { id, error in
             outcomes.withLock { $0[id] = error == nil }
         }
-        for n in 0..<25 { await batcher.delete(message(n), logger: logs.logger()) }
-        await batcher.finish()
+        await withDeleteBatcher(batcher) { for n in 0..<25 { await batcher.delete(message(n), logger: logs.logger()) } }
         #expect(deleter.batches.count == 1, "batches were tried again after single calls worked")
         #expect(deleter.singles == (0..<25).map { "rh-\($0)" })
         #expect(outcomes.withLock { $0 } == Dictionary(uniqueKeysWithValues: (0..<25).map { ("id-\($0)", true) }))
@@ -162,8 +184,7 @@ struct DeleteBatcherTests {
         let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600)) { id, error in
             if let error { failures.withLock { $0[id] = error.code } }
         }
-        for n in 0..<12 { await batcher.delete(message(n), logger: logs.logger()) }
-        await batcher.finish()
+        await withDeleteBatcher(batcher) { for n in 0..<12 { await batcher.delete(message(n), logger: logs.logger()) } }
         #expect(deleter.batches.map(\.count) == [10, 2])
         #expect(deleter.singles.count == 12)
         #expect(failures.withLock { $0 }.count == 12)
@@ -176,21 +197,20 @@ struct DeleteBatcherTests {
     @Test func anErrorThatMayPassIsNotARefusal() async {
         let deleter = RecordingDeleter(refuseBatch: refusal("ThrottlingException", status: 400))
         let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600))
-        for n in 0..<3 { await batcher.delete(message(n), logger: quietLogger) }
-        await batcher.finish()
+        await withDeleteBatcher(batcher) { for n in 0..<3 { await batcher.delete(message(n), logger: quietLogger) } }
         #expect(deleter.singles.isEmpty)
         let down = RecordingDeleter(failCall: true)
         let failing = DeleteBatcher(client: down, queueURL: "q", linger: .seconds(3600))
-        for n in 0..<3 { await failing.delete(message(n), logger: quietLogger) }
-        await failing.finish()
+        await withDeleteBatcher(failing) { for n in 0..<3 { await failing.delete(message(n), logger: quietLogger) } }
         #expect(down.singles.isEmpty)
     }
 
     @Test func aMessageQueuedTwiceIsDeletedOnce() async {
         let deleter = RecordingDeleter()
         let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600))
-        for n in [1, 2, 1] { await batcher.delete(message(n), logger: quietLogger) }
-        await batcher.finish()
+        await withDeleteBatcher(batcher) {
+            for n in [1, 2, 1] { await batcher.delete(message(n), logger: quietLogger) }
+        }
         #expect(deleter.batches == [["rh-1", "rh-2"]])
     }
 

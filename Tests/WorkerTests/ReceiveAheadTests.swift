@@ -82,7 +82,8 @@ import Testing
         }
     }
 
-    @Test func takingTheRestStopsTheTimer() async throws {
+    /// Messages taken at a stop (to be released by the slot) are not released a second time by the timer.
+    @Test func takingTheRestLeavesTheTimerNothing() async throws {
         let released = Released()
         let clock = ManualClock()
         await withHeldMessages(

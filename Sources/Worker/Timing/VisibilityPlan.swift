@@ -1,3 +1,5 @@
+import AWSCore
+
 /// Every interval the daemon derives from the queue's visibility timeout, in one place.
 ///
 /// A received message is hidden from other workers for `visibilityTimeout` seconds; everything the daemon times
@@ -38,7 +40,9 @@ public struct VisibilityPlan: Sendable, Equatable {
     /// Seconds before a failed message is received again: `base` doubled for each earlier receive, at most one
     /// timeout.
     public func retryDelay(receiveCount: Int, base: Int) -> Int {
-        min(visibilityTimeout, base << min(max(0, receiveCount - 1), 16))
+        let backoff = RetryPolicy(
+            maxAttempts: .max, baseDelay: Double(base), maxDelay: Double(visibilityTimeout), jitter: .none)
+        return Int(backoff.delay(beforeRetry: max(1, receiveCount)))
     }
 
     /// The visibility one heartbeat asks for, `secondsSinceFirstReceive` after the message was first received:
