@@ -15,6 +15,8 @@ let package = Package(
         // C libraries, each behind one small shim header.
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        // zlib (libcurl links it already): the environment archive is unpacked in-process.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Pure SigV4: canonical request, string to sign, derived keys. No I/O.
         .target(name: "AWSSigV4", dependencies: ["CCrypto"]),
@@ -39,7 +41,9 @@ let package = Package(
         // The daemon: configuration, message parsing, the task runner, the slot loop and its lifecycle.
         .target(
             name: "Worker",
-            dependencies: ["AWSServices", "TaskLedger", "CSpawn", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "AWSServices", "TaskLedger", "CSpawn", "CZlib", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // The operators' tools: enqueue, status, the controller. They read what the daemon writes, never run it.
         .target(

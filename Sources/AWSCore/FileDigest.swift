@@ -8,12 +8,26 @@ public enum FileDigest {
         path: String, offset: Int64 = 0, length: Int64,
         algorithm: StreamingDigest.Algorithm
     ) async throws(AWSError) -> [UInt8] {
+        try await compute(.path(path), offset: offset, length: length, algorithm: algorithm)
+    }
+
+    /// The same for a `FileSource`: a descriptor is read with `pread` and left open.
+    public static func compute(
+        _ source: FileSource, offset: Int64 = 0, length: Int64,
+        algorithm: StreamingDigest.Algorithm
+    ) async throws(AWSError) -> [UInt8] {
         try await runBlocking { () throws(AWSError) -> [UInt8] in
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                throw AWSError.client("s3", "cannot open \(path): \(String(cString: strerror(errno)))")
+            let fd: Int32
+            switch source {
+            case .path(let path):
+                fd = open(path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else {
+                    throw AWSError.client("s3", "cannot open \(path): \(String(cString: strerror(errno)))")
+                }
+            case .descriptor(let given):
+                fd = given
             }
-            defer { close(fd) }
+            defer { if case .path = source { close(fd) } }
             var digest = StreamingDigest(algorithm)
             let bufferSize = 1 << 20
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 16)
@@ -25,7 +39,7 @@ public enum FileDigest {
                 let got = pread(fd, buffer.baseAddress, want, off_t(position))
                 guard got > 0 else {
                     throw AWSError.client(
-                        "s3", "\(path) is shorter than expected (\(position - offset) of \(length) bytes)")
+                        "s3", "\(source) is shorter than expected (\(position - offset) of \(length) bytes)")
                 }
                 digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
                 position += Int64(got)

@@ -1,4 +1,5 @@
 @preconcurrency import Glibc
+import HTTPCurl
 
 /// Small whole-file helpers for config-sized files (credentials, user-data). Large files are never read this way.
 public enum LocalFile {
@@ -26,6 +27,17 @@ public enum LocalFile {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
         return Int64(st.st_size)
+    }
+
+    /// The size of a file given by path or by an open descriptor.
+    public static func size(_ source: FileSource) -> Int64? {
+        switch source {
+        case .path(let path): return size(path)
+        case .descriptor(let fd):
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { return nil }
+            return Int64(st.st_size)
+        }
     }
 
     /// Writes `bytes` to `path` (truncating).
@@ -75,6 +87,11 @@ public enum LocalFile {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
+        return tail(fd, bytes: bytes)
+    }
+
+    /// The last `bytes` of an open file, read at its offsets (the descriptor's position is left alone).
+    public static func tail(_ fd: Int32, bytes: Int) -> [UInt8]? {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return nil }
         let size = Int(st.st_size)
@@ -83,4 +100,44 @@ public enum LocalFile {
         let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, window, off_t(size - window)) }
         return got >= 0 ? Array(buffer.prefix(got)) : nil
     }
+
+    /// `path` with every symbolic link resolved, or nil when it does not exist.
+    public static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    /// Removes `name` in the folder open as `parent`, and everything under it, through descriptors only: each
+    /// folder is opened with `O_NOFOLLOW` relative to its parent, and entries are removed with `unlinkat`. A
+    /// symbolic link is removed, never followed, so nothing outside the tree can be reached even if the tree is
+    /// changed while this runs.
+    public static func removeTree(in parent: Int32, _ name: String) {
+        removeTree(in: parent, cName: Array(name.utf8CString))
+    }
+
+    /// Names as the bytes they are: a command may make files whose names are not UTF-8.
+    private static func removeTree(in parent: Int32, cName: [CChar]) {
+        if unlinkat(parent, cName, 0) == 0 || errno == ENOENT { return }
+        let fd = openat(parent, cName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        guard let dir = fdopendir(fd) else {
+            close(fd)
+            return
+        }
+        var names: [[CChar]] = []
+        while let entry = readdir(dir) {
+            let entryName = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                let bytes = raw.bindMemory(to: CChar.self)
+                return Array(bytes.prefix { $0 != 0 }) + [0]
+            }
+            if entryName != [46, 0] && entryName != [46, 46, 0] { names.append(entryName) }
+        }
+        for entryName in names { removeTree(in: fd, cName: entryName) }
+        closedir(dir)  // closes fd
+        _ = unlinkat(parent, cName, AT_REMOVEDIR)
+    }
 }
+
+/// A file body's source (`HTTPCurl.FileSource`), for the layers above that speak only AWSCore.
+public typealias FileSource = HTTPCurl.FileSource

@@ -90,7 +90,7 @@ static int child_main(void *arg) {
 enum { CHILD_STACK_SIZE = 64 * 1024 };
 
 int pz_spawn(const char *path, char *const *argv, char *const *envp, const char *cwd, int stdout_fd, int stderr_fd,
-             int switch_user, uid_t uid, gid_t gid, pid_t *out_pid) {
+             int switch_user, uid_t uid, gid_t gid, int new_pid_namespace, pid_t *out_pid, int *out_in_namespace) {
     void *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) return errno;
     struct child_args args = {
@@ -100,9 +100,26 @@ int pz_spawn(const char *path, char *const *argv, char *const *envp, const char 
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &args.parent_mask);
-    // Returns once the child has exec'd or exited (CLONE_VFORK).
-    pid_t pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
-    int clone_errno = errno;
+    // Returns once the child has exec'd or exited (CLONE_VFORK). In a PID namespace of its own, the command is that
+    // namespace's init: when it exits, the kernel kills every process it left behind, even one that called setsid,
+    // before its exit can be collected. Without the privilege for one (not root), a process group is all there is.
+    int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
+    pid_t pid = -1;
+    int clone_errno = 0;
+    *out_in_namespace = 0;
+    if (new_pid_namespace) {
+        pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE, flags | CLONE_NEWPID, &args);
+        clone_errno = errno;
+        if (pid >= 0) {
+            *out_in_namespace = 1;
+        } else if (clone_errno != EPERM && clone_errno != EINVAL && clone_errno != ENOSPC && clone_errno != EUSERS) {
+            flags = -1;  // a failure a plain clone would meet too
+        }
+    }
+    if (pid < 0 && flags != -1) {
+        pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE, flags, &args);
+        clone_errno = errno;
+    }
     pthread_sigmask(SIG_SETMASK, &args.parent_mask, NULL);
     munmap(stack, CHILD_STACK_SIZE);
     if (pid < 0) return clone_errno;
@@ -122,3 +139,20 @@ int pz_pidfd_open(pid_t pid) {
     return (int)syscall(434, pid, 0);
 #endif
 }
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+struct pz_open_how {
+    unsigned long long flags;
+    unsigned long long mode;
+    unsigned long long resolve;
+};
+
+int pz_openat2(int dirfd, const char *path, int flags, unsigned long long resolve) {
+    struct pz_open_how how = {.flags = (unsigned long long)(unsigned int)flags, .mode = 0, .resolve = resolve};
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+int pz_o_path(void) { return O_PATH; }

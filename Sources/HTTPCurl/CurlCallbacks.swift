@@ -78,18 +78,13 @@ func curlReadCallback(
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
     let wanted = Int(min(Int64(size * count), state.inputLength - state.inputSent))
     if wanted <= 0 { return 0 }
-    if let framing = state.framing, let input = state.input {
-        return readFramed(
-            into: UnsafeMutableRawPointer(buffer), capacity: wanted, framing: framing, input: input, state: state)
+    if let framing = state.framing, state.input >= 0 {
+        return readFramed(into: UnsafeMutableRawPointer(buffer), capacity: wanted, framing: framing, state: state)
     }
-    if let input = state.input {
-        let got = fread(buffer, 1, wanted, input)
-        if got == 0 {
-            state.failure = HTTPTransportError(
-                kind: .localFile, curlCode: -1,
-                message: "request body file ended early after \(state.inputSent) of \(state.inputLength) bytes")
-            return Int(CURL_READFUNC_ABORT)
-        }
+    if state.input >= 0 {
+        guard
+            let got = readFile(into: UnsafeMutableRawPointer(buffer), count: wanted, at: state.inputSent, state: state)
+        else { return Int(CURL_READFUNC_ABORT) }
         state.inputSent += Int64(got)
         return got
     }
@@ -104,9 +99,10 @@ func curlReadCallback(
 /// The wire bytes from `state.inputSent` on: the prefix, then file data (checksummed as it passes), then the
 /// suffix, which is built once the last data byte has been read.
 func readFramed(
-    into buffer: UnsafeMutableRawPointer, capacity: Int, framing: ChunkedTrailerFraming,
-    input: UnsafeMutablePointer<FILE>, state: TransferState
-) -> Int {
+    into buffer: UnsafeMutableRawPointer, capacity: Int, framing: ChunkedTrailerFraming, state: TransferState
+)
+    -> Int
+{
     let prefixEnd = Int64(state.framingPrefix.count)
     let dataEnd = prefixEnd + framing.dataLength
     var written = 0
@@ -120,14 +116,12 @@ func readFramed(
                 (buffer + written).copyMemory(from: $0.baseAddress! + Int(position), byteCount: n)
             }
         } else if position < dataEnd {
-            n = fread(buffer + written, 1, min(room, Int(dataEnd - position)), input)
-            if n == 0 {
-                state.failure = HTTPTransportError(
-                    kind: .localFile, curlCode: -1,
-                    message:
-                        "request body file ended early after \(position - prefixEnd) of \(framing.dataLength) bytes")
-                return Int(CURL_READFUNC_ABORT)
-            }
+            guard
+                let got = readFile(
+                    into: buffer + written, count: min(room, Int(dataEnd - position)), at: position - prefixEnd,
+                    state: state)
+            else { return Int(CURL_READFUNC_ABORT) }
+            n = got
             state.crc = pz_crc32c(state.crc, buffer + written, n)
         } else {
             if state.framingSuffix == nil { state.framingSuffix = framing.suffix(crc: state.crc) }
@@ -143,6 +137,25 @@ func readFramed(
     return written
 }
 
+/// Reads up to `count` bytes of the body file's data at `dataOffset` (from `inputStart`); nil after recording why
+/// when the file ends early or cannot be read.
+func readFile(into buffer: UnsafeMutableRawPointer, count: Int, at dataOffset: Int64, state: TransferState) -> Int? {
+    var got = -1
+    repeat {
+        got = pread(state.input, buffer, count, off_t(state.inputStart + dataOffset))
+    } while got < 0 && errno == EINTR
+    guard got > 0 else {
+        let dataLength = state.framing?.dataLength ?? state.inputLength
+        state.failure = HTTPTransportError(
+            kind: .localFile, curlCode: -1,
+            message: got == 0
+                ? "request body file ended early after \(dataOffset) of \(dataLength) bytes"
+                : "request body file cannot be read: \(errnoText())")
+        return nil
+    }
+    return got
+}
+
 /// Lets curl rewind the body when it must send it again (a reused connection that turned out dead).
 func curlSeekCallback(_ userdata: UnsafeMutableRawPointer?, _ offset: curl_off_t, _ origin: Int32) -> Int32 {
     guard let userdata, origin == SEEK_SET else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
@@ -150,17 +163,13 @@ func curlSeekCallback(_ userdata: UnsafeMutableRawPointer?, _ offset: curl_off_t
     guard offset >= 0, Int64(offset) <= state.inputLength else { return Int32(CURL_SEEKFUNC_FAIL) }
     if state.framing != nil {
         // The checksum runs from the first byte: a framed body rewinds only to its start (curl's only use).
-        guard offset == 0, let input = state.input, fseeko(input, off_t(state.inputStart), SEEK_SET) == 0 else {
-            return Int32(CURL_SEEKFUNC_CANTSEEK)
-        }
+        guard offset == 0 else { return Int32(CURL_SEEKFUNC_CANTSEEK) }
         state.crc = 0
         state.framingSuffix = nil
         state.inputSent = 0
         return Int32(CURL_SEEKFUNC_OK)
     }
-    if let input = state.input, fseeko(input, off_t(state.inputStart + Int64(offset)), SEEK_SET) != 0 {
-        return Int32(CURL_SEEKFUNC_FAIL)
-    }
+    // Reads are positional (pread): rewinding is only a matter of where the next one starts.
     state.inputSent = Int64(offset)
     return Int32(CURL_SEEKFUNC_OK)
 }

@@ -147,17 +147,21 @@ final class CurlEasy {
         case .bytes(let bytes):
             state.inputBytes = bytes
             state.inputLength = Int64(bytes.count)
-        case .file(let path, let offset, _), .fileWithCRC32CTrailer(let path, let offset, _):
-            guard let f = fopen(path, "rb") else {
-                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot open \(path): \(errnoText())")
+        case .file(let source, let offset, _), .fileWithCRC32CTrailer(let source, let offset, _):
+            switch source {
+            case .path(let path):
+                let fd = open(path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else {
+                    throw HTTPTransportError(
+                        kind: .localFile, curlCode: -1, message: "cannot open \(path): \(errnoText())")
+                }
+                state.input = fd
+                state.ownsInput = true
+            case .descriptor(let fd):
+                state.input = fd
             }
-            state.input = f
             state.inputStart = offset
             state.inputLength = request.body.length
-            setvbuf(f, nil, _IONBF, 0)
-            guard fseeko(f, off_t(offset), SEEK_SET) == 0 else {
-                throw HTTPTransportError(kind: .localFile, curlCode: -1, message: "cannot seek \(path): \(errnoText())")
-            }
             if case .fileWithCRC32CTrailer(_, _, let framing) = request.body {
                 state.framing = framing
                 state.framingPrefix = framing.prefix

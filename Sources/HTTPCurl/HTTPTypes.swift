@@ -26,14 +26,39 @@ public struct HTTPRequest: Sendable {
     }
 }
 
+/// Where a file body's bytes come from.
+public enum FileSource: Sendable, Equatable, CustomStringConvertible {
+    /// A file by path, opened for each attempt of the request.
+    case path(String)
+    /// A descriptor the caller opened and keeps open until the request is over. It is read with `pread` at the
+    /// body's offsets, so several requests (an upload's parts) can read ranges of it at once, and nothing is looked
+    /// up by name again: what was checked on this descriptor is what goes out.
+    case descriptor(Int32)
+
+    public var description: String {
+        switch self {
+        case .path(let path): return path
+        case .descriptor(let fd): return "descriptor \(fd)"
+        }
+    }
+}
+
 /// A request body. Files are streamed by curl's read callback, never loaded, and re-read from `offset` on retry.
 public enum HTTPBody: Sendable {
     case none
     case bytes([UInt8])
-    case file(path: String, offset: Int64, length: Int64)
+    case file(FileSource, offset: Int64, length: Int64)
     /// A file range framed as `aws-chunked` with a CRC-32C trailer (see `ChunkedTrailerFraming`): the checksum is
     /// computed while the bytes go out, so the file is read once and the server still verifies every byte.
-    case fileWithCRC32CTrailer(path: String, offset: Int64, framing: ChunkedTrailerFraming)
+    case fileWithCRC32CTrailer(FileSource, offset: Int64, framing: ChunkedTrailerFraming)
+
+    public static func file(path: String, offset: Int64, length: Int64) -> HTTPBody {
+        .file(.path(path), offset: offset, length: length)
+    }
+
+    public static func fileWithCRC32CTrailer(path: String, offset: Int64, framing: ChunkedTrailerFraming) -> HTTPBody {
+        .fileWithCRC32CTrailer(.path(path), offset: offset, framing: framing)
+    }
 
     /// The bytes on the wire (Content-Length).
     public var length: Int64 {

@@ -11,8 +11,10 @@ final class TransferState {
     var bytesWritten: Int64 = 0
     var memoryLimit = 256 << 20
     var failure: HTTPTransportError?
-    // Request body
-    var input: UnsafeMutablePointer<FILE>?
+    // Request body: a file read with pread at `inputStart` + the data sent so far (closed at the end when opened
+    // here, left open when the caller's).
+    var input: Int32 = -1
+    var ownsInput = false
     var inputBytes: [UInt8] = []
     var inputStart: Int64 = 0
     var inputLength: Int64 = 0
@@ -29,7 +31,7 @@ final class TransferState {
 
     deinit {
         if let output { fclose(output) }
-        if let input { fclose(input) }
+        if ownsInput && input >= 0 { close(input) }
     }
 }
 

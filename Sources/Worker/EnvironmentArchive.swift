@@ -3,9 +3,10 @@ import AWSServices
 @preconcurrency import Glibc
 import Logging
 
-/// The execution environment: a `.zip` or `.tar.gz` fetched from S3 once at start and unpacked under the work dir
-/// with the system's `unzip` or `tar`. Entries that would land outside it (absolute paths, `..`, links pointing out)
-/// are refused before anything is extracted, and files get their executable bits.
+/// The execution environment: a `.zip` or `.tar.gz` fetched from S3 once at start and unpacked under the work dir,
+/// in this process (zlib; no `unzip` or `tar`, which not every AMI has). Only regular files, folders and links that
+/// stay inside are written, up to `maxBytes` in all; an archive with anything else (a device node, a FIFO, a hard
+/// link, a path or link leading out) is refused whole, naming the entry. Files get their executable bits.
 struct EnvironmentArchive {
     struct Failure: Error, CustomStringConvertible {
         var message: String
@@ -13,35 +14,23 @@ struct EnvironmentArchive {
     }
 
     let s3: S3Client
-    let runner = ProcessRunner()
+    /// The most its files may hold, unpacked (`environmentMaxMiB`).
+    var maxBytes: Int64 = 4096 << 20
 
     /// Downloads and unpacks; returns the folder the command runs in (`environmentPrefix` inside the archive).
     func prepare(bucket: String, key: String, prefix: String?, workDir: String, logger: Logger) async throws -> String {
-        let archive = workDir + "/environment" + (key.hasSuffix(".zip") ? ".zip" : ".tar.gz")
+        let archive = workDir + "/environment.archive"
         let target = workDir + "/environment"
         LocalFile.removeTree(target)
         guard mkdir(target, 0o755) == 0 else { throw Failure(message: "cannot create \(target)") }
         try await s3.getObject(bucket: bucket, key: key, to: archive, logger: logger)
         defer { unlink(archive) }
-        let isZip = key.hasSuffix(".zip")
-        let listing = try await capture(isZip ? ["unzip", "-Z1", archive] : ["tar", "-tzf", archive], in: workDir)
-        for entry in listing.split(separator: "\n").map(String.init) where !entry.isEmpty {
-            let parts = entry.split(separator: "/")
-            if entry.hasPrefix("/") || parts.contains("..") {
-                throw Failure(message: "the environment archive has an entry that escapes its folder: '\(entry)'")
-            }
-        }
-        _ = try await capture(
-            isZip
-                ? ["unzip", "-q", "-o", archive, "-d", target]
-                : ["tar", "-xzf", archive, "-C", target, "--no-same-owner", "--no-same-permissions"],
-            in: workDir)
-        try secure(target, root: target)
-        var directory = target
+        try Self.unpack(archive, into: target, maxBytes: maxBytes)
+        var directory = LocalFile.realPath(target) ?? target
         if let prefix, !prefix.isEmpty {
-            directory = target + "/" + prefix.trimmingSlashes
-            guard let real = OutputJudge.realPath(directory),
-                real.hasPrefix(OutputJudge.realPath(target)! + "/") || real == OutputJudge.realPath(target)
+            let root = directory
+            guard let real = LocalFile.realPath(root + "/" + prefix.trimmingSlashes),
+                real.hasPrefix(root + "/") || real == root
             else {
                 throw Failure(message: "environmentPrefix '\(prefix)' is not a folder inside the environment archive")
             }
@@ -49,53 +38,31 @@ struct EnvironmentArchive {
             guard stat(real, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
                 throw Failure(message: "environmentPrefix '\(prefix)' is not a folder inside the environment archive")
             }
+            directory = real
         }
         logger.info("environment ready", metadata: ["env.archive": "s3://\(bucket)/\(key)", "env.dir": "\(directory)"])
         return directory
     }
 
-    /// Refuses links that resolve outside `root`; makes files readable and executable.
-    func secure(_ path: String, root: String) throws {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return }
-        let type = st.st_mode & S_IFMT
-        if type == S_IFLNK {
-            guard let real = OutputJudge.realPath(path), let realRoot = OutputJudge.realPath(root),
-                real.hasPrefix(realRoot + "/")
-            else {
-                throw Failure(message: "the environment archive has a link pointing outside it: '\(path)'")
+    /// Unpacks a zip or a gzip'd tar (told apart by their first bytes) into `target`.
+    static func unpack(_ archive: String, into target: String, maxBytes: Int64) throws(Failure) {
+        let fd = open(archive, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure(message: "cannot open \(archive)") }
+        defer { close(fd) }
+        var magic = [UInt8](repeating: 0, count: 4)
+        let got = magic.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4, 0) }
+        do {
+            let unpacker = try Unpacker(into: target, maxBytes: maxBytes)
+            if got == 4 && magic[0] == 0x50 && magic[1] == 0x4b {
+                try ZipArchive(fd: fd).unpack(into: unpacker)
+            } else if got >= 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+                try TarArchive(fd: fd).unpack(into: unpacker)
+            } else {
+                throw Unpacker.Refusal(description: "it is neither a zip nor a gzip'd tar archive")
             }
-            return
+        } catch {
+            throw Failure(message: "the environment archive is refused: \(error)")
         }
-        if type == S_IFDIR {
-            _ = chmod(path, 0o755)
-            for name in LocalFile.listDirectory(path) { try secure(path + "/" + name, root: root) }
-        } else if type == S_IFREG {
-            _ = chmod(path, 0o755)
-        }
-    }
-
-    /// Runs a tool and returns its stdout; throws with its stderr when it fails.
-    func capture(_ argv: [String], in directory: String) async throws -> String {
-        let out = directory + "/.env-tool.out", err = directory + "/.env-tool.err"
-        defer {
-            unlink(out)
-            unlink(err)
-        }
-        guard let program = ProcessRunner.resolve(argv[0], in: "/nonexistent", path: "/usr/bin:/bin:/usr/local/bin")
-        else {
-            throw Failure(message: "\(argv[0]) is not installed")
-        }
-        let outcome = try await runner.run(
-            argv: [program] + argv.dropFirst(), environment: ["PATH": "/usr/bin:/bin", "LC_ALL": "C"],
-            directory: directory, stdoutPath: out, stderrPath: err, user: nil,
-            timeout: 600)
-        guard outcome.succeeded else {
-            let message = (LocalFile.tail(err, bytes: 500).map { String(decoding: $0, as: UTF8.self) } ?? "")
-                .trimmingSpaces
-            throw Failure(message: "\(argv[0]) failed (\(outcome.summary)): \(message)")
-        }
-        return LocalFile.readText(out) ?? ""
     }
 }
 

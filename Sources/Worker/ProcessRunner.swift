@@ -62,8 +62,27 @@ public struct RunAsUser: Sendable, Equatable {
 /// can be killed, output to files, an optional time limit; cancelling the task that waits for it kills it.
 public struct ProcessRunner: Sendable {
     public var killGrace: Double = 5
+    /// Start each command as the init of a PID namespace of its own, where the kernel allows it (the daemon runs as
+    /// root): when the command ends, the kernel ends everything it started, even what left its process group. Where
+    /// it does not, the command runs in a process group of its own, and only that group is killed at a time limit.
+    public var isolate: Bool
 
-    public init() {}
+    public init(isolate: Bool = false) { self.isolate = isolate }
+
+    /// Whether commands get a PID namespace here: one tried on `/bin/true`.
+    public static func pidNamespacesWork() -> Bool {
+        let runner = ProcessRunner(isolate: true)
+        let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
+        defer { close(null) }
+        guard
+            let started = try? runner.spawn(
+                argv: ["/bin/true"], environment: [:], directory: "/", stdout: null,
+                stderr: null, user: nil)
+        else { return false }
+        var status: Int32 = 0
+        while waitpid(started.pid, &status, 0) < 0 && errno == EINTR {}
+        return started.inNamespace
+    }
 
     /// Resolves `program` (argv[0]): a name with a `/` is taken relative to `directory` when relative; a bare name
     /// is looked for in `directory` first, then on `PATH`.
@@ -81,16 +100,32 @@ public struct ProcessRunner: Sendable {
         return nil
     }
 
-    /// Starts `argv`, waits for it, and returns how it ended. Cancelling the calling task kills the process group
-    /// (SIGTERM, then SIGKILL after `killGrace`) and returns `.interrupted`.
-    /// - Parameter timeout: seconds before the process group gets SIGTERM (then SIGKILL after `killGrace`).
+    /// Runs `argv` with its output to two files (created, or truncated), and returns how it ended.
     public func run(
         argv: [String], environment: [String: String], directory: String, stdoutPath: String,
         stderrPath: String, user: RunAsUser?, timeout: Int?
     ) async throws(SpawnError) -> ProcessOutcome {
+        let (out, err) = try Self.openOutputs(stdoutPath, stderrPath, program: argv[0])
+        defer {
+            close(out)
+            close(err)
+        }
+        return try await run(
+            argv: argv, environment: environment, directory: directory, stdout: out, stderr: err, user: user,
+            timeout: timeout)
+    }
+
+    /// Starts `argv` with stdout and stderr on the given descriptors (which stay the caller's), waits for it, and
+    /// returns how it ended. Cancelling the calling task kills it (SIGTERM to its process group, then SIGKILL after
+    /// `killGrace`; in a PID namespace, killing the command ends everything in it) and returns `.interrupted`.
+    /// - Parameter timeout: seconds before the process group gets SIGTERM (then SIGKILL after `killGrace`).
+    public func run(
+        argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
+        user: RunAsUser?, timeout: Int?
+    ) async throws(SpawnError) -> ProcessOutcome {
         let pid = try spawn(
-            argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
-            stderrPath: stderrPath, user: user)
+            argv: argv, environment: environment, directory: directory, stdout: stdout, stderr: stderr, user: user
+        ).pid
         let cancelled = CancelFlag()
         return await withTaskCancellationHandler {
             await wait(Reaper(pid: pid, timeout: timeout, killGrace: killGrace, cancelled: cancelled))
@@ -170,24 +205,14 @@ public struct ProcessRunner: Sendable {
         }
     }
 
-    /// Starts `argv` in a process group of its own, its output to the two files, as `user` when given; returns its
-    /// pid at once. `run` waits for it; the test harness starts whole worker processes this way.
+    /// Starts `argv` in a process group of its own (and a PID namespace, with `isolate`, where the kernel allows),
+    /// stdout and stderr on the given descriptors, as `user` when given; returns its pid at once, and whether it is
+    /// in a namespace of its own. `run` waits for it; the test harness starts whole worker processes this way.
     public func spawn(
-        argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-        stderrPath: String, user: RunAsUser?
-    ) throws(SpawnError) -> Int32 {
+        argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
+        user: RunAsUser?
+    ) throws(SpawnError) -> (pid: Int32, inNamespace: Bool) {
         let program = argv[0]
-        let outFD = open(stdoutPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        let errFD = open(stderrPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        defer {
-            if outFD >= 0 { close(outFD) }
-            if errFD >= 0 { close(errFD) }
-        }
-        guard outFD >= 0, errFD >= 0 else { throw SpawnError(program: program, errno: errno) }
-        if let user {
-            _ = fchown(outFD, user.uid, user.gid)
-            _ = fchown(errFD, user.uid, user.gid)
-        }
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
@@ -195,10 +220,26 @@ public struct ProcessRunner: Sendable {
             cEnv.forEach { free($0) }
         }
         var pid: pid_t = 0
+        var inNamespace: Int32 = 0
         let code = pz_spawn(
-            program, cArgv, cEnv, directory, outFD, errFD, user == nil ? 0 : 1, user?.uid ?? 0,
-            user?.gid ?? 0, &pid)
+            program, cArgv, cEnv, directory, stdout, stderr, user == nil ? 0 : 1, user?.uid ?? 0,
+            user?.gid ?? 0, isolate ? 1 : 0, &pid, &inNamespace)
         guard code == 0 else { throw SpawnError(program: program, errno: code) }
-        return pid
+        return (pid, inNamespace != 0)
+    }
+
+    /// Creates (or truncates) the two output files, owner-only.
+    public static func openOutputs(_ stdoutPath: String, _ stderrPath: String, program: String) throws(SpawnError)
+        -> (Int32, Int32)
+    {
+        let out = open(stdoutPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard out >= 0 else { throw SpawnError(program: program, errno: errno) }
+        let err = open(stderrPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard err >= 0 else {
+            let saved = errno
+            close(out)
+            throw SpawnError(program: program, errno: saved)
+        }
+        return (out, err)
     }
 }

@@ -22,8 +22,8 @@ public protocol WorkQueue: Sendable {
 public protocol ObjectStore: Sendable {
     /// Streams the object to `path`; returns its size.
     func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64
-    /// Uploads the file at `path`.
-    func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError)
+    /// Uploads a file (the daemon gives the descriptor it opened and checked the command's output on).
+    func upload(file: FileSource, to object: S3URI, logger: Logger) async throws(AWSError)
     /// Writes a small object; with `onlyIfAbsent`, S3 refuses it (412) when the key exists.
     func put(
         _ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
@@ -36,21 +36,22 @@ public struct CommandRun: Sendable {
     public var environment: [String: String]
     /// The working directory.
     public var directory: String
-    public var stdoutPath: String
-    public var stderrPath: String
+    /// Descriptors of the command's stdout and stderr: the daemon's, which it reads back afterwards.
+    public var stdout: Int32
+    public var stderr: Int32
     public var user: RunAsUser?
     /// Seconds before its process group is killed; nil for no limit.
     public var timeout: Int?
 
     public init(
-        argv: [String], environment: [String: String], directory: String, stdoutPath: String,
-        stderrPath: String, user: RunAsUser?, timeout: Int?
+        argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
+        user: RunAsUser?, timeout: Int?
     ) {
         self.argv = argv
         self.environment = environment
         self.directory = directory
-        self.stdoutPath = stdoutPath
-        self.stderrPath = stderrPath
+        self.stdout = stdout
+        self.stderr = stderr
         self.user = user
         self.timeout = timeout
     }
@@ -67,8 +68,8 @@ extension S3Client: ObjectStore {
         try await getObject(bucket: object.bucket, key: object.key, to: path, logger: logger).size
     }
 
-    public func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError) {
-        try await putObject(bucket: object.bucket, key: object.key, file: path, logger: logger)
+    public func upload(file: FileSource, to object: S3URI, logger: Logger) async throws(AWSError) {
+        try await putObject(bucket: object.bucket, key: object.key, file: file, logger: logger)
     }
 
     public func put(
@@ -85,7 +86,7 @@ extension ProcessRunner: TaskRunner {
     public func run(_ command: CommandRun) async throws(SpawnError) -> ProcessOutcome {
         try await run(
             argv: command.argv, environment: command.environment, directory: command.directory,
-            stdoutPath: command.stdoutPath, stderrPath: command.stderrPath, user: command.user,
+            stdout: command.stdout, stderr: command.stderr, user: command.user,
             timeout: command.timeout)
     }
 }

@@ -22,6 +22,10 @@ struct StartUp: Sendable {
         var instanceID: String
         var hasRedrivePolicy: Bool
         var ledger: Ledger?
+        /// Commands start in a PID namespace of their own (root), else in a process group of their own.
+        var pidNamespaces: Bool
+        /// The rule that keeps a run-as user's commands from IMDS, to remove at exit.
+        var fence: IMDSFence?
     }
 
     func prepare(logger: Logger) async throws -> Prepared {
@@ -89,9 +93,20 @@ struct StartUp: Sendable {
         let setting = TaskSetting(
             program: [program] + config.analysisProgram.dropFirst(),
             environmentDirectory: environmentDirectory, environment: environment, user: user)
+        // Last, so that nothing after it can fail with the rule left in place.
+        var fence: IMDSFence?
+        if let user, !config.passCredentials {
+            fence = try await fenceOffIMDS(for: user, path: environment["PATH"] ?? "")
+        }
+        let pidNamespaces = ProcessRunner.pidNamespacesWork()
+        logger.info(
+            pidNamespaces
+                ? "commands run in a PID namespace of their own: nothing they start outlives them"
+                : "commands run in a process group of their own (PID namespaces need root): a process that leaves the group can outlive its task"
+        )
         return Prepared(
             s3: s3, sqs: sqs, setting: setting, instanceID: instanceID, hasRedrivePolicy: hasRedrive,
-            ledger: ledger)
+            ledger: ledger, pidNamespaces: pidNamespaces, fence: fence)
     }
 
     /// Runs a start-up check. Refused credentials (or none) are tried again for a few seconds first: at boot, IMDS
@@ -137,11 +152,29 @@ struct StartUp: Sendable {
         }
     }
 
+    /// A run-as user's command must not reach the instance role's credentials, which IMDS hands to anyone on the
+    /// instance who asks: unless `passCredentials` hands them over knowingly, its packets to IMDS are rejected.
+    func fenceOffIMDS(for user: RunAsUser, path: String) async throws -> IMDSFence {
+        guard let nft = IMDSFence.nftBinary(path: path) else {
+            throw ConfigError(
+                key: "runAsUser",
+                message: "the command could reach the instance role's credentials at IMDS: install nftables (nft), "
+                    + "or set passCredentials=true to hand them over knowingly")
+        }
+        let fence = IMDSFence(nft: nft, uid: user.uid, workDir: config.workDir)
+        do {
+            try await fence.install()
+        } catch {
+            throw ConfigError(key: "runAsUser", message: "cannot keep the command from IMDS: \(error)")
+        }
+        return fence
+    }
+
     /// Fetches and unpacks `environmentZip`, when there is one; returns the folder the command runs in.
     func unpackEnvironment(_ s3: S3Client, logger: Logger) async throws -> String? {
         guard let bucket = config.environmentBucket, let zip = config.environmentZip else { return nil }
         do {
-            return try await EnvironmentArchive(s3: s3).prepare(
+            return try await EnvironmentArchive(s3: s3, maxBytes: Int64(config.environmentMaxMiB) << 20).prepare(
                 bucket: bucket, key: zip, prefix: config.environmentPrefix, workDir: config.workDir, logger: logger)
         } catch let error as AWSError {
             let resource = "s3://\(bucket)/\(zip)"

@@ -60,16 +60,17 @@ extension MessageProcessor {
             .failed(TaskFailure(input: input, reason: reason, outcome: outcome, stderrTail: tail))
         }
         let id = message.messageID.prefix(12).filter { $0.isLetter || $0.isNumber }
-        let root = "\(config.workDir)/tasks/\(slot)-\(id)-\(UInt32.random(in: 0..<UInt32.max))"
-        let data = root + "/data"
-        defer { LocalFile.removeTree(root) }
-        guard mkdir(root, 0o700) == 0, mkdir(data, 0o700) == 0 else {
-            return (failed("cannot create task folder \(root): \(String(cString: strerror(errno)))", nil, ""), 0)
+        let folder: TaskFolder
+        do {
+            folder = try TaskFolder.make(
+                in: config.workDir + "/tasks", name: "\(slot)-\(id)-\(UInt32.random(in: 0..<UInt32.max))",
+                user: setting.user)
+        } catch {
+            return (failed(error.description, nil, ""), 0)
         }
-        if let user = setting.user {
-            _ = chown(data, user.uid, user.gid)
-            _ = chown(root, user.uid, user.gid)
-        }
+        // Every process the command started has ended by now (in a PID namespace, with the command itself).
+        defer { folder.remove() }
+        let data = folder.data
         let inputPath = data + "/" + TaskPaths.localName(forKey: input.key)
         // Only the input bucket's answers say anything about the set-up: a message may name any bucket.
         let ours = input.bucket == config.inputBucket
@@ -90,6 +91,7 @@ extension MessageProcessor {
         }
         if ours { deadEnds.succeeded(.getInput) }
         lifecycle.count { $0.bytesIn += bytesIn }
+        // No process of the task runs yet: the path is the daemon's own until the command starts.
         if let user = setting.user { _ = chown(inputPath, user.uid, user.gid) }
         if Task.isCancelled { return (.interrupted, bytesIn) }
 
@@ -97,15 +99,13 @@ extension MessageProcessor {
         environment["PARALLELIZER_INPUT_BUCKET"] = input.bucket
         environment["PARALLELIZER_INPUT_KEY"] = input.key
         environment["PARALLELIZER_TASK_DIR"] = data
-        let stdoutPath = root + "/stdout.log"
-        let stderrPath = root + "/stderr.log"
+        let workingDirectory = setting.environmentDirectory ?? data
         let outcome: ProcessOutcome
         do {
             outcome = try await runner.run(
                 CommandRun(
-                    argv: setting.program + [inputPath], environment: environment,
-                    directory: setting.environmentDirectory ?? data, stdoutPath: stdoutPath, stderrPath: stderrPath,
-                    user: setting.user, timeout: config.taskTimeout))
+                    argv: setting.program + [inputPath], environment: environment, directory: workingDirectory,
+                    stdout: folder.stdout, stderr: folder.stderr, user: setting.user, timeout: config.taskTimeout))
         } catch {
             return (failed("\(error)", nil, ""), bytesIn)
         }
@@ -115,25 +115,33 @@ extension MessageProcessor {
                 outcome == .timedOut
                 ? "the command ran past taskTimeout (\(config.taskTimeout ?? 0) s)"
                 : "the command failed (\(outcome.summary))"
-            let tail = LocalFile.tail(stderrPath, bytes: 64 << 10).map { String(decoding: $0, as: UTF8.self) } ?? ""
-            return (failed(reason, outcome, tail), bytesIn)
+            return (failed(reason, outcome, folder.stderrTail(bytes: 64 << 10)), bytesIn)
         }
-        switch OutputJudge.judge(line: OutputJudge.lastLine(ofFile: stdoutPath), taskDirectory: data) {
+        // The name is resolved as the command meant it (from its working directory), and must lead to a regular
+        // file in the data folder or the environment, without a link; it is opened once, and uploaded from there.
+        let folders = [LocalFile.realPath(data) ?? data] + (setting.environmentDirectory.map { [$0] } ?? [])
+        switch OutputJudge.judge(
+            line: OutputJudge.lastLine(of: folder.stdout),
+            workingDirectory: LocalFile.realPath(workingDirectory) ?? workingDirectory,
+            folders: folders)
+        {
         case .none:
             return (.noOutput, bytesIn)
         case .rejected(let why):
-            logger.warning(
-                "the command's output line names no usable file; moving on without an output",
-                // A command may print anything as its last line: keep the log line readable.
-                metadata: ["reason": "\(why.count > 300 ? String(why.prefix(300)) + "…" : why)"])
-            return (.noOutput, bytesIn)
-        case .file(let path, let name):
+            // A command may print anything as its last line: keep the reason readable.
+            let reason =
+                "the command's output line names no usable file: "
+                + (why.count > 300 ? String(why.prefix(300)) + "…" : why)
+            return (failed(reason, outcome, folder.stderrTail(bytes: 64 << 10)), bytesIn)
+        case .file(let descriptor, let name):
+            defer { close(descriptor) }
             let key = TaskPaths.outputKey(
                 inputKey: input.key, inputPrefix: config.inputPrefix,
                 outputPrefix: config.outputPrefix, outputName: name)
             do {
                 // Cancelled when a stop's grace runs out (a multipart upload is then aborted).
-                try await store.upload(file: path, to: S3URI(bucket: config.outputBucket, key: key), logger: logger)
+                try await store.upload(
+                    file: .descriptor(descriptor), to: S3URI(bucket: config.outputBucket, key: key), logger: logger)
             } catch {
                 if Task.isCancelled { return (.interrupted, bytesIn) }
                 deadEnds.failed(
@@ -141,7 +149,7 @@ extension MessageProcessor {
                 return (failed("upload failed: \(error)", outcome, ""), bytesIn)
             }
             deadEnds.succeeded(.putOutput)
-            return (.uploaded(key: key, bytes: LocalFile.size(path) ?? 0), bytesIn)
+            return (.uploaded(key: key, bytes: LocalFile.size(.descriptor(descriptor)) ?? 0), bytesIn)
         }
     }
 }

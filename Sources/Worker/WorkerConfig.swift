@@ -15,6 +15,8 @@ public struct WorkerConfig: Sendable, Equatable {
     public var environmentBucket: String?
     public var environmentZip: String?
     public var environmentPrefix: String?
+    /// The most the environment archive may unpack to, in MiB.
+    public var environmentMaxMiB: Int = 4096
     public var visibilityTimeout: Int = 600
     /// Worker slots in this process (0 in the parameters means one per core).
     public var numThreads: Int = 1
@@ -49,7 +51,8 @@ public struct WorkerConfig: Sendable, Equatable {
     static let knownKeys: [String: String] = {
         let names = [
             "queueURL", "inputBucket", "outputBucket", "analysisProgram", "environmentBucket", "environmentZip",
-            "environmentPrefix", "visibilityTimeout", "numThreads", "shouldShutdown", "EC2SQSRegion", "region",
+            "environmentPrefix", "environmentMaxMiB", "visibilityTimeout", "numThreads", "shouldShutdown",
+            "EC2SQSRegion", "region",
             "accessKey", "secretKey", "inputPrefix", "outputPrefix", "workDir", "logFile", "taskTimeout",
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "ledgerTable",
             "shutdownGrace", "autoScalingGroup",
@@ -175,6 +178,7 @@ extension WorkerConfig {
         if config.environmentZip != nil && config.environmentBucket == nil {
             throw ConfigError(key: "environmentBucket", message: "is required when environmentZip is set")
         }
+        if let v = try integer("environmentMaxMiB", 1...1_048_576) { config.environmentMaxMiB = v }
         if let v = try integer("visibilityTimeout", 1...43200, duration: true) { config.visibilityTimeout = v }
         if let v = try integer("numThreads", 0...256) { config.numThreads = v == 0 ? max(1, cores) : v }
         if let v = try boolean("shouldShutdown") { config.shouldShutdown = v }

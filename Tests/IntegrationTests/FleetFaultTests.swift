@@ -113,8 +113,11 @@ extension S3FaultTests {
             defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
             let parameters = fleet.parameters(
                 extra: ["visibilityTimeout": "12", "shutdownGrace": "0"],
-                before: "touch \"\(dir)/cmd-$PPID\"; sleep 0.3; rm -f \"\(dir)/cmd-$PPID\"",
-                after: "touch \"\(dir)/up-$PPID\"")
+                // Which worker runs the command: its work folder (`work-w<index>`), three levels above the task's
+                // data folder. ($PPID says nothing in the PID namespace a command runs in as root.)
+                before: "w=$(basename \"$(dirname \"$(dirname \"$(dirname \"$PARALLELIZER_TASK_DIR\")\")\")\"); "
+                    + "touch \"\(dir)/cmd-$w\"; sleep 0.3; rm -f \"\(dir)/cmd-$w\"",
+                after: "touch \"\(dir)/up-$w\"")
             let proxy = try TestEnvironment.routeThroughFaultProxy()
             let started = ContinuousClock.now
             var imds: IMDSStandIn?
@@ -129,8 +132,8 @@ extension S3FaultTests {
             for _ in 0..<600 {
                 switch fault.moment {
                 case .download: hit = fleet.harness.log("w0").contains("task start")
-                case .command: hit = fileExists("\(dir)/cmd-\(first.pid)")
-                case .upload: hit = fileExists("\(dir)/up-\(first.pid)")
+                case .command: hit = fileExists("\(dir)/cmd-work-w0")
+                case .upload: hit = fileExists("\(dir)/up-work-w0")
                 }
                 if hit { break }
                 try await Task.sleep(nanoseconds: 10_000_000)

@@ -97,8 +97,14 @@ struct WorkerEndToEndTests {
             let worker = try h.startWorker(name: "w", parameters: params)
             #expect(await worker.wait(timeout: 120) == .exited(0), "\(h.log("w"))")
             let keys = try await h.outputKeys()
+            // A name that leads to no usable file is the task's failure (retried, then recorded), not a silent delete.
             #expect(
-                keys == ["_failed/fail.txt.json", "_failed/hang.txt.json", "_failed/missing.txt.json", "ok.txt.out"])
+                keys == [
+                    "_failed/fail.txt.json", "_failed/hang.txt.json", "_failed/missing.txt.json",
+                    "_failed/nofile.txt.json", "_failed/outside.txt.json", "ok.txt.out",
+                ])
+            let outside = try JSONValue.parse(try await h.output("_failed/outside.txt.json"))
+            #expect(outside["reason"]?.stringValue?.contains("names no usable file") == true)
             let fail = try JSONValue.parse(try await h.output("_failed/fail.txt.json"))
             #expect(fail["exitStatus"]?.stringValue == "exit 3")
             #expect(fail["attempts"]?.intValue == 2)
@@ -232,20 +238,26 @@ struct FleetDrainTests {
             let program = h.script(
                 "work.sh",
                 """
-                touch "\(dir)/running-$PPID"
+                w=$(basename "$(dirname "$(dirname "$(dirname "$PARALLELIZER_TASK_DIR")")")")
+                touch "\(dir)/running-$w"
                 sleep 0.1
                 tr a-z A-Z < "$1" > "$1.out"
-                rm -f "\(dir)/running-$PPID"
+                rm -f "\(dir)/running-$w"
                 echo "$1.out"
                 """)
             let params = h.parameters(
                 ["visibilityTimeout": "8", "idleTimeout": "3", "maxAttempts": "5"], program: program)
-            let workers = try (0..<3).map { try h.startWorker(name: "w\($0)", parameters: params) }
+            // Each worker has its own work folder, which names it to the command: the marker says which worker runs a
+            // task ($PPID says nothing in the PID namespace a command runs in as root).
+            let workers = try (0..<3).map {
+                try h.startWorker(
+                    name: "w\($0)", parameters: params, extraArguments: ["--set", "workDir=\(dir)/work-w\($0)"])
+            }
             // Kill the first worker while its command runs (the marker exists only during a task), once some work
             // is done.
             var killedMidTask = false
             for _ in 0..<2000 {
-                if fileExists("\(dir)/running-\(workers[0].pid)"), ((try? await h.outputKeys()) ?? []).count >= 20 {
+                if fileExists("\(dir)/running-work-w0"), ((try? await h.outputKeys()) ?? []).count >= 20 {
                     killedMidTask = true
                     break
                 }

@@ -7,10 +7,16 @@ extension ProcessRunner {
         argv: [String], environment: [String: String], directory: String, stdoutPath: String,
         stderrPath: String
     ) throws(SpawnError) -> ChildProcess {
-        ChildProcess(
+        let (out, err) = try Self.openOutputs(stdoutPath, stderrPath, program: argv[0])
+        defer {
+            close(out)
+            close(err)
+        }
+        return ChildProcess(
             pid: try spawn(
-                argv: argv, environment: environment, directory: directory, stdoutPath: stdoutPath,
-                stderrPath: stderrPath, user: nil))
+                argv: argv, environment: environment, directory: directory, stdout: out, stderr: err, user: nil
+            )
+            .pid)
     }
 }
 

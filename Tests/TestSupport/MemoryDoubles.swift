@@ -1,6 +1,7 @@
 import AWSCore
 import AWSServices
 import FoundationEssentials
+@preconcurrency import Glibc
 import Logging
 import Synchronization
 import Worker
@@ -144,13 +145,23 @@ public final class MemoryStore: ObjectStore {
         return Int64(bytes.count)
     }
 
-    public func upload(file path: String, to object: S3URI, logger: Logger) async throws(AWSError) {
+    public func upload(file: FileSource, to object: S3URI, logger: Logger) async throws(AWSError) {
         if let cancelled = cancelledRequest("s3") { throw cancelled }
         if let refusal = refusal(object) { throw refusal }
-        guard let bytes = LocalFile.read(path, limit: 1 << 30) else {
-            throw AWSError.client("s3", "cannot read \(path)")
-        }
+        guard let bytes = Self.read(file) else { throw AWSError.client("s3", "cannot read \(file)") }
         state.withLock { $0.objects["\(object.bucket)/\(object.key)"] = bytes }
+    }
+
+    /// A file's whole content, by path or through its descriptor (at its offsets, as the real client reads it).
+    static func read(_ file: FileSource) -> [UInt8]? {
+        switch file {
+        case .path(let path): return LocalFile.read(path, limit: 1 << 30)
+        case .descriptor(let fd):
+            guard let size = LocalFile.size(file) else { return nil }
+            var bytes = [UInt8](repeating: 0, count: Int(size))
+            let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, Int(size), 0) }
+            return got == Int(size) ? bytes : nil
+        }
     }
 
     public func put(
@@ -193,7 +204,7 @@ public struct ScriptedRunner: TaskRunner {
         ScriptedRunner { command in
             let input = command.argv.last!
             LocalFile.write(input + ".out", LocalFile.read(input, limit: 1 << 20) ?? [])
-            LocalFile.write(command.stdoutPath, Array("some chatter\n\(input).out\n".utf8))
+            write(command.stdout, "some chatter\n\(input).out\n")
             return .exited(0)
         }
     }
@@ -201,7 +212,7 @@ public struct ScriptedRunner: TaskRunner {
     /// A command that exits with `code` and says why on stderr.
     public static func failing(_ code: Int32) -> ScriptedRunner {
         ScriptedRunner { command in
-            LocalFile.write(command.stderrPath, Array("something went wrong\n".utf8))
+            write(command.stderr, "something went wrong\n")
             return .exited(code)
         }
     }
@@ -219,4 +230,10 @@ public struct ScriptedRunner: TaskRunner {
 public func received(_ id: String, _ body: String, count: Int = 1) -> SQSMessage {
     SQSMessage(
         messageID: id, receiptHandle: "rh-\(id)", body: body, attributes: ["ApproximateReceiveCount": "\(count)"])
+}
+
+/// Writes `text` to a descriptor, as a command writes to its stdout or stderr.
+public func write(_ fd: Int32, _ text: String) {
+    let bytes = Array(text.utf8)
+    _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
 }

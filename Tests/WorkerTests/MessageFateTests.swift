@@ -64,20 +64,44 @@ struct MessageFateTests {
         }
     }
 
-    @Test func exitZeroAndNothingUsableNamedDeletesTheMessage() async throws {
+    @Test func exitZeroAndNothingPrintedDeletesTheMessage() async throws {
         try await withTemporaryDirectory { dir in
-            for line in ["", "/etc/passwd", "no-such-file", "."] {
+            for printed in ["", "\n  \n"] {
                 let f = Fixture(
                     dir,
                     runner: ScriptedRunner { command in
-                        LocalFile.write(command.stdoutPath, Array(line.utf8))
+                        write(command.stdout, printed)
                         return .exited(0)
                     })
                 f.store.add(S3URI(bucket: "in-bucket", key: "x.txt"), "data")
                 await f.handle(received("m1", "x.txt"))
-                #expect(f.store.keys(in: "out-bucket").isEmpty, "'\(line)' was uploaded")
-                #expect(f.queue.fate(of: "m1") == [.deleted("m1")], "'\(line)'")
+                #expect(f.store.keys(in: "out-bucket").isEmpty)
+                #expect(f.queue.fate(of: "m1") == [.deleted("m1")], "\(printed.debugDescription)")
                 #expect(f.lifecycle.counts.noOutput == 1)
+            }
+        }
+    }
+
+    /// A name that leads to no usable file (missing, a folder, a link, outside) is the task's failure, never a silent
+    /// delete: the message comes back, and after its attempts a record says why.
+    @Test func aNameThatLeadsToNoUsableFileIsATaskFailure() async throws {
+        try await withTemporaryDirectory { dir in
+            for line in ["/etc/passwd", "no-such-file", ".", "link"] {
+                let f = Fixture(
+                    dir,
+                    runner: ScriptedRunner { command in
+                        _ = symlink("/etc/hostname", command.directory + "/link")
+                        write(command.stdout, line)
+                        return .exited(0)
+                    }, maxAttempts: 2)
+                f.store.add(S3URI(bucket: "in-bucket", key: "x.txt"), "data")
+                await f.handle(received("m1", "x.txt", count: 1))
+                #expect(f.queue.fate(of: "m1") == [.visibility("m1", 30)], "'\(line)'")
+                await f.handle(received("m2", "x.txt", count: 2))
+                #expect(f.queue.fate(of: "m2") == [.deleted("m2")], "'\(line)'")
+                let reason = f.record("_failed/x.txt.json")?["reason"]?.stringValue ?? ""
+                #expect(reason.contains("names no usable file") && reason.contains(line), "\(reason)")
+                #expect(f.store.keys(in: "out-bucket") == ["_failed/x.txt.json"], "'\(line)' was uploaded")
             }
         }
     }

@@ -2,7 +2,7 @@ import AWSCore
 @preconcurrency import Glibc
 import TestSupport
 import Testing
-import Worker
+@testable import Worker
 
 @Suite(.timeLimit(.minutes(2)))
 struct RunnerTests {
@@ -122,31 +122,79 @@ struct RunnerTests {
         }
     }
 
+    /// The output rule: a name is resolved from the command's working directory, and must lead to a regular file in
+    /// the task's data folder or the environment folder, without a link; it is opened once, here.
     @Test func outputJudging() async throws {
         try await withTemporaryDirectory { dir in
-            let task = dir + "/task"
+            let base = LocalFile.realPath(dir)!
+            let task = base + "/task", env = base + "/env"
             _ = mkdir(task, 0o700)
+            _ = mkdir(env, 0o700)
             LocalFile.write(task + "/result.txt", Array("r".utf8))
+            LocalFile.write(env + "/made-in-env.csv", Array("e".utf8))
             _ = mkdir(task + "/sub", 0o700)
+            LocalFile.write(task + "/sub/deep.txt", Array("d".utf8))
             _ = mkfifo(task + "/fifo", 0o600)
             _ = symlink("/etc/shadow", task + "/shadow")
             _ = symlink(task + "/result.txt", task + "/inside-link")
-            LocalFile.write(dir + "/outside.txt", Array("o".utf8))
-            #expect(
-                OutputJudge.judge(line: "result.txt", taskDirectory: task)
-                    == .file(path: task + "/result.txt", name: "result.txt"))
-            #expect(
-                OutputJudge.judge(line: task + "/result.txt", taskDirectory: task)
-                    == .file(path: task + "/result.txt", name: "result.txt"))
-            #expect(
-                OutputJudge.judge(line: "inside-link", taskDirectory: task)
-                    == .file(path: task + "/result.txt", name: "inside-link"))
-            #expect(OutputJudge.judge(line: nil, taskDirectory: task) == .none)
-            for bad in ["../outside.txt", dir + "/outside.txt", "sub", "fifo", "shadow", "missing.txt", "/etc/passwd"] {
-                guard case .rejected = OutputJudge.judge(line: bad, taskDirectory: task) else {
+            _ = symlink(task + "/sub", task + "/sublink")
+            LocalFile.write(base + "/outside.txt", Array("o".utf8))
+            let latin1: [UInt8] = Array("caf".utf8) + [0xE9] + Array(".txt".utf8)
+            _ = LocalFile.write(String(decoding: Array(task.utf8), as: UTF8.self) + "/placeholder", [])
+            let latinPath = Array(task.utf8) + [UInt8(ascii: "/")] + latin1 + [0]
+            let fd = latinPath.withUnsafeBufferPointer { p in
+                p.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_WRONLY | O_CREAT, 0o600) }
+            }
+            close(fd)
+            func judge(_ line: String?, cwd: String? = nil) -> OutputJudge.Verdict {
+                let verdict = OutputJudge.judge(
+                    line: line.map { Array($0.utf8) }, workingDirectory: cwd ?? task,
+                    folders: [task, env])
+                if case .file(let fd, let name) = verdict {
+                    close(fd)
+                    return .file(descriptor: 0, name: name)
+                }
+                return verdict
+            }
+            #expect(judge("result.txt") == .file(descriptor: 0, name: "result.txt"))
+            #expect(judge(task + "/result.txt") == .file(descriptor: 0, name: "result.txt"))
+            #expect(judge("sub/deep.txt") == .file(descriptor: 0, name: "deep.txt"))
+            #expect(judge("sub/../result.txt") == .file(descriptor: 0, name: "result.txt"))
+            // Relative to the command's working directory: the environment when it runs there.
+            #expect(judge("made-in-env.csv", cwd: env) == .file(descriptor: 0, name: "made-in-env.csv"))
+            #expect(judge(task + "/result.txt", cwd: env) == .file(descriptor: 0, name: "result.txt"))
+            // A name in another encoding (Latin-1) is bytes on disk, and a stable key.
+            if case .file(let fd, let name) = OutputJudge.judge(line: latin1, workingDirectory: task, folders: [task]) {
+                close(fd)
+                #expect(name == "café.txt")
+            } else {
+                Issue.record("a Latin-1 name was refused")
+            }
+            #expect(judge(nil) == .none)
+            for bad in [
+                "../outside.txt", base + "/outside.txt", "sub", "fifo", "shadow", "missing.txt", "/etc/passwd",
+                "inside-link", "sublink/deep.txt", "../../../../etc/passwd", "result.txt", ".",
+            ] {
+                let cwd = bad == "result.txt" ? env : task  // result.txt is not in the environment
+                guard case .rejected = judge(bad, cwd: cwd) else {
                     Issue.record("\(bad) was accepted")
                     continue
                 }
+            }
+            // Without openat2 (kernels before 5.6) the walk refuses the same links.
+            let root = open(task, O_RDONLY | O_DIRECTORY)
+            defer { close(root) }
+            let flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK
+            for bad in ["inside-link", "sublink/deep.txt", "shadow", "missing"] {
+                if case .success(let fd) = OutputJudge.walk(Array(bad.utf8), from: root, flags: flags) {
+                    close(fd)
+                    Issue.record("the walk opened \(bad)")
+                }
+            }
+            if case .success(let fd) = OutputJudge.walk(Array("sub/deep.txt".utf8), from: root, flags: flags) {
+                close(fd)
+            } else {
+                Issue.record("the walk refused sub/deep.txt")
             }
             // Only the last non-empty line counts, and megabytes of stdout are fine.
             var big = [UInt8](repeating: UInt8(ascii: "x"), count: 3 << 20)

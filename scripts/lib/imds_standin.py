@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -214,6 +215,9 @@ def main():
     global ARGS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port (see --port-file)")
+    parser.add_argument("--host", action="append",
+                        help="an address to listen on (repeatable; IPv6 too); default 127.0.0.1. In a network "
+                             "namespace of a test's own, 169.254.169.254 and fd00:ec2::254 as on EC2")
     parser.add_argument("--port-file", help="write the port listened on here, once listening")
     parser.add_argument("--user-data-file")
     parser.add_argument("--instance-id")
@@ -241,13 +245,21 @@ def main():
     if ARGS.rotate_user:
         make_rotating_user()
         threading.Thread(target=delete_expired_keys, daemon=True).start()
-    server = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
-    server.daemon_threads = True
+    servers = []
+    for host in ARGS.host or ["127.0.0.1"]:
+        cls = ThreadingHTTPServer
+        if ":" in host:
+            cls = type("ThreadingHTTPServer6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        server = cls((host, ARGS.port), Handler)
+        server.daemon_threads = True
+        servers.append(server)
     if ARGS.port_file:
         with open(ARGS.port_file + ".tmp", "w") as f:
-            f.write(str(server.server_address[1]))
+            f.write(str(servers[0].server_address[1]))
         os.rename(ARGS.port_file + ".tmp", ARGS.port_file)
-    server.serve_forever()
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers[0].serve_forever()
 
 
 if __name__ == "__main__":

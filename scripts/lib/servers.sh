@@ -28,6 +28,7 @@ pz_install_dependencies_build() {
     command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
     pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
     pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
+    pkg-config --exists zlib 2>/dev/null || need_apt+=(zlib1g-dev)
     command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
     if [ "${#need_apt[@]}" -gt 0 ]; then
         echo "installing ${need_apt[*]}" >&2

@@ -6,7 +6,7 @@ extension S3Client {
     /// CreateMultipartUpload, parts from file offsets (each with its own checksum, so hashing part n+1 overlaps
     /// sending part n) `partConcurrency` at a time, then CompleteMultipartUpload. Any failure aborts the upload.
     func multipartUpload(
-        bucket: String, key: String, file path: String, size: Int64, contentType: String,
+        bucket: String, key: String, file source: FileSource, size: Int64, contentType: String,
         logger: Logger
     ) async throws(AWSError) -> String {
         let uploadID = try await createMultipartUpload(
@@ -15,7 +15,7 @@ extension S3Client {
         logger[metadataKey: "s3.upload_id"] = "\(uploadID)"
         do throws(AWSError) {
             let etags = try await uploadParts(
-                bucket: bucket, key: key, file: path, size: size, uploadID: uploadID,
+                bucket: bucket, key: key, file: source, size: size, uploadID: uploadID,
                 logger: logger)
             var xml = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
             for (index, etag) in etags.enumerated() {
@@ -87,7 +87,7 @@ extension S3Client {
     }
 
     private func uploadParts(
-        bucket: String, key: String, file path: String, size: Int64, uploadID: String,
+        bucket: String, key: String, file source: FileSource, size: Int64, uploadID: String,
         logger: Logger
     ) async throws(AWSError) -> [String] {
         let partSize = max(options.partSize, 5 << 20, (size + 9999) / 10000)
@@ -103,7 +103,7 @@ extension S3Client {
                 group.addTask {
                     do throws(AWSError) {
                         let etag = try await uploadPart(
-                            bucket: bucket, key: key, file: path, offset: offset,
+                            bucket: bucket, key: key, file: source, offset: offset,
                             length: length, number: index + 1, uploadID: uploadID,
                             logger: logger)
                         return (index, .success(etag))
@@ -136,15 +136,15 @@ extension S3Client {
     }
 
     private func uploadPart(
-        bucket: String, key: String, file path: String, offset: Int64, length: Int64, number: Int,
+        bucket: String, key: String, file source: FileSource, offset: Int64, length: Int64, number: Int,
         uploadID: String, logger: Logger
     ) async throws(AWSError) -> String {
-        let (headers, payload) = try await integrity(path: path, offset: offset, length: length)
+        let (headers, payload) = try await integrity(source, offset: offset, length: length)
         let response = try await send(
             AWSRequest(
                 method: "PUT", query: [("partNumber", String(number)), ("uploadId", uploadID)],
                 headers: [("Content-Type", "application/octet-stream")] + headers,
-                body: .file(path: path, offset: offset, length: length), payload: payload),
+                body: .file(source, offset: offset, length: length), payload: payload),
             bucket: bucket, key: key, logger: logger)
         guard let etag = response.header("ETag") else { throw AWSError.badResponse("s3", "UploadPart gave no ETag") }
         return etag

@@ -121,10 +121,20 @@ public struct S3Client: Sendable {
         bucket: String, key: String, file path: String, contentType: String = "application/octet-stream",
         logger: Logger
     ) async throws(AWSError) -> String {
-        guard let size = LocalFile.size(path) else { throw AWSError.client("s3", "cannot read \(path)") }
+        try await putObject(bucket: bucket, key: key, file: .path(path), contentType: contentType, logger: logger)
+    }
+
+    /// The same from a `FileSource`. A descriptor is read with `pread`, every part from the same one, and stays
+    /// open: the daemon uploads a command's output through the descriptor it checked, never by its name again.
+    @discardableResult
+    public func putObject(
+        bucket: String, key: String, file source: FileSource, contentType: String = "application/octet-stream",
+        logger: Logger
+    ) async throws(AWSError) -> String {
+        guard let size = LocalFile.size(source) else { throw AWSError.client("s3", "cannot read \(source)") }
         if size > options.multipartThreshold {
             return try await multipartUpload(
-                bucket: bucket, key: key, file: path, size: size, contentType: contentType,
+                bucket: bucket, key: key, file: source, size: size, contentType: contentType,
                 logger: logger)
         }
         let request: AWSRequest
@@ -138,28 +148,28 @@ public struct S3Client: Sendable {
                     ("x-amz-sdk-checksum-algorithm", "CRC32C"),
                 ],
                 body: .fileWithCRC32CTrailer(
-                    path: path, offset: 0,
+                    source, offset: 0,
                     framing: ChunkedTrailerFraming(dataLength: size, trailerName: trailer)))
         } else {
-            let (headers, payload) = try await integrity(path: path, offset: 0, length: size)
+            let (headers, payload) = try await integrity(source, offset: 0, length: size)
             request = AWSRequest(
                 method: "PUT", headers: [("Content-Type", contentType)] + headers,
-                body: .file(path: path, offset: 0, length: size), payload: payload)
+                body: .file(source, offset: 0, length: size), payload: payload)
         }
         let response = try await send(request, bucket: bucket, key: key, logger: logger)
         return response.header("ETag") ?? ""
     }
 
     /// The headers and payload hash that let S3 verify a file range, per `options.checksum`.
-    func integrity(path: String, offset: Int64, length: Int64) async throws(AWSError)
+    func integrity(_ source: FileSource, offset: Int64, length: Int64) async throws(AWSError)
         -> (headers: [(String, String)], payload: SignableRequest.Payload)
     {
         switch options.checksum {
         case .sha256, .crc32cTrailer:
-            let digest = try await FileDigest.compute(path: path, offset: offset, length: length, algorithm: .sha256)
+            let digest = try await FileDigest.compute(source, offset: offset, length: length, algorithm: .sha256)
             return ([], .sha256Hex(digest.hexString))
         case .contentMD5:
-            let digest = try await FileDigest.compute(path: path, offset: offset, length: length, algorithm: .md5)
+            let digest = try await FileDigest.compute(source, offset: offset, length: length, algorithm: .md5)
             return ([("Content-MD5", digest.base64String)], .unsigned)
         case .none:
             return ([], .unsigned)

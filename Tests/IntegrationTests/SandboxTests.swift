@@ -1,0 +1,141 @@
+import AWSCore
+import FoundationEssentials
+@preconcurrency import Glibc
+import Testing
+import TestSupport
+import Worker
+
+/// A hostile or buggy command cannot make the root daemon read, delete, upload or wait on what is not its own, and
+/// nothing it starts outlives its task. One test per hole the README's security section closes; they run as root,
+/// as the daemon does on an instance, and each fails with its fix removed.
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
+struct SandboxTests {
+    static var asRoot: Bool { getuid() == 0 }
+
+    /// One input, one worker running `body` as the command (as `nobody` when `runAsUser`), once.
+    static func run(_ dir: String, _ body: String, runAsUser: Bool = true, extra: [String: String] = [:])
+        async throws -> (WorkerHarness, ProcessOutcome?)
+    {
+        let h = try await WorkerHarness.make(directory: dir)
+        try await h.upload("x.txt", "input")
+        try await h.send(["x.txt"])
+        // The command's folder must be reachable by `nobody`.
+        _ = chmod(dir, 0o755)
+        var values = ["maxAttempts": "1"]
+        if runAsUser { values["runAsUser"] = "nobody" }
+        values.merge(extra) { $1 }
+        let worker = try h.startWorker(name: "w", parameters: h.parameters(values, program: h.script("cmd.sh", body)))
+        let outcome = await worker.wait(timeout: 60)
+        if outcome == nil { worker.signal(SIGKILL) }
+        return (h, outcome)
+    }
+
+    /// Hole 1: the logs were the command's, and the daemon reopened them by name: a link put in their place made it
+    /// copy `/etc/shadow` into the failure record. Now they are the daemon's, read through its own descriptors.
+    @Test(.enabled(if: asRoot, "needs root: the command runs as nobody"))
+    func aLinkInPlaceOfTheLogsLeadsNowhere() async throws {
+        try await withTemporaryDirectory { dir in
+            let (h, outcome) = try await Self.run(
+                dir,
+                """
+                rm -f ../stderr.log; ln -s /etc/shadow ../stderr.log
+                echo "the command failed on purpose" >&2
+                exit 1
+                """)
+            #expect(outcome == .exited(0), "\(h.log("w").suffix(2000))")
+            let record = try JSONValue.parse(try await h.output("_failed/x.txt.json"))
+            let tail = record["stderrTail"]?.stringValue ?? ""
+            #expect(!tail.contains("root:"), "the record holds /etc/shadow: \(tail.prefix(200))")
+            #expect(tail.contains("the command failed on purpose"), "\(tail)")
+        }
+    }
+
+    /// Hole 1: a FIFO in place of stdout.log blocked the daemon's open() for ever (the heartbeat kept the message
+    /// hidden); two such tasks froze a two-slot daemon.
+    @Test(.enabled(if: asRoot, "needs root: the command runs as nobody"))
+    func aFIFOInPlaceOfTheLogsDoesNotStallTheDaemon() async throws {
+        try await withTemporaryDirectory { dir in
+            let (h, outcome) = try await Self.run(dir, "rm -f ../stdout.log; mkfifo ../stdout.log\nexit 0\n")
+            #expect(outcome == .exited(0), "the daemon did not finish: \(h.log("w").suffix(2000))")
+            #expect(try await h.queueDepth() == 0)
+        }
+    }
+
+    /// Hole 2: a child that left the command's process group (setsid) lived on after the task, free to swap files
+    /// under the daemon's clean-up or upload. In a PID namespace it ends with the command.
+    @Test(.enabled(if: asRoot, "needs root: PID namespaces"))
+    func nothingTheCommandStartsOutlivesIt() async throws {
+        try await withTemporaryDirectory { dir in
+            let marker = dir + "/survivor-\(UInt32.random(in: 0...UInt32.max))"
+            _ = chmod(dir, 0o777)
+            let (h, outcome) = try await Self.run(
+                dir, "setsid sh -c 'sleep 3; touch \(marker)' </dev/null >/dev/null 2>&1 &\nexit 0\n")
+            #expect(outcome == .exited(0), "\(h.log("w").suffix(2000))")
+            #expect(h.log("w").contains("PID namespace of their own"))
+            try await Task.sleep(for: .seconds(5))
+            #expect(!fileExists(marker), "a process the command started outlived its task")
+        }
+    }
+
+    /// Hole 6: the command runs in the environment folder, and a relative name it prints is looked up there, as
+    /// the command meant it (it used to be looked up in the task folder, and the output was lost).
+    @Test func aRelativeNameIsLookedUpWhereTheCommandRuns() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.makeZip(
+                dir + "/env.zip",
+                files: [
+                    ("bin/count.sh", "#!/bin/sh\nwc -c < \"$1\" > result-$$.csv\necho result-$$.csv\n", 0o755)
+                ])
+            try await h.uploadFile(bucket: h.inputBucket, key: "env/env.zip", path: dir + "/env.zip")
+            try await h.upload("in/x.txt", "five!")
+            try await h.send(["in/x.txt"])
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["environmentBucket": h.inputBucket, "environmentZip": "env/env.zip"], program: "bin/count.sh"))
+            #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w").suffix(2000))")
+            let keys = try await h.outputKeys()
+            let result = try #require(keys.first { $0.hasPrefix("in/result-") }, "no output: \(keys)")
+            #expect(try await h.output(result).trimmingSpaces == "5")
+        }
+    }
+
+    /// Hole 6: a name that leads to no usable file is the task's failure, never a silent delete.
+    @Test func aNameThatLeadsNowhereIsATaskFailure() async throws {
+        try await withTemporaryDirectory { dir in
+            let (h, outcome) = try await Self.run(dir, "echo never-written.txt\n", runAsUser: false)
+            #expect(outcome == .exited(0))
+            let record = try JSONValue.parse(try await h.output("_failed/x.txt.json"))
+            #expect(record["reason"]?.stringValue?.contains("never-written.txt' does not exist") == true, "\(record)")
+        }
+    }
+
+    /// Hole 5: with runAsUser and passCredentials=false the command must not reach IMDS, where the instance role's
+    /// credentials are. In a network namespace of the test's own, with IMDS at its EC2 addresses.
+    @Test(.enabled(if: asRoot, "needs root: a network namespace and nftables"))
+    func theCommandCannotReachIMDS() async throws {
+        func check(_ extra: [String]) async throws -> String {
+            try await withTemporaryDirectory { dir in
+                _ = chmod(dir, 0o777)
+                let result = try await Scripts.run(
+                    "/bin/bash",
+                    [Scripts.repositoryRoot + "/scripts/lib/imds_fence_check.sh", WorkerHarness.binary, dir] + extra,
+                    environment: ProcessEnvironment.current(), directory: dir, timeout: 150)
+                let says = result.stdout + result.stderr
+                #expect(result.succeeded, "\(says.suffix(3000))")
+                return says
+            }
+        }
+        // The command, as nobody, was refused on both addresses; the daemon, as root, reached IMDS.
+        let says = try await check([])
+        #expect(says.contains("command: v4 refused"), "\(says.suffix(3000))")
+        #expect(says.contains("command: v6 refused"), "\(says.suffix(3000))")
+        #expect(says.contains("daemon: instance=i-0fenced"), "\(says.suffix(3000))")
+        #expect(says.contains("rule removed at exit"), "\(says.suffix(3000))")
+        // The probe's control: with passCredentials=true there is no rule, and the same probe reaches IMDS.
+        let open = try await check(["pass"])
+        #expect(open.contains("command: v4 reached"), "\(open.suffix(3000))")
+        #expect(open.contains("command: v6 reached"), "\(open.suffix(3000))")
+    }
+}
