@@ -69,16 +69,21 @@ public enum LocalFile {
         return names
     }
 
-    /// Removes a file or a folder tree. Links are removed, never followed, so nothing outside `path` is touched.
+    /// Removes a file or a folder tree. Links are removed, never followed, so nothing outside `path` is touched:
+    /// the parent folder is opened, and the rest goes through descriptors (`removeTree(in:_:)`).
     public static func removeTree(_ path: String) {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return }
-        if (st.st_mode & S_IFMT) == S_IFDIR {
-            for name in listDirectory(path) { removeTree(path + "/" + name) }
-            rmdir(path)
-        } else {
-            unlink(path)
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        guard let slash = trimmed.lastIndex(of: "/") else {
+            removeTree(in: AT_FDCWD, trimmed)
+            return
         }
+        let parentPath = slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
+        let name = String(trimmed[trimmed.index(after: slash)...])
+        guard !name.isEmpty, name != ".", name != ".." else { return }
+        let parent = open(parentPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard parent >= 0 else { return }
+        defer { close(parent) }
+        removeTree(in: parent, name)
     }
 
     /// The last `bytes` bytes of a file (all of it when smaller), or nil if it cannot be read. For big logs and
@@ -112,19 +117,74 @@ public enum LocalFile {
     /// folder is opened with `O_NOFOLLOW` relative to its parent, and entries are removed with `unlinkat`. A
     /// symbolic link is removed, never followed, so nothing outside the tree can be reached even if the tree is
     /// changed while this runs.
+    ///
+    /// A command can leave a chain of folders tens of thousands deep. No more than `maxDepth` descriptors are held
+    /// at once: a subtree deeper than that is moved up into the top folder (`renameat`) and removed from there on
+    /// the next pass, so neither the descriptors nor the stack grow with the depth.
     public static func removeTree(in parent: Int32, _ name: String) {
-        removeTree(in: parent, cName: Array(name.utf8CString))
+        _ = removeTree(in: parent, name, maxDepth: 48)
     }
 
-    /// Names as the bytes they are: a command may make files whose names are not UTF-8.
-    private static func removeTree(in parent: Int32, cName: [CChar]) {
-        if unlinkat(parent, cName, 0) == 0 || errno == ENOENT { return }
-        let fd = openat(parent, cName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        guard let dir = fdopendir(fd) else {
-            close(fd)
-            return
+    /// Returns the most folder descriptors it held at once (for the tests).
+    static func removeTree(in parent: Int32, _ name: String, maxDepth: Int) -> Int {
+        let cName = Array(name.utf8CString)
+        if unlinkat(parent, cName, 0) == 0 || errno == ENOENT { return 0 }
+        let top = openat(parent, cName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard top >= 0 else { return 0 }
+        var remover = TreeRemover(top: top, maxDepth: maxDepth)
+        // Pass after pass while each removes or moves something: what resists (a busy mount point) ends it.
+        while remover.progress {
+            remover.progress = false
+            for entry in entries(of: top) { remover.remove(entry, in: top, depth: 1) }
         }
+        close(top)
+        _ = unlinkat(parent, cName, AT_REMOVEDIR)
+        return remover.mostHeld
+    }
+
+    private struct TreeRemover {
+        let top: Int32
+        let maxDepth: Int
+        var progress = true
+        var moved = 0
+        var mostHeld = 1
+
+        mutating func remove(_ name: [CChar], in dir: Int32, depth: Int) {
+            if unlinkat(dir, name, 0) == 0 {
+                progress = true
+                return
+            }
+            if errno == ENOENT { return }
+            if depth >= maxDepth {
+                moved += 1
+                if renameat(dir, name, top, Array(".deep-\(moved)-\(UInt32.random(in: 0...UInt32.max))".utf8CString))
+                    == 0
+                {
+                    progress = true
+                }
+                return
+            }
+            let fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { return }
+            mostHeld = max(mostHeld, depth + 1)
+            for entry in LocalFile.entries(of: fd) { remove(entry, in: fd, depth: depth + 1) }
+
+            close(fd)
+            if unlinkat(dir, name, AT_REMOVEDIR) == 0 { progress = true }
+        }
+    }
+
+    /// The names in the folder open as `fd` (which stays open), as the bytes they are: a command may make files
+    /// whose names are not UTF-8.
+    private static func entries(of fd: Int32) -> [[CChar]] {
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { return [] }
+        guard let dir = fdopendir(copy) else {
+            close(copy)
+            return []
+        }
+        defer { closedir(dir) }  // closes the copy
+        rewinddir(dir)
         var names: [[CChar]] = []
         while let entry = readdir(dir) {
             let entryName = withUnsafeBytes(of: entry.pointee.d_name) { raw in
@@ -133,9 +193,7 @@ public enum LocalFile {
             }
             if entryName != [46, 0] && entryName != [46, 46, 0] { names.append(entryName) }
         }
-        for entryName in names { removeTree(in: fd, cName: entryName) }
-        closedir(dir)  // closes fd
-        _ = unlinkat(parent, cName, AT_REMOVEDIR)
+        return names
     }
 }
 

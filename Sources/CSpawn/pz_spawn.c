@@ -7,6 +7,8 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +35,9 @@ struct child_args {
     int switch_user;
     uid_t uid;
     gid_t gid;
+    const char *private_tmp;
+    int mount_proc;
+    int in_namespace;
     sigset_t parent_mask;
     volatile int err;
 };
@@ -50,7 +55,23 @@ struct kernel_sigaction {
     unsigned long mask;
 };
 
+// "/proc/self/fd/<fd>" into `out` (32 bytes), without snprintf (the child may call only plain system calls).
+static void fd_path(char *out, int fd) {
+    static const char prefix[] = "/proc/self/fd/";
+    char digits[12];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + fd % 10);
+        fd /= 10;
+    } while (fd > 0 && n < 11);
+    int at = 0;
+    for (; prefix[at] != 0; at++) out[at] = prefix[at];
+    while (n > 0) out[at++] = digits[--n];
+    out[at] = 0;
+}
+
 static int child_main(void *arg) {
+
     struct child_args *a = arg;
     // Every handler back to the default: SIG_IGN stays, except SIGPIPE, which the command gets as usual. Raw calls,
     // because glibc's wrapper refuses its own internal signals, whose handlers are the daemon's too.
@@ -64,6 +85,25 @@ static int child_main(void *arg) {
         syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
     }
     if (setpgid(0, 0) != 0) child_fail(a, errno);
+    // In a mount namespace of its own (with the PID namespace), the command gets the task's own /tmp and /var/tmp,
+    // and a /proc that shows only its own processes. Mounts are made private first, so nothing reaches the host's.
+    if (a->in_namespace && (a->private_tmp != NULL || a->mount_proc)) {
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) child_fail(a, errno);
+        if (a->private_tmp != NULL) {
+            // Bound through a descriptor: the folder's path may itself lie under /tmp, and be hidden by the first
+            // bind before the second.
+            int tmp = open(a->private_tmp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (tmp < 0) child_fail(a, errno);
+            char source[32];
+            fd_path(source, tmp);
+            if (mount(source, "/tmp", NULL, MS_BIND, NULL) != 0) child_fail(a, errno);
+            if (access("/var/tmp", F_OK) == 0 && mount(source, "/var/tmp", NULL, MS_BIND, NULL) != 0)
+                child_fail(a, errno);
+            close(tmp);
+        }
+        if (a->mount_proc && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+            child_fail(a, errno);
+    }
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull < 0 || dup2(devnull, 0) < 0) child_fail(a, errno);
     if (dup2(a->stdout_fd, 1) < 0 || dup2(a->stderr_fd, 2) < 0) child_fail(a, errno);
@@ -71,6 +111,9 @@ static int child_main(void *arg) {
         if (syscall(SYS_setgroups, 0, NULL) != 0) child_fail(a, errno);
         if (syscall(SYS_setresgid, a->gid, a->gid, a->gid) != 0) child_fail(a, errno);
         if (syscall(SYS_setresuid, a->uid, a->uid, a->uid) != 0) child_fail(a, errno);
+        // No way back up: setuid and setgid programs (crontab, at, su) run without their privilege, so the command
+        // cannot have cron or at start something outside its task, where nothing would end it.
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(a, errno);
     }
     if (chdir(a->cwd) != 0) child_fail(a, errno);
     // Close every other inherited descriptor (the daemon's sockets and files).
@@ -90,36 +133,32 @@ static int child_main(void *arg) {
 enum { CHILD_STACK_SIZE = 64 * 1024 };
 
 int pz_spawn(const char *path, char *const *argv, char *const *envp, const char *cwd, int stdout_fd, int stderr_fd,
-             int switch_user, uid_t uid, gid_t gid, int new_pid_namespace, pid_t *out_pid, int *out_in_namespace) {
+             int switch_user, uid_t uid, gid_t gid, int new_pid_namespace, const char *private_tmp, int mount_proc,
+             pid_t *out_pid, int *out_in_namespace) {
     void *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) return errno;
     struct child_args args = {
         .path = path, .argv = argv, .envp = envp, .cwd = cwd, .stdout_fd = stdout_fd, .stderr_fd = stderr_fd,
-        .switch_user = switch_user, .uid = uid, .gid = gid, .err = 0,
+        .switch_user = switch_user, .uid = uid, .gid = gid, .private_tmp = private_tmp, .mount_proc = mount_proc,
+        .in_namespace = 0, .err = 0,
     };
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &args.parent_mask);
     // Returns once the child has exec'd or exited (CLONE_VFORK). In a PID namespace of its own, the command is that
     // namespace's init: when it exits, the kernel kills every process it left behind, even one that called setsid,
-    // before its exit can be collected. Without the privilege for one (not root), a process group is all there is.
+    // before its exit can be collected. The mount namespace comes with it when the command gets a /tmp or a /proc
+    // of its own. Without the privilege for them (not root), a process group is all there is; that is decided
+    // once, at start-up (new_pid_namespace 0), and a namespace asked for and refused later fails the spawn.
     int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
-    pid_t pid = -1;
-    int clone_errno = 0;
-    *out_in_namespace = 0;
     if (new_pid_namespace) {
-        pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE, flags | CLONE_NEWPID, &args);
-        clone_errno = errno;
-        if (pid >= 0) {
-            *out_in_namespace = 1;
-        } else if (clone_errno != EPERM && clone_errno != EINVAL && clone_errno != ENOSPC && clone_errno != EUSERS) {
-            flags = -1;  // a failure a plain clone would meet too
-        }
+        flags |= CLONE_NEWPID;
+        if (private_tmp != NULL || mount_proc) flags |= CLONE_NEWNS;
+        args.in_namespace = 1;
     }
-    if (pid < 0 && flags != -1) {
-        pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE, flags, &args);
-        clone_errno = errno;
-    }
+    pid_t pid = clone(child_main, (char *)stack + CHILD_STACK_SIZE, flags, &args);
+    int clone_errno = errno;
+    *out_in_namespace = pid >= 0 && new_pid_namespace;
     pthread_sigmask(SIG_SETMASK, &args.parent_mask, NULL);
     munmap(stack, CHILD_STACK_SIZE);
     if (pid < 0) return clone_errno;

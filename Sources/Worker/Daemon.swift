@@ -75,7 +75,7 @@ public struct Daemon: Sendable {
         let processor = MessageProcessor(
             config: config, setting: start.setting,
             queue: SQSWorkQueue(sqs: start.sqs, queueURL: queueURL, plan: plan, deletes: deletes), store: start.s3,
-            runner: ProcessRunner(isolate: start.pidNamespaces), lifecycle: lifecycle, deadEnds: deadEnds, plan: plan,
+            runner: ProcessRunner(isolation: start.isolation), lifecycle: lifecycle, deadEnds: deadEnds, plan: plan,
             clock: clock,
             instanceID: start.instanceID, hasRedrivePolicy: start.hasRedrivePolicy, retryBackoff: options.retryBackoff,
             ledger: start.ledger)
@@ -94,7 +94,7 @@ public struct Daemon: Sendable {
                     "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
                 ])
         }
-        await start.fence?.remove(logger: logger)
+
         // A dead end met after another stop (a delete refused while draining) still exits 2, for systemd.
         if deadEnds.deadEnd != nil {
             if lifecycle.stopReason == .deadEnd { await endOfRun(afterDeadEnd: true, logger: logger) }

@@ -60,6 +60,8 @@ struct EnvironmentArchive {
             } else {
                 throw Unpacker.Refusal(description: "it is neither a zip nor a gzip'd tar archive")
             }
+            try unpacker.checkLinks()
+
         } catch {
             throw Failure(message: "the environment archive is refused: \(error)")
         }

@@ -1,19 +1,22 @@
 import AWSCore
 @preconcurrency import Glibc
-import Logging
 
 /// Keeps a `runAsUser` command away from the instance metadata service, where the instance role's credentials and
 /// the user-data are, when `passCredentials` is off: an nftables rule that rejects that user's packets to
-/// 169.254.169.254 and fd00:ec2::254, installed at start-up and removed at exit. The daemon (root) still reaches
-/// IMDS. The rule matches the socket's owner, so it holds for every process the command starts under that user.
+/// 169.254.169.254 and fd00:ec2::254. The daemon (root) still reaches IMDS. The rule matches the socket's owner, so
+/// it holds for every process the command starts under that user.
 ///
-/// One table of the daemon's own, replaced whole in one `nft -f` transaction, so a start after a `kill -9` finds no
-/// leftover to trip over.
+/// One table per user (`parallelizer_imds_<uid>`), replaced whole in one `nft -f` transaction at each start, so a
+/// start after a `kill -9` finds no leftover to trip over, and two daemons with different users do not replace each
+/// other's. It stays in place when the daemon exits: removing it would open IMDS to that user again while anything
+/// of theirs still runs, or while another daemon with the same user does; keeping the role's credentials from that
+/// user is right whether or not a daemon runs. (`nft delete table inet parallelizer_imds_<uid>` removes it.)
 struct IMDSFence: Sendable {
-    static let table = "parallelizer_imds"
     let nft: String
     let uid: UInt32
     let workDir: String
+
+    var table: String { "parallelizer_imds_\(uid)" }
 
     struct Failure: Error, CustomStringConvertible {
         var description: String
@@ -28,9 +31,9 @@ struct IMDSFence: Sendable {
     /// whether or not an earlier run left it.
     var rules: String {
         """
-        table inet \(Self.table)
-        delete table inet \(Self.table)
-        table inet \(Self.table) {
+        table inet \(table)
+        delete table inet \(table)
+        table inet \(table) {
             chain output {
                 type filter hook output priority filter; policy accept;
                 meta skuid \(uid) ip daddr 169.254.169.254 counter reject
@@ -42,25 +45,13 @@ struct IMDSFence: Sendable {
     }
 
     func install() async throws(Failure) {
-        try await apply(rules, doing: "install")
-    }
-
-    func remove(logger: Logger) async {
-        do {
-            try await apply("table inet \(Self.table)\ndelete table inet \(Self.table)\n", doing: "remove")
-        } catch {
-            logger.warning("cannot remove the IMDS rule for the run-as user", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private func apply(_ script: String, doing: String) async throws(Failure) {
         let file = workDir + "/imds-fence.nft"
         let log = workDir + "/imds-fence.log"
         defer {
             unlink(file)
             unlink(log)
         }
-        guard LocalFile.write(file, Array(script.utf8), mode: 0o600) else {
+        guard LocalFile.write(file, Array(rules.utf8), mode: 0o600) else {
             throw Failure(description: "cannot write \(file)")
         }
         let outcome: ProcessOutcome
@@ -73,7 +64,8 @@ struct IMDSFence: Sendable {
         }
         guard outcome.succeeded else {
             let said = LocalFile.readText(log)?.trimmingSpaces ?? ""
-            throw Failure(description: "nft could not \(doing) the rule (\(outcome.summary)): \(said.prefix(300))")
+            throw Failure(description: "nft could not install the rule (\(outcome.summary)): \(said.prefix(300))")
+
         }
     }
 }

@@ -50,8 +50,11 @@ public enum OutputJudge {
 
     /// Judges the printed `line` (nil: nothing printed). Relative names are taken from `workingDirectory`; the file
     /// must lie inside one of `folders` (absolute paths without symbolic links: the task's data folder, the
-    /// environment folder).
-    public static func judge(line: [UInt8]?, workingDirectory: String, folders: [String]) -> Verdict {
+    /// environment folder), and, with an `owner` (the run-as user), be that user's: a hard link to a file of
+    /// root's, where the kernel allows one (`fs.protected_hardlinks=0`), is refused.
+    public static func judge(line: [UInt8]?, workingDirectory: String, folders: [String], owner: UInt32? = nil)
+        -> Verdict
+    {
         guard let line, !line.isEmpty else { return .none }
         let shown = text(line)
         guard !line.contains(0) else { return .rejected("'\(shown)' has a NUL byte") }
@@ -73,6 +76,11 @@ public enum OutputJudge {
                     close(fd)
                     return .rejected("'\(shown)' is \(kind(st.st_mode)), not a regular file")
                 }
+                if let owner, st.st_uid != owner {
+                    close(fd)
+                    return .rejected("'\(shown)' belongs to uid \(st.st_uid), not to the command's user (uid \(owner))")
+                }
+
                 // Opened without blocking (a FIFO must not stall the daemon); a regular file reads the same without.
                 _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
                 let last = line.split(separator: UInt8(ascii: "/")).last.map(Array.init) ?? []

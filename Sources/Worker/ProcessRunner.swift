@@ -58,30 +58,75 @@ public struct RunAsUser: Sendable, Equatable {
     }
 }
 
+/// What walls a command runs within, decided once at start-up by trying them (`ProcessRunner.probeIsolation`).
+public struct Isolation: Sendable, Equatable, CustomStringConvertible {
+    /// The command is the init of a PID namespace of its own: when it ends, the kernel ends everything it started,
+    /// even what left its process group (root only).
+    public var pidNamespace: Bool
+    /// In a mount namespace of its own, the task's own folder is its /tmp and /var/tmp: concurrent tasks (each the
+    /// PID 1 of its namespace, so `$$` is 1 in all of them) do not meet in a shared /tmp, and what a command leaves
+    /// there goes with its task folder.
+    public var privateTmp: Bool
+    /// A /proc of the namespace's own: the command sees only its own processes, not other tasks' or the daemon's.
+    public var ownProc: Bool
+
+    public static let none = Isolation(pidNamespace: false, privateTmp: false, ownProc: false)
+    public static let full = Isolation(pidNamespace: true, privateTmp: true, ownProc: true)
+
+    public init(pidNamespace: Bool, privateTmp: Bool, ownProc: Bool) {
+        self.pidNamespace = pidNamespace
+        self.privateTmp = privateTmp && pidNamespace
+        self.ownProc = ownProc && pidNamespace
+    }
+
+    public var description: String {
+        guard pidNamespace else {
+            return "commands run in a process group of their own (namespaces need root): a process that leaves the "
+                + "group can outlive its task"
+        }
+        return "commands run in a PID namespace of their own (nothing they start outlives them)"
+            + (privateTmp ? ", with their task's own /tmp" : ", sharing the host's /tmp")
+
+            + (ownProc ? " and /proc" : ", seeing the host's /proc (a /proc of their own is refused here)")
+    }
+}
+
 /// Runs a command the way the daemon needs: never through a shell, in its own process group so the whole tree
 /// can be killed, output to files, an optional time limit; cancelling the task that waits for it kills it.
 public struct ProcessRunner: Sendable {
     public var killGrace: Double = 5
-    /// Start each command as the init of a PID namespace of its own, where the kernel allows it (the daemon runs as
-    /// root): when the command ends, the kernel ends everything it started, even what left its process group. Where
-    /// it does not, the command runs in a process group of its own, and only that group is killed at a time limit.
-    public var isolate: Bool
+    /// The walls the command runs within. Asked for and refused at a spawn, they fail that spawn: never a command
+    /// with fewer walls than start-up reported.
+    public var isolation: Isolation
 
-    public init(isolate: Bool = false) { self.isolate = isolate }
+    public init(isolation: Isolation = .none) { self.isolation = isolation }
 
-    /// Whether commands get a PID namespace here: one tried on `/bin/true`.
-    public static func pidNamespacesWork() -> Bool {
-        let runner = ProcessRunner(isolate: true)
+    /// The most isolation this machine grants: each wall tried on `/bin/true`, from all of them down to none (a
+    /// private /tmp only when `privateTmp`; the probe's folder is made in `scratch`).
+    public static func probeIsolation(privateTmp: Bool = true, scratch: String = "/tmp") -> Isolation {
         let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
         defer { close(null) }
-        guard
-            let started = try? runner.spawn(
-                argv: ["/bin/true"], environment: [:], directory: "/", stdout: null,
-                stderr: null, user: nil)
-        else { return false }
-        var status: Int32 = 0
-        while waitpid(started.pid, &status, 0) < 0 && errno == EINTR {}
-        return started.inNamespace
+        var template = Array((scratch + "/isolation-probe-XXXXXX").utf8CString)
+        guard let made = mkdtemp(&template) else { return .none }
+        let tmp = String(cString: made)
+        defer { rmdir(tmp) }
+        let candidates = [
+            Isolation(pidNamespace: true, privateTmp: privateTmp, ownProc: true),
+            Isolation(pidNamespace: true, privateTmp: privateTmp, ownProc: false),
+            Isolation(pidNamespace: true, privateTmp: false, ownProc: false),
+        ]
+        for candidate in candidates {
+
+            guard
+                let started = try? ProcessRunner(isolation: candidate).spawn(
+                    argv: ["/bin/true"], environment: [:], directory: "/", stdout: null, stderr: null, user: nil,
+                    privateTmp: tmp)
+            else { continue }
+            var status: Int32 = 0
+            while waitpid(started, &status, 0) < 0 && errno == EINTR {}
+            if ProcessOutcome(waitStatus: status).succeeded { return candidate }
+        }
+        return .none
     }
 
     /// Resolves `program` (argv[0]): a name with a `/` is taken relative to `directory` when relative; a bare name
@@ -119,13 +164,14 @@ public struct ProcessRunner: Sendable {
     /// returns how it ended. Cancelling the calling task kills it (SIGTERM to its process group, then SIGKILL after
     /// `killGrace`; in a PID namespace, killing the command ends everything in it) and returns `.interrupted`.
     /// - Parameter timeout: seconds before the process group gets SIGTERM (then SIGKILL after `killGrace`).
+    /// - Parameter privateTmp: the folder that is the command's /tmp, with `isolation.privateTmp`.
     public func run(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
-        user: RunAsUser?, timeout: Int?
+        user: RunAsUser?, timeout: Int?, privateTmp: String? = nil
     ) async throws(SpawnError) -> ProcessOutcome {
         let pid = try spawn(
-            argv: argv, environment: environment, directory: directory, stdout: stdout, stderr: stderr, user: user
-        ).pid
+            argv: argv, environment: environment, directory: directory, stdout: stdout, stderr: stderr, user: user,
+            privateTmp: privateTmp)
         let cancelled = CancelFlag()
         return await withTaskCancellationHandler {
             await wait(Reaper(pid: pid, timeout: timeout, killGrace: killGrace, cancelled: cancelled))
@@ -194,24 +240,32 @@ public struct ProcessRunner: Sendable {
                     killedFor = .interrupted
                 }
                 if killedFor != nil {
-                    kill(-pid, SIGTERM)
+                    signal(SIGTERM)
                     termSentAt = .now
                 }
             } else if let sent = termSentAt, ContinuousClock.now - sent >= .milliseconds(Int(killGrace * 1000)) {
-                kill(-pid, SIGKILL)
+                signal(SIGKILL)
                 termSentAt = nil
             }
             return nil
         }
+
+        /// The command's process group, and the command itself: a command can leave its group empty (move itself
+        /// into a child's), and a group that is gone must not let it escape its time limit. In a PID namespace,
+        /// SIGKILL to the command (its init) ends everything in it.
+        func signal(_ signal: Int32) {
+            kill(-pid, signal)
+            kill(pid, signal)
+        }
     }
 
-    /// Starts `argv` in a process group of its own (and a PID namespace, with `isolate`, where the kernel allows),
-    /// stdout and stderr on the given descriptors, as `user` when given; returns its pid at once, and whether it is
-    /// in a namespace of its own. `run` waits for it; the test harness starts whole worker processes this way.
+    /// Starts `argv` in a process group of its own (and within `isolation`'s walls), stdout and stderr on the given
+    /// descriptors, as `user` when given; returns its pid at once. `run` waits for it; the test harness starts whole
+    /// worker processes this way.
     public func spawn(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
-        user: RunAsUser?
-    ) throws(SpawnError) -> (pid: Int32, inNamespace: Bool) {
+        user: RunAsUser?, privateTmp: String? = nil
+    ) throws(SpawnError) -> Int32 {
         let program = argv[0]
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -221,11 +275,12 @@ public struct ProcessRunner: Sendable {
         }
         var pid: pid_t = 0
         var inNamespace: Int32 = 0
+        let tmp = isolation.privateTmp ? privateTmp : nil
         let code = pz_spawn(
             program, cArgv, cEnv, directory, stdout, stderr, user == nil ? 0 : 1, user?.uid ?? 0,
-            user?.gid ?? 0, isolate ? 1 : 0, &pid, &inNamespace)
+            user?.gid ?? 0, isolation.pidNamespace ? 1 : 0, tmp, isolation.ownProc ? 1 : 0, &pid, &inNamespace)
         guard code == 0 else { throw SpawnError(program: program, errno: code) }
-        return (pid, inNamespace != 0)
+        return pid
     }
 
     /// Creates (or truncates) the two output files, owner-only.

@@ -42,11 +42,14 @@ public struct CommandRun: Sendable {
     public var user: RunAsUser?
     /// Seconds before its process group is killed; nil for no limit.
     public var timeout: Int?
+    /// The task's own folder for /tmp, where the runner gives commands one (`Isolation.privateTmp`).
+    public var privateTmp: String?
 
     public init(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
-        user: RunAsUser?, timeout: Int?
+        user: RunAsUser?, timeout: Int?, privateTmp: String? = nil
     ) {
+        self.privateTmp = privateTmp
         self.argv = argv
         self.environment = environment
         self.directory = directory
@@ -87,7 +90,7 @@ extension ProcessRunner: TaskRunner {
         try await run(
             argv: command.argv, environment: command.environment, directory: command.directory,
             stdout: command.stdout, stderr: command.stderr, user: command.user,
-            timeout: command.timeout)
+            timeout: command.timeout, privateTmp: command.privateTmp)
     }
 }
 

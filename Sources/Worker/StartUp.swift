@@ -22,23 +22,16 @@ struct StartUp: Sendable {
         var instanceID: String
         var hasRedrivePolicy: Bool
         var ledger: Ledger?
-        /// Commands start in a PID namespace of their own (root), else in a process group of their own.
-        var pidNamespaces: Bool
-        /// The rule that keeps a run-as user's commands from IMDS, to remove at exit.
-        var fence: IMDSFence?
+        /// The walls commands run within (namespaces as root, else a process group).
+        var isolation: Isolation
+        /// The work folder's lock, held open for the daemon's life.
+        var workDirLock: Int32
     }
 
     func prepare(logger: Logger) async throws -> Prepared {
-        for dir in [config.workDir, config.workDir + "/tasks"] {
-            if mkdir(dir, 0o700) != 0 && errno != EEXIST {
-                throw ConfigError(key: "workDir", message: "cannot create \(dir): \(String(cString: strerror(errno)))")
-            }
-        }
-        _ = chmod(config.workDir, 0o700)
-        // Task folders left by a killed run hold nothing worth keeping: their messages come back by themselves.
-        LocalFile.removeTree(config.workDir + "/tasks")
-        _ = mkdir(config.workDir + "/tasks", 0o700)
-
+        let lock = try claimWorkDir()
+        var prepared = false
+        defer { if !prepared { close(lock) } }
         let s3 = try S3Client(context: context)
         let sqs = SQSClient(context: context)
         // The queue answers (and says whether it has a dead-letter queue).
@@ -64,6 +57,10 @@ struct StartUp: Sendable {
                 throw ConfigError(key: "runAsUser", message: "no such user '\(name)'")
             }
             guard getuid() == 0 else { throw ConfigError(key: "runAsUser", message: "switching users needs root") }
+            guard found.uid != 0 else {
+                throw ConfigError(
+                    key: "runAsUser", message: "'\(name)' is root: leave runAsUser unset to run the command as root")
+            }
             user = found
             // The user may pass through (not list) the work dir to reach its own task folders.
             _ = chown(config.workDir, 0, 0)
@@ -93,20 +90,58 @@ struct StartUp: Sendable {
         let setting = TaskSetting(
             program: [program] + config.analysisProgram.dropFirst(),
             environmentDirectory: environmentDirectory, environment: environment, user: user)
-        // Last, so that nothing after it can fail with the rule left in place.
-        var fence: IMDSFence?
         if let user, !config.passCredentials {
-            fence = try await fenceOffIMDS(for: user, path: environment["PATH"] ?? "")
+            try await fenceOffIMDS(for: user, path: environment["PATH"] ?? "", logger: logger)
         }
-        let pidNamespaces = ProcessRunner.pidNamespacesWork()
-        logger.info(
-            pidNamespaces
-                ? "commands run in a PID namespace of their own: nothing they start outlives them"
-                : "commands run in a process group of their own (PID namespaces need root): a process that leaves the group can outlive its task"
-        )
+        // A private /tmp hides what lies under the real one: not when the work, the command or its environment do.
+        var privateTmp = config.privateTmp
+        let underTmp = [config.workDir, program, environmentDirectory].compactMap { $0 }.first { path in
+            let real = LocalFile.realPath(path) ?? path
+            return ["/tmp", "/var/tmp"].contains { real == $0 || real.hasPrefix($0 + "/") }
+        }
+        if privateTmp, let underTmp {
+            privateTmp = false
+            logger.notice("commands share the host's /tmp: \(underTmp) lies under it (privateTmp would hide it)")
+        }
+        let isolation = ProcessRunner.probeIsolation(privateTmp: privateTmp, scratch: config.workDir + "/tasks")
+        logger.info("\(isolation)")
+        if privateTmp && isolation.pidNamespace && !isolation.privateTmp {
+            logger.notice("commands share the host's /tmp: this machine refuses them a mount namespace")
+        }
+
+        prepared = true
         return Prepared(
             s3: s3, sqs: sqs, setting: setting, instanceID: instanceID, hasRedrivePolicy: hasRedrive,
-            ledger: ledger, pidNamespaces: pidNamespaces, fence: fence)
+            ledger: ledger, isolation: isolation, workDirLock: lock)
+    }
+
+    /// Makes the work folder the daemon's own: created when missing, refused when it is someone else's or shared
+    /// (`/tmp`: the daemon would take it over), and locked, so that a second daemon on the same folder stops at
+    /// once instead of removing the first one's task folders under it. Task folders left by a killed run are
+    /// removed (their messages come back by themselves), through descriptors.
+    func claimWorkDir() throws(ConfigError) -> Int32 {
+        let dir = config.workDir
+        func refuse(_ message: String) -> ConfigError { ConfigError(key: "workDir", message: message) }
+        if mkdir(dir, 0o700) != 0 && errno != EEXIST {
+            throw refuse("cannot create \(dir): \(String(cString: strerror(errno)))")
+        }
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw refuse("cannot open \(dir): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_uid == getuid(), st.st_mode & (S_ISVTX | S_IWOTH) == 0 else {
+            throw refuse("\(dir) must be a folder of the daemon's own, not a shared one (such as /tmp)")
+        }
+        _ = fchmod(fd, 0o700)
+        let lock = openat(fd, ".lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard lock >= 0 else { throw refuse("cannot lock \(dir): \(String(cString: strerror(errno)))") }
+        guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            close(lock)
+            throw refuse("another parallelizer daemon is using \(dir): give each its own workDir")
+        }
+        LocalFile.removeTree(in: fd, "tasks")
+        _ = mkdirat(fd, "tasks", 0o700)
+        return lock
     }
 
     /// Runs a start-up check. Refused credentials (or none) are tried again for a few seconds first: at boot, IMDS
@@ -154,7 +189,7 @@ struct StartUp: Sendable {
 
     /// A run-as user's command must not reach the instance role's credentials, which IMDS hands to anyone on the
     /// instance who asks: unless `passCredentials` hands them over knowingly, its packets to IMDS are rejected.
-    func fenceOffIMDS(for user: RunAsUser, path: String) async throws -> IMDSFence {
+    func fenceOffIMDS(for user: RunAsUser, path: String, logger: Logger) async throws {
         guard let nft = IMDSFence.nftBinary(path: path) else {
             throw ConfigError(
                 key: "runAsUser",
@@ -167,7 +202,8 @@ struct StartUp: Sendable {
         } catch {
             throw ConfigError(key: "runAsUser", message: "cannot keep the command from IMDS: \(error)")
         }
-        return fence
+        logger.info(
+            "IMDS is closed to the run-as user", metadata: ["user": "\(user.name)", "nft.table": "inet \(fence.table)"])
     }
 
     /// Fetches and unpacks `environmentZip`, when there is one; returns the folder the command runs in.

@@ -91,8 +91,12 @@ extension MessageProcessor {
         }
         if ours { deadEnds.succeeded(.getInput) }
         lifecycle.count { $0.bytesIn += bytesIn }
-        // No process of the task runs yet: the path is the daemon's own until the command starts.
-        if let user = setting.user { _ = chown(inputPath, user.uid, user.gid) }
+        // Only now does the run-as user get the data folder: nothing of theirs could reach it during the download.
+        do {
+            try folder.handOver(input: TaskPaths.localName(forKey: input.key))
+        } catch {
+            return (failed(error.description, nil, ""), bytesIn)
+        }
         if Task.isCancelled { return (.interrupted, bytesIn) }
 
         var environment = setting.environment
@@ -105,7 +109,8 @@ extension MessageProcessor {
             outcome = try await runner.run(
                 CommandRun(
                     argv: setting.program + [inputPath], environment: environment, directory: workingDirectory,
-                    stdout: folder.stdout, stderr: folder.stderr, user: setting.user, timeout: config.taskTimeout))
+                    stdout: folder.commandStdout, stderr: folder.commandStderr, user: setting.user,
+                    timeout: config.taskTimeout, privateTmp: folder.tmp))
         } catch {
             return (failed("\(error)", nil, ""), bytesIn)
         }
@@ -118,13 +123,15 @@ extension MessageProcessor {
             return (failed(reason, outcome, folder.stderrTail(bytes: 64 << 10)), bytesIn)
         }
         // The name is resolved as the command meant it (from its working directory), and must lead to a regular
-        // file in the data folder or the environment, without a link; it is opened once, and uploaded from there.
+        // file in the data folder or the environment, without a link (and the run-as user's own); it is opened
+        // once, and uploaded from there.
         let folders = [LocalFile.realPath(data) ?? data] + (setting.environmentDirectory.map { [$0] } ?? [])
         switch OutputJudge.judge(
             line: OutputJudge.lastLine(of: folder.stdout),
             workingDirectory: LocalFile.realPath(workingDirectory) ?? workingDirectory,
-            folders: folders)
+            folders: folders, owner: setting.user?.uid)
         {
+
         case .none:
             return (.noOutput, bytesIn)
         case .rejected(let why):

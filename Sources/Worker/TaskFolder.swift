@@ -4,27 +4,37 @@ import AWSCore
 /// One task's folder, made so that a hostile command cannot turn the daemon's own file work against it.
 ///
 ///     tasks/<slot>-<message>-<random>/   the daemon's (root's), mode 0711 with a run-as user: it may pass through
-///         stdout.log, stderr.log         the daemon's, 0600; the command writes to them only through the
+///         stdout.log, stderr.log         the daemon's, 0600; the command writes to them only through write-only
 ///                                        descriptors it is given, and the daemon reads them back through its own
-///         data/                          the command's: the input, and whatever it writes
+///         data/                          the input, and whatever the command writes; the daemon's until the input
+///                                        is in place, then handed to the run-as user (`handOver`)
+///         tmp/                           the command's /tmp and /var/tmp, where it gets a mount namespace
 ///
 /// Everything after the creation goes through descriptors: the logs are never opened by name again (a link put in
-/// their place would lead nowhere), and the folder is removed with `unlinkat` on descriptors, never following a
-/// link (`LocalFile.removeTree(in:_:)`).
+/// their place would lead nowhere), the input is downloaded while no process of the user can reach the folder, and
+/// the folder is removed with `unlinkat` on descriptors, never following a link (`LocalFile.removeTree(in:_:)`).
 struct TaskFolder {
     let path: String
     /// The data folder: the input goes here, and here the command runs when there is no environment.
     let data: String
+    /// The folder bound on the command's /tmp.
+    let tmp: String
+    /// The daemon's descriptors on the logs (read and write; it reads them back).
     let stdout: Int32
     let stderr: Int32
+    /// The command's: write-only, appending.
+    let commandStdout: Int32
+    let commandStderr: Int32
     private let tasks: Int32
+    private let root: Int32
     private let name: String
+    private let user: RunAsUser?
 
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
 
-    /// Makes `name` in the folder `tasksPath`; `user` gets the data folder.
+    /// Makes `name` in the folder `tasksPath`, for a command that runs as `user` (nil: as the daemon's user).
     static func make(in tasksPath: String, name: String, user: RunAsUser?) throws(Failure) -> TaskFolder {
         let path = tasksPath + "/" + name
         func failure(_ what: String) -> Failure {
@@ -36,30 +46,53 @@ struct TaskFolder {
             close(tasks)
             throw failure("mkdir")
         }
-        var made = TaskFolder(path: path, data: path + "/data", stdout: -1, stderr: -1, tasks: tasks, name: name)
         let root = openat(tasks, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        var made = TaskFolder(
+            path: path, data: path + "/data", tmp: path + "/tmp", stdout: -1, stderr: -1, commandStdout: -1,
+            commandStderr: -1, tasks: tasks, root: root, name: name, user: user)
         guard root >= 0 else {
             made.remove()
             throw failure("open")
         }
-        defer { close(root) }
-        guard mkdirat(root, "data", 0o700) == 0 else {
+        guard mkdirat(root, "data", 0o700) == 0, mkdirat(root, "tmp", 0o700) == 0 else {
             made.remove()
             throw failure("data")
         }
-        if let user, fchownat(root, "data", user.uid, user.gid, AT_SYMLINK_NOFOLLOW) != 0 {
+        if let user, fchownat(root, "tmp", user.uid, user.gid, AT_SYMLINK_NOFOLLOW) != 0 {
             made.remove()
             throw failure("chown")
         }
         let flags = O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        let appending = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC
+        let stdout = openat(root, "stdout.log", flags, 0o600)
+        let stderr = openat(root, "stderr.log", flags, 0o600)
         made = TaskFolder(
-            path: path, data: path + "/data", stdout: openat(root, "stdout.log", flags, 0o600),
-            stderr: openat(root, "stderr.log", flags, 0o600), tasks: tasks, name: name)
-        guard made.stdout >= 0, made.stderr >= 0 else {
+            path: path, data: path + "/data", tmp: path + "/tmp", stdout: stdout, stderr: stderr,
+            commandStdout: stdout >= 0 ? openat(root, "stdout.log", appending) : -1,
+            commandStderr: stderr >= 0 ? openat(root, "stderr.log", appending) : -1, tasks: tasks, root: root,
+            name: name, user: user)
+        guard made.stdout >= 0, made.stderr >= 0, made.commandStdout >= 0, made.commandStderr >= 0 else {
             made.remove()
             throw failure("logs")
         }
         return made
+    }
+
+    /// Gives the data folder and the input in it (`input`, a name in it) to the run-as user. Before this, the
+    /// folder is the daemon's alone (0700): the download cannot be redirected by a link planted there. Through
+    /// descriptors, without following links.
+    func handOver(input: String) throws(Failure) {
+        guard let user else { return }
+        let data = openat(root, "data", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard data >= 0 else {
+            throw Failure(description: "cannot open \(self.data): \(String(cString: strerror(errno)))")
+        }
+        defer { close(data) }
+        guard fchownat(data, input, user.uid, user.gid, AT_SYMLINK_NOFOLLOW) == 0 || errno == ENOENT,
+            fchown(data, user.uid, user.gid) == 0
+        else {
+            throw Failure(description: "cannot give \(self.data) to \(user.name): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// The last `bytes` of what the command wrote to stderr.
@@ -69,8 +102,7 @@ struct TaskFolder {
 
     /// Closes the logs and removes the folder, whatever the command left in it.
     func remove() {
-        if stdout >= 0 { close(stdout) }
-        if stderr >= 0 { close(stderr) }
+        for fd in [stdout, stderr, commandStdout, commandStderr, root] where fd >= 0 { close(fd) }
         LocalFile.removeTree(in: tasks, name)
         close(tasks)
     }

@@ -39,6 +39,8 @@ public struct WorkerConfig: Sendable, Equatable {
     public var runAsUser: String?
     /// Hand the daemon's AWS credentials to the command's environment (off: the command gets none).
     public var passCredentials: Bool = false
+    /// Give each command its task's own /tmp and /var/tmp (as root, in a mount namespace), as systemd's PrivateTmp.
+    public var privateTmp: Bool = true
     /// The DynamoDB task ledger's table, when one is wanted.
     public var ledgerTable: String?
     /// Seconds a running task may take to finish after SIGTERM before its message is released.
@@ -54,7 +56,8 @@ public struct WorkerConfig: Sendable, Equatable {
             "environmentPrefix", "environmentMaxMiB", "visibilityTimeout", "numThreads", "shouldShutdown",
             "EC2SQSRegion", "region",
             "accessKey", "secretKey", "inputPrefix", "outputPrefix", "workDir", "logFile", "taskTimeout",
-            "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "ledgerTable",
+            "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
+            "ledgerTable",
             "shutdownGrace", "autoScalingGroup",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
@@ -209,6 +212,8 @@ extension WorkerConfig {
         }
         config.runAsUser = string("runAsUser")
         if let v = try boolean("passCredentials") { config.passCredentials = v }
+        if let v = try boolean("privateTmp") { config.privateTmp = v }
+
         config.ledgerTable = string("ledgerTable")
         if let v = try integer("shutdownGrace", 0...3600, duration: true) { config.shutdownGrace = v }
         config.autoScalingGroup = string("autoScalingGroup")

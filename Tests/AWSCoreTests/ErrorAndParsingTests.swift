@@ -1,4 +1,4 @@
-import AWSCore
+@testable import AWSCore
 @testable import AWSServices
 import HTTPCurl
 import Testing
@@ -183,6 +183,43 @@ struct SecretScanTests {
             let hits = SecretScan.scan(directory: dir, secrets: [secret])
             #expect(hits.count == 1 && hits[0].contains("nested/w1.log"))
             removeTree(dir + "/nested")
+        }
+    }
+}
+
+/// Task folders are removed through descriptors: links are removed, never followed, whatever a command left.
+struct TreeRemovalTests {
+    @Test func linksAreRemovedNotFollowedAndDepthIsNoLimit() async throws {
+        try await withTemporaryDirectory { dir in
+            let outside = dir + "/outside", tree = dir + "/tree"
+            _ = mkdir(outside, 0o700)
+            LocalFile.write(outside + "/keep.txt", Array("keep".utf8))
+            _ = mkdir(tree, 0o700)
+            _ = symlink(outside, tree + "/to-outside")
+            _ = symlink(outside + "/keep.txt", tree + "/to-file")
+            // A name that is not UTF-8, and a chain of folders far deeper than the descriptors held at once.
+            let odd: [CChar] = Array(tree.utf8CString.dropLast()) + [47, -23, 0]
+            #expect(mkdir(odd, 0o700) == 0)
+            let top = open(tree, O_RDONLY | O_DIRECTORY)
+            var current = dup(top)
+            for _ in 0..<600 {
+                #expect(mkdirat(current, "d", 0o700) == 0)
+                let next = openat(current, "d", O_RDONLY | O_DIRECTORY)
+                close(current)
+                current = next
+            }
+            LocalFile.write("/proc/self/fd/\(current)/deepest.txt", Array("x".utf8))
+            close(current)
+            close(top)
+            let parent = open(dir, O_RDONLY | O_DIRECTORY)
+            defer { close(parent) }
+            let held = LocalFile.removeTree(in: parent, "tree", maxDepth: 48)
+            #expect(!fileExists(tree), "the tree is still there")
+            #expect(LocalFile.readText(outside + "/keep.txt") == "keep", "a link was followed")
+            // A chain 600 deep never held more than 48 folders open at once (a command can make one deep enough to
+            // run the daemon out of descriptors).
+            #expect(held <= 48, "\(held) descriptors held at once")
+
         }
     }
 }

@@ -31,33 +31,102 @@ struct SandboxTests {
     }
 
     /// Hole 1: the logs were the command's, and the daemon reopened them by name: a link put in their place made it
-    /// copy `/etc/shadow` into the failure record. Now they are the daemon's, read through its own descriptors.
-    @Test(.enabled(if: asRoot, "needs root: the command runs as nobody"))
-    func aLinkInPlaceOfTheLogsLeadsNowhere() async throws {
+    /// copy `/etc/shadow` into the failure record. Two walls now, each tested alone: as `nobody` the command cannot
+    /// touch the daemon's folder at all; as root it can swap the log for a link, and the daemon still reads only its
+    /// own descriptor.
+    @Test(.enabled(if: asRoot, "needs root: the command runs as nobody"), arguments: [true, false])
+    func aLinkInPlaceOfTheLogsLeadsNowhere(runAsUser: Bool) async throws {
         try await withTemporaryDirectory { dir in
             let (h, outcome) = try await Self.run(
                 dir,
                 """
-                rm -f ../stderr.log; ln -s /etc/shadow ../stderr.log
+                if rm -f ../stderr.log 2>/dev/null && ln -s /etc/shadow ../stderr.log; then
+                    echo "the log was swapped" >&2
+                else
+                    echo "the swap was refused" >&2
+                fi
                 echo "the command failed on purpose" >&2
                 exit 1
-                """)
+                """, runAsUser: runAsUser)
             #expect(outcome == .exited(0), "\(h.log("w").suffix(2000))")
             let record = try JSONValue.parse(try await h.output("_failed/x.txt.json"))
             let tail = record["stderrTail"]?.stringValue ?? ""
             #expect(!tail.contains("root:"), "the record holds /etc/shadow: \(tail.prefix(200))")
             #expect(tail.contains("the command failed on purpose"), "\(tail)")
+            #expect(tail.contains(runAsUser ? "the swap was refused" : "the log was swapped"), "\(tail)")
         }
     }
 
     /// Hole 1: a FIFO in place of stdout.log blocked the daemon's open() for ever (the heartbeat kept the message
-    /// hidden); two such tasks froze a two-slot daemon.
-    @Test(.enabled(if: asRoot, "needs root: the command runs as nobody"))
-    func aFIFOInPlaceOfTheLogsDoesNotStallTheDaemon() async throws {
+    /// hidden); two such tasks froze a two-slot daemon. As `nobody` the swap is refused; as root it happens, and
+    /// the daemon reads its own descriptor.
+    @Test(.enabled(if: asRoot, "needs root: the command runs as nobody"), arguments: [true, false])
+    func aFIFOInPlaceOfTheLogsDoesNotStallTheDaemon(runAsUser: Bool) async throws {
         try await withTemporaryDirectory { dir in
-            let (h, outcome) = try await Self.run(dir, "rm -f ../stdout.log; mkfifo ../stdout.log\nexit 0\n")
+            _ = chmod(dir, 0o777)
+            let (h, outcome) = try await Self.run(
+                dir,
+                """
+                if rm -f ../stdout.log 2>/dev/null && mkfifo ../stdout.log; then touch \(dir)/swapped; fi
+                exit 0
+                """, runAsUser: runAsUser)
             #expect(outcome == .exited(0), "the daemon did not finish: \(h.log("w").suffix(2000))")
             #expect(try await h.queueDepth() == 0)
+            #expect(fileExists(dir + "/swapped") == !runAsUser)
+        }
+    }
+
+    /// The walls around a run-as user's command: a /tmp of the task's own (each command is PID 1 of its namespace,
+    /// so `$$` is the same in all of them, and a shared /tmp would mix concurrent tasks' files), a /proc that shows
+    /// only its own processes, and no way up through setuid programs (no_new_privs: `crontab` could otherwise start
+    /// something outside the task).
+    @Test(.enabled(if: asRoot, "needs root: namespaces, and the command runs as nobody"))
+    func theCommandHasItsOwnTmpAndProcAndNoWayUp() async throws {
+        try await withTemporaryDirectory { dir in
+            // The work folder and the command outside /tmp, as on an instance (a private /tmp would hide them).
+            let base = "/var/lib/pz-test-\(UInt32.random(in: 0...UInt32.max))"
+            #expect(mkdir(base, 0o755) == 0)
+            defer { removeTree(base) }
+            let marker = "pz-tmp-\(UInt32.random(in: 0...UInt32.max))"
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.upload("x.txt", "input")
+            try await h.send(["x.txt"])
+            let program = base + "/cmd.sh"
+            LocalFile.write(
+                program,
+                Array(
+                    """
+                    #!/bin/sh
+                    touch /tmp/\(marker) /var/tmp/\(marker)
+                    {
+                        echo "tmp=$(ls -A /tmp | tr '\\n' ' ')"
+                        echo "pids=$(ls /proc | grep -c '^[0-9]')"
+                        grep '^NoNewPrivs' /proc/self/status
+                        echo "user=$(id -un)"
+                    } > report.txt
+                    echo report.txt
+
+                    """.utf8), mode: 0o755)
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["maxAttempts": "1", "runAsUser": "nobody", "workDir": base + "/work"], program: program))
+            let outcome = await worker.wait(timeout: 60)
+            #expect(outcome == .exited(0), "\(h.log("w").suffix(2000))")
+
+            let log = h.log("w")
+            let report = try await h.output("report.txt")
+            #expect(report.contains("NoNewPrivs:\t1"), "\(report)")
+            #expect(report.contains("user=nobody"), "\(report)")
+            // What start-up found is what the command got; on an instance (and here, as root), all of it.
+            #expect(log.contains("with their task's own /tmp"), "\(log.suffix(2000))")
+            #expect(report.contains("tmp=\(marker) "), "the command saw more than its own /tmp: \(report)")
+            #expect(!fileExists("/tmp/" + marker) && !fileExists("/var/tmp/" + marker), "the host's /tmp was used")
+            #expect(log.contains("and /proc"), "\(log.suffix(2000))")
+            // sh, and the subshell running ls and grep: a handful, not the host's hundreds.
+            let pids = report.split(separator: "\n").first { $0.hasPrefix("pids=") }.map { Int($0.dropFirst(5)) }
+            #expect((pids ?? nil).map { $0 < 10 } == true, "\(report)")
+
         }
     }
 
@@ -132,10 +201,13 @@ struct SandboxTests {
         #expect(says.contains("command: v4 refused"), "\(says.suffix(3000))")
         #expect(says.contains("command: v6 refused"), "\(says.suffix(3000))")
         #expect(says.contains("daemon: instance=i-0fenced"), "\(says.suffix(3000))")
-        #expect(says.contains("rule removed at exit"), "\(says.suffix(3000))")
+        // The rule outlives the daemon: removing it would open IMDS to the user while anything of theirs runs.
+        #expect(says.contains("the rule stays after exit"), "\(says.suffix(3000))")
         // The probe's control: with passCredentials=true there is no rule, and the same probe reaches IMDS.
         let open = try await check(["pass"])
         #expect(open.contains("command: v4 reached"), "\(open.suffix(3000))")
         #expect(open.contains("command: v6 reached"), "\(open.suffix(3000))")
+        #expect(open.contains("no rule after exit"), "\(open.suffix(3000))")
+
     }
 }

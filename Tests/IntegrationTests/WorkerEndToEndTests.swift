@@ -284,6 +284,39 @@ struct FleetDrainTests {
 
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(2)))
 struct StartUpRefusalTests {
+    /// Two daemons on one work folder would remove each other's task folders at start: the second stops at once.
+    /// A shared folder (/tmp) is not taken over, and a run-as user that is root is refused.
+    @Test func aWorkFolderThatIsNotTheDaemonsOwnStopsStartUp() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let params = h.parameters(["idleTimeout": "60"], program: "/bin/true")
+            let first = try h.startWorker(name: "first", parameters: params)
+            defer { first.signal(SIGKILL) }
+            var started = false
+            for _ in 0..<300 where !started {
+                started = h.log("first").contains("parallelizer started")
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(started, "\(h.log("first").suffix(2000))")
+            let second = try h.startWorker(name: "second", parameters: params)
+            #expect(await second.wait(timeout: 30) == .exited(2))
+            #expect(h.log("second").contains("another parallelizer daemon is using"), "\(h.log("second").suffix(2000))")
+            first.signal(SIGTERM)
+            #expect(await first.wait(timeout: 30) == .exited(0))
+
+            let shared = try h.startWorker(
+                name: "shared", parameters: h.parameters(["workDir": "/tmp"], program: "/bin/true"))
+            #expect(await shared.wait(timeout: 30) == .exited(2))
+            #expect(h.log("shared").contains("must be a folder of the daemon's own"), "\(h.log("shared").suffix(2000))")
+            if getuid() == 0 {
+                let root = try h.startWorker(
+                    name: "root", parameters: h.parameters(["runAsUser": "root"], program: "/bin/true"))
+                #expect(await root.wait(timeout: 30) == .exited(2))
+                #expect(h.log("root").contains("'root' is root"), "\(h.log("root").suffix(2000))")
+            }
+        }
+    }
+
     @Test(arguments: ["/nonexistent/program", "no-such-tool-anywhere"])
     func aMissingCommandStopsStartUp(program: String) async throws {
         try await withTemporaryDirectory { dir in

@@ -14,9 +14,7 @@ extension ProcessRunner {
         }
         return ChildProcess(
             pid: try spawn(
-                argv: argv, environment: environment, directory: directory, stdout: out, stderr: err, user: nil
-            )
-            .pid)
+                argv: argv, environment: environment, directory: directory, stdout: out, stderr: err, user: nil))
     }
 }
 

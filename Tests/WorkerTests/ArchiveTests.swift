@@ -135,6 +135,10 @@ struct ArchiveTests {
                 tar("link-up.tar.gz", (info("a/up", tarfile.SYMTYPE, "../../x"), None))
                 tar("slip.tar.gz", (info("../escaped.sh", size=1), b"x"))
                 tar("through-link.tar.gz", (info("d", tarfile.SYMTYPE, "."), None), (info("d/x.txt", size=1), b"x"))
+                # Each link alone stays inside; the second climbs out through the first on disk.
+                tar("chained-links.tar.gz", (info("l", tarfile.SYMTYPE, "."), None),
+                    (info("x", tarfile.SYMTYPE, "l/l/l/l/../../../../etc/passwd"), None))
+                tar("link-loop.tar.gz", (info("a", tarfile.SYMTYPE, "b"), None), (info("b", tarfile.SYMTYPE, "a"), None))
                 def zipped(name, *entries):
                     with zipfile.ZipFile(name, "w") as z:
                         for entry_name, data, mode in entries:
@@ -145,7 +149,11 @@ struct ArchiveTests {
                 zipped("zip-link-out.zip", ("etc", "/etc", 0o120777))
                 zipped("zip-fifo.zip", ("pipe", "", 0o010644))
                 zipped("zip-twice.zip", ("a.txt", "1", 0o100644), ("a.txt", "2", 0o100644))
-                zipped("zip-bomb.zip", ("zeros", "\\0" * (3 << 20), 0o100644))
+                zipped("zip-through-link.zip", ("d", ".", 0o120777), ("d/x.txt", "x", 0o100644))
+                zipped("zip-chained-links.zip", ("l", ".", 0o120777), ("x", "l/l/../../etc", 0o120777))
+                # Deflated: 3 MiB of zeros in a few kilobytes.
+                with zipfile.ZipFile("zip-bomb.zip", "w", zipfile.ZIP_DEFLATED) as z:
+                    z.writestr("zeros", b"\\0" * (3 << 20))
                 open("not-an-archive.zip", "wb").write(b"PK\\x03\\x04 this is not really a zip archive")
                 open("plain.txt", "wb").write(b"hello")
                 """, in: dir)
@@ -159,6 +167,10 @@ struct ArchiveTests {
                 ("zip-slip.zip", "escapes its folder"), ("zip-absolute.zip", "'/tmp/abs.sh' is an absolute path"),
                 ("zip-link-out.zip", "'etc' is a link pointing outside"), ("zip-fifo.zip", "'pipe' is a FIFO"),
                 ("zip-twice.zip", "'a.txt' appears twice"), ("not-an-archive.zip", "not a zip archive"),
+                ("chained-links.tar.gz", "'x' is a link that leads outside the archive through another link"),
+                ("link-loop.tar.gz", "in a loop of links"),
+                ("zip-through-link.zip", "'d/x.txt' leads through a link"),
+                ("zip-chained-links.zip", "'x' is a link that leads outside the archive through another link"),
                 ("plain.txt", "neither a zip nor a gzip'd tar"),
             ]
             for (name, says) in refusals {
@@ -172,6 +184,63 @@ struct ArchiveTests {
             case .failure(let failure): #expect(failure.message.contains("more than 1 MiB"), "\(failure.message)")
             }
             #expect(!fileExists(dir + "/../escaped.sh") && !fileExists("/tmp/abs.sh"))
+            #expect(LocalFile.size(dir + "/zip-bomb.zip").map { $0 < 100 << 10 } == true, "the bomb is not deflated")
+        }
+    }
+
+    /// Corrupt headers are refused with a reason, never a crash: sizes and offsets past any file (zip64), an end
+    /// record in a file too short for one, pax records whose length points before their own text, and a negative
+    /// pax size; then a few hundred archives damaged at random (a byte changed, or cut short).
+    @Test func damagedArchivesAreRefusedNotACrash() async throws {
+        try await withTemporaryDirectory { dir in
+            try await makeTree(dir)
+            try await sh("tar -czf good.tar.gz -C tree . && (cd tree && zip -qry ../good.zip .)", in: dir)
+            try await python(
+                """
+                import io, struct, tarfile, zipfile
+                open("short.zip", "wb").write(b"PK\\x05\\x06")
+                # A zip64 end record whose sizes and offsets are near 2^64.
+                eocd64 = struct.pack("<IQHHIIQQQQ", 0x06064b50, 44, 45, 45, 0, 0, 1, 1, 2**64 - 2, 2**63 + 5)
+                locator = struct.pack("<IIQI", 0x07064b50, 0, 0, 1)
+                eocd = struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+                open("zip64-huge.zip", "wb").write(eocd64 + locator + eocd)
+                def tar(name, pax):
+                    with tarfile.open(name, "w:gz", format=tarfile.PAX_FORMAT) as t:
+                        i = tarfile.TarInfo("f.txt"); i.size = 1; i.pax_headers = pax
+                        t.addfile(i, io.BytesIO(b"x"))
+                tar("pax-negative.tar.gz", {"size": "-5"})
+                # A pax record "1 x\\n" (its length covers less than its own text), written by hand.
+                data = b"1 x\\n"
+                h = tarfile.TarInfo("././@PaxHeader"); h.type = tarfile.XHDTYPE; h.size = len(data)
+                f = tarfile.TarInfo("f.txt"); f.size = 1
+                with tarfile.open("pax-short.tar.gz", "w:gz", format=tarfile.USTAR_FORMAT) as t:
+                    t.addfile(h, io.BytesIO(data)); t.addfile(f, io.BytesIO(b"x"))
+                """, in: dir)
+            for name in ["short.zip", "zip64-huge.zip", "pax-negative.tar.gz"] {
+                if case .success = unpack(dir + "/" + name, in: dir) { Issue.record("\(name) was unpacked") }
+            }
+            // The short record is skipped as unreadable, and the archive is still unpacked or refused: no trap.
+            _ = unpack(dir + "/pax-short.tar.gz", in: dir)
+
+            var generator = SystemRandomNumberGenerator()
+            for name in ["good.zip", "good.tar.gz"] {
+                let good = try #require(LocalFile.read(dir + "/" + name))
+                #expect(throws: Never.self) { try unpack(dir + "/" + name, in: dir).get() }
+                for round in 0..<150 {
+                    var bad = good
+                    if round % 3 == 0 {
+                        bad = Array(bad.prefix(Int.random(in: 0..<bad.count, using: &generator)))
+                    } else {
+                        for _ in 0..<(1 + round % 4) {
+                            bad[Int.random(in: 0..<bad.count, using: &generator)] = UInt8.random(
+                                in: 0...255, using: &generator)
+                        }
+                    }
+                    let path = dir + "/damaged-" + name
+                    LocalFile.write(path, bad)
+                    _ = unpack(path, in: dir)  // refused or (a harmless byte) unpacked: either way, no crash
+                }
+            }
         }
     }
 }

@@ -42,7 +42,40 @@ struct RunnerTests {
         }
     }
 
+    /// A command can empty its own process group (a child makes a group of its own, then the command joins it):
+    /// a kill of the group alone would then find no one, and the command would run past its time limit forever.
+    @Test func aCommandThatLeavesItsGroupStillMeetsItsTimeLimit() async throws {
+        try await withTemporaryDirectory { dir in
+            let script = """
+                import os, time
+                child = os.fork()
+                if child == 0:
+                    os.setpgid(0, 0)
+                    time.sleep(6)
+
+                    os._exit(0)
+                time.sleep(0.2)
+                os.setpgid(0, child)
+                open("moved", "w").write(str(os.getpgid(0) == child))
+                time.sleep(60)
+                """
+            LocalFile.write(dir + "/escape.py", Array(script.utf8))
+            var quick = runner
+            quick.killGrace = 0.5
+            let started = ContinuousClock.now
+            let outcome = try await quick.run(
+                argv: ["/usr/bin/env", "python3", dir + "/escape.py"], environment: TestEnvironment.environment,
+                directory: dir, stdoutPath: dir + "/out", stderrPath: dir + "/err", user: nil, timeout: 3)
+            #expect(
+                LocalFile.readText(dir + "/moved") == "True",
+                "the command did not leave its group: \(LocalFile.readText(dir + "/err") ?? "")")
+            #expect(outcome == .timedOut)
+            #expect(ContinuousClock.now - started < .seconds(20))
+        }
+    }
+
     @Test func aStopRequestInterrupts() async throws {
+
         try await withTemporaryDirectory { dir in
             // Cancelling the task that waits for the command is how a stop's grace ends it.
             let waiting = Task { try await run("sleep 30", in: dir) }
@@ -196,6 +229,20 @@ struct RunnerTests {
             } else {
                 Issue.record("the walk refused sub/deep.txt")
             }
+            // With a run-as user, the file must be that user's: a hard link to someone else's file (root's, where
+            // fs.protected_hardlinks=0 lets a user make one) is refused. Here: our own file, judged for another uid.
+            let me = getuid()
+            if case .file(let fd, _) = OutputJudge.judge(
+                line: Array("result.txt".utf8), workingDirectory: task, folders: [task], owner: me)
+            {
+                close(fd)
+            } else {
+                Issue.record("the owner's own file was refused")
+            }
+            let foreign = OutputJudge.judge(
+                line: Array("result.txt".utf8), workingDirectory: task, folders: [task], owner: me &+ 1)
+            #expect(
+                foreign == .rejected("'result.txt' belongs to uid \(me), not to the command's user (uid \(me &+ 1))"))
             // Only the last non-empty line counts, and megabytes of stdout are fine.
             var big = [UInt8](repeating: UInt8(ascii: "x"), count: 3 << 20)
             big += Array("\nresult.txt\n\n  \n".utf8)

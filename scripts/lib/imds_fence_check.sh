@@ -2,7 +2,7 @@
 # The IMDS fence, checked in a network namespace of its own (SandboxTests.theCommandCannotReachIMDS): IMDS (the
 # stand-in) at EC2's addresses 169.254.169.254 and [fd00:ec2::254], moto on the namespace's loopback, and one worker
 # (root) running one task as `nobody` whose command tries to reach IMDS on both. Prints what each side reached, and
-# whether the daemon's nftables rule was gone after it exited. Needs root, ip(8) and nft(8). A third argument
+# whether the daemon's nftables rule was still in place after it exited. Needs root, ip(8) and nft(8). A third argument
 # `pass` sets passCredentials=true: then no rule is put in place, and the command must reach IMDS (the probe's
 # control: a probe that reached nothing would prove nothing).
 #   imds_fence_check.sh PARALLELIZER_BINARY WORK_FOLDER [pass]
@@ -91,5 +91,10 @@ set -e
 echo "worker exited $status"
 cat "$DIR/probe.out" 2>/dev/null || echo "the command never ran"
 grep -o 'instance=i-0fenced' "$DIR/fence-worker.log" | head -1 | sed 's/^/daemon: /'
-if inns nft list tables 2>/dev/null | grep -q parallelizer_imds; then echo "the rule was left in place"; else echo "rule removed at exit"; fi
+if inns nft list tables 2>/dev/null | grep -q "parallelizer_imds_$(id -u nobody)"; then
+    echo "the rule stays after exit"
+else
+    echo "no rule after exit"
+fi
+
 [ "$status" -eq 0 ] || { tail -n 20 "$DIR/fence-worker.log"; exit 1; }

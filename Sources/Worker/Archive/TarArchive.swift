@@ -29,6 +29,7 @@ struct TarArchive {
             var name = pax["path"] ?? longName ?? Self.headerName(header)
             let link = pax["linkpath"] ?? longLink ?? Self.string(header[157..<257])
             let length = Int64(pax["size"] ?? "") ?? size
+            guard length >= 0 else { throw Refusal(description: "'\(name)' has a negative size") }
             switch type {
             case UInt8(ascii: "x"), UInt8(ascii: "g"), UInt8(ascii: "L"), UInt8(ascii: "K"):
                 guard size <= 1 << 20 else { throw Refusal(description: "an extended header over 1 MiB") }
@@ -111,9 +112,11 @@ struct TarArchive {
         var records: [String: String] = [:]
         var at = 0
         while at < data.count {
+            // The record must hold its length, the space, and at least the closing newline after it.
             guard let space = data[at...].firstIndex(of: 0x20), let length = Int(string(data[at..<space])),
-                length > 0, at + length <= data.count
+                length > 0, length <= data.count - at, space + 1 <= at + length - 1
             else { break }
+
             let record = data[(space + 1)..<(at + length - 1)]
             if let eq = record.firstIndex(of: UInt8(ascii: "=")) {
                 records[string(record[..<eq])] = String(decoding: record[(eq + 1)...], as: UTF8.self)

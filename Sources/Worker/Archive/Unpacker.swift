@@ -1,3 +1,4 @@
+internal import CSpawn
 import AWSCore
 @preconcurrency import Glibc
 
@@ -21,6 +22,9 @@ final class Unpacker {
     }
 
     private let root: Int32
+    private let folder: String
+    /// The links made, as paths under the folder: checked again once everything is in place (`checkLinks`).
+    private var links: [[String]] = []
     let maxBytes: Int64
     private(set) var bytesWritten: Int64 = 0
     private(set) var entries = 0
@@ -33,6 +37,7 @@ final class Unpacker {
             throw Refusal(description: "cannot open \(folder): \(String(cString: strerror(errno)))")
         }
         self.maxBytes = maxBytes
+        self.folder = folder
     }
 
     deinit { close(root) }
@@ -72,6 +77,7 @@ final class Unpacker {
             guard symlinkat(target, parent, leaf) == 0 else {
                 throw Refusal(description: "cannot create the link '\(name)': \(String(cString: strerror(errno)))")
             }
+            links.append(parts)
         case .file:
             let fd = openat(parent, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o755)
             guard fd >= 0 else {
@@ -110,8 +116,42 @@ final class Unpacker {
         return current
     }
 
+    /// Checks every link once the archive is unpacked, the way the kernel resolves it: one link's target can lead
+    /// through another (`l -> .`, then `x -> l/l/../../etc`), which the lexical check of each alone (`checkLink`)
+    /// does not see. `openat2` with `RESOLVE_BENEATH` from the folder refuses any resolution that leaves it; on
+    /// kernels before 5.6, the resolved path must lie inside the folder.
+    func checkLinks() throws(Refusal) {
+        let base = LocalFile.realPath(folder) ?? folder
+        for parts in links {
+            let path = parts.joined(separator: "/")
+            let resolveBeneath: UInt64 = 0x08
+            let fd = pz_openat2(root, path, pz_o_path() | O_CLOEXEC, resolveBeneath)
+            if fd >= 0 {
+                close(fd)
+                continue
+            }
+            switch errno {
+            case ENOENT, ENOTDIR:
+                continue  // a link to nothing (yet) inside: its lexical check passed
+            case EXDEV:
+                throw Refusal(description: "'\(path)' is a link that leads outside the archive through another link")
+            case ELOOP:
+                throw Refusal(description: "'\(path)' is a link in a loop of links")
+            case ENOSYS, EINVAL, E2BIG:
+                if let real = LocalFile.realPath(base + "/" + path), real != base, !real.hasPrefix(base + "/") {
+                    throw Refusal(
+                        description: "'\(path)' is a link that leads outside the archive through another link")
+                }
+            default:
+                throw Refusal(description: "'\(path)' cannot be checked: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
     /// A link's target must be relative and stay inside the folder, resolved from the link's own folder.
-    private func checkLink(_ target: String, at parts: [String], entry: String) throws(Refusal) {
+    private func checkLink(
+        _ target: String, at parts: [String], entry: String
+    ) throws(Refusal) {
         guard !target.hasPrefix("/"), !target.isEmpty, !target.utf8.contains(0) else {
             throw Refusal(description: "'\(entry)' is a link pointing outside the archive ('\(target)')")
         }

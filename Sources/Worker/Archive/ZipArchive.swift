@@ -42,6 +42,7 @@ struct ZipArchive {
     func entries() throws(Refusal) -> [Entry] {
         // The end-of-central-directory record is in the last 64 KiB + 22 bytes (its comment is at most 64 KiB).
         let tailSize = Int(min(fileSize, 65_557))
+        guard tailSize >= 22 else { throw Refusal(description: "it is not a zip archive (too short)") }
         let tail = try read(fileSize - Int64(tailSize), tailSize)
         guard let eocd = (0...max(0, tailSize - 22)).reversed().first(where: { tail.u32($0) == 0x0605_4b50 }) else {
             throw Refusal(description: "it is not a zip archive (no end of central directory)")
@@ -56,13 +57,13 @@ struct ZipArchive {
             guard locator.u32(0) == 0x0706_4b50 else {
                 throw Refusal(description: "a zip64 archive without its locator")
             }
-            let record = try read(Int64(locator.u64(8)), 56)
+            let record = try read(try Self.bounded(locator.u64(8)), 56)
             guard record.u32(0) == 0x0606_4b50 else {
                 throw Refusal(description: "a zip64 archive without its end record")
             }
-            count = Int64(record.u64(32))
-            size = Int64(record.u64(40))
-            offset = Int64(record.u64(48))
+            count = try Self.bounded(record.u64(32))
+            size = try Self.bounded(record.u64(40))
+            offset = try Self.bounded(record.u64(48))
         }
         guard size <= 256 << 20 else { throw Refusal(description: "its central directory is over 256 MiB") }
         let directory = try read(offset, Int(size))
@@ -93,15 +94,15 @@ struct ZipArchive {
                 if id == 0x0001 {
                     var field = extra + 4
                     if entry.size == 0xFFFF_FFFF, field + 8 <= extraEnd {
-                        entry.size = Int64(directory.u64(field))
+                        entry.size = try Self.bounded(directory.u64(field))
                         field += 8
                     }
                     if entry.compressedSize == 0xFFFF_FFFF, field + 8 <= extraEnd {
-                        entry.compressedSize = Int64(directory.u64(field))
+                        entry.compressedSize = try Self.bounded(directory.u64(field))
                         field += 8
                     }
                     if entry.localHeader == 0xFFFF_FFFF, field + 8 <= extraEnd {
-                        entry.localHeader = Int64(directory.u64(field))
+                        entry.localHeader = try Self.bounded(directory.u64(field))
                     }
                 }
                 extra += 4 + length
@@ -112,7 +113,14 @@ struct ZipArchive {
         return entries
     }
 
+    /// A zip64 size or offset, refused past 2^60 (an exbibyte): sums of two or three of them cannot overflow.
+    static func bounded(_ value: UInt64) throws(Refusal) -> Int64 {
+        guard value <= 1 << 60 else { throw Refusal(description: "its sizes or offsets are corrupt") }
+        return Int64(value)
+    }
+
     /// Unpacks every entry through `unpacker`.
+
     func unpack(into unpacker: Unpacker) throws(Refusal) {
         for entry in try entries() {
             try unpack(entry, into: unpacker)
