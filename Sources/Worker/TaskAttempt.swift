@@ -79,8 +79,11 @@ extension MessageProcessor {
             bytesIn = try await store.download(input, to: inputPath, logger: logger)
         } catch {
             if Task.isCancelled { return (.interrupted, 0) }
-            // The bucket answered that the key is not there (a bucket that is gone is NoSuchBucket, also a 404).
-            if error.httpStatus == 404 && error.setupProblem == nil {
+            // The bucket answered that the key is not there: NoSuchKey, and only that (a bucket that is gone is
+            // NoSuchBucket, also a 404; a 404 whose body was lost says neither, and is an ordinary failure, retried,
+            // rather than a message given up at once).
+            if error.httpStatus == 404 && error.code == "NoSuchKey" {
+
                 if ours { deadEnds.succeeded(.getInput) }
                 return (.inputMissing(TaskFailure(input: input, reason: "\(error)", outcome: nil)), 0)
             }
