@@ -132,8 +132,12 @@ public enum LocalFile {
         let top = openat(parent, cName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard top >= 0 else { return 0 }
         var remover = TreeRemover(top: top, maxDepth: maxDepth)
-        // Pass after pass while each removes or moves something: what resists (a busy mount point) ends it.
-        while remover.progress {
+        // Pass after pass while each removes or moves something: what resists (a busy mount point) ends it, and so
+        // does a tree that grows while it is removed (a process still writing): one pass per subtree moved up,
+        // and one more, are all a tree that holds still needs.
+        var passes = 0
+        while remover.progress && passes <= remover.moved + 1 {
+            passes += 1
             remover.progress = false
             for entry in entries(of: top) { remover.remove(entry, in: top, depth: 1) }
         }

@@ -86,9 +86,11 @@ static int child_main(void *arg) {
     }
     if (setpgid(0, 0) != 0) child_fail(a, errno);
     // In a mount namespace of its own (with the PID namespace), the command gets the task's own /tmp and /var/tmp,
-    // and a /proc that shows only its own processes. Mounts are made private first, so nothing reaches the host's.
+    // and a /proc that shows only its own processes. Mounts are made slaves first (as systemd's PrivateTmp does):
+    // nothing mounted here reaches the host, while what the host mounts later (an automounted share) still
+    // reaches the command.
     if (a->in_namespace && (a->private_tmp != NULL || a->mount_proc)) {
-        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) child_fail(a, errno);
+        if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0) child_fail(a, errno);
         if (a->private_tmp != NULL) {
             // Bound through a descriptor: the folder's path may itself lie under /tmp, and be hidden by the first
             // bind before the second.

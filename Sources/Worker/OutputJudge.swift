@@ -50,8 +50,9 @@ public enum OutputJudge {
 
     /// Judges the printed `line` (nil: nothing printed). Relative names are taken from `workingDirectory`; the file
     /// must lie inside one of `folders` (absolute paths without symbolic links: the task's data folder, the
-    /// environment folder), and, with an `owner` (the run-as user), be that user's: a hard link to a file of
-    /// root's, where the kernel allows one (`fs.protected_hardlinks=0`), is refused.
+    /// environment folder), and, with an `owner` (the run-as user), a file in the first folder (the data folder,
+    /// where that user writes) must be that user's: a hard link to a file of root's, where the kernel allows one
+    /// (`fs.protected_hardlinks=0`), is refused. (The environment is root's, and the user cannot write there.)
     public static func judge(line: [UInt8]?, workingDirectory: String, folders: [String], owner: UInt32? = nil)
         -> Verdict
     {
@@ -76,7 +77,7 @@ public enum OutputJudge {
                     close(fd)
                     return .rejected("'\(shown)' is \(kind(st.st_mode)), not a regular file")
                 }
-                if let owner, st.st_uid != owner {
+                if let owner, folder == folders.first, st.st_uid != owner {
                     close(fd)
                     return .rejected("'\(shown)' belongs to uid \(st.st_uid), not to the command's user (uid \(owner))")
                 }

@@ -84,10 +84,9 @@ public struct Isolation: Sendable, Equatable, CustomStringConvertible {
             return "commands run in a process group of their own (namespaces need root): a process that leaves the "
                 + "group can outlive its task"
         }
-        return "commands run in a PID namespace of their own (nothing they start outlives them)"
-            + (privateTmp ? ", with their task's own /tmp" : ", sharing the host's /tmp")
-
-            + (ownProc ? " and /proc" : ", seeing the host's /proc (a /proc of their own is refused here)")
+        return "commands run in a PID namespace of their own (nothing they start outlives them); "
+            + (privateTmp ? "/tmp: their task's own" : "/tmp: the host's") + "; "
+            + (ownProc ? "/proc: their own" : "/proc: the host's (a /proc of their own is refused here)")
     }
 }
 
@@ -107,16 +106,15 @@ public struct ProcessRunner: Sendable {
         let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
         defer { close(null) }
         var template = Array((scratch + "/isolation-probe-XXXXXX").utf8CString)
-        guard let made = mkdtemp(&template) else { return .none }
-        let tmp = String(cString: made)
-        defer { rmdir(tmp) }
-        let candidates = [
-            Isolation(pidNamespace: true, privateTmp: privateTmp, ownProc: true),
-            Isolation(pidNamespace: true, privateTmp: privateTmp, ownProc: false),
-            Isolation(pidNamespace: true, privateTmp: false, ownProc: false),
-        ]
+        let tmp = mkdtemp(&template).map { String(cString: $0) }
+        defer { if let tmp { rmdir(tmp) } }
+        var candidates: [Isolation] = []
+        for ownTmp in privateTmp && tmp != nil ? [true, false] : [false] {
+            for ownProc in [true, false] {
+                candidates.append(Isolation(pidNamespace: true, privateTmp: ownTmp, ownProc: ownProc))
+            }
+        }
         for candidate in candidates {
-
             guard
                 let started = try? ProcessRunner(isolation: candidate).spawn(
                     argv: ["/bin/true"], environment: [:], directory: "/", stdout: null, stderr: null, user: nil,

@@ -93,9 +93,14 @@ struct StartUp: Sendable {
         if let user, !config.passCredentials {
             try await fenceOffIMDS(for: user, path: environment["PATH"] ?? "", logger: logger)
         }
-        // A private /tmp hides what lies under the real one: not when the work, the command or its environment do.
+        // A private /tmp hides what lies under the real one: not when the work, the command (or a file named in its
+        // arguments), its environment or its TMPDIR do.
         var privateTmp = config.privateTmp
-        let underTmp = [config.workDir, program, environmentDirectory].compactMap { $0 }.first { path in
+        let named =
+            [config.workDir, program, environmentDirectory, environment["TMPDIR"]].compactMap { $0 }
+            + config.analysisProgram.dropFirst().filter { $0.hasPrefix("/") }
+        let underTmp = named.first { path in
+
             let real = LocalFile.realPath(path) ?? path
             return ["/tmp", "/var/tmp"].contains { real == $0 || real.hasPrefix($0 + "/") }
         }
@@ -120,25 +125,31 @@ struct StartUp: Sendable {
     /// once instead of removing the first one's task folders under it. Task folders left by a killed run are
     /// removed (their messages come back by themselves), through descriptors.
     func claimWorkDir() throws(ConfigError) -> Int32 {
-        let dir = config.workDir
         func refuse(_ message: String) -> ConfigError { ConfigError(key: "workDir", message: message) }
-        if mkdir(dir, 0o700) != 0 && errno != EEXIST {
-            throw refuse("cannot create \(dir): \(String(cString: strerror(errno)))")
+        if mkdir(config.workDir, 0o700) != 0 && errno != EEXIST {
+            throw refuse("cannot create \(config.workDir): \(String(cString: strerror(errno)))")
         }
+        // A link to the real folder (on an instance store, say) is fine: the folder it leads to is what is checked.
+        let dir = LocalFile.realPath(config.workDir) ?? config.workDir
         let fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw refuse("cannot open \(dir): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, st.st_uid == getuid(), st.st_mode & (S_ISVTX | S_IWOTH) == 0 else {
+        guard fstat(fd, &st) == 0, st.st_mode & (S_ISVTX | S_IWOTH) == 0 else {
             throw refuse("\(dir) must be a folder of the daemon's own, not a shared one (such as /tmp)")
         }
-        _ = fchmod(fd, 0o700)
+        guard st.st_uid == getuid() else {
+            throw refuse("\(dir) belongs to uid \(st.st_uid), not to the daemon's user (uid \(getuid()))")
+        }
+        // The lock before anything changes: a second daemon must not touch the first one's folder (its mode, its
+        // tasks) on its way to being refused.
         let lock = openat(fd, ".lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard lock >= 0 else { throw refuse("cannot lock \(dir): \(String(cString: strerror(errno)))") }
         guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
             close(lock)
             throw refuse("another parallelizer daemon is using \(dir): give each its own workDir")
         }
+        _ = fchmod(fd, 0o700)
         LocalFile.removeTree(in: fd, "tasks")
         _ = mkdirat(fd, "tasks", 0o700)
         return lock

@@ -71,7 +71,7 @@ struct CommandSecurityTests {
             #expect(report.contains("daemonenv=denied"), "the command could read the daemon's environment: \(report)")
             // With a /proc of the namespace's own the daemon is not even there to try; with the host's, it must be
             // found (else the check above proves nothing).
-            let ownProc = h.log("w").contains("and /proc")
+            let ownProc = h.log("w").contains("/proc: their own")
             #expect(report.contains("daemon=notfound") == ownProc, "\(report)")
 
         }

@@ -9,8 +9,9 @@ import Worker
 struct TransportFault: Sendable, CustomTestStringConvertible {
     var name: String
     var rules: String
-    /// Text the workers' logs must show: the fault was met and got past.
-    var logShows = "retrying AWS call"
+    /// Text the workers' logs must show: the fault was met and got past. Nil where the fault may be got past below
+    /// the daemon: then the proxy's count of faults fired is the evidence.
+    var logShows: String? = "retrying AWS call"
     var testDescription: String { name }
 
     static let all: [TransportFault] = [
@@ -25,7 +26,9 @@ struct TransportFault: Sendable, CustomTestStringConvertible {
             rules: """
                 [{"service":"sqs","error":{"code":"ThrottlingException","status":400},"probability":0.2}]
                 """),
-        TransportFault(name: "TCP resets", rules: #"[{"reset":true,"probability":0.1}]"#),
+        // libcurl itself sends a request again, once, on a fresh connection when a reused one dies before any byte
+        // of the answer: most resets never reach the daemon's retry, and in one CI run none of 35 did.
+        TransportFault(name: "TCP resets", rules: #"[{"reset":true,"probability":0.1}]"#, logShows: nil),
         // Latency is no error: nothing to retry, only slower tasks (task.seconds in the log).
         TransportFault(
             name: "1-3 s latency",
@@ -67,11 +70,13 @@ extension S3FaultTests {
             let fired = try await TestEnvironment.faultsFired()
             let result = try await fleet.finish(workers, started: started)
             try await TestEnvironment.setFaultRules("[]")
-            print(
-                "fault scenario '\(fault.name)': \(result), faults fired \(try await TestEnvironment.faultsFired() - fired)"
-            )
+            let firedHere = try await TestEnvironment.faultsFired() - fired
+            print("fault scenario '\(fault.name)': \(result), faults fired \(firedHere)")
             #expect(result.passed, "\(result)\n\(result.workerLogTails)")
-            #expect(fleet.logs().contains(fault.logShows), "no sign of the fault in the logs: \(result)")
+            #expect(firedHere > 0, "the proxy fired no fault: \(result)")
+            if let logShows = fault.logShows {
+                #expect(fleet.logs().contains(logShows), "no sign of the fault in the logs: \(result)")
+            }
         }
     }
 }

@@ -63,16 +63,23 @@ struct SandboxTests {
     @Test(.enabled(if: asRoot, "needs root: the command runs as nobody"), arguments: [true, false])
     func aFIFOInPlaceOfTheLogsDoesNotStallTheDaemon(runAsUser: Bool) async throws {
         try await withTemporaryDirectory { dir in
-            _ = chmod(dir, 0o777)
+            // Where the command reports (Self.run makes `dir` itself 0755).
+            let marks = dir + "/marks"
+            _ = mkdir(marks, 0o777)
+            _ = chmod(marks, 0o777)
             let (h, outcome) = try await Self.run(
                 dir,
                 """
-                if rm -f ../stdout.log 2>/dev/null && mkfifo ../stdout.log; then touch \(dir)/swapped; fi
+                if rm -f ../stdout.log 2>/dev/null && mkfifo ../stdout.log; then
+                    touch \(marks)/swapped
+                else
+                    touch \(marks)/refused
+                fi
                 exit 0
                 """, runAsUser: runAsUser)
             #expect(outcome == .exited(0), "the daemon did not finish: \(h.log("w").suffix(2000))")
             #expect(try await h.queueDepth() == 0)
-            #expect(fileExists(dir + "/swapped") == !runAsUser)
+            #expect(fileExists(marks + (runAsUser ? "/refused" : "/swapped")), "\(LocalFile.listDirectory(marks))")
         }
     }
 
@@ -98,12 +105,15 @@ struct SandboxTests {
                     """
                     #!/bin/sh
                     touch /tmp/\(marker) /var/tmp/\(marker)
+                    # Its stdout is the daemon's log, handed over write-only: reading it back fails.
+                    if head -c 1 <&1 >/dev/null 2>&1; then echo "stdout=readable" > report.txt
+                    else echo "stdout=write-only" > report.txt; fi
                     {
                         echo "tmp=$(ls -A /tmp | tr '\\n' ' ')"
                         echo "pids=$(ls /proc | grep -c '^[0-9]')"
                         grep '^NoNewPrivs' /proc/self/status
                         echo "user=$(id -un)"
-                    } > report.txt
+                    } >> report.txt
                     echo report.txt
 
                     """.utf8), mode: 0o755)
@@ -118,11 +128,12 @@ struct SandboxTests {
             let report = try await h.output("report.txt")
             #expect(report.contains("NoNewPrivs:\t1"), "\(report)")
             #expect(report.contains("user=nobody"), "\(report)")
+            #expect(report.contains("stdout=write-only"), "\(report)")
             // What start-up found is what the command got; on an instance (and here, as root), all of it.
-            #expect(log.contains("with their task's own /tmp"), "\(log.suffix(2000))")
+            #expect(log.contains("/tmp: their task's own"), "\(log.suffix(2000))")
             #expect(report.contains("tmp=\(marker) "), "the command saw more than its own /tmp: \(report)")
             #expect(!fileExists("/tmp/" + marker) && !fileExists("/var/tmp/" + marker), "the host's /tmp was used")
-            #expect(log.contains("and /proc"), "\(log.suffix(2000))")
+            #expect(log.contains("/proc: their own"), "\(log.suffix(2000))")
             // sh, and the subshell running ls and grep: a handful, not the host's hundreds.
             let pids = report.split(separator: "\n").first { $0.hasPrefix("pids=") }.map { Int($0.dropFirst(5)) }
             #expect((pids ?? nil).map { $0 < 10 } == true, "\(report)")

@@ -137,8 +137,13 @@ final class Unpacker {
                 throw Refusal(description: "'\(path)' is a link that leads outside the archive through another link")
             case ELOOP:
                 throw Refusal(description: "'\(path)' is a link in a loop of links")
-            case ENOSYS, EINVAL, E2BIG:
-                if let real = LocalFile.realPath(base + "/" + path), real != base, !real.hasPrefix(base + "/") {
+            case ENOSYS, EINVAL, E2BIG, EPERM:
+                // No openat2 (a kernel before 5.6, or a container's seccomp filter): the resolved path is checked.
+                guard let real = LocalFile.realPath(base + "/" + path) else {
+                    if errno == ELOOP { throw Refusal(description: "'\(path)' is a link in a loop of links") }
+                    continue
+                }
+                if real != base, !real.hasPrefix(base + "/") {
                     throw Refusal(
                         description: "'\(path)' is a link that leads outside the archive through another link")
                 }
