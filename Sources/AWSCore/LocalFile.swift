@@ -55,6 +55,27 @@ public enum LocalFile {
         return true
     }
 
+    /// Writes `bytes` to a file beside `path`, flushes it and renames it into place: a reader sees the old content or
+    /// the new, never half of it, even when the writer is killed.
+    @discardableResult
+    public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) -> Bool {
+        let temporary = path + ".tmp-\(getpid())"
+        guard write(temporary, bytes, mode: mode) else {
+            unlink(temporary)
+            return false
+        }
+        let fd = open(temporary, O_RDONLY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            return false
+        }
+        return true
+    }
+
     /// The names in a folder, without `.` and `..`; empty if it cannot be read.
     public static func listDirectory(_ path: String) -> [String] {
         guard let dir = opendir(path) else { return [] }

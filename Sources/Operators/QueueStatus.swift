@@ -17,7 +17,12 @@ public struct QueueStatus: Sendable, Equatable, Codable {
     /// From the ledger's heartbeats, when a ledger table was given.
     public var fleet: FleetStatus?
 
-    /// Reads the queue's counts, its dead-letter queue's, and (with `output`) counts outputs and `_failed/` records.
+    /// The listing prefix for failure records. Without the `/`, and the keys filtered: moto refuses the signature of
+    /// a listing whose prefix holds a `/` (AWS and SeaweedFS accept it), and this costs nothing on AWS.
+    static let failedRecordsPrefix = "_failed"
+
+    /// Reads the queue's counts, its dead-letter queue's, and (with `output`) counts outputs under its prefix and the
+    /// `_failed/` records at the bucket's top, where the daemon writes them.
     public static func read(
         queueURL: String, output: S3URI?, context: AWSContext,
         logger: Logger
@@ -38,12 +43,23 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             status.deadLetters = Int(d["ApproximateNumberOfMessages"] ?? "") ?? 0
         }
         if let output {
+            // Failure records are written at the output bucket's top (`_failed/`), whatever the `outputPrefix`;
+            // the daemon's own objects (`_parallelizer/`) are neither outputs nor records.
             var outputs = 0, failures = 0
-            try await S3Client(context: context).listAll(bucket: output.bucket, prefix: output.key, logger: logger) {
-                page throws(AWSError) in
+            let s3 = try S3Client(context: context)
+            try await s3.listAll(bucket: output.bucket, prefix: output.key, logger: logger) { page throws(AWSError) in
                 for object in page {
-                    if object.key.hasPrefix(output.key + "_failed/") { failures += 1 } else { outputs += 1 }
+                    let relative = object.key.dropFirst(output.key.count)
+                    if relative.hasPrefix("_parallelizer/") || output.key.isEmpty && relative.hasPrefix("_failed/") {
+                        continue
+                    }
+                    outputs += 1
                 }
+            }
+            // (A prefix without its `/`: see `failedRecordsPrefix`.)
+            try await s3.listAll(bucket: output.bucket, prefix: Self.failedRecordsPrefix, logger: logger) {
+                page throws(AWSError) in
+                failures += page.filter { $0.key.hasPrefix("_failed/") }.count
             }
             status.outputs = outputs
             status.failureRecords = failures

@@ -1,5 +1,6 @@
 import AWSCore
 import AWSServices
+import TaskLedger
 
 /// What a message asks for.
 public enum MessageRequest: Sendable, Equatable {
@@ -133,14 +134,11 @@ public enum TaskPaths {
         return name
     }
 
-    /// `outputPrefix` + the input key's folder (relative to `inputPrefix`) + the output's file name, so outputs of
-    /// inputs with the same name in different folders never collide.
+    /// Where an output goes: `OutputContract.outputKey`, shared with the operators' tools.
     public static func outputKey(inputKey: String, inputPrefix: String, outputPrefix: String, outputName: String)
         -> String
     {
-        var relative = inputKey
-        if !inputPrefix.isEmpty, relative.hasPrefix(inputPrefix) { relative.removeFirst(inputPrefix.count) }
-        let folder = relative.lastIndex(of: "/").map { String(relative[...$0]) } ?? ""
-        return outputPrefix + folder + outputName
+        OutputContract.outputKey(
+            inputKey: inputKey, inputPrefix: inputPrefix, outputPrefix: outputPrefix, outputName: outputName)
     }
 }

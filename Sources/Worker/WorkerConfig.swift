@@ -18,7 +18,7 @@ public struct WorkerConfig: Sendable, Equatable {
     /// The most the environment archive may unpack to, in MiB.
     public var environmentMaxMiB: Int = 4096
     public var visibilityTimeout: Int = 600
-    /// Worker slots in this process (0 in the parameters means one per core).
+    /// Worker slots in this process (absent or 0 in the parameters: one per core).
     public var numThreads: Int = 1
     public var shouldShutdown: Bool = true
     public var region: String?
@@ -183,7 +183,9 @@ extension WorkerConfig {
         }
         if let v = try integer("environmentMaxMiB", 1...1_048_576) { config.environmentMaxMiB = v }
         if let v = try integer("visibilityTimeout", 1...43200, duration: true) { config.visibilityTimeout = v }
-        if let v = try integer("numThreads", 0...256) { config.numThreads = v == 0 ? max(1, cores) : v }
+        // Absent or 0: one slot per core, as aws-parallelizer's default of 0 was.
+        let threads = try integer("numThreads", 0...256) ?? 0
+        config.numThreads = threads == 0 ? max(1, cores) : threads
         if let v = try boolean("shouldShutdown") { config.shouldShutdown = v }
         config.region = string("region")
         config.accessKey = string("accessKey")
@@ -204,6 +206,13 @@ extension WorkerConfig {
         }
         if let v = string("logFile") { config.logFile = v }
         config.taskTimeout = try integer("taskTimeout", 1...43200 * 2, duration: true)
+        if let limit = config.taskTimeout, limit > VisibilityPlan.longestTask {
+            throw ConfigError(
+                key: "taskTimeout",
+                message:
+                    "is \(limit) s, longer than one receive can keep a message hidden (SQS's 12 hours less 11 minutes: at most \(VisibilityPlan.longestTask) s); another worker would be handed the message mid-task. Split the work, or lower taskTimeout"
+            )
+        }
         if let v = try integer("maxAttempts", 1...1000) { config.maxAttempts = v }
         if let v = try integer("idleTimeout", 0...86400, duration: true) { config.idleTimeout = v }
         if let v = try words("shutdownCommand") {

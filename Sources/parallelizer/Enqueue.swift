@@ -3,12 +3,18 @@ import AWSCore
 import AWSServices
 @preconcurrency import Glibc
 import Logging
-import Synchronization
 import Operators
 
 struct Enqueue: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Send one message per input: every object under s3://bucket/prefix, or the keys in a file.")
+        abstract: "Send one message per input: every object under s3://bucket/prefix, or the keys in a file.",
+        discussion: """
+            Inputs are read and sent a chunk of 1000 at a time, so memory does not grow with their number. Bodies are \
+            JSON ({"bucket","key"}) unless --body-form says otherwise: any key, even one that starts with '{' or \
+            's3://', is read back exactly. With --resume FILE, the last key of every chunk sent whole is written to \
+            FILE, and a run started again with the same FILE goes on after it (at most one chunk is sent twice; a \
+            message sent twice only makes a worker write the same output again).
+            """)
 
     @OptionGroup var global: GlobalOptions
 
@@ -21,21 +27,62 @@ struct Enqueue: AsyncParsableCommand {
     @Option(help: "Read keys from this file, one per line ('-' for standard input) instead of listing a bucket.")
     var fromFile: String?
 
-    @Option(help: "Leave out inputs whose output already exists under s3://bucket/prefix.")
+    @Option(help: "The input bucket named in JSON bodies of keys read with --from-file (default: the daemon's).")
+    var inputBucket: String?
+
+    @Option(
+        help:
+            "Leave out inputs whose output exists under s3://bucket/prefix (the daemon's outputBucket and outputPrefix); needs --output-name."
+    )
     var skipDone: String?
 
-    @Option(help: "Message body: 'key' (aws-parallelizer's form) or 's3uri' (s3://bucket/key).")
-    var bodyForm: String = "key"
+    @Option(
+        help:
+            "With --skip-done: the name the command gives its output, {name} standing for the input's file name ('{name}.out'). Only that exact key counts."
+    )
+    var outputName: String?
+
+    @Option(help: "With --skip-done: the daemon's inputPrefix (outputs keep the input's folder below it).")
+    var inputPrefix: String = ""
+
+    @Option(help: "Also leave out inputs that this ledger table records as done.")
+    var doneInLedger: String?
+
+    @Option(help: "Message body: 'json' (default), 's3uri' (s3://bucket/key) or 'key' (aws-parallelizer's bare key).")
+    var bodyForm: String = "json"
+
+    @Option(help: "Keep a checkpoint in this file, and go on from the one there.")
+    var resume: String?
 
     @Option(help: "SendMessageBatch calls in flight at once.")
     var concurrency: Int = 8
 
+    /// Inputs read, checked and sent at a time.
+    static let chunk = 1000
+
     func validate() throws {
-        guard source != nil || fromFile != nil else { throw ValidationError("give s3://bucket/prefix or --from-file") }
+        guard (source != nil) != (fromFile != nil) else {
+            throw ValidationError("give s3://bucket/prefix or --from-file, not both")
+        }
         if let source, S3URI(source) == nil { throw ValidationError("'\(source)' is not s3://bucket/prefix") }
-        if let skipDone, S3URI(skipDone) == nil { throw ValidationError("--skip-done takes s3://bucket/prefix") }
-        guard ["key", "s3uri"].contains(bodyForm) else { throw ValidationError("--body-form is key or s3uri") }
-        guard bodyForm == "key" || source != nil else { throw ValidationError("--body-form s3uri needs s3://bucket/") }
+        if let skipDone {
+            guard S3URI(skipDone) != nil else { throw ValidationError("--skip-done takes s3://bucket/prefix") }
+            guard let outputName, !outputName.isEmpty, !outputName.contains("/") else {
+                throw ValidationError(
+                    "--skip-done needs --output-name: the file name the command prints for its output, {name} standing for the input's ('{name}.out'); only that exact key counts as done"
+                )
+            }
+        }
+        guard let form = BodyForm(rawValue: bodyForm) else {
+            throw ValidationError("--body-form is json, s3uri or key")
+        }
+        if form == .s3uri && source == nil && inputBucket == nil {
+            throw ValidationError("--body-form s3uri needs the bucket: list s3://bucket/ or give --input-bucket")
+        }
+        if let inputBucket, !S3URI.mayBeBucketName(inputBucket) {
+            throw ValidationError("'\(inputBucket)' is not a bucket name")
+        }
+        if resume != nil && fromFile == "-" { throw ValidationError("--resume cannot go on from standard input") }
         guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency is 1...64") }
     }
 
@@ -43,74 +90,176 @@ struct Enqueue: AsyncParsableCommand {
         let logger = global.logger("parallelizer.enqueue")
         let context = try await global.context(logger: logger)
         let s3 = try S3Client(context: context)
-        let clock = ContinuousClock()
-        let started = clock.now
+        let form = BodyForm(rawValue: bodyForm)!
+        let origin = source ?? fromFile!
+        var sources: [DoneCheck.Source] = []
+        if let skipDone, let out = S3URI(skipDone), let outputName {
+            sources.append(
+                .outputs(bucket: out.bucket, outputPrefix: out.key, inputPrefix: inputPrefix, outputName: outputName))
+        }
+        if let doneInLedger { sources.append(.ledger(table: doneInLedger, queueURL: queueURL)) }
+        let doneCheck =
+            sources.isEmpty
+            ? nil
+            : DoneCheck(
+                sources: sources, s3: s3,
+                dynamo: doneInLedger == nil
+                    ? nil : try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: queueURL)))
 
-        var keys: [String] = []
-        if let fromFile {
-            let text: String?
-            if fromFile == "-" {
-                var lines: [String] = []
-                while let line = readLine(strippingNewline: true) { lines.append(line) }
-                text = lines.joined(separator: "\n")
-            } else {
-                text = LocalFile.read(fromFile, limit: 1 << 30).map { String(decoding: $0, as: UTF8.self) }
+        var start: EnqueueCheckpoint?
+        if let resume, let saved = EnqueueCheckpoint.read(resume) {
+            guard saved.source == origin else {
+                throw ValidationError("\(resume) is the checkpoint of another run (\(saved.source)), not of \(origin)")
             }
-            guard let text else { throw ValidationError("cannot read \(fromFile)") }
-            keys = text.split(separator: "\n", omittingEmptySubsequences: true).map {
-                String($0.hasSuffix("\r") ? $0.dropLast() : $0)
-            }.filter { !$0.isEmpty }
-        } else if let source, let uri = S3URI(source) {
-            try await s3.listAll(bucket: uri.bucket, prefix: uri.key, logger: logger) { page throws(AWSError) in
-                keys += page.map(\.key).filter { !$0.hasSuffix("/") }
-            }
+            start = saved
+            print("resuming after \(saved.source.hasPrefix("s3://") ? "'\(saved.lastKey)'" : "line \(saved.lines)")")
         }
-        var skipped = 0
-        if let skipDone, let out = S3URI(skipDone) {
-            var outputs: [String] = []
-            try await s3.listAll(bucket: out.bucket, prefix: out.key, logger: logger) { page throws(AWSError) in
-                outputs += page.map(\.key)
-            }
-            let done = Enqueuer.done(inputs: keys, outputs: outputs, outputPrefix: out.key)
-            skipped = done.count
-            keys = keys.filter { !done.contains($0) }
-        }
-        let bucket = source.flatMap(S3URI.init)?.bucket ?? ""
-        let bodies = bodyForm == "s3uri" ? keys.map { "s3://\(bucket)/\($0)" } : keys
-        let total = bodies.count
-        let terminal = isatty(2) == 1
-        let lastReport = Mutex(clock.now)
+
+        var run = Progress(started: ContinuousClock.now, sentBefore: start?.sent ?? 0)
         var enqueuer = Enqueuer(sqs: SQSClient(context: context), queueURL: queueURL)
         enqueuer.concurrency = concurrency
-        let totals = await enqueuer.send(bodies, logger: logger) { t in
-            let done = t.sent + t.failed
-            let due = lastReport.withLock { last -> Bool in
-                guard clock.now - last >= .seconds(terminal ? 0.2 : 2) || done == total else { return false }
-                last = clock.now
-                return true
+        let bucket = source.flatMap(S3URI.init)?.bucket ?? inputBucket
+
+        /// Sends one chunk; false when the run must stop (a failure: the checkpoint stays before this chunk).
+        func send(_ keys: [String], lines: Int) async throws -> Bool {
+            guard let last = keys.last else { return true }
+            let done = try await doneCheck?.done(keys, logger: logger) ?? []
+            run.skipped += done.count
+            var bodies: [String] = []
+            for key in keys where !done.contains(key) {
+                if let body = form.body(bucket: bucket, key: key) {
+                    bodies.append(body)
+                } else {
+                    run.failed += 1
+                    logger.error(
+                        "not sent: a bare-key body cannot carry this key (it would be read as something else); use --body-form json",
+                        metadata: ["key": "\(key)"])
+                }
             }
-            guard due else { return }
-            if terminal {
-                let width = 30
-                let filled = total == 0 ? width : width * done / total
-                let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-                fputs("\r[\(bar)] \(done)/\(total)", stderr)
-            } else {
-                logger.info(
-                    "enqueue progress", metadata: ["sent": "\(t.sent)", "failed": "\(t.failed)", "total": "\(total)"])
+            let totals = await enqueuer.send(bodies, logger: logger)
+            run.sent += totals.sent
+            run.failed += totals.failed
+            if let stop = totals.stoppedBy { run.stoppedBy = stop }
+            run.report(logger: logger)
+            guard totals.failed == 0 && totals.stoppedBy == nil else { return false }
+            if let resume,
+                !EnqueueCheckpoint(source: origin, lastKey: last, lines: lines, sent: run.sentBefore + run.sent)
+                    .write(resume)
+            {
+                logger.error("cannot write the checkpoint; stopping", metadata: ["file": "\(resume)"])
+                return false
             }
+            return true
         }
-        if terminal { fputs("\n", stderr) }
-        let elapsed = (clock.now - started).seconds
-        let rate = elapsed > 0 ? Double(totals.sent) / elapsed : 0
-        print(
-            "sent \(totals.sent), skipped \(skipped), failed \(totals.failed) in \(elapsed) s (\(Int(rate)) messages/s)"
-        )
-        if let stop = totals.stoppedBy {
+
+        if let source, let uri = S3URI(source) {
+            var token: String?
+            var first = true
+            repeat {
+                let page = try await s3.listObjectsV2(
+                    bucket: uri.bucket, prefix: uri.key, continuationToken: token,
+                    startAfter: first ? start?.lastKey : nil, logger: logger)
+                first = false
+                let keys = page.objects.map(\.key).filter { !$0.hasSuffix("/") }
+                guard try await send(keys, lines: 0) else { break }
+                token = page.nextContinuationToken
+            } while token != nil
+        } else if let fromFile {
+            guard let lines = LineReader(path: fromFile) else { throw ValidationError("cannot read \(fromFile)") }
+            var number = 0
+            var keys: [String] = []
+            while let line = lines.next() {
+                number += 1
+                if number <= start?.lines ?? 0 { continue }
+                let key = line.hasSuffix("\r") ? String(line.dropLast()) : line
+                if !key.isEmpty { keys.append(key) }
+                if keys.count == Self.chunk {
+                    guard try await send(keys, lines: number) else { break }
+                    keys.removeAll(keepingCapacity: true)
+                }
+            }
+            if run.failed == 0 && run.stoppedBy == nil { _ = try await send(keys, lines: number) }
+        }
+        run.finish()
+        if let stop = run.stoppedBy {
             logger.critical(
                 "enqueue stopped: every further call would fail the same way", metadata: ["error": "\(stop)"])
             throw ExitCode(2)
         }
-        if totals.failed > 0 { throw ExitCode(1) }
+        if run.failed > 0 {
+            if resume != nil {
+                logger.error("enqueue stopped at the first chunk with failures; --resume goes on from before it")
+            }
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Running totals and the progress shown while they grow: a line on a terminal, a log line every 2 s elsewhere.
+struct Progress {
+    let started: ContinuousClock.Instant
+    let sentBefore: Int
+    var sent = 0
+    var skipped = 0
+    var failed = 0
+    var stoppedBy: String?
+    var lastReport: ContinuousClock.Instant?
+    let terminal = isatty(2) == 1
+
+    init(started: ContinuousClock.Instant, sentBefore: Int) {
+        self.started = started
+        self.sentBefore = sentBefore
+    }
+
+    mutating func report(logger: Logger) {
+        let now = ContinuousClock.now
+        if let lastReport, now - lastReport < .seconds(terminal ? 0.2 : 2) { return }
+        lastReport = now
+        if terminal {
+            fputs("\rsent \(sent), skipped \(skipped), failed \(failed)", stderr)
+        } else {
+            logger.info(
+                "enqueue progress", metadata: ["sent": "\(sent)", "skipped": "\(skipped)", "failed": "\(failed)"])
+        }
+    }
+
+    func finish() {
+        if terminal { fputs("\n", stderr) }
+        let elapsed = (ContinuousClock.now - started).seconds
+        let rate = elapsed > 0 ? Double(sent) / elapsed : 0
+        print("sent \(sent), skipped \(skipped), failed \(failed) in \(elapsed) s (\(Int(rate)) messages/s)")
+    }
+}
+
+/// Lines of a file (or standard input for `-`), one at a time, without holding the file.
+final class LineReader {
+    let file: UnsafeMutablePointer<FILE>
+    let owned: Bool
+    var buffer: UnsafeMutablePointer<CChar>?
+    var capacity = 0
+
+    init?(path: String) {
+        if path == "-" {
+            file = stdin
+            owned = false
+        } else {
+            guard let f = fopen(path, "re") else { return nil }
+            file = f
+            owned = true
+        }
+    }
+
+    deinit {
+        free(buffer)
+        if owned { fclose(file) }
+    }
+
+    /// The next line without its `\n`; nil at the end.
+    func next() -> String? {
+        let count = getline(&buffer, &capacity, file)
+        guard count >= 0, let buffer else { return nil }
+        let bytes = UnsafeRawBufferPointer(start: buffer, count: count)
+        let line = bytes.last == UInt8(ascii: "\n") ? bytes.dropLast() : bytes[...]
+        return String(decoding: line, as: UTF8.self)
     }
 }

@@ -4,47 +4,141 @@ import FoundationEssentials
 import TestSupport
 import Testing
 import Operators
+import TaskLedger
 import Worker
 
 /// `enqueue` and `status` against moto, as operators run them.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(4)))
 struct OperatorCommandTests {
+    /// S3 on SeaweedFS, SQS on moto: moto refuses the signature of a listing whose query holds a `/` (a prefix or a
+    /// `start-after` key; it signs the query as it arrives, decoded, where AWS and SeaweedFS sign it encoded), and
+    /// `--skip-done` lists from a `start-after` key with the input's folders in it.
     @Test func enqueueListsABucketSkipsDoneWorkAndStatusCounts() async throws {
         try await withTemporaryDirectory { dir in
-            let h = try await WorkerHarness.make(directory: dir)
+            let h = try await WorkerHarness.make(directory: dir, s3: .seaweed)
             let keys = (0..<25).map { "data/\($0 % 3)/f\($0).txt" }
             for key in keys { try await h.upload(key, "x") }
             try await h.upload("other/not-this.txt", "x")
-            // (Prefixes without `/`: moto refuses signatures on listings whose prefix has one; SeaweedFS tests cover it.)
-            // Outputs exist for three inputs (named after them) and one failure record: those four are skipped...
+            // The exact outputs of three inputs (what the command names `{name}.result`, in the input's folder under
+            // the output prefix `res-`): those three are skipped...
             for key in ["data/0/f0.txt", "data/1/f1.txt", "data/2/f2.txt"] {
-                try await h.s3.putObject(bucket: h.outputBucket, key: "\(key).result", bytes: [1], logger: quietLogger)
+                try await h.s3.putObject(
+                    bucket: h.outputBucket, key: "res-\(key).result", bytes: [1], logger: quietLogger)
             }
+            // ...and nothing else counts: an object that only starts like f4's output (a prefix match took f4 as
+            // done), one named like f5's but in another folder, and a failure record.
+            try await h.s3.putObject(
+                bucket: h.outputBucket, key: "res-data/1/f4.txt.result.old", bytes: [1], logger: quietLogger)
+            try await h.s3.putObject(bucket: h.outputBucket, key: "res-f5.txt.result", bytes: [1], logger: quietLogger)
             try await h.s3.putObject(
                 bucket: h.outputBucket, key: "_failed/data/0/f3.txt.json", bytes: [1], logger: quietLogger)
             let (outcome, stdout) = try await h.command(
                 "enqueue",
                 [
                     "enqueue", "--queue-url", h.queueURL, "s3://\(h.inputBucket)/data", "--skip-done",
-                    "s3://\(h.outputBucket)/",
+                    "s3://\(h.outputBucket)/res-", "--output-name", "{name}.result",
                 ])
             #expect(outcome == .exited(0), "\(h.log("enqueue"))")
-            // ...except that a failure record is not an output: f3 goes again.
-            #expect(stdout.hasPrefix("sent 22, skipped 3, failed 0 in "))
+            #expect(stdout.hasPrefix("sent 22, skipped 3, failed 0 in "), "\(stdout)")
             #expect(stdout.contains("messages/s"))
             #expect(try await h.queueDepth() == 22)
+            // JSON bodies, naming the bucket and the exact key.
+            let received = try await h.sqs.receiveMessages(
+                queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1, visibilityTimeout: 0, logger: quietLogger)
+            for message in received {
+                let body = try JSONValue.parse(message.body)
+                #expect(body["bucket"]?.stringValue == h.inputBucket)
+                #expect(keys.contains(body["key"]?.stringValue ?? ""), "\(message.body)")
+            }
+            #expect(!received.isEmpty)
 
-            let (statusOutcome, json) = try await h.command(
-                "status",
-                [
-                    "status", "--queue-url", h.queueURL, "--output", "s3://\(h.outputBucket)/", "--json",
-                ])
-            #expect(statusOutcome == .exited(0), "\(h.log("status"))")
-            let status = try JSONValue.parse(json)
-            #expect(status["visible"]?.intValue == 22)
-            #expect(status["inFlight"]?.intValue == 0)
-            #expect(status["outputs"]?.intValue == 3)
-            #expect(status["failureRecords"]?.intValue == 1)
+            // The failure record sits at the bucket's top, where the daemon writes it, whatever the output prefix.
+            for output in ["s3://\(h.outputBucket)/res-", "s3://\(h.outputBucket)/"] {
+                let (statusOutcome, json) = try await h.command(
+                    "status", ["status", "--queue-url", h.queueURL, "--output", output, "--json"])
+                #expect(statusOutcome == .exited(0), "\(h.log("status"))")
+                let status = try JSONValue.parse(json)
+                #expect(status["visible"]?.intValue == 22)
+                #expect(status["inFlight"]?.intValue == 0)
+                #expect(status["outputs"]?.intValue == 5, "\(output)")
+                #expect(status["failureRecords"]?.intValue == 1, "\(output)")
+            }
+        }
+    }
+
+    /// An interrupted `enqueue --resume` goes on after its checkpoint, from a listing or a file, and a run that
+    /// ends writes where it ended; a checkpoint of another source is refused.
+    @Test func enqueueResumesFromItsCheckpoint() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let keys = (0..<30).map { "part-\($0 < 10 ? "0" : "")\($0).txt" }
+            for key in keys { try await h.upload(key, "x") }
+            let checkpoint = dir + "/checkpoint"
+            // As if a run had sent everything up to part-11 before it was stopped.
+            #expect(
+                EnqueueCheckpoint(source: "s3://\(h.inputBucket)/part", lastKey: "part-11.txt", lines: 0, sent: 12)
+                    .write(checkpoint))
+            let (outcome, stdout) = try await h.command(
+                "enqueue",
+                ["enqueue", "--queue-url", h.queueURL, "s3://\(h.inputBucket)/part", "--resume", checkpoint])
+            #expect(outcome == .exited(0), "\(h.log("enqueue"))")
+            #expect(stdout.contains("resuming after 'part-11.txt'"))
+            #expect(stdout.contains("sent 18, skipped 0, failed 0"), "\(stdout)")
+            #expect(try await h.queueDepth() == 18)
+            #expect(EnqueueCheckpoint.read(checkpoint)?.lastKey == "part-29.txt")
+            #expect(EnqueueCheckpoint.read(checkpoint)?.sent == 30)
+
+            // From a file: lines, not keys (a file need not be sorted).
+            let file = dir + "/keys.txt"
+            LocalFile.write(file, Array((keys.reversed().joined(separator: "\n") + "\n").utf8))
+            #expect(EnqueueCheckpoint(source: file, lastKey: "part-20.txt", lines: 9, sent: 9).write(checkpoint))
+            let (fileOutcome, fileStdout) = try await h.command(
+                "enqueue-file",
+                ["enqueue", "--queue-url", h.queueURL, "--from-file", file, "--resume", checkpoint])
+            #expect(fileOutcome == .exited(0), "\(h.log("enqueue-file"))")
+            #expect(fileStdout.contains("resuming after line 9"))
+            #expect(fileStdout.contains("sent 21, skipped 0, failed 0"), "\(fileStdout)")
+            #expect(EnqueueCheckpoint.read(checkpoint)?.lines == 30)
+
+            // Another source's checkpoint is refused, and nothing is sent.
+            let (refused, _) = try await h.command(
+                "enqueue-other",
+                ["enqueue", "--queue-url", h.queueURL, "s3://\(h.inputBucket)/other", "--resume", checkpoint])
+            #expect(refused != .exited(0))
+            #expect(h.log("enqueue-other").contains("checkpoint of another run"))
+            #expect(try await h.queueDepth() == 18 + 21)
+        }
+    }
+
+    /// `--done-in-ledger`: inputs with a `done` attempt in the ledger are skipped; `failed`, `running` and other
+    /// queues' attempts are not signs of done.
+    @Test func enqueueSkipsWhatTheLedgerRecordsDone() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let dynamo = try DynamoDBClient(context: h.context)
+            let table = uniqueName("ledger")
+            try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
+            let queueName = LedgerSchema.queueName(h.queueURL)
+            func attempt(_ queue: String, _ key: String, _ number: Int, _ state: String) async throws {
+                try await dynamo.putItem(
+                    table: table,
+                    item: [
+                        "queue": .s(queue), "task": .s(LedgerSchema.taskSortKey(inputKey: key, attempt: number)),
+                        "kind": .s("task"), "inputKey": .s(key), "state": .s(state),
+                    ], logger: quietLogger)
+            }
+            let keys = ["k-a", "k-b", "k-c", "k-d", "k-e"]
+            LocalFile.write(dir + "/keys", Array(keys.joined(separator: "\n").utf8))
+            try await attempt(queueName, "k-a", 1, "failed")
+            try await attempt(queueName, "k-a", 2, "done")
+            try await attempt(queueName, "k-b", 1, "running")
+            try await attempt(queueName, "k-c", 1, "failed")
+            try await attempt("another-queue", "k-d", 1, "done")
+            let (outcome, stdout) = try await h.command(
+                "enqueue",
+                ["enqueue", "--queue-url", h.queueURL, "--from-file", dir + "/keys", "--done-in-ledger", table])
+            #expect(outcome == .exited(0), "\(h.log("enqueue"))")
+            #expect(stdout.contains("sent 4, skipped 1, failed 0"), "\(stdout)")
         }
     }
 
@@ -72,18 +166,49 @@ struct OperatorCommandTests {
             #expect(!h.log("enqueue").contains("["))
             let received = try await h.sqs.receiveMessages(
                 queueURL: h.queueURL, maxMessages: 10, waitSeconds: 1, logger: quietLogger)
-            #expect(received.allSatisfy { keys.contains($0.body) })
+            // Keys from a file are full keys in the daemon's input bucket: JSON bodies without a bucket.
+            #expect(received.allSatisfy { (try? JSONValue.parse($0.body))?.objectValue?.keys.sorted() == ["key"] })
+            #expect(received.allSatisfy { keys.contains((try? JSONValue.parse($0.body))?["key"]?.stringValue ?? "") })
             let (_, text) = try await h.command("status", ["status", "--queue-url", h.queueURL])
             #expect(text.contains("dead letter 2"))
             #expect(text.contains("visible     230") || text.contains("in flight   10"))
         }
     }
 
-    @Test func doneDetectionMatchesOutputsNamedAfterInputs() {
-        let done = Enqueuer.done(
-            inputs: ["a/x.txt", "a/x", "b/y.txt", "c/z.txt"],
-            outputs: ["p/a/x.txt.out", "p/b/y.txt", "p/_failed/c/z.txt.json"], outputPrefix: "p/")
-        #expect(done == ["a/x.txt", "a/x", "b/y.txt"])
+    /// Exact output keys with any character, against SeaweedFS (which lists prefixes and `start-after` values with
+    /// `/`, as S3 does): only inputs whose very output exists are done, across several listing pages.
+    @Test func doneOutputsAreFoundByTheirExactKeys() async throws {
+        let s3 = try S3Client(context: try TestEnvironment.seaweedContext())
+        let bucket = uniqueName("done")
+        try await s3.createBucket(bucket, logger: quietLogger)
+        let inputs = S3SeaweedTests.awkwardKeys.map { "in/" + $0 } + (0..<1200).map { "in/many/\($0).txt" }
+        let doneInputs = Set(inputs.enumerated().filter { $0.offset % 3 == 0 }.map(\.element))
+        let check = DoneCheck(
+            sources: [.outputs(bucket: bucket, outputPrefix: "out/", inputPrefix: "in/", outputName: "{name}.out")],
+            s3: s3, dynamo: nil)
+        for input in doneInputs {
+            let output = DoneCheck.predictedOutput(
+                inputKey: input, outputName: "{name}.out", inputPrefix: "in/", outputPrefix: "out/")
+            try await s3.putObject(bucket: bucket, key: output, bytes: [1], logger: quietLogger)
+        }
+        // Near misses of inputs that are not done: a longer name, and the right name in the wrong folder.
+        for input in inputs where !doneInputs.contains(input) {
+            let output = DoneCheck.predictedOutput(
+                inputKey: input, outputName: "{name}.out", inputPrefix: "in/", outputPrefix: "out/")
+            try await s3.putObject(bucket: bucket, key: output + ".partial", bytes: [1], logger: quietLogger)
+            try await s3.putObject(
+                bucket: bucket, key: "out/elsewhere/" + OutputContract.fileName(of: input) + ".out", bytes: [1],
+                logger: quietLogger)
+            break
+        }
+        // As enqueue asks: a chunk at a time, in listing order.
+        var found = Set<String>()
+        let sorted = inputs.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+        for start in stride(from: 0, to: sorted.count, by: 1000) {
+            found.formUnion(
+                try await check.done(Array(sorted[start..<min(start + 1000, sorted.count)]), logger: quietLogger))
+        }
+        #expect(found == doneInputs)
     }
 }
 

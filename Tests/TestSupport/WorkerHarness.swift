@@ -129,12 +129,13 @@ public struct WorkerHarness: Sendable {
 
     public func startWorkerProcess(name: String, arguments: [String]) throws -> ChildProcess {
         let creds = try TestEnvironment.motoCredentials()
-        let environment = [
+        var environment = [
             "AWS_ENDPOINT_URL": try TestEnvironment.endpoint(.moto), "AWS_ACCESS_KEY_ID": creds.accessKeyID,
             "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
             "PATH": "/usr/bin:/bin", "HOME": directory,
         ]
+        if s3Server != .moto { environment["AWS_ENDPOINT_URL_S3"] = try TestEnvironment.endpoint(s3Server) }
         return try ProcessRunner().start(
             argv: [Self.binary] + arguments, environment: environment, directory: directory,
             stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")

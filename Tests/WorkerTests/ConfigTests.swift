@@ -106,7 +106,8 @@ import Worker
         ])
         #expect(config.analysisProgram == ["./run.sh", "--fast", "two words"])
         #expect(config.visibilityTimeout == 600)
-        #expect(config.numThreads == 1)
+        // One slot per core, as aws-parallelizer's default of 0.
+        #expect(config.numThreads == 8)
         #expect(config.shouldShutdown)
         #expect(config.maxAttempts == 5)
         #expect(config.idleTimeout == 60)
@@ -149,6 +150,8 @@ import Worker
     @Test(arguments: [
         ("", "queueURL"), ("queueURL=not a url", "queueURL"), ("visibilityTimeout=soon", "visibilityTimeout"),
         ("taskTimeout=ten minutes", "taskTimeout"), ("numThreads=-1", "numThreads"),
+        // Longer than one receive can keep the message hidden.
+        ("taskTimeout=12h", "taskTimeout"), ("taskTimeout=42541", "taskTimeout"),
         ("shouldShutdown=maybe", "shouldShutdown"),
         ("maxAttempts=0", "maxAttempts"), ("analysisProgram=\"unterminated", "analysisProgram"),
         ("outputBucket=Bad_Bucket", "outputBucket"), ("workDir=relative/dir", "workDir"),
@@ -163,6 +166,16 @@ import Worker
         }
         let layer = ConfigLayer(source: "user-data", values: try UserData.parse(text))
         #expect { try resolve([layer]) } throws: { ($0 as? ConfigError)?.key == key }
+    }
+
+    @Test func theLongestTaskOneReceiveCovers() throws {
+        let text = Self.required + "\ntaskTimeout=42540"
+        let (config, _) = try resolve([ConfigLayer(source: "user-data", values: try UserData.parse(text))])
+        #expect(config.taskTimeout == 42540)
+        let long = ConfigLayer(source: "user-data", values: try UserData.parse(Self.required + "\ntaskTimeout=13h"))
+        #expect { try resolve([long]) } throws: { error in
+            String(describing: error).contains("longer than one receive can keep a message hidden")
+        }
     }
 
     @Test func shellWords() throws {

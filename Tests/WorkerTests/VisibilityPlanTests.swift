@@ -1,5 +1,10 @@
+import AWSServices
+import FoundationEssentials
+import Logging
+import Synchronization
 import Testing
-import Worker
+import TestSupport
+@testable import Worker
 
 /// The intervals the daemon derives from the visibility timeout, and how they must relate for every timeout SQS
 /// allows (1 s to 12 h).
@@ -48,8 +53,46 @@ struct VisibilityPlanTests {
 
     @Test func extensionsStopAtSQSsTwelveHours() {
         let plan = VisibilityPlan(visibilityTimeout: 600)
-        #expect(plan.extensionSeconds(secondsSinceFirstReceive: 0) == 600)
-        #expect(plan.extensionSeconds(secondsSinceFirstReceive: 43200 - 60 - 100) == 100)
-        #expect(plan.extensionSeconds(secondsSinceFirstReceive: 43200) == 0)
+        #expect(plan.extensionSeconds(secondsSinceReceive: 0) == 600)
+        #expect(plan.extensionSeconds(secondsSinceReceive: 43200 - 60 - 100) == 100)
+        #expect(plan.extensionSeconds(secondsSinceReceive: 43200) == 0)
+    }
+}
+
+extension VisibilityPlanTests {
+    /// A message first received 13 hours ago (its first worker was lost, its visibility lapsed, it came back) still
+    /// gets full extensions: SQS's 12 hours count from this receive. Counted from the first receive, it got none, and
+    /// another worker took the message mid-task.
+    @Test func theTwelveHoursCountFromThisReceive() async {
+        let clock = ManualClock()
+        let firstReceived = Int64(Date().timeIntervalSince1970 - 13 * 3600) * 1000
+        let message = SQSMessage(
+            messageID: "m", receiptHandle: "rh", body: "k",
+            attributes: ["ApproximateFirstReceiveTimestamp": "\(firstReceived)", "ApproximateReceiveCount": "2"])
+        let asked = Mutex<[Int]>([])
+        let release = Mutex<CheckedContinuation<Void, Never>?>(nil)
+        let plan = VisibilityPlan(visibilityTimeout: 600)
+        let heartbeat = Task {
+            await withHeartbeat(
+                for: message, receivedAt: clock.now, plan: plan, clock: clock, logger: Logger(label: "test"),
+                extend: { seconds in
+                    asked.withLock { $0.append(seconds) }
+                    return true
+                }
+            ) {
+                await withCheckedContinuation { continuation in release.withLock { $0 = continuation } }
+            }
+        }
+        await clock.waitForSleepers(1)
+        clock.advance(by: plan.heartbeatInterval)
+        await eventually { asked.withLock { $0.count } == 1 }
+        // Close to the 12 hours of this receive, the extension shrinks to what is left.
+        await clock.waitForSleepers(1)
+        clock.advance(by: .seconds(43200 - 60 - 300 - 100))
+        await eventually { asked.withLock { $0.count } == 2 }
+        await eventually { release.withLock { $0 != nil } }
+        release.withLock { $0?.resume() }
+        await heartbeat.value
+        #expect(asked.withLock { $0 } == [600, 100])
     }
 }

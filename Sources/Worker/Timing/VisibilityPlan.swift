@@ -8,13 +8,17 @@ import AWSCore
 /// a retried message comes back within one timeout. These fractions depend on one another, so they are derived
 /// together here, and `VisibilityPlanTests` checks how they relate for every timeout SQS allows.
 public struct VisibilityPlan: Sendable, Equatable {
-    /// SQS's longest visibility, and the longest a message can stay hidden from its first receive: 12 hours.
+    /// SQS's longest visibility, and the longest one receive can keep a message hidden: 12 hours.
     public static let sqsMaximum = 43200
     /// Seconds kept in hand under SQS's 12-hour ceiling, for the extension's own latency.
     static let ceilingMargin = 60
 
     /// Seconds a received message stays hidden (1...43200).
     public let visibilityTimeout: Int
+
+    /// The longest `taskTimeout` one receive can cover: the 12 hours, less the margin the heartbeat keeps and ten
+    /// minutes for the download, the upload and the settling around the command.
+    public static let longestTask = sqsMaximum - ceilingMargin - 600
 
     public init(visibilityTimeout: Int) {
         self.visibilityTimeout = max(1, min(Self.sqsMaximum, visibilityTimeout))
@@ -45,9 +49,9 @@ public struct VisibilityPlan: Sendable, Equatable {
         return Int(backoff.delay(beforeRetry: max(1, receiveCount)))
     }
 
-    /// The visibility one heartbeat asks for, `secondsSinceFirstReceive` after the message was first received:
-    /// the timeout, or what is left under SQS's 12 hours; 0 when nothing is left.
-    public func extensionSeconds(secondsSinceFirstReceive elapsed: Int) -> Int {
+    /// The visibility one heartbeat asks for, `secondsSinceReceive` after this receive of the message: the timeout,
+    /// or what is left under SQS's 12 hours; 0 when nothing is left.
+    public func extensionSeconds(secondsSinceReceive elapsed: Int) -> Int {
         min(visibilityTimeout, max(0, Self.sqsMaximum - elapsed - Self.ceilingMargin))
     }
 }
