@@ -94,6 +94,15 @@ public actor IMDSClient {
         return SpotInstanceAction(action: action, time: json["time"]?.stringValue ?? "")
     }
 
+    /// EC2's rebalance recommendation for this spot instance (its `noticeTime`), or nil when there is none.
+    public func rebalanceRecommendation() async throws(AWSError) -> String? {
+        guard let text = try await get("/latest/meta-data/events/recommendations/rebalance") else { return nil }
+        guard let json = try? JSONValue.parse(text), let time = json["noticeTime"]?.stringValue else {
+            throw AWSError.badResponse("imds", "events/recommendations/rebalance is not the expected JSON")
+        }
+        return time
+    }
+
     /// The instance role's temporary credentials.
     public func roleCredentials() async throws(AWSError) -> Credentials? {
         let base = "/latest/meta-data/iam/security-credentials/"

@@ -7,10 +7,25 @@ import TaskLedger
 /// What the controller decides from one look at the fleet. Pure: the clock is a parameter, so every rule is tested
 /// without waiting.
 public struct FleetPolicy: Sendable {
-    /// An instance that has completed no task for this long while work waits is stuck.
+    /// An instance whose heartbeat is this old while work remains is stuck (and one never heard from, this long
+    /// after its launch).
     public var stuckAfter: Double
     /// How long the queue must stay drained before the fleet is stopped.
     public var drainedFor: Double
+    /// A running task is stuck once it has run this much longer than the `taskTimeout` its worker reported: the
+    /// daemon kills a command at its timeout and settles it within its shutdown grace, so a task past both is a
+    /// worker that has lost control of it.
+    public var taskGrace: Double = 300
+    /// Instances to keep alive while work waits (nil: launch nothing, as EC2-clusteR's controller without
+    /// `max.nodes`).
+    public var target: Int?
+    /// Never more instances than this, whatever `target` says.
+    public var maxSize: Int?
+    /// A launched instance gone within this many seconds, never heard from, was a failed launch.
+    public var youngDeath: Double = 600
+    /// Failed launches in a row after which the controller stops: a launch template that cannot boot a worker
+    /// must not start instances forever.
+    public var failedLaunchLimit = 3
 
     public init(stuckAfter: Double, drainedFor: Double) {
         self.stuckAfter = stuckAfter
@@ -41,18 +56,52 @@ public struct FleetPolicy: Sendable {
         public var reason: String
     }
 
-    /// When the queue was first seen drained, carried from one look to the next.
+    public struct Launch: Sendable, Equatable {
+        public var count: Int
+        public var reason: String
+    }
+
+    /// What the controller carries from one look to the next.
     public struct Memory: Sendable, Equatable {
+        /// When the queue was first seen drained (nil while work remains).
         public var drainedSince: Double?
+        /// Whether the queue has had work while watched: a queue empty before `enqueue` ran is not drained.
+        public var sawWork = false
+        /// Once the queue has drained after work, nothing more is launched.
+        public var drainedAfterWork = false
+        /// Instances this controller launched, with when, until they are gone.
+        public var launched: [String: Double] = [:]
+        /// Of those, the ones heard from (a heartbeat): their boot worked.
+        public var heardFrom: Set<String> = []
+        /// Failed launches in a row.
+        public var failedLaunches = 0
         public init() {}
     }
 
-    /// Seconds since `instance` last completed a task, or since it started (its daemon's start, else its launch)
-    /// when it never has: a worker whose boot failed is stuck too.
-    public static func idleSeconds(_ instance: EC2Instance, heartbeat: InstanceHeartbeat?, now: Double) -> Double? {
-        let since =
-            heartbeat?.lastProgressEpoch ?? instance.launchTime.flatMap { CivilTime.parseISO8601($0) }.map(Double.init)
-        return since.map { now - $0 }
+    /// Why `instance` is stuck, or nil. With a heartbeat: it is older than `stuckAfter` (the daemon beats every
+    /// interval while tasks run, however long they take), or a task has run past its `taskTimeout` plus
+    /// `taskGrace`, or the daemon stopped (a dead end that kept the instance up) `stuckAfter` ago. Without one: the
+    /// instance was launched `stuckAfter` ago and its daemon never wrote to the ledger.
+    public func stuckReason(_ instance: EC2Instance?, heartbeat: InstanceHeartbeat?, now: Double) -> String? {
+        guard let heartbeat else {
+            guard let launched = instance?.launchTime.flatMap({ CivilTime.parseISO8601($0) }).map(Double.init),
+                now - launched >= stuckAfter
+            else { return nil }
+            return "no heartbeat since its launch \(Int(now - launched)) s ago"
+        }
+        let beat = heartbeat.updatedEpoch ?? heartbeat.lastProgressEpoch ?? now
+        if heartbeat.state == "stopped" {
+            guard now - beat >= stuckAfter else { return nil }
+            return "its daemon stopped \(Int(now - beat)) s ago (\(heartbeat.stopReason ?? "no reason given"))"
+        }
+        if now - beat >= stuckAfter { return "no heartbeat for \(Int(now - beat)) s" }
+        if heartbeat.runningTasks > 0, let timeout = heartbeat.taskTimeout,
+            let started = heartbeat.oldestTaskStartedEpoch,
+            now - started > timeout + taskGrace
+        {
+            return "a task has run \(Int(now - started)) s, past its taskTimeout of \(Int(timeout)) s"
+        }
+        return nil
     }
 
     /// Whether the queue, seen drained since `memory.drainedSince`, has stayed so long enough to stop the fleet.
@@ -65,6 +114,7 @@ public struct FleetPolicy: Sendable {
         if queue.total == 0 {
             let since = memory.drainedSince ?? snapshot.now
             memory.drainedSince = since
+            if memory.sawWork { memory.drainedAfterWork = true }
             guard fleetStopIsDue(memory, now: snapshot.now) else { return [] }
             let drained = Int(snapshot.now - since)
             return snapshot.instances.map {
@@ -72,26 +122,68 @@ public struct FleetPolicy: Sendable {
             }
         }
         memory.drainedSince = nil
-        guard let heartbeats = snapshot.heartbeats, queue.visible > 0 else { return [] }
+        memory.sawWork = true
+        guard let heartbeats = snapshot.heartbeats else { return [] }
         return snapshot.instances.compactMap { instance in
-            guard let idle = Self.idleSeconds(instance, heartbeat: heartbeats[instance.instanceID], now: snapshot.now),
-                idle >= stuckAfter
+            guard let why = stuckReason(instance, heartbeat: heartbeats[instance.instanceID], now: snapshot.now)
             else { return nil }
-            let what =
-                heartbeats[instance.instanceID]?.lastCompletionEpoch == nil
-                ? "no task completed since start"
-                : "no task completed"
             return Termination(
                 instanceID: instance.instanceID,
-                reason: "\(what) for \(Int(idle)) s while \(queue.visible) messages wait")
+                reason: "\(why), while \(queue.visible) messages wait and \(queue.inFlight) are in flight")
         }
+    }
+
+    /// Notes which of the instances this controller launched are gone, and how: one gone young and never heard
+    /// from is a failed launch; one heard from, or gone old, shows the launches work. Returns the ids that failed.
+    public func noteDepartures(_ snapshot: Snapshot, terminatedHere: Set<String>, memory: inout Memory) -> [String] {
+        let alive = Set(snapshot.instances.map(\.instanceID))
+        for id in memory.launched.keys where snapshot.heartbeats?[id] != nil { memory.heardFrom.insert(id) }
+        if !memory.heardFrom.isDisjoint(with: memory.launched.keys) { memory.failedLaunches = 0 }
+        var failed: [String] = []
+        for (id, launchedAt) in memory.launched.sorted(by: { $0.value < $1.value }) where !alive.contains(id) {
+            memory.launched[id] = nil
+            defer { memory.heardFrom.remove(id) }
+            if terminatedHere.contains(id) { continue }
+            if snapshot.now - launchedAt < youngDeath && !memory.heardFrom.contains(id) {
+                memory.failedLaunches += 1
+                failed.append(id)
+            } else {
+                memory.failedLaunches = 0
+            }
+        }
+        return failed
+    }
+
+    /// How many instances to launch now: up to `target` (never past `maxSize`), counting those alive and not being
+    /// terminated, while messages wait to be taken, and no more than wait; none once the queue has drained.
+    public func launch(_ snapshot: Snapshot, terminating: Set<String>, memory: Memory) -> Launch? {
+        guard let target, !memory.drainedAfterWork, snapshot.queue.visible > 0 else { return nil }
+        let alive = snapshot.instances.filter { !terminating.contains($0.instanceID) }.count
+        let ceiling = min(target, maxSize ?? target)
+        let count = min(ceiling - alive, snapshot.queue.visible)
+        guard count > 0 else { return nil }
+        return Launch(
+            count: count,
+            reason: "\(alive) of \(target) instances alive while \(snapshot.queue.visible) messages wait")
     }
 }
 
-/// `parallelizer controller`: watches the queue and the instances tagged `parallelizer:queue` = the queue URL,
-/// terminates stuck ones (with a ledger) and the whole fleet once the queue has been drained for an interval. Only
-/// tagged instances are ever listed, so only they can be touched.
+/// `parallelizer controller`: watches the queue and the instances tagged `parallelizer:queue` = the queue URL;
+/// terminates stuck ones (with a ledger), launches replacements up to `target` from the queue's launch template
+/// while messages wait, and stops the whole fleet once the queue has been drained for an interval. Only tagged
+/// instances are ever listed, so only they can be touched; every instance it launches carries the tag.
 public struct Controller: Sendable {
+    /// Where replacements come from.
+    public enum Market: String, Sendable, CaseIterable {
+        /// RunInstances from the launch template.
+        case onDemand = "on-demand"
+        /// An instant EC2 Fleet of spot instances from the launch template, across `instanceTypes` × `subnets`,
+        /// capacity-optimized.
+        case spot
+        /// The Auto Scaling group `launch --market asg` made replaces instances itself: the controller launches none.
+        case asg
+    }
+
     public struct Options: Sendable {
         public var queueURL: String
         public var ledgerTable: String?
@@ -100,7 +192,24 @@ public struct Controller: Sendable {
         public var dryRun = false
         /// Keep watching after the fleet is gone (otherwise exit then).
         public var keepRunning = false
-        public init(queueURL: String) { self.queueURL = queueURL }
+        /// Instances to keep alive while work waits; nil launches none.
+        public var target: Int?
+        public var maxSize: Int?
+        public var market: Market = .onDemand
+        /// The launch template replacements come from: `scripts/launch` records one per queue.
+        public var launchTemplate: String
+        public var instanceTypes: [String] = []
+        public var subnets: [String] = []
+        public var taskGrace: Double = 300
+        public init(queueURL: String) {
+            self.queueURL = queueURL
+            self.launchTemplate = Controller.launchTemplateName(queueURL: queueURL)
+        }
+    }
+
+    /// The name `scripts/launch` gives a queue's launch template (and Auto Scaling group).
+    public static func launchTemplateName(queueURL: String) -> String {
+        "parallelizer-" + LedgerSchema.queueName(queueURL)
     }
 
     public static let tag = "parallelizer:queue"
@@ -133,13 +242,17 @@ public struct Controller: Sendable {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             return 1
         }
-        let policy = FleetPolicy(stuckAfter: options.stuckAfter, drainedFor: options.interval)
+        var policy = FleetPolicy(stuckAfter: options.stuckAfter, drainedFor: options.interval)
+        policy.taskGrace = options.taskGrace
+        policy.target = options.market == .asg ? nil : options.target
+        policy.maxSize = options.maxSize
         logger.notice(
             "controller started",
             metadata: [
                 "queue": "\(options.queueURL)", "ledger": "\(options.ledgerTable ?? "none")",
                 "stuck_after_s": "\(Int(options.stuckAfter))", "interval_s": "\(options.interval)",
-                "dry_run": "\(options.dryRun)",
+                "dry_run": "\(options.dryRun)", "target": "\(options.target.map(String.init) ?? "none")",
+                "market": "\(options.market.rawValue)", "launch_template": "\(options.launchTemplate)",
             ])
         if options.ledgerTable == nil {
             logger.notice(
@@ -176,12 +289,26 @@ public struct Controller: Sendable {
                     now: Date().timeIntervalSince1970, queue: counts, instances: instances,
                     heartbeats: heartbeats)
                 let decisions = policy.decide(snapshot, memory: &memory)
+                let failedLaunches = policy.noteDepartures(snapshot, terminatedHere: terminated, memory: &memory)
+                for id in failedLaunches {
+                    logger.warning(
+                        "a launched instance is gone before its worker was heard from",
+                        metadata: ["instance": "\(id)", "launches.failed_in_a_row": "\(memory.failedLaunches)"])
+                }
+                if memory.failedLaunches >= policy.failedLaunchLimit {
+                    logger.critical(
+                        "controller stops: \(memory.failedLaunches) launched instances in a row were gone before their workers were heard from; check the launch template \(options.launchTemplate) (its image, role and user-data) and the instances' console output",
+                        metadata: ["launch_template": "\(options.launchTemplate)"])
+                    return 2
+                }
+                let launch = policy.launch(
+                    snapshot, terminating: Set(decisions.map(\.instanceID)).union(terminated), memory: memory)
                 logger.info(
                     "controller round",
                     metadata: [
                         "queue.visible": "\(counts.visible)", "queue.in_flight": "\(counts.inFlight)",
                         "queue.delayed": "\(counts.delayed)", "instances": "\(instances.count)",
-                        "decisions": "\(decisions.count)",
+                        "decisions": "\(decisions.count + (launch == nil ? 0 : 1))",
                     ])
                 for decision in decisions {
                     logger.notice(
@@ -199,6 +326,21 @@ public struct Controller: Sendable {
                     _ = try await ec2.terminateInstances(ids, logger: logger)
                 }
                 terminated.formUnion(ids)
+                if let launch {
+                    logger.notice(
+                        options.dryRun ? "would launch instances (dry run)" : "launching instances",
+                        metadata: [
+                            "count": "\(launch.count)", "reason": "\(launch.reason)",
+                            "market": "\(options.market.rawValue)",
+                        ])
+                    if !options.dryRun {
+                        let started = try await launchInstances(launch.count, ec2: ec2, logger: logger)
+                        for id in started { memory.launched[id] = snapshot.now }
+                        logger.notice(
+                            "launched instances",
+                            metadata: ["instances": "\(started.joined(separator: ","))", "count": "\(started.count)"])
+                    }
+                }
                 if fleetStop && !options.keepRunning
                     && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) })
                 {
@@ -233,6 +375,48 @@ public struct Controller: Sendable {
             try? await Task.sleep(nanoseconds: UInt64(max(0.2, min(options.interval, 30)) * 1e9))
         }
         return 0
+    }
+
+    /// Starts `count` workers from the launch template, tagged with the queue (and as the controller's), on the
+    /// market chosen: on demand, the instance types tried in order until one has capacity; spot, one instant fleet
+    /// over every type and subnet. Returns the ids started.
+    func launchInstances(_ count: Int, ec2: EC2Client, logger: Logger) async throws(AWSError) -> [String] {
+        let tags = [
+            Self.tag: options.queueURL, "Name": "parallelizer-" + LedgerSchema.queueName(options.queueURL),
+            "parallelizer:launched-by": "controller",
+        ]
+        switch options.market {
+        case .asg:
+            return []
+        case .spot:
+            let types: [String?] = options.instanceTypes.isEmpty ? [nil] : options.instanceTypes
+            let subnets: [String?] = options.subnets.isEmpty ? [nil] : options.subnets
+            let pools = types.flatMap { type in subnets.map { (instanceType: type, subnetID: $0) } }
+            let fleet = try await ec2.createSpotFleet(
+                launchTemplate: options.launchTemplate, overrides: pools, count: count, tags: tags, logger: logger)
+            for error in fleet.errors {
+                logger.warning("a spot pool could not be used", metadata: ["error": "\(error)"])
+            }
+            return fleet.instanceIDs
+        case .onDemand:
+            let types: [String?] = options.instanceTypes.isEmpty ? [nil] : options.instanceTypes
+            let subnet = options.subnets.isEmpty ? nil : options.subnets[Int.random(in: 0..<options.subnets.count)]
+            var lastError: AWSError?
+            for type in types {
+                do {
+                    return try await ec2.runInstances(
+                        launchTemplate: options.launchTemplate, count: count, instanceType: type, subnetID: subnet,
+                        tags: tags, logger: logger
+                    ).map(\.instanceID)
+                } catch  where error.code == "InsufficientInstanceCapacity" || error.code == "Unsupported" {
+                    logger.warning(
+                        "no capacity for this instance type; trying the next",
+                        metadata: ["instance_type": "\(type ?? "the template's")", "error": "\(error)"])
+                    lastError = error
+                }
+            }
+            throw lastError!
+        }
     }
 
     /// Sets every Auto Scaling group tagged with the queue to zero instances (`scripts/launch --market asg` makes

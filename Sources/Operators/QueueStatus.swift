@@ -90,7 +90,10 @@ public struct FleetStatus: Sendable, Equatable, Codable {
         public var tasksDone: Int
         public var tasksFailed: Int
         public var lastCompletionAgoSeconds: Int?
-        public var looksStuck: Bool
+        public var runningTasks: Int
+        /// Why the controller would retire it (nil: it would not).
+        public var stuckReason: String?
+        public var looksStuck: Bool { stuckReason != nil }
     }
 
     public var instances: [Instance]
@@ -123,13 +126,15 @@ public struct FleetStatus: Sendable, Equatable, Codable {
             let index = Int((p * Double(durations.count)).rounded(.up)) - 1
             return durations[min(max(index, 0), durations.count - 1)]
         }
+        // The controller's own rule, so that what status flags is what the controller would retire.
+        let policy = FleetPolicy(stuckAfter: stuckAfter, drainedFor: 0)
         let instances = heartbeats.sorted { $0.instanceID < $1.instanceID }.map { beat in
-            let idle = beat.lastProgressEpoch.map { now - $0 }
-            return Instance(
+            Instance(
                 instanceID: beat.instanceID, state: beat.state, tasksDone: beat.tasksDone,
                 tasksFailed: beat.tasksFailed,
                 lastCompletionAgoSeconds: beat.lastCompletionEpoch.map { Int(now - $0) },
-                looksStuck: beat.state == "running" && queue.visible > 0 && (idle ?? 0) >= stuckAfter)
+                runningTasks: beat.runningTasks,
+                stuckReason: queue.total > 0 ? policy.stuckReason(nil, heartbeat: beat, now: now) : nil)
         }
         let remaining = queue.total
         return FleetStatus(
@@ -151,8 +156,8 @@ public struct FleetStatus: Sendable, Equatable, Codable {
         for i in instances {
             let last = i.lastCompletionAgoSeconds.map { "\($0) s ago" } ?? "never"
             lines.append(
-                "  \(i.instanceID)  \(i.state)  done \(i.tasksDone)  failed \(i.tasksFailed)  last completion \(last)"
-                    + (i.looksStuck ? "  LOOKS STUCK" : ""))
+                "  \(i.instanceID)  \(i.state)  running \(i.runningTasks)  done \(i.tasksDone)  failed \(i.tasksFailed)  last completion \(last)"
+                    + (i.stuckReason.map { "  LOOKS STUCK: \($0)" } ?? ""))
         }
         return lines.joined(separator: "\n")
     }

@@ -15,11 +15,16 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
     public var tasksFailed: Int
     public var recentDurations: [Double]
     public var recentCompletions: [Double]
+    public var runningTasks: Int
+    public var oldestTaskStartedEpoch: Double?
+    public var taskTimeout: Double?
+    public var stopReason: String?
 
     public init(
         instanceID: String, state: String = "running", startedEpoch: Double? = nil,
         lastCompletionEpoch: Double? = nil, tasksDone: Int = 0, recentDurations: [Double] = [],
-        recentCompletions: [Double] = []
+        recentCompletions: [Double] = [], updatedEpoch: Double? = nil, runningTasks: Int = 0,
+        oldestTaskStartedEpoch: Double? = nil, taskTimeout: Double? = nil
     ) {
         self.instanceID = instanceID
         self.state = state
@@ -29,6 +34,10 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
         self.tasksFailed = 0
         self.recentDurations = recentDurations
         self.recentCompletions = recentCompletions
+        self.updatedEpoch = updatedEpoch
+        self.runningTasks = runningTasks
+        self.oldestTaskStartedEpoch = oldestTaskStartedEpoch
+        self.taskTimeout = taskTimeout
     }
 
     /// When the instance last showed progress: its last completion, else its daemon's start.
@@ -52,6 +61,10 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
         }
         recentDurations = numbers(F.recentDurations)
         recentCompletions = numbers(F.recentCompletions)
+        runningTasks = item[F.runningTasks]?.int ?? 0
+        oldestTaskStartedEpoch = item[F.oldestTaskStartedEpoch]?.double
+        taskTimeout = item[F.taskTimeout]?.double
+        stopReason = item[F.stopReason]?.string
     }
 
     /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).

@@ -8,8 +8,10 @@ import Logging
 ///
 /// - `task#<input key>#<attempt>`: instance, slot, state (`running`, `done`, `failed`, `released`), start and end
 ///   times, duration, bytes in and out, exit status, output key;
-/// - `instance#<instance id>`: last receive, last completion, tasks done, version, and the recent task durations and
-///   completion times that `status` and `controller` read (written at most once per `heartbeatInterval`).
+/// - `instance#<instance id>`: last receive, last completion, tasks done, version, the tasks running now (how many,
+///   since when, and the `taskTimeout` they run under), and the recent task durations and completion times that
+///   `status` and `controller` read: written once per `heartbeatInterval` while tasks run or anything changed, so a
+///   live worker with a long task keeps beating and one that beats no more is stuck.
 ///
 /// The queue and S3 are the source of truth; the ledger is only the record. So a write never blocks or fails a task:
 /// callers only append to a buffer, and one writer task sends the writes in order, retrying each a few times and
@@ -21,6 +23,8 @@ public actor Ledger {
         public var bufferLimit = 10_000
         public var attemptsPerWrite = 3
         public var retryDelay: Double = 1
+        /// The daemon's `taskTimeout`, written in the heartbeat: the controller's "stuck" is a task past it.
+        public var taskTimeout: Double?
         public init() {}
     }
 
@@ -38,6 +42,8 @@ public actor Ledger {
         var released = 0
         var recentDurations: [Double] = []
         var recentCompletions: [Double] = []
+        /// The tasks running now, by their sort key, with when each started.
+        var running: [String: Double] = [:]
     }
 
     static let recentLimit = 50
@@ -101,6 +107,8 @@ public actor Ledger {
                 F.instance: .s(instanceID), F.slot: .number(slot), F.state: .s("running"), F.messageID: .s(messageID),
                 F.startedAt: .s(Self.iso(now)), F.startedEpoch: .number(now),
             ]))
+        progress.running[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)] = now
+        heartbeatDirty = true
     }
 
     public enum Outcome: String, Sendable { case done, failed, released }
@@ -129,6 +137,7 @@ public actor Ledger {
                 ],
                 expression: "SET " + fields.indices.map { "#a\($0) = :v\($0)" }.joined(separator: ", "),
                 names: names, values: values))
+        progress.running[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)] = nil
         switch outcome {
         case .done:
             progress.done += 1
@@ -196,6 +205,11 @@ public actor Ledger {
             item[F.lastCompletionEpoch] = .number(t.rounded())
             item[F.lastCompletionAt] = .s(Self.iso(t))
         }
+        item[F.runningTasks] = .number(progress.running.count)
+        if let oldest = progress.running.values.min() {
+            item[F.oldestTaskStartedEpoch] = .number(oldest.rounded(.down))
+        }
+        if let timeout = settings.taskTimeout { item[F.taskTimeout] = .number(timeout) }
         if let reason { item[F.stopReason] = .s(reason) }
         return .put(item)
     }
@@ -203,6 +217,9 @@ public actor Ledger {
     func runWriter() async {
         while !Task.isCancelled {
             let now = Self.now()
+            // While tasks run, a heartbeat goes out every interval even when nothing else changed: it is how the
+            // controller tells a long task from a stuck worker.
+            if !progress.running.isEmpty { heartbeatDirty = true }
             if heartbeatDirty && !stopping && (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true) {
                 heartbeatDirty = false
                 lastHeartbeat = now

@@ -65,6 +65,9 @@ public enum LedgerSchema {
         public static let recentDurations = "recentDurations"
         public static let recentCompletions = "recentCompletions"
         public static let stopReason = "stopReason"
+        public static let runningTasks = "runningTasks"
+        public static let oldestTaskStartedEpoch = "oldestTaskStartedEpoch"
+        public static let taskTimeout = "taskTimeout"
     }
 
     /// The attribute every item has that tells its kind (`task` or `instance`).

@@ -58,7 +58,8 @@ public struct Daemon: Sendable {
         logger.notice(
             "parallelizer started",
             metadata: [
-                "queue": "\(config.queueURL)", "slots": "\(config.numThreads)", "instance": "\(start.instanceID)",
+                "queue": "\(config.queueURL)", "slots": "\(options.once ? 1 : config.numThreads)",
+                "instance": "\(start.instanceID)",
                 "version": "\(Version.current)", "input_bucket": "\(config.inputBucket)",
                 "output_bucket": "\(config.outputBucket)",
             ])
@@ -102,6 +103,7 @@ public struct Daemon: Sendable {
         }
         switch lifecycle.stopReason {
         case .drained?: await endOfRun(afterDeadEnd: false, logger: logger)
+        case .rebalanceRecommendation?: await endOfRun(afterDeadEnd: false, replaceMe: true, logger: logger)
         case .queueUnreachable?: return 1
         default: break
         }
@@ -121,7 +123,8 @@ public struct Daemon: Sendable {
                 daemon.addTask { await watchForSpot(imds, lifecycle, clock: clock, logger: logger) }
             }
             await withTaskGroup(of: SlotEvent.self) { slots in
-                let count = max(1, config.numThreads)
+                // `--once` is one message: one slot, whatever numThreads says.
+                let count = options.once ? 1 : max(1, config.numThreads)
                 for slot in 1...count {
                     let loop = SlotLoop(
                         slot: slot, processor: processor, once: options.once,

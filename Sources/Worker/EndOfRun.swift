@@ -8,7 +8,9 @@ extension Daemon {
     /// After a drain or a dead end, when `shouldShutdown` (and not `--once`): leaves the Auto Scaling group (so it
     /// does not start a replacement that would meet the same end) and runs the shutdown command, so that neither a
     /// finished nor a misconfigured fleet goes on billing.
-    func endOfRun(afterDeadEnd deadEnd: Bool, logger: Logger) async {
+    /// - Parameter replaceMe: leave the group without lowering its desired capacity, so that it starts a
+    ///   replacement (after a rebalance recommendation, work remains).
+    func endOfRun(afterDeadEnd deadEnd: Bool, replaceMe: Bool = false, logger: Logger) async {
         guard config.shouldShutdown, !options.once else { return }
         // The instance's id from IMDS: nil when this is not an EC2 instance (a laptop, a CI runner).
         var instanceID: String?
@@ -19,7 +21,11 @@ extension Daemon {
         }
         if let group = config.autoScalingGroup {
             let left =
-                if let instanceID { await leaveGroup(group, instanceID: instanceID, logger: logger) } else { false }
+                if let instanceID {
+                    await leaveGroup(group, instanceID: instanceID, shrink: !replaceMe, logger: logger)
+                } else {
+                    false
+                }
             if deadEnd && !left {
                 // Powered off, it would be replaced by one that meets the same end, again and again.
                 logger.error(
@@ -31,15 +37,18 @@ extension Daemon {
         await runShutdownCommand(logger: logger)
     }
 
-    /// Leaves the Auto Scaling group with its desired capacity lowered by one, so the group does not start a
-    /// replacement that would find no work (and bill until someone notices). The instance is terminated by the
-    /// group; the shutdown command still runs, in case the call did not get through. Returns whether it left.
-    func leaveGroup(_ group: String, instanceID: String, logger: Logger) async -> Bool {
+    /// Leaves the Auto Scaling group with its desired capacity lowered by one (`shrink`), so the group does not
+    /// start a replacement that would find no work (and bill until someone notices); without `shrink`, the group
+    /// replaces it. The instance is terminated by the group; the shutdown command still runs, in case the call did
+    /// not get through. Returns whether it left.
+    func leaveGroup(_ group: String, instanceID: String, shrink: Bool = true, logger: Logger) async -> Bool {
         do {
             let client = try AutoScalingClient(context: context)  // the instance's own region
-            try await client.terminateInstanceInGroup(instanceID, decrementDesiredCapacity: true, logger: logger)
+            try await client.terminateInstanceInGroup(instanceID, decrementDesiredCapacity: shrink, logger: logger)
             logger.notice(
-                "left the Auto Scaling group: it shrinks instead of replacing this instance",
+                shrink
+                    ? "left the Auto Scaling group: it shrinks instead of replacing this instance"
+                    : "left the Auto Scaling group: it starts a replacement",
                 metadata: ["group": "\(group)", "instance": "\(instanceID)"])
             return true
         } catch {

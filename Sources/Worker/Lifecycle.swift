@@ -12,6 +12,10 @@ public final class Lifecycle: Sendable {
         case drained = "queue drained"
         case signal = "signal"
         case spotInterruption = "spot interruption"
+        /// EC2's rebalance recommendation: the spot pool is at risk. Treated as an interruption notice, except that
+        /// the instance then powers off (with `shouldShutdown`), so that a replacement starts in a healthier pool
+        /// instead of this one idling until the interruption that may never come.
+        case rebalanceRecommendation = "spot rebalance recommendation"
         case once = "--once"
         /// An error no retry can get past (`DeadEnds`): the daemon exits with status 2.
         case deadEnd = "configuration error"

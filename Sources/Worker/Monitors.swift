@@ -43,7 +43,9 @@ extension Daemon {
         }
     }
 
-    /// Polls IMDS for a spot interruption notice; on one, drains as for SIGTERM, inside the two-minute warning.
+    /// Polls IMDS for a spot interruption notice and a rebalance recommendation; on either, drains as for SIGTERM,
+    /// inside the two-minute warning (a rebalance recommendation usually comes earlier, and then the instance powers
+    /// off so that a replacement starts elsewhere).
     func watchForSpot(_ imds: IMDSClient, _ lifecycle: Lifecycle, clock: any WorkerClock, logger: Logger) async {
         while !lifecycle.isStopping {
             if let action = try? await imds.spotInstanceAction() {
@@ -53,6 +55,13 @@ extension Daemon {
                         "spot.action": "\(action.action)", "spot.time": "\(action.time)",
                     ])
                 lifecycle.requestStop(.spotInterruption)
+                return
+            }
+            if let noticeTime = try? await imds.rebalanceRecommendation() {
+                logger.warning(
+                    "spot rebalance recommendation: draining, then powering off for a replacement elsewhere",
+                    metadata: ["spot.notice_time": "\(noticeTime)"])
+                lifecycle.requestStop(.rebalanceRecommendation)
                 return
             }
             do { try await clock.sleep(for: .milliseconds(Int(options.spotPollSeconds * 1000))) } catch { return }

@@ -83,9 +83,11 @@ struct StartUp: Sendable {
             let dynamo = try DynamoDBClient(context: context, region: SQSClient.region(ofQueueURL: config.queueURL))
             var ledgerLogger = logger
             ledgerLogger[metadataKey: "ledger.table"] = "\(table)"
+            var settings = options.ledger
+            settings.taskTimeout = config.taskTimeout.map(Double.init)
             ledger = Ledger(
                 client: dynamo, table: table, queueURL: config.queueURL, instanceID: instanceID,
-                settings: options.ledger, logger: ledgerLogger)
+                settings: settings, logger: ledgerLogger)
         }
         let setting = TaskSetting(
             program: [program] + config.analysisProgram.dropFirst(),

@@ -10,13 +10,18 @@ struct ControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "controller",
         abstract:
-            "Terminate stuck workers, and the whole fleet once the queue is drained (only instances tagged parallelizer:queue=QUEUE_URL).",
+            "Keep the fleet at size while work waits, terminate stuck workers, and stop the whole fleet once the queue is drained (only instances tagged parallelizer:queue=QUEUE_URL).",
         discussion: """
-            With --ledger-table, an instance that has completed no task for --stuck-after while messages wait is \
-            terminated; its in-flight messages come back when their visibility lapses. Without a ledger there is no \
-            completion signal, so only the drained-queue stop applies. Once the queue has had nothing visible, in \
-            flight or delayed for --interval, every tagged instance still running is terminated, and the controller \
-            exits when none is left. Every decision is logged with its reason.
+            With --target N, while messages wait to be taken, instances are launched from the queue's launch \
+            template (scripts/launch records it) until N are alive (never more than --max, nor more than messages \
+            wait), replacing retired, terminated, interrupted and crashed ones; once the queue has drained after \
+            work, nothing more is launched. Three launched instances in a row that are gone before their workers \
+            are heard from stop the controller (status 2): the template cannot boot a worker. With --ledger-table, \
+            an instance whose heartbeat is older than --stuck-after while work remains, or whose task has run past \
+            its taskTimeout plus --task-grace, is terminated; a long task that still beats is not stuck. Once the \
+            queue has had nothing visible, in flight or delayed for --interval, every tagged instance still running \
+            is terminated, and the controller exits when none is left. Every decision is logged, one line each, with \
+            its reason.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -27,11 +32,33 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(help: "The DynamoDB ledger table the workers write (ledgerTable).")
     var ledgerTable: String?
 
-    @Option(help: "Terminate an instance that completed no task for this long while work waits (90s, 15m, 1h).")
+    @Option(help: "Terminate an instance whose ledger heartbeat is this old while work remains (90s, 15m, 1h).")
     var stuckAfter: String = "15m"
 
     @Option(help: "Seconds between looks, and how long the queue must stay drained before the fleet is stopped.")
     var interval: String = "30s"
+
+    @Option(help: "Keep this many workers alive while messages wait (launching from the launch template).")
+    var target: Int?
+
+    @Option(help: "Never more workers than this (default: --target).")
+    var max: Int?
+
+    @Option(
+        help: "Where replacements come from: on-demand, spot (an instant fleet over the types and subnets), or asg.")
+    var market: String = "on-demand"
+
+    @Option(help: "Instance types, comma-separated: spot spreads over them; on-demand tries them in order.")
+    var instanceTypes: String?
+
+    @Option(help: "Subnet ids, comma-separated, to launch in.")
+    var subnets: String?
+
+    @Option(help: "The launch template (default: parallelizer-QUEUE_NAME, as scripts/launch names it).")
+    var launchTemplate: String?
+
+    @Option(help: "A task is stuck once it runs this long past its worker's taskTimeout (90s, 5m).")
+    var taskGrace: String = "5m"
 
     @Flag(help: "Log the decisions without acting on them.")
     var dryRun = false
@@ -46,6 +73,20 @@ struct ControllerCommand: AsyncParsableCommand {
         guard let seconds = WorkerConfig.parseDuration(interval), seconds >= 1, seconds <= stuck else {
             throw ValidationError("--interval is a duration of at least 1s, and not longer than --stuck-after")
         }
+        guard WorkerConfig.parseDuration(taskGrace) != nil else {
+            throw ValidationError("--task-grace is a duration (90s, 5m)")
+        }
+        if let target, target < 1 { throw ValidationError("--target is at least 1") }
+        if let max {
+            guard max >= 1 else { throw ValidationError("--max is at least 1") }
+            if let target, max < target { throw ValidationError("--max is at least --target") }
+        }
+        guard let chosen = Controller.Market(rawValue: market) else {
+            throw ValidationError("--market is on-demand, spot or asg")
+        }
+        if chosen == .asg && target != nil {
+            throw ValidationError("--market asg: the Auto Scaling group keeps its own size; leave out --target")
+        }
     }
 
     func run() async throws {
@@ -57,6 +98,16 @@ struct ControllerCommand: AsyncParsableCommand {
         options.interval = Double(WorkerConfig.parseDuration(interval) ?? 30)
         options.dryRun = dryRun
         options.keepRunning = keepRunning
+        options.target = target
+        options.maxSize = max
+        options.market = Controller.Market(rawValue: market) ?? .onDemand
+        func list(_ text: String?) -> [String] {
+            (text ?? "").split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }
+        }
+        options.instanceTypes = list(instanceTypes)
+        options.subnets = list(subnets)
+        if let launchTemplate { options.launchTemplate = launchTemplate }
+        options.taskGrace = Double(WorkerConfig.parseDuration(taskGrace) ?? 300)
         let code = await Controller(options: options, context: context).run(logger: logger)
         if code != 0 { throw ExitCode(code) }
     }

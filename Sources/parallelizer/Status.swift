@@ -22,7 +22,10 @@ struct Status: AsyncParsableCommand {
     @Option(help: "The DynamoDB ledger table: adds per-instance progress, task durations, the rate and the ETA.")
     var ledgerTable: String?
 
-    @Option(help: "With --ledger-table: flag instances with no completion for this long while work waits.")
+    @Option(
+        help:
+            "With --ledger-table: flag instances the controller would retire (a heartbeat this old while work remains)."
+    )
     var stuckAfter: String = "15m"
 
     @Flag(help: "Refresh in place until interrupted.")

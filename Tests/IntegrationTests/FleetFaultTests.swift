@@ -84,7 +84,7 @@ extension S3FaultTests {
 /// A fault that hits one worker process of the three, at a chosen moment of one of its tasks.
 struct ProcessFault: Sendable, CustomTestStringConvertible {
     enum Moment: Sendable { case download, command, upload }
-    enum Blow: Sendable { case kill9, sigterm, spotNotice }
+    enum Blow: Sendable { case kill9, sigterm, spotNotice, rebalance }
     var moment: Moment
     var blow: Blow
     var testDescription: String { "\(blow) mid-\(moment)" }
@@ -92,7 +92,7 @@ struct ProcessFault: Sendable, CustomTestStringConvertible {
     static let all: [ProcessFault] = [
         ProcessFault(moment: .download, blow: .kill9), ProcessFault(moment: .command, blow: .kill9),
         ProcessFault(moment: .upload, blow: .kill9), ProcessFault(moment: .command, blow: .sigterm),
-        ProcessFault(moment: .command, blow: .spotNotice),
+        ProcessFault(moment: .command, blow: .spotNotice), ProcessFault(moment: .command, blow: .rebalance),
     ]
 }
 
@@ -116,21 +116,28 @@ extension S3FaultTests {
                 try await TestEnvironment.setFaultRules("[]")
             }
             defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
-            let parameters = fleet.parameters(
-                extra: ["visibilityTimeout": "12", "shutdownGrace": "0"],
-                // Which worker runs the command: its work folder (`work-w<index>`), three levels above the task's
-                // data folder. ($PPID says nothing in the PID namespace a command runs in as root.)
-                before: "w=$(basename \"$(dirname \"$(dirname \"$(dirname \"$PARALLELIZER_TASK_DIR\")\")\")\"); "
-                    + "touch \"\(dir)/cmd-$w\"; sleep 0.3; rm -f \"\(dir)/cmd-$w\"",
-                after: "touch \"\(dir)/up-$w\"")
+            func parameters(_ extra: [String: String] = [:]) -> String {
+                fleet.parameters(
+                    extra: ["visibilityTimeout": "12", "shutdownGrace": "0"].merging(extra) { $1 },
+                    // Which worker runs the command: its work folder (`work-w<index>`), three levels above the
+                    // task's data folder. ($PPID says nothing in the PID namespace a command runs in as root.)
+                    before: "w=$(basename \"$(dirname \"$(dirname \"$(dirname \"$PARALLELIZER_TASK_DIR\")\")\")\"); "
+                        + "touch \"\(dir)/cmd-$w\"; sleep 0.3; rm -f \"\(dir)/cmd-$w\"",
+                    after: "touch \"\(dir)/up-$w\"")
+            }
+            // After a rebalance recommendation the first worker powers off (here: its shutdown command marks it), so
+            // that a replacement starts in a healthier pool.
+            let firstParameters = parameters(
+                fault.blow == .rebalance
+                    ? ["shouldShutdown": "true", "shutdownCommand": "/bin/sh -c 'touch \(dir)/halted'"] : [:])
             let proxy = try TestEnvironment.routeThroughFaultProxy()
             let started = ContinuousClock.now
             var imds: IMDSStandIn?
-            if fault.blow == .spotNotice {
+            if fault.blow == .spotNotice || fault.blow == .rebalance {
                 imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-0spot")
             }
-            let first = try fleet.start(0, parameters: parameters, environment: proxy, imds: imds?.endpoint)
-            let others = try (1..<3).map { try fleet.start($0, parameters: parameters, environment: proxy) }
+            let first = try fleet.start(0, parameters: firstParameters, environment: proxy, imds: imds?.endpoint)
+            let others = try (1..<3).map { try fleet.start($0, parameters: parameters(), environment: proxy) }
 
             // Wait for the moment in the first worker.
             var hit = false
@@ -149,6 +156,8 @@ extension S3FaultTests {
             case .sigterm: first.signal(SIGTERM)
             case .spotNotice:
                 try await imds?.configure(#"{"spotAction": {"action": "terminate", "time": "2026-11-23T12:00:00Z"}}"#)
+            case .rebalance:
+                try await imds?.configure(#"{"rebalance": {"noticeTime": "2026-11-23T12:00:00Z"}}"#)
             }
             let firstExit = await first.wait(timeout: 60)
             await imds?.stop()
@@ -163,6 +172,7 @@ extension S3FaultTests {
                 let log = fleet.harness.log("w0")
                 #expect(log.contains(fault.blow == .sigterm ? "SIGTERM" : "spot"), "\(log.suffix(2000))")
                 #expect(log.contains("released"), "\(log.suffix(2000))")
+                #expect(fileExists("\(dir)/halted") == (fault.blow == .rebalance), "\(log.suffix(2000))")
             }
         }
     }

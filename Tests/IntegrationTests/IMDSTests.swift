@@ -48,7 +48,10 @@ struct IMDSTests {
         #expect(
             try await imds.spotInstanceAction() == SpotInstanceAction(action: "terminate", time: "2026-11-23T10:00:00Z")
         )
-        try await configure(#"{"spotAction": null, "userData": null}"#)
+        #expect(try await imds.rebalanceRecommendation() == nil)
+        try await configure(#"{"rebalance": {"noticeTime": "2026-11-23T10:05:00Z"}}"#)
+        #expect(try await imds.rebalanceRecommendation() == "2026-11-23T10:05:00Z")
+        try await configure(#"{"spotAction": null, "userData": null, "rebalance": null}"#)
         #expect(try await imds.userData() == nil)
         let after = try await stats()
         // One token served all of those GETs, and not one request went out without a token.

@@ -133,7 +133,8 @@ struct LedgerControllerTests {
         }
     }
 
-    /// Two tagged instances (one stuck), one untagged and one of another queue; then the drain.
+    /// Two tagged instances (one stuck: its heartbeat, of before heartbeats had `updatedEpoch`, is its last completion
+    /// an hour ago), one untagged and one of another queue; then the drain.
     @Test(arguments: [false, true])
     func theControllerRetiresStuckAndDrainedWorkersAndNothingElse(dryRun: Bool) async throws {
         try await withTemporaryDirectory { dir in
@@ -183,7 +184,7 @@ struct LedgerControllerTests {
             var seen = try await states()
             #expect(gone(seen[stuck]) == !dryRun)
             #expect(seen[busy] == "running" && seen[untagged] == "running" && seen[other] == "running")
-            #expect(h.log("controller").contains("no task completed for"))
+            #expect(h.log("controller").contains("no heartbeat for"))
 
             // Drain the queue: after an interval the rest of the fleet goes, and the controller ends.
             for _ in 0..<10 {

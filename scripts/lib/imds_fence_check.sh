@@ -36,9 +36,11 @@ inns ip addr add 169.254.169.254/32 dev lo
 inns ip -6 addr add fd00:ec2::254/128 dev lo nodad
 
 MOTO_PORT=5000
-inns python3 "$HERE/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$DIR/fence-moto.log" 2>&1 &
+# Not through `inns`: a function run in the background is a subshell, and $! would be that subshell, which the
+# cleanup would kill while the server it started lives on. `ip netns exec` execs the server, so $! is the server.
+ip netns exec "$NS" python3 "$HERE/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$DIR/fence-moto.log" 2>&1 &
 PIDS+=($!)
-inns python3 "$HERE/imds_standin.py" --port 80 --host 169.254.169.254 --host fd00:ec2::254 \
+ip netns exec "$NS" python3 "$HERE/imds_standin.py" --port 80 --host 169.254.169.254 --host fd00:ec2::254 \
     --instance-id i-0fenced >"$DIR/fence-imds.log" 2>&1 &
 PIDS+=($!)
 wait_port 127.0.0.1 "$MOTO_PORT"

@@ -5,8 +5,8 @@ as EC2 does where the daemon depends on it:
   * PUT /latest/api/token with X-aws-ec2-metadata-token-ttl-seconds (1..21600) returns a session token;
     a PUT without the header is 400, and one carrying X-Forwarded-For is 403 (EC2 refuses proxied token requests);
   * every GET needs a valid, unexpired X-aws-ec2-metadata-token, else 401 (IMDSv1 is off, HttpTokens=required);
-  * user-data, instance-id, placement/region, iam/security-credentials/<role>, and spot/instance-action (404
-    until a notice is set).
+  * user-data, instance-id, placement/region, iam/security-credentials/<role>, spot/instance-action and
+    events/recommendations/rebalance (each 404 until a notice is set).
 Role credentials are real: with --sts-endpoint it calls AssumeRole on moto and hands out moto's temporary keys,
 with the Expiration it reports shortened to --credential-lifetime seconds. moto never expires those, so for tests
 where expiry must bite, --rotate-user NAME hands out access keys of an IAM user instead: a new key each rotation,
@@ -14,7 +14,8 @@ and each key is deleted from moto at the Expiration it was handed out with, afte
 refuses a session token with a user's key, so these credentials carry no Token; EC2's always do.)
 
 Control endpoints for tests (no token needed), under /_standin/:
-  POST /_standin/config  JSON: userData, instanceId, region, spotAction, credentialLifetime, failCredentials
+  POST /_standin/config  JSON: userData, instanceId, region, spotAction, rebalance, credentialLifetime,
+                         failCredentials
   GET  /_standin/stats   JSON: counters (token PUTs, GETs refused for lack of a token, credential fetches,
                          user keys created and deleted)
 """
@@ -35,6 +36,7 @@ STATE = {
     "region": "us-east-1",
     "role": "parallelizer-worker",
     "spotAction": None,
+    "rebalance": None,
     "credentialLifetime": 21600,
     "failCredentials": 0,
 }
@@ -188,6 +190,10 @@ class Handler(BaseHTTPRequestHandler):
             if not STATE["spotAction"]:
                 return self.reply(404, "Not Found")
             return self.reply(200, json.dumps(STATE["spotAction"]), "application/json")
+        if path == "/latest/meta-data/events/recommendations/rebalance":
+            if not STATE["rebalance"]:
+                return self.reply(404, "Not Found")
+            return self.reply(200, json.dumps(STATE["rebalance"]), "application/json")
         if path in ("/latest/meta-data/iam/security-credentials", "/latest/meta-data/iam/security-credentials/"):
             return self.reply(200, role)
         if path == f"/latest/meta-data/iam/security-credentials/{role}":

@@ -114,4 +114,74 @@ public struct EC2Client: Sendable {
         let root = try await call("RunInstances", parameters, logger: logger)
         return (root.child("instancesSet")?.all("item") ?? []).map(Self.instance)
     }
+
+    /// Instance tags as a `TagSpecification` of `ResourceType` instance.
+    static func tagSpecification(_ tags: [String: String]) -> [(String, String)] {
+        guard !tags.isEmpty else { return [] }
+        var parameters: [(String, String)] = [("TagSpecification.1.ResourceType", "instance")]
+        for (i, tag) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
+            parameters.append(("TagSpecification.1.Tag.\(i + 1).Key", tag.key))
+            parameters.append(("TagSpecification.1.Tag.\(i + 1).Value", tag.value))
+        }
+        return parameters
+    }
+
+    /// Starts `count` instances from a launch template (its `$Default` version unless `version` says otherwise),
+    /// with `tags` on top of the template's; `instanceType` and `subnetID` override the template's when given. Asks
+    /// for between one and `count`: EC2 starts what it has capacity for.
+    public func runInstances(
+        launchTemplate: String, version: String = "$Default", count: Int, instanceType: String? = nil,
+        subnetID: String? = nil, tags: [String: String], logger: Logger
+    ) async throws(AWSError) -> [EC2Instance] {
+        var parameters: [(String, String)] = [
+            ("LaunchTemplate.LaunchTemplateName", launchTemplate), ("LaunchTemplate.Version", version),
+            ("MinCount", "1"), ("MaxCount", String(count)),
+        ]
+        if let instanceType { parameters.append(("InstanceType", instanceType)) }
+        if let subnetID { parameters.append(("SubnetId", subnetID)) }
+        parameters += Self.tagSpecification(tags)
+        let root = try await call("RunInstances", parameters, logger: logger)
+        return (root.child("instancesSet")?.all("item") ?? []).map(Self.instance)
+    }
+
+    /// What an instant fleet started, and the pools it could not start in.
+    public struct FleetLaunch: Sendable, Equatable {
+        public var instanceIDs: [String]
+        /// `code: message` per pool that failed (capacity, limits).
+        public var errors: [String]
+    }
+
+    /// Starts `count` spot instances from a launch template with an instant EC2 Fleet, across every pool in
+    /// `overrides` (instance type × subnet), `capacity-optimized`: one pool running dry does not stop the launch.
+    public func createSpotFleet(
+        launchTemplate: String, version: String = "$Default", overrides: [(instanceType: String?, subnetID: String?)],
+        count: Int, tags: [String: String], logger: Logger
+    ) async throws(AWSError) -> FleetLaunch {
+        var parameters: [(String, String)] = [
+            ("Type", "instant"),
+            ("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateName", launchTemplate),
+            ("LaunchTemplateConfigs.1.LaunchTemplateSpecification.Version", version),
+            ("TargetCapacitySpecification.TotalTargetCapacity", String(count)),
+            ("TargetCapacitySpecification.DefaultTargetCapacityType", "spot"),
+            ("SpotOptions.AllocationStrategy", "capacity-optimized"),
+        ]
+        for (i, override) in overrides.enumerated() {
+            if let type = override.instanceType {
+                parameters.append(("LaunchTemplateConfigs.1.Overrides.\(i + 1).InstanceType", type))
+            }
+            if let subnet = override.subnetID {
+                parameters.append(("LaunchTemplateConfigs.1.Overrides.\(i + 1).SubnetId", subnet))
+            }
+        }
+        parameters += Self.tagSpecification(tags)
+        let root = try await call("CreateFleet", parameters, logger: logger)
+        var ids: [String] = []
+        for item in root.child("fleetInstanceSet")?.all("item") ?? [] {
+            ids += (item.child("instanceIds")?.all("item") ?? []).map(\.text)
+        }
+        let errors = (root.child("errorSet")?.all("item") ?? []).map {
+            "\($0["errorCode"] ?? "error"): \($0["errorMessage"] ?? "")"
+        }
+        return FleetLaunch(instanceIDs: ids, errors: errors)
+    }
 }
