@@ -84,6 +84,7 @@ public actor IMDSClient {
     public func userData() async throws(AWSError) -> String? { try await get("/latest/user-data") }
     public func instanceID() async throws(AWSError) -> String? { try await get("/latest/meta-data/instance-id") }
     public func region() async throws(AWSError) -> String? { try await get("/latest/meta-data/placement/region") }
+    public func instanceType() async throws(AWSError) -> String? { try await get("/latest/meta-data/instance-type") }
 
     /// A pending spot interruption (`{"action": "terminate", "time": "..."}`), or nil when there is none.
     public func spotInstanceAction() async throws(AWSError) -> SpotInstanceAction? {

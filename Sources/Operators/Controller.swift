@@ -19,10 +19,14 @@ public struct FleetPolicy: Sendable {
     /// Instances to keep alive while work waits (nil: launch nothing, as EC2-clusteR's controller without
     /// `max.nodes`).
     public var target: Int?
-    /// Never more instances than this, whatever `target` says.
-    public var maxSize: Int?
+    /// The most instances this controller launches in all, replacements included: churn (a pool interrupting
+    /// again and again, workers dying of their inputs) cannot run up the bill without end.
+    public var maxLaunches: Int?
     /// A launched instance gone within this many seconds, never heard from, was a failed launch.
     public var youngDeath: Double = 600
+    /// A launched instance not yet listed by DescribeInstances (which lags RunInstances by a few seconds) counts
+    /// as alive for this long.
+    public var listingLag: Double = 120
     /// Failed launches in a row after which the controller stops: a launch template that cannot boot a worker
     /// must not start instances forever.
     public var failedLaunchLimit = 3
@@ -71,10 +75,15 @@ public struct FleetPolicy: Sendable {
         public var drainedAfterWork = false
         /// Instances this controller launched, with when, until they are gone.
         public var launched: [String: Double] = [:]
+        /// Of those, the ones DescribeInstances has listed.
+        public var listed: Set<String> = []
         /// Of those, the ones heard from (a heartbeat): their boot worked.
         public var heardFrom: Set<String> = []
-        /// Failed launches in a row.
+        /// Failed launches in a row: launched instances gone (or retired as never heard from) before a heartbeat,
+        /// and launch calls that started nothing.
         public var failedLaunches = 0
+        /// Instances launched in all.
+        public var launchedInAll = 0
         public init() {}
     }
 
@@ -114,8 +123,9 @@ public struct FleetPolicy: Sendable {
         if queue.total == 0 {
             let since = memory.drainedSince ?? snapshot.now
             memory.drainedSince = since
-            if memory.sawWork { memory.drainedAfterWork = true }
             guard fleetStopIsDue(memory, now: snapshot.now) else { return [] }
+            // Drained for the interval, not one reading of zero (a pause between enqueue's chunks).
+            if memory.sawWork { memory.drainedAfterWork = true }
             let drained = Int(snapshot.now - since)
             return snapshot.instances.map {
                 Termination(instanceID: $0.instanceID, reason: "the queue has been drained for \(drained) s")
@@ -133,38 +143,55 @@ public struct FleetPolicy: Sendable {
         }
     }
 
-    /// Notes which of the instances this controller launched are gone, and how: one gone young and never heard
-    /// from is a failed launch; one heard from, or gone old, shows the launches work. Returns the ids that failed.
+    /// Notes which of the instances this controller launched are gone, and how. Judged only with heartbeats (a
+    /// ledger): without them a worker that left on its own (a drain, the tail, an interruption) looks the same as
+    /// one that never booted. A launched instance gone young and never heard from failed, and so did one the
+    /// controller retired because it was never heard from (a worker that cannot beat would otherwise be launched
+    /// and retired forever); a newly heard-from one shows the launches work and starts the count again. An id that
+    /// DescribeInstances has not listed yet is not gone until `listingLag` has passed. Returns the ids that failed.
     public func noteDepartures(_ snapshot: Snapshot, terminatedHere: Set<String>, memory: inout Memory) -> [String] {
         let alive = Set(snapshot.instances.map(\.instanceID))
-        for id in memory.launched.keys where snapshot.heartbeats?[id] != nil { memory.heardFrom.insert(id) }
-        if !memory.heardFrom.isDisjoint(with: memory.launched.keys) { memory.failedLaunches = 0 }
+        memory.listed.formUnion(alive.intersection(memory.launched.keys))
+        let heartbeats = snapshot.heartbeats
+        for id in memory.launched.keys.sorted() where heartbeats?[id] != nil && !memory.heardFrom.contains(id) {
+            memory.heardFrom.insert(id)
+            memory.failedLaunches = 0
+        }
         var failed: [String] = []
         for (id, launchedAt) in memory.launched.sorted(by: { $0.value < $1.value }) where !alive.contains(id) {
+            if !memory.listed.contains(id) && snapshot.now - launchedAt < listingLag { continue }
             memory.launched[id] = nil
+            memory.listed.remove(id)
             defer { memory.heardFrom.remove(id) }
-            if terminatedHere.contains(id) { continue }
-            if snapshot.now - launchedAt < youngDeath && !memory.heardFrom.contains(id) {
+            guard heartbeats != nil, !memory.heardFrom.contains(id) else { continue }
+            if terminatedHere.contains(id) || snapshot.now - launchedAt < youngDeath {
                 memory.failedLaunches += 1
                 failed.append(id)
-            } else {
-                memory.failedLaunches = 0
             }
         }
         return failed
     }
 
-    /// How many instances to launch now: up to `target` (never past `maxSize`), counting those alive and not being
-    /// terminated, while messages wait to be taken, and no more than wait; none once the queue has drained.
+    /// How many instances to launch now: up to `target`, counting those alive and not being terminated (and those
+    /// just launched that DescribeInstances does not list yet), while messages wait to be taken, and no more than
+    /// wait; none once the queue has drained after work, and none past `maxLaunches` in all.
     public func launch(_ snapshot: Snapshot, terminating: Set<String>, memory: Memory) -> Launch? {
         guard let target, !memory.drainedAfterWork, snapshot.queue.visible > 0 else { return nil }
-        let alive = snapshot.instances.filter { !terminating.contains($0.instanceID) }.count
-        let ceiling = min(target, maxSize ?? target)
-        let count = min(ceiling - alive, snapshot.queue.visible)
+        let listed = Set(snapshot.instances.map(\.instanceID))
+        let unlisted = memory.launched.filter { id, at in !listed.contains(id) && snapshot.now - at < listingLag }
+        let alive = snapshot.instances.filter { !terminating.contains($0.instanceID) }.count + unlisted.count
+        var count = min(target - alive, snapshot.queue.visible)
+        if let maxLaunches { count = min(count, maxLaunches - memory.launchedInAll) }
         guard count > 0 else { return nil }
         return Launch(
             count: count,
             reason: "\(alive) of \(target) instances alive while \(snapshot.queue.visible) messages wait")
+    }
+
+    /// Whether launches have stopped at `maxLaunches` while the fleet is below `target` and work waits.
+    public func launchBudgetSpent(_ snapshot: Snapshot, memory: Memory) -> Bool {
+        guard let target, let maxLaunches, !memory.drainedAfterWork, snapshot.queue.visible > 0 else { return false }
+        return memory.launchedInAll >= maxLaunches && snapshot.instances.count < target
     }
 }
 
@@ -194,7 +221,7 @@ public struct Controller: Sendable {
         public var keepRunning = false
         /// Instances to keep alive while work waits; nil launches none.
         public var target: Int?
-        public var maxSize: Int?
+        public var maxLaunches: Int?
         public var market: Market = .onDemand
         /// The launch template replacements come from: `scripts/launch` records one per queue.
         public var launchTemplate: String
@@ -245,7 +272,7 @@ public struct Controller: Sendable {
         var policy = FleetPolicy(stuckAfter: options.stuckAfter, drainedFor: options.interval)
         policy.taskGrace = options.taskGrace
         policy.target = options.market == .asg ? nil : options.target
-        policy.maxSize = options.maxSize
+        policy.maxLaunches = options.maxLaunches
         logger.notice(
             "controller started",
             metadata: [
@@ -263,6 +290,9 @@ public struct Controller: Sendable {
         // Failed rounds in a row, and how many of them met the same set-up problem (a denied call, a queue gone).
         var failedRounds = 0
         var refused: (problem: SetupProblem, rounds: Int)?
+        // Rounds in a row the ledger could not be read with the same problem (a denied Query, a missing table).
+        var ledgerRefused: (problem: SetupProblem, rounds: Int)?
+        var budgetNoted = false
         while !Task.isCancelled {
             do {
                 let counts = try await sqs.messageCounts(queueURL: options.queueURL, logger: logger)
@@ -278,11 +308,34 @@ public struct Controller: Sendable {
                             table: table, queueURL: options.queueURL,
                             client: dynamo, logger: logger)
                         heartbeats = Dictionary(items.map { ($0.instanceID, $0) }, uniquingKeysWith: { a, _ in a })
+                        ledgerRefused = nil
                     } catch {
                         // Without heartbeats this round, judge no one stuck: a ledger outage must not kill workers.
+                        // One that waiting cannot fix ends the controller, as any other, instead of a warning a round.
+                        if let problem = error.setupProblem {
+                            let rounds = ledgerRefused?.problem == problem ? ledgerRefused!.rounds + 1 : 1
+                            ledgerRefused = (problem, rounds)
+                            if rounds >= Self.sameErrorRounds {
+                                logger.critical(
+                                    "controller cannot go on: the ledger cannot be read (\(rounds) rounds in a row); give the controller dynamodb:Query on \(table), or leave out --ledger-table",
+                                    metadata: ["error": "\(error)"])
+                                return 2
+                            }
+                        }
                         logger.warning(
                             "cannot read the ledger; no stuck-instance decisions this round",
                             metadata: ["error": "\(error)"])
+                    }
+                }
+                // Launched but not in the listing: DescribeInstances lags RunInstances, so such an id counts as alive
+                // for a while, unless asking for it by id shows it gone already (an instance that died at once).
+                let listedNow = Set(instances.map(\.instanceID))
+                let unlisted = memory.launched.keys.filter { !listedNow.contains($0) && !memory.listed.contains($0) }
+                if !unlisted.isEmpty,
+                    let described = try? await ec2.describeInstances(instanceIDs: unlisted.sorted(), logger: logger)
+                {
+                    for instance in described where !["pending", "running"].contains(instance.state) {
+                        memory.listed.insert(instance.instanceID)
                     }
                 }
                 let snapshot = FleetPolicy.Snapshot(
@@ -297,9 +350,15 @@ public struct Controller: Sendable {
                 }
                 if memory.failedLaunches >= policy.failedLaunchLimit {
                     logger.critical(
-                        "controller stops: \(memory.failedLaunches) launched instances in a row were gone before their workers were heard from; check the launch template \(options.launchTemplate) (its image, role and user-data) and the instances' console output",
+                        "controller stops: \(memory.failedLaunches) launches in a row failed (instances gone or retired before their workers were heard from, or launch calls that started nothing); check the launch template \(options.launchTemplate) (its image, role, network and user-data), the instances' console output, and the launch errors above",
                         metadata: ["launch_template": "\(options.launchTemplate)"])
                     return 2
+                }
+                if policy.launchBudgetSpent(snapshot, memory: memory) && !budgetNoted {
+                    budgetNoted = true
+                    logger.notice(
+                        "no more launches: --max instances have been launched in all",
+                        metadata: ["launched": "\(memory.launchedInAll)"])
                 }
                 let launch = policy.launch(
                     snapshot, terminating: Set(decisions.map(\.instanceID)).union(terminated), memory: memory)
@@ -334,11 +393,25 @@ public struct Controller: Sendable {
                             "market": "\(options.market.rawValue)",
                         ])
                     if !options.dryRun {
-                        let started = try await launchInstances(launch.count, ec2: ec2, logger: logger)
-                        for id in started { memory.launched[id] = snapshot.now }
-                        logger.notice(
-                            "launched instances",
-                            metadata: ["instances": "\(started.joined(separator: ","))", "count": "\(started.count)"])
+                        // A launch that fails is a failed launch, counted toward the limit, and the round goes on:
+                        // retiring stuck workers and stopping the fleet at the drain do not wait on it.
+                        do {
+                            let started = try await launchInstances(launch.count, ec2: ec2, logger: logger)
+                            for id in started { memory.launched[id] = snapshot.now }
+                            memory.launchedInAll += started.count
+                            logger.notice(
+                                "launched instances",
+                                metadata: [
+                                    "instances": "\(started.joined(separator: ","))", "count": "\(started.count)",
+                                ])
+                        } catch {
+                            memory.failedLaunches += 1
+                            logger.error(
+                                "launch failed",
+                                metadata: [
+                                    "error": "\(error)", "launches.failed_in_a_row": "\(memory.failedLaunches)",
+                                ])
+                        }
                     }
                 }
                 if fleetStop && !options.keepRunning
@@ -396,6 +469,12 @@ public struct Controller: Sendable {
                 launchTemplate: options.launchTemplate, overrides: pools, count: count, tags: tags, logger: logger)
             for error in fleet.errors {
                 logger.warning("a spot pool could not be used", metadata: ["error": "\(error)"])
+            }
+            // An instant fleet answers 200 with only errors when it started nothing: that is the launch's failure.
+            if fleet.instanceIDs.isEmpty, let first = fleet.errors.first {
+                throw AWSError(
+                    kind: .service, service: "ec2", code: String(first.prefix { $0 != ":" }),
+                    message: "CreateFleet started no instance: \(fleet.errors.joined(separator: "; "))")
             }
             return fleet.instanceIDs
         case .onDemand:

@@ -44,7 +44,9 @@ public enum BodyForm: String, Sendable, CaseIterable {
 /// merely starts like the input's (`a/x` beside `a/x.txt.out`) is not a sign of anything.
 ///
 /// Checked a chunk of inputs at a time with bounded memory: the chunk's predicted output keys are sorted and one
-/// listing walks from the smallest to the largest (`start-after`); the ledger is read over the chunk's key range.
+/// listing walks from the smallest to the largest (`start-after`); the ledger is read over the chunk's key range,
+/// page by page. A bucket listing comes sorted, so each chunk's range is narrow; keys from a file should be sorted
+/// too (`sort -u`), or each chunk's range may span the whole prefix.
 public struct DoneCheck: Sendable {
     public enum Source: Sendable {
         /// Outputs under `outputPrefix` in `bucket`, named by `outputName` (`{name}` is the input's file name) and
@@ -81,46 +83,55 @@ public struct DoneCheck: Sendable {
             switch source {
             case .outputs(let bucket, let outputPrefix, let inputPrefix, let outputName):
                 guard let s3 else { continue }
-                var wanted: [String: [String]] = [:]
+                // By bytes, as S3 orders and compares keys: Swift's `String ==` would take a key in another Unicode
+                // normalization for the same.
+                var wanted: [[UInt8]: [String]] = [:]
                 for input in inputs {
                     let key = Self.predictedOutput(
                         inputKey: input, outputName: outputName, inputPrefix: inputPrefix, outputPrefix: outputPrefix)
-                    wanted[key, default: []].append(input)
+                    wanted[Array(key.utf8), default: []].append(input)
                 }
-                let sorted = wanted.keys.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
-                let (low, high) = (sorted.first!, Array(sorted.last!.utf8))
-                // start-after is exclusive: begin just before the smallest key (at a key it starts with).
-                let startAfter = low.utf8.count > 1 ? String(decoding: Array(low.utf8).dropLast(), as: UTF8.self) : nil
+                let sorted = wanted.keys.sorted { $0.lexicographicallyPrecedes($1) }
+                let (low, high) = (sorted.first!, sorted.last!)
+                // start-after is exclusive: begin at a key the smallest starts with, its last character dropped
+                // (whole: a key is never half a character).
+                let lowKey = String(decoding: low, as: UTF8.self)
+                let startAfter = lowKey.unicodeScalars.count > 1 ? String(lowKey.unicodeScalars.dropLast()) : nil
                 var token: String?
                 walk: repeat {
                     let page = try await s3.listObjectsV2(
                         bucket: bucket, prefix: outputPrefix, continuationToken: token,
                         startAfter: token == nil ? startAfter : nil, logger: logger)
                     for object in page.objects {
-                        if Array(object.key.utf8).lexicographicallyPrecedes(high) || object.key == sorted.last! {
-                            wanted[object.key].map { done.formUnion($0) }
-                        } else {
-                            break walk
-                        }
+                        let key = Array(object.key.utf8)
+                        if high.lexicographicallyPrecedes(key) { break walk }
+                        wanted[key].map { done.formUnion($0) }
                     }
                     token = page.nextContinuationToken
                 } while token != nil
             case .ledger(let table, let queueURL):
                 guard let dynamo else { continue }
                 let ordered = inputs.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
-                let members = Set(inputs)
-                let items = try await dynamo.queryAll(
-                    table: table, keyCondition: "#q = :q AND #t BETWEEN :low AND :high",
-                    names: ["#q": LedgerSchema.partitionKey, "#t": LedgerSchema.sortKey],
-                    values: [
-                        ":q": .s(LedgerSchema.queueName(queueURL)),
-                        ":low": .s(LedgerSchema.taskPrefix + ordered.first! + "#"),
-                        ":high": .s(LedgerSchema.taskSortKey(inputKey: ordered.last!, attempt: 9999)),
-                    ],
-                    logger: logger)
-                for item in items where item[LedgerSchema.Task.state]?.string == "done" {
-                    if let key = item[LedgerSchema.Task.inputKey]?.string, members.contains(key) { done.insert(key) }
-                }
+                let members = Set(inputs.map { Array($0.utf8) })
+                // Page by page, keeping only what is done: the range may hold many attempts.
+                var startKey: DynamoItem?
+                repeat {
+                    let page = try await dynamo.query(
+                        table: table, keyCondition: "#q = :q AND #t BETWEEN :low AND :high",
+                        names: ["#q": LedgerSchema.partitionKey, "#t": LedgerSchema.sortKey],
+                        values: [
+                            ":q": .s(LedgerSchema.queueName(queueURL)),
+                            ":low": .s(LedgerSchema.taskPrefix + ordered.first! + "#"),
+                            ":high": .s(LedgerSchema.taskSortKey(inputKey: ordered.last!, attempt: 9999)),
+                        ],
+                        startKey: startKey, logger: logger)
+                    for item in page.items where item[LedgerSchema.Task.state]?.string == "done" {
+                        if let key = item[LedgerSchema.Task.inputKey]?.string, members.contains(Array(key.utf8)) {
+                            done.insert(key)
+                        }
+                    }
+                    startKey = page.lastEvaluatedKey
+                } while startKey != nil
             }
         }
         return done

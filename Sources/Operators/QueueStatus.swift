@@ -102,6 +102,12 @@ public struct FleetStatus: Sendable, Equatable, Codable {
     /// Tasks completed per minute across the fleet, over the last `window` seconds.
     public var tasksPerMinute: Double
     public var etaSeconds: Int?
+    /// With prices: US dollars spent so far (each instance from its daemon's start to its last heartbeat, or now),
+    /// and to finish (what remains, at the recent mean task time, spread over the running fleet's slots at its
+    /// hourly price). Nil when an instance's type has no price (`unpricedTypes`).
+    public var costSoFar: Double?
+    public var costToFinish: Double?
+    public var unpricedTypes: [String] = []
 
     /// The recent-rate window.
     public static let window = 300.0
@@ -109,7 +115,7 @@ public struct FleetStatus: Sendable, Equatable, Codable {
     /// Pure: `now` and the queue's counts are parameters.
     public static func summarize(
         _ heartbeats: [InstanceHeartbeat], queue: SQSClient.MessageCounts, now: Double,
-        stuckAfter: Double
+        stuckAfter: Double, prices: [String: Double] = [:]
     ) -> FleetStatus {
         var rate = 0.0  // per second
         for beat in heartbeats {
@@ -134,13 +140,49 @@ public struct FleetStatus: Sendable, Equatable, Codable {
                 tasksFailed: beat.tasksFailed,
                 lastCompletionAgoSeconds: beat.lastCompletionEpoch.map { Int(now - $0) },
                 runningTasks: beat.runningTasks,
-                stuckReason: queue.total > 0 ? policy.stuckReason(nil, heartbeat: beat, now: now) : nil)
+                // Not a stopped daemon: whether its instance is still up, only the controller (which lists the
+                // instances) can tell.
+                stuckReason: queue.total > 0 && beat.state != "stopped"
+                    ? policy.stuckReason(nil, heartbeat: beat, now: now) : nil)
         }
         let remaining = queue.total
-        return FleetStatus(
+        var status = FleetStatus(
             instances: instances, durationP50Seconds: percentile(0.5), durationP95Seconds: percentile(0.95),
             tasksPerMinute: (rate * 60 * 10).rounded() / 10,
             etaSeconds: remaining == 0 ? 0 : rate > 0 ? Int((Double(remaining) / rate).rounded()) : nil)
+        if !prices.isEmpty {
+            status.cost(heartbeats, remaining: remaining, durations: durations, now: now, prices: prices)
+        }
+        return status
+    }
+
+    /// Fills in the costs from the heartbeats' instance types and `prices` (USD per hour by type).
+    mutating func cost(
+        _ heartbeats: [InstanceHeartbeat], remaining: Int, durations: [Double], now: Double,
+        prices: [String: Double]
+    ) {
+        unpricedTypes = Set(heartbeats.map { $0.instanceType ?? "unknown" }).filter { prices[$0] == nil }.sorted()
+        guard unpricedTypes.isEmpty else { return }
+        var spent = 0.0
+        var hourly = 0.0
+        var slots = 0
+        for beat in heartbeats {
+            let price = prices[beat.instanceType ?? "unknown"] ?? 0
+            let end = beat.state == "running" ? now : (beat.updatedEpoch ?? now)
+            spent += max(0, end - (beat.startedEpoch ?? end)) / 3600 * price
+            if beat.state == "running" {
+                hourly += price
+                slots += max(1, beat.slots)
+            }
+        }
+        costSoFar = (spent * 100).rounded() / 100
+        if remaining == 0 {
+            costToFinish = 0
+        } else if slots > 0, !durations.isEmpty {
+            let mean = durations.reduce(0, +) / Double(durations.count)
+            let hours = Double(remaining) * mean / Double(slots) / 3600
+            costToFinish = (hours * hourly * 100).rounded() / 100
+        }
     }
 
     public var text: String {
@@ -153,6 +195,12 @@ public struct FleetStatus: Sendable, Equatable, Codable {
                     ?? "unknown (no recent completions)"),
             "instances   \(instances.count)",
         ]
+        if !unpricedTypes.isEmpty {
+            lines.insert("cost        unknown: no --price for \(unpricedTypes.joined(separator: ", "))", at: 3)
+        } else if let costSoFar {
+            let finish = costToFinish.map { String(format2: $0) } ?? "unknown (no recent task times)"
+            lines.insert("cost        $\(String(format2: costSoFar)) so far, $\(finish) to finish", at: 3)
+        }
         for i in instances {
             let last = i.lastCompletionAgoSeconds.map { "\($0) s ago" } ?? "never"
             lines.append(
@@ -160,5 +208,14 @@ public struct FleetStatus: Sendable, Equatable, Codable {
                     + (i.stuckReason.map { "  LOOKS STUCK: \($0)" } ?? ""))
         }
         return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    /// A dollar amount with two decimals (FoundationEssentials has no `String(format:)`).
+    init(format2 value: Double) {
+        let cents = Int((value * 100).rounded())
+        let fraction = cents % 100
+        self = "\(cents / 100)." + (fraction < 10 ? "0" : "") + "\(fraction)"
     }
 }

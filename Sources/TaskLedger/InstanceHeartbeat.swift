@@ -19,6 +19,8 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
     public var oldestTaskStartedEpoch: Double?
     public var taskTimeout: Double?
     public var stopReason: String?
+    public var instanceType: String?
+    public var slots: Int
 
     public init(
         instanceID: String, state: String = "running", startedEpoch: Double? = nil,
@@ -38,6 +40,7 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
         self.runningTasks = runningTasks
         self.oldestTaskStartedEpoch = oldestTaskStartedEpoch
         self.taskTimeout = taskTimeout
+        self.slots = 1
     }
 
     /// When the instance last showed progress: its last completion, else its daemon's start.
@@ -65,6 +68,8 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
         oldestTaskStartedEpoch = item[F.oldestTaskStartedEpoch]?.double
         taskTimeout = item[F.taskTimeout]?.double
         stopReason = item[F.stopReason]?.string
+        instanceType = item[F.instanceType]?.string
+        slots = item[F.slots]?.int ?? 1
     }
 
     /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).

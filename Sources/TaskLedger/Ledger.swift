@@ -10,7 +10,7 @@ import Logging
 ///   times, duration, bytes in and out, exit status, output key;
 /// - `instance#<instance id>`: last receive, last completion, tasks done, version, the tasks running now (how many,
 ///   since when, and the `taskTimeout` they run under), and the recent task durations and completion times that
-///   `status` and `controller` read: written once per `heartbeatInterval` while tasks run or anything changed, so a
+///   `status` and `controller` read: written once per `heartbeatInterval` for as long as the daemon runs, so a
 ///   live worker with a long task keeps beating and one that beats no more is stuck.
 ///
 /// The queue and S3 are the source of truth; the ledger is only the record. So a write never blocks or fails a task:
@@ -25,6 +25,10 @@ public actor Ledger {
         public var retryDelay: Double = 1
         /// The daemon's `taskTimeout`, written in the heartbeat: the controller's "stuck" is a task past it.
         public var taskTimeout: Double?
+        /// The instance's type (from IMDS) and the daemon's slots, written in the heartbeat: `status --price` turns
+        /// them into the fleet's cost.
+        public var instanceType: String?
+        public var slots = 1
         public init() {}
     }
 
@@ -42,8 +46,9 @@ public actor Ledger {
         var released = 0
         var recentDurations: [Double] = []
         var recentCompletions: [Double] = []
-        /// The tasks running now, by their sort key, with when each started.
-        var running: [String: Double] = [:]
+        /// The tasks running now, by their sort key, with when each started (its command, once it has): a list, as
+        /// two slots may run the same attempt of a message SQS delivered twice.
+        var running: [String: [Double]] = [:]
     }
 
     static let recentLimit = 50
@@ -57,7 +62,6 @@ public actor Ledger {
     let startedAt: Double
     var buffer: [Write] = []
     var progress = Progress()
-    var heartbeatDirty = true
     var lastHeartbeat: Double?
     var stopping = false
     var failures = 0
@@ -92,8 +96,6 @@ public actor Ledger {
 
     public func received() {
         progress.lastReceive = Self.now()
-        heartbeatDirty = true
-        signal()
     }
 
     public func taskStarted(inputKey: String, attempt: Int, slot: Int, messageID: String) {
@@ -107,8 +109,15 @@ public actor Ledger {
                 F.instance: .s(instanceID), F.slot: .number(slot), F.state: .s("running"), F.messageID: .s(messageID),
                 F.startedAt: .s(Self.iso(now)), F.startedEpoch: .number(now),
             ]))
-        progress.running[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)] = now
-        heartbeatDirty = true
+        progress.running[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt), default: []].append(now)
+    }
+
+    /// The task's command starts now (after its download): its start, as the heartbeat reports it, moves here.
+    public func commandStarted(inputKey: String, attempt: Int) {
+        let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
+        guard var starts = progress.running[key], !starts.isEmpty else { return }
+        starts[starts.count - 1] = Self.now()
+        progress.running[key] = starts
     }
 
     public enum Outcome: String, Sendable { case done, failed, released }
@@ -137,7 +146,11 @@ public actor Ledger {
                 ],
                 expression: "SET " + fields.indices.map { "#a\($0) = :v\($0)" }.joined(separator: ", "),
                 names: names, values: values))
-        progress.running[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)] = nil
+        let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
+        if var starts = progress.running[key], !starts.isEmpty {
+            starts.removeLast()
+            progress.running[key] = starts.isEmpty ? nil : starts
+        }
         switch outcome {
         case .done:
             progress.done += 1
@@ -147,7 +160,6 @@ public actor Ledger {
         case .failed: progress.failed += 1
         case .released: progress.released += 1
         }
-        heartbeatDirty = true
     }
 
     /// Writes the final heartbeat (`state` = `stopped`) and what is buffered, for at most `deadline` seconds.
@@ -165,6 +177,20 @@ public actor Ledger {
         if !buffer.isEmpty {
             logger.warning("ledger writes left unsent at exit", metadata: ["ledger.unsent": "\(buffer.count)"])
         }
+    }
+
+    // MARK: - What the fleet shows
+
+    /// Other instances of this queue whose daemons are running a task now, by their heartbeats: written within
+    /// `freshWithin` seconds, state `running`, at least one task running. A worker busy with a task stays until it
+    /// ends, so these are workers that stay (`Daemon.watchForDrain`'s tail rule).
+    public func busyOthers(freshWithin: Double) async throws(AWSError) -> Int {
+        let now = Self.now()
+        return try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
+            .filter {
+                $0.instanceID != instanceID && $0.state == "running" && $0.runningTasks > 0
+                    && now - ($0.updatedEpoch ?? 0) <= freshWithin
+            }.count
     }
 
     // MARK: - The writer
@@ -205,11 +231,13 @@ public actor Ledger {
             item[F.lastCompletionEpoch] = .number(t.rounded())
             item[F.lastCompletionAt] = .s(Self.iso(t))
         }
-        item[F.runningTasks] = .number(progress.running.count)
-        if let oldest = progress.running.values.min() {
+        item[F.runningTasks] = .number(progress.running.values.reduce(0) { $0 + $1.count })
+        if let oldest = progress.running.values.flatMap({ $0 }).min() {
             item[F.oldestTaskStartedEpoch] = .number(oldest.rounded(.down))
         }
         if let timeout = settings.taskTimeout { item[F.taskTimeout] = .number(timeout) }
+        if let type = settings.instanceType { item[F.instanceType] = .s(type) }
+        item[F.slots] = .number(settings.slots)
         if let reason { item[F.stopReason] = .s(reason) }
         return .put(item)
     }
@@ -217,19 +245,17 @@ public actor Ledger {
     func runWriter() async {
         while !Task.isCancelled {
             let now = Self.now()
-            // While tasks run, a heartbeat goes out every interval even when nothing else changed: it is how the
-            // controller tells a long task from a stuck worker.
-            if !progress.running.isEmpty { heartbeatDirty = true }
-            if heartbeatDirty && !stopping && (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true) {
-                heartbeatDirty = false
+            // A heartbeat goes out every interval for as long as the daemon runs, whether or not anything changed:
+            // it is how the controller tells a long task, or a worker waiting for a message it released, from a
+            // stuck one (and a worker leaving the tail counts the busy ones by it).
+            if !stopping && (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true) {
                 lastHeartbeat = now
                 buffer.append(heartbeatWrite(state: "running"))
             }
             if buffer.isEmpty {
                 if stopping { return }
-                // Sleep until something is appended, or until the next heartbeat may be due.
-                let wait =
-                    heartbeatDirty ? max(0.05, settings.heartbeatInterval - (now - (lastHeartbeat ?? now))) : 3600
+                // Sleep until something is appended, or until the next heartbeat is due.
+                let wait = max(0.05, settings.heartbeatInterval - (now - (lastHeartbeat ?? now)))
                 let sleeper = Task { [weak self] in
                     try? await Task.sleep(nanoseconds: UInt64(min(wait, 3600) * 1e9))
                     await self?.signal()

@@ -68,6 +68,8 @@ public enum LedgerSchema {
         public static let runningTasks = "runningTasks"
         public static let oldestTaskStartedEpoch = "oldestTaskStartedEpoch"
         public static let taskTimeout = "taskTimeout"
+        public static let instanceType = "instanceType"
+        public static let slots = "slots"
     }
 
     /// The attribute every item has that tells its kind (`task` or `instance`).

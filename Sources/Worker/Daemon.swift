@@ -116,7 +116,9 @@ public struct Daemon: Sendable {
         await withTaskGroup(of: Void.self) { daemon in
             if !options.once {
                 daemon.addTask {
-                    await watchForDrain(processor.queue, lifecycle, deadEnds: deadEnds, clock: clock, logger: logger)
+                    await watchForDrain(
+                        processor.queue, lifecycle, deadEnds: deadEnds, ledger: processor.ledger, clock: clock,
+                        logger: logger)
                 }
             }
             if let imds = context.imds {

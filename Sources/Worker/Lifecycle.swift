@@ -43,6 +43,8 @@ public final class Lifecycle: Sendable {
         var lastWork: ContinuousClock.Instant
         var emptyPolls = 0
         var counts = Counts()
+        /// Until when a message this daemon released for a retry may still be on its way back.
+        var releasedUntil: ContinuousClock.Instant?
     }
 
     /// How long running tasks may go on after a stop (`shutdownGrace`).
@@ -135,6 +137,19 @@ public final class Lifecycle: Sendable {
         }
     }
     func emptyPoll() { state.withLock { $0.emptyPolls += 1 } }
+
+    /// A message was released to come back in `seconds`: until it has (and a poll has had time to take it), this
+    /// daemon is the one that must be there to take it, and does not leave the tail to others.
+    func releasedForRetry(seconds: Int) {
+        let until = clock.now + .seconds(seconds + 30)
+        state.withLock { s in s.releasedUntil = max(s.releasedUntil ?? until, until) }
+    }
+
+    /// Whether a message this daemon released may still come back (`releasedForRetry`).
+    var awaitsReleasedWork: Bool {
+        let now = clock.now
+        return state.withLock { s in s.releasedUntil.map { now < $0 } ?? false }
+    }
 
     /// Nothing runs, and the last work ended at least `seconds` ago with empty polls since.
     func idle(for seconds: Int) -> Bool {

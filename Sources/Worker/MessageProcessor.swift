@@ -101,6 +101,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             logger.info(
                 "message will be retried",
                 metadata: ["retry.after_seconds": "\(seconds)", "task.attempt": "\(message.receiveCount)"])
+            lifecycle.releasedForRetry(seconds: seconds)
             await changeVisibility(message, to: seconds, logger: logger)
         case .giveUp(let failures, let worthRedriving):
             var recorded = true

@@ -1,5 +1,6 @@
 import AWSCore
 import AWSServices
+import TaskLedger
 import Dispatch
 @preconcurrency import Glibc
 import Logging
@@ -9,12 +10,21 @@ extension Daemon {
     /// Drained means: no slot has had work for `idleTimeout`, their long polls came back empty, and the queue
     /// reports nothing visible, in flight or delayed on two checks in a row. Messages in flight on other
     /// instances keep this worker waiting: they may fail and come back.
+    ///
+    /// The tail: with a ledger, a worker does not idle behind other workers' long tasks. When nothing is visible or
+    /// delayed, it leaves once the messages in flight are no more than the other workers busy with a task (by
+    /// their fresh heartbeats): each of those stays until its task ends and can take back a message that fails. It
+    /// stays while a message it released for a retry may still come back, and the last worker never leaves while
+    /// anything is in flight. Without a ledger (or without `dynamodb:Query` on it), it waits for the queue to
+    /// empty, as before.
     func watchForDrain(
-        _ queue: some WorkQueue, _ lifecycle: Lifecycle, deadEnds: DeadEnds, clock: any WorkerClock,
+        _ queue: some WorkQueue, _ lifecycle: Lifecycle, deadEnds: DeadEnds, ledger: Ledger?, clock: any WorkerClock,
         logger: Logger
     ) async {
         let interval = Duration.seconds(max(1, min(5, config.idleTimeout / 3)))
         var zeroChecks = 0
+        var tailChecks = 0
+        var tailRule = ledger != nil
         var checks = 0
         while !lifecycle.isStopping {
             do { try await clock.sleep(for: interval) } catch { return }
@@ -24,12 +34,36 @@ extension Daemon {
             }
             checks += 1
             do {
-                let total = try await queue.counts(logger: logger).total
+                let counts = try await queue.counts(logger: logger)
+                let total = counts.total
                 deadEnds.succeeded(.queueAttributes)
                 zeroChecks = total == 0 ? zeroChecks + 1 : 0
                 if total > 0 {
                     logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])
                 }
+                var tailHolds = false
+                if tailRule, let ledger, total > 0, counts.visible == 0, counts.delayed == 0,
+                    !lifecycle.awaitsReleasedWork
+                {
+                    do {
+                        // Fresh: written within three heartbeat intervals.
+                        let busy = try await ledger.busyOthers(freshWithin: 3 * options.ledger.heartbeatInterval)
+                        tailHolds = counts.inFlight <= busy
+                        if tailHolds && tailChecks >= 1 {
+                            logger.notice(
+                                "queue drained but for the tail: leaving it to the workers busy with it",
+                                metadata: ["queue.in_flight": "\(counts.inFlight)", "workers.busy": "\(busy)"])
+                            lifecycle.requestStop(.drained)
+                        }
+                    } catch {
+                        tailRule = false
+                        logger.notice(
+                            "cannot read the fleet's heartbeats (dynamodb:Query on the ledger); waiting for the queue to empty instead of leaving the tail to others",
+                            metadata: ["error": "\(error)"])
+                    }
+                }
+                // Two checks in a row, as for the drain.
+                tailChecks = tailHolds ? tailChecks + 1 : 0
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("cannot read the queue's counts", metadata: ["error": "\(error)"])

@@ -85,6 +85,8 @@ struct StartUp: Sendable {
             ledgerLogger[metadataKey: "ledger.table"] = "\(table)"
             var settings = options.ledger
             settings.taskTimeout = config.taskTimeout.map(Double.init)
+            settings.slots = max(1, config.numThreads)
+            if let imds = context.imds { settings.instanceType = try? await imds.instanceType() }
             ledger = Ledger(
                 client: dynamo, table: table, queueURL: config.queueURL, instanceID: instanceID,
                 settings: settings, logger: ledgerLogger)

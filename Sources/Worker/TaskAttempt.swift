@@ -107,6 +107,9 @@ extension MessageProcessor {
         environment["PARALLELIZER_INPUT_KEY"] = input.key
         environment["PARALLELIZER_TASK_DIR"] = data
         let workingDirectory = setting.environmentDirectory ?? data
+        // The command's clock starts now, not at the download: `taskTimeout` is the command's, and the controller's
+        // "past its taskTimeout" reads this.
+        await ledger?.commandStarted(inputKey: input.key, attempt: message.receiveCount)
         let outcome: ProcessOutcome
         do {
             outcome = try await runner.run(

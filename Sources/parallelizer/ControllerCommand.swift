@@ -13,15 +13,15 @@ struct ControllerCommand: AsyncParsableCommand {
             "Keep the fleet at size while work waits, terminate stuck workers, and stop the whole fleet once the queue is drained (only instances tagged parallelizer:queue=QUEUE_URL).",
         discussion: """
             With --target N, while messages wait to be taken, instances are launched from the queue's launch \
-            template (scripts/launch records it) until N are alive (never more than --max, nor more than messages \
-            wait), replacing retired, terminated, interrupted and crashed ones; once the queue has drained after \
-            work, nothing more is launched. Three launched instances in a row that are gone before their workers \
-            are heard from stop the controller (status 2): the template cannot boot a worker. With --ledger-table, \
-            an instance whose heartbeat is older than --stuck-after while work remains, or whose task has run past \
-            its taskTimeout plus --task-grace, is terminated; a long task that still beats is not stuck. Once the \
-            queue has had nothing visible, in flight or delayed for --interval, every tagged instance still running \
-            is terminated, and the controller exits when none is left. Every decision is logged, one line each, with \
-            its reason.
+            template (scripts/launch records it) until N are alive (never more than messages wait, and at most \
+            --max in all), replacing retired, terminated, interrupted and crashed ones; once the queue has drained \
+            after work, nothing more is launched. With a ledger, three failed launches in a row (instances gone or \
+            retired before their workers were heard from, or launch calls that started nothing) stop the \
+            controller (status 2): the template cannot boot a worker. With --ledger-table, while work remains, an \
+            instance whose heartbeat is older than --stuck-after, or whose task has run past its taskTimeout plus \
+            --task-grace, is terminated; a long task that still beats is not stuck. Once the queue has had nothing \
+            visible, in flight or delayed for --interval, every tagged instance still running is terminated, and \
+            the controller exits when none is left. Every decision is logged, one line each, with its reason.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -41,7 +41,9 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(help: "Keep this many workers alive while messages wait (launching from the launch template).")
     var target: Int?
 
-    @Option(help: "Never more workers than this (default: --target).")
+    @Option(
+        help: "With --target: launch at most this many instances in all, replacements included (default: 3 × --target)."
+    )
     var max: Int?
 
     @Option(
@@ -79,7 +81,7 @@ struct ControllerCommand: AsyncParsableCommand {
         if let target, target < 1 { throw ValidationError("--target is at least 1") }
         if let max {
             guard max >= 1 else { throw ValidationError("--max is at least 1") }
-            if let target, max < target { throw ValidationError("--max is at least --target") }
+            guard target != nil else { throw ValidationError("--max goes with --target") }
         }
         guard let chosen = Controller.Market(rawValue: market) else {
             throw ValidationError("--market is on-demand, spot or asg")
@@ -99,7 +101,7 @@ struct ControllerCommand: AsyncParsableCommand {
         options.dryRun = dryRun
         options.keepRunning = keepRunning
         options.target = target
-        options.maxSize = max
+        options.maxLaunches = max ?? target.map { 3 * $0 }
         options.market = Controller.Market(rawValue: market) ?? .onDemand
         func list(_ text: String?) -> [String] {
             (text ?? "").split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }

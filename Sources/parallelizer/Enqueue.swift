@@ -113,9 +113,16 @@ struct Enqueue: AsyncParsableCommand {
             }
             start = saved
             print("resuming after \(saved.source.hasPrefix("s3://") ? "'\(saved.lastKey)'" : "line \(saved.lines)")")
+        } else if let resume {
+            // Written before anything is sent: a checkpoint that cannot be kept is found now, not after a chunk.
+            guard EnqueueCheckpoint(source: origin, lastKey: "", lines: 0, sent: 0).write(resume) else {
+                throw ValidationError("cannot write the checkpoint \(resume)")
+            }
         }
 
         var run = Progress(started: ContinuousClock.now, sentBefore: start?.sent ?? 0)
+        // Set when a chunk could not be sent whole, or its checkpoint not written: nothing more is sent.
+        var stopped = false
         var enqueuer = Enqueuer(sqs: SQSClient(context: context), queueURL: queueURL)
         enqueuer.concurrency = concurrency
         let bucket = source.flatMap(S3URI.init)?.bucket ?? inputBucket
@@ -141,12 +148,17 @@ struct Enqueue: AsyncParsableCommand {
             run.failed += totals.failed
             if let stop = totals.stoppedBy { run.stoppedBy = stop }
             run.report(logger: logger)
-            guard totals.failed == 0 && totals.stoppedBy == nil else { return false }
+            guard totals.failed == 0 && totals.stoppedBy == nil else {
+                stopped = true
+                return false
+            }
             if let resume,
                 !EnqueueCheckpoint(source: origin, lastKey: last, lines: lines, sent: run.sentBefore + run.sent)
                     .write(resume)
             {
                 logger.error("cannot write the checkpoint; stopping", metadata: ["file": "\(resume)"])
+                run.checkpointLost = true
+                stopped = true
                 return false
             }
             return true
@@ -158,7 +170,7 @@ struct Enqueue: AsyncParsableCommand {
             repeat {
                 let page = try await s3.listObjectsV2(
                     bucket: uri.bucket, prefix: uri.key, continuationToken: token,
-                    startAfter: first ? start?.lastKey : nil, logger: logger)
+                    startAfter: first ? start.flatMap { $0.lastKey.isEmpty ? nil : $0.lastKey } : nil, logger: logger)
                 first = false
                 let keys = page.objects.map(\.key).filter { !$0.hasSuffix("/") }
                 guard try await send(keys, lines: 0) else { break }
@@ -178,7 +190,7 @@ struct Enqueue: AsyncParsableCommand {
                     keys.removeAll(keepingCapacity: true)
                 }
             }
-            if run.failed == 0 && run.stoppedBy == nil { _ = try await send(keys, lines: number) }
+            if !stopped { _ = try await send(keys, lines: number) }
         }
         run.finish()
         if let stop = run.stoppedBy {
@@ -186,7 +198,7 @@ struct Enqueue: AsyncParsableCommand {
                 "enqueue stopped: every further call would fail the same way", metadata: ["error": "\(stop)"])
             throw ExitCode(2)
         }
-        if run.failed > 0 {
+        if run.failed > 0 || run.checkpointLost {
             if resume != nil {
                 logger.error("enqueue stopped at the first chunk with failures; --resume goes on from before it")
             }
@@ -203,6 +215,7 @@ struct Progress {
     var skipped = 0
     var failed = 0
     var stoppedBy: String?
+    var checkpointLost = false
     var lastReport: ContinuousClock.Instant?
     let terminal = isatty(2) == 1
 

@@ -28,6 +28,12 @@ struct Status: AsyncParsableCommand {
     )
     var stuckAfter: String = "15m"
 
+    @Option(
+        help:
+            "With --ledger-table: what an instance type costs, TYPE=USD/h (repeatable, e.g. c7i.large=0.0357 for spot): adds the cost so far and to finish."
+    )
+    var price: [String] = []
+
     @Flag(help: "Refresh in place until interrupted.")
     var watch = false
 
@@ -40,9 +46,24 @@ struct Status: AsyncParsableCommand {
     func validate() throws {
         if let output, S3URI(output) == nil { throw ValidationError("--output takes s3://bucket/prefix") }
         guard interval >= 1 else { throw ValidationError("--interval is at least 1") }
+        _ = try prices()
+        if !price.isEmpty && ledgerTable == nil { throw ValidationError("--price needs --ledger-table") }
         guard WorkerConfig.parseDuration(stuckAfter) != nil else {
             throw ValidationError("--stuck-after is a duration (90s, 15m)")
         }
+    }
+
+    /// `--price TYPE=USD/h` values by type.
+    func prices() throws -> [String: Double] {
+        var result: [String: Double] = [:]
+        for item in price {
+            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty, let value = Double(parts[1]), value >= 0, value.isFinite else {
+                throw ValidationError("--price is TYPE=USD/h (c7i.large=0.0893), not '\(item)'")
+            }
+            result[parts[0]] = value
+        }
+        return result
     }
 
     func run() async throws {
@@ -62,8 +83,9 @@ struct Status: AsyncParsableCommand {
                     queue: SQSClient.MessageCounts(
                         visible: status.visible, inFlight: status.inFlight,
                         delayed: status.delayed),
-                    now: Date().timeIntervalSince1970, stuckAfter: Double(WorkerConfig.parseDuration(stuckAfter) ?? 900)
-                )
+                    now: Date().timeIntervalSince1970,
+                    stuckAfter: Double(WorkerConfig.parseDuration(stuckAfter) ?? 900),
+                    prices: try prices())
             }
             if json {
                 let encoder = JSONEncoder()

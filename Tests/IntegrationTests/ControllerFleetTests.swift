@@ -1,5 +1,6 @@
 import AWSCore
 import AWSServices
+import AWSSigV4
 import FoundationEssentials
 @preconcurrency import Glibc
 import Operators
@@ -104,31 +105,67 @@ struct ControllerFleetTests {
         }
     }
 
-    /// A launch template whose instances never come up (here: each is gone as soon as it appears) does not make
-    /// the controller launch forever: three in a row, and it stops with one critical line and status 2.
+    /// A launch template whose instances never come up (here: each is gone a few seconds after it appears, its
+    /// worker never heard from in the ledger) does not make the controller launch forever: three in a row, and it
+    /// stops with one critical line and status 2. With a ledger: it is what tells a worker
+    /// that never booted from one that left on its own.
     @Test func aTemplateThatCannotBootAWorkerStopsTheController() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             _ = try await Self.makeLaunchTemplate(h, directory: dir)
+            let dynamo = try DynamoDBClient(context: h.context)
+            let table = uniqueName("ledger")
+            try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
             let ec2 = try EC2Client(context: h.context)
             try await h.send(["waiting"])
             let controller = try h.startWorkerProcess(
                 name: "controller",
-                arguments: ["controller", "--queue-url", h.queueURL, "--target", "1", "--interval", "1s"])
+                arguments: [
+                    "controller", "--queue-url", h.queueURL, "--target", "1", "--interval", "1s", "--ledger-table",
+                    table,
+                ])
             defer { controller.signal(SIGKILL) }
             var outcome: ProcessOutcome?
-            for _ in 0..<300 {
+            for _ in 0..<600 {
+                // Gone once the controller has listed it (a round is a second): DescribeInstances lags RunInstances,
+                // so an instance never listed counts as alive for a while.
                 let alive = try await Self.tagged(ec2, queueURL: h.queueURL)
-                if !alive.isEmpty { try await ec2.terminateInstances(alive.map(\.instanceID), logger: quietLogger) }
+                let old = alive.filter { instance in
+                    guard let launched = instance.launchTime.flatMap({ CivilTime.parseISO8601($0) }) else {
+                        return false
+                    }
+                    return Date().timeIntervalSince1970 - Double(launched) >= 3
+                }
+                if !old.isEmpty { try await ec2.terminateInstances(old.map(\.instanceID), logger: quietLogger) }
                 outcome = await controller.wait(timeout: 0.1)
                 if outcome != nil { break }
             }
             #expect(outcome == .exited(2), "\(h.log("controller").suffix(3000))")
             let log = h.log("controller")
-            #expect(log.contains("critical controller stops: 3 launched instances in a row were gone"))
+            #expect(log.contains("critical controller stops: 3 launches in a row failed"), "\(log.suffix(3000))")
             let ever = try await Self.tagged(
                 ec2, queueURL: h.queueURL, states: ["pending", "running", "shutting-down", "terminated"])
-            #expect(ever.count == 3, "launches go on after the limit")
+            #expect(ever.count == 3, "launches went on after the limit")
+        }
+    }
+
+    /// Launch calls that fail (here: a launch template that does not exist) are failed launches too: the round goes
+    /// on, and three in a row stop the controller with status 2, the error named, instead of a warning a round.
+    @Test func launchCallsThatFailStopTheControllerAfterThree() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.send(["waiting"])
+            let controller = try h.startWorkerProcess(
+                name: "controller",
+                arguments: [
+                    "controller", "--queue-url", h.queueURL, "--target", "2", "--interval", "1s",
+                    "--launch-template", "no-such-template-\(UInt32.random(in: 0...UInt32.max))",
+                ])
+            defer { controller.signal(SIGKILL) }
+            #expect(await controller.wait(timeout: 60) == .exited(2), "\(h.log("controller").suffix(3000))")
+            let log = h.log("controller")
+            #expect(log.components(separatedBy: "launch failed").count - 1 == 3, "\(log.suffix(3000))")
+            #expect(log.contains("critical controller stops: 3 launches in a row failed"))
         }
     }
 

@@ -101,6 +101,7 @@ struct LedgerControllerTests {
             #expect(beat.state == "stopped")
             #expect(beat.tasksDone == 46 && beat.tasksFailed == 6)
             #expect(beat.version == Version.current)
+            #expect(beat.slots == 3 && beat.runningTasks == 0 && beat.taskTimeout == nil)
             #expect(beat.lastCompletionEpoch != nil && beat.lastReceiveEpoch != nil)
             #expect(beat.recentDurations.count == 46 && beat.recentCompletions.count == 46)
 

@@ -100,6 +100,17 @@ struct OperatorCommandTests {
             #expect(fileStdout.contains("sent 21, skipped 0, failed 0"), "\(fileStdout)")
             #expect(EnqueueCheckpoint.read(checkpoint)?.lines == 30)
 
+            // A checkpoint that cannot be written is found before anything is sent.
+            let (unwritable, _) = try await h.command(
+                "enqueue-nowhere",
+                [
+                    "enqueue", "--queue-url", h.queueURL, "s3://\(h.inputBucket)/part", "--resume",
+                    dir + "/no-such-folder/checkpoint",
+                ])
+            #expect(unwritable != .exited(0))
+            #expect(h.log("enqueue-nowhere").contains("cannot write the checkpoint"))
+            #expect(try await h.queueDepth() == 18 + 21)
+
             // Another source's checkpoint is refused, and nothing is sent.
             let (refused, _) = try await h.command(
                 "enqueue-other",

@@ -96,7 +96,7 @@ struct ProvisioningScriptTests {
             #expect(
                 actions.isSuperset(of: [
                     "s3:GetObject", "s3:PutObject", "sqs:ReceiveMessage", "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                    "sqs:ChangeMessageVisibility", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
                 ]))
             #expect(!actions.contains { $0.hasSuffix("*") || $0.hasPrefix("iam:") || $0.hasPrefix("ec2:") })
             let profile = try await Scripts.awsCLI(

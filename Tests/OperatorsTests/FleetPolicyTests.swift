@@ -64,29 +64,53 @@ struct FleetPolicyTests {
         #expect(decisions[0].reason.hasPrefix("no heartbeat since its launch 2000 s ago"))
     }
 
-    /// Up to the target while messages wait, never more than wait or than `maxSize`, counting only instances that
-    /// stay; none once the queue has drained after work, and none before work was ever seen.
+    /// Up to the target while messages wait, never more than wait, counting only instances that stay and those just
+    /// launched that DescribeInstances does not list yet; none past `maxLaunches` in all; none once the queue has
+    /// drained (for the interval) after work, and none before work was ever seen.
     @Test func launchesKeepTheFleetAtSizeWhileWorkWaits() {
         var sized = policy
         sized.target = 5
         var memory = FleetPolicy.Memory()
         let two = [instance("i-a"), instance("i-b")]
-        func launch(_ queue: SQSClient.MessageCounts, _ fleet: [EC2Instance], terminating: Set<String> = []) -> Int? {
-            let snapshot = FleetPolicy.Snapshot(now: now, queue: queue, instances: fleet, heartbeats: nil)
+        func launch(
+            _ queue: SQSClient.MessageCounts, _ fleet: [EC2Instance], terminating: Set<String> = [], at: Double? = nil
+        ) -> Int? {
+            let snapshot = FleetPolicy.Snapshot(now: at ?? now, queue: queue, instances: fleet, heartbeats: nil)
             _ = sized.decide(snapshot, memory: &memory)
+            _ = sized.noteDepartures(snapshot, terminatedHere: [], memory: &memory)
             return sized.launch(snapshot, terminating: terminating, memory: memory)?.count
         }
         #expect(launch(counts(100), two) == 3)
         #expect(launch(counts(100), two, terminating: ["i-a"]) == 4)
         #expect(launch(counts(2), two) == 2, "no more instances than messages wait")
         #expect(launch(counts(0, 40), two) == nil, "nothing waits to be taken: the tail needs no new worker")
-        sized.maxSize = 3
+        // Three just launched, not listed yet: alive all the same, for up to `listingLag`.
+        memory.launched = ["i-c": now, "i-d": now, "i-e": now]
+        #expect(launch(counts(100), two) == nil)
+        #expect(launch(counts(100), two, at: now + 200) == 3, "never listed after the lag: gone")
+        // Listed once, then gone: a replacement at once.
+        memory.launched = ["i-c": now]
+        #expect(launch(counts(100), two + [instance("i-c")]) == 2)
+        #expect(launch(counts(100), two) == 3)
+        // The budget: at most `maxLaunches` in all.
+        sized.maxLaunches = 7
+        memory.launchedInAll = 6
         #expect(launch(counts(100), two) == 1)
-        #expect(launch(counts(100), two + [instance("i-c")]) == nil)
-        // Drained after work: nothing more, even when a message comes back.
+        memory.launchedInAll = 7
+        #expect(launch(counts(100), two) == nil)
+        #expect(
+            sized.launchBudgetSpent(
+                .init(now: now, queue: counts(100), instances: two, heartbeats: nil), memory: memory))
+        sized.maxLaunches = nil
+        // One reading of zero (a pause between enqueue's chunks) is not the drain...
         #expect(launch(counts(0), two) == nil)
+        #expect(!memory.drainedAfterWork)
+        #expect(launch(counts(5), two) == 3)
+        // ...the queue drained for the interval is: nothing more, even when a message comes back.
+        _ = launch(counts(0), two, at: now + 1000)
+        _ = launch(counts(0), two, at: now + 1040)
         #expect(memory.drainedAfterWork)
-        #expect(launch(counts(5), []) == nil)
+        #expect(launch(counts(5), [], at: now + 1050) == nil)
         // No target: the controller launches nothing (only retires).
         #expect(
             policy.launch(
@@ -95,86 +119,65 @@ struct FleetPolicyTests {
         // An empty queue before any work (enqueue has not run yet) is not a drain.
         var fresh = FleetPolicy.Memory()
         _ = sized.decide(.init(now: now, queue: counts(0), instances: [], heartbeats: nil), memory: &fresh)
+        _ = sized.decide(.init(now: now + 100, queue: counts(0), instances: [], heartbeats: nil), memory: &fresh)
         #expect(!fresh.drainedAfterWork)
     }
 
-    /// A launched instance gone young and never heard from is a failed launch; one heard from resets the count,
-    /// and so does one that lived long; instances the controller terminated itself are not counted.
+    /// With heartbeats: a launched instance gone young and never heard from is a failed launch, and so is one the
+    /// controller retired because it was never heard from (or it would launch and retire forever); a newly
+    /// heard-from instance starts the count again, but one that stays heard from does not reset it each look.
+    /// Without heartbeats, nothing is judged: a worker that left on its own looks the same as one that never booted.
     @Test func failedLaunchesAreCountedInARow() {
         var memory = FleetPolicy.Memory()
         memory.launched = ["i-1": now - 60, "i-2": now - 50, "i-3": now - 40, "i-old": now - 5000]
+        memory.listed = ["i-1", "i-2", "i-3", "i-old"]
         let snapshot = FleetPolicy.Snapshot(now: now, queue: counts(10), instances: [instance("i-3")], heartbeats: [:])
         let failed = policy.noteDepartures(snapshot, terminatedHere: ["i-2"], memory: &memory)
-        #expect(failed == ["i-1"])
-        #expect(memory.failedLaunches == 1, "i-old lived long (which resets) before i-1 died young")
+        #expect(failed == ["i-1", "i-2"], "i-old lived long: gone, not failed; i-2 was retired never heard from")
+        #expect(memory.failedLaunches == 2)
         #expect(memory.launched.keys.sorted() == ["i-3"])
         memory.launched["i-4"] = now - 10
         let heard = FleetPolicy.Snapshot(
             now: now, queue: counts(10), instances: [instance("i-4")],
             heartbeats: ["i-4": InstanceHeartbeat(instanceID: "i-4", updatedEpoch: now)])
         #expect(policy.noteDepartures(heard, terminatedHere: [], memory: &memory) == ["i-3"])
-        #expect(memory.failedLaunches == 1, "i-4 was heard from, which reset the count; then i-3 died young")
+        #expect(memory.failedLaunches == 1, "i-4 was newly heard from, which reset the count; then i-3 died young")
         memory.launched["i-5"] = now - 5
+        memory.listed.insert("i-5")
         #expect(policy.noteDepartures(heard, terminatedHere: [], memory: &memory) == ["i-5"])
-        #expect(memory.failedLaunches == 1, "i-4 is still heard from: each look starts the count again")
+        #expect(memory.failedLaunches == 2, "i-4 still beating resets nothing: a broken template still adds up")
+        // No ledger: no judgement, only the bookkeeping.
+        var blind = FleetPolicy.Memory()
+        blind.launched = ["i-6": now - 60]
+        blind.listed = ["i-6"]
+        let noLedger = FleetPolicy.Snapshot(now: now, queue: counts(10), instances: [], heartbeats: nil)
+        #expect(policy.noteDepartures(noLedger, terminatedHere: [], memory: &blind).isEmpty)
+        #expect(blind.failedLaunches == 0 && blind.launched.isEmpty)
     }
 
-    @Test func withoutALedgerNoOneIsJudgedStuck() {
-        var memory = FleetPolicy.Memory()
-        let decisions = policy.decide(
-            .init(
-                now: now, queue: counts(10), instances: [instance("i-a", launchedAgo: 99_999)],
-                heartbeats: nil), memory: &memory)
-        #expect(decisions.isEmpty)
-    }
-
-    @Test func theFleetStopsOnlyAfterTheQueueStaysDrainedForTheInterval() {
-        var memory = FleetPolicy.Memory()
-        let fleet = [instance("i-a"), instance("i-b")]
-        #expect(
-            policy.decide(.init(now: now, queue: counts(0), instances: fleet, heartbeats: nil), memory: &memory).isEmpty
-        )
-        #expect(memory.drainedSince == now)
-        #expect(
-            policy.decide(.init(now: now + 10, queue: counts(0), instances: fleet, heartbeats: nil), memory: &memory)
-                .isEmpty)
-        // Work reappears (a failed task came back): the clock restarts.
-        #expect(
-            policy.decide(.init(now: now + 20, queue: counts(1), instances: fleet, heartbeats: nil), memory: &memory)
-                .isEmpty)
-        #expect(memory.drainedSince == nil)
-        _ = policy.decide(.init(now: now + 25, queue: counts(0), instances: fleet, heartbeats: nil), memory: &memory)
-        #expect(
-            policy.decide(.init(now: now + 50, queue: counts(0), instances: fleet, heartbeats: nil), memory: &memory)
-                .isEmpty)
-        let stop = policy.decide(
-            .init(now: now + 55, queue: counts(0), instances: fleet, heartbeats: nil), memory: &memory)
-        #expect(stop.map(\.instanceID) == ["i-a", "i-b"])
-        #expect(stop.first?.reason == "the queue has been drained for 30 s")
-        // Delayed messages are work too.
-        var other = FleetPolicy.Memory()
-        _ = policy.decide(.init(now: now, queue: counts(0, 0, 2), instances: fleet, heartbeats: nil), memory: &other)
-        #expect(other.drainedSince == nil)
-    }
-
-    @Test func statusSummarisesRateDurationsETAAndStuckInstances() {
-        let a = InstanceHeartbeat(
-            instanceID: "i-a", startedEpoch: now - 4000, lastCompletionEpoch: now - 5, tasksDone: 30,
-            recentDurations: [1, 2, 3, 4, 10], recentCompletions: (0..<30).map { now - 290 + Double($0) * 9.5 })
-        let b = InstanceHeartbeat(
-            instanceID: "i-b", startedEpoch: now - 4000, lastCompletionEpoch: now - 2000, tasksDone: 3,
-            recentDurations: [5], recentCompletions: [now - 2100, now - 2050, now - 2000])
-        let fleet = FleetStatus.summarize([b, a], queue: counts(90, 6), now: now, stuckAfter: 900)
-        #expect(fleet.instances.map(\.instanceID) == ["i-a", "i-b"])
-        // i-b's last heartbeat (its last completion: it wrote none since) is 2000 s old.
-        #expect(fleet.instances.map(\.looksStuck) == [false, true])
-        #expect(fleet.instances[1].lastCompletionAgoSeconds == 2000)
-        #expect(fleet.tasksPerMinute == 6)  // 30 completions in the last 5 minutes
-        #expect(fleet.etaSeconds == 960)  // 96 messages at 0.1 per second
-        #expect(fleet.durationP50Seconds == 3 && fleet.durationP95Seconds == 10)
-        #expect(fleet.text.contains("LOOKS STUCK"))
-        let idle = FleetStatus.summarize([b], queue: counts(5), now: now, stuckAfter: 900)
-        #expect(idle.etaSeconds == nil && idle.tasksPerMinute == 0)
+    /// The cost so far (each instance from its daemon's start to now, or to its last heartbeat once stopped) and to
+    /// finish (what remains at the mean task time, over the running fleet's slots at its hourly price).
+    @Test func statusShowsTheCostSoFarAndToFinish() {
+        var a = InstanceHeartbeat(
+            instanceID: "i-a", startedEpoch: now - 7200, tasksDone: 40, recentDurations: [10, 20], updatedEpoch: now)
+        a.instanceType = "c7i.large"
+        a.slots = 2
+        var b = InstanceHeartbeat(
+            instanceID: "i-b", state: "stopped", startedEpoch: now - 3600, updatedEpoch: now - 1800)
+        b.instanceType = "m5.large"
+        let prices = ["c7i.large": 0.09, "m5.large": 0.10]
+        let fleet = FleetStatus.summarize([a, b], queue: counts(100), now: now, stuckAfter: 900, prices: prices)
+        // 2 h at 0.09 and half an hour at 0.10; then 100 tasks of 15 s on i-a's two slots: 0.208 h at 0.09.
+        #expect(fleet.costSoFar == 0.23)
+        #expect(fleet.costToFinish == 0.02)
+        #expect(fleet.text.contains("cost        $0.23 so far, $0.02 to finish"), "\(fleet.text)")
+        // A type without a price: no figure rather than a wrong one.
+        let partial = FleetStatus.summarize(
+            [a, b], queue: counts(100), now: now, stuckAfter: 900, prices: ["c7i.large": 0.09])
+        #expect(partial.costSoFar == nil && partial.unpricedTypes == ["m5.large"])
+        #expect(partial.text.contains("cost        unknown: no --price for m5.large"))
+        // Without prices, no cost line at all.
+        #expect(!FleetStatus.summarize([a], queue: counts(1), now: now, stuckAfter: 900).text.contains("cost"))
     }
 
     @Test func ledgerKeysSortAttemptsAndNameTheQueue() {

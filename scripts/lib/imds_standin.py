@@ -14,7 +14,7 @@ and each key is deleted from moto at the Expiration it was handed out with, afte
 refuses a session token with a user's key, so these credentials carry no Token; EC2's always do.)
 
 Control endpoints for tests (no token needed), under /_standin/:
-  POST /_standin/config  JSON: userData, instanceId, region, spotAction, rebalance, credentialLifetime,
+  POST /_standin/config  JSON: userData, instanceId, instanceType, region, spotAction, rebalance, credentialLifetime,
                          failCredentials
   GET  /_standin/stats   JSON: counters (token PUTs, GETs refused for lack of a token, credential fetches,
                          user keys created and deleted)
@@ -37,6 +37,7 @@ STATE = {
     "role": "parallelizer-worker",
     "spotAction": None,
     "rebalance": None,
+    "instanceType": "c7i.large",
     "credentialLifetime": 21600,
     "failCredentials": 0,
 }
@@ -184,6 +185,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, STATE["userData"], "application/octet-stream")
         if path == "/latest/meta-data/instance-id":
             return self.reply(200, STATE["instanceId"])
+        if path == "/latest/meta-data/instance-type":
+            return self.reply(200, STATE["instanceType"])
         if path == "/latest/meta-data/placement/region":
             return self.reply(200, STATE["region"])
         if path == "/latest/meta-data/spot/instance-action":

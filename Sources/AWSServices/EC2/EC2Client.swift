@@ -1,4 +1,5 @@
 import AWSCore
+import FoundationEssentials
 import Logging
 
 /// An instance as DescribeInstances reports it.
@@ -128,14 +129,17 @@ public struct EC2Client: Sendable {
 
     /// Starts `count` instances from a launch template (its `$Default` version unless `version` says otherwise),
     /// with `tags` on top of the template's; `instanceType` and `subnetID` override the template's when given. Asks
-    /// for between one and `count`: EC2 starts what it has capacity for.
+    /// for between one and `count`: EC2 starts what it has capacity for. The shutdown behaviour is `terminate`
+    /// whatever the template says: a worker's power-off must end its bill. `clientToken` makes a retried call
+    /// (after a reply lost on the way) start nothing twice.
     public func runInstances(
         launchTemplate: String, version: String = "$Default", count: Int, instanceType: String? = nil,
-        subnetID: String? = nil, tags: [String: String], logger: Logger
+        subnetID: String? = nil, tags: [String: String], clientToken: String = UUID().uuidString, logger: Logger
     ) async throws(AWSError) -> [EC2Instance] {
         var parameters: [(String, String)] = [
             ("LaunchTemplate.LaunchTemplateName", launchTemplate), ("LaunchTemplate.Version", version),
-            ("MinCount", "1"), ("MaxCount", String(count)),
+            ("MinCount", "1"), ("MaxCount", String(count)), ("InstanceInitiatedShutdownBehavior", "terminate"),
+            ("ClientToken", clientToken),
         ]
         if let instanceType { parameters.append(("InstanceType", instanceType)) }
         if let subnetID { parameters.append(("SubnetId", subnetID)) }
@@ -155,10 +159,10 @@ public struct EC2Client: Sendable {
     /// `overrides` (instance type × subnet), `capacity-optimized`: one pool running dry does not stop the launch.
     public func createSpotFleet(
         launchTemplate: String, version: String = "$Default", overrides: [(instanceType: String?, subnetID: String?)],
-        count: Int, tags: [String: String], logger: Logger
+        count: Int, tags: [String: String], clientToken: String = UUID().uuidString, logger: Logger
     ) async throws(AWSError) -> FleetLaunch {
         var parameters: [(String, String)] = [
-            ("Type", "instant"),
+            ("Type", "instant"), ("ClientToken", clientToken),
             ("LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateName", launchTemplate),
             ("LaunchTemplateConfigs.1.LaunchTemplateSpecification.Version", version),
             ("TargetCapacitySpecification.TotalTargetCapacity", String(count)),

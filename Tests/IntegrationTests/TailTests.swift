@@ -1,0 +1,84 @@
+import AWSCore
+import AWSServices
+import FoundationEssentials
+@preconcurrency import Glibc
+import TaskLedger
+import Testing
+import TestSupport
+import Worker
+
+/// The tail: three workers, nine short tasks and one ten times longer. With a ledger, the two workers left idle
+/// leave it to the one busy with the long task instead of waiting for the queue to empty; without one they wait,
+/// as before. Prints the worker-seconds spent after the last message was taken, each way.
+@Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
+struct TailTests {
+    @Test(arguments: [true, false])
+    func idleWorkersLeaveTheTailToTheBusyOne(ledger: Bool) async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            var extra = ["numThreads": "1", "idleTimeout": "2", "shouldShutdown": "false", "visibilityTimeout": "30"]
+            if ledger {
+                let dynamo = try DynamoDBClient(context: h.context)
+                let table = uniqueName("ledger")
+                try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
+                extra["ledgerTable"] = table
+            }
+            let program = h.script(
+                "task.sh",
+                """
+                if grep -q long "$1"; then touch "\(dir)/long-started"; sleep 20; touch "\(dir)/long-done"; else sleep 2; fi
+                cp "$1" "$1.out"
+                echo "$1.out"
+                """)
+            let keys = ["long.txt"] + (0..<9).map { "short-\($0).txt" }
+            for key in keys { try await h.upload(key, key) }
+            try await h.send(keys)
+            // Three instances: each worker its own instance id, from an IMDS of its own.
+            var standIns: [IMDSStandIn] = []
+            for i in 0..<3 {
+                standIns.append(try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-tail\(i)"))
+            }
+            defer { for standIn in standIns { Task { await standIn.stop() } } }
+            let workers = try (0..<3).map { i in
+                try h.startWorker(
+                    name: "w\(i)", parameters: h.parameters(extra, program: program), imds: standIns[i].endpoint,
+                    extraArguments: ["--ledger-heartbeat-seconds", "1"])
+            }
+            // Every message taken: the short ones done and the long one started.
+            var lastTaken: ContinuousClock.Instant?
+            var exits: [Int: (ContinuousClock.Instant, longDone: Bool)] = [:]
+            let deadline = ContinuousClock.now + .seconds(120)
+            while exits.count < 3 && ContinuousClock.now < deadline {
+                if lastTaken == nil, fileExists("\(dir)/long-started"),
+                    try await h.outputKeys().filter({ $0.hasPrefix("short-") }).count == 9
+                {
+                    lastTaken = ContinuousClock.now
+                }
+                for (i, worker) in workers.enumerated() where exits[i] == nil {
+                    if let outcome = await worker.wait(timeout: 0.05) {
+                        #expect(outcome == .exited(0), "\(h.log("w\(i)").suffix(2000))")
+                        exits[i] = (ContinuousClock.now, fileExists("\(dir)/long-done"))
+                    }
+                }
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
+            #expect(exits.count == 3, "\(h.logTails(["w0", "w1", "w2"]))")
+            #expect(Set(try await h.outputKeys()) == Set(keys.map { $0 + ".out" }))
+            #expect(try await h.queueDepth() == 0)
+            let early = exits.values.filter { !$0.longDone }.count
+            let logs = (0..<3).map { h.log("w\($0)") }
+            if ledger {
+                #expect(early == 2, "the idle workers waited for the long task: \(h.logTails(["w0", "w1", "w2"]))")
+                #expect(logs.filter { $0.contains("leaving it to the workers busy with it") }.count == 2)
+            } else {
+                #expect(early == 0, "without a ledger a worker waits for the queue to empty")
+            }
+            if let lastTaken {
+                let seconds = exits.values.map { max(0, ($0.0 - lastTaken).seconds) }.reduce(0, +)
+                print(
+                    "tail (\(ledger ? "with a ledger: the tail rule" : "without a ledger: wait for the queue to empty")): "
+                        + "worker-seconds after the last message was taken: \((seconds * 10).rounded() / 10)")
+            }
+        }
+    }
+}
