@@ -46,8 +46,10 @@ extension Daemon {
                     !lifecycle.awaitsReleasedWork
                 {
                     do {
-                        // Fresh: written within three heartbeat intervals.
-                        let busy = try await ledger.busyOthers(freshWithin: 3 * options.ledger.heartbeatInterval)
+                        // Fresh: written within three heartbeat intervals (and never less than 30 s: a write may
+                        // wait behind others on a loaded machine).
+                        let busy = try await ledger.busyOthers(
+                            freshWithin: max(30, 3 * options.ledger.heartbeatInterval))
                         tailHolds = counts.inFlight <= busy
                         if tailHolds && tailChecks >= 1 {
                             logger.notice(

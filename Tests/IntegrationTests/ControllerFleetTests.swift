@@ -184,7 +184,9 @@ struct ControllerFleetTests {
                 .instanceID
             let imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: me)
             defer { Task { await imds.stop() } }
-            let program = h.script("slow.sh", "sleep 6\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            // Tasks of 15 s, "stuck" after 6 s without a heartbeat: the worker beats every second, and a loaded
+            // machine may delay a beat by a few.
+            let program = h.script("slow.sh", "sleep 15\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             for key in ["a.txt", "b.txt"] { try await h.upload(key, key) }
             try await h.send(["a.txt", "b.txt"])
             let worker = try h.startWorker(
@@ -195,7 +197,7 @@ struct ControllerFleetTests {
                         "taskTimeout": "60",
                     ], program: program),
                 imds: imds.endpoint, extraArguments: ["--ledger-heartbeat-seconds", "1"])
-            // The controller starts once the worker has beaten: before that, an instance launched more than 3 s ago
+            // The controller starts once the worker has beaten: before that, an instance launched more than 6 s ago
             // and never heard from would be stuck (a boot that failed), which is not what this test is about.
             #expect(
                 try await Self.until {
@@ -205,7 +207,7 @@ struct ControllerFleetTests {
             let controller = try h.startWorkerProcess(
                 name: "controller",
                 arguments: [
-                    "controller", "--queue-url", h.queueURL, "--ledger-table", table, "--stuck-after", "3s",
+                    "controller", "--queue-url", h.queueURL, "--ledger-table", table, "--stuck-after", "6s",
                     "--interval", "1s",
                 ])
             defer { controller.signal(SIGKILL) }

@@ -40,7 +40,7 @@ struct ProvisioningScriptTests {
             let arguments = [
                 "--name", name, "--input-bucket", "\(name)-in", "--output-bucket", "\(name)-out",
                 "--ledger-table", "\(name)-ledger", "--visibility-timeout", "300",
-                "--max-receive-count", "4", "--endpoint-url", moto,
+                "--max-receive-count", "4", "--controller", "--endpoint-url", moto,
             ]
             let first = try await Scripts.run("setup-aws", arguments, environment: environment, directory: dir)
             #expect(first.succeeded, "\(first.stderr)")
@@ -105,6 +105,30 @@ struct ProvisioningScriptTests {
             #expect(
                 profile["InstanceProfile"]?["Roles"]?.arrayValue?.first?["RoleName"]?.stringValue == "\(name)-worker")
 
+            // The controller's role: it may terminate only instances tagged with this queue, hand out only the
+            // workers' role, and read only this ledger.
+            #expect(made["CONTROLLER_PROFILE"] == "\(name)-controller")
+            let controllerPolicy = try await Scripts.awsCLI(
+                [
+                    "iam", "get-role-policy", "--role-name", "\(name)-controller",
+                    "--policy-name", "\(name)-controller-access",
+                ], directory: dir)
+            let controllerStatements = try #require(controllerPolicy["PolicyDocument"]?["Statement"]?.arrayValue)
+            func statement(_ action: String) -> JSONValue? {
+                controllerStatements.first { $0["Action"]?.arrayValue?.contains(.string(action)) == true }
+            }
+            #expect(
+                statement("ec2:TerminateInstances")?["Condition"]?["StringEquals"]?[
+                    "ec2:ResourceTag/parallelizer:queue"]?
+                    .stringValue == queueURL)
+            #expect(
+                statement("iam:PassRole")?["Resource"]?.arrayValue?.first?.stringValue?.hasSuffix("/\(name)-worker")
+                    == true)
+            #expect(
+                statement("dynamodb:Query")?["Resource"]?.arrayValue?.first?.stringValue?.hasSuffix("/\(name)-ledger")
+                    == true)
+            #expect(statement("ec2:RunInstances") != nil && statement("ec2:CreateFleet") != nil)
+
             // Again: everything is reported unchanged, and the same values come out.
             let second = try await Scripts.run("setup-aws", arguments, environment: environment, directory: dir)
             #expect(second.succeeded, "\(second.stderr)")
@@ -124,7 +148,7 @@ struct ProvisioningScriptTests {
                 "setup-aws",
                 [
                     "--name", name, "--input-bucket", "\(name)-in",
-                    "--output-bucket", "\(name)-out", "--endpoint-url", moto,
+                    "--output-bucket", "\(name)-out", "--controller", "--endpoint-url", moto,
                 ],
                 environment: environment, directory: dir)
             #expect(setup.succeeded, "\(setup.stderr)")
@@ -137,11 +161,36 @@ struct ProvisioningScriptTests {
                 "--endpoint-url", moto,
             ]
 
+            // Two on demand, and the controller that keeps them at size, on an instance of its own.
             let onDemand = try await Scripts.run(
-                "launch", common + ["--count", "2"], environment: environment, directory: dir)
+                "launch", common + ["--count", "2", "--controller"], environment: environment, directory: dir)
             #expect(onDemand.succeeded, "\(onDemand.stderr)")
+            let controllers = try await Scripts.awsCLI(
+                ["ec2", "describe-instances", "--filters", "Name=tag:parallelizer:controller,Values=\(queueURL)"],
+                directory: dir)
+            let controller = try #require(
+                controllers["Reservations"]?.arrayValue?.first?["Instances"]?.arrayValue?.first)
+            // Not tagged as a worker: the controller never stops itself.
+            #expect(
+                controller["Tags"]?.arrayValue?.contains { $0["Key"]?.stringValue == "parallelizer:queue" } == false)
+            let controllerUserData = try await Scripts.awsCLI(
+                [
+                    "ec2", "describe-instance-attribute", "--instance-id",
+                    controller["InstanceId"]?.stringValue ?? "", "--attribute", "userData",
+                ], directory: dir)
+            let controllerBoot = String(
+                decoding: try #require(
+                    Data(base64Encoded: controllerUserData["UserData"]?["Value"]?.stringValue ?? "")), as: UTF8.self)
+            #expect(
+                controllerBoot.contains(
+                    "ExecStart=/usr/local/bin/parallelizer controller --queue-url \(queueURL) --target 2 --market on-demand"
+                ), "\(controllerBoot)")
+            #expect(
+                controllerBoot.contains("parallelizer-install"), "the controller installs the release as workers do")
+            // Spot: one instant fleet over two types.
             let spot = try await Scripts.run(
-                "launch", common + ["--market", "spot"], environment: environment, directory: dir)
+                "launch", common + ["--market", "spot", "--instance-types", "t3.micro,t3a.micro"],
+                environment: environment, directory: dir)
             #expect(spot.succeeded, "\(spot.stderr)")
             let ours = (onDemand.stdout + spot.stdout).split(separator: "\n").map(String.init)
             #expect(ours.count == 3)
@@ -168,10 +217,23 @@ struct ProvisioningScriptTests {
                     tags.contains {
                         $0["Key"]?.stringValue == "parallelizer:queue" && $0["Value"]?.stringValue == queueURL
                     })
-                #expect(instance["MetadataOptions"]?["HttpTokens"]?.stringValue == "required")
+                // moto's CreateFleet leaves the template's MetadataOptions off its instances (EC2 applies them):
+                // for the spot one, the template itself is checked below.
+                if instance["InstanceLifecycle"]?.stringValue != "spot" {
+                    #expect(instance["MetadataOptions"]?["HttpTokens"]?.stringValue == "required")
+                }
                 // (moto does not report the instance profile given to RunInstances, so it is not checked here.)
             }
             #expect(instances.filter { $0["InstanceLifecycle"]?.stringValue == "spot" }.count == 1)
+            let defaultVersion = try await Scripts.awsCLI(
+                [
+                    "ec2", "describe-launch-template-versions", "--launch-template-name", "parallelizer-\(name)",
+                    "--versions", "$Default",
+                ], directory: dir)
+            let defaultData = defaultVersion["LaunchTemplateVersions"]?.arrayValue?.first?["LaunchTemplateData"]
+            #expect(defaultData?["MetadataOptions"]?["HttpTokens"]?.stringValue == "required")
+            #expect(defaultData?["InstanceInitiatedShutdownBehavior"]?.stringValue == "terminate")
+            #expect(defaultData?["IamInstanceProfile"]?["Name"]?.stringValue != nil)
             let behaviour = try await Scripts.awsCLI(
                 [
                     "ec2", "describe-instance-attribute", "--instance-id", ours[0],
@@ -200,15 +262,23 @@ struct ProvisioningScriptTests {
             _ = try await Scripts.awsCLI(
                 ["ec2", "delete-launch-template", "--launch-template-name", "parallelizer-\(name)"], directory: dir)
             let group = try await Scripts.run(
-                "launch", common + ["--market", "asg", "--count", "2"], environment: environment,
-                directory: dir)
+                "launch", common + ["--market", "asg-spot", "--count", "2", "--instance-types", "t3.micro,t3a.micro"],
+                environment: environment, directory: dir)
             #expect(group.succeeded, "\(group.stderr)")
             let groups = try await Scripts.awsCLI(
                 [
                     "autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names",
                     "parallelizer-\(name)",
                 ], directory: dir)
-            #expect(groups["AutoScalingGroups"]?.arrayValue?.first?["DesiredCapacity"]?.intValue == 2)
+            let theGroup = groups["AutoScalingGroups"]?.arrayValue?.first
+            #expect(theGroup?["DesiredCapacity"]?.intValue == 2)
+            // Spot over both types, capacity-optimized: one pool running dry does not stop the group.
+            let policy = theGroup?["MixedInstancesPolicy"]
+            #expect(
+                policy?["LaunchTemplate"]?["Overrides"]?.arrayValue?.compactMap { $0["InstanceType"]?.stringValue }
+                    == ["t3.micro", "t3a.micro"], "\(groups)")
+            #expect(policy?["InstancesDistribution"]?["OnDemandPercentageAboveBaseCapacity"]?.intValue == 0)
+            #expect(policy?["InstancesDistribution"]?["SpotAllocationStrategy"]?.stringValue == "capacity-optimized")
             // Its workers are told their group, so that a drained one leaves it rather than being replaced.
             let versions = try await Scripts.awsCLI(
                 [
@@ -247,6 +317,7 @@ struct ProvisioningScriptTests {
             #expect(teardown.succeeded, "\(teardown.stderr)")
             let terminated = Set(teardown.stdout.split(separator: "\n").map(String.init))
             #expect(terminated.isSuperset(of: ours))
+            #expect(terminated.contains(controller["InstanceId"]?.stringValue ?? "-"), "the controller is left running")
             #expect(terminated.isDisjoint(with: bystanders))
             let after = try await ec2.describeInstances(instanceIDs: ours + bystanders, logger: quietLogger)
             for instance in after {
