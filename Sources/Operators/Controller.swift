@@ -149,7 +149,9 @@ public struct FleetPolicy: Sendable {
     /// controller retired because it was never heard from (a worker that cannot beat would otherwise be launched
     /// and retired forever); a newly heard-from one shows the launches work and starts the count again. An id that
     /// DescribeInstances has not listed yet is not gone until `listingLag` has passed. Returns the ids that failed.
-    public func noteDepartures(_ snapshot: Snapshot, terminatedHere: Set<String>, memory: inout Memory) -> [String] {
+    public func noteDepartures(
+        _ snapshot: Snapshot, terminatedHere: Set<String>, memory: inout Memory, ignoring: Set<String> = []
+    ) -> [String] {
         let alive = Set(snapshot.instances.map(\.instanceID))
         memory.listed.formUnion(alive.intersection(memory.launched.keys))
         let heartbeats = snapshot.heartbeats
@@ -163,7 +165,7 @@ public struct FleetPolicy: Sendable {
             memory.launched[id] = nil
             memory.listed.remove(id)
             defer { memory.heardFrom.remove(id) }
-            guard heartbeats != nil, !memory.heardFrom.contains(id) else { continue }
+            guard heartbeats != nil, !memory.heardFrom.contains(id), !ignoring.contains(id) else { continue }
             if terminatedHere.contains(id) || snapshot.now - launchedAt < youngDeath {
                 memory.failedLaunches += 1
                 failed.append(id)
@@ -287,12 +289,16 @@ public struct Controller: Sendable {
         }
         var memory = FleetPolicy.Memory()
         var terminated: Set<String> = []
+        // Of those, the ones stopped at the drain: never failed launches, whatever their age.
+        var stoppedAtDrain: Set<String> = []
         // Failed rounds in a row, and how many of them met the same set-up problem (a denied call, a queue gone).
         var failedRounds = 0
         var refused: (problem: SetupProblem, rounds: Int)?
         // Rounds in a row the ledger could not be read with the same problem (a denied Query, a missing table).
         var ledgerRefused: (problem: SetupProblem, rounds: Int)?
         var budgetNoted = false
+        // Launch calls in a row that failed with an error that may pass (capacity, throttling).
+        var launchWaits = 0
         while !Task.isCancelled {
             do {
                 let counts = try await sqs.messageCounts(queueURL: options.queueURL, logger: logger)
@@ -342,7 +348,9 @@ public struct Controller: Sendable {
                     now: Date().timeIntervalSince1970, queue: counts, instances: instances,
                     heartbeats: heartbeats)
                 let decisions = policy.decide(snapshot, memory: &memory)
-                let failedLaunches = policy.noteDepartures(snapshot, terminatedHere: terminated, memory: &memory)
+                let failedLaunches = policy.noteDepartures(
+                    snapshot, terminatedHere: terminated.subtracting(stoppedAtDrain), memory: &memory,
+                    ignoring: stoppedAtDrain)
                 for id in failedLaunches {
                     logger.warning(
                         "a launched instance is gone before its worker was heard from",
@@ -359,6 +367,15 @@ public struct Controller: Sendable {
                     logger.notice(
                         "no more launches: --max instances have been launched in all",
                         metadata: ["launched": "\(memory.launchedInAll)"])
+                }
+                // The budget spent and no worker left while work waits: nothing more will happen by waiting.
+                if policy.launchBudgetSpent(snapshot, memory: memory) && instances.isEmpty
+                    && memory.launched.isEmpty
+                {
+                    logger.critical(
+                        "controller stops: --max (\(memory.launchedInAll)) instances have been launched in all, none is left, and \(counts.visible) messages wait; raise --max, or look at why the workers ended",
+                        metadata: ["launched": "\(memory.launchedInAll)"])
+                    return 2
                 }
                 let launch = policy.launch(
                     snapshot, terminating: Set(decisions.map(\.instanceID)).union(terminated), memory: memory)
@@ -381,6 +398,7 @@ public struct Controller: Sendable {
                     await scaleGroupsToZero(autoscaling, logger: logger)
                 }
                 let ids = decisions.map(\.instanceID).filter { !terminated.contains($0) }
+                if fleetStop { stoppedAtDrain.formUnion(ids) }
                 if !options.dryRun && !ids.isEmpty {
                     _ = try await ec2.terminateInstances(ids, logger: logger)
                 }
@@ -399,18 +417,30 @@ public struct Controller: Sendable {
                             let started = try await launchInstances(launch.count, ec2: ec2, logger: logger)
                             for id in started { memory.launched[id] = snapshot.now }
                             memory.launchedInAll += started.count
+                            launchWaits = 0
                             logger.notice(
                                 "launched instances",
                                 metadata: [
                                     "instances": "\(started.joined(separator: ","))", "count": "\(started.count)",
                                 ])
                         } catch {
-                            memory.failedLaunches += 1
-                            logger.error(
-                                "launch failed",
-                                metadata: [
-                                    "error": "\(error)", "launches.failed_in_a_row": "\(memory.failedLaunches)",
-                                ])
+                            // A refusal or a template EC2 rejects is a failed launch: three in a row end the
+                            // controller. No capacity or throttling may pass: warned of, and tried next round.
+                            if Self.launchErrorIsPermanent(error) {
+                                memory.failedLaunches += 1
+                                logger.error(
+                                    "launch failed",
+                                    metadata: [
+                                        "error": "\(error)", "launches.failed_in_a_row": "\(memory.failedLaunches)",
+                                    ])
+                            } else {
+                                launchWaits += 1
+                                if launchWaits == 1 || launchWaits % 10 == 0 {
+                                    logger.warning(
+                                        "launch failed for now (no capacity, or throttled); trying again next round",
+                                        metadata: ["error": "\(error)", "launches.waited": "\(launchWaits)"])
+                                }
+                            }
                         }
                     }
                 }
@@ -496,6 +526,18 @@ public struct Controller: Sendable {
             }
             throw lastError!
         }
+    }
+
+    /// Whether a launch call's error is one a next round would meet again: a refusal, or a request EC2 rejects
+    /// (a missing or bad launch template, a bad parameter). No capacity, limits that may free up, and throttling are
+    /// not.
+    static func launchErrorIsPermanent(_ error: AWSError) -> Bool {
+        if error.setupProblem != nil { return true }
+        let code = error.code
+        return code.hasPrefix("InvalidLaunchTemplate") || code.hasPrefix("InvalidParameter")
+            || code.hasPrefix("InvalidAMIID") || code.hasPrefix("InvalidSubnetID") || code.hasPrefix("InvalidGroup")
+            || code == "MissingParameter" || code == "UnauthorizedOperation" || code == "InvalidInstanceType"
+            || code == "InvalidKeyPair.NotFound"
     }
 
     /// Sets every Auto Scaling group tagged with the queue to zero instances (`scripts/launch --market asg` makes

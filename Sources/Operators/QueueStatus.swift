@@ -151,14 +151,18 @@ public struct FleetStatus: Sendable, Equatable, Codable {
             tasksPerMinute: (rate * 60 * 10).rounded() / 10,
             etaSeconds: remaining == 0 ? 0 : rate > 0 ? Int((Double(remaining) / rate).rounded()) : nil)
         if !prices.isEmpty {
-            status.cost(heartbeats, remaining: remaining, durations: durations, now: now, prices: prices)
+            status.cost(
+                heartbeats, remaining: remaining, durations: durations, now: now, stale: stuckAfter, prices: prices)
         }
         return status
     }
 
-    /// Fills in the costs from the heartbeats' instance types and `prices` (USD per hour by type).
+    /// Fills in the costs from the heartbeats' instance types and `prices` (USD per hour by type). An estimate:
+    /// each daemon's run from its start to now (to its last heartbeat once stopped, or once that is `stale`: an
+    /// instance that died without a word), not its instance's boot and shutdown; every run the ledger holds for the
+    /// queue counts.
     mutating func cost(
-        _ heartbeats: [InstanceHeartbeat], remaining: Int, durations: [Double], now: Double,
+        _ heartbeats: [InstanceHeartbeat], remaining: Int, durations: [Double], now: Double, stale: Double,
         prices: [String: Double]
     ) {
         unpricedTypes = Set(heartbeats.map { $0.instanceType ?? "unknown" }).filter { prices[$0] == nil }.sorted()
@@ -168,9 +172,10 @@ public struct FleetStatus: Sendable, Equatable, Codable {
         var slots = 0
         for beat in heartbeats {
             let price = prices[beat.instanceType ?? "unknown"] ?? 0
-            let end = beat.state == "running" ? now : (beat.updatedEpoch ?? now)
+            let alive = beat.state == "running" && now - (beat.updatedEpoch ?? now) < stale
+            let end = alive ? now : (beat.updatedEpoch ?? now)
             spent += max(0, end - (beat.startedEpoch ?? end)) / 3600 * price
-            if beat.state == "running" {
+            if alive {
                 hourly += price
                 slots += max(1, beat.slots)
             }
@@ -199,7 +204,7 @@ public struct FleetStatus: Sendable, Equatable, Codable {
             lines.insert("cost        unknown: no --price for \(unpricedTypes.joined(separator: ", "))", at: 3)
         } else if let costSoFar {
             let finish = costToFinish.map { String(format2: $0) } ?? "unknown (no recent task times)"
-            lines.insert("cost        $\(String(format2: costSoFar)) so far, $\(finish) to finish", at: 3)
+            lines.insert("cost        $\(String(format2: costSoFar)) so far, $\(finish) to finish (estimate)", at: 3)
         }
         for i in instances {
             let last = i.lastCompletionAgoSeconds.map { "\($0) s ago" } ?? "never"

@@ -63,6 +63,9 @@ public actor Ledger {
     var buffer: [Write] = []
     var progress = Progress()
     var lastHeartbeat: Double?
+    /// The last running task ended: the next heartbeat goes at once, not at the interval, so that no other worker
+    /// counts this one busy for a minute after it is not (the tail rule counts busy workers by their heartbeats).
+    var beatNow = false
     var stopping = false
     var failures = 0
     var dropped = 0
@@ -151,6 +154,10 @@ public actor Ledger {
             starts.removeLast()
             progress.running[key] = starts.isEmpty ? nil : starts
         }
+        if progress.running.isEmpty {
+            beatNow = true
+            signal()
+        }
         switch outcome {
         case .done:
             progress.done += 1
@@ -181,17 +188,29 @@ public actor Ledger {
 
     // MARK: - What the fleet shows
 
-    /// Other instances of this queue whose daemons are running a task now, by their heartbeats: written within
-    /// `freshWithin` seconds, state `running`, at least one task running. A worker busy with a task stays until it
-    /// ends, so these are workers that stay (`Daemon.watchForDrain`'s tail rule).
-    public func busyOthers(freshWithin: Double) async throws(AWSError) -> Int {
-        let now = Self.now()
-        return try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
-            .filter {
-                $0.instanceID != instanceID && $0.state == "running" && $0.runningTasks > 0
-                    && now - ($0.updatedEpoch ?? 0) <= freshWithin
-            }.count
+    /// The other live workers of this queue, by their heartbeats: written within `freshWithin` seconds, state
+    /// `running`.
+    public struct FleetView: Sendable, Equatable {
+        /// Workers running a task now: each stays until its task ends.
+        public var busy: Int
+        /// Workers with nothing to do, by instance id.
+        public var idle: [String]
     }
+
+    /// What the other workers are doing (`Daemon.watchForDrain`'s tail rule).
+    public func others(freshWithin: Double) async throws(AWSError) -> FleetView {
+        let now = Self.now()
+        let live = try await InstanceHeartbeat.read(
+            table: table, queueURL: queueName, client: client, logger: logger
+        ).filter {
+            $0.instanceID != instanceID && $0.state == "running" && now - ($0.updatedEpoch ?? 0) <= freshWithin
+        }
+        return FleetView(
+            busy: live.filter { $0.runningTasks > 0 }.count,
+            idle: live.filter { $0.runningTasks == 0 }.map(\.instanceID).sorted())
+    }
+
+    public var ownInstanceID: String { instanceID }
 
     // MARK: - The writer
 
@@ -248,7 +267,8 @@ public actor Ledger {
             // A heartbeat goes out every interval for as long as the daemon runs, whether or not anything changed:
             // it is how the controller tells a long task, or a worker waiting for a message it released, from a
             // stuck one (and a worker leaving the tail counts the busy ones by it).
-            if !stopping && (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true) {
+            if !stopping && (beatNow || (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true)) {
+                beatNow = false
                 lastHeartbeat = now
                 buffer.append(heartbeatWrite(state: "running"))
             }

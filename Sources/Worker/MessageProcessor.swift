@@ -101,7 +101,6 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             logger.info(
                 "message will be retried",
                 metadata: ["retry.after_seconds": "\(seconds)", "task.attempt": "\(message.receiveCount)"])
-            lifecycle.releasedForRetry(seconds: seconds)
             await changeVisibility(message, to: seconds, logger: logger)
         case .giveUp(let failures, let worthRedriving):
             var recorded = true
@@ -165,6 +164,8 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             }
             await queue.delete(message, logger: logger)
         case .keep:
+            // Hidden for its visibility timeout, then back: this daemon waits for it (the tail).
+            lifecycle.releasedForRetry(seconds: config.visibilityTimeout)
             logger.error(
                 "\(what), but the failure record could not be written: message kept",
                 metadata: metadata.merging(["retry.after_seconds": "\(config.visibilityTimeout)"]) { $1 })
@@ -178,12 +179,20 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
 
     /// Settles a message's visibility (a release, a retry's backoff, a hand-over to the dead-letter queue): it goes
     /// out even when a stop's grace has cancelled the slot.
+    ///
+    /// A message that comes back later (a retry's delay, or its whole visibility timeout when the change failed) is
+    /// one this daemon must be there to take: it does not leave the tail to others until it may have (`Lifecycle`).
     func changeVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger) async {
         let processor = self
-        await uncancelled {
-            _ = await processor.setVisibility(
+        let changed = await uncancelled {
+            await processor.setVisibility(
                 message, to: seconds, logger: logger,
                 failure: "could not change the message's visibility")
+        }
+        if !changed {
+            lifecycle.releasedForRetry(seconds: config.visibilityTimeout)
+        } else if seconds > 0 {
+            lifecycle.releasedForRetry(seconds: seconds)
         }
     }
 

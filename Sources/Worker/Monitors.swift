@@ -13,10 +13,11 @@ extension Daemon {
     ///
     /// The tail: with a ledger, a worker does not idle behind other workers' long tasks. When nothing is visible or
     /// delayed, it leaves once the messages in flight are no more than the other workers busy with a task (by
-    /// their fresh heartbeats): each of those stays until its task ends and can take back a message that fails. It
-    /// stays while a message it released for a retry may still come back, and the last worker never leaves while
-    /// anything is in flight. Without a ledger (or without `dynamodb:Query` on it), it waits for the queue to
-    /// empty, as before.
+    /// their fresh heartbeats): each of those stays until its task ends and can take back a message that fails.
+    /// One idle worker stays all the same, the keeper (the lowest instance id among the idle ones), for what no busy
+    /// worker will take back: a message whose worker died, or one released where nobody saw. A worker also stays
+    /// while a message it released may still come back. Without a ledger (or without `dynamodb:Query` on it), it
+    /// waits for the queue to empty, as before.
     func watchForDrain(
         _ queue: some WorkQueue, _ lifecycle: Lifecycle, deadEnds: DeadEnds, ledger: Ledger?, clock: any WorkerClock,
         logger: Logger
@@ -30,6 +31,7 @@ extension Daemon {
             do { try await clock.sleep(for: interval) } catch { return }
             guard lifecycle.idle(for: config.idleTimeout) else {
                 zeroChecks = 0
+                tailChecks = 0
                 continue
             }
             checks += 1
@@ -46,22 +48,30 @@ extension Daemon {
                     !lifecycle.awaitsReleasedWork
                 {
                     do {
-                        // Fresh: written within three heartbeat intervals (and never less than 30 s: a write may
-                        // wait behind others on a loaded machine).
-                        let busy = try await ledger.busyOthers(
-                            freshWithin: max(30, 3 * options.ledger.heartbeatInterval))
-                        tailHolds = counts.inFlight <= busy
+                        // Fresh: written within one and a half heartbeat intervals (one late write), and never less
+                        // than 30 s: a write may wait behind others on a loaded machine.
+                        let others = try await ledger.others(
+                            freshWithin: max(30, 1.5 * options.ledger.heartbeatInterval))
+                        let me = await ledger.ownInstanceID
+                        let keeper = ([me] + others.idle).min()!
+                        tailHolds = counts.inFlight <= others.busy && keeper != me
                         if tailHolds && tailChecks >= 1 {
                             logger.notice(
                                 "queue drained but for the tail: leaving it to the workers busy with it",
-                                metadata: ["queue.in_flight": "\(counts.inFlight)", "workers.busy": "\(busy)"])
+                                metadata: [
+                                    "queue.in_flight": "\(counts.inFlight)", "workers.busy": "\(others.busy)",
+                                    "workers.keeper": "\(keeper)",
+                                ])
                             lifecycle.requestStop(.drained)
                         }
                     } catch {
-                        tailRule = false
-                        logger.notice(
-                            "cannot read the fleet's heartbeats (dynamodb:Query on the ledger); waiting for the queue to empty instead of leaving the tail to others",
-                            metadata: ["error": "\(error)"])
+                        // A refusal ends the rule for this run; anything else (throttling) skips this check only.
+                        if error.setupProblem != nil {
+                            tailRule = false
+                            logger.notice(
+                                "cannot read the fleet's heartbeats (dynamodb:Query on the ledger); waiting for the queue to empty instead of leaving the tail to others",
+                                metadata: ["error": "\(error)"])
+                        }
                     }
                 }
                 // Two checks in a row, as for the drain.
@@ -71,6 +81,7 @@ extension Daemon {
                 logger.warning("cannot read the queue's counts", metadata: ["error": "\(error)"])
                 deadEnds.failed(.queueAttributes, resource: config.queueURL, subject: "check-\(checks)", error: error)
                 zeroChecks = 0
+                tailChecks = 0
             }
             if zeroChecks >= 2 {
                 logger.notice("queue drained", metadata: ["idle_seconds": "\(config.idleTimeout)"])

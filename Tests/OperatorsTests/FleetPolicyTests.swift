@@ -170,7 +170,12 @@ struct FleetPolicyTests {
         // 2 h at 0.09 and half an hour at 0.10; then 100 tasks of 15 s on i-a's two slots: 0.208 h at 0.09.
         #expect(fleet.costSoFar == 0.23)
         #expect(fleet.costToFinish == 0.02)
-        #expect(fleet.text.contains("cost        $0.23 so far, $0.02 to finish"), "\(fleet.text)")
+        #expect(fleet.text.contains("cost        $0.23 so far, $0.02 to finish (estimate)"), "\(fleet.text)")
+        // A running heartbeat gone stale (the instance died without a word) stops counting at its last beat.
+        var silent = a
+        silent.updatedEpoch = now - 3600
+        let quiet = FleetStatus.summarize([silent], queue: counts(0), now: now, stuckAfter: 900, prices: prices)
+        #expect(quiet.costSoFar == 0.09, "one hour, from its start to its last heartbeat")
         // A type without a price: no figure rather than a wrong one.
         let partial = FleetStatus.summarize(
             [a, b], queue: counts(100), now: now, stuckAfter: 900, prices: ["c7i.large": 0.09])
