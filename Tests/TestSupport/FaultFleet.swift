@@ -156,11 +156,12 @@ public struct FaultFleet: Sendable {
     public func logTails(_ count: Int = 3) -> String { harness.logTails((0..<count).map { "w\($0)" }) }
 }
 
-/// A small deterministic generator, so an input's content follows from its key.
-struct SplitMix {
+/// A small deterministic generator (SplitMix64): an input's content follows from its key, and a random test can be
+/// replayed from its printed seed.
+public struct SplitMix: RandomNumberGenerator {
     var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9

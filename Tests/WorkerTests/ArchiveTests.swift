@@ -225,7 +225,7 @@ struct ArchiveTests {
             // Seeded, and the seed printed: a crash names the damage that caused it.
             let seed = UInt64.random(in: 1...UInt64.max)
             print("damagedArchivesAreRefusedNotACrash: seed \(seed)")
-            var generator = SplitMix64(seed: seed)
+            var generator = SplitMix(seed: seed)
             for name in ["good.zip", "good.tar.gz"] {
                 let good = try #require(LocalFile.read(dir + "/" + name))
                 #expect(throws: Never.self) { try unpack(dir + "/" + name, in: dir).get() }
@@ -245,18 +245,5 @@ struct ArchiveTests {
                 }
             }
         }
-    }
-}
-
-/// A small seeded generator (SplitMix64), so a random test can be replayed from its printed seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
