@@ -295,7 +295,7 @@ public struct Controller: Sendable {
         var failedRounds = 0
         var refused: (problem: SetupProblem, rounds: Int)?
         // Rounds in a row the ledger could not be read with the same problem (a denied Query, a missing table).
-        var ledgerRefused: (problem: SetupProblem, rounds: Int)?
+        var ledgerRefused: (problem: String, rounds: Int)?
         var budgetNoted = false
         // Launch calls in a row that failed with an error that may pass (capacity, throttling).
         var launchWaits = 0
@@ -318,7 +318,11 @@ public struct Controller: Sendable {
                     } catch {
                         // Without heartbeats this round, judge no one stuck: a ledger outage must not kill workers.
                         // One that waiting cannot fix ends the controller, as any other, instead of a warning a round.
-                        if let problem = error.setupProblem {
+                        // A missing table is as permanent as a refusal.
+                        let permanent =
+                            error.setupProblem.map { "\($0)" }
+                            ?? (error.code.hasSuffix("ResourceNotFoundException") ? "no such table" : nil)
+                        if let problem = permanent {
                             let rounds = ledgerRefused?.problem == problem ? ledgerRefused!.rounds + 1 : 1
                             ledgerRefused = (problem, rounds)
                             if rounds >= Self.sameErrorRounds {

@@ -195,6 +195,11 @@ public actor Ledger {
         public var busy: Int
         /// Workers with nothing to do, by instance id.
         public var idle: [String]
+
+        public init(busy: Int, idle: [String]) {
+            self.busy = busy
+            self.idle = idle
+        }
     }
 
     /// What the other workers are doing (`Daemon.watchForDrain`'s tail rule).

@@ -53,8 +53,8 @@ extension Daemon {
                         let others = try await ledger.others(
                             freshWithin: max(30, 1.5 * options.ledger.heartbeatInterval))
                         let me = await ledger.ownInstanceID
-                        let keeper = ([me] + others.idle).min()!
-                        tailHolds = counts.inFlight <= others.busy && keeper != me
+                        let keeper = TailRule.keeper(me: me, others: others)
+                        tailHolds = TailRule.mayLeave(counts: counts, others: others, me: me)
                         if tailHolds && tailChecks >= 1 {
                             logger.notice(
                                 "queue drained but for the tail: leaving it to the workers busy with it",
@@ -65,11 +65,12 @@ extension Daemon {
                             lifecycle.requestStop(.drained)
                         }
                     } catch {
-                        // A refusal ends the rule for this run; anything else (throttling) skips this check only.
-                        if error.setupProblem != nil {
+                        // A refusal or a missing table ends the rule for this run; anything else (throttling) skips
+                        // this check only.
+                        if error.setupProblem != nil || error.code.hasSuffix("ResourceNotFoundException") {
                             tailRule = false
                             logger.notice(
-                                "cannot read the fleet's heartbeats (dynamodb:Query on the ledger); waiting for the queue to empty instead of leaving the tail to others",
+                                "cannot read the fleet's heartbeats (the ledger table, and dynamodb:Query on it); waiting for the queue to empty instead of leaving the tail to others",
                                 metadata: ["error": "\(error)"])
                         }
                     }
@@ -131,5 +132,19 @@ extension Daemon {
             source.resume()
             return source
         }
+    }
+}
+
+/// The tail rule's decision, apart from the reading it is made from (`Daemon.watchForDrain`).
+public enum TailRule {
+    /// The idle worker that stays while anything is in flight: the lowest instance id among the idle ones.
+    public static func keeper(me: String, others: Ledger.FleetView) -> String { ([me] + others.idle).min()! }
+
+    /// Whether an idle worker (`me`) may leave: nothing visible or delayed, something still in flight (an empty
+    /// queue is the ordinary drain), no more in flight than the other workers busy with a task, and it is not the
+    /// keeper.
+    public static func mayLeave(counts: SQSClient.MessageCounts, others: Ledger.FleetView, me: String) -> Bool {
+        counts.visible == 0 && counts.delayed == 0 && counts.inFlight > 0 && counts.inFlight <= others.busy
+            && keeper(me: me, others: others) != me
     }
 }

@@ -86,4 +86,75 @@ struct TailTests {
             }
         }
     }
+
+    /// The fleet as a worker reads it from the ledger: only fresh heartbeats of running daemons count, its own is
+    /// left out, and busy and idle are told by the running count.
+    @Test func theFleetViewCountsOnlyFreshRunningHeartbeats() async throws {
+        let dynamo = try DynamoDBClient(context: try TestEnvironment.motoContext())
+        let table = uniqueName("ledger")
+        try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
+        let queueURL = "http://127.0.0.1/123456789012/tail-\(UInt32.random(in: 0...UInt32.max))"
+        let now = Date().timeIntervalSince1970
+        func beat(_ id: String, state: String = "running", running: Int, age: Double) async throws {
+            try await dynamo.putItem(
+                table: table,
+                item: [
+                    "queue": .s(LedgerSchema.queueName(queueURL)), "task": .s(LedgerSchema.instanceSortKey(id)),
+                    "kind": .s("instance"), "instance": .s(id), "state": .s(state),
+                    "updatedEpoch": .number(now - age), "runningTasks": .number(running),
+                ], logger: quietLogger)
+        }
+        try await beat("i-busy", running: 1, age: 2)
+        try await beat("i-dead", running: 1, age: 600)  // killed mid-task: its heartbeat went stale
+        try await beat("i-idle", running: 0, age: 5)
+        try await beat("i-gone", state: "stopped", running: 0, age: 1)
+        try await beat("i-me", running: 0, age: 1)
+        let ledger = Ledger(
+            client: dynamo, table: table, queueURL: queueURL, instanceID: "i-me", logger: quietLogger)
+        let view = try await ledger.others(freshWithin: 60)
+        #expect(view == Ledger.FleetView(busy: 1, idle: ["i-idle"]))
+        // So with two in flight (the dead worker's among them), no idle worker leaves.
+        #expect(
+            !TailRule.mayLeave(
+                counts: SQSClient.MessageCounts(visible: 0, inFlight: 2, delayed: 0), others: view, me: "i-me"))
+    }
+
+    /// A ledger the workers cannot read (here: no such table) turns the tail rule off with one line, and the idle
+    /// workers wait for the queue to empty, as without a ledger.
+    @Test func aLedgerThatCannotBeReadLeavesTheOldRule() async throws {
+        try await withTemporaryDirectory { dir in
+            let h = try await WorkerHarness.make(directory: dir)
+            let program = h.script(
+                "task.sh",
+                """
+                if grep -q long "$1"; then sleep 8; touch "\(dir)/long-done"; fi
+                cp "$1" "$1.out"
+                echo "$1.out"
+                """)
+            for key in ["long.txt", "short.txt"] { try await h.upload(key, key) }
+            try await h.send(["long.txt", "short.txt"])
+            var standIns: [IMDSStandIn] = []
+            for i in 0..<2 {
+                standIns.append(try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-nol\(i)"))
+            }
+            defer { for standIn in standIns { Task { await standIn.stop() } } }
+            let extra = [
+                "numThreads": "1", "idleTimeout": "1", "shouldShutdown": "false",
+                "ledgerTable": "no-such-table-\(UInt32.random(in: 0...UInt32.max))",
+            ]
+            let workers = try (0..<2).map { i in
+                try h.startWorker(
+                    name: "w\(i)", parameters: h.parameters(extra, program: program), imds: standIns[i].endpoint,
+                    extraArguments: ["--ledger-heartbeat-seconds", "1"])
+            }
+            for (i, worker) in workers.enumerated() {
+                #expect(await worker.wait(timeout: 90) == .exited(0), "\(h.log("w\(i)").suffix(2000))")
+            }
+            #expect(fileExists("\(dir)/long-done"))
+            let logs = (0..<2).map { h.log("w\($0)") }
+            #expect(!logs.contains { $0.contains("leaving it to the workers busy with it") })
+            #expect(logs.contains { $0.contains("cannot read the fleet's heartbeats") }, "\(logs)")
+            #expect(Set(try await h.outputKeys()) == ["long.txt.out", "short.txt.out"])
+        }
+    }
 }
