@@ -15,6 +15,8 @@ public enum SetupProblem: String, Sendable, Equatable {
     case queueMissing
     /// The bucket does not exist.
     case bucketMissing
+    /// The DynamoDB table (the ledger) does not exist.
+    case tableMissing
     /// The endpoint does not know the action (a wrong endpoint, or a server that lacks it).
     case unknownAction
     /// The bucket is in another region than the one the request was signed for.
@@ -65,6 +67,8 @@ extension AWSError {
             return .queueMissing
         case "NoSuchBucket":
             return .bucketMissing
+        case "ResourceNotFoundException":
+            return .tableMissing
         case "InvalidAction", "UnknownOperationException":
             return .unknownAction
         case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException":

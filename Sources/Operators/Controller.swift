@@ -295,7 +295,7 @@ public struct Controller: Sendable {
         var failedRounds = 0
         var refused: (problem: SetupProblem, rounds: Int)?
         // Rounds in a row the ledger could not be read with the same problem (a denied Query, a missing table).
-        var ledgerRefused: (problem: String, rounds: Int)?
+        var ledgerRefused: (problem: SetupProblem, rounds: Int)?
         var budgetNoted = false
         // Launch calls in a row that failed with an error that may pass (capacity, throttling).
         var launchWaits = 0
@@ -317,12 +317,9 @@ public struct Controller: Sendable {
                         ledgerRefused = nil
                     } catch {
                         // Without heartbeats this round, judge no one stuck: a ledger outage must not kill workers.
-                        // One that waiting cannot fix ends the controller, as any other, instead of a warning a round.
-                        // A missing table is as permanent as a refusal.
-                        let permanent =
-                            error.setupProblem.map { "\($0)" }
-                            ?? (error.code.hasSuffix("ResourceNotFoundException") ? "no such table" : nil)
-                        if let problem = permanent {
+                        // One that waiting cannot fix (a refusal, a missing table) ends the controller, as any
+                        // other, instead of a warning a round.
+                        if let problem = error.setupProblem {
                             let rounds = ledgerRefused?.problem == problem ? ledgerRefused!.rounds + 1 : 1
                             ledgerRefused = (problem, rounds)
                             if rounds >= Self.sameErrorRounds {
@@ -366,16 +363,15 @@ public struct Controller: Sendable {
                         metadata: ["launch_template": "\(options.launchTemplate)"])
                     return 2
                 }
-                if policy.launchBudgetSpent(snapshot, memory: memory) && !budgetNoted {
+                let budgetSpent = policy.launchBudgetSpent(snapshot, memory: memory)
+                if budgetSpent && !budgetNoted {
                     budgetNoted = true
                     logger.notice(
                         "no more launches: --max instances have been launched in all",
                         metadata: ["launched": "\(memory.launchedInAll)"])
                 }
                 // The budget spent and no worker left while work waits: nothing more will happen by waiting.
-                if policy.launchBudgetSpent(snapshot, memory: memory) && instances.isEmpty
-                    && memory.launched.isEmpty
-                {
+                if budgetSpent && instances.isEmpty && memory.launched.isEmpty {
                     logger.critical(
                         "controller stops: --max (\(memory.launchedInAll)) instances have been launched in all, none is left, and \(counts.visible) messages wait; raise --max, or look at why the workers ended",
                         metadata: ["launched": "\(memory.launchedInAll)"])
@@ -415,8 +411,8 @@ public struct Controller: Sendable {
                             "market": "\(options.market.rawValue)",
                         ])
                     if !options.dryRun {
-                        // A launch that fails is a failed launch, counted toward the limit, and the round goes on:
-                        // retiring stuck workers and stopping the fleet at the drain do not wait on it.
+                        // A launch that fails does not end the round: retiring stuck workers and stopping the fleet
+                        // at the drain do not wait on it.
                         do {
                             let started = try await launchInstances(launch.count, ec2: ec2, logger: logger)
                             for id in started { memory.launched[id] = snapshot.now }

@@ -122,22 +122,4 @@ public struct Enqueuer: Sendable {
         }
         return (sent, 0, nil)
     }
-
-    /// Keys of `inputs` whose output already exists: some key under `outputPrefix` starts with
-    /// `outputPrefix + key` (outputs are named after their inputs, e.g. `a/x.txt` → `a/x.txt.out`).
-    public static func done(inputs: [String], outputs: [String], outputPrefix: String) -> Set<String> {
-        let sorted = outputs.filter { !$0.hasPrefix(outputPrefix + "_failed/") }.sorted()
-        var result = Set<String>()
-        for key in inputs {
-            let stem = outputPrefix + key
-            // The first output not less than the stem is the only candidate for starting with it.
-            var low = 0, high = sorted.count
-            while low < high {
-                let mid = (low + high) / 2
-                if sorted[mid] < stem { low = mid + 1 } else { high = mid }
-            }
-            if low < sorted.count, sorted[low].hasPrefix(stem) { result.insert(key) }
-        }
-        return result
-    }
 }

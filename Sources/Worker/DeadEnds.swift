@@ -65,6 +65,9 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
         case .bucketMissing:
             what = "the bucket \(resource) does not exist"
             fix = "check inputBucket, outputBucket and environmentBucket, or create the bucket"
+        case .tableMissing:
+            what = "the table \(resource) does not exist"
+            fix = "check ledgerTable, or create the table (scripts/setup-aws --ledger-table)"
         case .unknownAction:
             what = "the endpoint does not know \(action)"
             fix =

@@ -44,9 +44,8 @@ extension Daemon {
                     logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])
                 }
                 var tailHolds = false
-                if tailRule, let ledger, total > 0, counts.visible == 0, counts.delayed == 0,
-                    !lifecycle.awaitsReleasedWork
-                {
+                // The ledger is read only in the tail, and not while a message this worker released may come back.
+                if tailRule, let ledger, TailRule.isTail(counts), !lifecycle.awaitsReleasedWork {
                     do {
                         // Fresh: written within one and a half heartbeat intervals (one late write), and never less
                         // than 30 s: a write may wait behind others on a loaded machine.
@@ -67,7 +66,7 @@ extension Daemon {
                     } catch {
                         // A refusal or a missing table ends the rule for this run; anything else (throttling) skips
                         // this check only.
-                        if error.setupProblem != nil || error.code.hasSuffix("ResourceNotFoundException") {
+                        if error.setupProblem != nil {
                             tailRule = false
                             logger.notice(
                                 "cannot read the fleet's heartbeats (the ledger table, and dynamodb:Query on it); waiting for the queue to empty instead of leaving the tail to others",
@@ -140,11 +139,14 @@ public enum TailRule {
     /// The idle worker that stays while anything is in flight: the lowest instance id among the idle ones.
     public static func keeper(me: String, others: Ledger.FleetView) -> String { ([me] + others.idle).min()! }
 
-    /// Whether an idle worker (`me`) may leave: nothing visible or delayed, something still in flight (an empty
-    /// queue is the ordinary drain), no more in flight than the other workers busy with a task, and it is not the
-    /// keeper.
+    /// The tail: nothing visible or delayed, something still in flight (an empty queue is the ordinary drain).
+    public static func isTail(_ counts: SQSClient.MessageCounts) -> Bool {
+        counts.visible == 0 && counts.delayed == 0 && counts.inFlight > 0
+    }
+
+    /// Whether an idle worker (`me`) may leave: in the tail, no more in flight than the other workers busy with a
+    /// task, and it is not the keeper.
     public static func mayLeave(counts: SQSClient.MessageCounts, others: Ledger.FleetView, me: String) -> Bool {
-        counts.visible == 0 && counts.delayed == 0 && counts.inFlight > 0 && counts.inFlight <= others.busy
-            && keeper(me: me, others: others) != me
+        isTail(counts) && counts.inFlight <= others.busy && keeper(me: me, others: others) != me
     }
 }

@@ -113,9 +113,7 @@ struct ControllerFleetTests {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             _ = try await Self.makeLaunchTemplate(h, directory: dir)
-            let dynamo = try DynamoDBClient(context: h.context)
-            let table = uniqueName("ledger")
-            try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
+            let (dynamo, table) = try await makeLedgerTable()
             let ec2 = try EC2Client(context: h.context)
             try await h.send(["waiting"])
             let controller = try h.startWorkerProcess(
@@ -175,9 +173,7 @@ struct ControllerFleetTests {
     @Test func aLongTaskThatStillBeatsIsNotStuck() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let dynamo = try DynamoDBClient(context: h.context)
-            let table = uniqueName("ledger")
-            try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
+            let (dynamo, table) = try await makeLedgerTable()
             let ec2 = try EC2Client(context: h.context)
             let me = try await ec2.runInstances(
                 imageID: "ami-12c6146b", count: 1, tags: [Controller.tag: h.queueURL], logger: quietLogger)[0]

@@ -10,13 +10,6 @@ import Worker
 /// The DynamoDB ledger written by real workers, and `parallelizer controller` acting on moto's EC2, SQS and DynamoDB.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)))
 struct LedgerControllerTests {
-    static func makeTable() async throws -> (DynamoDBClient, String) {
-        let dynamo = try DynamoDBClient(context: try TestEnvironment.motoContext())
-        let table = uniqueName("ledger")
-        try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
-        return (dynamo, table)
-    }
-
     static func items(_ dynamo: DynamoDBClient, table: String, queueURL: String) async throws -> [DynamoItem] {
         try await dynamo.queryAll(
             table: table, keyCondition: "#q = :q", names: ["#q": "queue"],
@@ -26,7 +19,7 @@ struct LedgerControllerTests {
     @Test func fiftyTasksLeaveOneItemPerAttemptAndAHeartbeat() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let (dynamo, table) = try await Self.makeTable()
+            let (dynamo, table) = try await makeLedgerTable()
             let program = h.script(
                 "task.sh",
                 """
@@ -140,7 +133,7 @@ struct LedgerControllerTests {
     func theControllerRetiresStuckAndDrainedWorkersAndNothingElse(dryRun: Bool) async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let (dynamo, table) = try await Self.makeTable()
+            let (dynamo, table) = try await makeLedgerTable()
             let ec2 = try EC2Client(context: h.context)
             let image = "ami-12c6146b"
             let tag = ["parallelizer:queue": h.queueURL]
@@ -283,7 +276,7 @@ extension S3FaultTests {
     @Test func aThrottledLedgerHoldsUpNoTask() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let (_, table) = try await LedgerControllerTests.makeTable()
+            let (_, table) = try await makeLedgerTable()
             let program = h.script("task.sh", "cp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             let keys = (0..<10).map { "in/\($0).txt" }
             for key in keys { try await h.upload(key, key) }

@@ -126,9 +126,7 @@ struct OperatorCommandTests {
     @Test func enqueueSkipsWhatTheLedgerRecordsDone() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
-            let dynamo = try DynamoDBClient(context: h.context)
-            let table = uniqueName("ledger")
-            try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
+            let (dynamo, table) = try await makeLedgerTable()
             let queueName = LedgerSchema.queueName(h.queueURL)
             func attempt(_ queue: String, _ key: String, _ number: Int, _ state: String) async throws {
                 try await dynamo.putItem(

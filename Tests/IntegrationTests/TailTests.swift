@@ -13,16 +13,32 @@ import Worker
 /// before. Prints the worker-seconds spent after the last message was taken, each way.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
 struct TailTests {
+    /// `count` instances, each a worker with its own instance id from an IMDS of its own (and its own work folder:
+    /// `parameters` gives each one), beating every second.
+    static func startInstances(
+        _ count: Int, named prefix: String, harness h: WorkerHarness, directory: String,
+        parameters: () -> String
+    ) async throws -> ([ChildProcess], [IMDSStandIn]) {
+        var standIns: [IMDSStandIn] = []
+        for i in 0..<count {
+            standIns.append(
+                try await IMDSStandIn.start(directory: directory, userData: nil, instanceID: "\(prefix)\(i)"))
+        }
+        let workers = try (0..<count).map { i in
+            try h.startWorker(
+                name: "w\(i)", parameters: parameters(), imds: standIns[i].endpoint,
+                extraArguments: ["--ledger-heartbeat-seconds", "1"])
+        }
+        return (workers, standIns)
+    }
+
     @Test(arguments: [true, false])
     func idleWorkersLeaveTheTailToTheBusyOne(ledger: Bool) async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             var extra = ["numThreads": "1", "idleTimeout": "2", "shouldShutdown": "false", "visibilityTimeout": "30"]
             if ledger {
-                let dynamo = try DynamoDBClient(context: h.context)
-                let table = uniqueName("ledger")
-                try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
-                extra["ledgerTable"] = table
+                extra["ledgerTable"] = try await makeLedgerTable().1
             }
             let program = h.script(
                 "task.sh",
@@ -34,17 +50,9 @@ struct TailTests {
             let keys = ["long.txt"] + (0..<9).map { "short-\($0).txt" }
             for key in keys { try await h.upload(key, key) }
             try await h.send(keys)
-            // Three instances: each worker its own instance id, from an IMDS of its own.
-            var standIns: [IMDSStandIn] = []
-            for i in 0..<3 {
-                standIns.append(try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-tail\(i)"))
-            }
+            let (workers, standIns) = try await Self.startInstances(
+                3, named: "i-tail", harness: h, directory: dir, parameters: { h.parameters(extra, program: program) })
             defer { for standIn in standIns { Task { await standIn.stop() } } }
-            let workers = try (0..<3).map { i in
-                try h.startWorker(
-                    name: "w\(i)", parameters: h.parameters(extra, program: program), imds: standIns[i].endpoint,
-                    extraArguments: ["--ledger-heartbeat-seconds", "1"])
-            }
             // Every message taken: the short ones done and the long one started.
             var lastTaken: ContinuousClock.Instant?
             var exits: [Int: (ContinuousClock.Instant, longDone: Bool)] = [:]
@@ -90,9 +98,7 @@ struct TailTests {
     /// The fleet as a worker reads it from the ledger: only fresh heartbeats of running daemons count, its own is
     /// left out, and busy and idle are told by the running count.
     @Test func theFleetViewCountsOnlyFreshRunningHeartbeats() async throws {
-        let dynamo = try DynamoDBClient(context: try TestEnvironment.motoContext())
-        let table = uniqueName("ledger")
-        try await dynamo.createTable(table, partitionKey: "queue", sortKey: "task", logger: quietLogger)
+        let (dynamo, table) = try await makeLedgerTable()
         let queueURL = "http://127.0.0.1/123456789012/tail-\(UInt32.random(in: 0...UInt32.max))"
         let now = Date().timeIntervalSince1970
         func beat(_ id: String, state: String = "running", running: Int, age: Double) async throws {
@@ -133,20 +139,13 @@ struct TailTests {
                 """)
             for key in ["long.txt", "short.txt"] { try await h.upload(key, key) }
             try await h.send(["long.txt", "short.txt"])
-            var standIns: [IMDSStandIn] = []
-            for i in 0..<2 {
-                standIns.append(try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: "i-nol\(i)"))
-            }
-            defer { for standIn in standIns { Task { await standIn.stop() } } }
             let extra = [
                 "numThreads": "1", "idleTimeout": "1", "shouldShutdown": "false",
                 "ledgerTable": "no-such-table-\(UInt32.random(in: 0...UInt32.max))",
             ]
-            let workers = try (0..<2).map { i in
-                try h.startWorker(
-                    name: "w\(i)", parameters: h.parameters(extra, program: program), imds: standIns[i].endpoint,
-                    extraArguments: ["--ledger-heartbeat-seconds", "1"])
-            }
+            let (workers, standIns) = try await Self.startInstances(
+                2, named: "i-nol", harness: h, directory: dir, parameters: { h.parameters(extra, program: program) })
+            defer { for standIn in standIns { Task { await standIn.stop() } } }
             for (i, worker) in workers.enumerated() {
                 #expect(await worker.wait(timeout: 90) == .exited(0), "\(h.log("w\(i)").suffix(2000))")
             }

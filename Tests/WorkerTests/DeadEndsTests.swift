@@ -107,6 +107,9 @@ struct DeadEndsTests {
         #expect(error("AWS.SimpleQueueService.NonExistentQueue", status: 400).setupProblem == .queueMissing)
         #expect(error("com.amazonaws.sqs#QueueDoesNotExist", status: 400).setupProblem == .queueMissing)
         #expect(error("NoSuchBucket", status: 404, service: "s3").setupProblem == .bucketMissing)
+        #expect(
+            error("com.amazonaws.dynamodb.v20120810#ResourceNotFoundException", status: 400, service: "dynamodb")
+                .setupProblem == .tableMissing)
         #expect(error("InvalidClientTokenId").setupProblem == .credentialsRefused)
         #expect(error("SignatureDoesNotMatch").setupProblem == .credentialsRefused)
         #expect(error("InvalidAccessKeyId", service: "s3").setupProblem == .credentialsRefused)

@@ -105,13 +105,7 @@ public struct EC2Client: Sendable {
             ("ImageId", imageID), ("MinCount", String(count)), ("MaxCount", String(count)),
             ("InstanceType", instanceType),
         ]
-        if !tags.isEmpty {
-            parameters.append(("TagSpecification.1.ResourceType", "instance"))
-            for (i, (key, value)) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
-                parameters.append(("TagSpecification.1.Tag.\(i + 1).Key", key))
-                parameters.append(("TagSpecification.1.Tag.\(i + 1).Value", value))
-            }
-        }
+        parameters += Self.tagSpecification(tags)
         let root = try await call("RunInstances", parameters, logger: logger)
         return (root.child("instancesSet")?.all("item") ?? []).map(Self.instance)
     }
