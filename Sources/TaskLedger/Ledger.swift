@@ -275,7 +275,10 @@ public actor Ledger {
             if !stopping && (beatNow || (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true)) {
                 beatNow = false
                 lastHeartbeat = now
-                buffer.append(heartbeatWrite(state: "running"))
+                // Sent ahead of the buffered task writes and stamped as it goes: queued behind a backlog on a slow
+                // table it would land late and already old, and the controller would count a busy worker stuck.
+                await send(heartbeatWrite(state: "running"))
+                continue
             }
             if buffer.isEmpty {
                 if stopping { return }

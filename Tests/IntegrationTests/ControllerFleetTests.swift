@@ -167,7 +167,7 @@ struct ControllerFleetTests {
         }
     }
 
-    /// A real worker runs tasks several times longer than `--stuck-after`, beating in the ledger: the controller
+    /// A real worker runs tasks more than twice as long as `--stuck-after`, beating in the ledger: the controller
     /// retires nothing while they run (the old rule, "no completion for --stuck-after while messages wait", killed
     /// it mid-task). Once the queue is drained, the fleet stops.
     @Test func aLongTaskThatStillBeatsIsNotStuck() async throws {
@@ -180,9 +180,9 @@ struct ControllerFleetTests {
                 .instanceID
             let imds = try await IMDSStandIn.start(directory: dir, userData: nil, instanceID: me)
             defer { Task { await imds.stop() } }
-            // Tasks of 15 s, "stuck" after 6 s without a heartbeat: the worker beats every second, and a loaded
-            // machine may delay a beat by a few.
-            let program = h.script("slow.sh", "sleep 15\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
+            // Tasks of 24 s, "stuck" after 10 s without a heartbeat: the worker beats every second, and a loaded
+            // machine (every suite sharing one moto) may delay a beat by several.
+            let program = h.script("slow.sh", "sleep 24\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             for key in ["a.txt", "b.txt"] { try await h.upload(key, key) }
             try await h.send(["a.txt", "b.txt"])
             let worker = try h.startWorker(
@@ -193,7 +193,7 @@ struct ControllerFleetTests {
                         "taskTimeout": "60",
                     ], program: program),
                 imds: imds.endpoint, extraArguments: ["--ledger-heartbeat-seconds", "1"])
-            // The controller starts once the worker has beaten: before that, an instance launched more than 6 s ago
+            // The controller starts once the worker has beaten: before that, an instance launched more than 10 s ago
             // and never heard from would be stuck (a boot that failed), which is not what this test is about.
             #expect(
                 try await Self.until {
@@ -203,7 +203,7 @@ struct ControllerFleetTests {
             let controller = try h.startWorkerProcess(
                 name: "controller",
                 arguments: [
-                    "controller", "--queue-url", h.queueURL, "--ledger-table", table, "--stuck-after", "6s",
+                    "controller", "--queue-url", h.queueURL, "--ledger-table", table, "--stuck-after", "10s",
                     "--interval", "1s",
                 ])
             defer { controller.signal(SIGKILL) }
