@@ -64,3 +64,40 @@ int pz_crc32c_hardware(void) { return 0; }
 
 uint32_t pz_crc32c(uint32_t crc, const void *data, size_t length) { return pz_crc32c_portable(crc, data, length); }
 #endif
+
+// Combining: the CRC of A followed by B, from crc(A), crc(B) and B's length. Appending n zero bytes to A multiplies
+// its CRC register by x^(8n) modulo the polynomial, so combine = crc(A) * x^(8 len(B)) mod P, xor crc(B) (the
+// pre- and post-inversions cancel). Polynomials are kept reflected, as the CRC itself is: bit 31 is x^0.
+#define PZ_CRC32C_POLY 0x82F63B78u
+
+static uint32_t multiply_mod_p(uint32_t a, uint32_t b) {
+    uint32_t product = 0;
+    for (uint32_t bit = 1u << 31; bit != 0; bit >>= 1) {
+        if (a & bit) product ^= b;
+        b = (b & 1) ? (b >> 1) ^ PZ_CRC32C_POLY : b >> 1;  // b *= x
+    }
+    return product;
+}
+
+// x^(2^k) mod P for k = 0..63, built once by squaring.
+static uint32_t x_to_2_to_k[64];
+static pthread_once_t powers_once = PTHREAD_ONCE_INIT;
+
+static void build_powers(void) {
+    uint32_t p = 1u << 30;  // x^1
+    for (int k = 0; k < 64; k++) {
+        x_to_2_to_k[k] = p;
+        p = multiply_mod_p(p, p);
+    }
+}
+
+uint32_t pz_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+    pthread_once(&powers_once, build_powers);
+    // x^(8 length_b): the powers x^(2^k) for the bits of 8 * length_b (k starts at 3 for the factor 8).
+    uint32_t shift = 1u << 31;  // x^0
+    int k = 3;
+    for (uint64_t n = length_b; n != 0 && k < 64; n >>= 1, k++) {
+        if (n & 1) shift = multiply_mod_p(x_to_2_to_k[k], shift);
+    }
+    return multiply_mod_p(shift, crc_a) ^ crc_b;
+}

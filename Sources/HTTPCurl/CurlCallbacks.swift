@@ -49,6 +49,16 @@ func curlWriteCallback(
     let length = size * count
     guard let userdata else { return 0 }
     let state = Unmanaged<TransferState>.fromOpaque(userdata).takeUnretainedValue()
+    if let limit = state.stopAbove, (200..<300).contains(state.status) {
+        state.stopAbove = nil
+        if let length = state.header("Content-Length").flatMap({ Int64($0) }), length > limit {
+            state.stoppedEarly = true
+            return 0
+        }
+    }
+    if state.rangeOutput >= 0, (200..<300).contains(state.status) {
+        return writeRange(state, data, length)
+    }
     if let output = state.output, (200..<300).contains(state.status) {
         if let crc = state.responseCRC { state.responseCRC = pz_crc32c(crc, data, length) }
         let written = fwrite(data, 1, length, output)
@@ -60,7 +70,8 @@ func curlWriteCallback(
         return length
     }
     if state.body.count + length > state.memoryLimit {
-        if state.output != nil { return length }  // an oversized error body: keep its head, drop the rest
+        // An oversized error body for a file or range: keep its head, drop the rest.
+        if state.output != nil || state.rangeOutput >= 0 { return length }
         state.failure = HTTPTransportError(
             kind: .other, curlCode: -1,
             message: "response body exceeds \(state.memoryLimit) bytes")
@@ -68,6 +79,62 @@ func curlWriteCallback(
     }
     state.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
     return length
+}
+
+/// A ranged body: the span comes from the reply's Content-Range at the first byte, then each chunk is written at its
+/// place with `pwrite` (no shared file offset, so several ranges of one file can land at once).
+private func writeRange(_ state: TransferState, _ data: UnsafeMutablePointer<CChar>, _ length: Int) -> Int {
+    if state.rangeSpan == nil {
+        guard state.status == 206,
+            let span = ContentRange(state.header("Content-Range") ?? ""), span.total == state.rangeTotal
+        else {
+            state.failure = HTTPTransportError(
+                kind: .wrongRange, curlCode: -1,
+                message:
+                    "asked for a range of a \(state.rangeTotal)-byte object, got HTTP \(state.status) with Content-Range "
+                    + "\(state.header("Content-Range") ?? "(none)")")
+            return 0
+        }
+        state.rangeSpan = (span.start, span.end)
+    }
+    let (start, end) = state.rangeSpan!
+    guard state.bytesWritten + Int64(length) <= end - start + 1 else {
+        state.failure = HTTPTransportError(
+            kind: .wrongRange, curlCode: -1, message: "the body runs past its Content-Range \(start)-\(end)")
+        return 0
+    }
+    if let crc = state.responseCRC { state.responseCRC = pz_crc32c(crc, data, length) }
+    var done = 0
+    while done < length {
+        let n = pwrite(state.rangeOutput, data + done, length - done, off_t(start + state.bytesWritten + Int64(done)))
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else {
+            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+            return 0
+        }
+        done += n
+    }
+    state.bytesWritten += Int64(length)
+    return length
+}
+
+/// `Content-Range: bytes START-END/TOTAL`, as a 206 carries it.
+struct ContentRange: Equatable {
+    var start: Int64
+    var end: Int64
+    var total: Int64
+
+    init?(_ header: String) {
+        guard header.hasPrefix("bytes ") else { return nil }
+        let rest = header.dropFirst(6)
+        let halves = rest.split(separator: "/", omittingEmptySubsequences: false)
+        guard halves.count == 2, let total = Int64(halves[1]) else { return nil }
+        let ends = halves[0].split(separator: "-", omittingEmptySubsequences: false)
+        guard ends.count == 2, let start = Int64(ends[0]), let end = Int64(ends[1]), start >= 0, start <= end,
+            end < total
+        else { return nil }
+        (self.start, self.end, self.total) = (start, end, total)
+    }
 }
 
 func curlReadCallback(

@@ -36,9 +36,16 @@ final class CurlEasy {
         let partPath: String?
         switch request.response {
         case .memory: partPath = nil
-        case .file(let path, let crc32cHeader):
+        case .file(let path, let crc32cHeader, let stopAbove):
             partPath = path + ".part"
             if crc32cHeader != nil { state.responseCRC = 0 }
+            state.stopAbove = stopAbove
+        case .range(let target):
+            partPath = nil
+            state.rangeOutput = target.descriptor
+            state.rangeTotal = target.totalSize
+            state.responseCRC = 0
+            state.memoryLimit = 1 << 20
         }
         if let partPath {
             guard let f = fopen(partPath, "wb") else {
@@ -68,7 +75,9 @@ final class CurlEasy {
             }
         }
         if let failure = state.failure { throw failure }
-        if code != CURLE_OK { throw Self.error(code, cancelled: state.cancelled.load(ordering: .relaxed)) }
+        if code != CURLE_OK && !(code == CURLE_WRITE_ERROR && state.stoppedEarly) {
+            throw Self.error(code, cancelled: state.cancelled.load(ordering: .relaxed))
+        }
 
         var status = 0
         _ = pz_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
@@ -76,11 +85,22 @@ final class CurlEasy {
         _ = pz_curl_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects)
         var contentLength: curl_off_t = -1
         _ = pz_curl_getinfo_off_t(handle, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &contentLength)
-        let response = HTTPResponse(
+        var response = HTTPResponse(
             status: status, headers: state.headers, body: state.body,
             bytesWritten: state.bytesWritten, newConnections: connects)
+        if state.framing != nil { response.sentCRC32C = state.crc }
+        if state.stoppedEarly {
+            response.bodySkipped = true
+            return response
+        }
+        if case .range(let target) = request.response, response.isSuccess {
+            try Self.checkRange(response, target: target, state: state, contentLength: contentLength)
+            response.rangeStart = state.rangeSpan?.start
+            response.bodyCRC32C = state.responseCRC
+            return response
+        }
 
-        if let partPath, case .file(let path, let crc32cHeader) = request.response, response.isSuccess,
+        if let partPath, case .file(let path, let crc32cHeader, _) = request.response, response.isSuccess,
             request.method != "HEAD"
         {
             if contentLength >= 0 && Int64(contentLength) != state.bytesWritten {
@@ -104,6 +124,34 @@ final class CurlEasy {
         return response
     }
 
+    /// A 2xx for a `.range` sink: the body filled the whole span its Content-Range named (a body cut short is
+    /// `.truncated`, so the range alone is fetched again), and matches the range's own checksum when it has one.
+    private static func checkRange(
+        _ response: HTTPResponse, target: RangeTarget, state: TransferState, contentLength: curl_off_t
+    ) throws(HTTPTransportError) {
+        guard let span = state.rangeSpan else {
+            // No body at all: a 2xx without the 206 and Content-Range the first byte would have been checked for.
+            throw HTTPTransportError(
+                kind: .wrongRange, curlCode: -1,
+                message: "asked for a range, got HTTP \(response.status) with no body")
+        }
+        let expected = span.end - span.start + 1
+        guard state.bytesWritten == expected, contentLength < 0 || Int64(contentLength) == expected else {
+            throw HTTPTransportError(
+                kind: .truncated, curlCode: -1,
+                message: "range \(span.start)-\(span.end) has \(state.bytesWritten) bytes of \(expected)")
+        }
+        if let name = target.crc32cHeader, let expected = response.header(name), !expected.contains("-"),
+            let crc = state.responseCRC, ChunkedTrailerFraming.base64(crc) != expected
+        {
+            throw HTTPTransportError(
+                kind: .corrupt, curlCode: -1,
+                message:
+                    "range \(span.start)-\(span.end): CRC-32C is \(ChunkedTrailerFraming.base64(crc)), \(name) says \(expected)"
+            )
+        }
+    }
+
     private func configure(
         _ request: HTTPRequest, state: TransferState,
         slist: inout UnsafeMutablePointer<curl_slist>?
@@ -117,7 +165,10 @@ final class CurlEasy {
         if let caBundle { try set(CURLOPT_CAINFO, caBundle) }
         try set(CURLOPT_TCP_KEEPALIVE, 1, optional: true)
         // Receive in 512 KiB chunks (curl's maximum) rather than 16 KiB: fewer callbacks and writes per GiB.
-        if case .file = request.response { try set(CURLOPT_BUFFERSIZE, 512 << 10, optional: true) }
+        switch request.response {
+        case .file, .range: try set(CURLOPT_BUFFERSIZE, 512 << 10, optional: true)
+        case .memory: break
+        }
         try set(CURLOPT_CONNECTTIMEOUT, request.timeouts.connect)
         try set(CURLOPT_LOW_SPEED_LIMIT, request.timeouts.lowSpeedBytes)
         try set(CURLOPT_LOW_SPEED_TIME, request.timeouts.lowSpeedSeconds)

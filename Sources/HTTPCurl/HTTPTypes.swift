@@ -116,7 +116,33 @@ public enum ResponseSink: Sendable {
     /// With `crc32cHeader`, the body's CRC-32C is computed as it arrives; when the reply carries that header with a
     /// whole-body value (base64, big-endian, as S3's `x-amz-checksum-crc32c`), a body that does not match fails as
     /// `.corrupt` and leaves no file. A reply without it, or with a per-part value (`...-N`), is taken as it is.
-    case file(path: String, crc32cHeader: String? = nil)
+    ///
+    /// With `stopAbove`, a 2xx reply whose Content-Length is larger is not read at all: the transfer stops before
+    /// its first byte is written and the reply comes back with `bodySkipped` (its headers tell the caller the size,
+    /// ETag and checksum it needs to fetch the object in ranges instead).
+    case file(path: String, crc32cHeader: String? = nil, stopAbove: Int64? = nil)
+    /// One range of an object, written in place with `pwrite` into a file the caller opened and sized: at the offset
+    /// the reply's `Content-Range` gives. The reply must be a 206 whose `Content-Range` names an object of
+    /// `RangeTarget.totalSize` bytes, and its body must fill that range exactly; the body's CRC-32C comes back in
+    /// `HTTPResponse.bodyCRC32C`. Several ranges of one file can be in flight at once.
+    case range(RangeTarget)
+}
+
+/// Where a ranged reply's body goes (`ResponseSink.range`).
+public struct RangeTarget: Sendable {
+    /// Open for writing; the caller keeps it open until every range is in and closes it.
+    public var descriptor: Int32
+    /// The whole object's size: a `Content-Range` naming another size is a different object.
+    public var totalSize: Int64
+    /// A reply header carrying this range's own CRC-32C (S3 gives one for a part of a multipart object); a body that
+    /// does not match fails as `.corrupt`. A per-part value (`...-N`) is ignored.
+    public var crc32cHeader: String?
+
+    public init(descriptor: Int32, totalSize: Int64, crc32cHeader: String? = nil) {
+        self.descriptor = descriptor
+        self.totalSize = totalSize
+        self.crc32cHeader = crc32cHeader
+    }
 }
 
 public struct Timeouts: Sendable {
@@ -148,6 +174,13 @@ public struct HTTPResponse: Sendable {
     public var bytesWritten: Int64
     /// How many new connections this request opened (0 means a kept-alive connection was reused).
     public var newConnections: Int
+    /// A `.file` sink's `stopAbove` stopped the transfer before the body (see `ResponseSink.file`).
+    public var bodySkipped = false
+    /// For a `.range` sink: where the body was written (the start of the reply's `Content-Range`), and its CRC-32C.
+    public var rangeStart: Int64?
+    public var bodyCRC32C: UInt32?
+    /// For a request body with a CRC-32C trailer: the checksum that was sent.
+    public var sentCRC32C: UInt32?
 
     public init(
         status: Int, headers: [(String, String)], body: [UInt8], bytesWritten: Int64 = 0, newConnections: Int = 0
@@ -174,6 +207,9 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
         case connect, timeout, sendFailed, receiveFailed, truncated, tls, localFile, cancelled, other
         /// The body arrived whole but does not match the checksum the server gave for it.
         case corrupt
+        /// A ranged reply that is not the range asked for: a 200 with the whole object, or a `Content-Range` of an
+        /// object with another size. Asking again would get the same answer.
+        case wrongRange
         /// libcurl refused an option or could not start: the request was never sent, and sending again would not help.
         case curlSetup
     }
@@ -193,7 +229,7 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     /// Whether sending the same request again may succeed. A local file error or a TLS verification failure won't.
     public var isRetryable: Bool {
         switch kind {
-        case .localFile, .tls, .cancelled, .curlSetup: return false
+        case .localFile, .tls, .cancelled, .curlSetup, .wrongRange: return false
         default: return true
         }
     }

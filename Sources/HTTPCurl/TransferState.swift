@@ -26,8 +26,22 @@ final class TransferState {
     var crc: UInt32 = 0
     /// The response body's running CRC-32C, when the request asked for it.
     var responseCRC: UInt32?
+    /// `.file`'s `stopAbove`: checked once, at the first byte of a 2xx body.
+    var stopAbove: Int64?
+    var stoppedEarly = false
+    /// `.range`: the descriptor written with `pwrite`, the object's size, and the span the reply's Content-Range
+    /// gave (known at the first byte of the body).
+    var rangeOutput: Int32 = -1
+    var rangeTotal: Int64 = 0
+    var rangeSpan: (start: Int64, end: Int64)?
     // Cancellation, set from another thread.
     let cancelled = Atomic<Bool>(false)
+
+    /// The first response header with this name, compared without case.
+    func header(_ name: String) -> String? {
+        let lower = name.lowercased()
+        return headers.first { $0.0.lowercased() == lower }?.1
+    }
 
     deinit {
         if let output { fclose(output) }

@@ -32,7 +32,7 @@ struct StartUp: Sendable {
         let lock = try claimWorkDir()
         var prepared = false
         defer { if !prepared { close(lock) } }
-        let s3 = try S3Client(context: context)
+        let s3 = try S3Client(context: context, options: config.s3Options)
         let sqs = SQSClient(context: context)
         // The queue answers (and says whether it has a dead-letter queue).
         let attributes: [String: String]

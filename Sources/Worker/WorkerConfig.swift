@@ -48,6 +48,21 @@ public struct WorkerConfig: Sendable, Equatable {
     /// The Auto Scaling group this instance belongs to (`scripts/launch --market asg` sets it). When the queue is
     /// drained the worker leaves the group, shrinking it, so the group does not replace it with an idle worker.
     public var autoScalingGroup: String?
+    /// S3 connections per transfer: the ranges of a large download, the parts of a large upload. One S3 connection
+    /// carries roughly 85–100 MB/s; an instance reaches its link's speed only through several.
+    public var transferConcurrency: Int = 8
+    /// MiB per uploaded part and per downloaded range; objects above it go in pieces.
+    public var partSizeMiB: Int = 16
+
+    /// The S3 client options these settings make.
+    public var s3Options: S3Client.Options {
+        var options = S3Client.Options()
+        options.concurrency = transferConcurrency
+        options.partSize = Int64(partSizeMiB) << 20
+        options.multipartThreshold = Int64(partSizeMiB) << 20
+        options.rangeThreshold = Int64(partSizeMiB) << 20
+        return options
+    }
 
     /// The keys this version reads (normalised: lowercase, no `_` or `-`), with their canonical spelling.
     static let knownKeys: [String: String] = {
@@ -58,7 +73,7 @@ public struct WorkerConfig: Sendable, Equatable {
             "accessKey", "secretKey", "inputPrefix", "outputPrefix", "workDir", "logFile", "taskTimeout",
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
             "ledgerTable",
-            "shutdownGrace", "autoScalingGroup",
+            "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -226,6 +241,9 @@ extension WorkerConfig {
         config.ledgerTable = string("ledgerTable")
         if let v = try integer("shutdownGrace", 0...3600, duration: true) { config.shutdownGrace = v }
         config.autoScalingGroup = string("autoScalingGroup")
+        if let v = try integer("transferConcurrency", 1...64) { config.transferConcurrency = v }
+        // S3's parts are 5 MiB to 5 GiB.
+        if let v = try integer("partSizeMiB", 5...5120) { config.partSizeMiB = v }
         return (config, warnings)
     }
 

@@ -18,11 +18,16 @@ struct Copy: AsyncParsableCommand {
     @Argument(help: "Destination: a local file or s3://bucket/key.")
     var destination: String
 
-    @Option(name: .customLong("multipart-threshold-mib"), help: "Upload files larger than this many MiB in parts.")
-    var multipartThresholdMiB: Int = 64
+    @Option(
+        name: .customLong("multipart-threshold-mib"),
+        help: "Upload files larger than this many MiB in parts, and download objects larger than it in ranges.")
+    var multipartThresholdMiB: Int = 16
 
-    @Option(name: .customLong("part-size-mib"), help: "Part size in MiB for multipart uploads.")
+    @Option(name: .customLong("part-size-mib"), help: "MiB per uploaded part and per downloaded range.")
     var partSizeMiB: Int = 16
+
+    @Option(help: "Connections per transfer: parts or ranges in flight at once (1: downloads in one stream).")
+    var concurrency: Int = 8
 
     @Option(
         help: """
@@ -43,25 +48,34 @@ struct Copy: AsyncParsableCommand {
             throw ValidationError("exactly one of source and destination must be s3://bucket/key")
         }
         guard multipartThresholdMiB >= 5, partSizeMiB >= 5 else { throw ValidationError("S3 parts are at least 5 MiB") }
+        guard (1...64).contains(concurrency) else { throw ValidationError("--concurrency is 1 to 64") }
     }
 
     func run() async throws {
         let logger = global.logger("parallelizer.cp")
         var options = S3Client.Options()
         options.multipartThreshold = Int64(multipartThresholdMiB) << 20
+        options.rangeThreshold = Int64(multipartThresholdMiB) << 20
         options.partSize = Int64(partSizeMiB) << 20
+        options.concurrency = concurrency
         options.checksum = Self.checksums[checksum]!
         let s3 = try S3Client(context: try await global.context(logger: logger), options: options)
         let clock = ContinuousClock()
         let started = clock.now
         let bytes: Int64
+        var pieces = 1
         if let from = S3URI(source) {
-            bytes = try await s3.getObject(bucket: from.bucket, key: from.key, to: destination, logger: logger).size
+            let info = try await s3.getObject(bucket: from.bucket, key: from.key, to: destination, logger: logger)
+            (bytes, pieces) = (info.size, info.pieces)
         } else {
             let to = S3URI(destination)!
             guard let size = LocalFile.size(source) else { throw ValidationError("cannot read \(source)") }
             try await s3.putObject(bucket: to.bucket, key: to.key, file: source, logger: logger)
             bytes = size
+            if size > options.multipartThreshold {
+                let part = max(options.partSize, (size + 9999) / 10000)
+                pieces = Int((size + part - 1) / part)
+            }
         }
         let seconds =
             Double((clock.now - started).components.attoseconds) / 1e18
@@ -69,7 +83,7 @@ struct Copy: AsyncParsableCommand {
         logger.notice(
             "copied",
             metadata: [
-                "bytes": "\(bytes)", "seconds": "\(seconds)",
+                "bytes": "\(bytes)", "pieces": "\(pieces)", "seconds": "\(seconds)",
                 "mb_per_s": "\(Int(Double(bytes) / 1e6 / max(seconds, 1e-9)))",
             ])
     }

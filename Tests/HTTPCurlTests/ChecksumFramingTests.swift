@@ -45,6 +45,45 @@ import Testing
     }
 }
 
+@Suite struct CRC32CCombineTests {
+    /// Joining the checksums of two adjacent pieces gives the checksum of both, for every cut of a buffer, and for
+    /// pieces as long as 4 GiB (the length's high bits: the shift through 2^32 zero bytes, checked against zeros
+    /// appended in steps).
+    @Test func combiningPiecesGivesTheWhole() {
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<5_000).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let whole = CRC32C.checksum(data)
+        for cut in [0, 1, 2, 7, 8, 100, 2_499, 4_096, 4_999, 5_000] {
+            let a = CRC32C.checksum(Array(data[..<cut]))
+            let b = CRC32C.checksum(Array(data[cut...]))
+            #expect(CRC32C.combine(a, b, lengthOfB: Int64(data.count - cut)) == whole, "cut \(cut)")
+        }
+        // Three pieces, joined left to right, as a ranged download joins its ranges.
+        let pieces = [data[..<1000], data[1000..<1001], data[1001...]].map { Array($0) }
+        let joined = pieces.dropFirst().reduce(CRC32C.checksum(pieces[0])) {
+            CRC32C.combine($0, CRC32C.checksum($1), lengthOfB: Int64($1.count))
+        }
+        #expect(joined == whole)
+        // A large B: 1 MiB of zeros, 64 times over, against the combine of one shift by 64 MiB.
+        let zeros = [UInt8](repeating: 0, count: 1 << 20)
+        let zerosCRC = CRC32C.checksum(zeros)
+        var stepped = CRC32C.checksum(Array("head".utf8))
+        var zeros64: UInt32 = 0
+        for step in 0..<64 {
+            stepped = CRC32C.combine(stepped, zerosCRC, lengthOfB: 1 << 20)
+            zeros64 = step == 0 ? zerosCRC : CRC32C.combine(zeros64, zerosCRC, lengthOfB: 1 << 20)
+        }
+        #expect(CRC32C.combine(CRC32C.checksum(Array("head".utf8)), zeros64, lengthOfB: 64 << 20) == stepped)
+    }
+
+    /// S3's COMPOSITE value: the checksum of the parts' checksums as big-endian bytes, then `-N`.
+    @Test func theCompositeValueIsTheChecksumOfThePartsChecksums() {
+        let parts: [UInt32] = [0xE306_9283, 0x8A91_36AA, 0x0000_0001]
+        let bytes: [UInt8] = [0xE3, 0x06, 0x92, 0x83, 0x8A, 0x91, 0x36, 0xAA, 0x00, 0x00, 0x00, 0x01]
+        #expect(CRC32C.composite(ofParts: parts) == CRC32C.base64(pz_crc32c_portable(0, bytes, bytes.count)) + "-3")
+    }
+}
+
 @Suite struct ChunkedTrailerFramingTests {
     @Test func oneChunkThenTheEmptyChunkThenTheTrailer() {
         let framing = ChunkedTrailerFraming(dataLength: 300, trailerName: "x-amz-checksum-crc32c")

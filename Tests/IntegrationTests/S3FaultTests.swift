@@ -1,5 +1,6 @@
 import AWSCore
-import AWSServices
+import HTTPCurl
+@testable import AWSServices
 import FoundationEssentials
 import TestSupport
 import Testing
@@ -49,6 +50,65 @@ struct S3FaultTests {
             #expect(info.size == 6 << 20)
             #expect(try await fileSHA256("\(dir)/out") == (try await fileSHA256("\(dir)/in")))
             #expect(logs.lines.filter { $0.contains("retrying AWS call") }.count == 2)
+        }
+    }
+
+    /// A large object in ranges, two of them cut mid-body: each cut range is fetched again alone (two retries, not a
+    /// new download), and the file is the object, checked against its whole-object CRC-32C. (microburst drops
+    /// Content-Length from every reply, so a GET through it cannot tell the object's size at its headers: the first
+    /// reply comes straight from moto, the ranges through the proxy.)
+    @Test func aRangeCutMidBodyIsRetriedAlone() async throws {
+        try await throughTheProxy(rule: #"{"response":{"abort_frac":0.5},"times":2}"#, fires: 2) {
+            s3, bucket, first, dir in
+            let logs = CapturedLogs()
+            let info = try await s3.rangedDownload(
+                bucket: bucket, key: "ranged", to: "\(dir)/out", first: first, logger: logs.logger())
+            #expect(info.pieces == 3)
+            #expect(info.checkedCRC32C != nil)
+            #expect(try await fileSHA256("\(dir)/out") == (try await fileSHA256("\(dir)/in")))
+            #expect(logs.lines.filter { $0.contains("retrying AWS call") }.count == 2, "\(logs.lines)")
+        }
+    }
+
+    /// A range whose bytes are changed on the way (same length): the whole-object CRC-32C the ranges must make
+    /// refuses the download, and no file is left.
+    @Test func aRangeCorruptedOnTheWayIsRefused() async throws {
+        try await throughTheProxy(rule: #"{"response":{"corrupt_bytes":1},"times":1}"#, fires: 1) {
+            s3, bucket, first, dir in
+            await #expect {
+                try await s3.rangedDownload(
+                    bucket: bucket, key: "ranged", to: "\(dir)/out", first: first, logger: quietLogger)
+            } throws: { ($0 as? AWSError)?.code == "ChecksumMismatch" }
+            #expect(!fileExists("\(dir)/out"))
+            #expect(!fileExists("\(dir)/out.part"))
+        }
+    }
+
+    /// A 12 MiB object with its CRC-32C on moto, the first GET's reply from moto itself, and a client whose ranges
+    /// (4 MiB, three at a time) go through the proxy with `rule` on GetObject; `body` downloads, and the rule must
+    /// have fired `fires` times.
+    func throughTheProxy(
+        rule: String, fires: Int, _ body: (S3Client, String, HTTPResponse, String) async throws -> Void
+    ) async throws {
+        let bucket = try await bucket()
+        var options = S3Client.Options()
+        options.multipartThreshold = 1 << 30
+        options.partSize = 4 << 20
+        options.concurrency = 3
+        let s3 = try S3Client(context: try TestEnvironment.faultContext(), options: options)
+        let direct = try S3Client(context: try TestEnvironment.motoContext(), options: options)
+        try await withTemporaryDirectory { dir in
+            makeFile("\(dir)/in", size: 12 << 20, seed: 9)
+            try await direct.putObject(bucket: bucket, key: "ranged", file: "\(dir)/in", logger: quietLogger)
+            let first = try await S3RangedDownloadTests.firstReply(direct, bucket: bucket, key: "ranged")
+            let before = try await TestEnvironment.faultsFired()
+            try await TestEnvironment.setFaultRules(
+                #"[{"service":"s3","operation":"GetObject","# + rule.dropFirst() + "]")
+            defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
+            try await body(s3, bucket, first, dir)
+            let fired = try await TestEnvironment.faultsFired() - before
+            try await TestEnvironment.setFaultRules("[]")
+            #expect(fired == fires)
         }
     }
 }

@@ -40,10 +40,13 @@ struct TailTests {
             if ledger {
                 extra["ledgerTable"] = try await makeLedgerTable().1
             }
+            // The long task outlasts the short ones by far more than a loaded machine stretches them: the idle
+            // workers' decision must come while it still runs (CI once saw 2-s tasks take 3.4 s and a 20-s margin
+            // run out).
             let program = h.script(
                 "task.sh",
                 """
-                if grep -q long "$1"; then touch "\(dir)/long-started"; sleep 20; touch "\(dir)/long-done"; else sleep 2; fi
+                if grep -q long "$1"; then touch "\(dir)/long-started"; sleep 35; touch "\(dir)/long-done"; else sleep 2; fi
                 cp "$1" "$1.out"
                 echo "$1.out"
                 """)

@@ -13,9 +13,13 @@
   GET  /flaky/KEY/N        fails with 503 N times for KEY, then 200
   GET  /flakybody/KEY/N/SIZE  the first N times sends half of SIZE bytes and closes, then the whole body
   PUT  /flaky/KEY/N        reads the body; 503 the first N times, then answers like /echo
+  GET  /ranged/N/MODE       N bytes of the pattern, honouring `Range: bytes=A-B` with a 206 and Content-Range, and
+                           the range's CRC-32C in x-amz-checksum-crc32c. MODE: good; badcrc (a wrong checksum);
+                           whole (ignores Range: a 200 with everything); othersize (Content-Range names N+1 bytes)
   PUT  /dropreused/KEY     the first time it arrives on a kept-alive connection, reads the body and closes without
                            a reply (a connection that died while idle); else answers like /echo. /last counts tries.
 """
+import base64
 import hashlib
 import json
 import sys
@@ -28,6 +32,16 @@ LAST = {}
 LOCK = threading.Lock()
 TOGETHER = threading.Condition()
 WAITING = {}
+
+
+def crc32c(data):
+    """CRC-32C, bit by bit: slow, but an implementation independent of the one under test."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
 
 
 def pattern(n):
@@ -78,6 +92,23 @@ class Handler(BaseHTTPRequestHandler):
                 TOGETHER.notify_all()
                 met = TOGETHER.wait_for(lambda: WAITING[key] >= n, timeout=10)
             return self.send(200 if met else 503, b"together" if met else b"alone")
+        if parts[0] == "ranged":
+            size, mode = int(parts[1]), parts[2]
+            body = pattern(size)
+            spec = self.headers.get("Range", "")
+            if mode == "whole" or not spec.startswith("bytes="):
+                return self.send(200, body)
+            first, last = (int(x) for x in spec[len("bytes="):].split("-"))
+            chunk = body[first:last + 1]
+            crc = crc32c(chunk) ^ (1 if mode == "badcrc" else 0)
+            total = size + 1 if mode == "othersize" else size
+            self.send_response(206)
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (first, last, total))
+            self.send_header("x-amz-checksum-crc32c", base64.b64encode(crc.to_bytes(4, "big")).decode())
+            self.send_header("Content-Length", str(len(chunk)))
+            self.end_headers()
+            self.wfile.write(chunk)
+            return
         if parts[0] == "slow":
             time.sleep(float(parts[1]))
             return self.send(200, b"slow")

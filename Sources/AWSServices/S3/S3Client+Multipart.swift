@@ -9,23 +9,34 @@ extension S3Client {
         bucket: String, key: String, file source: FileSource, size: Int64, contentType: String,
         logger: Logger
     ) async throws(AWSError) -> String {
+        let crc32c: Bool
+        if case .crc32cTrailer = options.checksum { crc32c = true } else { crc32c = false }
+        let fullObject = crc32c && options.multipartChecksum == .fullObject
         let uploadID = try await createMultipartUpload(
-            bucket: bucket, key: key, contentType: contentType, logger: logger)
+            bucket: bucket, key: key, contentType: contentType, crc32c: crc32c, fullObject: fullObject,
+            logger: logger)
         var logger = logger
         logger[metadataKey: "s3.upload_id"] = "\(uploadID)"
         do throws(AWSError) {
-            let etags = try await uploadParts(
+            let parts = try await uploadParts(
                 bucket: bucket, key: key, file: source, size: size, uploadID: uploadID,
                 logger: logger)
             var xml = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
-            for (index, etag) in etags.enumerated() {
-                xml += "<Part><PartNumber>\(index + 1)</PartNumber><ETag>\(XML.escape(etag))</ETag></Part>"
+            for (index, part) in parts.enumerated() {
+                xml += "<Part><PartNumber>\(index + 1)</PartNumber><ETag>\(XML.escape(part.etag))</ETag>"
+                if let crc = part.crc { xml += "<ChecksumCRC32C>\(CRC32C.base64(crc))</ChecksumCRC32C>" }
+                xml += "</Part>"
             }
             xml += "</CompleteMultipartUpload>"
+            var headers = [("Content-Type", "application/xml")]
+            if fullObject, let whole = Self.wholeObjectCRC(parts) {
+                // The whole object's CRC-32C, combined from the parts' without reading the file again: S3 checks it
+                // against the parts and keeps it, so a download in any ranges can be checked end to end.
+                headers += [(Self.crc32cHeader, CRC32C.base64(whole)), ("x-amz-checksum-type", "FULL_OBJECT")]
+            }
             let response = try await send(
                 AWSRequest(
-                    method: "POST", query: [("uploadId", uploadID)],
-                    headers: [("Content-Type", "application/xml")],
+                    method: "POST", query: [("uploadId", uploadID)], headers: headers,
                     body: .bytes(Array(xml.utf8))),
                 bucket: bucket, key: key, logger: logger)
             // CompleteMultipartUpload can fail with a 200 whose body is an <Error>.
@@ -49,14 +60,18 @@ extension S3Client {
 
     /// Begins a multipart upload and returns its id. (It needs only `s3:PutObject`, and an abort leaves nothing: the
     /// daemon's start-up check that it may write to the output bucket.)
+    ///
+    /// With `crc32c`, every part carries its CRC-32C, and the object keeps a whole-object one with `fullObject`
+    /// (`FULL_OBJECT`), else S3's COMPOSITE value.
     public func createMultipartUpload(
-        bucket: String, key: String, contentType: String = "application/octet-stream",
-        logger: Logger
+        bucket: String, key: String, contentType: String = "application/octet-stream", crc32c: Bool = false,
+        fullObject: Bool = false, logger: Logger
     ) async throws(AWSError) -> String {
+        var headers = [("Content-Type", contentType)]
+        if crc32c { headers.append(("x-amz-checksum-algorithm", "CRC32C")) }
+        if crc32c && fullObject { headers.append(("x-amz-checksum-type", "FULL_OBJECT")) }
         let created = try await send(
-            AWSRequest(
-                method: "POST", query: [("uploads", "")],
-                headers: [("Content-Type", contentType)]),
+            AWSRequest(method: "POST", query: [("uploads", "")], headers: headers),
             bucket: bucket, key: key, logger: logger)
         guard let uploadID = (try? XML.parse(created.body))?["UploadId"] else {
             throw AWSError.badResponse("s3", "CreateMultipartUpload gave no UploadId")
@@ -86,67 +101,58 @@ extension S3Client {
             logger: logger)
     }
 
+    /// One uploaded part: its ETag, and the CRC-32C it was sent with (when parts carry one).
+    struct UploadedPart: Sendable {
+        var etag: String
+        var crc: UInt32?
+        var length: Int64
+    }
+
+    /// The parts' CRC-32Cs joined in order, or nil when one is missing.
+    static func wholeObjectCRC(_ parts: [UploadedPart]) -> UInt32? {
+        guard let first = parts.first?.crc else { return nil }
+        var whole = first
+        for part in parts.dropFirst() {
+            guard let crc = part.crc else { return nil }
+            whole = CRC32C.combine(whole, crc, lengthOfB: part.length)
+        }
+        return whole
+    }
+
+    /// The parts, `options.concurrency` at a time, each read with `pread` from the one source.
     private func uploadParts(
         bucket: String, key: String, file source: FileSource, size: Int64, uploadID: String,
         logger: Logger
-    ) async throws(AWSError) -> [String] {
+    ) async throws(AWSError) -> [UploadedPart] {
         let partSize = max(options.partSize, 5 << 20, (size + 9999) / 10000)
         let count = Int((size + partSize - 1) / partSize)
-        let result: Result<[String], AWSError> = await withTaskGroup(of: (Int, Result<String, AWSError>).self) {
-            group in
-            var etags = [String](repeating: "", count: count)
-            var next = 0
-            var failure: AWSError?
-            func launch(_ index: Int) {
-                let offset = Int64(index) * partSize
-                let length = min(partSize, size - offset)
-                group.addTask {
-                    do throws(AWSError) {
-                        let etag = try await uploadPart(
-                            bucket: bucket, key: key, file: source, offset: offset,
-                            length: length, number: index + 1, uploadID: uploadID,
-                            logger: logger)
-                        return (index, .success(etag))
-                    } catch {
-                        return (index, .failure(error))
-                    }
-                }
-            }
-            while next < min(count, max(1, options.partConcurrency)) {
-                launch(next)
-                next += 1
-            }
-            for await (index, outcome) in group {
-                switch outcome {
-                case .success(let etag):
-                    etags[index] = etag
-                    if failure == nil && next < count {
-                        launch(next)
-                        next += 1
-                    }
-                case .failure(let error):
-                    if failure == nil { failure = error }
-                    group.cancelAll()
-                }
-            }
-            if let failure { return .failure(failure) }
-            return .success(etags)
+        return try await Self.inParallel(count: count, width: options.concurrency) { index throws(AWSError) in
+            let offset = Int64(index) * partSize
+            return try await uploadPart(
+                bucket: bucket, key: key, file: source, offset: offset, length: min(partSize, size - offset),
+                number: index + 1, uploadID: uploadID, logger: logger)
         }
-        return try result.get()
     }
 
     private func uploadPart(
         bucket: String, key: String, file source: FileSource, offset: Int64, length: Int64, number: Int,
         uploadID: String, logger: Logger
-    ) async throws(AWSError) -> String {
-        let (headers, payload) = try await integrity(source, offset: offset, length: length)
-        let response = try await send(
-            AWSRequest(
-                method: "PUT", query: [("partNumber", String(number)), ("uploadId", uploadID)],
-                headers: [("Content-Type", "application/octet-stream")] + headers,
-                body: .file(source, offset: offset, length: length), payload: payload),
-            bucket: bucket, key: key, logger: logger)
+    ) async throws(AWSError) -> UploadedPart {
+        let query = [("partNumber", String(number)), ("uploadId", uploadID)]
+        let request: AWSRequest
+        if case .crc32cTrailer = options.checksum {
+            // The part's CRC-32C as a trailer: one read of the part, and S3 refuses a part that does not match.
+            request = Self.crc32cTrailerPut(
+                source, offset: offset, length: length, query: query,
+                headers: [("Content-Type", "application/octet-stream")])
+        } else {
+            let (headers, payload) = try await integrity(source, offset: offset, length: length)
+            request = AWSRequest(
+                method: "PUT", query: query, headers: [("Content-Type", "application/octet-stream")] + headers,
+                body: .file(source, offset: offset, length: length), payload: payload)
+        }
+        let response = try await send(request, bucket: bucket, key: key, logger: logger)
         guard let etag = response.header("ETag") else { throw AWSError.badResponse("s3", "UploadPart gave no ETag") }
-        return etag
+        return UploadedPart(etag: etag, crc: response.sentCRC32C, length: length)
     }
 }

@@ -11,6 +11,10 @@ uint32_t pz_crc32c(uint32_t crc, const void *_Nullable data, size_t length);
 /// The portable table version, always; for tests that compare both paths.
 uint32_t pz_crc32c_portable(uint32_t crc, const void *_Nullable data, size_t length);
 
+/// The CRC-32C of A followed by B, from A's and B's CRC-32C and B's length: how ranges fetched in parallel are
+/// checked against the whole object's checksum without reading the file again.
+uint32_t pz_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
+
 /// 1 when `pz_crc32c` uses the CPU instruction.
 int pz_crc32c_hardware(void);
 
