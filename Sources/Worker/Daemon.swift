@@ -131,7 +131,8 @@ public struct Daemon: Sendable {
                     let loop = SlotLoop(
                         slot: slot, processor: processor, once: options.once,
                         waitSeconds: options.receiveWaitSeconds, fixedBatch: options.receiveBatch,
-                        receiveOutage: .milliseconds(Int(options.receiveOutageSeconds * 1000)))
+                        receiveOutage: .milliseconds(Int(options.receiveOutageSeconds * 1000)),
+                        prefetch: config.prefetch)
                     slots.addTask {
                         await loop.run(logger: logger)
                         return .slotEnded

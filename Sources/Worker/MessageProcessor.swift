@@ -37,7 +37,12 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
 
     /// `receivedAt` is when the receive returned: a message may have waited behind others the slot took with it,
     /// and its visibility timeout runs from then.
-    func handle(_ message: SQSMessage, receivedAt: ContinuousClock.Instant, slot: Int, logger base: Logger) async {
+    ///
+    /// In a slot's pipeline, `stage` holds the slot's command gate (`CommandStage`).
+    func handle(
+        _ message: SQSMessage, receivedAt: ContinuousClock.Instant, slot: Int, stage: CommandStage? = nil,
+        logger base: Logger
+    ) async {
         var messageLogger = base
         messageLogger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
         let logger = messageLogger
@@ -49,7 +54,8 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             if case .success(.testEvent) = parsed { logger.info("S3 test event deleted") }
             await carryOut(fate, message, logger: logger)
         case .attempt(let inputs):
-            let outcomes = await attempt(inputs, message: message, receivedAt: receivedAt, slot: slot, logger: logger)
+            let outcomes = await attempt(
+                inputs, message: message, receivedAt: receivedAt, slot: slot, stage: stage, logger: logger)
             let fate = MessageFate.after(
                 outcomes, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts,
                 deadEnd: deadEnds.deadEnd != nil,
@@ -62,7 +68,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     /// several) has its own outcome: one that fails does not stop the others; a stop does.
     func attempt(
         _ inputs: [S3URI], message: SQSMessage, receivedAt: ContinuousClock.Instant, slot: Int,
-        logger: Logger
+        stage: CommandStage? = nil, logger: Logger
     ) async -> [AttemptOutcome] {
         lifecycle.taskStarted()
         defer { lifecycle.taskFinished() }
@@ -71,11 +77,15 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             extend: { seconds in await extendVisibility(message, to: seconds, logger: logger) }
         ) {
             var outcomes: [AttemptOutcome] = []
-            for input in inputs {
-                let outcome = await attempt(input, message: message, slot: slot, logger: logger)
+            for (index, input) in inputs.enumerated() {
+                let outcome = await attempt(
+                    input, message: message, slot: slot, stage: stage, lastInput: index == inputs.count - 1,
+                    logger: logger)
                 outcomes.append(outcome)
                 if outcome == .interrupted { break }
             }
+            // Whatever happened, the slot's gate is not this message's any more.
+            stage?.leave()
             return outcomes
         }
     }
@@ -88,7 +98,10 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             await queue.delete(message, logger: logger)
         case .release:
             lifecycle.count { $0.released += 1 }
-            logger.notice("task interrupted by a stop; message released")
+            // Not at a stop: a message ahead in the slot's pipeline that waited too long for its command.
+            logger.notice(
+                lifecycle.isStopping
+                    ? "task interrupted by a stop; message released" : "task not started; message released")
             await changeVisibility(message, to: 0, logger: logger)
         case .retry(let seconds, let recordNow):
             // Inputs that can never work are recorded now, each on its own; the message comes back for the rest

@@ -59,13 +59,11 @@ public enum OutputJudge {
         guard let line, !line.isEmpty else { return .none }
         let shown = text(line)
         guard !line.contains(0) else { return .rejected("'\(shown)' has a NUL byte") }
-        let absolute =
-            line.first == UInt8(ascii: "/") ? line : Array(workingDirectory.utf8) + [UInt8(ascii: "/")] + line
-        guard let path = normalised(absolute) else { return .rejected("'\(shown)' leads out of the root") }
+        guard let path = absolutePath(line, workingDirectory: workingDirectory) else {
+            return .rejected("'\(shown)' leads out of the root")
+        }
         for folder in folders {
-            let root = normalised(Array(folder.utf8)) ?? Array(folder.utf8)
-            guard path.count > root.count + 1, path.starts(with: root + [UInt8(ascii: "/")]) else { continue }
-            let relative = Array(path[(root.count + 1)...])
+            guard let relative = relativePath(path, in: folder) else { continue }
             switch open(relative, beneath: folder) {
             case .success(let fd):
                 var st = stat()
@@ -92,6 +90,24 @@ public enum OutputJudge {
             }
         }
         return .rejected("'\(shown)' is outside the task folder and the environment")
+    }
+
+    /// The output line as an absolute, lexically normalised path; nil when `..` would climb above `/`.
+    static func absolutePath(_ line: [UInt8], workingDirectory: String) -> [UInt8]? {
+        normalised(line.first == UInt8(ascii: "/") ? line : Array(workingDirectory.utf8) + [UInt8(ascii: "/")] + line)
+    }
+
+    /// `path` below `folder`, or nil when it is not inside it.
+    static func relativePath(_ path: [UInt8], in folder: String) -> [UInt8]? {
+        let root = normalised(Array(folder.utf8)) ?? Array(folder.utf8)
+        guard path.count > root.count + 1, path.starts(with: root + [UInt8(ascii: "/")]) else { return nil }
+        return Array(path[(root.count + 1)...])
+    }
+
+    /// Whether the output line names a file inside `folder` (where the judge found it, when it found one there).
+    public static func names(_ line: [UInt8]?, inside folder: String, workingDirectory: String) -> Bool {
+        guard let line, let path = absolutePath(line, workingDirectory: workingDirectory) else { return false }
+        return relativePath(path, in: folder) != nil
     }
 
     /// A path's bytes with `.` and empty components dropped and `..` applied; nil when `..` would climb above `/`.

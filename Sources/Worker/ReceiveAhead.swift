@@ -54,6 +54,9 @@ final class HeldMessages: Sendable {
         waiting.withLock { $0.isEmpty ? nil : $0.removeFirst() }
     }
 
+    /// Whether a message waits to be started.
+    var hasWaiting: Bool { waiting.withLock { !$0.isEmpty } }
+
     /// Takes every message not yet started (to release them at a stop).
     func takeAll() -> [SQSMessage] {
         waiting.withLock { waiting in

@@ -1,6 +1,7 @@
 import AWSCore
 import AWSServices
 import Logging
+import Synchronization
 
 /// One slot of the daemon: receive, then process what was received, until the daemon stops.
 ///
@@ -19,6 +20,8 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
     let fixedBatch: Int?
     /// How long receives may fail with errors that may pass before the daemon exits with status 1.
     let receiveOutage: Duration
+    /// Overlap the transfers with the commands (`CommandStage`); never with `once`.
+    var prefetch = false
 
     /// The pause after a failed receive: 2 s, doubling up to a minute, never much shorter than its step.
     static var receiveRetry: RetryPolicy { RetryPolicy(maxAttempts: .max, baseDelay: 1, maxDelay: 60, jitter: .equal) }
@@ -30,86 +33,137 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
         var slotLogger = base
         slotLogger[metadataKey: "slot"] = "\(slot)"
         let logger = slotLogger
-        var sizer = ReceiveSizer(plan: processor.plan)
+        let sizer = SharedSizer(ReceiveSizer(plan: processor.plan))
         var failures = 0
         var receives = 0
         var failingSince: ContinuousClock.Instant?
-        while !lifecycle.isStopping && !Task.isCancelled {
-            let count = once ? 1 : fixedBatch ?? sizer.batchSize
-            let (queue, waitSeconds) = (processor.queue, self.waitSeconds)
-            let result = await lifecycle.cancellingAtStop { () -> Result<[SQSMessage], AWSError> in
-                do throws(AWSError) {
-                    return .success(try await queue.receive(count: count, waitSeconds: waitSeconds, logger: logger))
-                } catch {
-                    return .failure(error)
+        let gate = CommandGate()
+        let prefetch = self.prefetch && !once
+        // The messages under way: one running its command (or uploading), and in a pipeline one more ahead of it.
+        // Leaving the group waits for them.
+        await withTaskGroup(of: Void.self) { underWay in
+            // Tasks started in the group and not yet collected (a group keeps an ended task until it is collected).
+            var inFlight = 0
+            while !lifecycle.isStopping && !Task.isCancelled {
+                // A receive ahead of the running command only when the slot's tasks take no longer than the plan
+                // allows a message to wait ahead (and one that waits longer is released: `CommandStage`); else the
+                // slot finishes what it has first.
+                let average = sizer.withLock { $0.average }
+                let ahead = prefetch && !gate.overdue && average.map { $0 <= processor.plan.prefetchHorizon } == true
+                if !ahead {
+                    await underWay.waitForAll()
+                    inFlight = 0
+                    if lifecycle.isStopping || Task.isCancelled { break }
                 }
-            }
-            receives += 1
-            switch result {
-            case .failure(let error):
-                if lifecycle.isStopping { break }
-                failures += 1
-                // Each receive is a call of its own: three refused in a row end the daemon.
-                processor.deadEnds.failed(
-                    .receive, resource: processor.config.queueURL, subject: "\(slot)-\(receives)",
-                    error: error)
-                if lifecycle.isStopping { break }
-                // Only errors that may pass make an outage; the others were counted above.
-                failingSince = error.isRetryable ? failingSince ?? clock.now : nil
-                if let since = failingSince, clock.now - since >= receiveOutage {
-                    if lifecycle.requestStop(.queueUnreachable) {
-                        logger.critical(
-                            """
-                            cannot go on: the queue has not answered a receive for \(Int(receiveOutage.seconds)) s; \
-                            exiting for systemd to start the daemon again
-                            """, metadata: ["error": "\(error)"])
+                let count = once ? 1 : fixedBatch ?? sizer.withLock { $0.batchSize }
+                let (queue, waitSeconds) = (processor.queue, self.waitSeconds)
+                let result = await lifecycle.cancellingAtStop { () -> Result<[SQSMessage], AWSError> in
+                    do throws(AWSError) {
+                        return .success(try await queue.receive(count: count, waitSeconds: waitSeconds, logger: logger))
+                    } catch {
+                        return .failure(error)
                     }
-                    break
                 }
-                let pause = Self.receiveRetry.delay(beforeRetry: failures + 1)
-                logger.warning(
-                    "receive failed; trying again", metadata: ["error": "\(error)", "retry.delay_s": "\(Int(pause))"])
-                await lifecycle.cancellingAtStop { [clock] in
-                    try? await clock.sleep(for: .milliseconds(Int(pause * 1000)))
+                receives += 1
+                switch result {
+                case .failure(let error):
+                    if lifecycle.isStopping { break }
+                    failures += 1
+                    // Each receive is a call of its own: three refused in a row end the daemon.
+                    processor.deadEnds.failed(
+                        .receive, resource: processor.config.queueURL, subject: "\(slot)-\(receives)",
+                        error: error)
+                    if lifecycle.isStopping { break }
+                    // Only errors that may pass make an outage; the others were counted above.
+                    failingSince = error.isRetryable ? failingSince ?? clock.now : nil
+                    if let since = failingSince, clock.now - since >= receiveOutage {
+                        if lifecycle.requestStop(.queueUnreachable) {
+                            logger.critical(
+                                """
+                                cannot go on: the queue has not answered a receive for \(Int(receiveOutage.seconds)) s; \
+                                exiting for systemd to start the daemon again
+                                """, metadata: ["error": "\(error)"])
+                        }
+                        break
+                    }
+                    let pause = Self.receiveRetry.delay(beforeRetry: failures + 1)
+                    logger.warning(
+                        "receive failed; trying again",
+                        metadata: ["error": "\(error)", "retry.delay_s": "\(Int(pause))"])
+                    await lifecycle.cancellingAtStop { [clock] in
+                        try? await clock.sleep(for: .milliseconds(Int(pause * 1000)))
+                    }
+                case .success(let messages):
+                    failures = 0
+                    failingSince = nil
+                    processor.deadEnds.succeeded(.receive)
+                    if messages.isEmpty {
+                        lifecycle.emptyPoll()
+                        // --once means at most one message: an empty poll ends the run too.
+                        if once { lifecycle.requestStop(.once) }
+                        continue
+                    }
+                    await process(
+                        messages, receivedAt: clock.now, sizer: sizer, gate: prefetch ? gate : nil,
+                        underWay: &underWay, inFlight: &inFlight,
+                        logger: logger)
+                    if once {
+                        await underWay.waitForAll()
+                        inFlight = 0
+                        lifecycle.requestStop(.once)
+                    }
                 }
-            case .success(let messages):
-                failures = 0
-                failingSince = nil
-                processor.deadEnds.succeeded(.receive)
-                if messages.isEmpty {
-                    lifecycle.emptyPoll()
-                    // --once means at most one message: an empty poll ends the run too.
-                    if once { lifecycle.requestStop(.once) }
-                    continue
-                }
-                await process(messages, receivedAt: clock.now, sizer: &sizer, logger: logger)
-                if once { lifecycle.requestStop(.once) }
             }
         }
     }
 
-    /// Starts the received messages in turn; what is not started when a stop comes (or after half its timeout)
-    /// goes back at once.
+    /// Starts the received messages in turn, each in `underWay`; what is not started when a stop comes (or after
+    /// half its timeout) goes back at once. Without a `gate` each message is seen to its end before the next starts;
+    /// with one (a pipeline), the next starts once this one's command may start, and this returns when the last has
+    /// reached its command, its transfers still under way.
     func process(
-        _ messages: [SQSMessage], receivedAt: ContinuousClock.Instant, sizer: inout ReceiveSizer,
-        logger: Logger
+        _ messages: [SQSMessage], receivedAt: ContinuousClock.Instant, sizer: SharedSizer, gate: CommandGate?,
+        underWay: inout TaskGroup<Void>, inFlight: inout Int, logger: Logger
     ) async {
         let processor = self.processor
-        sizer = await withHeldMessages(
+        let (slot, clock) = (self.slot, self.clock)
+        await withHeldMessages(
             messages, receivedAt: receivedAt, plan: processor.plan, clock: clock,
             release: { late in
                 await processor.release(late, reason: "held too long: the slot is busier than expected", logger: logger)
             }
-        ) { [sizer] held in
-            var sizer = sizer
-            while !lifecycle.isStopping, !Task.isCancelled, let message = held.next() {
-                let started = clock.now
-                await processor.handle(message, receivedAt: held.receivedAt, slot: slot, logger: logger)
-                sizer.record(seconds: (clock.now - started).seconds)
+        ) { held in
+            while true {
+                // At most one message besides the next is under way (in a pipeline, the one whose command runs): the
+                // one before that, uploading, ends first. Two task folders per slot, and ended tasks collected.
+                while inFlight >= (gate == nil ? 1 : 2), held.hasWaiting, await underWay.next() != nil {
+                    inFlight -= 1
+                }
+                guard !lifecycle.isStopping, !Task.isCancelled, let message = held.next() else { break }
+                let stage = gate.map { CommandStage(gate: $0) }
+                let ended = OneShot()
+                let receivedAt = held.receivedAt
+                inFlight += 1
+                underWay.addTask {
+                    let started = clock.now
+                    await processor.handle(message, receivedAt: receivedAt, slot: slot, stage: stage, logger: logger)
+                    // A message's time in the slot: all of it, or in a pipeline from its command on (what a message
+                    // taken ahead of it would wait, and its upload).
+                    sizer.withLock { $0.record(seconds: (clock.now - (stage?.enteredAt ?? started)).seconds) }
+                    ended.fire()
+                    stage?.reached.fire()
+                }
+                await (stage?.reached ?? ended).wait()
             }
             let left = held.takeAll()
             if !left.isEmpty { await processor.release(left, reason: "stopping before it started", logger: logger) }
-            return sizer
         }
     }
+}
+
+/// The slot's `ReceiveSizer`, fed by its messages' tasks as each ends.
+final class SharedSizer: Sendable {
+    private let state: Mutex<ReceiveSizer>
+    init(_ sizer: ReceiveSizer) { state = Mutex(sizer) }
+    func withLock<T>(_ body: (inout ReceiveSizer) -> T) -> T { state.withLock { body(&$0) } }
 }

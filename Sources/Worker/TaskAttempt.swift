@@ -7,7 +7,10 @@ import TaskLedger
 
 extension MessageProcessor {
     /// One attempt at one input: logged, written to the ledger, and returned as its `AttemptOutcome`.
-    func attempt(_ input: S3URI, message: SQSMessage, slot: Int, logger base: Logger) async -> AttemptOutcome {
+    func attempt(
+        _ input: S3URI, message: SQSMessage, slot: Int, stage: CommandStage? = nil, lastInput: Bool = true,
+        logger base: Logger
+    ) async -> AttemptOutcome {
         var logger = base
         logger[metadataKey: "task.key"] = "\(input.key)"
         if input.bucket != config.inputBucket { logger[metadataKey: "task.bucket"] = "\(input.bucket)" }
@@ -15,7 +18,8 @@ extension MessageProcessor {
         logger.info("task start", metadata: ["task.attempt": "\(message.receiveCount)"])
         await ledger?.taskStarted(
             inputKey: input.key, attempt: message.receiveCount, slot: slot, messageID: message.messageID)
-        let (outcome, bytesIn) = await run(input, slot: slot, message: message, logger: logger)
+        let (outcome, bytesIn) = await run(
+            input, slot: slot, message: message, stage: stage, lastInput: lastInput, logger: logger)
         let seconds = (clock.now - started).seconds
         await ledger?.record(outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn)
         switch outcome {
@@ -55,7 +59,13 @@ extension MessageProcessor {
 
     /// Download, run, judge, upload, in a task folder of its own that is removed at the end whatever happened.
     /// Returns the outcome and the bytes downloaded.
-    func run(_ input: S3URI, slot: Int, message: SQSMessage, logger: Logger) async -> (AttemptOutcome, Int64) {
+    ///
+    /// In a slot's pipeline (`stage`), the command waits for the slot's gate, and the download before it, being
+    /// work not yet started, ends at a stop: the message is then released. The message keeps the gate from its
+    /// first command until its `lastInput`'s command ends.
+    func run(
+        _ input: S3URI, slot: Int, message: SQSMessage, stage: CommandStage?, lastInput: Bool, logger: Logger
+    ) async -> (AttemptOutcome, Int64) {
         let failed = { (reason: String, outcome: ProcessOutcome?, tail: String) -> AttemptOutcome in
             .failed(TaskFailure(input: input, reason: reason, outcome: outcome, stderrTail: tail))
         }
@@ -76,9 +86,9 @@ extension MessageProcessor {
         let ours = input.bucket == config.inputBucket
         let bytesIn: Int64
         do {
-            bytesIn = try await store.download(input, to: inputPath, logger: logger)
+            bytesIn = try await download(input, to: inputPath, endingAtStop: stage != nil, logger: logger)
         } catch {
-            if Task.isCancelled { return (.interrupted, 0) }
+            if Task.isCancelled || (stage != nil && lifecycle.isStopping) { return (.interrupted, 0) }
             // The bucket answered that the key is not there: NoSuchKey, and only that (a bucket that is gone is
             // NoSuchBucket, also a 404; a 404 whose body was lost says neither, and is an ordinary failure, retried,
             // rather than a message given up at once).
@@ -107,6 +117,25 @@ extension MessageProcessor {
         environment["PARALLELIZER_INPUT_KEY"] = input.key
         environment["PARALLELIZER_TASK_DIR"] = data
         let workingDirectory = setting.environmentDirectory ?? data
+        if let stage {
+            // The slot's previous command may still run: this one waits for it, unless a stop comes first, or the
+            // wait passes the plan's prefetch horizon (then a free worker had better take the message). A message
+            // on its last attempt waits for as long as it takes: a release would spend that attempt unrun.
+            let clock = self.clock
+            let limit: Duration? =
+                message.receiveCount >= config.maxAttempts
+                ? nil : .milliseconds(Int(plan.prefetchHorizon * 1000))
+            let wait = await lifecycle.cancellingAtStop { await stage.enter(within: limit, clock: clock) }
+            if wait == .timedOut && !lifecycle.isStopping {
+                logger.notice(
+                    "waited \(Int(plan.prefetchHorizon)) s for the slot's running command; released for a free worker")
+            }
+            if wait != .entered || lifecycle.isStopping {
+                stage.leave()
+                return (.interrupted, bytesIn)
+            }
+            stage.reached.fire()
+        }
         // The command's clock starts now, not at the download: `taskTimeout` is the command's, and the controller's
         // "past its taskTimeout" reads this.
         await ledger?.commandStarted(inputKey: input.key, attempt: message.receiveCount)
@@ -118,7 +147,20 @@ extension MessageProcessor {
                     stdout: folder.commandStdout, stderr: folder.commandStderr, user: setting.user,
                     timeout: config.taskTimeout, privateTmp: folder.tmp))
         } catch {
+            if lastInput { stage?.leave() }
             return (failed("\(error)", nil, ""), bytesIn)
+        }
+        let line = OutputJudge.lastLine(of: folder.stdout)
+        let dataFolder = LocalFile.realPath(data) ?? data
+        let resolvedWorkingDirectory = LocalFile.realPath(workingDirectory) ?? workingDirectory
+        // The next command of the slot starts now, while this output goes up; unless the output lies outside this
+        // task's own folder (in the environment, where the next command works and could rewrite it mid-upload):
+        // then the slot waits for the upload.
+        if lastInput
+            && (setting.environmentDirectory == nil
+                || OutputJudge.names(line, inside: dataFolder, workingDirectory: resolvedWorkingDirectory))
+        {
+            stage?.leave()
         }
         if outcome == .interrupted { return (.interrupted, bytesIn) }
         guard outcome.succeeded else {
@@ -131,11 +173,9 @@ extension MessageProcessor {
         // The name is resolved as the command meant it (from its working directory), and must lead to a regular
         // file in the data folder or the environment, without a link (and the run-as user's own); it is opened
         // once, and uploaded from there.
-        let folders = [LocalFile.realPath(data) ?? data] + (setting.environmentDirectory.map { [$0] } ?? [])
+        let folders = [dataFolder] + (setting.environmentDirectory.map { [$0] } ?? [])
         switch OutputJudge.judge(
-            line: OutputJudge.lastLine(of: folder.stdout),
-            workingDirectory: LocalFile.realPath(workingDirectory) ?? workingDirectory,
-            folders: folders, owner: setting.user?.uid)
+            line: line, workingDirectory: resolvedWorkingDirectory, folders: folders, owner: setting.user?.uid)
         {
 
         case .none:
@@ -164,6 +204,22 @@ extension MessageProcessor {
             deadEnds.succeeded(.putOutput)
             return (.uploaded(key: key, bytes: LocalFile.size(.descriptor(descriptor)) ?? 0), bytesIn)
         }
+    }
+}
+
+extension MessageProcessor {
+    /// The input's download; with `endingAtStop` (a download ahead of its command), a stop cancels it.
+    func download(_ input: S3URI, to path: String, endingAtStop: Bool, logger: Logger) async throws(AWSError) -> Int64 {
+        guard endingAtStop else { return try await store.download(input, to: path, logger: logger) }
+        let store = self.store
+        let result = await lifecycle.cancellingAtStop { () -> Result<Int64, AWSError> in
+            do throws(AWSError) {
+                return .success(try await store.download(input, to: path, logger: logger))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
     }
 }
 

@@ -53,6 +53,10 @@ public struct WorkerConfig: Sendable, Equatable {
     public var transferConcurrency: Int = 8
     /// MiB per uploaded part and per downloaded range; objects above it go in pieces.
     public var partSizeMiB: Int = 16
+    /// While a slot's command runs, receive and download its next input, and upload the last output while the next
+    /// command runs (`CommandStage`): at most one input ahead per slot, and only for tasks within the plan's
+    /// `prefetchHorizon`.
+    public var prefetch: Bool = true
 
     /// The S3 client options these settings make.
     public var s3Options: S3Client.Options {
@@ -73,7 +77,7 @@ public struct WorkerConfig: Sendable, Equatable {
             "accessKey", "secretKey", "inputPrefix", "outputPrefix", "workDir", "logFile", "taskTimeout",
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
             "ledgerTable",
-            "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB",
+            "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB", "prefetch",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -244,6 +248,7 @@ extension WorkerConfig {
         if let v = try integer("transferConcurrency", 1...64) { config.transferConcurrency = v }
         // S3's parts are 5 MiB to 5 GiB.
         if let v = try integer("partSizeMiB", 5...5120) { config.partSizeMiB = v }
+        if let v = try boolean("prefetch") { config.prefetch = v }
         return (config, warnings)
     }
 

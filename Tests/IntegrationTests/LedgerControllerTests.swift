@@ -39,6 +39,9 @@ struct LedgerControllerTests {
                     [
                         "ledgerTable": table, "numThreads": "3", "maxAttempts": "2",
                         "shutdownGrace": "1", "visibilityTimeout": "60",
+                        // One item per attempt, counted exactly: no message taken ahead of the slow task (to be
+                        // released after a while, an attempt of its own; PrefetchTests has that case).
+                        "prefetch": "false",
                     ], program: program),
                 extraArguments: ["--ledger-heartbeat-seconds", "1"])
             // All but the slow one settle (each failing input twice), then SIGTERM releases the slow one.

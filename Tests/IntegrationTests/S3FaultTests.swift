@@ -58,7 +58,7 @@ struct S3FaultTests {
     /// Content-Length from every reply, so a GET through it cannot tell the object's size at its headers: the first
     /// reply comes straight from moto, the ranges through the proxy.)
     @Test func aRangeCutMidBodyIsRetriedAlone() async throws {
-        try await throughTheProxy(rule: #"{"response":{"abort_frac":0.5},"times":2}"#, fires: 2) {
+        try await throughTheProxy(rule: #"{"response":{"abort_frac":0.5},"times":2}"#) {
             s3, bucket, first, dir in
             let logs = CapturedLogs()
             let info = try await s3.rangedDownload(
@@ -73,7 +73,7 @@ struct S3FaultTests {
     /// A range whose bytes are changed on the way (same length): the whole-object CRC-32C the ranges must make
     /// refuses the download, and no file is left.
     @Test func aRangeCorruptedOnTheWayIsRefused() async throws {
-        try await throughTheProxy(rule: #"{"response":{"corrupt_bytes":1},"times":1}"#, fires: 1) {
+        try await throughTheProxy(rule: #"{"response":{"corrupt_bytes":1},"times":1}"#) {
             s3, bucket, first, dir in
             await #expect {
                 try await s3.rangedDownload(
@@ -85,10 +85,10 @@ struct S3FaultTests {
     }
 
     /// A 12 MiB object with its CRC-32C on moto, the first GET's reply from moto itself, and a client whose ranges
-    /// (4 MiB, three at a time) go through the proxy with `rule` on GetObject; `body` downloads, and the rule must
-    /// have fired `fires` times.
+    /// (4 MiB, three at a time) go through the proxy with `rule` on GetObject; `body` downloads. (The proxy's log of
+    /// fired faults keeps only its latest entries: the retries in the log, or the refusal, are the evidence.)
     func throughTheProxy(
-        rule: String, fires: Int, _ body: (S3Client, String, HTTPResponse, String) async throws -> Void
+        rule: String, _ body: (S3Client, String, HTTPResponse, String) async throws -> Void
     ) async throws {
         let bucket = try await bucket()
         var options = S3Client.Options()
@@ -101,14 +101,11 @@ struct S3FaultTests {
             makeFile("\(dir)/in", size: 12 << 20, seed: 9)
             try await direct.putObject(bucket: bucket, key: "ranged", file: "\(dir)/in", logger: quietLogger)
             let first = try await S3RangedDownloadTests.firstReply(direct, bucket: bucket, key: "ranged")
-            let before = try await TestEnvironment.faultsFired()
             try await TestEnvironment.setFaultRules(
                 #"[{"service":"s3","operation":"GetObject","# + rule.dropFirst() + "]")
             defer { Task { try? await TestEnvironment.setFaultRules("[]") } }
             try await body(s3, bucket, first, dir)
-            let fired = try await TestEnvironment.faultsFired() - before
             try await TestEnvironment.setFaultRules("[]")
-            #expect(fired == fires)
         }
     }
 }

@@ -120,6 +120,30 @@ for size in 10 "$SIZE_MIB"; do
 done
 RSS_OUT=$(sw aws --endpoint-url "$SW" s3api head-object --bucket rss-out --key "rss-$SIZE_MIB.bin.out" --query ContentLength --output text)
 
+# --- prefetch: 256 MiB inputs and outputs, a 2-second command, one slot ----------------------------------------------
+PF_TASKS=${PZ_BENCH_PREFETCH_TASKS:-8}
+PF_MIB=${PZ_BENCH_PREFETCH_MIB:-256}
+cat >"$WORK/slow-copy.sh" <<'SH'
+#!/bin/sh
+sleep 2
+cp "$1" "$1.out" && echo "$1.out"
+SH
+chmod +x "$WORK/slow-copy.sh"
+sw aws --endpoint-url "$SW" s3api create-bucket --bucket pf-in >/dev/null
+head -c "$((PF_MIB << 20))" /dev/urandom >"$WORK/pf.bin"
+for i in $(seq 1 "$PF_TASKS"); do sw "$BIN" cp "$WORK/pf.bin" "s3://pf-in/pf-$i.bin" --log-level warning; done
+rm -f "$WORK/pf.bin"
+declare -A pf_wall
+for mode in false true; do
+    sw aws --endpoint-url "$SW" s3api create-bucket --bucket "pf-out-$mode" >/dev/null
+    q=$(queue "pf-$mode")
+    for i in $(seq 1 "$PF_TASKS"); do cli sqs send-message --queue-url "$q" --message-body "pf-$i.bin" >/dev/null; done
+    # shellcheck disable=SC2046
+    pf_wall[$mode]=$(sw $BW own $(daemon "$q" pf-in "pf-out-$mode" "pf$mode" "$WORK/slow-copy.sh" --set numThreads=1 \
+        --set "prefetch=$mode" --set idleTimeout=1 --receive-wait-seconds 1) | cut -d' ' -f1)
+    rm -rf "${WORK:?}/pf$mode"
+done
+
 echo
 echo "| worker figure | parallelizer | anchor | ratio |"
 echo "| --- | --- | --- | --- |"
@@ -136,5 +160,16 @@ echo "| start-up to the first ReceiveMessage (median of $RUNS) | $our_start s | 
 echo "| requests per minute per idle slot ($IDLE_SECONDS s, 2 slots) | $idle_rate | target: 3 | |"
 echo "| tasks/s, CPU-bound command, 1 / 2 / 4 slots ($(nproc) cores) | ${slot_rate[1]} / ${slot_rate[2]} / ${slot_rate[4]} | 1 slot: ${slot_rate[1]} | $(python3 -c "print(f'{${slot_rate[2]} / ${slot_rate[1]}:.2f}x / {${slot_rate[4]} / ${slot_rate[1]}:.2f}x')") |"
 echo "| enqueue, $ENQ_KEYS keys (moto is the ceiling: its SendMessageBatch slows as the queue grows) | $our_enq_rate msg/s | boto3 batch loop: $boto_enq_rate msg/s | $(python3 -c "print(f'{$our_enq_rate / $boto_enq_rate:.2f}')") |"
+python3 - "$PF_TASKS" "$PF_MIB" "${pf_wall[true]}" "${pf_wall[false]}" <<'PY'
+import sys
+tasks, mib, on, off = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+# The drain at the end (idleTimeout and two empty checks) is not work: take it off.
+per_on, per_off = max(0.1, on - 3) / tasks, max(0.1, off - 3) / tasks
+transfer = max(0.0, per_off - 2)
+print(f"| tasks per minute, one slot, {mib} MiB in and out, a 2-s command ({tasks} tasks; SeaweedFS) "
+      f"| prefetch: {60 / per_on:.1f} | without: {60 / per_off:.1f} | {per_off / per_on:.2f}x "
+      f"(transfers {transfer:.1f} s a task: 1/max(command, transfers) = {60 / max(2, transfer):.1f}, "
+      f"1/(command + transfers) = {60 / (2 + transfer):.1f}) |")
+PY
 echo "| peak RSS of \`run\`, 10 MiB in and out | $((run_rss[10] / 1024)) MiB | | |"
 echo "| peak RSS of \`run\`, $SIZE_MIB MiB in and out ($RSS_OUT bytes uploaded, multipart) | $((run_rss[$SIZE_MIB] / 1024)) MiB | growth: $(((run_rss[$SIZE_MIB] - run_rss[10]) / 1024)) MiB | target: 40 MiB, growth under 8 |"

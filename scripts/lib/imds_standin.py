@@ -82,6 +82,20 @@ def delete_expired_keys():
         time.sleep(0.2)
 
 
+STS = []
+
+
+def sts_client():
+    """One boto3 client for the stand-in's life: making one costs a second of CPU on a loaded machine, and EC2's
+    IMDS answers a credentials request in milliseconds (the daemon's IMDS calls time out after 5 s)."""
+    if not STS:
+        import boto3
+
+        STS.append(boto3.client("sts", endpoint_url=ARGS.sts_endpoint, region_name="us-east-1",
+                                aws_access_key_id=ARGS.sts_key, aws_secret_access_key=ARGS.sts_secret))
+    return STS[0]
+
+
 def fresh_credentials():
     lifetime = int(STATE["credentialLifetime"])
     now = time.time()
@@ -94,11 +108,7 @@ def fresh_credentials():
             "SecretAccessKey": key["SecretAccessKey"], "Expiration": iso(now + lifetime), "_expires": now + lifetime,
         }
     if ARGS.sts_endpoint:
-        import boto3
-
-        sts = boto3.client("sts", endpoint_url=ARGS.sts_endpoint, region_name="us-east-1",
-                           aws_access_key_id=ARGS.sts_key, aws_secret_access_key=ARGS.sts_secret)
-        c = sts.assume_role(RoleArn=ARGS.role_arn, RoleSessionName="imds-standin",
+        c = sts_client().assume_role(RoleArn=ARGS.role_arn, RoleSessionName="imds-standin",
                             DurationSeconds=max(900, lifetime))["Credentials"]
         key, secret, token = c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"]
     else:
@@ -251,6 +261,8 @@ def main():
         STATE["region"] = ARGS.region
     if ARGS.credential_lifetime:
         STATE["credentialLifetime"] = ARGS.credential_lifetime
+    if ARGS.sts_endpoint and not ARGS.rotate_user:
+        sts_client()  # made before the first request, not during it
     if ARGS.rotate_user:
         make_rotating_user()
         threading.Thread(target=delete_expired_keys, daemon=True).start()

@@ -4,7 +4,7 @@ what a client sends (PUT bodies) on its way to SeaweedFS. Transparent: bytes pas
 
     python3 throttle_proxy.py --port P --upstream 127.0.0.1:Q --up-mbps 40 [--down-mbps N]
 
-One token bucket per connection and direction: a connection may be at most `burst` bytes ahead of its rate.
+One token bucket per connection and direction, holding at most `burst` bytes of credit.
 """
 import argparse
 import asyncio
@@ -14,22 +14,25 @@ CHUNK = 256 << 10
 
 
 async def pipe(reader, writer, rate, burst):
-    started = time.monotonic()
-    sent = 0
+    # A token bucket: credit accrues at `rate` up to `burst`, so a connection idle between requests (kept alive) does
+    # not save up more than `burst` to spend at once.
+    tokens, last = float(burst), time.monotonic()
     try:
         while True:
             data = await reader.read(CHUNK)
             if not data:
                 break
             if rate:
-                # Wait until the bytes sent so far, less the burst allowance, fit the time elapsed at the rate.
-                due = started + max(0, sent + len(data) - burst) / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                now = time.monotonic()
+                tokens = min(burst, tokens + (now - last) * rate)
+                last = now
+                if tokens < len(data):
+                    await asyncio.sleep((len(data) - tokens) / rate)
+                    tokens, last = 0.0, time.monotonic()
+                else:
+                    tokens -= len(data)
             writer.write(data)
             await writer.drain()
-            sent += len(data)
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:

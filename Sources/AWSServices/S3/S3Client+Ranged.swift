@@ -195,6 +195,13 @@ extension S3Client {
             guard let start = response.rangeStart, let crc = response.bodyCRC32C else {
                 throw AWSError.badResponse("s3", "a ranged GetObject reply without its range")
             }
+            // S3 honours If-Match; a server that does not would mix two versions of the object.
+            if let got = response.header("ETag"), got != etag {
+                throw AWSError(
+                    kind: .service, service: "s3", httpStatus: 412, code: "PreconditionFailed",
+                    message: "a piece came from another version of the object (ETag \(got), not \(etag))",
+                    requestID: response.header("x-amz-request-id"))
+            }
             return RangedDownloadPlan.Landed(start: start, length: response.bytesWritten, crc: crc)
         }
     }

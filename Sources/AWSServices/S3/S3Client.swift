@@ -113,20 +113,37 @@ public struct S3Client: Sendable {
     public func getObject(bucket: String, key: String, to path: String, logger: Logger) async throws(AWSError)
         -> S3ObjectInfo
     {
-        let stopAbove = options.concurrency > 1 ? options.rangeThreshold : nil
-        let response = try await send(
-            AWSRequest(
-                method: "GET", headers: [("x-amz-checksum-mode", "ENABLED")],
-                response: .file(path: path, crc32cHeader: Self.crc32cHeader, stopAbove: stopAbove)),
-            bucket: bucket, key: key, logger: logger)
-        if response.bodySkipped {
-            return try await rangedDownload(bucket: bucket, key: key, to: path, first: response, logger: logger)
+        var ranged = options.concurrency > 1
+        var restarted = false
+        while true {
+            let response = try await send(
+                AWSRequest(
+                    method: "GET", headers: [("x-amz-checksum-mode", "ENABLED")],
+                    response: .file(
+                        path: path, crc32cHeader: Self.crc32cHeader, stopAbove: ranged ? options.rangeThreshold : nil)),
+                bucket: bucket, key: key, logger: logger)
+            guard response.bodySkipped else { return Self.info(key: key, oneStream: response) }
+            do {
+                return try await rangedDownload(bucket: bucket, key: key, to: path, first: response, logger: logger)
+            } catch  where error.kind == .transport(.wrongRange) {
+                // AWS serves ranges; a server that answers one with the whole object gets one stream.
+                logger.warning("the server does not serve byte ranges; one stream", metadata: ["error": "\(error)"])
+                ranged = false
+            } catch  where !restarted && (error.httpStatus == 412 || error.code == "ChecksumMismatch") {
+                // The object was replaced during the download, or the pieces do not make its checksum: once more
+                // from a new first GET, before the task is failed.
+                logger.notice("ranged download starts again", metadata: ["error": "\(error)"])
+                restarted = true
+            }
         }
-        return S3ObjectInfo(
+    }
+
+    static func info(key: String, oneStream response: HTTPResponse) -> S3ObjectInfo {
+        S3ObjectInfo(
             key: key, size: response.bytesWritten, etag: response.header("ETag") ?? "",
             lastModified: response.header("Last-Modified"),
             // One stream is checked against a whole-object value only (the HTTP layer skips a composite one).
-            checkedCRC32C: response.header(Self.crc32cHeader).flatMap { $0.contains("-") ? nil : $0 })
+            checkedCRC32C: response.header(crc32cHeader).flatMap { $0.contains("-") ? nil : $0 })
     }
 
     /// The object's size and ETag, or nil when it does not exist.

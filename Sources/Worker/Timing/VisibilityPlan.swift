@@ -36,6 +36,11 @@ public struct VisibilityPlan: Sendable, Equatable {
     /// shorter, so that what it holds starts well before `holdLimit`.
     public var receiveHorizon: Double { min(2, Double(visibilityTimeout) / 4) }
 
+    /// The longest a slot's task may take for the slot to receive its next message while the task's command runs
+    /// (`prefetch`): the message waits that long for its command, hidden from other workers. A quarter of the timeout,
+    /// at most five minutes: a long task's next message is better left to a worker that is free.
+    public var prefetchHorizon: Double { min(300, Double(visibilityTimeout) / 4) }
+
     /// How long a settled message may wait for nine others before its `DeleteMessageBatch` goes: a second from 20 s
     /// up, where at least ten seconds are left when the heartbeat stops; none below, where each message is deleted
     /// as soon as it is settled.
