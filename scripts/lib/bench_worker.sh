@@ -102,7 +102,8 @@ read -r boto_enq_wall boto_enq_n <<<"$($BW enqueue "$Q_ENQ_B" "$WORK/keys.txt")"
 boto_enq_rate=$(python3 -c "print(f'{$boto_enq_n / $boto_enq_wall:.0f}')")
 
 # --- memory of `run` moving 1 GiB in and out -------------------------------------------------------------------------
-pz_start_seaweed >/dev/null
+# The capped run may have started one already.
+[ -n "${PZ_TEST_SEAWEED_ENDPOINT:-}" ] || pz_start_seaweed >/dev/null
 SW="$PZ_TEST_SEAWEED_ENDPOINT"
 sw() { AWS_ACCESS_KEY_ID=$PZ_TEST_SEAWEED_KEY AWS_SECRET_ACCESS_KEY=$PZ_TEST_SEAWEED_SECRET AWS_ENDPOINT_URL_S3=$SW "$@"; }
 sw aws --endpoint-url "$SW" s3api create-bucket --bucket rss-in >/dev/null
