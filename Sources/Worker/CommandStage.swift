@@ -44,6 +44,9 @@ final class CommandStage: Sendable {
         if held { gate.leave() }
     }
 
+    /// Whether this message holds the gate: its commands have begun, and a stop lets it finish them.
+    var isHeld: Bool { state.withLock { $0.held } }
+
     /// When this message took the gate: its time in the slot from there on is what a message ahead would wait.
     var enteredAt: ContinuousClock.Instant? { state.withLock { $0.enteredAt } }
 }

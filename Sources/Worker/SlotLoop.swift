@@ -53,6 +53,10 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                 if !ahead {
                     await underWay.waitForAll()
                     inFlight = 0
+                } else {
+                    // Nothing is received while two messages are under way (one uploading, one in its command): a
+                    // message received now would wait, before its heartbeat starts, for one of them to end.
+                    while inFlight >= 2, await underWay.next() != nil { inFlight -= 1 }
                     if lifecycle.isStopping || Task.isCancelled { break }
                 }
                 let count = once ? 1 : fixedBatch ?? sizer.withLock { $0.batchSize }
@@ -139,7 +143,10 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                 while inFlight >= (gate == nil ? 1 : 2), held.hasWaiting, await underWay.next() != nil {
                     inFlight -= 1
                 }
-                guard !lifecycle.isStopping, !Task.isCancelled, let message = held.next() else { break }
+                // A message ahead gave up on the running command (a long one): the rest go back too, at once.
+                guard !lifecycle.isStopping, !Task.isCancelled, gate?.overdue != true, let message = held.next() else {
+                    break
+                }
                 let stage = gate.map { CommandStage(gate: $0) }
                 let ended = OneShot()
                 let receivedAt = held.receivedAt
@@ -149,14 +156,22 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                     await processor.handle(message, receivedAt: receivedAt, slot: slot, stage: stage, logger: logger)
                     // A message's time in the slot: all of it, or in a pipeline from its command on (what a message
                     // taken ahead of it would wait, and its upload).
-                    sizer.withLock { $0.record(seconds: (clock.now - (stage?.enteredAt ?? started)).seconds) }
+                    // (A message that never reached its command says nothing about the slot's tasks.)
+                    if stage == nil || stage?.enteredAt != nil {
+                        sizer.withLock { $0.record(seconds: (clock.now - (stage?.enteredAt ?? started)).seconds) }
+                    }
                     ended.fire()
                     stage?.reached.fire()
                 }
                 await (stage?.reached ?? ended).wait()
             }
             let left = held.takeAll()
-            if !left.isEmpty { await processor.release(left, reason: "stopping before it started", logger: logger) }
+            if !left.isEmpty {
+                await processor.release(
+                    left,
+                    reason: lifecycle.isStopping
+                        ? "stopping before it started" : "the slot's running command is a long one", logger: logger)
+            }
         }
     }
 }

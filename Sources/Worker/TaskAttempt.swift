@@ -85,10 +85,13 @@ extension MessageProcessor {
         // Only the input bucket's answers say anything about the set-up: a message may name any bucket.
         let ours = input.bucket == config.inputBucket
         let bytesIn: Int64
+        // Work not yet started (no command of this message has run) ends at a stop; a message whose commands have
+        // begun finishes its inputs within the grace, as without a pipeline.
+        let notStarted = stage.map { !$0.isHeld } ?? false
         do {
-            bytesIn = try await download(input, to: inputPath, endingAtStop: stage != nil, logger: logger)
+            bytesIn = try await download(input, to: inputPath, endingAtStop: notStarted, logger: logger)
         } catch {
-            if Task.isCancelled || (stage != nil && lifecycle.isStopping) { return (.interrupted, 0) }
+            if Task.isCancelled || (notStarted && lifecycle.isStopping) { return (.interrupted, 0) }
             // The bucket answered that the key is not there: NoSuchKey, and only that (a bucket that is gone is
             // NoSuchBucket, also a 404; a 404 whose body was lost says neither, and is an ordinary failure, retried,
             // rather than a message given up at once).
@@ -117,7 +120,7 @@ extension MessageProcessor {
         environment["PARALLELIZER_INPUT_KEY"] = input.key
         environment["PARALLELIZER_TASK_DIR"] = data
         let workingDirectory = setting.environmentDirectory ?? data
-        if let stage {
+        if let stage, !stage.isHeld {
             // The slot's previous command may still run: this one waits for it, unless a stop comes first, or the
             // wait passes the plan's prefetch horizon (then a free worker had better take the message). A message
             // on its last attempt waits for as long as it takes: a release would spend that attempt unrun.
@@ -150,18 +153,6 @@ extension MessageProcessor {
             if lastInput { stage?.leave() }
             return (failed("\(error)", nil, ""), bytesIn)
         }
-        let line = OutputJudge.lastLine(of: folder.stdout)
-        let dataFolder = LocalFile.realPath(data) ?? data
-        let resolvedWorkingDirectory = LocalFile.realPath(workingDirectory) ?? workingDirectory
-        // The next command of the slot starts now, while this output goes up; unless the output lies outside this
-        // task's own folder (in the environment, where the next command works and could rewrite it mid-upload):
-        // then the slot waits for the upload.
-        if lastInput
-            && (setting.environmentDirectory == nil
-                || OutputJudge.names(line, inside: dataFolder, workingDirectory: resolvedWorkingDirectory))
-        {
-            stage?.leave()
-        }
         if outcome == .interrupted { return (.interrupted, bytesIn) }
         guard outcome.succeeded else {
             let reason =
@@ -173,10 +164,23 @@ extension MessageProcessor {
         // The name is resolved as the command meant it (from its working directory), and must lead to a regular
         // file in the data folder or the environment, without a link (and the run-as user's own); it is opened
         // once, and uploaded from there.
+        let line = OutputJudge.lastLine(of: folder.stdout)
+        let dataFolder = LocalFile.realPath(data) ?? data
+        let resolvedWorkingDirectory = LocalFile.realPath(workingDirectory) ?? workingDirectory
         let folders = [dataFolder] + (setting.environmentDirectory.map { [$0] } ?? [])
-        switch OutputJudge.judge(
+        let verdict = OutputJudge.judge(
             line: line, workingDirectory: resolvedWorkingDirectory, folders: folders, owner: setting.user?.uid)
+        // The next command of the slot starts now, while this output goes up; unless the output may be a file the
+        // next command can reach (in the shared environment, or a hard link to one): then the slot waits for the
+        // upload.
+        if lastInput
+            && (setting.environmentDirectory == nil
+                || Self.isTaskOwn(
+                    verdict, line: line, dataFolder: dataFolder, workingDirectory: resolvedWorkingDirectory))
         {
+            stage?.leave()
+        }
+        switch verdict {
 
         case .none:
             return (.noOutput, bytesIn)
@@ -208,6 +212,18 @@ extension MessageProcessor {
 }
 
 extension MessageProcessor {
+    /// Whether the judged output is this task's own: opened in its data folder, with no other name (a hard link
+    /// would let a file of the shared environment pass for one).
+    static func isTaskOwn(
+        _ verdict: OutputJudge.Verdict, line: [UInt8]?, dataFolder: String, workingDirectory: String
+    ) -> Bool {
+        guard case .file(let descriptor, _) = verdict,
+            OutputJudge.names(line, inside: dataFolder, workingDirectory: workingDirectory)
+        else { return false }
+        var st = stat()
+        return fstat(descriptor, &st) == 0 && st.st_nlink == 1
+    }
+
     /// The input's download; with `endingAtStop` (a download ahead of its command), a stop cancels it.
     func download(_ input: S3URI, to path: String, endingAtStop: Bool, logger: Logger) async throws(AWSError) -> Int64 {
         guard endingAtStop else { return try await store.download(input, to: path, logger: logger) }

@@ -96,6 +96,39 @@ struct SlotLoopTests {
         }
     }
 
+    /// A stop during the first command of a message of several inputs: its commands have begun, so it finishes
+    /// them within the grace (the message is deleted, not released to be done again elsewhere), as without a
+    /// pipeline.
+    @Test func aStopLetsAMessageThatBeganItsCommandsFinishThem() async throws {
+        try await withTemporaryDirectory { dir in
+            let inFirst = OneShotFlag()
+            let order = Mutex<[String]>([])
+            let runner = ScriptedRunner { command in
+                let me = String(command.argv.last!.split(separator: "/").last!)
+                order.withLock { $0.append(me) }
+                if me == "a1.txt" {
+                    inFirst.set()
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+                return await ScriptedRunner.copying.script(command)
+            }
+            let f = MessageFateTests.Fixture(dir, runner: runner)
+            for key in ["warm.txt", "a1.txt", "a2.txt"] { f.store.add(S3URI(bucket: "in-bucket", key: key), key) }
+            let records = ["a1.txt", "a2.txt"].map {
+                #"{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"in-bucket"},"object":{"key":"\#($0)"}}}"#
+            }
+            f.queue.add([
+                received("m0", "warm.txt"), received("mA", #"{"Records":["# + records.joined(separator: ",") + "]}"),
+            ])
+            let slot = Task { await loop(f, prefetch: true).run(logger: quietLogger) }
+            await eventually { inFirst.isSet }
+            f.lifecycle.requestStop(.signal)
+            await slot.value
+            #expect(order.withLock { $0 } == ["warm.txt", "a1.txt", "a2.txt"])
+            #expect(f.queue.fate(of: "mA") == [.deleted("mA")])
+        }
+    }
+
     /// A stop while a command runs and the next message's input waits for it: the running task finishes and its
     /// message is deleted; the message ahead is released at once, without its command, and its input is removed.
     @Test func aStopReleasesTheMessageAheadAndRemovesItsInput() async throws {

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -172,6 +173,11 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.update(update)
                 if "credentialLifetime" in update:
                     CACHED["creds"] = None
+                    # EC2 has role credentials ready before they are asked for; a credentials GET that waited for a
+                    # loaded moto's AssumeRole would pass the daemon's 5-second IMDS timeout. (Keys of a rotating
+                    # user are made when handed out: their count is what the tests read.)
+                    if ARGS.sts_endpoint and not ARGS.rotate_user:
+                        CACHED["creds"] = fresh_credentials()
             return self.reply(200, json.dumps(STATE), "application/json")
         self.reply(405, "Method Not Allowed")
 
@@ -262,7 +268,10 @@ def main():
     if ARGS.credential_lifetime:
         STATE["credentialLifetime"] = ARGS.credential_lifetime
     if ARGS.sts_endpoint and not ARGS.rotate_user:
-        sts_client()  # made before the first request, not during it
+        try:
+            CACHED["creds"] = fresh_credentials()  # ready before the first request, as on EC2
+        except Exception as error:  # noqa: BLE001 - the first GET tries again
+            print(f"no role credentials yet: {error}", file=sys.stderr)
     if ARGS.rotate_user:
         make_rotating_user()
         threading.Thread(target=delete_expired_keys, daemon=True).start()

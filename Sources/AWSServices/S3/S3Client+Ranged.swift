@@ -196,7 +196,7 @@ extension S3Client {
                 throw AWSError.badResponse("s3", "a ranged GetObject reply without its range")
             }
             // S3 honours If-Match; a server that does not would mix two versions of the object.
-            if let got = response.header("ETag"), got != etag {
+            if let got = response.header("ETag"), Self.sameETag(got, etag) == false {
                 throw AWSError(
                     kind: .service, service: "s3", httpStatus: 412, code: "PreconditionFailed",
                     message: "a piece came from another version of the object (ETag \(got), not \(etag))",
@@ -204,6 +204,16 @@ extension S3Client {
             }
             return RangedDownloadPlan.Landed(start: start, length: response.bytesWritten, crc: crc)
         }
+    }
+
+    /// ETags compared as values: without quotes or a weak `W/` a proxy may have added.
+    static func sameETag(_ a: String, _ b: String) -> Bool {
+        func bare(_ tag: String) -> Substring {
+            var tag = Substring(tag)
+            if tag.hasPrefix("W/") { tag = tag.dropFirst(2) }
+            return tag.hasPrefix("\"") && tag.hasSuffix("\"") && tag.count >= 2 ? tag.dropFirst().dropLast() : tag
+        }
+        return bare(a) == bare(b)
     }
 
     static func localFileError(_ message: String) -> AWSError {
