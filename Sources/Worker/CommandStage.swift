@@ -60,9 +60,9 @@ final class CommandGate: Sendable {
         var overdue = false
     }
 
-    /// A message gave up waiting (`enter(within:)` timed out) since the gate was last entered: the running command
-    /// is a long one, and the slot takes nothing more ahead of it (else it would take the same message back, to
-    /// wait again, and spend its attempts).
+    /// A message gave up waiting (`enter(within:)` timed out) for the command that holds the gate: a long one. Until
+    /// it ends the slot takes nothing more ahead of it (else it would take the same message back, to wait again, and
+    /// spend its attempts); its end clears this.
     var overdue: Bool { state.withLock { $0.overdue } }
 
     private let state = Mutex(State())
@@ -125,11 +125,12 @@ final class CommandGate: Sendable {
     /// Hands the gate to the next waiter, or frees it.
     func leave() {
         let next = state.withLock { s -> CheckedContinuation<Bool, Never>? in
+            // The command that held it has ended: whatever gave up on it, the slot may take messages ahead again.
+            s.overdue = false
             guard !s.waiting.isEmpty else {
                 s.held = false
                 return nil
             }
-            s.overdue = false
             return s.waiting.removeFirst().continuation
         }
         next?.resume(returning: true)
