@@ -193,10 +193,7 @@ public struct HTTPResponse: Sendable {
     }
 
     /// The first header with this name, compared without case.
-    public func header(_ name: String) -> String? {
-        let lower = name.lowercased()
-        return headers.first { $0.0.lowercased() == lower }?.1
-    }
+    public func header(_ name: String) -> String? { firstHeader(name, in: headers) }
 
     public var isSuccess: Bool { (200..<300).contains(status) }
 }
@@ -233,4 +230,10 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
         default: return true
         }
     }
+}
+
+/// The first header with this name, compared without case (a reply's, or one still arriving).
+func firstHeader(_ name: String, in headers: [(String, String)]) -> String? {
+    let lower = name.lowercased()
+    return headers.first { $0.0.lowercased() == lower }?.1
 }

@@ -38,10 +38,7 @@ final class TransferState {
     let cancelled = Atomic<Bool>(false)
 
     /// The first response header with this name, compared without case.
-    func header(_ name: String) -> String? {
-        let lower = name.lowercased()
-        return headers.first { $0.0.lowercased() == lower }?.1
-    }
+    func header(_ name: String) -> String? { firstHeader(name, in: headers) }
 
     deinit {
         if let output { fclose(output) }

@@ -73,7 +73,7 @@ struct Copy: AsyncParsableCommand {
             try await s3.putObject(bucket: to.bucket, key: to.key, file: source, logger: logger)
             bytes = size
             if size > options.multipartThreshold {
-                let part = max(options.partSize, (size + 9999) / 10000)
+                let part = s3.partSize(forUploadOf: size)
                 pieces = Int((size + part - 1) / part)
             }
         }

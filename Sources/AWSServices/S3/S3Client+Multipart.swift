@@ -119,12 +119,16 @@ extension S3Client {
         return whole
     }
 
+    /// Bytes per part of a `size`-byte upload: `options.partSize`, at least S3's 5 MiB, and large enough for S3's
+    /// 10,000 parts.
+    public func partSize(forUploadOf size: Int64) -> Int64 { max(options.partSize, 5 << 20, (size + 9999) / 10000) }
+
     /// The parts, `options.concurrency` at a time, each read with `pread` from the one source.
     private func uploadParts(
         bucket: String, key: String, file source: FileSource, size: Int64, uploadID: String,
         logger: Logger
     ) async throws(AWSError) -> [UploadedPart] {
-        let partSize = max(options.partSize, 5 << 20, (size + 9999) / 10000)
+        let partSize = self.partSize(forUploadOf: size)
         let count = Int((size + partSize - 1) / partSize)
         return try await Self.inParallel(count: count, width: options.concurrency) { index throws(AWSError) in
             let offset = Int64(index) * partSize
