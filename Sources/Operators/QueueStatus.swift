@@ -17,9 +17,8 @@ public struct QueueStatus: Sendable, Equatable, Codable {
     /// From the ledger's heartbeats, when a ledger table was given.
     public var fleet: FleetStatus?
 
-    /// The listing prefix for failure records. Without the `/`, and the keys filtered: moto refuses the signature of
-    /// a listing whose prefix holds a `/` (AWS and SeaweedFS accept it), and this costs nothing on AWS.
-    static let failedRecordsPrefix = "_failed"
+    /// The listing prefix for failure records.
+    static let failedRecordsPrefix = "_failed/"
 
     /// Reads the queue's counts, its dead-letter queue's, and (with `output`) counts outputs under its prefix and the
     /// `_failed/` records at the bucket's top, where the daemon writes them.
@@ -56,10 +55,9 @@ public struct QueueStatus: Sendable, Equatable, Codable {
                     outputs += 1
                 }
             }
-            // (A prefix without its `/`: see `failedRecordsPrefix`.)
             try await s3.listAll(bucket: output.bucket, prefix: Self.failedRecordsPrefix, logger: logger) {
                 page throws(AWSError) in
-                failures += page.filter { $0.key.hasPrefix("_failed/") }.count
+                failures += page.count
             }
             status.outputs = outputs
             status.failureRecords = failures

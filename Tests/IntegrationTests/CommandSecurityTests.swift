@@ -85,7 +85,7 @@ struct TransportSecurityTests {
     @Test func userDataCannotTurnOffCertificateChecks() async throws {
         try await withTemporaryDirectory { dir in
             let keygen = try await Scripts.run(
-                "/usr/bin/openssl",
+                try RequiredTool.require("openssl", package: "openssl"),
                 [
                     "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/key.pem", "-out",
                     dir + "/cert.pem",

@@ -255,7 +255,7 @@ struct EnvironmentFaultTests {
     @Test func timersFireUnderAClockFarAhead() async throws {
         try await withTemporaryDirectory { dir in
             let skewed = [
-                "LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+31536000",
+                "LD_PRELOAD": try TestEnvironment.faketimePreload(), "FAKETIME": "+31536000",
                 "FAKETIME_DONT_FAKE_MONOTONIC": "1",
             ]
             let fleet = try await FaultFleet.make(directory: dir, count: 5, s3: .seaweed)
@@ -272,7 +272,7 @@ struct EnvironmentFaultTests {
     @Test func aClockTwentyMinutesFastIsCorrectedFromTheServersDate() async throws {
         try await withTemporaryDirectory { dir in
             let skewed = [
-                "LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+1200",
+                "LD_PRELOAD": try TestEnvironment.faketimePreload(), "FAKETIME": "+1200",
                 "FAKETIME_DONT_FAKE_MONOTONIC": "1",
             ]
             let fleet = try await FaultFleet.make(directory: dir, count: 100, s3: .seaweed)

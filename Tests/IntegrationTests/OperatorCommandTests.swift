@@ -10,9 +10,8 @@ import Worker
 /// `enqueue` and `status` against moto, as operators run them.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(4)))
 struct OperatorCommandTests {
-    /// S3 on SeaweedFS, SQS on moto: moto refuses the signature of a listing whose query holds a `/` (a prefix or a
-    /// `start-after` key; it signs the query as it arrives, decoded, where AWS and SeaweedFS sign it encoded), and
-    /// `--skip-done` lists from a `start-after` key with the input's folders in it.
+    /// S3 on SeaweedFS, SQS on moto: `--skip-done` lists from a `start-after` key with the input's folders in it,
+    /// checked by a strict signature checker.
     @Test func enqueueListsABucketSkipsDoneWorkAndStatusCounts() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir, s3: .seaweed)
@@ -228,7 +227,7 @@ struct CommandLineTests {
     @Test func argumentsSurviveAPreloadedLibraryThatCallsSetenv() async throws {
         try await withTemporaryDirectory { dir in
             let environment = [
-                "LD_PRELOAD": try TestEnvironment.value("PZ_TEST_FAKETIME_LIB"), "FAKETIME": "+0",
+                "LD_PRELOAD": try TestEnvironment.faketimePreload(), "FAKETIME": "+0",
                 "PATH": "/usr/bin:/bin", "HOME": dir,
             ]
             let outcome = try await ProcessRunner().run(

@@ -195,6 +195,9 @@ struct SandboxTests {
     /// credentials are. In a network namespace of the test's own, with IMDS at its EC2 addresses.
     @Test(.enabled(if: asRoot, "needs root: a network namespace and nftables"))
     func theCommandCannotReachIMDS() async throws {
+        try RequiredTool.require("ip", package: "iproute2")
+        try RequiredTool.require("nft", package: "nftables")
+        try RequiredTool.require("sysctl", package: "procps")
         func check(_ extra: [String]) async throws -> String {
             try await withTemporaryDirectory { dir in
                 _ = chmod(dir, 0o777)

