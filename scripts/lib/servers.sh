@@ -89,13 +89,11 @@ pz_python_env() {
     if [ ! -x "$PZ_VENV/bin/python3" ] || ! "$PZ_VENV/bin/python3" -c 'import sys' 2>/dev/null; then
         rm -rf "$PZ_VENV"
         echo "creating the test peers' Python virtual environment in $PZ_VENV" >&2
-        # ensurepip is what Debian leaves out of python3 without python3-venv: both must work.
+        # A fresh Debian may have no python3 at all, and its python3 has no venv (ensurepip) without python3-venv.
         if ! python3 -m venv "$PZ_VENV" >/dev/null 2>&1; then
             rm -rf "$PZ_VENV"
-            local minor
-            minor=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-            pz_apt_install python3-venv "python$minor-venv"
-            python3 -m venv "$PZ_VENV"
+            pz_apt_install python3-venv
+            python3 -m venv "$PZ_VENV" || { echo "cannot make a Python virtual environment: install python3-venv" >&2; return 1; }
         fi
     fi
     export PATH="$PZ_VENV/bin:$PATH"
