@@ -198,6 +198,7 @@ struct SandboxTests {
         try RequiredTool.require("ip", package: "iproute2")
         try RequiredTool.require("nft", package: "nftables")
         try RequiredTool.require("sysctl", package: "procps")
+        try RequiredTool.require("curl", package: "curl")
         func check(_ extra: [String]) async throws -> String {
             try await withTemporaryDirectory { dir in
                 _ = chmod(dir, 0o777)
