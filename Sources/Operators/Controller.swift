@@ -30,6 +30,9 @@ public struct FleetPolicy: Sendable {
     /// Failed launches in a row after which the controller stops: a launch template that cannot boot a worker
     /// must not start instances forever.
     public var failedLaunchLimit = 3
+    /// Stop a fleet whose queue has had no work at all for this long (`--stop-idle-after`); nil, the default,
+    /// never stops a fleet before its first work: one launched before its `enqueue`, or fed by S3 events, waits.
+    public var stopIdleAfter: Double?
 
     public init(stuckAfter: Double, drainedFor: Double) {
         self.stuckAfter = stuckAfter
@@ -69,6 +72,8 @@ public struct FleetPolicy: Sendable {
     public struct Memory: Sendable, Equatable {
         /// When the queue was first seen drained (nil while work remains).
         public var drainedSince: Double?
+        /// When the controller first looked (an idle fleet's stop counts from here).
+        public var watchingSince: Double?
         /// Whether the queue has had work while watched: a queue empty before `enqueue` ran is not drained.
         public var sawWork = false
         /// Once the queue has drained after work, nothing more is launched.
@@ -87,13 +92,22 @@ public struct FleetPolicy: Sendable {
         public init() {}
     }
 
+    /// Whether the fleet's workers write to the ledger at all: some instance has a heartbeat there. With none
+    /// (workers without `ledgerTable`, or another table), a missing heartbeat says nothing about an instance.
+    static func ledgerInUse(_ heartbeats: [String: InstanceHeartbeat]?) -> Bool { !(heartbeats?.isEmpty ?? true) }
+
     /// Why `instance` is stuck, or nil. With a heartbeat: it is older than `stuckAfter` (the daemon beats every
-    /// interval while tasks run, however long they take), or a task has run past its `taskTimeout` plus
-    /// `taskGrace`, or the daemon stopped (a dead end that kept the instance up) `stuckAfter` ago. Without one: the
-    /// instance was launched `stuckAfter` ago and its daemon never wrote to the ledger.
-    public func stuckReason(_ instance: EC2Instance?, heartbeat: InstanceHeartbeat?, now: Double) -> String? {
+    /// interval while tasks run, however long they take), or a command has run past its `taskTimeout` plus
+    /// `taskGrace` (its download and upload are not the command's time), or the daemon stopped (a dead end that
+    /// kept the instance up) `stuckAfter` ago. Without one, while other workers beat: the instance was launched
+    /// `stuckAfter` ago and its daemon never wrote to the ledger. `ledgerInUse` false: never stuck for want of a
+    /// heartbeat.
+    public func stuckReason(
+        _ instance: EC2Instance?, heartbeat: InstanceHeartbeat?, now: Double, ledgerInUse: Bool = true
+    ) -> String? {
         guard let heartbeat else {
-            guard let launched = instance?.launchTime.flatMap({ CivilTime.parseISO8601($0) }).map(Double.init),
+            guard ledgerInUse,
+                let launched = instance?.launchTime.flatMap({ CivilTime.parseISO8601($0) }).map(Double.init),
                 now - launched >= stuckAfter
             else { return nil }
             return "no heartbeat since its launch \(Int(now - launched)) s ago"
@@ -113,29 +127,48 @@ public struct FleetPolicy: Sendable {
         return nil
     }
 
-    /// Whether the queue, seen drained since `memory.drainedSince`, has stayed so long enough to stop the fleet.
+    /// Whether the fleet may stop now for want of work: after its work drained (`drainedFor`), or, never having
+    /// had any, after `stopIdleAfter` when the operator named one; never before the first work otherwise.
     public func fleetStopIsDue(_ memory: Memory, now: Double) -> Bool {
-        memory.drainedSince.map { now - $0 >= drainedFor } ?? false
+        guard let drained = memory.drainedSince else { return false }
+        if memory.sawWork { return now - drained >= drainedFor }
+        guard let idle = stopIdleAfter else { return false }
+        return now - (memory.watchingSince ?? drained) >= idle
     }
 
     public func decide(_ snapshot: Snapshot, memory: inout Memory) -> [Termination] {
         let queue = snapshot.queue
+        if memory.watchingSince == nil { memory.watchingSince = snapshot.now }
+        // The ledger remembers work this controller did not see (it started, or started again, after the drain).
+        if snapshot.heartbeats?.values.contains(where: { $0.tasksDone + $0.tasksFailed > 0 }) == true {
+            memory.sawWork = true
+        }
         if queue.total == 0 {
             let since = memory.drainedSince ?? snapshot.now
             memory.drainedSince = since
             guard fleetStopIsDue(memory, now: snapshot.now) else { return [] }
             // Drained for the interval, not one reading of zero (a pause between enqueue's chunks).
-            if memory.sawWork { memory.drainedAfterWork = true }
-            let drained = Int(snapshot.now - since)
+            if memory.sawWork {
+                memory.drainedAfterWork = true
+                let drained = Int(snapshot.now - since)
+                return snapshot.instances.map {
+                    Termination(instanceID: $0.instanceID, reason: "the queue has been drained for \(drained) s")
+                }
+            }
+            let idle = Int(snapshot.now - (memory.watchingSince ?? since))
             return snapshot.instances.map {
-                Termination(instanceID: $0.instanceID, reason: "the queue has been drained for \(drained) s")
+                Termination(
+                    instanceID: $0.instanceID, reason: "the queue has had no work for \(idle) s (--stop-idle-after)")
             }
         }
         memory.drainedSince = nil
         memory.sawWork = true
         guard let heartbeats = snapshot.heartbeats else { return [] }
+        let inUse = Self.ledgerInUse(heartbeats)
         return snapshot.instances.compactMap { instance in
-            guard let why = stuckReason(instance, heartbeat: heartbeats[instance.instanceID], now: snapshot.now)
+            guard
+                let why = stuckReason(
+                    instance, heartbeat: heartbeats[instance.instanceID], now: snapshot.now, ledgerInUse: inUse)
             else { return nil }
             return Termination(
                 instanceID: instance.instanceID,
@@ -154,7 +187,8 @@ public struct FleetPolicy: Sendable {
     ) -> [String] {
         let alive = Set(snapshot.instances.map(\.instanceID))
         memory.listed.formUnion(alive.intersection(memory.launched.keys))
-        let heartbeats = snapshot.heartbeats
+        // An empty ledger is no ledger: departures cannot be judged without anyone's heartbeat.
+        let heartbeats = Self.ledgerInUse(snapshot.heartbeats) ? snapshot.heartbeats : nil
         for id in memory.launched.keys.sorted() where heartbeats?[id] != nil && !memory.heardFrom.contains(id) {
             memory.heardFrom.insert(id)
             memory.failedLaunches = 0
@@ -230,6 +264,8 @@ public struct Controller: Sendable {
         public var instanceTypes: [String] = []
         public var subnets: [String] = []
         public var taskGrace: Double = 300
+        /// Stop a fleet whose queue has never had work after this long; nil: never before the first work.
+        public var stopIdleAfter: Double?
         public init(queueURL: String) {
             self.queueURL = queueURL
             self.launchTemplate = Controller.launchTemplateName(queueURL: queueURL)
@@ -275,6 +311,7 @@ public struct Controller: Sendable {
         policy.taskGrace = options.taskGrace
         policy.target = options.market == .asg ? nil : options.target
         policy.maxLaunches = options.maxLaunches
+        policy.stopIdleAfter = options.stopIdleAfter
         logger.notice(
             "controller started",
             metadata: [
@@ -448,7 +485,9 @@ public struct Controller: Sendable {
                     && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) })
                 {
                     logger.notice(
-                        "controller done: the queue is drained and the fleet is stopped",
+                        memory.sawWork
+                            ? "controller done: the queue is drained and the fleet is stopped"
+                            : "controller done: the queue had no work for --stop-idle-after and the fleet is stopped",
                         metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
                     return 0
                 }

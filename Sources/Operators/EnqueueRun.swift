@@ -9,24 +9,30 @@ public enum BodyForm: String, Sendable, CaseIterable {
     case json
     /// `s3://B/K`: any key that does not end in white space (the daemon trims a body's ends).
     case s3uri
-    /// The bare key (aws-parallelizer's form), for consumers that expect it. The daemon reads a bare body after
-    /// stripping line ends and telling JSON and URIs apart by their first characters, so a key that starts with `{`
-    /// or `s3://` (after white space), ends in a line break, or is only white space cannot be sent this way and is
+    /// The bare key (aws-parallelizer's form), for consumers that expect it: relative to the daemon's
+    /// `inputPrefix`, which the daemon puts back. The daemon reads a bare body after stripping line ends and telling
+    /// JSON and URIs apart by their first characters, so a key outside the prefix, or one that starts with `{` or
+    /// `s3://` (after white space), ends in a line break, or is only white space, cannot be sent this way and is
     /// refused.
     case key
 
     /// The body for `key` in `bucket` (nil: the daemon's `inputBucket`); nil when this form cannot say it: a bare
     /// key that would be misread, or an `s3://` URI without a bucket.
-    public func body(bucket: String?, key: String) -> String? {
+    public func body(bucket: String?, key fullKey: String, inputPrefix: String = "") -> String? {
+        var key = fullKey
+        if self == .key {
+            guard key.hasPrefix(inputPrefix), key.count > inputPrefix.count else { return nil }
+            key = String(key.dropFirst(inputPrefix.count))
+        }
         switch self {
         case .json:
-            var members: [String: JSONValue] = ["key": .string(key)]
+            var members: [String: JSONValue] = ["key": .string(fullKey)]
             if let bucket { members["bucket"] = .string(bucket) }
             return JSONValue.object(members).serialized
         case .s3uri:
             // The daemon trims a body's ends, so a key that ends in white space would lose it.
-            guard let bucket, let last = key.last, !last.isWhitespace else { return nil }
-            return "s3://\(bucket)/\(key)"
+            guard let bucket, let last = fullKey.last, !last.isWhitespace else { return nil }
+            return "s3://\(bucket)/\(fullKey)"
         case .key:
             let trimmed = key.trimmingSpaces
             if trimmed.isEmpty || trimmed.hasPrefix("{") || trimmed.hasPrefix("s3://") || key.hasSuffix("\n")

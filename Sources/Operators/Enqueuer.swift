@@ -76,6 +76,9 @@ public struct Enqueuer: Sendable {
     func sendBatch(_ bodies: [String], logger: Logger) async -> (Int, Int, AWSError?) {
         var pending = Array(bodies.enumerated().map { (id: "e\($0.offset)", body: $0.element) })
         var sent = 0
+        // Entries SQS refused for good (the sender's fault), counted as each round finds them: a refusal in a round
+        // where other entries are retried must not be lost.
+        var refused = 0
         var attempt = 0
         let (sqs, queueURL) = (self.sqs, self.queueURL)
         while !pending.isEmpty {
@@ -92,7 +95,7 @@ public struct Enqueuer: Sendable {
                     logger: logger)
                 sent += result.successful.count
                 if let stop = result.failed.lazy.map(\.error).first(where: { $0.setupProblem != nil }) {
-                    return (sent, pending.count - result.successful.count, stop)
+                    return (sent, refused + pending.count - result.successful.count, stop)
                 }
                 let senderFaults = result.failed.filter(\.senderFault)
                 for fault in senderFaults {
@@ -104,10 +107,10 @@ public struct Enqueuer: Sendable {
                         ])
                 }
                 let retry = Set(result.failed.filter { !$0.senderFault }.map(\.id))
-                let refused = senderFaults.count
+                refused += senderFaults.count
                 pending = pending.filter { retry.contains($0.id) }
-                if refused > 0 && pending.isEmpty { return (sent, refused, nil) }
-                if !pending.isEmpty && attempt > maxRetries { return (sent, pending.count + refused, nil) }
+                if pending.isEmpty { return (sent, refused, nil) }
+                if attempt > maxRetries { return (sent, pending.count + refused, nil) }
                 if !pending.isEmpty {
                     try? await Task.sleep(for: .seconds(Self.entryRetry.delay(beforeRetry: attempt)))
                 }
@@ -115,11 +118,11 @@ public struct Enqueuer: Sendable {
                 if error.setupProblem != nil || attempt > maxRetries {
                     logger.error(
                         "batch could not be sent", metadata: ["error": "\(error)", "messages": "\(pending.count)"])
-                    return (sent, pending.count, error.setupProblem != nil ? error : nil)
+                    return (sent, refused + pending.count, error.setupProblem != nil ? error : nil)
                 }
                 try? await Task.sleep(for: .seconds(Self.batchRetry.delay(beforeRetry: attempt)))
             }
         }
-        return (sent, 0, nil)
+        return (sent, refused, nil)
     }
 }

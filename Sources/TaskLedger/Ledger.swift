@@ -46,9 +46,12 @@ public actor Ledger {
         var released = 0
         var recentDurations: [Double] = []
         var recentCompletions: [Double] = []
-        /// The tasks running now, by their sort key, with when each started (its command, once it has): a list, as
-        /// two slots may run the same attempt of a message SQS delivered twice.
+        /// The tasks running now, by their sort key, with when each started: a list, as two slots may run the same
+        /// attempt of a message SQS delivered twice.
         var running: [String: [Double]] = [:]
+        /// Of those, the ones whose command runs now, with when it started: what `taskTimeout` bounds, and so what
+        /// the heartbeat's oldest start reports. A download or an upload, however long, is not the command's time.
+        var commands: [String: [Double]] = [:]
     }
 
     static let recentLimit = 50
@@ -115,12 +118,21 @@ public actor Ledger {
         progress.running[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt), default: []].append(now)
     }
 
-    /// The task's command starts now (after its download): its start, as the heartbeat reports it, moves here.
+    /// The task's command starts now (after its download): the heartbeat's oldest start counts from here.
     public func commandStarted(inputKey: String, attempt: Int) {
-        let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
-        guard var starts = progress.running[key], !starts.isEmpty else { return }
-        starts[starts.count - 1] = Self.now()
-        progress.running[key] = starts
+        progress.commands[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt), default: []].append(
+            Self.now())
+    }
+
+    /// The task's command has ended: its upload that follows is no part of `taskTimeout`.
+    public func commandEnded(inputKey: String, attempt: Int) {
+        Self.dropOne(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt), from: &progress.commands)
+    }
+
+    static func dropOne(_ key: String, from map: inout [String: [Double]]) {
+        guard var starts = map[key], !starts.isEmpty else { return }
+        starts.removeLast()
+        map[key] = starts.isEmpty ? nil : starts
     }
 
     public enum Outcome: String, Sendable { case done, failed, released }
@@ -150,9 +162,9 @@ public actor Ledger {
                 expression: "SET " + fields.indices.map { "#a\($0) = :v\($0)" }.joined(separator: ", "),
                 names: names, values: values))
         let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
-        if var starts = progress.running[key], !starts.isEmpty {
-            starts.removeLast()
-            progress.running[key] = starts.isEmpty ? nil : starts
+        Self.dropOne(key, from: &progress.running)
+        if progress.commands[key] != nil && progress.commands[key]!.count > (progress.running[key]?.count ?? 0) {
+            Self.dropOne(key, from: &progress.commands)
         }
         if progress.running.isEmpty {
             beatNow = true
@@ -256,7 +268,7 @@ public actor Ledger {
             item[F.lastCompletionAt] = .s(Self.iso(t))
         }
         item[F.runningTasks] = .number(progress.running.values.reduce(0) { $0 + $1.count })
-        if let oldest = progress.running.values.flatMap({ $0 }).min() {
+        if let oldest = progress.commands.values.flatMap({ $0 }).min() {
             item[F.oldestTaskStartedEpoch] = .number(oldest.rounded(.down))
         }
         if let timeout = settings.taskTimeout { item[F.taskTimeout] = .number(timeout) }

@@ -62,6 +62,12 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(help: "A task is stuck once it runs this long past its worker's taskTimeout (90s, 5m).")
     var taskGrace: String = "5m"
 
+    @Option(
+        help:
+            "Stop a fleet whose queue never had work after this long (15m, 1h). Without it a fleet waits for its first work: one launched before its enqueue, or fed by S3 events, is never stopped early."
+    )
+    var stopIdleAfter: String?
+
     @Flag(help: "Log the decisions without acting on them.")
     var dryRun = false
 
@@ -77,6 +83,9 @@ struct ControllerCommand: AsyncParsableCommand {
         }
         guard WorkerConfig.parseDuration(taskGrace) != nil else {
             throw ValidationError("--task-grace is a duration (90s, 5m)")
+        }
+        if let stopIdleAfter, WorkerConfig.parseDuration(stopIdleAfter) == nil {
+            throw ValidationError("--stop-idle-after is a duration (15m, 1h)")
         }
         if let target, target < 1 { throw ValidationError("--target is at least 1") }
         if let max {
@@ -110,6 +119,7 @@ struct ControllerCommand: AsyncParsableCommand {
         options.subnets = list(subnets)
         if let launchTemplate { options.launchTemplate = launchTemplate }
         options.taskGrace = Double(WorkerConfig.parseDuration(taskGrace) ?? 300)
+        options.stopIdleAfter = stopIdleAfter.flatMap(WorkerConfig.parseDuration).map(Double.init)
         let code = await Controller(options: options, context: context).run(logger: logger)
         if code != 0 { throw ExitCode(code) }
     }

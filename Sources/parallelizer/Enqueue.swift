@@ -42,7 +42,10 @@ struct Enqueue: AsyncParsableCommand {
     )
     var outputName: String?
 
-    @Option(help: "With --skip-done: the daemon's inputPrefix (outputs keep the input's folder below it).")
+    @Option(
+        help:
+            "The daemon's inputPrefix: bare-key bodies are relative to it, and with --skip-done outputs keep the input's folder below it."
+    )
     var inputPrefix: String = ""
 
     @Option(help: "Also leave out inputs that this ledger table records as done.")
@@ -134,12 +137,12 @@ struct Enqueue: AsyncParsableCommand {
             run.skipped += done.count
             var bodies: [String] = []
             for key in keys where !done.contains(key) {
-                if let body = form.body(bucket: bucket, key: key) {
+                if let body = form.body(bucket: bucket, key: key, inputPrefix: inputPrefix) {
                     bodies.append(body)
                 } else {
                     run.failed += 1
                     logger.error(
-                        "not sent: a bare-key body cannot carry this key (it would be read as something else); use --body-form json",
+                        "not sent: a bare-key body cannot carry this key (outside --input-prefix, or it would be read as something else); use --body-form json",
                         metadata: ["key": "\(key)"])
                 }
             }

@@ -114,6 +114,17 @@ struct ControllerFleetTests {
             let h = try await WorkerHarness.make(directory: dir)
             _ = try await Self.makeLaunchTemplate(h, directory: dir)
             let (dynamo, table) = try await makeLedgerTable()
+            // One worker of the fleet beats (the ledger is in use): the launched ones never do. (With no heartbeat
+            // at all the controller cannot tell a worker that never booted from a fleet without a ledger.)
+            let now = Date().timeIntervalSince1970
+            try await dynamo.putItem(
+                table: table,
+                item: [
+                    "queue": .s(LedgerSchema.queueName(h.queueURL)),
+                    "task": .s(LedgerSchema.instanceSortKey("i-0beats")),
+                    "kind": .s("instance"), "instance": .s("i-0beats"), "state": .s("running"),
+                    "startedEpoch": .number(now), "updatedEpoch": .number(now),
+                ], logger: quietLogger)
             let ec2 = try EC2Client(context: h.context)
             try await h.send(["waiting"])
             let controller = try h.startWorkerProcess(

@@ -1,8 +1,11 @@
+import AWSCore
 import AWSServices
 import AWSSigV4
+import HTTPCurl
+import Logging
 import Testing
 @testable import Operators
-import TaskLedger
+@testable import TaskLedger
 
 /// The controller's rules and `status`'s fleet summary, with the clock as a parameter.
 struct FleetPolicyTests {
@@ -53,15 +56,72 @@ struct FleetPolicyTests {
         #expect(policy.stuckReason(nil, heartbeat: stopped, now: now - 500) == nil)
     }
 
-    @Test func anInstanceNeverHeardFromIsJudgedFromItsLaunch() {
+    /// While the fleet's workers write to the ledger (another one beats), an instance never heard from is judged
+    /// from its launch.
+    @Test func anInstanceNeverHeardFromIsJudgedFromItsLaunch() throws {
         var memory = FleetPolicy.Memory()
+        let fleet = [instance("i-silent", launchedAgo: 2000), instance("i-new", launchedAgo: 100), instance("i-ok")]
         let decisions = policy.decide(
             .init(
-                now: now, queue: counts(10),
-                instances: [instance("i-silent", launchedAgo: 2000), instance("i-new", launchedAgo: 100)],
-                heartbeats: [:]), memory: &memory)
+                now: now, queue: counts(10), instances: fleet,
+                heartbeats: ["i-ok": InstanceHeartbeat(instanceID: "i-ok", updatedEpoch: now - 10)]), memory: &memory)
         #expect(decisions.map(\.instanceID) == ["i-silent"])
+        try #require(decisions.count == 1)
         #expect(decisions[0].reason.hasPrefix("no heartbeat since its launch 2000 s ago"))
+    }
+
+    /// No heartbeat at all in the ledger means the workers write none (no `ledgerTable`, or another table), not
+    /// that every worker is stuck: nobody is retired mid-task for it, nor counted as a failed launch.
+    @Test func noHeartbeatsAtAllMeanNoLedgerNotStuckWorkers() {
+        var memory = FleetPolicy.Memory()
+        let fleet = [instance("i-a", launchedAgo: 5000), instance("i-b", launchedAgo: 2000)]
+        let decisions = policy.decide(
+            .init(now: now, queue: counts(10, 2), instances: fleet, heartbeats: [:]), memory: &memory)
+        #expect(decisions.isEmpty, "\(decisions)")
+        memory.launched = ["i-c": now - 60]
+        memory.listed = ["i-c"]
+        let gone = FleetPolicy.Snapshot(now: now, queue: counts(10), instances: fleet, heartbeats: [:])
+        #expect(policy.noteDepartures(gone, terminatedHere: [], memory: &memory).isEmpty)
+        #expect(memory.failedLaunches == 0)
+    }
+
+    /// A fleet is stopped after its work drained, never before its first work (one launched before its enqueue,
+    /// or fed by S3 events), unless the operator named an idle period.
+    @Test func aFleetThatNeverHadWorkIsNotStopped() {
+        let fleet = [instance("i-a"), instance("i-b")]
+        var memory = FleetPolicy.Memory()
+        for step in 0..<10 {
+            let decisions = policy.decide(
+                .init(now: now + Double(step) * 600, queue: counts(0), instances: fleet, heartbeats: nil),
+                memory: &memory)
+            #expect(decisions.isEmpty, "stopped a fleet that never had work, after \(step * 600) s")
+        }
+        #expect(!policy.fleetStopIsDue(memory, now: now + 6000))
+        // With --stop-idle-after, after that long.
+        var idle = policy
+        idle.stopIdleAfter = 1800
+        var idleMemory = FleetPolicy.Memory()
+        #expect(
+            idle.decide(.init(now: now, queue: counts(0), instances: fleet, heartbeats: nil), memory: &idleMemory)
+                .isEmpty)
+        #expect(
+            idle.decide(
+                .init(now: now + 1700, queue: counts(0), instances: fleet, heartbeats: nil), memory: &idleMemory
+            )
+            .isEmpty)
+        let stopped = idle.decide(
+            .init(now: now + 1800, queue: counts(0), instances: fleet, heartbeats: nil), memory: &idleMemory)
+        #expect(stopped.map(\.instanceID) == ["i-a", "i-b"])
+        #expect(stopped.first?.reason.contains("no work for 1800 s") == true, "\(stopped)")
+        // Work, then its drain: stopped after the interval, as before.
+        var worked = FleetPolicy.Memory()
+        _ = policy.decide(.init(now: now, queue: counts(3), instances: fleet, heartbeats: nil), memory: &worked)
+        #expect(
+            policy.decide(.init(now: now + 10, queue: counts(0), instances: fleet, heartbeats: nil), memory: &worked)
+                .isEmpty)
+        #expect(
+            policy.decide(.init(now: now + 40, queue: counts(0), instances: fleet, heartbeats: nil), memory: &worked)
+                .count == 2)
     }
 
     /// Up to the target while messages wait, never more than wait, counting only instances that stay and those just
@@ -131,7 +191,10 @@ struct FleetPolicyTests {
         var memory = FleetPolicy.Memory()
         memory.launched = ["i-1": now - 60, "i-2": now - 50, "i-3": now - 40, "i-old": now - 5000]
         memory.listed = ["i-1", "i-2", "i-3", "i-old"]
-        let snapshot = FleetPolicy.Snapshot(now: now, queue: counts(10), instances: [instance("i-3")], heartbeats: [:])
+        // (Another worker's heartbeat: the fleet writes to the ledger.)
+        let snapshot = FleetPolicy.Snapshot(
+            now: now, queue: counts(10), instances: [instance("i-3")],
+            heartbeats: ["i-other": InstanceHeartbeat(instanceID: "i-other", updatedEpoch: now)])
         let failed = policy.noteDepartures(snapshot, terminatedHere: ["i-2"], memory: &memory)
         #expect(failed == ["i-1", "i-2"], "i-old lived long: gone, not failed; i-2 was retired never heard from")
         #expect(memory.failedLaunches == 2)
@@ -189,5 +252,45 @@ struct FleetPolicyTests {
         #expect(LedgerSchema.taskSortKey(inputKey: "a/b.txt", attempt: 2) == "task#a/b.txt#0002")
         #expect(LedgerSchema.queueName("https://sqs.eu-west-1.amazonaws.com/123456789012/jobs") == "jobs")
         #expect(LedgerSchema.instanceSortKey("i-1") == "instance#i-1")
+    }
+}
+
+/// The heartbeat's oldest start is the oldest running command's: a task's download and upload are not its command's
+/// time, and a healthy worker uploading a large output must not look stuck past its `taskTimeout`.
+struct LedgerHeartbeatTests {
+    @Test func theUploadAfterTheCommandDoesNotCountAgainstTaskTimeout() async throws {
+        let context = AWSContext(
+            region: "us-east-1",
+            client: AWSClient(
+                http: HTTPClient(),
+                credentials: StaticCredentialProvider(Credentials(accessKeyID: "k", secretAccessKey: "s"))),
+            imds: nil, environment: ["AWS_ENDPOINT_URL": "http://127.0.0.1:9"])
+        var settings = Ledger.Settings()
+        settings.taskTimeout = 60
+        let ledger = Ledger(
+            client: try DynamoDBClient(context: context), table: "t",
+            queueURL: "https://sqs.us-east-1.amazonaws.com/1/q",
+            instanceID: "i-1", settings: settings, logger: Logger(label: "test"))
+        func oldest() async -> Double? {
+            guard case .put(let item) = await ledger.heartbeatWrite(state: "running") else { return nil }
+            guard case .n(let text)? = item[LedgerSchema.Instance.oldestTaskStartedEpoch] else { return nil }
+            return Double(text)
+        }
+        await ledger.taskStarted(inputKey: "a", attempt: 1, slot: 1, messageID: "m")
+        #expect(await oldest() == nil, "a download is not the command's time")
+        await ledger.commandStarted(inputKey: "a", attempt: 1)
+        #expect(await oldest() != nil)
+        await ledger.commandEnded(inputKey: "a", attempt: 1)
+        #expect(await oldest() == nil, "the upload after the command is not the command's time")
+        await ledger.taskEnded(
+            inputKey: "a", attempt: 1, outcome: .done, seconds: 1, bytesIn: 1, bytesOut: 1, exitStatus: "exit 0",
+            outputKey: "a.out", reason: nil)
+        // A command that never ended cleanly (the task ended mid-command) leaves nothing behind.
+        await ledger.taskStarted(inputKey: "b", attempt: 1, slot: 1, messageID: "m2")
+        await ledger.commandStarted(inputKey: "b", attempt: 1)
+        await ledger.taskEnded(
+            inputKey: "b", attempt: 1, outcome: .released, seconds: 1, bytesIn: 1, bytesOut: 0,
+            exitStatus: "interrupted", outputKey: nil, reason: nil)
+        #expect(await oldest() == nil)
     }
 }
