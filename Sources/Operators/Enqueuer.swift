@@ -4,6 +4,16 @@ import FoundationEssentials
 import Logging
 import Synchronization
 
+/// What `Enqueuer` sends through: SQS, or a double in the unit tests.
+public protocol BatchSending: Sendable {
+    func sendMessageBatch(queueURL: String, entries: [(id: String, body: String)], logger: Logger)
+        async throws(AWSError) -> SQSBatchResult
+    @discardableResult
+    func sendMessage(queueURL: String, body: String, logger: Logger) async throws(AWSError) -> String
+}
+
+extension SQSClient: BatchSending {}
+
 /// Sends one message per input key, ten to a SendMessageBatch call, several calls at once, retrying the entries
 /// SQS reports as failed (when the fault is not the sender's).
 public struct Enqueuer: Sendable {
@@ -16,7 +26,7 @@ public struct Enqueuer: Sendable {
         public init() {}
     }
 
-    public let sqs: SQSClient
+    public let sqs: any BatchSending
     public let queueURL: String
     public var concurrency = 8
     public var maxRetries = 5
@@ -27,7 +37,7 @@ public struct Enqueuer: Sendable {
     /// Batches go one message per call once `SendMessageBatch` is refused where `SendMessage` works.
     let fallback = BatchFallback(batchAction: "SendMessageBatch", singleAction: "SendMessage")
 
-    public init(sqs: SQSClient, queueURL: String) {
+    public init(sqs: any BatchSending, queueURL: String) {
         self.sqs = sqs
         self.queueURL = queueURL
     }

@@ -1,6 +1,8 @@
 import AWSCore
 import AWSServices
 import FoundationEssentials
+import Logging
+import Synchronization
 import Testing
 import TestSupport
 @testable import Operators
@@ -67,5 +69,53 @@ struct EnqueueTests {
             #expect(LocalFile.listDirectory(dir) == ["checkpoint"])
             #expect(EnqueueCheckpoint.read(dir + "/none") == nil)
         }
+    }
+}
+
+/// Answers SendMessageBatch as told: `refused` bodies fail as the sender's fault (for good), `flaky` bodies fail
+/// with SQS's own fault (worth sending again) that many times first.
+final class ScriptedSender: BatchSending {
+    let refused: Set<String>
+    let flaky: Mutex<[String: Int]>
+    let sent = Mutex<[String]>([])
+
+    init(refused: Set<String> = [], flaky: [String: Int] = [:]) {
+        self.refused = refused
+        self.flaky = Mutex(flaky)
+    }
+
+    func sendMessageBatch(queueURL: String, entries: [(id: String, body: String)], logger: Logger)
+        async throws(AWSError) -> SQSBatchResult
+    {
+        var successful: [String] = []
+        var failed: [SQSBatchResult.Failure] = []
+        for entry in entries {
+            if refused.contains(entry.body) {
+                failed.append(.init(id: entry.id, code: "InvalidMessageContents", message: "no", senderFault: true))
+            } else if flaky.withLock({ left in
+                guard let n = left[entry.body], n > 0 else { return false }
+                left[entry.body] = n - 1
+                return true
+            }) {
+                failed.append(.init(id: entry.id, code: "InternalError", message: "again", senderFault: false))
+            } else {
+                successful.append(entry.id)
+                sent.withLock { $0.append(entry.body) }
+            }
+        }
+        return SQSBatchResult(successful: successful, failed: failed)
+    }
+
+    func sendMessage(queueURL: String, body: String, logger: Logger) async throws(AWSError) -> String { "id" }
+}
+
+/// Every entry ends counted: sent, or failed. An entry refused in a round where another entry had to go again
+/// used to be counted as neither, and enqueue then exited 0 with its checkpoint past it.
+struct EnqueuerCountingTests {
+    @Test func anEntryRefusedBesideOneThatIsRetriedIsCountedFailed() async {
+        let sender = ScriptedSender(refused: ["bad"], flaky: ["slow": 1])
+        let totals = await Enqueuer(sqs: sender, queueURL: "q").send(["ok", "bad", "slow"], logger: Logger(label: "t"))
+        #expect(totals.sent == 2 && totals.failed == 1, "\(totals)")
+        #expect(sender.sent.withLock { $0 }.sorted() == ["ok", "slow"])
     }
 }
