@@ -1,3 +1,4 @@
+@preconcurrency import Glibc
 import HTTPCurl
 
 /// Any failure of an AWS call: a service error reply, a transport failure, missing credentials, or a reply we could
@@ -28,6 +29,8 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
     public var requestID: String?
     /// The server's `Date` header, used for clock-skew correction.
     public var serverDate: String?
+    /// For a local file failure, the system's `errno` (ENOSPC, EMFILE...).
+    public var systemErrno: Int32 = 0
 
     public init(
         kind: Kind, service: String, httpStatus: Int = 0, code: String, message: String,
@@ -50,24 +53,40 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
         return text
     }
 
-    static let throttlingCodes: Set<String> = [
+    /// The service answered, and asks for patience: it throttles, or a limit is reached that passes as other work
+    /// ends (SQS's `OverLimit`: 120,000 messages in flight on a standard queue). A wait, never a dead end, and not
+    /// an outage either: the service is there.
+    static let throttleCodes: Set<String> = [
         "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded",
         "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestThrottled",
-        "RequestThrottledException", "BandwidthLimitExceeded", "EC2ThrottledException",
-        "AWS.SimpleQueueService.RequestThrottled", "RequestTimeout", "RequestTimeoutException",
-        "InternalError", "ServiceUnavailable", "InternalFailure", "TransactionInProgressException",
+        "RequestThrottledException", "BandwidthLimitExceeded", "EC2ThrottledException", "OverLimit",
+        "LimitExceededException", "TransactionInProgressException",
     ]
 
-    /// Whether the same request may succeed if sent again after a pause: transport failures, 5xx, 429 and the
-    /// throttling codes. 4xx answers about the request itself (NoSuchKey, AccessDenied) are final.
+    /// Answers that say the service failed this once, and may not the next time.
+    static let transientCodes: Set<String> = [
+        "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "InternalFailure",
+    ]
+
+    /// The code without a namespace of either kind: SQS's legacy query code (`AWS.SimpleQueueService.OverLimit`),
+    /// KMS's through SQS (`KMS.ThrottlingException`).
+    var unqualifiedCode: String { shortCode.split(separator: ".").last.map(String.init) ?? shortCode }
+
+    /// A throttle or a limit (`throttleCodes`, or HTTP 429): wait and try again, for as long as it lasts.
+    public var isThrottle: Bool {
+        guard kind == .service else { return false }
+        return httpStatus == 429 || Self.throttleCodes.contains(shortCode)
+            || Self.throttleCodes.contains(unqualifiedCode)
+    }
+
+    /// Whether the same request may succeed if sent again after a pause: transport failures, 5xx, throttles and
+    /// limits, and the transient codes. 4xx answers about the request itself (NoSuchKey, AccessDenied) are final.
     public var isRetryable: Bool {
         switch kind {
         case .transport(let t): return HTTPTransportError(kind: t, curlCode: 0, message: "").isRetryable
         case .service:
-            // SQS names its legacy query code (`AWS.SimpleQueueService.ThrottlingException`) beside the JSON one.
-            let unqualified = shortCode.split(separator: ".").last.map(String.init) ?? shortCode
-            return httpStatus >= 500 || httpStatus == 429 || Self.throttlingCodes.contains(shortCode)
-                || Self.throttlingCodes.contains(unqualified)
+            return httpStatus >= 500 || isThrottle || Self.transientCodes.contains(shortCode)
+                || Self.transientCodes.contains(unqualifiedCode)
         case .credentials: return true
         case .badResponse, .client: return false
         }
@@ -105,6 +124,17 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
 
     init(transport error: HTTPTransportError, service: String) {
         self.init(kind: .transport(error.kind), service: service, code: "TransportError", message: error.message)
+        systemErrno = error.systemErrno
+    }
+
+    /// A local file call failed just now (its `errno` read once): this machine's trouble, not the service's.
+    public static func localFile(_ service: String, _ what: String) -> AWSError {
+        let code = errno
+        var error = AWSError(
+            kind: .transport(.localFile), service: service, code: "LocalFileError",
+            message: "\(what): \(String(cString: strerror(code)))")
+        error.systemErrno = code
+        return error
     }
 }
 

@@ -29,6 +29,20 @@ public actor IMDSClient {
         self.now = now
     }
 
+    /// Whether IMDS is surely there to answer, in time: an endpoint named in the environment, or a machine whose
+    /// firmware says it is an EC2 instance (the DMI vendor, Nitro's board asset tag with the instance id, or Xen's
+    /// hypervisor uuid). Elsewhere (a laptop, a CI runner) nothing at 169.254.169.254 is worth waiting for.
+    public static func isExpected(environment: [String: String], files: (String) -> String? = LocalFile.readText)
+        -> Bool
+    {
+        if environment.flag("AWS_EC2_METADATA_DISABLED") { return false }
+        if environment.nonEmpty("AWS_EC2_METADATA_SERVICE_ENDPOINT") != nil { return true }
+        let vendor = files("/sys/devices/virtual/dmi/id/sys_vendor")?.trimmingSpaces
+        let assetTag = files("/sys/devices/virtual/dmi/id/board_asset_tag")?.trimmingSpaces ?? ""
+        let uuid = files("/sys/hypervisor/uuid")?.trimmingSpaces.lowercased() ?? ""
+        return vendor == "Amazon EC2" || assetTag.hasPrefix("i-") || uuid.hasPrefix("ec2")
+    }
+
     /// The endpoint from `AWS_EC2_METADATA_SERVICE_ENDPOINT`, or nil when `AWS_EC2_METADATA_DISABLED` is true.
     public static func endpoint(environment: [String: String]) -> String? {
         if environment.flag("AWS_EC2_METADATA_DISABLED") { return nil }
@@ -82,6 +96,27 @@ public actor IMDSClient {
     // MARK: - The paths the daemon uses
 
     public func userData() async throws(AWSError) -> String? { try await get("/latest/user-data") }
+
+    /// The user-data, read with patience: early in an instance's boot IMDS may refuse connections, time out or
+    /// answer 5xx, and taking that for "no user-data" would start the daemon without its parameters. Every answer
+    /// but a 404 (no user-data: nil) and a 403 (IMDS turned off for this instance) is tried again, with a pause
+    /// that doubles from half a second to 8 s, until `patience` has passed; then the last error is thrown.
+    public func userData(patience: Duration, logger: Logger) async throws(AWSError) -> String? {
+        let clock = ContinuousClock()
+        let deadline = clock.now + patience
+        var pause = Duration.milliseconds(500)
+        while true {
+            do {
+                return try await userData()
+            } catch  where error.httpStatus != 403 && clock.now + pause < deadline {
+                logger.notice(
+                    "IMDS did not give the user-data yet; trying again",
+                    metadata: ["error": "\(error)", "retry.delay_ms": "\(Int(pause / .milliseconds(1)))"])
+                try? await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(8))
+            }
+        }
+    }
     public func instanceID() async throws(AWSError) -> String? { try await get("/latest/meta-data/instance-id") }
     public func region() async throws(AWSError) -> String? { try await get("/latest/meta-data/placement/region") }
     public func instanceType() async throws(AWSError) -> String? { try await get("/latest/meta-data/instance-type") }

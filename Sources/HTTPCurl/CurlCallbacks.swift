@@ -64,7 +64,7 @@ func curlWriteCallback(
         let written = fwrite(data, 1, length, output)
         state.bytesWritten += Int64(written)
         if written != length {
-            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+            state.failure = HTTPTransportError.localFile("write failed")
             return 0
         }
         return length
@@ -109,7 +109,7 @@ private func writeRange(_ state: TransferState, _ data: UnsafeMutablePointer<CCh
         let n = pwrite(state.rangeOutput, data + done, length - done, off_t(start + state.bytesWritten + Int64(done)))
         if n < 0 && errno == EINTR { continue }
         guard n > 0 else {
-            state.failure = HTTPTransportError(kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+            state.failure = HTTPTransportError.localFile("write failed")
             return 0
         }
         done += n

@@ -49,8 +49,7 @@ final class CurlEasy {
         }
         if let partPath {
             guard let f = fopen(partPath, "wb") else {
-                throw HTTPTransportError(
-                    kind: .localFile, curlCode: -1, message: "cannot open \(partPath): \(errnoText())")
+                throw HTTPTransportError.localFile("cannot open \(partPath)")
             }
             // No stdio buffering: curl hands over large chunks, and copying them through a 4 KiB buffer costs time.
             setvbuf(f, nil, _IONBF, 0)
@@ -70,8 +69,7 @@ final class CurlEasy {
             fclose(output)
             state.output = nil
             if flushFailed && state.failure == nil {
-                state.failure = HTTPTransportError(
-                    kind: .localFile, curlCode: -1, message: "write failed: \(errnoText())")
+                state.failure = HTTPTransportError.localFile("write failed")
             }
         }
         if let failure = state.failure { throw failure }
@@ -116,8 +114,7 @@ final class CurlEasy {
                     message: "body's CRC-32C is \(ChunkedTrailerFraming.base64(crc)), \(crc32cHeader) says \(expected)")
             }
             guard rename(partPath, path) == 0 else {
-                throw HTTPTransportError(
-                    kind: .localFile, curlCode: -1, message: "cannot rename to \(path): \(errnoText())")
+                throw HTTPTransportError.localFile("cannot rename to \(path)")
             }
             moved = true
         }
@@ -203,8 +200,7 @@ final class CurlEasy {
             case .path(let path):
                 let fd = open(path, O_RDONLY | O_CLOEXEC)
                 guard fd >= 0 else {
-                    throw HTTPTransportError(
-                        kind: .localFile, curlCode: -1, message: "cannot open \(path): \(errnoText())")
+                    throw HTTPTransportError.localFile("cannot open \(path)")
                 }
                 state.input = fd
                 state.ownsInput = true

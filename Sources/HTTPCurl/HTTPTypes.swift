@@ -1,3 +1,4 @@
+@preconcurrency import Glibc
 /// What to send. Plain values so the AWS layer can build, sign and retry them without touching curl.
 public struct HTTPRequest: Sendable {
     public var method: String
@@ -214,11 +215,21 @@ public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     /// The libcurl `CURLcode`, or -1 for failures found by us.
     public var curlCode: Int32
     public var message: String
+    /// For a `.localFile` failure, the system's `errno` (ENOSPC for a full disk): whose trouble it is.
+    public var systemErrno: Int32
 
-    public init(kind: Kind, curlCode: Int32, message: String) {
+    public init(kind: Kind, curlCode: Int32, message: String, systemErrno: Int32 = 0) {
         self.kind = kind
         self.curlCode = curlCode
         self.message = message
+        self.systemErrno = systemErrno
+    }
+
+    /// A local file call failed just now: its `errno`, read once, goes with its text.
+    static func localFile(_ what: String) -> HTTPTransportError {
+        let code = errno
+        return HTTPTransportError(
+            kind: .localFile, curlCode: -1, message: "\(what): \(String(cString: strerror(code)))", systemErrno: code)
     }
 
     public var description: String { "HTTP transport error (\(kind), curl \(curlCode)): \(message)" }

@@ -45,10 +45,18 @@ public struct Daemon: Sendable {
         let lifecycle = Lifecycle(grace: Double(config.shutdownGrace), clock: clock)
         let signals = installSignalHandlers(lifecycle, logger: logger)
         defer { signals.forEach { $0.cancel() } }
-        let deadEnds = DeadEnds { deadEnd in
-            logger.critical("cannot go on: \(deadEnd)", metadata: deadEnd.error.map { ["error": "\($0)"] } ?? [:])
-            lifecycle.requestStop(.deadEnd)
-        }
+        let deadEnds = DeadEnds(
+            reached: { deadEnd in
+                logger.critical("cannot go on: \(deadEnd)", metadata: deadEnd.error.map { ["error": "\($0)"] } ?? [:])
+                lifecycle.requestStop(.deadEnd)
+            },
+            machineTrouble: { reason, count in
+                if lifecycle.requestStop(.machineTrouble) {
+                    logger.critical(
+                        "cannot go on on this machine: \(count) tasks in a row met its own trouble; leaving, its messages released, for a replacement",
+                        metadata: ["reason": "\(reason)"])
+                }
+            })
         let start: StartUp.Prepared
         do {
             start = try await StartUp(config: config, context: context, options: options).prepare(logger: logger)
@@ -104,6 +112,9 @@ public struct Daemon: Sendable {
         switch lifecycle.stopReason {
         case .drained?: await endOfRun(afterDeadEnd: false, logger: logger)
         case .rebalanceRecommendation?: await endOfRun(afterDeadEnd: false, replaceMe: true, logger: logger)
+        case .machineTrouble?:
+            await endOfRun(afterDeadEnd: false, replaceMe: true, logger: logger)
+            return 1
         case .queueUnreachable?: return 1
         default: break
         }

@@ -2,16 +2,32 @@ import AWSCore
 import Synchronization
 
 /// A call the daemon makes over and over, whose failure may mean the daemon itself cannot go on.
-public enum DaemonCall: String, Sendable, CaseIterable {
-    case receive = "sqs:ReceiveMessage"
-    case deleteMessage = "sqs:DeleteMessage"
-    case changeVisibility = "sqs:ChangeMessageVisibility"
-    case queueAttributes = "sqs:GetQueueAttributes"
-    case getInput = "s3:GetObject"
-    case putOutput = "s3:PutObject"
+public enum DaemonCall: Sendable, CaseIterable {
+    case receive, deleteMessage, changeVisibility, queueAttributes, getInput, putOutput
+    /// A failure record (`_failed/...`): the same permission as an output, another key.
+    case putRecord
+    /// The HEAD of an output key found taken, to read whose output it holds.
+    case headOutput
+
+    /// The permission the call needs, as an operator writes it in a policy.
+    var action: String {
+        switch self {
+        case .receive: return "sqs:ReceiveMessage"
+        case .deleteMessage: return "sqs:DeleteMessage"
+        case .changeVisibility: return "sqs:ChangeMessageVisibility"
+        case .queueAttributes: return "sqs:GetQueueAttributes"
+        case .getInput, .headOutput: return "s3:GetObject"
+        case .putOutput, .putRecord: return "s3:PutObject"
+        }
+    }
 
     /// Whether each call serves one task (a message); the others (receives, the drain check) are the daemon's own.
     var isPerTask: Bool { self != .receive && self != .queueAttributes }
+
+    /// Whether the call is about one object: a bucket policy may deny one prefix, a KMS key one object, so a denial
+    /// of such a call is that object's unless no call of its kind has worked since start. The queue's calls reach
+    /// the whole queue.
+    var isObjectCall: Bool { [.getInput, .putOutput, .putRecord, .headOutput].contains(self) }
 }
 
 /// Why the daemon stops by itself: an error that no retry and no other task can get past. It ends the daemon with
@@ -45,7 +61,7 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
             what = "\(action) is denied on \(resource)"
             fix =
                 "allow \(action) on \(resource) in the instance role's policy (scripts/setup-aws writes one that does)"
-            if action == DaemonCall.getInput.rawValue {
+            if action == DaemonCall.getInput.action {
                 // S3 answers 403 for a missing key when s3:ListBucket is not allowed, and for objects under a KMS key
                 // the role may not use.
                 fix +=
@@ -89,14 +105,20 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(what); fix: \(fix)" }
 }
 
-/// Tells a task's failure from the daemon's dead end.
+/// Tells a task's failure from the daemon's dead end: the one place that judges how far a failed call's refusal
+/// reaches (`CallReach`): one object, a bucket or queue, the credentials.
 ///
 /// The rule: the same permanent error (`AWSError.setupProblem`, the same kind of problem) on `threshold` calls in a
 /// row of the same kind, each for a different task (a different message, or a different receive). One task's error
-/// is never enough: an object may be denied by its own policy, a message may name a bucket that is gone. But when
-/// three different tasks in a row meet a denied `DeleteMessage`, the next thousand will too, and each would be
-/// processed again forever. A success of the same kind of call starts the count again; errors that may pass
-/// (throttling, a dropped connection) neither count nor break the run.
+/// is never enough: a message may name a bucket that is gone. But when three different tasks in a row meet a denied
+/// `DeleteMessage`, the next thousand will too, and each would be processed again forever. A success of the same
+/// kind of call starts the count again; errors that may pass (throttling, a limit, a dropped connection) neither
+/// count nor break the run.
+///
+/// A refusal about one object (access denied, a KMS key it may not use) never counts once a call of its kind has
+/// worked since start: a bucket policy that denies one prefix, or an object under a key the role may not use,
+/// fails that object's task (retried, then recorded), and the worker goes on with the rest. Only when every such
+/// call has been refused since start is the refusal the role's, and a dead end.
 public final class DeadEnds: Sendable {
     public static let defaultThreshold = SetupProblem.repeatsBeforeDeadEnd
 
@@ -108,17 +130,43 @@ public final class DeadEnds: Sendable {
     struct State {
         var runs: [DaemonCall: Run] = [:]
         var deadEnd: DeadEnd?
+        /// Calls that have worked at least once since start.
+        var everWorked: Set<DaemonCall> = []
+        /// Tasks in a row deferred by this machine's own trouble (`NodeTrouble`). Counted as tasks, not messages:
+        /// a message given back may well be the next one this worker receives.
+        var troubledTasks = 0
+        var leaving = false
     }
 
     public let threshold: Int
     private let state = Mutex(State())
     private let reached: @Sendable (DeadEnd) -> Void
+    private let machineTrouble: @Sendable (String, Int) -> Void
 
-    /// `reached` is called once, on the first dead end.
-    public init(threshold: Int = DeadEnds.defaultThreshold, reached: @escaping @Sendable (DeadEnd) -> Void) {
+    /// `reached` is called once, on the first dead end; `machineTrouble` once, when `threshold` tasks in a row met
+    /// this machine's own trouble (with the last reason and the count): the worker should leave for a replacement.
+    public init(
+        threshold: Int = DeadEnds.defaultThreshold, reached: @escaping @Sendable (DeadEnd) -> Void,
+        machineTrouble: @escaping @Sendable (String, Int) -> Void = { _, _ in }
+    ) {
         self.threshold = max(1, threshold)
         self.reached = reached
+        self.machineTrouble = machineTrouble
     }
+
+    /// A task (`subject`: its message) met this machine's own trouble (`NodeTrouble`).
+    func nodeTrouble(_ reason: String, subject: String) {
+        let count: Int? = state.withLock { s in
+            s.troubledTasks += 1
+            guard s.troubledTasks >= threshold, !s.leaving else { return nil }
+            s.leaving = true
+            return s.troubledTasks
+        }
+        if let count { machineTrouble(reason, count) }
+    }
+
+    /// A task ended without this machine's trouble.
+    func nodeHealthy() { state.withLock { $0.troubledTasks = 0 } }
 
     /// The dead end met, if any.
     public var deadEnd: DeadEnd? { state.withLock { $0.deadEnd } }
@@ -127,12 +175,13 @@ public final class DeadEnds: Sendable {
     public func failed(_ call: DaemonCall, resource: String, subject: String, error: AWSError) {
         guard let problem = Self.problem(call, error) else { return }
         let found: DeadEnd? = state.withLock { s in
+            if Self.reach(call, problem) == .object && s.everWorked.contains(call) { return nil }
             var run = s.runs[call].flatMap { $0.problem == problem ? $0 : nil } ?? Run(problem: problem, subjects: [])
             run.subjects.insert(subject)
             s.runs[call] = run
             guard run.subjects.count >= threshold, s.deadEnd == nil else { return nil }
             let deadEnd = DeadEnd.setup(
-                problem, action: call.rawValue, resource: resource, error: error,
+                problem, action: call.action, resource: resource, error: error,
                 calls: run.subjects.count, perTask: call.isPerTask)
             s.deadEnd = deadEnd
             return deadEnd
@@ -148,8 +197,30 @@ public final class DeadEnds: Sendable {
         return nil
     }
 
+    /// How far a refusal of `call` for `problem` reaches.
+    static func reach(_ call: DaemonCall, _ problem: SetupProblem) -> CallReach {
+        switch problem {
+        case .noCredentials, .credentialsRefused: return .credentials
+        case .denied, .keyUnusable: return call.isObjectCall ? .object : .resource
+        case .queueMissing, .bucketMissing, .tableMissing, .unknownAction, .wrongRegion, .refused: return .resource
+        }
+    }
+
     /// A call of `call` got an answer that shows the set-up works for it.
     public func succeeded(_ call: DaemonCall) {
-        state.withLock { _ = $0.runs.removeValue(forKey: call) }
+        state.withLock {
+            _ = $0.runs.removeValue(forKey: call)
+            $0.everWorked.insert(call)
+        }
     }
+}
+
+/// How far a call's refusal reaches: what a retry, another task, or nothing at all can get past.
+public enum CallReach: Sendable, Equatable {
+    /// One object: that task's failure, once a call of its kind has worked since start.
+    case object
+    /// A bucket, a queue or a table: every task meets it.
+    case resource
+    /// The credentials: every call meets it.
+    case credentials
 }

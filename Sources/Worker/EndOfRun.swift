@@ -1,5 +1,6 @@
 import AWSCore
 import AWSServices
+@preconcurrency import Glibc
 import Logging
 
 // The end of a run: after a drain, and after a dead end, the instance leaves its Auto Scaling group and powers
@@ -10,6 +11,9 @@ extension Daemon {
     /// finished nor a misconfigured fleet goes on billing.
     /// - Parameter replaceMe: leave the group without lowering its desired capacity, so that it starts a
     ///   replacement (after a rebalance recommendation, work remains).
+    ///
+    /// After a dead end, the shutdown command waits `deadEndPause` first (time to look over SSH); a stop meanwhile
+    /// keeps the instance up.
     func endOfRun(afterDeadEnd deadEnd: Bool, replaceMe: Bool = false, logger: Logger) async {
         guard config.shouldShutdown, !options.once else { return }
         // The instance's id from IMDS: nil when this is not an EC2 instance (a laptop, a CI runner).
@@ -19,6 +23,8 @@ extension Daemon {
             logger.notice("not on an EC2 instance (IMDS gave no instance id): the default shutdown command is not run")
             return
         }
+        // (Before leaving a group: the group terminates the instance at once.)
+        if deadEnd, await !PowerOffPause.wait(seconds: config.deadEndPause, clock: clock, logger: logger) { return }
         if let group = config.autoScalingGroup {
             let left =
                 if let instanceID {
@@ -34,7 +40,28 @@ extension Daemon {
                 return
             }
         }
-        await runShutdownCommand(logger: logger)
+        await Self.runShutdownCommand(
+            config.shutdownCommand, config: config, environment: context.environment, logger: logger)
+    }
+
+    /// A daemon whose parameters could not be resolved (exit status 2) still powers its instance off, after the
+    /// pause, when `shouldShutdown` is on: as after any dead end, a fleet launched with a typo in its user-data must
+    /// not bill forever. The default command only on an EC2 instance (IMDS gives its id).
+    public static func endOfRunAfterBadParameters(
+        _ layers: [ConfigLayer], environment: [String: String], imds: IMDSClient?, logger: Logger
+    ) async {
+        let config = WorkerConfig.endOfRunSettings(layers)
+        guard config.shouldShutdown else { return }
+        var instanceID: String?
+        if let imds { instanceID = try? await imds.instanceID() }
+        guard instanceID != nil || config.shutdownCommandGiven else {
+            logger.notice("not on an EC2 instance (IMDS gave no instance id): the default shutdown command is not run")
+            return
+        }
+        guard await PowerOffPause.wait(seconds: config.deadEndPause, clock: SystemClock(), logger: logger) else {
+            return
+        }
+        await runShutdownCommand(config.shutdownCommand, config: config, environment: environment, logger: logger)
     }
 
     /// Leaves the Auto Scaling group with its desired capacity lowered by one (`shrink`), so the group does not
@@ -59,21 +86,23 @@ extension Daemon {
         }
     }
 
-    func runShutdownCommand(logger: Logger) async {
-        let argv = config.shutdownCommand
+    static func runShutdownCommand(
+        _ argv: [String], config: WorkerConfig, environment: [String: String], logger: Logger
+    ) async {
         guard
             let program = ProcessRunner.resolve(
-                argv[0], in: "/", path: context.environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
+                argv[0], in: "/", path: environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")
                 ?? ProcessRunner.resolve(argv[0], in: "/", path: "/usr/sbin:/sbin:/usr/bin:/bin")
         else {
             logger.error("shutdown command not found", metadata: ["command": "\(argv.joined(separator: " "))"])
             return
         }
         logger.notice("running the shutdown command", metadata: ["command": "\(argv.joined(separator: " "))"])
-        let out = config.workDir + "/shutdown.log"
+        // (The work folder may not exist when the parameters could not be read.)
+        let out = access(config.workDir, W_OK) == 0 ? config.workDir + "/shutdown.log" : "/dev/null"
         do {
             let outcome = try await ProcessRunner().run(
-                argv: [program] + argv.dropFirst(), environment: context.environment,
+                argv: [program] + argv.dropFirst(), environment: environment,
                 directory: "/", stdoutPath: out, stderrPath: out, user: nil,
                 timeout: 120)
             if !outcome.succeeded {

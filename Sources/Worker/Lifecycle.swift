@@ -22,6 +22,9 @@ public final class Lifecycle: Sendable {
         /// Receives kept failing with errors that may pass, for longer than the daemon waits: exit status 1, for
         /// systemd to start it again.
         case queueUnreachable = "the queue did not answer"
+        /// Tasks in a row met this machine's own trouble (a full disk, no descriptors left): the worker leaves, its
+        /// messages released, for a replacement on a healthy machine. Exit status 1.
+        case machineTrouble = "this machine's own trouble"
     }
 
     public struct Counts: Sendable, Equatable {

@@ -8,6 +8,9 @@ public enum MessageRequest: Sendable, Equatable {
     case tasks([S3URI])
     /// S3's `s3:TestEvent`, sent when a notification is configured: delete it silently.
     case testEvent
+    /// An S3 event some of whose records cannot be read: the readable ones are tasks, the others are recorded as
+    /// a bad message (one record naming each), never dropped with the rest.
+    case partialEvent([S3URI], unreadable: [String])
 }
 
 /// Why a message cannot be processed, ever. Such a message is recorded under `_failed/` and deleted.
@@ -50,8 +53,9 @@ public struct MessageParser: Sendable {
             }
             return .tasks([try input(bucket: uri.bucket, key: uri.key)])
         }
-        let key = inputPrefix.isEmpty || text.hasPrefix(inputPrefix) ? text : inputPrefix + text
-        return .tasks([try input(bucket: inputBucket, key: key)])
+        // Always relative to `inputPrefix`, even when it starts like it: `data/x` under `data/` is `data/data/x`.
+        // (A key that happens to start with the prefix must not change meaning; `enqueue --body-form key` strips it.)
+        return .tasks([try input(bucket: inputBucket, key: inputPrefix + text)])
     }
 
     func parseJSON(_ json: JSONValue) throws(BadMessage) -> MessageRequest {
@@ -65,27 +69,23 @@ public struct MessageParser: Sendable {
         if json["Event"]?.stringValue == "s3:TestEvent" { return .testEvent }
         if let records = json["Records"]?.arrayValue {
             var inputs: [S3URI] = []
+            var unreadable: [String] = []
             for (index, record) in records.enumerated() {
                 let event = record["eventName"]?.stringValue ?? ""
                 guard event.isEmpty || event.hasPrefix("ObjectCreated") else { continue }
-                guard let bucket = record["s3"]?["bucket"]?["name"]?.stringValue,
-                    let rawKey = record["s3"]?["object"]?["key"]?.stringValue
-                else {
-                    throw BadMessage(reason: "S3 event record \(index) has no s3.bucket.name or s3.object.key")
+                do {
+                    inputs.append(try eventInput(record, index: index))
+                } catch {
+                    unreadable.append(error.reason)
                 }
-                guard bucket == inputBucket else {
-                    throw BadMessage(
-                        reason:
-                            "S3 event record \(index) is for bucket '\(bucket)', not the input bucket '\(inputBucket)'")
-                }
-                guard let key = String(validating: URIEncoding.decodeBytes(rawKey, plusIsSpace: true), as: UTF8.self)
-                else {
-                    throw BadMessage(reason: "the event's object key is not UTF-8 once URL-decoded")
-                }
-                inputs.append(try input(bucket: bucket, key: key))
             }
-            guard !inputs.isEmpty else { throw BadMessage(reason: "the S3 event has no ObjectCreated records") }
-            return .tasks(inputs)
+            guard !inputs.isEmpty else {
+                if let first = unreadable.first {
+                    throw BadMessage(reason: unreadable.count == 1 ? first : unreadable.joined(separator: "; "))
+                }
+                throw BadMessage(reason: "the S3 event has no ObjectCreated records")
+            }
+            return unreadable.isEmpty ? .tasks(inputs) : .partialEvent(inputs, unreadable: unreadable)
         }
         if let object = json.objectValue, let keyValue = object["key"] {
             guard let key = keyValue.stringValue else { throw BadMessage(reason: "JSON 'key' is not a string") }
@@ -99,6 +99,27 @@ public struct MessageParser: Sendable {
             return .tasks([try input(bucket: bucket, key: key)])
         }
         throw BadMessage(reason: "JSON message of the wrong shape: expected {\"bucket\", \"key\"} or an S3 event")
+    }
+
+    /// One `ObjectCreated` record's input; a record that cannot be read is that record's trouble alone.
+    func eventInput(_ record: JSONValue, index: Int) throws(BadMessage) -> S3URI {
+        guard let bucket = record["s3"]?["bucket"]?["name"]?.stringValue,
+            let rawKey = record["s3"]?["object"]?["key"]?.stringValue
+        else {
+            throw BadMessage(reason: "S3 event record \(index) has no s3.bucket.name or s3.object.key")
+        }
+        guard bucket == inputBucket else {
+            throw BadMessage(
+                reason: "S3 event record \(index) is for bucket '\(bucket)', not the input bucket '\(inputBucket)'")
+        }
+        guard let key = String(validating: URIEncoding.decodeBytes(rawKey, plusIsSpace: true), as: UTF8.self) else {
+            throw BadMessage(reason: "S3 event record \(index): the object key is not UTF-8 once URL-decoded")
+        }
+        do {
+            return try input(bucket: bucket, key: key)
+        } catch {
+            throw BadMessage(reason: "S3 event record \(index): \(error.reason)")
+        }
     }
 
     func input(bucket: String, key: String) throws(BadMessage) -> S3URI {

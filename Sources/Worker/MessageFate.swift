@@ -12,6 +12,9 @@ enum AttemptOutcome: Sendable, Equatable {
     case inputMissing(TaskFailure)
     /// The task was cut short by a stop (its grace ran out) or a dead end.
     case interrupted
+    /// Not the task's trouble: this machine's (`NodeTrouble`: a full disk, no descriptors left) or a throttle that
+    /// outlasted the client's retries. The message goes back unrun, spending no attempt. `node`: the machine's.
+    case deferred(reason: String, node: Bool)
 }
 
 /// Why one input failed, for its failure record.
@@ -30,14 +33,21 @@ struct TaskFailure: Sendable, Equatable {
 /// | --- | --- |
 /// | every input done (uploaded, or nothing named) | `delete` |
 /// | an S3 test event | `delete` |
-/// | a stop or a dead end cut it short | `release`: visible again at once |
-/// | a failure that may pass, receives left | `retry`: back after a backoff that doubles with each receive; inputs that can never work are recorded now |
-/// | failures at `maxAttempts` receives, or only inputs that can never work | `giveUp`: a record per failed input, then `FinalFate` |
+/// | a stop or a dead end cut it short, or this machine's trouble (a full disk) deferred it | `release`: visible again at once, no attempt spent |
+/// | a throttle that outlasted the client's retries | `postpone`: back after the retry backoff, no attempt spent |
+/// | a failure that may pass, runs left | `retry`: back after a backoff that doubles with each receive; inputs that can never work are recorded now |
+/// | failures at `maxAttempts` runs, or only inputs that can never work | `giveUp`: a record per failed input, then `FinalFate` |
 /// | a body that can never work | `badMessage`: a record under `_failed/_bad-messages/`, then `FinalFate` |
-/// | received after its `maxAttempts` | `usedUp`: a record per input unless one is there, then `FinalFate`; nothing runs |
+/// | received after its `maxAttempts` runs | `usedUp`: a record per input unless one is there, then `FinalFate`; nothing runs |
+///
+/// Runs, not receives: a receive the daemon gave back unrun (`ReleaseNotes`) is no attempt.
 enum MessageFate: Sendable, Equatable {
     case delete
+    /// Visible again at once, for any worker, spending no attempt (`ReleaseNotes`).
     case release
+    /// Back after `afterSeconds`, spending no attempt: AWS asked to slow down (a throttle that outlasted the
+    /// client's retries).
+    case postpone(afterSeconds: Int)
     /// Back after `afterSeconds`; `recordNow` are the inputs that can never work, recorded at once.
     case retry(afterSeconds: Int, recordNow: [TaskFailure])
     /// Its work is over for good: each failure recorded, then the message leaves by `FinalFate`. `worthRedriving`:
@@ -46,7 +56,8 @@ enum MessageFate: Sendable, Equatable {
     /// The body can never be processed: recorded, then it leaves by `FinalFate` (not worth a redrive).
     case badMessage(reason: String)
     /// Its attempts were used up on earlier receives that could not settle it: settled now without running.
-    case usedUp([S3URI])
+    /// `runs`: how many it had.
+    case usedUp([S3URI], runs: Int)
 
     /// What the body alone decides: the inputs to attempt, or a fate without running anything.
     enum Before: Sendable, Equatable {
@@ -54,24 +65,31 @@ enum MessageFate: Sendable, Equatable {
         case settle(MessageFate)
     }
 
-    static func before(_ parsed: Result<MessageRequest, BadMessage>, receiveCount: Int, maxAttempts: Int) -> Before {
+    /// - Parameter runsBefore: the message's runs before this receive (`MessageProcessor.runsBefore`).
+    static func before(_ parsed: Result<MessageRequest, BadMessage>, runsBefore: Int, maxAttempts: Int) -> Before {
         switch parsed {
         case .failure(let bad): return .settle(.badMessage(reason: bad.reason))
         case .success(.testEvent): return .settle(.delete)
-        case .success(.tasks(let inputs)):
-            return receiveCount > maxAttempts ? .settle(.usedUp(inputs)) : .attempt(inputs)
+        case .success(.tasks(let inputs)), .success(.partialEvent(let inputs, _)):
+            return runsBefore >= maxAttempts ? .settle(.usedUp(inputs, runs: runsBefore)) : .attempt(inputs)
         }
     }
 
     /// The fate after the message's inputs were attempted.
     /// - Parameters:
+    ///   - runs: the message's runs, this one included.
     ///   - deadEnd: the daemon met a dead end: a failure is then the set-up's, not the task's.
     ///   - retryDelay: the backoff for this receive (`VisibilityPlan.retryDelay`).
     static func after(
-        _ outcomes: [AttemptOutcome], receiveCount: Int, maxAttempts: Int, deadEnd: Bool,
+        _ outcomes: [AttemptOutcome], runs: Int, maxAttempts: Int, deadEnd: Bool,
         retryDelay: Int
     ) -> MessageFate {
-        if outcomes.contains(.interrupted) { return .release }
+        if outcomes.contains(where: { if case .deferred(_, node: true) = $0 { true } else { $0 == .interrupted } }) {
+            return .release
+        }
+        if outcomes.contains(where: { if case .deferred = $0 { true } else { false } }) {
+            return .postpone(afterSeconds: retryDelay)
+        }
         var failures: [TaskFailure] = []  // in the inputs' order
         var never: [TaskFailure] = []
         for outcome in outcomes {
@@ -80,13 +98,13 @@ enum MessageFate: Sendable, Equatable {
             case .inputMissing(let failure):
                 failures.append(failure)
                 never.append(failure)
-            case .uploaded, .noOutput, .interrupted: break
+            case .uploaded, .noOutput, .interrupted, .deferred: break
             }
         }
         if failures.isEmpty { return .delete }
         if deadEnd { return .release }
         let mayPass = failures.count > never.count
-        if mayPass && receiveCount < maxAttempts { return .retry(afterSeconds: retryDelay, recordNow: never) }
+        if mayPass && runs < maxAttempts { return .retry(afterSeconds: retryDelay, recordNow: never) }
         return .giveUp(failures, worthRedriving: mayPass)
     }
 }

@@ -49,7 +49,17 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
         await ledger?.received()
         let parser = MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix)
         let parsed = Result { () throws(BadMessage) in try parser.parse(message.body) }
-        switch MessageFate.before(parsed, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts) {
+        if case .success(.partialEvent(_, let unreadable)) = parsed {
+            // The readable records go on; the others are recorded now, once, as a bad message's.
+            let reason = "records of this S3 event cannot be read: " + unreadable.joined(separator: "; ")
+            logger.error("S3 event records cannot be read: recorded under _failed/", metadata: ["reason": "\(reason)"])
+            _ = await write(
+                FailureRecords.body(badMessage: message, reason: reason, instanceID: instanceID),
+                key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID,
+                onlyIfAbsent: true, logger: logger)
+        }
+        let runsBefore = await runsBefore(message, logger: logger)
+        switch MessageFate.before(parsed, runsBefore: runsBefore, maxAttempts: config.maxAttempts) {
         case .settle(let fate):
             if case .success(.testEvent) = parsed { logger.info("S3 test event deleted") }
             await carryOut(fate, message, logger: logger)
@@ -57,7 +67,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             let outcomes = await attempt(
                 inputs, message: message, receivedAt: receivedAt, slot: slot, stage: stage, logger: logger)
             let fate = MessageFate.after(
-                outcomes, receiveCount: message.receiveCount, maxAttempts: config.maxAttempts,
+                outcomes, runs: runsBefore + 1, maxAttempts: config.maxAttempts,
                 deadEnd: deadEnds.deadEnd != nil,
                 retryDelay: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff))
             await carryOut(fate, message, logger: logger)
@@ -102,7 +112,16 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             logger.notice(
                 lifecycle.isStopping
                     ? "task interrupted by a stop; message released" : "task not started; message released")
-            await changeVisibility(message, to: 0, logger: logger)
+            // The daemon's choice, not the task's failure: no attempt spent.
+            await releaseUnrun(message, logger: logger)
+        case .postpone(let seconds):
+            lifecycle.count { $0.released += 1 }
+            logger.notice(
+                "AWS asks to slow down: message back later, no attempt spent",
+                metadata: ["retry.after_seconds": "\(seconds)"])
+            let notes = releaseNotes
+            await uncancelled { await notes.note(message, logger: logger) }
+            await changeVisibility(message, to: seconds, logger: logger)
         case .retry(let seconds, let recordNow):
             // Inputs that can never work are recorded now, each on its own; the message comes back for the rest
             // (the inputs that worked are done again then, to the same output keys).
@@ -133,19 +152,19 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             await leave(
                 message, recorded: recorded, worthRedriving: false, what: "bad message", metadata: [:],
                 logger: logger)
-        case .usedUp(let inputs):
+        case .usedUp(let inputs, let runs):
             // An earlier receive gave it up but could not settle it. Each input gets a record unless one is there
             // already (the attempt that gave up wrote it, with the command's stderr).
             logger.error(
                 "attempts used up: settling the message without running it again",
-                metadata: attempts.merging(["max_attempts": "\(config.maxAttempts)"]) { $1 })
+                metadata: attempts.merging(["max_attempts": "\(config.maxAttempts)", "task.runs": "\(runs)"]) { $1 })
             var recorded = true
             for input in inputs {
                 lifecycle.count { $0.givenUp += 1 }
                 let failure = TaskFailure(
                     input: input,
                     reason:
-                        "received \(message.receiveCount) times, more than maxAttempts (\(config.maxAttempts)); not run again",
+                        "ran \(runs) times in \(message.receiveCount) receives, maxAttempts is \(config.maxAttempts); not run again",
                     outcome: nil)
                 if await !writeRecord(failure, message: message, onlyIfAbsent: true, logger: logger) {
                     recorded = false
@@ -250,15 +269,15 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 try await store.put(
                     body, to: S3URI(bucket: bucket, key: key), contentType: "application/json",
                     onlyIfAbsent: onlyIfAbsent, logger: logger)
-                deadEnds.succeeded(.putOutput)
+                deadEnds.succeeded(.putRecord)
                 return true
             } catch  where onlyIfAbsent && error.httpStatus == 412 {
-                deadEnds.succeeded(.putOutput)
+                deadEnds.succeeded(.putRecord)
                 logger.info("a failure record is there already; kept", metadata: ["s3.key": "\(key)"])
                 return true
             } catch {
                 logger.error("could not write the failure record", metadata: ["s3.key": "\(key)", "error": "\(error)"])
-                deadEnds.failed(.putOutput, resource: "s3://\(bucket)", subject: subject, error: error)
+                deadEnds.failed(.putRecord, resource: "s3://\(bucket)", subject: subject, error: error)
                 return false
             }
         }
@@ -272,7 +291,15 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 metadata: [
                     "sqs.message_id": "\(message.messageID)", "reason": "\(reason)",
                 ])
-            await changeVisibility(message, to: 0, logger: logger)
+            await releaseUnrun(message, logger: logger)
         }
+    }
+
+    /// Gives a message back at once without having run it, noting so first (`ReleaseNotes`): the receive spends
+    /// none of its attempts.
+    func releaseUnrun(_ message: SQSMessage, logger: Logger) async {
+        let notes = releaseNotes
+        await uncancelled { await notes.note(message, logger: logger) }
+        await changeVisibility(message, to: 0, logger: logger)
     }
 }

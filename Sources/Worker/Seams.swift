@@ -22,12 +22,17 @@ public protocol WorkQueue: Sendable {
 public protocol ObjectStore: Sendable {
     /// Streams the object to `path`; returns its size.
     func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64
-    /// Uploads a file (the daemon gives the descriptor it opened and checked the command's output on).
-    func upload(file: FileSource, to object: S3URI, logger: Logger) async throws(AWSError)
+    /// Uploads a file (the daemon gives the descriptor it opened and checked the command's output on), with
+    /// `write`'s metadata, on its condition (412 when it does not hold).
+    func upload(file: FileSource, to object: S3URI, write: WriteOptions, logger: Logger) async throws(AWSError)
+    /// The object's ETag and metadata, or nil when there is none.
+    func head(_ object: S3URI, logger: Logger) async throws(AWSError) -> S3ObjectHead?
     /// Writes a small object; with `onlyIfAbsent`, S3 refuses it (412) when the key exists.
     func put(
         _ bytes: [UInt8], to object: S3URI, contentType: String, onlyIfAbsent: Bool,
         logger: Logger) async throws(AWSError)
+    /// The keys under `prefix` (its bucket, and the start of its key), every page of them.
+    func keys(under prefix: S3URI, logger: Logger) async throws(AWSError) -> [String]
 }
 
 /// One run of the command, as the loop describes it.
@@ -71,8 +76,20 @@ extension S3Client: ObjectStore {
         try await getObject(bucket: object.bucket, key: object.key, to: path, logger: logger).size
     }
 
-    public func upload(file: FileSource, to object: S3URI, logger: Logger) async throws(AWSError) {
-        try await putObject(bucket: object.bucket, key: object.key, file: file, logger: logger)
+    public func upload(file: FileSource, to object: S3URI, write: WriteOptions, logger: Logger) async throws(AWSError) {
+        try await putObject(bucket: object.bucket, key: object.key, file: file, write: write, logger: logger)
+    }
+
+    public func head(_ object: S3URI, logger: Logger) async throws(AWSError) -> S3ObjectHead? {
+        try await headObjectMetadata(bucket: object.bucket, key: object.key, logger: logger)
+    }
+
+    public func keys(under prefix: S3URI, logger: Logger) async throws(AWSError) -> [String] {
+        var keys: [String] = []
+        try await listAll(bucket: prefix.bucket, prefix: prefix.key, logger: logger) { page throws(AWSError) in
+            keys += page.map(\.key)
+        }
+        return keys
     }
 
     public func put(

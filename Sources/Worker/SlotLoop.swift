@@ -8,7 +8,8 @@ import Synchronization
 /// Receives ask for as many messages as the slot expects to finish soon (`ReceiveSizer`). A stop ends a long poll at
 /// once; messages received but not started are released, and so is whatever a receive brings back after a stop.
 /// Receive errors are counted by the dead-end watch (three refusals in a row end the daemon); errors that may pass
-/// are retried with a growing pause, for at most `receiveOutage` before the daemon exits for a restart.
+/// are retried with a growing pause, for at most `receiveOutage` before the daemon exits for a restart; throttles and
+/// limits are waited out without end.
 struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Sendable {
     let slot: Int
     let processor: MessageProcessor<Queue, Store, Runner>
@@ -78,8 +79,10 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                         .receive, resource: processor.config.queueURL, subject: "\(slot)-\(receives)",
                         error: error)
                     if lifecycle.isStopping { break }
-                    // Only errors that may pass make an outage; the others were counted above.
-                    failingSince = error.isRetryable ? failingSince ?? clock.now : nil
+                    // Only errors that may pass make an outage; the others were counted above. A throttle or a
+                    // limit (OverLimit: too many messages in flight) is an answer: the queue is there, and the slot
+                    // waits it out for as long as it lasts.
+                    failingSince = error.isRetryable && !error.isThrottle ? failingSince ?? clock.now : nil
                     if let since = failingSince, clock.now - since >= receiveOutage {
                         if lifecycle.requestStop(.queueUnreachable) {
                             logger.critical(

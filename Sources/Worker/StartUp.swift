@@ -247,10 +247,16 @@ struct StartUp: Sendable {
     func commandEnvironment(user: RunAsUser?) -> [String: String] {
         var environment = context.environment
         if !config.passCredentials {
+            // Every way an AWS SDK finds credentials: keys, profiles and their files, a container's credentials
+            // endpoint and its token, a web identity's token file and role.
             for name in [
                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME",
             ] {
+                environment.removeValue(forKey: name)
+            }
+            for name in environment.keys where name.hasPrefix("AWS_CONTAINER_") {
                 environment.removeValue(forKey: name)
             }
             for name in environment.keys where name.hasPrefix("PARALLELIZER_") { environment.removeValue(forKey: name) }

@@ -53,6 +53,16 @@ extension MessageProcessor {
             return .inputMissing(TaskFailure(input: input, reason: failure.reason, outcome: nil, seconds: seconds))
         case .interrupted:
             break
+        case .deferred(let reason, let node):
+            logger.warning(
+                node ? "task deferred: this machine's trouble, not the task's" : "task deferred: AWS asks to slow down",
+                metadata: ["reason": "\(reason)"])
+        }
+        // The machine's health: a task that met its trouble counts, any other end of a task clears the count.
+        switch outcome {
+        case .deferred(let reason, node: true): deadEnds.nodeTrouble(reason, subject: message.messageID)
+        case .deferred, .interrupted: break
+        default: deadEnds.nodeHealthy()
         }
         return outcome
     }
@@ -70,12 +80,14 @@ extension MessageProcessor {
             .failed(TaskFailure(input: input, reason: reason, outcome: outcome, stderrTail: tail))
         }
         let id = message.messageID.prefix(12).filter { $0.isLetter || $0.isNumber }
+        let folderName = "\(slot)-\(id)-\(UInt32.random(in: 0..<UInt32.max))"
         let folder: TaskFolder
         do {
-            folder = try TaskFolder.make(
-                in: config.workDir + "/tasks", name: "\(slot)-\(id)-\(UInt32.random(in: 0..<UInt32.max))",
-                user: setting.user)
+            folder = try TaskFolder.make(in: config.workDir + "/tasks", name: folderName, user: setting.user)
         } catch {
+            if let trouble = NodeTrouble.reason(errno: error.errno, error.description) {
+                return (.deferred(reason: trouble, node: true), 0)
+            }
             return (failed(error.description, nil, ""), 0)
         }
         // Every process the command started has ended by now (in a PID namespace, with the command itself).
@@ -100,9 +112,12 @@ extension MessageProcessor {
                 if ours { deadEnds.succeeded(.getInput) }
                 return (.inputMissing(TaskFailure(input: input, reason: "\(error)", outcome: nil)), 0)
             }
+            if let trouble = NodeTrouble.reason(error) { return (.deferred(reason: trouble, node: true), 0) }
             if ours {
                 deadEnds.failed(.getInput, resource: "s3://\(input.bucket)", subject: message.messageID, error: error)
             }
+            // A throttle that outlasted the client's retries is a wait, not the task's failure.
+            if error.isThrottle { return (.deferred(reason: "download: \(error)", node: false), 0) }
             return (failed("download failed: \(error)", nil, ""), 0)
         }
         if ours { deadEnds.succeeded(.getInput) }
@@ -119,6 +134,9 @@ extension MessageProcessor {
         environment["PARALLELIZER_INPUT_BUCKET"] = input.bucket
         environment["PARALLELIZER_INPUT_KEY"] = input.key
         environment["PARALLELIZER_TASK_DIR"] = data
+        // Unique to this attempt on any instance: for naming an output (`$$` is 1 for every command as root, each
+        // the first process of its own PID namespace).
+        environment["PARALLELIZER_TASK_ID"] = "\(instanceID)-\(folderName)"
         let workingDirectory = setting.environmentDirectory ?? data
         if let stage, !stage.isHeld {
             // The slot's previous command may still run: this one waits for it, unless a stop comes first, or the
@@ -150,10 +168,20 @@ extension MessageProcessor {
                     stdout: folder.commandStdout, stderr: folder.commandStderr, user: setting.user,
                     timeout: config.taskTimeout, privateTmp: folder.tmp))
         } catch {
+            await ledger?.commandEnded(inputKey: input.key, attempt: message.receiveCount)
             if lastInput { stage?.leave() }
+            if let trouble = NodeTrouble.reason(errno: error.errno, error.description) {
+                return (.deferred(reason: trouble, node: true), bytesIn)
+            }
             return (failed("\(error)", nil, ""), bytesIn)
         }
+        await ledger?.commandEnded(inputKey: input.key, attempt: message.receiveCount)
         if outcome == .interrupted { return (.interrupted, bytesIn) }
+        // A command that failed while the work folder's disk was full most likely failed of it.
+        if !outcome.succeeded, let full = NodeTrouble.fullDisk(under: data) {
+            if lastInput { stage?.leave() }
+            return (.deferred(reason: "the command failed (\(outcome.summary)) and \(full)", node: true), bytesIn)
+        }
         guard outcome.succeeded else {
             let reason =
                 outcome == .timedOut
@@ -195,18 +223,34 @@ extension MessageProcessor {
             let key = TaskPaths.outputKey(
                 inputKey: input.key, inputPrefix: config.inputPrefix,
                 outputPrefix: config.outputPrefix, outputName: name)
+            let object = S3URI(bucket: config.outputBucket, key: key)
+            let published: Published
             do {
                 // Cancelled when a stop's grace runs out (a multipart upload is then aborted).
-                try await store.upload(
-                    file: .descriptor(descriptor), to: S3URI(bucket: config.outputBucket, key: key), logger: logger)
+                published = try await publish(
+                    descriptor, to: object, identity: OutputIdentity(input: input, messageID: message.messageID),
+                    subject: message.messageID, logger: logger)
             } catch {
                 if Task.isCancelled { return (.interrupted, bytesIn) }
-                deadEnds.failed(
-                    .putOutput, resource: "s3://\(config.outputBucket)", subject: message.messageID, error: error)
+                if let trouble = NodeTrouble.reason(error) { return (.deferred(reason: trouble, node: true), bytesIn) }
+                if error.isThrottle { return (.deferred(reason: "upload: \(error)", node: false), bytesIn) }
                 return (failed("upload failed: \(error)", outcome, ""), bytesIn)
             }
-            deadEnds.succeeded(.putOutput)
-            return (.uploaded(key: key, bytes: LocalFile.size(.descriptor(descriptor)) ?? 0), bytesIn)
+            let bytes = LocalFile.size(.descriptor(descriptor)) ?? 0
+            switch published {
+            case .uploaded:
+                return (.uploaded(key: key, bytes: bytes), bytesIn)
+            case .landedBefore:
+                logger.notice(
+                    "the output of this message's earlier receive is there already: done",
+                    metadata: ["s3.key": "\(key)"])
+                return (.uploaded(key: key, bytes: bytes), bytesIn)
+            case .taken(let owner):
+                let reason =
+                    "the output key \(object) holds \(owner): not overwritten (two inputs name one output; "
+                    + "give each its own name, e.g. with PARALLELIZER_TASK_ID)"
+                return (failed(reason, outcome, ""), bytesIn)
+            }
         }
     }
 }
@@ -264,6 +308,10 @@ extension Ledger {
                 inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
                 bytesIn: bytesIn, bytesOut: 0, exitStatus: "interrupted", outputKey: nil,
                 reason: "released at shutdown")
+        case .deferred(let reason, _):
+            taskEnded(
+                inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
+                bytesIn: bytesIn, bytesOut: 0, exitStatus: "none", outputKey: nil, reason: "deferred: \(reason)")
         }
     }
 }

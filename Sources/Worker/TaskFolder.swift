@@ -32,35 +32,44 @@ struct TaskFolder {
 
     struct Failure: Error, CustomStringConvertible {
         var description: String
+        /// The `errno` of the call that failed (ENOSPC, EMFILE: the machine's trouble).
+        var errno: Int32 = 0
     }
 
     /// Makes `name` in the folder `tasksPath`, for a command that runs as `user` (nil: as the daemon's user).
     static func make(in tasksPath: String, name: String, user: RunAsUser?) throws(Failure) -> TaskFolder {
         let path = tasksPath + "/" + name
-        func failure(_ what: String) -> Failure {
-            Failure(description: "cannot create the task folder \(path) (\(what)): \(String(cString: strerror(errno)))")
+        // (`errno` is read at the call, before any clean-up can change it.)
+        func failure(_ what: String, _ code: Int32) -> Failure {
+            Failure(
+                description: "cannot create the task folder \(path) (\(what)): \(String(cString: strerror(code)))",
+                errno: code)
         }
         let tasks = open(tasksPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard tasks >= 0 else { throw failure("tasks") }
+        guard tasks >= 0 else { throw failure("tasks", errno) }
         guard mkdirat(tasks, name, user == nil ? 0o700 : 0o711) == 0 else {
+            let code = errno
             close(tasks)
-            throw failure("mkdir")
+            throw failure("mkdir", code)
         }
         let root = openat(tasks, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         var made = TaskFolder(
             path: path, data: path + "/data", tmp: path + "/tmp", stdout: -1, stderr: -1, commandStdout: -1,
             commandStderr: -1, tasks: tasks, root: root, name: name, user: user)
         guard root >= 0 else {
+            let code = errno
             made.remove()
-            throw failure("open")
+            throw failure("open", code)
         }
         guard mkdirat(root, "data", 0o700) == 0, mkdirat(root, "tmp", 0o700) == 0 else {
+            let code = errno
             made.remove()
-            throw failure("data")
+            throw failure("data", code)
         }
         if let user, fchownat(root, "tmp", user.uid, user.gid, AT_SYMLINK_NOFOLLOW) != 0 {
+            let code = errno
             made.remove()
-            throw failure("chown")
+            throw failure("chown", code)
         }
         let flags = O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
         let appending = O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC
@@ -72,8 +81,9 @@ struct TaskFolder {
             commandStderr: stderr >= 0 ? openat(root, "stderr.log", appending) : -1, tasks: tasks, root: root,
             name: name, user: user)
         guard made.stdout >= 0, made.stderr >= 0, made.commandStdout >= 0, made.commandStderr >= 0 else {
+            let code = errno
             made.remove()
-            throw failure("logs")
+            throw failure("logs", code)
         }
         return made
     }

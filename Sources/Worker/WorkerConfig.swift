@@ -28,14 +28,18 @@ public struct WorkerConfig: Sendable, Equatable {
     public var outputPrefix: String = ""
     public var workDir: String = "/var/lib/parallelizer"
     public var logFile: String = "/var/log/parallelizer.log"
-    /// Seconds; nil means no limit.
-    public var taskTimeout: Int?
+    /// Seconds. Never unlimited: by default the longest a heartbeat can keep one receive's message hidden
+    /// (`VisibilityPlan.longestTask`); past that, another worker would be handed the message mid-task.
+    public var taskTimeout: Int? = VisibilityPlan.longestTask
     public var maxAttempts: Int = 5
     public var idleTimeout: Int = 60
     public var shutdownCommand: [String] = ["shutdown", "-h", "now"]
     /// Whether `shutdownCommand` was set: the default one runs only on an EC2 instance, never on the machine of
     /// someone trying the daemon out.
     public var shutdownCommandGiven = false
+    /// Seconds between a dead end (exit status 2) and the shutdown command: time for an operator to look over SSH,
+    /// as the install script gives a broken boot. Stopping the service meanwhile keeps the instance up.
+    public var deadEndPause: Int = 600
     public var runAsUser: String?
     /// Hand the daemon's AWS credentials to the command's environment (off: the command gets none).
     public var passCredentials: Bool = false
@@ -77,7 +81,7 @@ public struct WorkerConfig: Sendable, Equatable {
             "accessKey", "secretKey", "inputPrefix", "outputPrefix", "workDir", "logFile", "taskTimeout",
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
             "ledgerTable",
-            "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB", "prefetch",
+            "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB", "prefetch", "deadEndPause",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -224,7 +228,7 @@ extension WorkerConfig {
             config.workDir = v
         }
         if let v = string("logFile") { config.logFile = v }
-        config.taskTimeout = try integer("taskTimeout", 1...43200 * 2, duration: true)
+        config.taskTimeout = try integer("taskTimeout", 1...43200 * 2, duration: true) ?? VisibilityPlan.longestTask
         if let limit = config.taskTimeout, limit > VisibilityPlan.longestTask {
             throw ConfigError(
                 key: "taskTimeout",
@@ -249,7 +253,32 @@ extension WorkerConfig {
         // S3's parts are 5 MiB to 5 GiB.
         if let v = try integer("partSizeMiB", 5...5120) { config.partSizeMiB = v }
         if let v = try boolean("prefetch") { config.prefetch = v }
+        if let v = try integer("deadEndPause", 0...86400, duration: true) { config.deadEndPause = v }
         return (config, warnings)
+    }
+
+    /// What ends a run whose parameters could not be resolved: `shouldShutdown`, `shutdownCommand` and
+    /// `deadEndPause` as the layers give them, each left at its default when it is missing or bad itself. Such a
+    /// daemon must still power its instance off, or a fleet launched with a typo in its user-data bills forever.
+    public static func endOfRunSettings(_ layers: [ConfigLayer]) -> WorkerConfig {
+        var merged: [String: String] = [:]
+        for layer in layers {
+            for (key, value) in layer.values { merged[normalise(key)] = value.trimmingSpaces }
+        }
+        var config = WorkerConfig(queueURL: "", inputBucket: "", outputBucket: "", analysisProgram: [])
+        switch merged[normalise("shouldShutdown")]?.lowercased() {
+        case "false", "no", "0", "off": config.shouldShutdown = false
+        default: break
+        }
+        if let text = merged[normalise("shutdownCommand")], let argv = try? ShellWords.split(text), !argv.isEmpty {
+            config.shutdownCommand = argv
+            config.shutdownCommandGiven = true
+        }
+        if let text = merged[normalise("deadEndPause")], let seconds = parseDuration(text) {
+            config.deadEndPause = min(seconds, 86400)
+        }
+        if let text = merged[normalise("workDir")], text.hasPrefix("/") { config.workDir = text }
+        return config
     }
 
     /// `600`, `90s`, `15m`, `2h` → seconds.

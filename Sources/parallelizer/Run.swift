@@ -35,6 +35,10 @@ struct Run: AsyncParsableCommand {
     @Option(help: .hidden)
     var receiveBatch: Int?
 
+    /// Seconds an EC2 instance's daemon keeps asking IMDS for its user-data before it exits with status 1.
+    @Option(help: .hidden)
+    var imdsPatienceSeconds: Double = 120
+
     /// Seconds receives may keep failing with errors that may pass before the daemon exits with status 1.
     @Option(help: .hidden)
     var receiveOutageSeconds: Double = 600
@@ -47,24 +51,49 @@ struct Run: AsyncParsableCommand {
 
         var layers: [ConfigLayer] = []
         let imds = IMDSClient.endpoint(environment: environment).map { IMDSClient(endpoint: $0, http: .init()) }
+        // Every exit 2 from here on (parameters that cannot be read) powers an EC2 instance off after a pause, as
+        // a dead end does: a fleet launched with a typo in its user-data must not bill forever.
+        func badParameters() async -> ExitCode {
+            await Daemon.endOfRunAfterBadParameters(layers, environment: environment, imds: imds, logger: logger)
+            return ExitCode(2)
+        }
         if let imds {
+            // Only a 404 means "no user-data". On an EC2 instance an error is tried again for a while (early in a
+            // boot IMDS may not answer yet); elsewhere nothing is worth waiting for.
+            let patience: Duration =
+                IMDSClient.isExpected(environment: environment)
+                ? .milliseconds(Int(max(0, imdsPatienceSeconds) * 1000)) : .zero
+            let text: String?
             do {
-                if let text = try await imds.userData() {
-                    layers.append(ConfigLayer(source: "user-data", values: try UserData.parse(text)))
-                }
-            } catch let error as UserData.ParseError {
-                logger.critical(
-                    "cannot start: the user-data cannot be read", metadata: ["key": "user-data", "error": "\(error)"])
-                throw ExitCode(2)
+                text = try await imds.userData(patience: patience, logger: logger)
             } catch {
-                logger.info("no user-data from IMDS", metadata: ["error": "\(error)"])
+                if patience > .zero {
+                    logger.critical(
+                        "cannot start: IMDS did not give the user-data for \(Int(imdsPatienceSeconds)) s; exiting for systemd to start the daemon again",
+                        metadata: ["key": "user-data", "error": "\(error)"])
+                    throw ExitCode(1)
+                }
+                logger.info("no user-data: IMDS does not answer (not an EC2 instance)", metadata: ["error": "\(error)"])
+                text = nil
+            }
+            if let text {
+                do {
+                    layers.append(ConfigLayer(source: "user-data", values: try UserData.parse(text)))
+                } catch {
+                    logger.critical(
+                        "cannot start: the user-data cannot be read",
+                        metadata: ["key": "user-data", "error": "\(error)"])
+                    throw await badParameters()
+                }
+            } else if patience > .zero {
+                logger.notice("this instance has no user-data")
             }
         }
         if let path = config {
             guard let text = LocalFile.readText(path) else {
                 logger.critical(
                     "cannot start: the --config file cannot be read", metadata: ["key": "config", "path": "\(path)"])
-                throw ExitCode(2)
+                throw await badParameters()
             }
             do {
                 layers.append(ConfigLayer(source: path, values: try UserData.parse(text)))
@@ -75,7 +104,7 @@ struct Run: AsyncParsableCommand {
                         "key": "config", "path": "\(path)",
                         "error": "\(error)",
                     ])
-                throw ExitCode(2)
+                throw await badParameters()
             }
         }
         layers.append(.environment(environment))
@@ -83,7 +112,7 @@ struct Run: AsyncParsableCommand {
         for setting in settings {
             guard let eq = setting.firstIndex(of: "="), eq != setting.startIndex else {
                 logger.critical("cannot start: --set takes key=value", metadata: ["key": "set", "value": "\(setting)"])
-                throw ExitCode(2)
+                throw await badParameters()
             }
             flags[String(setting[..<eq])] = String(setting[setting.index(after: eq)...])
         }
@@ -99,7 +128,7 @@ struct Run: AsyncParsableCommand {
             for warning in warnings { logger.warning("\(warning)") }
         } catch {
             logger.critical("cannot start: \(error)", metadata: ["key": "\(error.key)"])
-            throw ExitCode(2)
+            throw await badParameters()
         }
 
         let context: AWSContext
@@ -112,7 +141,7 @@ struct Run: AsyncParsableCommand {
                 logger: logger)
         } catch {
             logger.critical("cannot start: \(error)", metadata: ["key": "region"])
-            throw ExitCode(2)
+            throw await badParameters()
         }
         var options = Daemon.Options()
         options.once = once

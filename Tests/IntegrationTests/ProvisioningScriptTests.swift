@@ -40,7 +40,7 @@ struct ProvisioningScriptTests {
             let arguments = [
                 "--name", name, "--input-bucket", "\(name)-in", "--output-bucket", "\(name)-out",
                 "--ledger-table", "\(name)-ledger", "--visibility-timeout", "300",
-                "--max-receive-count", "4", "--controller", "--endpoint-url", moto,
+                "--max-attempts", "3", "--max-receive-count", "4", "--controller", "--endpoint-url", moto,
             ]
             let first = try await Scripts.run("setup-aws", arguments, environment: environment, directory: dir)
             #expect(first.succeeded, "\(first.stderr)")

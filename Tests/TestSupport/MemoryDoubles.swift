@@ -102,6 +102,10 @@ public final class MemoryQueue: WorkQueue {
 public final class MemoryStore: ObjectStore {
     struct State {
         var objects: [String: [UInt8]] = [:]
+        /// Each object's user metadata and ETag (a counter, new at every write).
+        var metadata: [String: [String: String]] = [:]
+        var etags: [String: String] = [:]
+        var writes = 0
         var refusals: [String: AWSError] = [:]
         var puts = 0
     }
@@ -145,11 +149,45 @@ public final class MemoryStore: ObjectStore {
         return Int64(bytes.count)
     }
 
-    public func upload(file: FileSource, to object: S3URI, logger: Logger) async throws(AWSError) {
+    /// Writes as S3 does under `write`'s condition: 412 PreconditionFailed when it does not hold.
+    public func upload(file: FileSource, to object: S3URI, write: WriteOptions, logger: Logger) async throws(AWSError) {
         if let cancelled = cancelledRequest("s3") { throw cancelled }
         if let refusal = refusal(object) { throw refusal }
         guard let bytes = Self.read(file) else { throw AWSError.client("s3", "cannot read \(file)") }
-        state.withLock { $0.objects["\(object.bucket)/\(object.key)"] = bytes }
+        let written = state.withLock { s -> Bool in
+            let key = "\(object.bucket)/\(object.key)"
+            switch write.condition {
+            case .always: break
+            case .ifAbsent: if s.objects[key] != nil { return false }
+            case .ifMatch(let etag): if s.etags[key] != etag { return false }
+            }
+            s.writes += 1
+            s.objects[key] = bytes
+            s.etags[key] = "\"etag-\(s.writes)\""
+            s.metadata[key] = Dictionary(write.metadata.map { ($0.0.lowercased(), $0.1) }) { $1 }
+            return true
+        }
+        if !written { throw serviceError("PreconditionFailed", status: 412) }
+    }
+
+    public func head(_ object: S3URI, logger: Logger) async throws(AWSError) -> S3ObjectHead? {
+        if let refusal = refusal(object) { throw refusal }
+        return state.withLock { s in
+            let key = "\(object.bucket)/\(object.key)"
+            guard let bytes = s.objects[key] else { return nil }
+            return S3ObjectHead(
+                etag: s.etags[key] ?? "\"etag-0\"", size: Int64(bytes.count), metadata: s.metadata[key] ?? [:])
+        }
+    }
+
+    /// The metadata an upload gave `object`.
+    public func metadata(_ object: S3URI) -> [String: String]? {
+        state.withLock { $0.metadata["\(object.bucket)/\(object.key)"] }
+    }
+
+    public func keys(under prefix: S3URI, logger: Logger) async throws(AWSError) -> [String] {
+        if let refusal = state.withLock({ $0.refusals[prefix.bucket] }) { throw refusal }
+        return keys(in: prefix.bucket).filter { $0.hasPrefix(prefix.key) }
     }
 
     /// A file's whole content, by path or through its descriptor (at its offsets, as the real client reads it).

@@ -80,6 +80,8 @@ public struct WorkerHarness: Sendable {
             "queueURL": queueURL, "inputBucket": inputBucket, "outputBucket": outputBucket, "analysisProgram": program,
             "workDir": directory + "/work-\(UInt32.random(in: 0..<UInt32.max))", "logFile": directory + "/worker.log",
             "idleTimeout": "2", "shouldShutdown": "false", "visibilityTimeout": "30", "maxAttempts": "3",
+            // A dead end powers off at once here: the pause is for an operator over SSH.
+            "deadEndPause": "0",
         ]
         values.merge(extra) { $1 }
         return values.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: "\n") + "\n"
@@ -152,8 +154,19 @@ public struct WorkerHarness: Sendable {
         }.joined(separator: "\n")
     }
 
-    /// Every key in the output bucket.
+    /// Every key in the output bucket, but the daemon's own bookkeeping (`_parallelizer/`: the notes of the
+    /// receives it gave back unrun), which `releaseNotes()` lists.
     public func outputKeys() async throws -> [String] {
+        try await allOutputKeys().filter { !$0.hasPrefix("_parallelizer/") }
+    }
+
+    /// The daemon's notes of the receives it gave back unrun: `<message id>/<receive count>`.
+    public func releaseNotes() async throws -> [String] {
+        try await allOutputKeys().filter { $0.hasPrefix("_parallelizer/releases/") }
+            .map { String($0.dropFirst("_parallelizer/releases/".count)) }
+    }
+
+    func allOutputKeys() async throws -> [String] {
         var keys: [String] = []
         try await s3.listAll(bucket: outputBucket, logger: quietLogger) { page throws(AWSError) in
             keys += page.map(\.key)

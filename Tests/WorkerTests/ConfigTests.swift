@@ -114,7 +114,9 @@ import Worker
         #expect(config.shutdownCommand == ["shutdown", "-h", "now"])
         #expect(config.workDir == "/var/lib/parallelizer")
         #expect(config.logFile == "/var/log/parallelizer.log")
-        #expect(config.taskTimeout == nil)
+        // Never unlimited: past the longest a heartbeat can keep a message hidden, another worker would start it.
+        #expect(config.taskTimeout == VisibilityPlan.longestTask)
+        #expect(config.deadEndPause == 600)
         #expect(warnings.isEmpty)
     }
 
@@ -182,5 +184,26 @@ import Worker
         #expect(try ShellWords.split(#"a 'b c' "d \"e\"" f\ g $HOME"#) == ["a", "b c", #"d "e""#, "f g", "$HOME"])
         #expect(try ShellWords.split("  ") == [])
         #expect(throws: ShellWords.SplitError.self) { try ShellWords.split("'open") }
+    }
+
+    /// Parameters that cannot be resolved still say how the run ends: an instance launched with a typo in its
+    /// user-data powers itself off (after the pause), unless its user-data says otherwise.
+    @Test func theEndOfARunWhoseParametersAreBad() throws {
+        let defaults = WorkerConfig.endOfRunSettings([
+            ConfigLayer(source: "user-data", values: ["queueURL": "nonsense"])
+        ])
+        #expect(defaults.shouldShutdown && defaults.shutdownCommand == ["shutdown", "-h", "now"])
+        #expect(!defaults.shutdownCommandGiven && defaults.deadEndPause == 600)
+        let given = WorkerConfig.endOfRunSettings([
+            ConfigLayer(source: "user-data", values: ["should_shutdown": "no", "deadEndPause": "2m"]),
+            ConfigLayer(
+                source: "--set",
+                values: ["shouldShutdown": "true", "shutdownCommand": "/bin/echo 'off now'", "numThreads": "x"]),
+        ])
+        #expect(
+            given.shouldShutdown && given.shutdownCommand == ["/bin/echo", "off now"] && given.shutdownCommandGiven)
+        #expect(given.deadEndPause == 120)
+        let off = WorkerConfig.endOfRunSettings([ConfigLayer(source: "file", values: ["shouldShutdown": "false"])])
+        #expect(!off.shouldShutdown)
     }
 }

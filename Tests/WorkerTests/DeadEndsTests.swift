@@ -101,6 +101,82 @@ struct DeadEndsTests {
         #expect(third.all.isEmpty)
     }
 
+    /// A denial of one object (a bucket policy on a prefix, a KMS key the role may not use) is that task's failure
+    /// once any call of its kind has worked since start; only denials with no success at all since start are the
+    /// role's. A bucket or the credentials reach every task whatever worked before.
+    @Test func aDenialOfOneObjectIsItsTasksOnceAnyObjectWorked() {
+        let s3 = { (code: String, status: Int) in self.error(code, status: status, service: "s3") }
+        let reached = Reached()
+        let watch = reached.watch()
+        watch.succeeded(.getInput)
+        for n in 1...5 { watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("AccessDenied", 403)) }
+        for n in 6...10 {
+            watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("KMS.AccessDeniedException", 400))
+        }
+        #expect(reached.all.isEmpty, "\(reached.all)")
+        // A bucket that is gone is every task's.
+        for n in 11...13 {
+            watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("NoSuchBucket", 404))
+        }
+        #expect(reached.all.map(\.what) == ["the bucket s3://i does not exist (3 tasks in a row)"])
+        // Never a success: the role's.
+        let fresh = Reached()
+        let never = fresh.watch()
+        for n in 1...3 { never.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("AccessDenied", 403)) }
+        #expect(fresh.all.map(\.what) == ["s3:GetObject is denied on s3://i (3 tasks in a row)"])
+        // Refused credentials reach everything, whatever worked.
+        let creds = Reached()
+        let refused = creds.watch()
+        refused.succeeded(.getInput)
+        for n in 1...3 {
+            refused.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("InvalidAccessKeyId", 403))
+        }
+        #expect(creds.all.count == 1)
+        // The queue's calls reach the whole queue.
+        let queue = Reached()
+        let q = queue.watch()
+        q.succeeded(.deleteMessage)
+        for n in 1...3 { q.failed(.deleteMessage, resource: "q", subject: "\(n)", error: error("AccessDenied")) }
+        #expect(queue.all.count == 1)
+    }
+
+    /// Throttles and limits are waits, never refusals: SQS's OverLimit (too many messages in flight), S3's SlowDown,
+    /// a throttled KMS key behind SQS, DynamoDB's throughput, 429.
+    @Test func throttlesAndLimitsAreWaits() {
+        let reached = Reached()
+        let watch = reached.watch()
+        let codes = [
+            ("OverLimit", 403), ("AWS.SimpleQueueService.OverLimit", 403), ("com.amazonaws.sqs#OverLimit", 403),
+            ("KMS.ThrottlingException", 400), ("ThrottlingException", 400), ("RequestThrottled", 403),
+            ("TooManyRequests", 429), ("ProvisionedThroughputExceededException", 400),
+        ]
+        for (n, (code, status)) in codes.enumerated() {
+            let e = error(code, status: status)
+            #expect(e.isThrottle && e.isRetryable && e.setupProblem == nil, "\(code)")
+            watch.failed(.receive, resource: "q", subject: "\(n)", error: e)
+        }
+        #expect(reached.all.isEmpty)
+        #expect(!error("AccessDenied").isThrottle)
+        #expect(error("InternalError", status: 500).isRetryable && !error("InternalError", status: 500).isThrottle)
+    }
+
+    /// Tasks in a row that meet this machine's trouble (a full disk) make the worker leave, once; a task that ends
+    /// otherwise starts the count again.
+    @Test func machineTroubleOnThreeTasksInARowMakesTheWorkerLeave() {
+        let left = Mutex<[Int]>([])
+        let watch = DeadEnds(reached: { _ in }, machineTrouble: { _, count in left.withLock { $0.append(count) } })
+        watch.nodeTrouble("full", subject: "1")
+        watch.nodeTrouble("full", subject: "2")
+        watch.nodeHealthy()
+        watch.nodeTrouble("full", subject: "3")
+        watch.nodeTrouble("full", subject: "3")
+        #expect(left.withLock { $0 }.isEmpty)
+        // The same message again counts: given back, it may well be the next this worker receives.
+        watch.nodeTrouble("full", subject: "3")
+        watch.nodeTrouble("full", subject: "4")
+        #expect(left.withLock { $0 } == [3])
+    }
+
     @Test func whichErrorsAreAboutTheSetUp() {
         #expect(error("AccessDenied").setupProblem == .denied)
         #expect(error("AccessDeniedException", status: 400).setupProblem == .denied)

@@ -19,11 +19,14 @@ final class RecordingDeleter: BatchDeleting {
     let refuseBatch: AWSError?
     let refuseSingles: AWSError?
     let delay: Duration
+    /// Handles whose entry fails with SQS's own fault (an error that may pass) this many times first.
+    let flaky: Mutex<[String: Int]>
 
     init(
         failHandles: Set<String> = [], failCall: Bool = false, refuseBatch: AWSError? = nil,
-        refuseSingles: AWSError? = nil, delay: Duration = .zero
+        refuseSingles: AWSError? = nil, delay: Duration = .zero, flaky: [String: Int] = [:]
     ) {
+        self.flaky = Mutex(flaky)
         self.failHandles = failHandles
         self.failCall = failCall
         self.refuseBatch = refuseBatch
@@ -47,11 +50,23 @@ final class RecordingDeleter: BatchDeleting {
         answered.add(entries.count, ordering: .relaxed)
         if failCall { throw AWSError.client("sqs", "connection refused") }
         if let refuseBatch { throw refuseBatch }
+        let passing = flaky.withLock { left in
+            Set(
+                entries.filter { (left[$0.receiptHandle] ?? 0) > 0 }.map { entry in
+                    left[entry.receiptHandle]! -= 1
+                    return entry.receiptHandle
+                })
+        }
         let failed = entries.filter { failHandles.contains($0.receiptHandle) }
         return SQSBatchResult(
-            successful: entries.filter { !failHandles.contains($0.receiptHandle) }.map(\.id),
+            successful: entries.filter {
+                !failHandles.contains($0.receiptHandle) && !passing.contains($0.receiptHandle)
+            }
+            .map(\.id),
             failed: failed.map { .init(id: $0.id, code: "ReceiptHandleIsInvalid", message: "stale", senderFault: true) }
-        )
+                + entries.filter { passing.contains($0.receiptHandle) }.map {
+                    .init(id: $0.id, code: "InternalError", message: "try again", senderFault: false)
+                })
     }
 
     func deleteMessage(queueURL: String, receiptHandle: String, logger: Logger) async throws(AWSError) {
@@ -203,6 +218,25 @@ struct DeleteBatcherTests {
         let failing = DeleteBatcher(client: down, queueURL: "q", linger: .seconds(3600))
         await withDeleteBatcher(failing) { for n in 0..<3 { await failing.delete(message(n), logger: quietLogger) } }
         #expect(down.singles.isEmpty)
+    }
+
+    /// An entry that failed with SQS's own fault (an error that may pass) goes again, alone; one that keeps failing
+    /// is given up on after the last round, with its error line; a sender's fault is never sent again.
+    @Test func entriesThatFailedWithAnErrorThatMayPassGoAgain() async {
+        let deleter = RecordingDeleter(failHandles: ["rh-2"], flaky: ["rh-0": 1, "rh-1": 5])
+        let outcomes = Mutex<[String: AWSError?]>([:])
+        let batcher = DeleteBatcher(client: deleter, queueURL: "q", linger: .seconds(3600), clock: ManualClock()) {
+            id, error in outcomes.withLock { $0[id] = error }
+        }
+        await withDeleteBatcher(batcher) {
+            for n in 0..<4 { await batcher.delete(message(n), logger: quietLogger) }
+        }
+        #expect(deleter.batches == [["rh-0", "rh-1", "rh-2", "rh-3"], ["rh-0", "rh-1"], ["rh-1"]])
+        let seen = outcomes.withLock { $0 }
+        // Deleted: an outcome without an error.
+        #expect(seen.keys.sorted() == ["id-0", "id-1", "id-2", "id-3"])
+        #expect(seen["id-0"]! == nil && seen["id-3"]! == nil, "\(seen)")
+        #expect(seen["id-1"]??.code == "InternalError" && seen["id-2"]??.code == "ReceiptHandleIsInvalid", "\(seen)")
     }
 
     @Test func aMessageQueuedTwiceIsDeletedOnce() async {

@@ -4,6 +4,7 @@ import FoundationEssentials
 @preconcurrency import Glibc
 import Logging
 import TestSupport
+import Synchronization
 import Testing
 @testable import Worker
 
@@ -22,16 +23,19 @@ struct MessageFateTests {
         let processor: MessageProcessor<MemoryQueue, MemoryStore, ScriptedRunner>
 
         init(
-            _ directory: String, runner: ScriptedRunner = .copying, maxAttempts: Int = 3, deadLetterQueue: Bool = false
+            _ directory: String, runner: ScriptedRunner = .copying, maxAttempts: Int = 3, deadLetterQueue: Bool = false,
+            machineTrouble: @escaping @Sendable (String, Int) -> Void = { _, _ in }
         ) {
             var config = WorkerConfig(
                 queueURL: "https://sqs.us-east-1.amazonaws.com/1/q", inputBucket: "in-bucket",
                 outputBucket: "out-bucket", analysisProgram: ["/bin/command"])
             config.maxAttempts = maxAttempts
             config.workDir = directory
+            _ = mkdir(directory, 0o700)
             _ = mkdir(directory + "/tasks", 0o700)
             let lifecycle = Lifecycle(grace: 0, clock: clock)
-            let deadEnds = DeadEnds { _ in lifecycle.requestStop(.deadEnd) }
+            let deadEnds = DeadEnds(
+                reached: { _ in lifecycle.requestStop(.deadEnd) }, machineTrouble: machineTrouble)
             self.lifecycle = lifecycle
             self.deadEnds = deadEnds
             processor = MessageProcessor(
@@ -127,7 +131,9 @@ struct MessageFateTests {
             f.store.refuse("in-bucket/y.txt", with: serviceError("SlowDown", status: 503))
             await f.handle(received("m2", "y.txt"))
             #expect(f.queue.fate(of: "m1") == [.visibility("m1", 30)])
+            // A throttle is a wait: back after the same backoff, but noted, so it spends no attempt.
             #expect(f.queue.fate(of: "m2") == [.visibility("m2", 30)])
+            #expect(f.store.keys(in: "out-bucket") == ["_parallelizer/releases/m2/1"])
         }
     }
 
@@ -219,6 +225,129 @@ struct MessageFateTests {
         }
     }
 
+    /// Receives the daemon gave back unrun (noted under `_parallelizer/releases/`) are no attempts: a message
+    /// received four times with maxAttempts 3, two of them releases, has run once, and runs again; one whose
+    /// receives were all runs is settled unrun.
+    @Test func releasesTheDaemonChoseSpendNoAttempts() async throws {
+        try await withTemporaryDirectory { dir in
+            let runner = ScriptedRunner.copying
+            let f = Fixture(dir, runner: runner, maxAttempts: 3)
+            f.store.add(S3URI(bucket: "in-bucket", key: "x.txt"), "data")
+            for count in [1, 2] {
+                f.store.add(S3URI(bucket: "out-bucket", key: "_parallelizer/releases/m1/\(count)"), "")
+            }
+            // A note of another message, and one of this message's own receive, count for nothing here.
+            f.store.add(S3URI(bucket: "out-bucket", key: "_parallelizer/releases/m10/1"), "")
+            f.store.add(S3URI(bucket: "out-bucket", key: "_parallelizer/releases/m1/4"), "")
+            await f.handle(received("m1", "x.txt", count: 4))
+            #expect(runner.count == 1)
+            #expect(f.queue.fate(of: "m1") == [.deleted("m1")])
+            // Its failure at its third run is its last: given up, not retried.
+            let failing = ScriptedRunner { _ in .exited(3) }
+            let g = Fixture(dir + "/g", runner: failing, maxAttempts: 3)
+            g.store.add(S3URI(bucket: "in-bucket", key: "y.txt"), "data")
+            g.store.add(S3URI(bucket: "out-bucket", key: "_parallelizer/releases/m2/1"), "")
+            await g.handle(received("m2", "y.txt", count: 3))
+            #expect(g.queue.fate(of: "m2") == [.visibility("m2", 120)], "ran twice in three receives: retried")
+            await g.handle(received("m2", "y.txt", count: 4))
+            #expect(g.queue.fate(of: "m2").last == .deleted("m2"), "its third run failed: given up")
+            #expect(g.record("_failed/y.txt.json") != nil)
+        }
+    }
+
+    /// A release the daemon chooses (a stop, the hold timer) leaves its note before the message goes back.
+    @Test func aReleaseIsNotedBeforeTheMessageGoesBack() async throws {
+        try await withTemporaryDirectory { dir in
+            let f = Fixture(dir)
+            await f.processor.release([received("m7", "x.txt", count: 2)], reason: "test", logger: quietLogger)
+            #expect(f.store.keys(in: "out-bucket") == ["_parallelizer/releases/m7/2"])
+            #expect(f.queue.fate(of: "m7") == [.visibility("m7", 0)])
+        }
+    }
+
+    // MARK: - Output identity
+
+    /// An output is written create-only with its input and message in its metadata; a key another input's output
+    /// holds is never overwritten (the failure names both), this message's own earlier upload settles the task as
+    /// done, and an earlier run of the same input from another message is replaced.
+    @Test func anOutputKeyIsNeverTakenFromAnotherInput() async throws {
+        try await withTemporaryDirectory { dir in
+            // Every command names the same output, as `result-$$` did when `$$` was 1 for all.
+            let sameName = ScriptedRunner { command in
+                LocalFile.write(command.directory + "/result-1.csv", Array("from \(command.argv.last!)".utf8))
+                write(command.stdout, "result-1.csv\n")
+                return .exited(0)
+            }
+            let f = Fixture(dir, runner: sameName, maxAttempts: 1)
+            for key in ["a/x.txt", "a/y.txt"] { f.store.add(S3URI(bucket: "in-bucket", key: key), key) }
+            await f.handle(received("m1", "a/x.txt"))
+            let output = S3URI(bucket: "out-bucket", key: "a/result-1.csv")
+            #expect(f.store.metadata(output)?["parallelizer-input"] == "s3%3A//in-bucket/a/x.txt")
+            #expect(f.store.metadata(output)?["parallelizer-message"] == "m1")
+            await f.handle(received("m2", "a/y.txt"))
+            #expect(f.store.text(output)?.hasSuffix("x.txt") == true, "another input's output was overwritten")
+            #expect(f.queue.fate(of: "m2") == [.deleted("m2")])
+            let reason = f.record("_failed/a/y.txt.json")?["reason"]?.stringValue ?? ""
+            #expect(
+                reason.contains("s3://out-bucket/a/result-1.csv holds the output of s3://in-bucket/a/x.txt"),
+                "\(reason)")
+            // m1 comes back (its delete was lost): its own output is there, so it is done.
+            await f.handle(received("m1", "a/x.txt", count: 2))
+            #expect(f.queue.fate(of: "m1") == [.deleted("m1"), .deleted("m1")])
+            // The same input queued again (another message) replaces its old output.
+            f.store.add(S3URI(bucket: "in-bucket", key: "a/x.txt"), "a/x.txt, new")
+            await f.handle(received("m3", "a/x.txt"))
+            #expect(f.queue.fate(of: "m3") == [.deleted("m3")])
+            #expect(f.store.metadata(output)?["parallelizer-message"] == "m3")
+            // An object parallelizer did not write is left alone too.
+            f.store.add(S3URI(bucket: "out-bucket", key: "b/result-1.csv"), "the operator's own")
+            f.store.add(S3URI(bucket: "in-bucket", key: "b/z.txt"), "z")
+            await f.handle(received("m4", "b/z.txt"))
+            #expect(f.store.text(S3URI(bucket: "out-bucket", key: "b/result-1.csv")) == "the operator's own")
+            #expect(f.record("_failed/b/z.txt.json")?["reason"]?.stringValue?.contains("did not write") == true)
+        }
+    }
+
+    /// Each task gets an id of its own in `PARALLELIZER_TASK_ID`, for naming outputs.
+    @Test func eachTaskHasAnIdOfItsOwn() async throws {
+        try await withTemporaryDirectory { dir in
+            let ids = Mutex<[String]>([])
+            let runner = ScriptedRunner { command in
+                ids.withLock { $0.append(command.environment["PARALLELIZER_TASK_ID"] ?? "") }
+                return .exited(0)
+            }
+            let f = Fixture(dir, runner: runner)
+            for n in 0..<3 { f.store.add(S3URI(bucket: "in-bucket", key: "\(n).txt"), "x") }
+            for n in 0..<3 { await f.handle(received("m\(n)", "\(n).txt")) }
+            let seen = ids.withLock { $0 }
+            #expect(seen.count == 3 && Set(seen).count == 3 && seen.allSatisfy { $0.hasPrefix("i-test-") }, "\(seen)")
+        }
+    }
+
+    // MARK: - This machine's trouble
+
+    /// A full disk is the machine's trouble, not the task's: the message goes back at once, noted (no attempt), and
+    /// three tasks in a row that meet it tell the daemon to leave.
+    @Test func aFullDiskReleasesMessagesAndThreeInARowMakeTheWorkerLeave() async throws {
+        try await withTemporaryDirectory { dir in
+            let left = Mutex<[String]>([])
+            let f = Fixture(
+                dir, machineTrouble: { reason, count in left.withLock { $0.append("\(count): \(reason)") } })
+            var full = AWSError(
+                kind: .transport(.localFile), service: "s3", code: "LocalFileError",
+                message: "write failed: No space left on device")
+            full.systemErrno = ENOSPC
+            for n in 0..<4 { f.store.refuse("in-bucket/\(n).txt", with: full) }
+            for n in 0..<2 { await f.handle(received("m\(n)", "\(n).txt")) }
+            #expect(f.queue.fate(of: "m0") == [.visibility("m0", 0)])
+            #expect(f.store.keys(in: "out-bucket") == ["_parallelizer/releases/m0/1", "_parallelizer/releases/m1/1"])
+            #expect(left.withLock { $0 }.isEmpty)
+            await f.handle(received("m2", "2.txt"))
+            #expect(left.withLock { $0 } == ["3: write failed: No space left on device"])
+            #expect(f.lifecycle.counts.givenUp == 0 && f.lifecycle.counts.failed == 0)
+        }
+    }
+
     @Test func eachInputOfAnS3EventHasItsOwnFate() async throws {
         try await withTemporaryDirectory { dir in
             let f = Fixture(dir)
@@ -281,7 +410,7 @@ struct MessageFateTests {
     @Test func theFateFromTheOutcomesAlone() {
         let failure = TaskFailure(input: S3URI(bucket: "in-bucket", key: "k"), reason: "r", outcome: .exited(1))
         let decide = { (outcomes: [AttemptOutcome], count: Int) in
-            MessageFate.after(outcomes, receiveCount: count, maxAttempts: 3, deadEnd: false, retryDelay: 30)
+            MessageFate.after(outcomes, runs: count, maxAttempts: 3, deadEnd: false, retryDelay: 30)
         }
         #expect(decide([.uploaded(key: "k.out", bytes: 1), .noOutput], 1) == .delete)
         #expect(decide([.uploaded(key: "k.out", bytes: 1), .interrupted], 1) == .release)
@@ -291,7 +420,7 @@ struct MessageFateTests {
         #expect(decide([.failed(failure)], 3) == .giveUp([failure], worthRedriving: true))
         #expect(decide([.inputMissing(failure)], 1) == .giveUp([failure], worthRedriving: false))
         #expect(
-            MessageFate.after([.failed(failure)], receiveCount: 1, maxAttempts: 3, deadEnd: true, retryDelay: 30)
+            MessageFate.after([.failed(failure)], runs: 1, maxAttempts: 3, deadEnd: true, retryDelay: 30)
                 == .release)
     }
 }

@@ -15,7 +15,8 @@ import Testing
         #expect(try parser.parse(#"{"key": "only-key"}"#) == .tasks([S3URI(bucket: "in-bucket", key: "only-key")]))
         let prefixed = MessageParser(inputBucket: "in-bucket", inputPrefix: "raw/")
         #expect(try prefixed.parse("a.txt") == .tasks([S3URI(bucket: "in-bucket", key: "raw/a.txt")]))
-        #expect(try prefixed.parse("raw/a.txt") == .tasks([S3URI(bucket: "in-bucket", key: "raw/a.txt")]))
+        // Always relative to the prefix: a key that happens to start like it keeps its meaning.
+        #expect(try prefixed.parse("raw/a.txt") == .tasks([S3URI(bucket: "in-bucket", key: "raw/raw/a.txt")]))
     }
 
     @Test func s3EventNotifications() throws {
@@ -35,6 +36,27 @@ import Testing
         let sns =
             #"{"Type": "Notification", "Message": "{\"Records\":[{\"s3\":{\"bucket\":{\"name\":\"in-bucket\"},\"object\":{\"key\":\"k\"}}}]}"}"#
         #expect(try parser.parse(sns) == .tasks([S3URI(bucket: "in-bucket", key: "k")]))
+    }
+
+    /// One record of an event that cannot be read (no key, another bucket, a NUL) is that record's trouble: the
+    /// readable records stay tasks, and the others are named, never dropped with them.
+    @Test func anUnreadableRecordDoesNotDropTheEvent() throws {
+        let event = """
+            {"Records": [
+              {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "good"}}},
+              {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "in-bucket"}}},
+              {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "elsewhere"}, "object": {"key": "k"}}},
+              {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "also-good"}}}
+            ]}
+            """
+        guard case .partialEvent(let inputs, let unreadable) = try parser.parse(event) else {
+            Issue.record("not a partial event: \(try parser.parse(event))")
+            return
+        }
+        #expect(inputs == [S3URI(bucket: "in-bucket", key: "good"), S3URI(bucket: "in-bucket", key: "also-good")])
+        #expect(unreadable.count == 2)
+        #expect(unreadable[0].contains("record 1 has no s3.bucket.name or s3.object.key"), "\(unreadable)")
+        #expect(unreadable[1].contains("record 2 is for bucket 'elsewhere'"), "\(unreadable)")
     }
 
     @Test(arguments: [

@@ -15,7 +15,8 @@ refuses a session token with a user's key, so these credentials carry no Token; 
 
 Control endpoints for tests (no token needed), under /_standin/:
   POST /_standin/config  JSON: userData, instanceId, instanceType, region, spotAction, rebalance, credentialLifetime,
-                         failCredentials
+                         failCredentials, failUserData (the next N user-data reads answer 500, as IMDS may early in
+                         a boot)
   GET  /_standin/stats   JSON: counters (token PUTs, GETs refused for lack of a token, credential fetches,
                          user keys created and deleted)
 """
@@ -41,6 +42,7 @@ STATE = {
     "instanceType": "c7i.large",
     "credentialLifetime": 21600,
     "failCredentials": 0,
+    "failUserData": 0,
 }
 TOKENS = {}
 STATS = {"tokenPuts": 0, "unauthorizedGets": 0, "credentialFetches": 0, "gets": 0, "keysCreated": 0, "keysDeleted": 0}
@@ -196,6 +198,12 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         role = STATE["role"]
         if path == "/latest/user-data":
+            with STATE_LOCK:
+                failing = STATE["failUserData"] > 0
+                if failing:
+                    STATE["failUserData"] -= 1
+            if failing:
+                return self.reply(500, "Internal Server Error")
             if STATE["userData"] is None:
                 return self.reply(404, "Not Found")
             return self.reply(200, STATE["userData"], "application/octet-stream")

@@ -7,14 +7,14 @@ extension S3Client {
     /// sending part n) `partConcurrency` at a time, then CompleteMultipartUpload. Any failure aborts the upload.
     func multipartUpload(
         bucket: String, key: String, file source: FileSource, size: Int64, contentType: String,
-        logger: Logger
+        write: WriteOptions = WriteOptions(), logger: Logger
     ) async throws(AWSError) -> String {
         let crc32c: Bool
         if case .crc32cTrailer = options.checksum { crc32c = true } else { crc32c = false }
         let fullObject = crc32c && options.multipartChecksum == .fullObject
         let uploadID = try await createMultipartUpload(
             bucket: bucket, key: key, contentType: contentType, crc32c: crc32c, fullObject: fullObject,
-            logger: logger)
+            metadata: write.metadata, logger: logger)
         var logger = logger
         logger[metadataKey: "s3.upload_id"] = "\(uploadID)"
         do throws(AWSError) {
@@ -28,7 +28,8 @@ extension S3Client {
                 xml += "</Part>"
             }
             xml += "</CompleteMultipartUpload>"
-            var headers = [("Content-Type", "application/xml")]
+            // The condition is the completion's: the object appears only then.
+            var headers = [("Content-Type", "application/xml")] + (write.condition.header.map { [$0] } ?? [])
             if fullObject, let whole = Self.wholeObjectCRC(parts) {
                 // The whole object's CRC-32C, combined from the parts' without reading the file again: S3 checks it
                 // against the parts and keeps it, so a download in any ranges can be checked end to end.
@@ -65,9 +66,9 @@ extension S3Client {
     /// (`FULL_OBJECT`), else S3's COMPOSITE value.
     public func createMultipartUpload(
         bucket: String, key: String, contentType: String = "application/octet-stream", crc32c: Bool = false,
-        fullObject: Bool = false, logger: Logger
+        fullObject: Bool = false, metadata: [(String, String)] = [], logger: Logger
     ) async throws(AWSError) -> String {
-        var headers = [("Content-Type", contentType)]
+        var headers = [("Content-Type", contentType)] + metadata.map { ("x-amz-meta-" + $0.0, $0.1) }
         if crc32c { headers.append(("x-amz-checksum-algorithm", "CRC32C")) }
         if crc32c && fullObject { headers.append(("x-amz-checksum-type", "FULL_OBJECT")) }
         let created = try await send(

@@ -126,7 +126,7 @@ extension S3Client {
         }
         let partPath = path + ".part"
         let fd = open(partPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666)
-        guard fd >= 0 else { throw Self.localFileError("cannot open \(partPath): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw AWSError.localFile("s3", "cannot open \(partPath)") }
         var complete = false
         defer {
             close(fd)
@@ -135,11 +135,11 @@ extension S3Client {
         // The whole size up front: a full disk fails now, not after most of the object has crossed the network.
         let allocated = posix_fallocate(fd, 0, off_t(size))
         if allocated != 0 && allocated != EOPNOTSUPP && allocated != EINVAL {
-            throw Self.localFileError(
-                "cannot make room for \(size) bytes in \(partPath): \(String(cString: strerror(allocated)))")
+            errno = allocated
+            throw AWSError.localFile("s3", "cannot make room for \(size) bytes in \(partPath)")
         }
         if allocated != 0 && ftruncate(fd, off_t(size)) != 0 {
-            throw Self.localFileError("cannot size \(partPath): \(String(cString: strerror(errno)))")
+            throw AWSError.localFile("s3", "cannot size \(partPath)")
         }
         var plan = RangedDownloadPlan(
             size: size, checksum: first.header(Self.crc32cHeader), rangeSize: options.partSize)
@@ -161,7 +161,7 @@ extension S3Client {
             throw AWSError(kind: .transport(.corrupt), service: "s3", code: "ChecksumMismatch", message: problem)
         }
         guard rename(partPath, path) == 0 else {
-            throw Self.localFileError("cannot rename to \(path): \(String(cString: strerror(errno)))")
+            throw AWSError.localFile("s3", "cannot rename to \(path)")
         }
         complete = true
         var checked: String?
@@ -214,10 +214,6 @@ extension S3Client {
             return tag.hasPrefix("\"") && tag.hasSuffix("\"") && tag.count >= 2 ? tag.dropFirst().dropLast() : tag
         }
         return bare(a) == bare(b)
-    }
-
-    static func localFileError(_ message: String) -> AWSError {
-        AWSError(kind: .transport(.localFile), service: "s3", code: "LocalFileError", message: message)
     }
 
     /// Runs `work` for each index in `0..<count`, at most `width` at once, and returns the results in index order.

@@ -15,6 +15,51 @@ public struct S3ObjectInfo: Sendable, Equatable {
     public var checkedCRC32C: String?
 }
 
+/// How a write may land: always, only where no object has the key (`If-None-Match: *`), or only over the object
+/// with this ETag (`If-Match`). S3 honours both on PutObject and on CompleteMultipartUpload, and answers 412
+/// PreconditionFailed when the condition does not hold (409 ConditionalRequestConflict while another conditional
+/// write of the key is under way).
+public enum WriteCondition: Sendable, Equatable {
+    case always
+    case ifAbsent
+    case ifMatch(String)
+
+    var header: (String, String)? {
+        switch self {
+        case .always: return nil
+        case .ifAbsent: return ("If-None-Match", "*")
+        case .ifMatch(let etag): return ("If-Match", etag)
+        }
+    }
+}
+
+/// What goes with an uploaded object: its user metadata (names without `x-amz-meta-`, ASCII values) and the
+/// condition it is written on.
+public struct WriteOptions: Sendable {
+    public var metadata: [(String, String)]
+    public var condition: WriteCondition
+
+    public init(metadata: [(String, String)] = [], condition: WriteCondition = .always) {
+        self.metadata = metadata
+        self.condition = condition
+    }
+
+    var metadataHeaders: [(String, String)] { metadata.map { ("x-amz-meta-" + $0.0, $0.1) } }
+}
+
+/// An object's ETag and user metadata (names lowercased, without `x-amz-meta-`), from a HEAD.
+public struct S3ObjectHead: Sendable, Equatable {
+    public var etag: String
+    public var size: Int64
+    public var metadata: [String: String]
+
+    public init(etag: String, size: Int64, metadata: [String: String]) {
+        self.etag = etag
+        self.size = size
+        self.metadata = metadata
+    }
+}
+
 /// One page of ListObjectsV2.
 public struct S3ListPage: Sendable {
     public var objects: [S3ObjectInfo]
@@ -158,6 +203,24 @@ public struct S3Client: Sendable {
         }
     }
 
+    /// The object's ETag, size and user metadata, or nil when it does not exist.
+    public func headObjectMetadata(bucket: String, key: String, logger: Logger) async throws(AWSError)
+        -> S3ObjectHead?
+    {
+        do {
+            let response = try await send(AWSRequest(method: "HEAD"), bucket: bucket, key: key, logger: logger)
+            var metadata: [String: String] = [:]
+            for (name, value) in response.headers where name.lowercased().hasPrefix("x-amz-meta-") {
+                metadata[String(name.lowercased().dropFirst("x-amz-meta-".count))] = value
+            }
+            return S3ObjectHead(
+                etag: response.header("ETag") ?? "", size: Int64(response.header("Content-Length") ?? "") ?? 0,
+                metadata: metadata)
+        } catch  where error.httpStatus == 404 {
+            return nil
+        }
+    }
+
     /// Uploads a file. Above `multipartThreshold` it goes in parts, several at once; a failed multipart upload is
     /// aborted so no orphaned parts keep costing money.
     @discardableResult
@@ -170,24 +233,29 @@ public struct S3Client: Sendable {
 
     /// The same from a `FileSource`. A descriptor is read with `pread`, every part from the same one, and stays
     /// open: the daemon uploads a command's output through the descriptor it checked, never by its name again.
+    ///
+    /// `write` gives the object its metadata and the condition it lands on (for a multipart upload, the condition
+    /// goes on its completion).
     @discardableResult
     public func putObject(
         bucket: String, key: String, file source: FileSource, contentType: String = "application/octet-stream",
-        logger: Logger
+        write: WriteOptions = WriteOptions(), logger: Logger
     ) async throws(AWSError) -> String {
         guard let size = LocalFile.size(source) else { throw AWSError.client("s3", "cannot read \(source)") }
         if size > options.multipartThreshold {
             return try await multipartUpload(
-                bucket: bucket, key: key, file: source, size: size, contentType: contentType,
+                bucket: bucket, key: key, file: source, size: size, contentType: contentType, write: write,
                 logger: logger)
         }
         let request: AWSRequest
+        let headers =
+            [("Content-Type", contentType)] + write.metadataHeaders + (write.condition.header.map { [$0] } ?? [])
         if case .crc32cTrailer = options.checksum {
-            request = Self.crc32cTrailerPut(source, offset: 0, length: size, headers: [("Content-Type", contentType)])
+            request = Self.crc32cTrailerPut(source, offset: 0, length: size, headers: headers)
         } else {
-            let (headers, payload) = try await integrity(source, offset: 0, length: size)
+            let (integrityHeaders, payload) = try await integrity(source, offset: 0, length: size)
             request = AWSRequest(
-                method: "PUT", headers: [("Content-Type", contentType)] + headers,
+                method: "PUT", headers: headers + integrityHeaders,
                 body: .file(source, offset: 0, length: size), payload: payload)
         }
         let response = try await send(request, bucket: bucket, key: key, logger: logger)

@@ -1,0 +1,57 @@
+import AWSCore
+import AWSServices
+
+/// Which input, and which message, an uploaded output belongs to: kept in the object's own metadata
+/// (`x-amz-meta-parallelizer-input`, `-message`), so that no input's result is ever stored under another's.
+///
+/// Outputs are written create-only (`If-None-Match: *`). When a key is taken already (412), what is there decides
+/// (`OutputClash`): an upload of this very task that landed before its message came back is settled as done; an
+/// earlier run of the same input is replaced, on the ETag just read; anything else (another input's result, or an
+/// object parallelizer did not write) is never overwritten, and the task fails naming both inputs. Commands that
+/// named their output `result-$$` did that silently: every command is PID 1 of its own namespace, so `$$` is 1.
+struct OutputIdentity: Sendable, Equatable {
+    static let inputField = "parallelizer-input"
+    static let messageField = "parallelizer-message"
+
+    var input: S3URI
+    var messageID: String
+
+    /// The metadata an output is written with. S3 keeps metadata values as ASCII: the input is percent-encoded.
+    var metadata: [(String, String)] {
+        [(Self.inputField, URIEncoding.encode(input.description, keepSlash: true)), (Self.messageField, messageID)]
+    }
+
+    /// The identity read back from an object's metadata; nil when parallelizer did not write it.
+    init?(metadata: [String: String]) {
+        guard let encoded = metadata[Self.inputField], let input = S3URI(URIEncoding.decode(encoded)) else {
+            return nil
+        }
+        self.input = input
+        self.messageID = metadata[Self.messageField] ?? ""
+    }
+
+    init(input: S3URI, messageID: String) {
+        self.input = input
+        self.messageID = messageID
+    }
+}
+
+/// What a create-only output write that found its key taken does, from the object that is there.
+enum OutputClash: Sendable, Equatable {
+    /// This input and this message: the task ran before, its upload landed, and its message came back before it
+    /// was deleted. The output is there: the task is done.
+    case landedBefore
+    /// This input from another message (it was queued again): a new run of the input replaces its old output, on
+    /// the ETag read, so that nothing written meanwhile is lost.
+    case replace(etag: String)
+    /// Another input's output, or an object parallelizer did not write: never overwritten.
+    case taken(by: String)
+
+    static func judge(_ existing: S3ObjectHead, mine: OutputIdentity) -> OutputClash {
+        guard let theirs = OutputIdentity(metadata: existing.metadata) else {
+            return .taken(by: "an object parallelizer did not write")
+        }
+        guard theirs.input == mine.input else { return .taken(by: "the output of \(theirs.input)") }
+        return theirs.messageID == mine.messageID ? .landedBefore : .replace(etag: existing.etag)
+    }
+}

@@ -1,0 +1,74 @@
+import AWSCore
+import AWSServices
+import Logging
+
+/// The daemon's own record of the receives it gave back without a run, so that `maxAttempts` counts runs, not
+/// receives.
+///
+/// SQS counts every receive (`ApproximateReceiveCount`), and the daemon gives messages back unrun for reasons of its
+/// own: a message held too long behind a slow task, the rest of a receive behind a long command, a stop, a spot
+/// notice, a full disk. Counted as attempts, those would push a message past `maxAttempts` without it ever having
+/// run, and it would be given up unrun. So each such release leaves a note, an empty object
+/// `<outputPrefix>_parallelizer/releases/<message id>/<receive count>`; a message on its last attempts reads its
+/// notes (one listing, only then), and its runs are its receives less its notes.
+///
+/// A receive that ended any other way counts as a run: one whose command failed, and one whose daemon died with it
+/// (a command that takes its instance down must not be tried forever). The dead-letter queue's `maxReceiveCount`
+/// (`scripts/setup-aws --max-attempts`) leaves headroom above `maxAttempts` for the releases.
+struct ReleaseNotes<Store: ObjectStore>: Sendable {
+    let store: Store
+    let bucket: String
+    /// `<outputPrefix>_parallelizer/releases/`.
+    let prefix: String
+
+    func folder(_ message: SQSMessage) -> String { prefix + message.messageID + "/" }
+
+    /// Notes that this receive of `message` ends without a run. A note that cannot be written is said once per
+    /// release: that release then counts as an attempt.
+    func note(_ message: SQSMessage, logger: Logger) async {
+        let object = S3URI(bucket: bucket, key: folder(message) + String(message.receiveCount))
+        do {
+            try await store.put(
+                [], to: object, contentType: "application/octet-stream", onlyIfAbsent: true, logger: logger)
+        } catch  where error.httpStatus == 412 {
+            // Noted already.
+        } catch {
+            logger.warning(
+                "could not note that the message was given back unrun: this receive counts as an attempt",
+                metadata: ["s3.key": "\(object.key)", "error": "\(error)"])
+        }
+    }
+
+    /// How many of `message`'s receives before this one ended without a run; nil when the notes cannot be read.
+    func releasesBefore(_ message: SQSMessage, logger: Logger) async -> Int? {
+        let keys: [String]
+        do {
+            keys = try await store.keys(under: S3URI(bucket: bucket, key: folder(message)), logger: logger)
+        } catch {
+            logger.warning(
+                """
+                cannot read the notes of this message's unrun receives: every receive counts as an attempt \
+                (the role needs s3:ListBucket on the output bucket)
+                """,
+                metadata: ["error": "\(error)"])
+            return nil
+        }
+        return keys.compactMap { Int($0.split(separator: "/").last ?? "") }
+            .filter { $0 < message.receiveCount }.count
+    }
+}
+
+extension MessageProcessor {
+    var releaseNotes: ReleaseNotes<Store> {
+        ReleaseNotes(store: store, bucket: config.outputBucket, prefix: config.outputPrefix + "_parallelizer/releases/")
+    }
+
+    /// The runs `message` had before this receive: its earlier receives less those the daemon gave back unrun.
+    /// The notes are read only when that could matter, from its last attempt on.
+    func runsBefore(_ message: SQSMessage, logger: Logger) async -> Int {
+        let earlier = max(0, message.receiveCount - 1)
+        guard message.receiveCount >= config.maxAttempts else { return earlier }
+        let released = await releaseNotes.releasesBefore(message, logger: logger) ?? 0
+        return max(0, earlier - released)
+    }
+}
