@@ -53,7 +53,7 @@ public struct Daemon: Sendable {
             machineTrouble: { reason, count in
                 if lifecycle.requestStop(.machineTrouble) {
                     logger.critical(
-                        "cannot go on on this machine: \(count) tasks in a row met its own trouble; leaving, its messages released, for a replacement",
+                        "cannot go on here: \(count) tasks in a row met this machine's own trouble; leaving, its messages released, for a replacement",
                         metadata: ["reason": "\(reason)"])
                 }
             })
@@ -87,7 +87,7 @@ public struct Daemon: Sendable {
             runner: ProcessRunner(isolation: start.isolation), lifecycle: lifecycle, deadEnds: deadEnds, plan: plan,
             clock: clock,
             instanceID: start.instanceID, hasRedrivePolicy: start.hasRedrivePolicy, retryBackoff: options.retryBackoff,
-            ledger: start.ledger)
+            ledger: start.ledger, maxReceiveCount: start.maxReceiveCount)
         let started = clock.now
         await withLedger(start.ledger, reason: { lifecycle.stopReason?.rawValue ?? "unknown" }) {
             await withDeleteBatcher(deletes) { await runSlots(processor, deadEnds: deadEnds, logger: logger) }

@@ -115,12 +115,16 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
 /// kind of call starts the count again; errors that may pass (throttling, a limit, a dropped connection) neither
 /// count nor break the run.
 ///
-/// A refusal about one object (access denied, a KMS key it may not use) never counts once a call of its kind has
-/// worked since start: a bucket policy that denies one prefix, or an object under a key the role may not use,
-/// fails that object's task (retried, then recorded), and the worker goes on with the rest. Only when every such
-/// call has been refused since start is the refusal the role's, and a dead end.
+/// A refusal about one object (access denied, a KMS key it may not use) counts far less once a call of its kind has
+/// worked since start: a bucket policy that denies one prefix, or an object under a key the role may not use, fails
+/// that object's task (retried, then recorded), and the worker goes on with the rest. When every such call has been
+/// refused since start, 3 in a row are the role's refusal, and a dead end; after a success it takes
+/// `objectThreshold` different objects in a row with no success between (a policy changed mid-run, a key disabled),
+/// so that a whole queue does not drain into failure records.
 public final class DeadEnds: Sendable {
     public static let defaultThreshold = SetupProblem.repeatsBeforeDeadEnd
+    /// Different objects in a row refused, with no success between, that make a dead end after a success.
+    public static let objectThreshold = 10
 
     struct Run {
         var problem: SetupProblem
@@ -175,11 +179,13 @@ public final class DeadEnds: Sendable {
     public func failed(_ call: DaemonCall, resource: String, subject: String, error: AWSError) {
         guard let problem = Self.problem(call, error) else { return }
         let found: DeadEnd? = state.withLock { s in
-            if Self.reach(call, problem) == .object && s.everWorked.contains(call) { return nil }
+            let needed =
+                Self.reach(call, problem) == .object && s.everWorked.contains(call)
+                ? max(threshold, Self.objectThreshold) : threshold
             var run = s.runs[call].flatMap { $0.problem == problem ? $0 : nil } ?? Run(problem: problem, subjects: [])
             run.subjects.insert(subject)
             s.runs[call] = run
-            guard run.subjects.count >= threshold, s.deadEnd == nil else { return nil }
+            guard run.subjects.count >= needed, s.deadEnd == nil else { return nil }
             let deadEnd = DeadEnd.setup(
                 problem, action: call.action, resource: resource, error: error,
                 calls: run.subjects.count, perTask: call.isPerTask)

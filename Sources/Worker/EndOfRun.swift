@@ -54,8 +54,18 @@ extension Daemon {
         guard config.shouldShutdown else { return }
         var instanceID: String?
         if let imds { instanceID = try? await imds.instanceID() }
-        guard instanceID != nil || config.shutdownCommandGiven else {
+        // An instance whose IMDS does not answer is still one when its firmware says so.
+        let onEC2 = instanceID != nil || IMDSClient.isExpected(environment: environment)
+        guard onEC2 || config.shutdownCommandGiven else {
             logger.notice("not on an EC2 instance (IMDS gave no instance id): the default shutdown command is not run")
+            return
+        }
+        if let group = config.autoScalingGroup {
+            // Its parameters unread, it cannot leave the group as a dead end does; powered off, it would be replaced
+            // by one with the same user-data, again and again.
+            logger.error(
+                "staying up instead of powering off: the Auto Scaling group would replace this instance with one that meets the same end",
+                metadata: ["group": "\(group)"])
             return
         }
         guard await PowerOffPause.wait(seconds: config.deadEndPause, clock: SystemClock(), logger: logger) else {

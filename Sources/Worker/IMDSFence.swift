@@ -1,5 +1,6 @@
 import AWSCore
 @preconcurrency import Glibc
+import Logging
 
 /// Keeps a `runAsUser` command away from the instance metadata service, where the instance role's credentials and
 /// the user-data are, when `passCredentials` is off: an nftables rule that rejects that user's packets to
@@ -42,6 +43,27 @@ struct IMDSFence: Sendable {
         }
 
         """
+    }
+
+    /// Whether the rule is in place now (`nft list table`).
+    func isInPlace() async -> Bool {
+        let log = workDir + "/imds-fence-check.log"
+        defer { unlink(log) }
+        let outcome = try? await ProcessRunner().run(
+            argv: [nft, "list", "table", "inet", table], environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"],
+            directory: "/", stdoutPath: log, stderrPath: log, user: nil, timeout: 30)
+        return outcome?.succeeded == true
+    }
+
+    /// Puts the rule back if something removed it (an `nft flush ruleset`, a firewall reload): checked before each
+    /// command, since nothing else would notice, and the command would reach the role's credentials.
+    /// - Throws: `Failure` when it is gone and cannot be put back: the command must not run.
+    func ensure(logger: Logger) async throws(Failure) {
+        if await isInPlace() { return }
+        logger.warning(
+            "the IMDS fence was gone (nftables flushed or reloaded?): putting it back before the command runs",
+            metadata: ["nft.table": "inet \(table)"])
+        try await install()
     }
 
     func install() async throws(Failure) {

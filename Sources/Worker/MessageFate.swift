@@ -13,8 +13,23 @@ enum AttemptOutcome: Sendable, Equatable {
     /// The task was cut short by a stop (its grace ran out) or a dead end.
     case interrupted
     /// Not the task's trouble: this machine's (`NodeTrouble`: a full disk, no descriptors left) or a throttle that
-    /// outlasted the client's retries. The message goes back unrun, spending no attempt. `node`: the machine's.
-    case deferred(reason: String, node: Bool)
+    /// outlasted the client's retries. The message goes back unrun, spending no attempt.
+    case deferred(reason: String, scope: Deferral)
+    /// The output's key holds another input's output: never overwritten, and no retry can change that (only an
+    /// operator can): recorded at once, as a missing input is.
+    case outputTaken(TaskFailure)
+}
+
+/// Whose trouble deferred a task.
+enum Deferral: Sendable, Equatable {
+    /// AWS asked to slow down.
+    case throttle
+    /// This machine's disk is full (or its quota spent).
+    case disk
+    /// This machine is out of another resource: descriptors, processes, memory; or its IMDS fence cannot be kept.
+    case machine
+
+    var isMachine: Bool { self != .throttle }
 }
 
 /// Why one input failed, for its failure record.
@@ -84,7 +99,9 @@ enum MessageFate: Sendable, Equatable {
         _ outcomes: [AttemptOutcome], runs: Int, maxAttempts: Int, deadEnd: Bool,
         retryDelay: Int
     ) -> MessageFate {
-        if outcomes.contains(where: { if case .deferred(_, node: true) = $0 { true } else { $0 == .interrupted } }) {
+        if outcomes.contains(where: {
+            if case .deferred(_, let scope) = $0 { scope.isMachine } else { $0 == .interrupted }
+        }) {
             return .release
         }
         if outcomes.contains(where: { if case .deferred = $0 { true } else { false } }) {
@@ -95,7 +112,7 @@ enum MessageFate: Sendable, Equatable {
         for outcome in outcomes {
             switch outcome {
             case .failed(let failure): failures.append(failure)
-            case .inputMissing(let failure):
+            case .inputMissing(let failure), .outputTaken(let failure):
                 failures.append(failure)
                 never.append(failure)
             case .uploaded, .noOutput, .interrupted, .deferred: break

@@ -13,12 +13,14 @@ struct TaskSetting: Sendable {
     /// The daemon's environment, without its AWS credentials unless `passCredentials`.
     var environment: [String: String]
     var user: RunAsUser?
+    /// The rule that keeps a run-as user's command from IMDS, checked before each command (`IMDSFence.ensure`).
+    var fence: IMDSFence? = nil
 }
 
 /// Processes one received message from start to fate: parse, attempt each input (download, run, judge, upload),
 /// then carry out its `MessageFate`. A failure decides only this message's fate; the slot goes on.
 struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Sendable {
-    let config: WorkerConfig
+    var config: WorkerConfig
     let setting: TaskSetting
     let queue: Queue
     let store: Store
@@ -34,6 +36,9 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     let retryBackoff: Int
     /// The DynamoDB task ledger, when `ledgerTable` is set. Appending to it never waits for DynamoDB.
     let ledger: Ledger?
+    /// The queue's redrive `maxReceiveCount`: a message given back unrun on that receive goes to the dead-letter
+    /// queue at its next, without a run; it leaves a record first (`releaseUnrun`).
+    var maxReceiveCount: Int? = nil
 
     /// `receivedAt` is when the receive returned: a message may have waited behind others the slot took with it,
     /// and its visibility timeout runs from then.
@@ -58,14 +63,21 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID,
                 onlyIfAbsent: true, logger: logger)
         }
-        let runsBefore = await runsBefore(message, logger: logger)
+        guard let runsBefore = await runsBefore(message, logger: logger) else {
+            // Its runs cannot be counted now: back after the backoff, this receive noted as no run.
+            await carryOut(
+                .postpone(afterSeconds: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff)),
+                message, logger: logger)
+            return
+        }
         switch MessageFate.before(parsed, runsBefore: runsBefore, maxAttempts: config.maxAttempts) {
         case .settle(let fate):
             if case .success(.testEvent) = parsed { logger.info("S3 test event deleted") }
             await carryOut(fate, message, logger: logger)
         case .attempt(let inputs):
             let outcomes = await attempt(
-                inputs, message: message, receivedAt: receivedAt, slot: slot, stage: stage, logger: logger)
+                inputs, message: message, receivedAt: receivedAt, slot: slot, stage: stage,
+                lastRun: runsBefore + 1 >= config.maxAttempts, logger: logger)
             let fate = MessageFate.after(
                 outcomes, runs: runsBefore + 1, maxAttempts: config.maxAttempts,
                 deadEnd: deadEnds.deadEnd != nil,
@@ -78,7 +90,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     /// several) has its own outcome: one that fails does not stop the others; a stop does.
     func attempt(
         _ inputs: [S3URI], message: SQSMessage, receivedAt: ContinuousClock.Instant, slot: Int,
-        stage: CommandStage? = nil, logger: Logger
+        stage: CommandStage? = nil, lastRun: Bool = false, logger: Logger
     ) async -> [AttemptOutcome] {
         lifecycle.taskStarted()
         defer { lifecycle.taskFinished() }
@@ -90,9 +102,11 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             for (index, input) in inputs.enumerated() {
                 let outcome = await attempt(
                     input, message: message, slot: slot, stage: stage, lastInput: index == inputs.count - 1,
-                    logger: logger)
+                    lastRun: lastRun, logger: logger)
                 outcomes.append(outcome)
+                // A stop, or trouble that is not the task's: the message goes back whole, the rest unrun.
                 if outcome == .interrupted { break }
+                if case .deferred = outcome { break }
             }
             // Whatever happened, the slot's gate is not this message's any more.
             stage?.leave()
@@ -119,8 +133,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             logger.notice(
                 "AWS asks to slow down: message back later, no attempt spent",
                 metadata: ["retry.after_seconds": "\(seconds)"])
-            let notes = releaseNotes
-            await uncancelled { await notes.note(message, logger: logger) }
+            await noteUnrun(message, logger: logger)
             await changeVisibility(message, to: seconds, logger: logger)
         case .retry(let seconds, let recordNow):
             // Inputs that can never work are recorded now, each on its own; the message comes back for the rest
@@ -298,8 +311,26 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     /// Gives a message back at once without having run it, noting so first (`ReleaseNotes`): the receive spends
     /// none of its attempts.
     func releaseUnrun(_ message: SQSMessage, logger: Logger) async {
+        await noteUnrun(message, logger: logger)
+        await changeVisibility(message, to: 0, logger: logger)
+    }
+
+    /// Notes a receive given back unrun; on the last receive the dead-letter queue allows, also leaves a record,
+    /// since SQS moves the message there at its next receive, before it could run again.
+    func noteUnrun(_ message: SQSMessage, logger: Logger) async {
         let notes = releaseNotes
         await uncancelled { await notes.note(message, logger: logger) }
-        await changeVisibility(message, to: 0, logger: logger)
+        guard let last = maxReceiveCount, message.receiveCount >= last else { return }
+        logger.error(
+            "given back unrun on its last receive before the dead-letter queue: recorded under _failed/_unrun/",
+            metadata: ["max_receive_count": "\(last)"])
+        _ = await write(
+            FailureRecords.body(
+                badMessage: message,
+                reason:
+                    "given back unrun (a stop, this machine's trouble, a throttle) on receive \(message.receiveCount), the last the dead-letter queue allows (maxReceiveCount \(last)): the dead-letter queue takes it; raise maxReceiveCount above maxAttempts (setup-aws --max-attempts)",
+                instanceID: instanceID),
+            key: "_failed/_unrun/\(message.messageID).json", subject: message.messageID, onlyIfAbsent: true,
+            logger: logger)
     }
 }

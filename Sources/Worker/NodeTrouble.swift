@@ -25,7 +25,8 @@ enum NodeTrouble {
     static func fullDisk(under path: String) -> String? {
         var fs = statvfs()
         guard statvfs(path, &fs) == 0 else { return nil }
-        let free = UInt64(fs.f_bavail) * UInt64(fs.f_frsize)
+        let (free, overflow) = UInt64(fs.f_bavail).multipliedReportingOverflow(by: UInt64(fs.f_frsize))
+        if overflow { return nil }
         if free < 1 << 20 { return "the disk of \(path) is full (\(free / 1024) KiB left)" }
         if fs.f_files > 0 && fs.f_favail == 0 { return "the disk of \(path) has no inodes left" }
         return nil

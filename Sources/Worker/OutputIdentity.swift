@@ -12,27 +12,34 @@ import AWSServices
 struct OutputIdentity: Sendable, Equatable {
     static let inputField = "parallelizer-input"
     static let messageField = "parallelizer-message"
+    /// S3 keeps at most 2 KB of user metadata: an input whose encoded name is longer is kept as its SHA-256.
+    static let longestEncoded = 1500
 
-    var input: S3URI
+    /// The input as its metadata says it: percent-encoded (S3 keeps metadata values as ASCII), or `sha256:<hex>`.
+    var inputValue: String
     var messageID: String
 
-    /// The metadata an output is written with. S3 keeps metadata values as ASCII: the input is percent-encoded.
-    var metadata: [(String, String)] {
-        [(Self.inputField, URIEncoding.encode(input.description, keepSlash: true)), (Self.messageField, messageID)]
+    init(input: S3URI, messageID: String) {
+        let encoded = URIEncoding.encode(input.description, keepSlash: true)
+        inputValue =
+            encoded.utf8.count <= Self.longestEncoded
+            ? encoded : "sha256:" + Digest.sha256(Array(input.description.utf8)).hexString
+        self.messageID = messageID
     }
 
     /// The identity read back from an object's metadata; nil when parallelizer did not write it.
     init?(metadata: [String: String]) {
-        guard let encoded = metadata[Self.inputField], let input = S3URI(URIEncoding.decode(encoded)) else {
-            return nil
-        }
-        self.input = input
-        self.messageID = metadata[Self.messageField] ?? ""
+        guard let value = metadata[Self.inputField], !value.isEmpty else { return nil }
+        inputValue = value
+        messageID = metadata[Self.messageField] ?? ""
     }
 
-    init(input: S3URI, messageID: String) {
-        self.input = input
-        self.messageID = messageID
+    /// The metadata an output is written with.
+    var metadata: [(String, String)] { [(Self.inputField, inputValue), (Self.messageField, messageID)] }
+
+    /// The input, for a reason an operator reads.
+    var inputDescription: String {
+        inputValue.hasPrefix("sha256:") ? "an input whose name hashes to \(inputValue)" : URIEncoding.decode(inputValue)
     }
 }
 
@@ -42,16 +49,19 @@ enum OutputClash: Sendable, Equatable {
     /// was deleted. The output is there: the task is done.
     case landedBefore
     /// This input from another message (it was queued again): a new run of the input replaces its old output, on
-    /// the ETag read, so that nothing written meanwhile is lost.
+    /// the ETag read, so that nothing written meanwhile is lost. Also an object parallelizer did not mark, when the
+    /// operator says so (`adoptUnmarkedOutputs`: outputs of an earlier version).
     case replace(etag: String)
     /// Another input's output, or an object parallelizer did not write: never overwritten.
     case taken(by: String)
 
-    static func judge(_ existing: S3ObjectHead, mine: OutputIdentity) -> OutputClash {
+    static func judge(_ existing: S3ObjectHead, mine: OutputIdentity, adoptUnmarked: Bool = false) -> OutputClash {
         guard let theirs = OutputIdentity(metadata: existing.metadata) else {
-            return .taken(by: "an object parallelizer did not write")
+            return adoptUnmarked ? .replace(etag: existing.etag) : .taken(by: "an object parallelizer did not write")
         }
-        guard theirs.input == mine.input else { return .taken(by: "the output of \(theirs.input)") }
+        guard theirs.inputValue == mine.inputValue else {
+            return .taken(by: "the output of \(theirs.inputDescription)")
+        }
         return theirs.messageID == mine.messageID ? .landedBefore : .replace(etag: existing.etag)
     }
 }

@@ -31,6 +31,11 @@ extension MessageProcessor {
                 return .uploaded
             } catch  where error.httpStatus == 412 || error.code == "ConditionalRequestConflict" {
                 deadEnds.succeeded(.putOutput)
+            } catch  where error.httpStatus == 404 && condition != .ifAbsent {
+                // The object replaced on its ETag was deleted meanwhile (S3 answers If-Match on no object with 404).
+                deadEnds.succeeded(.putOutput)
+                condition = .ifAbsent
+                continue
             } catch {
                 if !Task.isCancelled {
                     deadEnds.failed(.putOutput, resource: resource, subject: subject, error: error)
@@ -51,7 +56,7 @@ extension MessageProcessor {
                 condition = .ifAbsent
                 continue
             }
-            switch OutputClash.judge(existing, mine: identity) {
+            switch OutputClash.judge(existing, mine: identity, adoptUnmarked: config.adoptUnmarkedOutputs) {
             case .landedBefore: return .landedBefore
             case .taken(let owner): return .taken(owner)
             case .replace(let etag):

@@ -39,11 +39,25 @@ struct ReleaseNotes<Store: ObjectStore>: Sendable {
         }
     }
 
-    /// How many of `message`'s receives before this one ended without a run; nil when the notes cannot be read.
-    func releasesBefore(_ message: SQSMessage, logger: Logger) async -> Int? {
+    /// What the notes say of a message's earlier receives.
+    enum Reading: Sendable, Equatable {
+        /// How many of them ended without a run.
+        case released(Int)
+        /// The notes cannot be read, for good (denied: no `s3:ListBucket`): every receive counts as a run.
+        case unreadable
+        /// Not now (a throttle, a 5xx, the network): no verdict on the message from this receive.
+        case notNow
+    }
+
+    /// How many of `message`'s receives before this one ended without a run.
+    func releasesBefore(_ message: SQSMessage, logger: Logger) async -> Reading {
         let keys: [String]
         do {
             keys = try await store.keys(under: S3URI(bucket: bucket, key: folder(message)), logger: logger)
+        } catch  where error.isRetryable {
+            logger.warning(
+                "cannot read the notes of this message's unrun receives now", metadata: ["error": "\(error)"])
+            return .notNow
         } catch {
             logger.warning(
                 """
@@ -51,10 +65,10 @@ struct ReleaseNotes<Store: ObjectStore>: Sendable {
                 (the role needs s3:ListBucket on the output bucket)
                 """,
                 metadata: ["error": "\(error)"])
-            return nil
+            return .unreadable
         }
-        return keys.compactMap { Int($0.split(separator: "/").last ?? "") }
-            .filter { $0 < message.receiveCount }.count
+        return .released(
+            keys.compactMap { Int($0.split(separator: "/").last ?? "") }.filter { $0 < message.receiveCount }.count)
     }
 }
 
@@ -64,11 +78,15 @@ extension MessageProcessor {
     }
 
     /// The runs `message` had before this receive: its earlier receives less those the daemon gave back unrun.
-    /// The notes are read only when that could matter, from its last attempt on.
-    func runsBefore(_ message: SQSMessage, logger: Logger) async -> Int {
+    /// The notes are read only when that could matter, from its last attempt on. Nil when they cannot be read now:
+    /// no verdict on the message may rest on that.
+    func runsBefore(_ message: SQSMessage, logger: Logger) async -> Int? {
         let earlier = max(0, message.receiveCount - 1)
         guard message.receiveCount >= config.maxAttempts else { return earlier }
-        let released = await releaseNotes.releasesBefore(message, logger: logger) ?? 0
-        return max(0, earlier - released)
+        switch await releaseNotes.releasesBefore(message, logger: logger) {
+        case .released(let released): return max(0, earlier - released)
+        case .unreadable: return earlier
+        case .notNow: return nil
+        }
     }
 }

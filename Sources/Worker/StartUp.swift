@@ -21,6 +21,8 @@ struct StartUp: Sendable {
         var setting: TaskSetting
         var instanceID: String
         var hasRedrivePolicy: Bool
+        /// The redrive policy's `maxReceiveCount`: the receive after it goes to the dead-letter queue.
+        var maxReceiveCount: Int?
         var ledger: Ledger?
         /// The walls commands run within (namespaces as root, else a process group).
         var isolation: Isolation
@@ -47,6 +49,8 @@ struct StartUp: Sendable {
             throw StartUpError(message: "the queue cannot be read: \(error)")
         }
         let hasRedrive = attributes["RedrivePolicy"].map { !$0.isEmpty } ?? false
+        let policy = attributes["RedrivePolicy"].flatMap { try? JSONValue.parse($0) }
+        let maxReceiveCount = policy?["maxReceiveCount"].flatMap { $0.intValue ?? $0.stringValue.flatMap { Int($0) } }
         var instanceID = hostName()
         if let imds = context.imds, let id = try? await imds.instanceID() { instanceID = id }
         try await checkOutputBucket(s3, instanceID: instanceID, logger: logger)
@@ -91,11 +95,11 @@ struct StartUp: Sendable {
                 client: dynamo, table: table, queueURL: config.queueURL, instanceID: instanceID,
                 settings: settings, logger: ledgerLogger)
         }
-        let setting = TaskSetting(
+        var setting = TaskSetting(
             program: [program] + config.analysisProgram.dropFirst(),
             environmentDirectory: environmentDirectory, environment: environment, user: user)
         if let user, !config.passCredentials {
-            try await fenceOffIMDS(for: user, path: environment["PATH"] ?? "", logger: logger)
+            setting.fence = try await fenceOffIMDS(for: user, path: environment["PATH"] ?? "", logger: logger)
         }
         // A private /tmp hides what lies under the real one: not when the work, the command (or a file named in its
         // arguments), its environment or its TMPDIR do.
@@ -121,6 +125,7 @@ struct StartUp: Sendable {
         prepared = true
         return Prepared(
             s3: s3, sqs: sqs, setting: setting, instanceID: instanceID, hasRedrivePolicy: hasRedrive,
+            maxReceiveCount: maxReceiveCount,
             ledger: ledger, isolation: isolation, workDirLock: lock)
     }
 
@@ -204,7 +209,7 @@ struct StartUp: Sendable {
 
     /// A run-as user's command must not reach the instance role's credentials, which IMDS hands to anyone on the
     /// instance who asks: unless `passCredentials` hands them over knowingly, its packets to IMDS are rejected.
-    func fenceOffIMDS(for user: RunAsUser, path: String, logger: Logger) async throws {
+    func fenceOffIMDS(for user: RunAsUser, path: String, logger: Logger) async throws -> IMDSFence {
         guard let nft = IMDSFence.nftBinary(path: path) else {
             throw ConfigError(
                 key: "runAsUser",
@@ -219,6 +224,7 @@ struct StartUp: Sendable {
         }
         logger.info(
             "IMDS is closed to the run-as user", metadata: ["user": "\(user.name)", "nft.table": "inet \(fence.table)"])
+        return fence
     }
 
     /// Fetches and unpacks `environmentZip`, when there is one; returns the folder the command runs in.

@@ -9,7 +9,7 @@ extension MessageProcessor {
     /// One attempt at one input: logged, written to the ledger, and returned as its `AttemptOutcome`.
     func attempt(
         _ input: S3URI, message: SQSMessage, slot: Int, stage: CommandStage? = nil, lastInput: Bool = true,
-        logger base: Logger
+        lastRun: Bool = false, logger base: Logger
     ) async -> AttemptOutcome {
         var logger = base
         logger[metadataKey: "task.key"] = "\(input.key)"
@@ -18,8 +18,17 @@ extension MessageProcessor {
         logger.info("task start", metadata: ["task.attempt": "\(message.receiveCount)"])
         await ledger?.taskStarted(
             inputKey: input.key, attempt: message.receiveCount, slot: slot, messageID: message.messageID)
-        let (outcome, bytesIn) = await run(
-            input, slot: slot, message: message, stage: stage, lastInput: lastInput, logger: logger)
+        var (outcome, bytesIn) = await run(
+            input, slot: slot, message: message, stage: stage, lastInput: lastInput, lastRun: lastRun, logger: logger)
+        // A command that failed on a full disk, which has room again now that its task folder is gone, filled it
+        // itself: that is the task's failure, not this machine's (a hostile or runaway command must not make
+        // worker after worker leave). A download that did not fit stays the machine's.
+        if case .deferred(let reason, .disk) = outcome, NodeTrouble.fullDisk(under: config.workDir) == nil {
+            outcome = .failed(
+                TaskFailure(
+                    input: input, reason: "\(reason); the disk has room again without this task's files: it filled it",
+                    outcome: nil))
+        }
         let seconds = (clock.now - started).seconds
         await ledger?.record(outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn)
         switch outcome {
@@ -53,14 +62,20 @@ extension MessageProcessor {
             return .inputMissing(TaskFailure(input: input, reason: failure.reason, outcome: nil, seconds: seconds))
         case .interrupted:
             break
-        case .deferred(let reason, let node):
+        case .deferred(let reason, let scope):
             logger.warning(
-                node ? "task deferred: this machine's trouble, not the task's" : "task deferred: AWS asks to slow down",
+                scope.isMachine
+                    ? "task deferred: this machine's trouble, not the task's" : "task deferred: AWS asks to slow down",
                 metadata: ["reason": "\(reason)"])
+        case .outputTaken(let failure):
+            logger.warning("task failed: its output key is taken", metadata: ["reason": "\(failure.reason)"])
+            return .outputTaken(
+                TaskFailure(input: input, reason: failure.reason, outcome: failure.outcome, seconds: seconds))
         }
         // The machine's health: a task that met its trouble counts, any other end of a task clears the count.
         switch outcome {
-        case .deferred(let reason, node: true): deadEnds.nodeTrouble(reason, subject: message.messageID)
+        case .deferred(let reason, let scope) where scope.isMachine:
+            deadEnds.nodeTrouble(reason, subject: message.messageID)
         case .deferred, .interrupted: break
         default: deadEnds.nodeHealthy()
         }
@@ -74,7 +89,8 @@ extension MessageProcessor {
     /// work not yet started, ends at a stop: the message is then released. The message keeps the gate from its
     /// first command until its `lastInput`'s command ends.
     func run(
-        _ input: S3URI, slot: Int, message: SQSMessage, stage: CommandStage?, lastInput: Bool, logger: Logger
+        _ input: S3URI, slot: Int, message: SQSMessage, stage: CommandStage?, lastInput: Bool, lastRun: Bool,
+        logger: Logger
     ) async -> (AttemptOutcome, Int64) {
         let failed = { (reason: String, outcome: ProcessOutcome?, tail: String) -> AttemptOutcome in
             .failed(TaskFailure(input: input, reason: reason, outcome: outcome, stderrTail: tail))
@@ -86,7 +102,7 @@ extension MessageProcessor {
             folder = try TaskFolder.make(in: config.workDir + "/tasks", name: folderName, user: setting.user)
         } catch {
             if let trouble = NodeTrouble.reason(errno: error.errno, error.description) {
-                return (.deferred(reason: trouble, node: true), 0)
+                return (.deferred(reason: trouble, scope: .machine), 0)
             }
             return (failed(error.description, nil, ""), 0)
         }
@@ -112,12 +128,12 @@ extension MessageProcessor {
                 if ours { deadEnds.succeeded(.getInput) }
                 return (.inputMissing(TaskFailure(input: input, reason: "\(error)", outcome: nil)), 0)
             }
-            if let trouble = NodeTrouble.reason(error) { return (.deferred(reason: trouble, node: true), 0) }
+            if let trouble = NodeTrouble.reason(error) { return (.deferred(reason: trouble, scope: .machine), 0) }
             if ours {
                 deadEnds.failed(.getInput, resource: "s3://\(input.bucket)", subject: message.messageID, error: error)
             }
             // A throttle that outlasted the client's retries is a wait, not the task's failure.
-            if error.isThrottle { return (.deferred(reason: "download: \(error)", node: false), 0) }
+            if error.isThrottle { return (.deferred(reason: "download: \(error)", scope: .throttle), 0) }
             return (failed("download failed: \(error)", nil, ""), 0)
         }
         if ours { deadEnds.succeeded(.getInput) }
@@ -141,11 +157,9 @@ extension MessageProcessor {
         if let stage, !stage.isHeld {
             // The slot's previous command may still run: this one waits for it, unless a stop comes first, or the
             // wait passes the plan's prefetch horizon (then a free worker had better take the message). A message
-            // on its last attempt waits for as long as it takes: a release would spend that attempt unrun.
+            // on its last run waits for as long as it takes: a release would spend that attempt unrun.
             let clock = self.clock
-            let limit: Duration? =
-                message.receiveCount >= config.maxAttempts
-                ? nil : .milliseconds(Int(plan.prefetchHorizon * 1000))
+            let limit: Duration? = lastRun ? nil : .milliseconds(Int(plan.prefetchHorizon * 1000))
             let wait = await lifecycle.cancellingAtStop { await stage.enter(within: limit, clock: clock) }
             if wait == .timedOut && !lifecycle.isStopping {
                 logger.notice(
@@ -156,6 +170,15 @@ extension MessageProcessor {
                 return (.interrupted, bytesIn)
             }
             stage.reached.fire()
+        }
+        // The IMDS fence, checked on the machine as it is now: a flushed ruleset would hand the command the role.
+        if let fence = setting.fence {
+            do {
+                try await fence.ensure(logger: logger)
+            } catch {
+                if lastInput { stage?.leave() }
+                return (.deferred(reason: "the IMDS fence cannot be put back: \(error)", scope: .machine), bytesIn)
+            }
         }
         // The command's clock starts now, not at the download: `taskTimeout` is the command's, and the controller's
         // "past its taskTimeout" reads this.
@@ -171,7 +194,7 @@ extension MessageProcessor {
             await ledger?.commandEnded(inputKey: input.key, attempt: message.receiveCount)
             if lastInput { stage?.leave() }
             if let trouble = NodeTrouble.reason(errno: error.errno, error.description) {
-                return (.deferred(reason: trouble, node: true), bytesIn)
+                return (.deferred(reason: trouble, scope: .machine), bytesIn)
             }
             return (failed("\(error)", nil, ""), bytesIn)
         }
@@ -180,7 +203,7 @@ extension MessageProcessor {
         // A command that failed while the work folder's disk was full most likely failed of it.
         if !outcome.succeeded, let full = NodeTrouble.fullDisk(under: data) {
             if lastInput { stage?.leave() }
-            return (.deferred(reason: "the command failed (\(outcome.summary)) and \(full)", node: true), bytesIn)
+            return (.deferred(reason: "the command failed (\(outcome.summary)) and \(full)", scope: .disk), bytesIn)
         }
         guard outcome.succeeded else {
             let reason =
@@ -232,8 +255,10 @@ extension MessageProcessor {
                     subject: message.messageID, logger: logger)
             } catch {
                 if Task.isCancelled { return (.interrupted, bytesIn) }
-                if let trouble = NodeTrouble.reason(error) { return (.deferred(reason: trouble, node: true), bytesIn) }
-                if error.isThrottle { return (.deferred(reason: "upload: \(error)", node: false), bytesIn) }
+                if let trouble = NodeTrouble.reason(error) {
+                    return (.deferred(reason: trouble, scope: .machine), bytesIn)
+                }
+                if error.isThrottle { return (.deferred(reason: "upload: \(error)", scope: .throttle), bytesIn) }
                 return (failed("upload failed: \(error)", outcome, ""), bytesIn)
             }
             let bytes = LocalFile.size(.descriptor(descriptor)) ?? 0
@@ -249,7 +274,7 @@ extension MessageProcessor {
                 let reason =
                     "the output key \(object) holds \(owner): not overwritten (two inputs name one output; "
                     + "give each its own name, e.g. with PARALLELIZER_TASK_ID)"
-                return (failed(reason, outcome, ""), bytesIn)
+                return (.outputTaken(TaskFailure(input: input, reason: reason, outcome: outcome)), bytesIn)
             }
         }
     }
@@ -299,10 +324,10 @@ extension Ledger {
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
                 bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason)
-        case .inputMissing(let failure):
+        case .inputMissing(let failure), .outputTaken(let failure):
             taskEnded(
-                inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: 0,
-                bytesOut: 0, exitStatus: "none", outputKey: nil, reason: failure.reason)
+                inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
+                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason)
         case .interrupted:
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,

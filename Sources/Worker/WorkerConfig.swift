@@ -40,6 +40,9 @@ public struct WorkerConfig: Sendable, Equatable {
     /// Seconds between a dead end (exit status 2) and the shutdown command: time for an operator to look over SSH,
     /// as the install script gives a broken boot. Stopping the service meanwhile keeps the instance up.
     public var deadEndPause: Int = 600
+    /// An object at an output key that carries no parallelizer identity (written by a version before output
+    /// identities, or by hand) is replaced instead of refused. Off: such an object is never overwritten.
+    public var adoptUnmarkedOutputs = false
     public var runAsUser: String?
     /// Hand the daemon's AWS credentials to the command's environment (off: the command gets none).
     public var passCredentials: Bool = false
@@ -82,6 +85,7 @@ public struct WorkerConfig: Sendable, Equatable {
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
             "ledgerTable",
             "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB", "prefetch", "deadEndPause",
+            "adoptUnmarkedOutputs",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -254,6 +258,7 @@ extension WorkerConfig {
         if let v = try integer("partSizeMiB", 5...5120) { config.partSizeMiB = v }
         if let v = try boolean("prefetch") { config.prefetch = v }
         if let v = try integer("deadEndPause", 0...86400, duration: true) { config.deadEndPause = v }
+        if let v = try boolean("adoptUnmarkedOutputs") { config.adoptUnmarkedOutputs = v }
         return (config, warnings)
     }
 
@@ -278,6 +283,7 @@ extension WorkerConfig {
             config.deadEndPause = min(seconds, 86400)
         }
         if let text = merged[normalise("workDir")], text.hasPrefix("/") { config.workDir = text }
+        config.autoScalingGroup = merged[normalise("autoScalingGroup")].flatMap { $0.isEmpty ? nil : $0 }
         return config
     }
 

@@ -67,13 +67,16 @@ struct Run: AsyncParsableCommand {
             do {
                 text = try await imds.userData(patience: patience, logger: logger)
             } catch {
+                // Going on without: the other layers (--config, PARALLELIZER_*) may be enough; if they are not, the
+                // parameters are bad, and an instance still powers off after the pause.
                 if patience > .zero {
-                    logger.critical(
-                        "cannot start: IMDS did not give the user-data for \(Int(imdsPatienceSeconds)) s; exiting for systemd to start the daemon again",
+                    logger.error(
+                        "IMDS did not give the user-data: going on without it",
                         metadata: ["key": "user-data", "error": "\(error)"])
-                    throw ExitCode(1)
+                } else {
+                    logger.info(
+                        "no user-data: IMDS does not answer (not an EC2 instance)", metadata: ["error": "\(error)"])
                 }
-                logger.info("no user-data: IMDS does not answer (not an EC2 instance)", metadata: ["error": "\(error)"])
                 text = nil
             }
             if let text {

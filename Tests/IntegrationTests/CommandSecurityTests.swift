@@ -12,6 +12,7 @@ struct CommandSecurityTests {
         echo "uid=$(id -u)" > "$out"
         echo "secret=${AWS_SECRET_ACCESS_KEY:-none}" >> "$out"
         echo "key=${AWS_ACCESS_KEY_ID:-none}" >> "$out"
+        env | grep -E '^AWS_(CONTAINER_|WEB_IDENTITY|ROLE_)' | sed 's/^/other=/' >> "$out"
         stat -c 'taskdir=%a' "$(dirname "$1")" >> "$out"
         # The daemon's own environment (its credentials) through /proc: readable by the same user only. (In a PID
         # namespace the command's parent is outside it and $PPID is 0: the daemon is found by its command line.)
@@ -31,16 +32,24 @@ struct CommandSecurityTests {
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("a.txt", "a")
             try await h.send(["a.txt"])
+            // Every other way an SDK finds credentials: a container's endpoint and its token, a web identity.
+            let others = [
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.2/creds",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/x",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN": "container-token", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/t",
+                "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/r",
+            ]
             let worker = try h.startWorker(
                 name: "w",
                 parameters: h.parameters(
                     ["passCredentials": "\(pass)"],
-                    program: h.script("report.sh", Self.report)))
+                    program: h.script("report.sh", Self.report)), environment: others)
             #expect(await worker.wait(timeout: 60) == .exited(0), "\(h.log("w"))")
             let report = try await h.output("a.txt.report")
             let secret = try TestEnvironment.motoCredentials().secretAccessKey
             #expect(report.contains("secret=\(secret)") == pass)
             #expect(report.contains("secret=none") == !pass)
+            for name in others.keys { #expect(report.contains("other=\(name)=") == pass, "\(name): \(report)") }
             #expect(report.contains("taskdir=700"))
             var info = stat()
             #expect(
@@ -73,6 +82,12 @@ struct CommandSecurityTests {
             // found (else the check above proves nothing).
             let ownProc = h.log("w").contains("/proc: their own")
             #expect(report.contains("daemon=notfound") == ownProc, "\(report)")
+            // The daemon leaves its IMDS rule in place on purpose (IMDSFence); the test takes it off this machine.
+            if let nft = try? RequiredTool.require("nft", package: "nftables") {
+                _ = try? await Scripts.run(
+                    nft, ["delete", "table", "inet", "parallelizer_imds_\(nobody.uid)"],
+                    environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], directory: dir)
+            }
 
         }
     }

@@ -164,7 +164,7 @@ struct FailureScopeTests {
             #expect(await full.wait(timeout: 90) == .exited(1), "\(h.log("full").suffix(3000))")
             let critical = h.log("full").split(separator: "\n").filter { $0.contains("critical") }
             #expect(
-                critical.count == 1 && critical.first?.contains("cannot go on on this machine") == true, "\(critical)")
+                critical.count == 1 && critical.first?.contains("cannot go on here") == true, "\(critical)")
             #expect(LocalFile.readText(dir + "/shutdowns") == "off\n")
             #expect(try await Self.records(h).isEmpty, "an input was given up for the machine's trouble")
             #expect(try await h.queueDepth() == 6)
@@ -175,6 +175,33 @@ struct FailureScopeTests {
             #expect(await roomy.wait(timeout: 120) == .exited(0), "\(h.log("roomy").suffix(3000))")
             #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
             #expect(try await Self.records(h).isEmpty)
+        }
+    }
+
+    /// A command that fills the disk itself fails its own task: once its task folder is gone the disk has room again,
+    /// so it is not this machine's trouble (a runaway or hostile command must not make worker after worker leave).
+    @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
+    func aCommandThatFillsTheDiskFailsItsOwnTask() async throws {
+        try await withTemporaryDirectory { dir in
+            let disk = dir + "/disk"
+            _ = mkdir(disk, 0o755)
+            let mounted = try await Scripts.run(
+                "/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk],
+                environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
+            try #require(mounted.succeeded, "cannot mount a tmpfs: \(mounted.stderr)")
+            defer { _ = umount2(disk, Int32(MNT_DETACH)) }
+            let h = try await WorkerHarness.make(directory: dir)
+            try await h.upload("x.txt", "x")
+            try await h.send(["x.txt"])
+            let filler = h.script("fill.sh", "head -c 8388608 /dev/zero > \"$1.fill\" || exit 1\necho never\n")
+            let worker = try h.startWorker(
+                name: "w",
+                parameters: h.parameters(
+                    ["numThreads": "1", "maxAttempts": "1", "workDir": disk + "/work"], program: filler))
+            #expect(await worker.wait(timeout: 90) == .exited(0), "\(h.log("w").suffix(3000))")
+            #expect(!h.log("w").contains("critical"), "\(h.log("w").suffix(3000))")
+            let records = try await Self.records(h)
+            #expect(records["x.txt"]?.contains("it filled it") == true, "\(records)")
         }
     }
 

@@ -30,8 +30,13 @@ import Testing
 /// a listing whose prefix holds a `/`, and for keys with `+`, `=`, `é` and their like.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto, .seaweed)), .timeLimit(.minutes(3)))
 struct PeerQuirkTests {
+    /// One bucket per server for the whole suite: SeaweedFS gives every bucket volumes of its own, and a local
+    /// server has few.
+    static let names = ["moto": uniqueName("pz-quirk"), "seaweed": uniqueName("pz-quirk")]
+
     func bucket(_ s3: S3Client, _ prefix: String) async throws -> String {
-        let name = uniqueName(prefix)
+        let seaweed = ParsedURL(try TestEnvironment.endpoint(.seaweed))?.port == s3.endpoint.port
+        let name = Self.names[seaweed ? "seaweed" : "moto"]!
         try await s3.createBucket(name, logger: quietLogger)
         return name
     }
@@ -124,5 +129,31 @@ struct PeerQuirkTests {
                 body: .bytes(Array("a=b".utf8))),
             to: moto.endpoint, signing: .s3, logger: quietLogger)
         #expect(try await moto.headObject(bucket: name, key: "form", logger: quietLogger)?.size == 0)
+    }
+
+    /// AWS honours `If-Match` on CompleteMultipartUpload (412 when the object changed); moto ignores it, and
+    /// SeaweedFS, as AWS, refuses. The product sends it (a new run of an input replaces its output on the ETag just
+    /// read); its conditional writes are checked on SeaweedFS for a multipart output.
+    @Test func motoIgnoresIfMatchOnCompleteMultipartUpload() async throws {
+        for (server, expectRefusal) in [(TestEnvironment.Server.moto, false), (.seaweed, true)] {
+            let context = server == .moto ? try TestEnvironment.motoContext() : try TestEnvironment.seaweedContext()
+            var options = S3Client.Options()
+            options.multipartThreshold = 5 << 20
+            options.partSize = 5 << 20
+            let s3 = try S3Client(context: context, options: options)
+            let name = try await bucket(s3, "pz-quirk")
+            try await s3.putObject(bucket: name, key: "k", bytes: Array("first".utf8), logger: quietLogger)
+            try await withTemporaryDirectory { dir in
+                makeFile(dir + "/big", size: 6 << 20, seed: 3)
+                let write = WriteOptions(condition: .ifMatch("\"0123456789abcdef0123456789abcdef\""))
+                do {
+                    try await s3.putObject(
+                        bucket: name, key: "k", file: .path(dir + "/big"), write: write, logger: quietLogger)
+                    #expect(!expectRefusal, "\(server) took a completion whose If-Match did not hold")
+                } catch {
+                    #expect(expectRefusal && (error as? AWSError)?.httpStatus == 412, "\(server): \(error)")
+                }
+            }
+        }
     }
 }

@@ -146,14 +146,27 @@ struct SandboxTests {
     @Test(.enabled(if: asRoot, "needs root: PID namespaces"))
     func nothingTheCommandStartsOutlivesIt() async throws {
         try await withTemporaryDirectory { dir in
-            let marker = dir + "/survivor-\(UInt32.random(in: 0...UInt32.max))"
-            _ = chmod(dir, 0o777)
+            // The child takes a lock and says so, then holds it for a minute: the lock is free again exactly when
+            // the child is gone (the kernel lets go of it with its last descriptor), so no wait proves anything.
+            // (In a folder `nobody` may write: the command runs as nobody.)
+            let shared = dir + "/shared"
+            _ = mkdir(shared, 0o777)
+            _ = chmod(shared, 0o777)
+            let lock = shared + "/survivor-\(UInt32.random(in: 0...UInt32.max))"
             let (h, outcome) = try await Self.run(
-                dir, "setsid sh -c 'sleep 3; touch \(marker)' </dev/null >/dev/null 2>&1 &\nexit 0\n")
+                dir,
+                """
+                setsid sh -c 'exec 9>>\(lock); flock 9; touch \(lock).held; sleep 60' </dev/null >/dev/null 2>&1 &
+                for i in $(seq 1 600); do [ -e \(lock).held ] && break; sleep 0.05; done
+                exit 0
+
+                """)
             #expect(outcome == .exited(0), "\(h.log("w").suffix(2000))")
             #expect(h.log("w").contains("PID namespace of their own"))
-            try await Task.sleep(for: .seconds(5))
-            #expect(!fileExists(marker), "a process the command started outlived its task")
+            #expect(fileExists(lock + ".held"), "the child never took its lock")
+            let fd = open(lock, O_RDWR)
+            defer { close(fd) }
+            #expect(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0, "a process the command started outlived its task")
         }
     }
 
@@ -223,6 +236,12 @@ struct SandboxTests {
         #expect(open.contains("command: v4 reached"), "\(open.suffix(3000))")
         #expect(open.contains("command: v6 reached"), "\(open.suffix(3000))")
         #expect(open.contains("no rule after exit"), "\(open.suffix(3000))")
+        // A flushed ruleset (a firewall reload) after start-up: the daemon puts the rule back before the command.
+        let flushed = try await check(["flush"])
+        #expect(flushed.contains("the rule was flushed"), "\(flushed.suffix(3000))")
+        #expect(flushed.contains("the daemon put the rule back"), "\(flushed.suffix(3000))")
+        #expect(flushed.contains("command: v4 refused"), "\(flushed.suffix(3000))")
+        #expect(flushed.contains("command: v6 refused"), "\(flushed.suffix(3000))")
 
     }
 }

@@ -380,7 +380,11 @@ extension S3FaultTests {
                 parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"], program: program),
                 environment: try TestEnvironment.routeThroughFaultProxy())
             for _ in 0..<400 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
-            try await Task.sleep(nanoseconds: 500_000_000)
+            // The signal goes once the upload is under way: S3 lists it.
+            for _ in 0..<400 {
+                if try await !h.s3.listMultipartUploads(bucket: h.outputBucket, logger: quietLogger).isEmpty { break }
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
             worker.signal(SIGTERM)
             #expect(await worker.wait(timeout: 30) == .exited(0), "\(h.log("w"))")
             try await TestEnvironment.setFaultRules("[]")

@@ -109,11 +109,18 @@ struct DeadEndsTests {
         let reached = Reached()
         let watch = reached.watch()
         watch.succeeded(.getInput)
-        for n in 1...5 { watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("AccessDenied", 403)) }
-        for n in 6...10 {
+        for n in 1...9 { watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("AccessDenied", 403)) }
+        watch.succeeded(.getInput)
+        for n in 10...18 {
             watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("KMS.AccessDeniedException", 400))
         }
         #expect(reached.all.isEmpty, "\(reached.all)")
+        // Ten different objects in a row, none read between: the policy changed under the fleet.
+        let changed = Reached()
+        let later = changed.watch()
+        later.succeeded(.getInput)
+        for n in 1...10 { later.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("AccessDenied", 403)) }
+        #expect(changed.all.map(\.what) == ["s3:GetObject is denied on s3://i (10 tasks in a row)"])
         // A bucket that is gone is every task's.
         for n in 11...13 {
             watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("NoSuchBucket", 404))

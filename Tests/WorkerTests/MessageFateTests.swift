@@ -186,10 +186,17 @@ struct MessageFateTests {
 
     @Test func aStopsGraceEndKillsTheCommandAndReleasesTheMessage() async throws {
         try await withTemporaryDirectory { dir in
-            let f = Fixture(dir, runner: .endless)
+            let running = Atomic<Bool>(false)
+            let f = Fixture(
+                dir,
+                runner: ScriptedRunner { _ in
+                    running.store(true, ordering: .relaxed)
+                    while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
+                    return .interrupted
+                })
             f.store.add(S3URI(bucket: "in-bucket", key: "x.txt"), "data")
             let task = Task { await f.handle(received("m1", "x.txt")) }
-            try await Task.sleep(for: .milliseconds(50))
+            await eventually { running.load(ordering: .relaxed) }
             task.cancel()  // what the daemon does to its slots when a stop's grace runs out
             await task.value
             #expect(f.queue.fate(of: "m1") == [.visibility("m1", 0)])
@@ -305,6 +312,74 @@ struct MessageFateTests {
             await f.handle(received("m4", "b/z.txt"))
             #expect(f.store.text(S3URI(bucket: "out-bucket", key: "b/result-1.csv")) == "the operator's own")
             #expect(f.record("_failed/b/z.txt.json")?["reason"]?.stringValue?.contains("did not write") == true)
+            // ...unless the operator says such objects are outputs of an earlier version (adoptUnmarkedOutputs).
+            var adopting = f.processor
+            adopting.config.adoptUnmarkedOutputs = true
+            f.store.add(S3URI(bucket: "out-bucket", key: "c/result-1.csv"), "from the old version")
+            f.store.add(S3URI(bucket: "in-bucket", key: "c/w.txt"), "w")
+            await adopting.handle(received("m5", "c/w.txt"), receivedAt: f.clock.now, slot: 1, logger: quietLogger)
+            #expect(f.store.text(S3URI(bucket: "out-bucket", key: "c/result-1.csv"))?.hasSuffix("/w.txt") == true)
+        }
+    }
+
+    /// A taken key cannot clear by itself: the task is recorded at once, not retried (its command would run again
+    /// only to throw its result away).
+    @Test func aTakenOutputKeyIsRecordedAtOnce() async throws {
+        try await withTemporaryDirectory { dir in
+            let runner = ScriptedRunner { command in
+                LocalFile.write(command.directory + "/same.csv", Array("x".utf8))
+                write(command.stdout, "same.csv\n")
+                return .exited(0)
+            }
+            let f = Fixture(dir, runner: runner, maxAttempts: 3)
+            for key in ["x.txt", "y.txt"] { f.store.add(S3URI(bucket: "in-bucket", key: key), key) }
+            await f.handle(received("m1", "x.txt"))
+            await f.handle(received("m2", "y.txt"))
+            #expect(f.queue.fate(of: "m2") == [.deleted("m2")], "retried")
+            #expect(runner.count == 2)
+            #expect(f.record("_failed/y.txt.json")?["reason"]?.stringValue?.contains("holds the output of") == true)
+        }
+    }
+
+    /// An input whose encoded name would pass S3's 2 KB of metadata is kept by its SHA-256, and still told apart.
+    @Test func aLongInputNameIsKeptByItsHash() {
+        let long = S3URI(bucket: "b", key: String(repeating: "é", count: 400))
+        let identity = OutputIdentity(input: long, messageID: "m")
+        #expect(identity.inputValue.hasPrefix("sha256:") && identity.metadata.map(\.1.utf8.count).reduce(0, +) < 2048)
+        let other = OutputIdentity(input: S3URI(bucket: "b", key: String(repeating: "é", count: 401)), messageID: "m")
+        let head = S3ObjectHead(etag: "e", size: 1, metadata: Dictionary(uniqueKeysWithValues: identity.metadata))
+        #expect(OutputClash.judge(head, mine: identity) == .landedBefore)
+        #expect(
+            OutputClash.judge(head, mine: other)
+                == .taken(by: "the output of an input whose name hashes to \(identity.inputValue)"))
+    }
+
+    /// When the notes cannot be read now (a throttle), no verdict rests on a guess: the message comes back later,
+    /// unrun, neither run nor settled as used up.
+    @Test func notesThatCannotBeReadNowGiveNoVerdict() async throws {
+        try await withTemporaryDirectory { dir in
+            let runner = ScriptedRunner.copying
+            let f = Fixture(dir, runner: runner, maxAttempts: 3)
+            f.store.add(S3URI(bucket: "in-bucket", key: "x.txt"), "data")
+            f.store.refuse("out-bucket", with: serviceError("SlowDown", status: 503))
+            await f.handle(received("m1", "x.txt", count: 5))
+            #expect(runner.count == 0)
+            #expect(f.queue.fate(of: "m1") == [.visibility("m1", 480)])
+            #expect(f.record("_failed/x.txt.json") == nil)
+        }
+    }
+
+    /// A message given back unrun on the last receive its dead-letter queue allows is recorded first: SQS moves it
+    /// there at its next receive, before it could run.
+    @Test func aReleaseOnTheLastReceiveBeforeTheDeadLetterQueueIsRecorded() async throws {
+        try await withTemporaryDirectory { dir in
+            let f = Fixture(dir)
+            var processor = f.processor
+            processor.maxReceiveCount = 4
+            await processor.release([received("m1", "x.txt", count: 3)], reason: "test", logger: quietLogger)
+            #expect(f.record("_failed/_unrun/m1.json") == nil)
+            await processor.release([received("m2", "x.txt", count: 4)], reason: "test", logger: quietLogger)
+            #expect(f.record("_failed/_unrun/m2.json")?["reason"]?.stringValue?.contains("maxReceiveCount 4") == true)
         }
     }
 

@@ -4,8 +4,10 @@
 # (root) running one task as `nobody` whose command tries to reach IMDS on both. Prints what each side reached, and
 # whether the daemon's nftables rule was still in place after it exited. Needs root, ip(8) and nft(8). A third argument
 # `pass` sets passCredentials=true: then no rule is put in place, and the command must reach IMDS (the probe's
-# control: a probe that reached nothing would prove nothing).
-#   imds_fence_check.sh PARALLELIZER_BINARY WORK_FOLDER [pass]
+# control: a probe that reached nothing would prove nothing). `flush` instead flushes the namespace's whole nftables
+# ruleset after the daemon put its rule in place and before the message is sent (a firewall reload): the daemon must
+# put the rule back before the command runs.
+#   imds_fence_check.sh PARALLELIZER_BINARY WORK_FOLDER [pass|flush]
 set -euo pipefail
 BIN=$1 DIR=$2 PASS=${3:-}
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -56,10 +58,12 @@ for bucket in ("fence-in", "fence-out"):
     s3.create_bucket(Bucket=bucket)
 s3.put_object(Bucket="fence-in", Key="x.txt", Body=b"x")
 url = sqs.create_queue(QueueName="fence")["QueueUrl"]
-sqs.send_message(QueueUrl=url, MessageBody="x.txt")
 print(url)
 PY
 )
+send_message() {
+    inns python3 -c 'import boto3, sys; boto3.client("sqs").send_message(QueueUrl=sys.argv[1], MessageBody="x.txt")' "$QUEUE"
+}
 
 cat >"$DIR/probe.sh" <<PROBE
 #!/bin/sh
@@ -86,9 +90,28 @@ logFile=$DIR/fence-worker.log
 PARAMS
 [ "$PASS" = pass ] && echo "passCredentials=true" >>"$DIR/fence.params"
 set +e
-inns env PATH=/usr/local/bin:/usr/bin:/bin AWS_EC2_METADATA_SERVICE_ENDPOINT=http://169.254.169.254 \
-    "$BIN" run --once --receive-wait-seconds 1 --config "$DIR/fence.params" >"$DIR/fence-worker.out" 2>&1
-status=$?
+if [ "$PASS" = flush ]; then
+    echo "idleTimeout=2" >>"$DIR/fence.params"
+    ip netns exec "$NS" env PATH=/usr/local/bin:/usr/bin:/bin AWS_EC2_METADATA_SERVICE_ENDPOINT=http://169.254.169.254 \
+        "$BIN" run --receive-wait-seconds 1 --config "$DIR/fence.params" >"$DIR/fence-worker.out" 2>&1 &
+    WORKER=$!
+    PIDS+=("$WORKER")
+    for _ in $(seq 1 300); do
+        grep -q 'IMDS is closed to the run-as user' "$DIR/fence-worker.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    inns nft flush ruleset
+    inns nft list tables 2>/dev/null | grep -q parallelizer_imds || echo "the rule was flushed"
+    send_message
+    wait "$WORKER"
+    status=$?
+    grep -q 'the IMDS fence was gone' "$DIR/fence-worker.log" && echo "the daemon put the rule back"
+else
+    send_message
+    inns env PATH=/usr/local/bin:/usr/bin:/bin AWS_EC2_METADATA_SERVICE_ENDPOINT=http://169.254.169.254 \
+        "$BIN" run --once --receive-wait-seconds 1 --config "$DIR/fence.params" >"$DIR/fence-worker.out" 2>&1
+    status=$?
+fi
 set -e
 echo "worker exited $status"
 cat "$DIR/probe.out" 2>/dev/null || echo "the command never ran"

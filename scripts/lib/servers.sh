@@ -46,7 +46,11 @@ pz_apt_install() {
         }
         sudo="sudo"
     fi
-    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null \
+    # (Through env: sudo clears the environment. A lock timeout: a fresh cloud machine may be running its own
+    # unattended upgrades.)
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${packages[@]}" \
+            >/dev/null \
         || echo "could not install ${packages[*]}; what needs them will fail, naming the package" >&2
 }
 
@@ -86,7 +90,9 @@ PZ_PEERS_REQUIREMENTS="$PZ_LIB_DIR/peers-requirements.txt"
 # its bin/ first on PATH for this script and what it starts, and installs the pinned peers when any installed version
 # differs from its pin (scripts/lib/check_peers.py).
 pz_python_env() {
-    if [ ! -x "$PZ_VENV/bin/python3" ] || ! "$PZ_VENV/bin/python3" -c 'import sys' 2>/dev/null; then
+    # A venv whose python is gone or replaced (an upgrade in place), or whose pip never got installed (an
+    # interrupted creation), is made again.
+    if [ ! -x "$PZ_VENV/bin/python3" ] || ! "$PZ_VENV/bin/python3" -m pip --version >/dev/null 2>&1; then
         rm -rf "$PZ_VENV"
         echo "creating the test peers' Python virtual environment in $PZ_VENV" >&2
         # A fresh Debian may have no python3 at all, and its python3 has no venv (ensurepip) without python3-venv.
@@ -102,7 +108,9 @@ pz_python_env() {
     local mismatch
     if ! mismatch=$("$PZ_VENV/bin/python3" "$PZ_LIB_DIR/check_peers.py" "$PZ_PEERS_REQUIREMENTS"); then
         echo "installing the pinned test peers ($(echo "$mismatch" | head -n 3 | paste -sd ';' -)...)" >&2
-        "$PZ_VENV/bin/python3" -m pip install -q --disable-pip-version-check -r "$PZ_PEERS_REQUIREMENTS" >&2
+        # (No user's pip configuration or PYTHONPATH: the pins alone decide.)
+        env -u PYTHONPATH PIP_CONFIG_FILE=/dev/null PIP_USER=0 \
+            "$PZ_VENV/bin/python3" -m pip install -q --disable-pip-version-check -r "$PZ_PEERS_REQUIREMENTS" >&2
         mismatch=$("$PZ_VENV/bin/python3" "$PZ_LIB_DIR/check_peers.py" "$PZ_PEERS_REQUIREMENTS") || {
             echo "the test peers are still not as pinned after installing them:" >&2
             echo "$mismatch" >&2
