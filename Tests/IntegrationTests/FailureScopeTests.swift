@@ -139,13 +139,8 @@ struct FailureScopeTests {
     @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
     func aFullDiskIsTheMachinesTroubleNotTheInputs() async throws {
         try await withTemporaryDirectory { dir in
-            let disk = dir + "/disk"
-            _ = mkdir(disk, 0o755)
-            let mounted = try await Scripts.run(
-                "/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk],
-                environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
-            try #require(mounted.succeeded, "cannot mount a tmpfs: \(mounted.stderr)")
-            defer { _ = umount2(disk, Int32(MNT_DETACH)) }
+            let disk = try await mountSmallDisk(in: dir)
+            defer { unmountSmallDisk(disk) }
             let h = try await WorkerHarness.make(directory: dir)
             let keys = (1...6).map { "big/f\($0).bin" }
             for key in keys {
@@ -183,13 +178,8 @@ struct FailureScopeTests {
     @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
     func aCommandThatFillsTheDiskFailsItsOwnTask() async throws {
         try await withTemporaryDirectory { dir in
-            let disk = dir + "/disk"
-            _ = mkdir(disk, 0o755)
-            let mounted = try await Scripts.run(
-                "/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk],
-                environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
-            try #require(mounted.succeeded, "cannot mount a tmpfs: \(mounted.stderr)")
-            defer { _ = umount2(disk, Int32(MNT_DETACH)) }
+            let disk = try await mountSmallDisk(in: dir)
+            defer { unmountSmallDisk(disk) }
             let h = try await WorkerHarness.make(directory: dir)
             try await h.upload("x.txt", "x")
             try await h.send(["x.txt"])

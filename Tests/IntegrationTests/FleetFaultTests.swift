@@ -188,13 +188,8 @@ struct EnvironmentFaultTests {
     @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
     func aNodeWithAFullDiskLeavesItsWorkToTheHealthyOnes() async throws {
         try await withTemporaryDirectory { dir in
-            let disk = dir + "/disk"
-            _ = mkdir(disk, 0o755)
-            let mounted = try await Scripts.run(
-                "/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", disk],
-                environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
-            try #require(mounted.succeeded, "cannot mount a tmpfs: \(mounted.stderr)")
-            defer { _ = umount2(disk, Int32(MNT_DETACH)) }
+            let disk = try await mountSmallDisk(in: dir)
+            defer { unmountSmallDisk(disk) }
             let fleet = try await FaultFleet.make(directory: dir, count: 100, size: 48 << 10)
             makeFile(disk + "/filler", size: (4 << 20) - (40 << 10))
             let started = ContinuousClock.now

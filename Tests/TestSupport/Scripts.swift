@@ -1,5 +1,7 @@
 import AWSCore
 import FoundationEssentials
+@preconcurrency import Glibc
+import Testing
 import Worker
 
 /// Runs the repository's bash scripts (`scripts/setup-aws`, ...) and the AWS CLI against moto, as an operator would.
@@ -72,3 +74,18 @@ public enum Scripts {
         public var description: String { message }
     }
 }
+
+/// Mounts a `size` tmpfs (`4m`) at `<dir>/disk` for the test: a small disk to fill. Needs root; detached on return.
+/// - Returns: the folder the tmpfs is mounted on.
+public func mountSmallDisk(in dir: String, size: String = "4m") async throws -> String {
+    let disk = dir + "/disk"
+    _ = mkdir(disk, 0o755)
+    let mounted = try await Scripts.run(
+        "/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", disk],
+        environment: ["PATH": "/usr/sbin:/usr/bin:/bin"], directory: dir)
+    try #require(mounted.succeeded, "cannot mount a tmpfs: \(mounted.stderr)")
+    return disk
+}
+
+/// Detaches what `mountSmallDisk` mounted.
+public func unmountSmallDisk(_ disk: String) { _ = umount2(disk, Int32(MNT_DETACH)) }
