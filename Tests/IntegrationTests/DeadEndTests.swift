@@ -151,9 +151,7 @@ struct DeadEndTests {
         try await withTemporaryDirectory { dir in
             let h = try await Self.harness(dir, inputs: 8)
             let run = try await Self.run(h, commandSeconds: 1) { _ in
-                for _ in 0..<300 where !fileExists(dir + "/command-runs") {
-                    try await Task.sleep(for: .milliseconds(50))
-                }
+                await waitUntil { fileExists(dir + "/command-runs") }
                 try await h.sqs.deleteQueue(queueURL: h.queueURL, logger: quietLogger)
             }
             Self.expectDeadEnd(run, says: "does not exist")

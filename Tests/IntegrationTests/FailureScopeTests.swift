@@ -20,16 +20,6 @@ struct FailureScopeTests {
         return found
     }
 
-    /// Waits for an event (a file, a count), under one generous deadline; false when it never came.
-    static func waitFor(_ seconds: Double = 60, _ condition: () async throws -> Bool) async rethrows -> Bool {
-        let deadline = ContinuousClock.now + .seconds(seconds)
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(100))
-        }
-        return try await condition()
-    }
-
     /// As root every command is PID 1 of its own PID namespace, so `$$` is 1 in every task: eight commands that
     /// name their output `result-$$.csv` name one key. The first input's output lands; the other seven are task
     /// failures whose records name both inputs, never an overwrite, and no message is deleted as if it had
@@ -117,7 +107,7 @@ struct FailureScopeTests {
                     program: h.script("up.sh", WorkerEndToEndTests.upper)),
                 environment: denied)
             // The readable ones first, so the worker has read an object; then the rest.
-            let firstDone = try await Self.waitFor {
+            let firstDone = try await waitUntil {
                 try await h.outputKeys().filter { $0.hasPrefix("ok/a") }.count == 3
             }
             #expect(firstDone, "\(h.log("w").suffix(2000))")

@@ -174,15 +174,10 @@ struct LedgerControllerTests {
             }
             func gone(_ state: String?) -> Bool { state == "shutting-down" || state == "terminated" }
             // The stuck one goes (or, dry, is only named); the busy one stays while work waits.
-            for _ in 0..<100 where !h.log("controller").contains("instance=\(stuck)") {
-                try await Task.sleep(nanoseconds: 100_000_000)
-            }
+            await waitUntil { h.log("controller").contains("instance=\(stuck)") }
             // The stuck one's termination (none when dry) shows in EC2: waited for, not slept for.
+            if !dryRun { try await waitUntil { gone(try await states()[stuck]) } }
             var seen = try await states()
-            for _ in 0..<100 where !dryRun && !gone(seen[stuck]) {
-                try await Task.sleep(nanoseconds: 100_000_000)
-                seen = try await states()
-            }
             #expect(gone(seen[stuck]) == !dryRun)
             #expect(seen[busy] == "running" && seen[untagged] == "running" && seen[other] == "running")
             #expect(h.log("controller").contains("no heartbeat for"))

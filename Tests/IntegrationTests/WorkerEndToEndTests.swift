@@ -134,8 +134,9 @@ struct WorkerEndToEndTests {
                 parameters: h.parameters(
                     ["shutdownGrace": "1", "visibilityTimeout": "300"],
                     program: program))
-            for _ in 0..<200 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
-            #expect(fileExists("\(dir)/started"))
+            try #require(
+                await waitUntil { fileExists("\(dir)/started") },
+                "the command never started: \(h.log("w").suffix(2000))")
             worker.signal(SIGTERM)
             #expect(await worker.wait(timeout: 30) == .exited(0), "\(h.log("w"))")
             // Visible again at once, not after the 300-second visibility timeout.
@@ -158,7 +159,9 @@ struct WorkerEndToEndTests {
                 parameters: h.parameters(
                     ["shutdownGrace": "1", "visibilityTimeout": "300"],
                     program: program), imds: imds.endpoint)
-            for _ in 0..<200 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            try #require(
+                await waitUntil { fileExists("\(dir)/started") },
+                "the command never started: \(h.log("w").suffix(2000))")
             try await imds.configure(#"{"spotAction": {"action": "terminate", "time": "2026-11-23T12:00:00Z"}}"#)
             #expect(await worker.wait(timeout: 30) == .exited(0), "\(h.log("w"))")
             #expect(h.log("w").contains("spot interruption notice"))
@@ -292,11 +295,7 @@ struct StartUpRefusalTests {
             let params = h.parameters(["idleTimeout": "60"], program: "/bin/true")
             let first = try h.startWorker(name: "first", parameters: params)
             defer { first.signal(SIGKILL) }
-            var started = false
-            for _ in 0..<300 where !started {
-                started = h.log("first").contains("parallelizer started")
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            let started = await waitUntil { h.log("first").contains("parallelizer started") }
             #expect(started, "\(h.log("first").suffix(2000))")
             let second = try h.startWorker(name: "second", parameters: params)
             #expect(await second.wait(timeout: 30) == .exited(2))
@@ -340,7 +339,9 @@ struct HeartbeatTests {
                 "long.sh", "echo started > \(dir)/started\nsleep 9\ncp \"$1\" \"$1.out\"\necho \"$1.out\"\n")
             let worker = try h.startWorker(
                 name: "w", parameters: h.parameters(["visibilityTimeout": "3"], program: program))
-            for _ in 0..<200 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            try #require(
+                await waitUntil { fileExists("\(dir)/started") },
+                "the command never started: \(h.log("w").suffix(2000))")
             // Three visibility timeouts pass while the command runs; nobody else may receive the message.
             var stolen: [String] = []
             for _ in 0..<6 {
@@ -379,7 +380,9 @@ extension S3FaultTests {
                 name: "w",
                 parameters: h.parameters(["shutdownGrace": "1", "visibilityTimeout": "300"], program: program),
                 environment: try TestEnvironment.routeThroughFaultProxy())
-            for _ in 0..<400 where !fileExists("\(dir)/started") { try await Task.sleep(nanoseconds: 50_000_000) }
+            try #require(
+                await waitUntil { fileExists("\(dir)/started") },
+                "the command never started: \(h.log("w").suffix(2000))")
             // The signal goes once the upload is under way: S3 lists it.
             for _ in 0..<400 {
                 if try await !h.s3.listMultipartUploads(bucket: h.outputBucket, logger: quietLogger).isEmpty { break }
@@ -488,7 +491,7 @@ struct HeldMessageTests {
                 parameters.merging(["numThreads": "1"]) { $1 },
                 program: h.script("a.sh", firstCallIsSlow(dir, slow: slow))),
             extraArguments: ["--receive-batch", "10"])
-        for _ in 0..<300 where !fileExists("\(dir)/slow-started") { try await Task.sleep(nanoseconds: 50_000_000) }
+        await waitUntil { fileExists("\(dir)/slow-started") }
         #expect(fileExists("\(dir)/slow-started"), "\(h.log("a"))")
         return a
     }

@@ -91,3 +91,15 @@ public func eventually(_ condition: () -> Bool) async {
         try? await Task.sleep(for: .milliseconds(1))
     }
 }
+
+/// Waits for an event (a file, a log line, a state) under one generous deadline, checking every 50 ms; returns
+/// whether it came. A loaded machine only makes it take longer: nothing here bets on how long.
+@discardableResult
+public func waitUntil(seconds: Double = 90, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
