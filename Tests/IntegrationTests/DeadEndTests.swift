@@ -329,7 +329,6 @@ extension S3FaultTests {
             let parameters = h.parameters(
                 ["shouldShutdown": "true", "shutdownCommand": "/bin/sh -c 'echo off >> \(dir)/shutdowns'"],
                 program: "/bin/true")
-            let started = ContinuousClock.now
             let outcome: ProcessOutcome?
             do {
                 let worker = try h.startWorker(
@@ -345,8 +344,9 @@ extension S3FaultTests {
             try await TestEnvironment.setFaultRules("[]")
             let log = h.log("w")
             let critical = log.split(separator: "\n").filter { $0.contains("critical") }
+            // (It ended by itself within the wait above; that it was the outage that ended it, the line says: no
+            // bet on how fast a loaded machine gets there.)
             #expect(outcome == .exited(1), "\(log.suffix(2000))")
-            #expect((ContinuousClock.now - started).seconds < 40)
             #expect(
                 critical.count == 1 && critical.first?.contains("has not answered a receive for 5 s") == true,
                 "\(critical)")
