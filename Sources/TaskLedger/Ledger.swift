@@ -163,7 +163,8 @@ public actor Ledger {
                 names: names, values: values))
         let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
         Self.dropOne(key, from: &progress.running)
-        if progress.commands[key] != nil && progress.commands[key]!.count > (progress.running[key]?.count ?? 0) {
+        // A command that never ended cleanly (the task ended mid-command) goes with its task.
+        if (progress.commands[key]?.count ?? 0) > (progress.running[key]?.count ?? 0) {
             Self.dropOne(key, from: &progress.commands)
         }
         if progress.running.isEmpty {

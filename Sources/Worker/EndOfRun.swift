@@ -40,8 +40,7 @@ extension Daemon {
                 return
             }
         }
-        await Self.runShutdownCommand(
-            config.shutdownCommand, config: config, environment: context.environment, logger: logger)
+        await Self.runShutdownCommand(config: config, environment: context.environment, logger: logger)
     }
 
     /// A daemon whose parameters could not be resolved (exit status 2) still powers its instance off, after the
@@ -71,7 +70,7 @@ extension Daemon {
         guard await PowerOffPause.wait(seconds: config.deadEndPause, clock: SystemClock(), logger: logger) else {
             return
         }
-        await runShutdownCommand(config.shutdownCommand, config: config, environment: environment, logger: logger)
+        await runShutdownCommand(config: config, environment: environment, logger: logger)
     }
 
     /// Leaves the Auto Scaling group with its desired capacity lowered by one (`shrink`), so the group does not
@@ -96,9 +95,8 @@ extension Daemon {
         }
     }
 
-    static func runShutdownCommand(
-        _ argv: [String], config: WorkerConfig, environment: [String: String], logger: Logger
-    ) async {
+    static func runShutdownCommand(config: WorkerConfig, environment: [String: String], logger: Logger) async {
+        let argv = config.shutdownCommand
         guard
             let program = ProcessRunner.resolve(
                 argv[0], in: "/", path: environment["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -18,6 +18,12 @@ enum AttemptOutcome: Sendable, Equatable {
     /// The output's key holds another input's output: never overwritten, and no retry can change that (only an
     /// operator can): recorded at once, as a missing input is.
     case outputTaken(TaskFailure)
+
+    /// Whose trouble deferred the task, when it was deferred.
+    var deferral: Deferral? {
+        if case .deferred(_, let scope) = self { return scope }
+        return nil
+    }
 }
 
 /// Whose trouble deferred a task.
@@ -99,14 +105,10 @@ enum MessageFate: Sendable, Equatable {
         _ outcomes: [AttemptOutcome], runs: Int, maxAttempts: Int, deadEnd: Bool,
         retryDelay: Int
     ) -> MessageFate {
-        if outcomes.contains(where: {
-            if case .deferred(_, let scope) = $0 { scope.isMachine } else { $0 == .interrupted }
-        }) {
+        if outcomes.contains(.interrupted) || outcomes.contains(where: { $0.deferral?.isMachine == true }) {
             return .release
         }
-        if outcomes.contains(where: { if case .deferred = $0 { true } else { false } }) {
-            return .postpone(afterSeconds: retryDelay)
-        }
+        if outcomes.contains(where: { $0.deferral != nil }) { return .postpone(afterSeconds: retryDelay) }
         var failures: [TaskFailure] = []  // in the inputs' order
         var never: [TaskFailure] = []
         for outcome in outcomes {

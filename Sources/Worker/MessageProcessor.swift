@@ -105,8 +105,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                     lastRun: lastRun, logger: logger)
                 outcomes.append(outcome)
                 // A stop, or trouble that is not the task's: the message goes back whole, the rest unrun.
-                if outcome == .interrupted { break }
-                if case .deferred = outcome { break }
+                if outcome == .interrupted || outcome.deferral != nil { break }
             }
             // Whatever happened, the slot's gate is not this message's any more.
             stage?.leave()
@@ -133,8 +132,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             logger.notice(
                 "AWS asks to slow down: message back later, no attempt spent",
                 metadata: ["retry.after_seconds": "\(seconds)"])
-            await noteUnrun(message, logger: logger)
-            await changeVisibility(message, to: seconds, logger: logger)
+            await releaseUnrun(message, after: seconds, logger: logger)
         case .retry(let seconds, let recordNow):
             // Inputs that can never work are recorded now, each on its own; the message comes back for the rest
             // (the inputs that worked are done again then, to the same output keys).
@@ -308,11 +306,11 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
         }
     }
 
-    /// Gives a message back at once without having run it, noting so first (`ReleaseNotes`): the receive spends
-    /// none of its attempts.
-    func releaseUnrun(_ message: SQSMessage, logger: Logger) async {
+    /// Gives a message back without having run it (at once, or `after` seconds), noting so first
+    /// (`ReleaseNotes`): the receive spends none of its attempts.
+    func releaseUnrun(_ message: SQSMessage, after seconds: Int = 0, logger: Logger) async {
         await noteUnrun(message, logger: logger)
-        await changeVisibility(message, to: 0, logger: logger)
+        await changeVisibility(message, to: seconds, logger: logger)
     }
 
     /// Notes a receive given back unrun; on the last receive the dead-letter queue allows, also leaves a record,

@@ -116,21 +116,27 @@ extension Daemon {
     }
 
     func installSignalHandlers(_ lifecycle: Lifecycle, logger: Logger) -> [DispatchSourceSignal] {
-        [SIGTERM, SIGINT].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                logger.notice(
-                    "stop requested: finishing running tasks, taking no new ones",
-                    metadata: [
-                        "signal": "\(number == SIGTERM ? "SIGTERM" : "SIGINT")",
-                        "grace_seconds": "\(config.shutdownGrace)",
-                    ])
-                lifecycle.requestStop(.signal)
-            }
-            source.resume()
-            return source
+        onStopSignals { number in
+            logger.notice(
+                "stop requested: finishing running tasks, taking no new ones",
+                metadata: [
+                    "signal": "\(number == SIGTERM ? "SIGTERM" : "SIGINT")",
+                    "grace_seconds": "\(config.shutdownGrace)",
+                ])
+            lifecycle.requestStop(.signal)
         }
+    }
+}
+
+/// Calls `handler` (on a global queue) for each SIGTERM and SIGINT, which no longer end the process, until the
+/// returned sources are cancelled.
+func onStopSignals(_ handler: @escaping @Sendable (Int32) -> Void) -> [DispatchSourceSignal] {
+    [SIGTERM, SIGINT].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { handler(number) }
+        source.resume()
+        return source
     }
 }
 

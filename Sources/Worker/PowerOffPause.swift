@@ -14,13 +14,7 @@ enum PowerOffPause {
             "powering off in \(seconds) s: time to look over SSH; stop the service (systemctl stop parallelizer) to keep the instance up"
         )
         let signalled = OneShot()
-        let sources = [SIGTERM, SIGINT].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { signalled.fire() }
-            source.resume()
-            return source
-        }
+        let sources = onStopSignals { _ in signalled.fire() }
         defer { sources.forEach { $0.cancel() } }
         let passed = await withTaskGroup(of: Bool.self) { group in
             group.addTask {

@@ -257,6 +257,16 @@ public struct ScriptedRunner: TaskRunner {
     }
 
     /// A command that runs until its task is cancelled, as a real one killed at a stop's grace end.
+    /// Writes `name` in its working folder (saying which input it ran on) and prints that name: every command names
+    /// the same output, as `result-$$` did when `$$` was 1 for all.
+    public static func naming(_ name: String) -> ScriptedRunner {
+        ScriptedRunner { command in
+            LocalFile.write(command.directory + "/" + name, Array("from \(command.argv.last!)".utf8))
+            write(command.stdout, name + "\n")
+            return .exited(0)
+        }
+    }
+
     public static var endless: ScriptedRunner {
         ScriptedRunner { _ in
             while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }

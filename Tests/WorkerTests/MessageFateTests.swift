@@ -279,13 +279,7 @@ struct MessageFateTests {
     /// done, and an earlier run of the same input from another message is replaced.
     @Test func anOutputKeyIsNeverTakenFromAnotherInput() async throws {
         try await withTemporaryDirectory { dir in
-            // Every command names the same output, as `result-$$` did when `$$` was 1 for all.
-            let sameName = ScriptedRunner { command in
-                LocalFile.write(command.directory + "/result-1.csv", Array("from \(command.argv.last!)".utf8))
-                write(command.stdout, "result-1.csv\n")
-                return .exited(0)
-            }
-            let f = Fixture(dir, runner: sameName, maxAttempts: 1)
+            let f = Fixture(dir, runner: .naming("result-1.csv"), maxAttempts: 1)
             for key in ["a/x.txt", "a/y.txt"] { f.store.add(S3URI(bucket: "in-bucket", key: key), key) }
             await f.handle(received("m1", "a/x.txt"))
             let output = S3URI(bucket: "out-bucket", key: "a/result-1.csv")
@@ -326,11 +320,7 @@ struct MessageFateTests {
     /// only to throw its result away).
     @Test func aTakenOutputKeyIsRecordedAtOnce() async throws {
         try await withTemporaryDirectory { dir in
-            let runner = ScriptedRunner { command in
-                LocalFile.write(command.directory + "/same.csv", Array("x".utf8))
-                write(command.stdout, "same.csv\n")
-                return .exited(0)
-            }
+            let runner = ScriptedRunner.naming("same.csv")
             let f = Fixture(dir, runner: runner, maxAttempts: 3)
             for key in ["x.txt", "y.txt"] { f.store.add(S3URI(bucket: "in-bucket", key: key), key) }
             await f.handle(received("m1", "x.txt"))
