@@ -128,7 +128,7 @@ public struct Daemon: Sendable {
             if !options.once {
                 daemon.addTask {
                     await watchForDrain(
-                        processor.queue, lifecycle, deadEnds: deadEnds, ledger: processor.ledger, clock: clock,
+                        processor.queue, lifecycle, ledger: processor.ledger, clock: clock,
                         logger: logger)
                 }
             }

@@ -19,6 +19,22 @@ enum AttemptOutcome: Sendable, Equatable {
     /// operator can): recorded at once, as a missing input is.
     case outputTaken(TaskFailure)
 
+    /// The same outcome, its failure stamped with the task's `seconds`.
+    func timed(_ seconds: Double) -> AttemptOutcome {
+        switch self {
+        case .failed(var failure):
+            failure.seconds = seconds
+            return .failed(failure)
+        case .inputMissing(var failure):
+            failure.seconds = seconds
+            return .inputMissing(failure)
+        case .outputTaken(var failure):
+            failure.seconds = seconds
+            return .outputTaken(failure)
+        default: return self
+        }
+    }
+
     /// Whose trouble deferred the task, when it was deferred.
     var deferral: Deferral? {
         if case .deferred(_, let scope) = self { return scope }

@@ -22,11 +22,13 @@ struct TaskSetting: Sendable {
 struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Sendable {
     var config: WorkerConfig
     let setting: TaskSetting
-    let queue: Queue
-    let store: Store
+    /// The queue and the store, each call's end told to the dead-end watch at the seam (`WatchedQueue`,
+    /// `WatchedStore`): the message path never reports a call by hand.
+    let queue: WatchedQueue<Queue>
+    let store: WatchedStore<Store>
     let runner: Runner
     let lifecycle: Lifecycle
-    /// Told of every queue and bucket call's end, to tell a task's failure from the daemon's dead end.
+    /// Tells a task's failure from the daemon's dead end; read here only for whether one was met.
     let deadEnds: DeadEnds
     let plan: VisibilityPlan
     let clock: any WorkerClock
@@ -40,6 +42,27 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     /// queue at its next, without a run; it leaves a record first (`releaseUnrun`).
     var maxReceiveCount: Int? = nil
 
+    init(
+        config: WorkerConfig, setting: TaskSetting, queue: Queue, store: Store, runner: Runner, lifecycle: Lifecycle,
+        deadEnds: DeadEnds, plan: VisibilityPlan, clock: any WorkerClock, instanceID: String, hasRedrivePolicy: Bool,
+        retryBackoff: Int, ledger: Ledger?, maxReceiveCount: Int? = nil
+    ) {
+        self.config = config
+        self.setting = setting
+        self.queue = WatchedQueue(queue, watch: deadEnds, queueURL: config.queueURL)
+        self.store = WatchedStore(store, watch: deadEnds, inputBucket: config.inputBucket)
+        self.runner = runner
+        self.lifecycle = lifecycle
+        self.deadEnds = deadEnds
+        self.plan = plan
+        self.clock = clock
+        self.instanceID = instanceID
+        self.hasRedrivePolicy = hasRedrivePolicy
+        self.retryBackoff = retryBackoff
+        self.ledger = ledger
+        self.maxReceiveCount = maxReceiveCount
+    }
+
     /// `receivedAt` is when the receive returned: a message may have waited behind others the slot took with it,
     /// and its visibility timeout runs from then.
     ///
@@ -48,10 +71,19 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
         _ message: SQSMessage, receivedAt: ContinuousClock.Instant, slot: Int, stage: CommandStage? = nil,
         logger base: Logger
     ) async {
+        await CallSubject.$messageID.withValue(message.messageID) {
+            await handleAsSubject(message, receivedAt: receivedAt, slot: slot, stage: stage, logger: base)
+        }
+    }
+
+    private func handleAsSubject(
+        _ message: SQSMessage, receivedAt: ContinuousClock.Instant, slot: Int, stage: CommandStage?,
+        logger base: Logger
+    ) async {
         var messageLogger = base
         messageLogger[metadataKey: "sqs.message_id"] = "\(message.messageID)"
         let logger = messageLogger
-        await ledger?.received()
+        await emit(.received, message, logger: logger)
         let parser = MessageParser(inputBucket: config.inputBucket, inputPrefix: config.inputPrefix)
         let parsed = Result { () throws(BadMessage) in try parser.parse(message.body) }
         if case .success(.partialEvent(_, let unreadable)) = parsed {
@@ -60,7 +92,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             logger.error("S3 event records cannot be read: recorded under _failed/", metadata: ["reason": "\(reason)"])
             _ = await write(
                 FailureRecords.body(badMessage: message, reason: reason, instanceID: instanceID),
-                key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID,
+                key: FailureRecords.key(forBadMessage: message.messageID),
                 onlyIfAbsent: true, logger: logger)
         }
         guard let runsBefore = await runsBefore(message, logger: logger) else {
@@ -113,65 +145,54 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
         }
     }
 
+    /// The message path's bookkeeping, in one observer (`MessageBooks`).
+    var books: MessageBooks {
+        MessageBooks(lifecycle: lifecycle, ledger: ledger, deadEnds: deadEnds, maxAttempts: config.maxAttempts)
+    }
+
+    func emit(_ event: MessageEvent, _ message: SQSMessage, logger: Logger) async {
+        await books.observe(event, message: message, logger: logger)
+    }
+
     /// Carries out a fate: the one place where a message is deleted, released, put back, or recorded and settled.
     func carryOut(_ fate: MessageFate, _ message: SQSMessage, logger: Logger) async {
         let attempts: Logger.Metadata = ["task.attempts": "\(message.receiveCount)"]
+        await emit(.settling(fate, attempt: message.receiveCount), message, logger: logger)
         switch fate {
         case .delete:
             await queue.delete(message, logger: logger)
         case .release:
-            lifecycle.count { $0.released += 1 }
-            // Not at a stop: a message ahead in the slot's pipeline that waited too long for its command.
-            logger.notice(
-                lifecycle.isStopping
-                    ? "task interrupted by a stop; message released" : "task not started; message released")
             // The daemon's choice, not the task's failure: no attempt spent.
             await releaseUnrun(message, logger: logger)
         case .postpone(let seconds):
-            lifecycle.count { $0.released += 1 }
-            logger.notice(
-                "AWS asks to slow down: message back later, no attempt spent",
-                metadata: ["retry.after_seconds": "\(seconds)"])
             await releaseUnrun(message, after: seconds, logger: logger)
         case .retry(let seconds, let recordNow):
             // Inputs that can never work are recorded now, each on its own; the message comes back for the rest
             // (the inputs that worked are done again then, to the same output keys).
             for failure in recordNow {
-                lifecycle.count { $0.givenUp += 1 }
                 await writeRecord(failure, message: message, logger: logger)
             }
-            lifecycle.count { $0.failed += 1 }
-            logger.info(
-                "message will be retried",
-                metadata: ["retry.after_seconds": "\(seconds)", "task.attempt": "\(message.receiveCount)"])
             await changeVisibility(message, to: seconds, logger: logger)
         case .giveUp(let failures, let worthRedriving):
             var recorded = true
             for failure in failures {
-                lifecycle.count { $0.givenUp += 1 }
                 if await !writeRecord(failure, message: message, logger: logger) { recorded = false }
             }
             await leave(
                 message, recorded: recorded, worthRedriving: worthRedriving, what: "giving up",
                 metadata: attempts, logger: logger)
         case .badMessage(let reason):
-            logger.error("bad message: recorded under _failed/ and deleted", metadata: ["reason": "\(reason)"])
-            lifecycle.count { $0.badMessages += 1 }
             let recorded = await write(
                 FailureRecords.body(badMessage: message, reason: reason, instanceID: instanceID),
-                key: FailureRecords.key(forBadMessage: message.messageID), subject: message.messageID, logger: logger)
+                key: FailureRecords.key(forBadMessage: message.messageID), logger: logger)
             await leave(
                 message, recorded: recorded, worthRedriving: false, what: "bad message", metadata: [:],
                 logger: logger)
         case .usedUp(let inputs, let runs):
             // An earlier receive gave it up but could not settle it. Each input gets a record unless one is there
             // already (the attempt that gave up wrote it, with the command's stderr).
-            logger.error(
-                "attempts used up: settling the message without running it again",
-                metadata: attempts.merging(["max_attempts": "\(config.maxAttempts)", "task.runs": "\(runs)"]) { $1 })
             var recorded = true
             for input in inputs {
-                lifecycle.count { $0.givenUp += 1 }
                 let failure = TaskFailure(
                     input: input,
                     reason:
@@ -248,12 +269,10 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     private func setVisibility(_ message: SQSMessage, to seconds: Int, logger: Logger, failure: String) async -> Bool {
         do throws(AWSError) {
             try await queue.changeVisibility(message, to: seconds, logger: logger)
-            deadEnds.succeeded(.changeVisibility)
             return true
         } catch {
             if Task.isCancelled { return false }
             logger.warning("\(failure)", metadata: ["error": "\(error)"])
-            deadEnds.failed(.changeVisibility, resource: config.queueURL, subject: message.messageID, error: error)
             return false
         }
     }
@@ -266,29 +285,26 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     {
         await write(
             FailureRecords.body(failure, message: message, instanceID: instanceID, time: Date()),
-            key: FailureRecords.key(forInput: failure.input.key), subject: message.messageID,
+            key: FailureRecords.key(forInput: failure.input.key),
             onlyIfAbsent: onlyIfAbsent, logger: logger)
     }
 
     /// Returns whether the record was written. When it was not (the output bucket is missing or denied), the
     /// message must not be deleted: it would then leave no trace at all.
-    func write(_ body: [UInt8], key: String, subject: String, onlyIfAbsent: Bool = false, logger: Logger) async -> Bool
+    func write(_ body: [UInt8], key: String, onlyIfAbsent: Bool = false, logger: Logger) async -> Bool
     {
-        let (store, deadEnds, bucket) = (self.store, self.deadEnds, config.outputBucket)
+        let (store, bucket) = (self.store, config.outputBucket)
         return await uncancelled {
             do throws(AWSError) {
                 try await store.put(
                     body, to: S3URI(bucket: bucket, key: key), contentType: "application/json",
                     onlyIfAbsent: onlyIfAbsent, logger: logger)
-                deadEnds.succeeded(.putRecord)
                 return true
             } catch  where onlyIfAbsent && error.httpStatus == 412 {
-                deadEnds.succeeded(.putRecord)
                 logger.info("a failure record is there already; kept", metadata: ["s3.key": "\(key)"])
                 return true
             } catch {
                 logger.error("could not write the failure record", metadata: ["s3.key": "\(key)", "error": "\(error)"])
-                deadEnds.failed(.putRecord, resource: "s3://\(bucket)", subject: subject, error: error)
                 return false
             }
         }
@@ -302,7 +318,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 metadata: [
                     "sqs.message_id": "\(message.messageID)", "reason": "\(reason)",
                 ])
-            await releaseUnrun(message, logger: logger)
+            await CallSubject.$messageID.withValue(message.messageID) { await releaseUnrun(message, logger: logger) }
         }
     }
 
@@ -328,7 +344,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 reason:
                     "given back unrun (a stop, this machine's trouble, a throttle) on receive \(message.receiveCount), the last the dead-letter queue allows (maxReceiveCount \(last)): the dead-letter queue takes it; raise maxReceiveCount above maxAttempts (setup-aws --max-attempts)",
                 instanceID: instanceID),
-            key: "_failed/_unrun/\(message.messageID).json", subject: message.messageID, onlyIfAbsent: true,
+            key: "_failed/_unrun/\(message.messageID).json", onlyIfAbsent: true,
             logger: logger)
     }
 }

@@ -19,14 +19,13 @@ extension Daemon {
     /// while a message it released may still come back. Without a ledger (or without `dynamodb:Query` on it), it
     /// waits for the queue to empty, as before.
     func watchForDrain(
-        _ queue: some WorkQueue, _ lifecycle: Lifecycle, deadEnds: DeadEnds, ledger: Ledger?, clock: any WorkerClock,
+        _ queue: some WorkQueue, _ lifecycle: Lifecycle, ledger: Ledger?, clock: any WorkerClock,
         logger: Logger
     ) async {
         let interval = Duration.seconds(max(1, min(5, config.idleTimeout / 3)))
         var zeroChecks = 0
         var tailChecks = 0
         var tailRule = ledger != nil
-        var checks = 0
         while !lifecycle.isStopping {
             do { try await clock.sleep(for: interval) } catch { return }
             guard lifecycle.idle(for: config.idleTimeout) else {
@@ -34,11 +33,9 @@ extension Daemon {
                 tailChecks = 0
                 continue
             }
-            checks += 1
             do {
                 let counts = try await queue.counts(logger: logger)
                 let total = counts.total
-                deadEnds.succeeded(.queueAttributes)
                 zeroChecks = total == 0 ? zeroChecks + 1 : 0
                 if total > 0 {
                     logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])
@@ -79,7 +76,6 @@ extension Daemon {
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("cannot read the queue's counts", metadata: ["error": "\(error)"])
-                deadEnds.failed(.queueAttributes, resource: config.queueURL, subject: "check-\(checks)", error: error)
                 zeroChecks = 0
                 tailChecks = 0
             }

@@ -14,11 +14,9 @@ enum Published: Sendable, Equatable {
 
 extension MessageProcessor {
     /// Uploads an output create-only, with its identity in its metadata, and settles a clash with what is there.
-    /// Tells the dead-end watch how the upload and the HEAD went.
     func publish(
-        _ descriptor: Int32, to object: S3URI, identity: OutputIdentity, subject: String, logger: Logger
+        _ descriptor: Int32, to object: S3URI, identity: OutputIdentity, logger: Logger
     ) async throws(AWSError) -> Published {
-        let resource = "s3://\(object.bucket)"
         var condition = WriteCondition.ifAbsent
         // A few rounds: the key may change between a refused write and the HEAD that follows (another worker's
         // write, or a delete); each round reads it again.
@@ -27,31 +25,15 @@ extension MessageProcessor {
                 try await store.upload(
                     file: .descriptor(descriptor), to: object,
                     write: WriteOptions(metadata: identity.metadata, condition: condition), logger: logger)
-                deadEnds.succeeded(.putOutput)
                 return .uploaded
             } catch  where error.httpStatus == 412 || error.code == "ConditionalRequestConflict" {
-                deadEnds.succeeded(.putOutput)
+                // Taken: read whose it is.
             } catch  where error.httpStatus == 404 && condition != .ifAbsent {
                 // The object replaced on its ETag was deleted meanwhile (S3 answers If-Match on no object with 404).
-                deadEnds.succeeded(.putOutput)
                 condition = .ifAbsent
                 continue
-            } catch {
-                if !Task.isCancelled {
-                    deadEnds.failed(.putOutput, resource: resource, subject: subject, error: error)
-                }
-                throw error
             }
-            let existing: S3ObjectHead?
-            do {
-                existing = try await store.head(object, logger: logger)
-                deadEnds.succeeded(.headOutput)
-            } catch {
-                if !Task.isCancelled {
-                    deadEnds.failed(.headOutput, resource: resource, subject: subject, error: error)
-                }
-                throw error
-            }
+            let existing = try await store.head(object, logger: logger)
             guard let existing else {
                 condition = .ifAbsent
                 continue

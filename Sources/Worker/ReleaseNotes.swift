@@ -73,7 +73,7 @@ struct ReleaseNotes<Store: ObjectStore>: Sendable {
 }
 
 extension MessageProcessor {
-    var releaseNotes: ReleaseNotes<Store> {
+    var releaseNotes: ReleaseNotes<WatchedStore<Store>> {
         ReleaseNotes(store: store, bucket: config.outputBucket, prefix: config.outputPrefix + "_parallelizer/releases/")
     }
 

@@ -36,7 +36,6 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
         let logger = slotLogger
         let sizer = SharedSizer(ReceiveSizer(plan: processor.plan))
         var failures = 0
-        var receives = 0
         var failingSince: ContinuousClock.Instant?
         let gate = CommandGate()
         let prefetch = self.prefetch && !once
@@ -69,15 +68,11 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                         return .failure(error)
                     }
                 }
-                receives += 1
                 switch result {
                 case .failure(let error):
                     if lifecycle.isStopping { break }
                     failures += 1
-                    // Each receive is a call of its own: three refused in a row end the daemon.
-                    processor.deadEnds.failed(
-                        .receive, resource: processor.config.queueURL, subject: "\(slot)-\(receives)",
-                        error: error)
+                    // The seam told the dead-end watch (`WatchedQueue`): three refused in a row end the daemon.
                     if lifecycle.isStopping { break }
                     // Only errors that may pass make an outage; the others were counted above. A throttle or a
                     // limit (OverLimit: too many messages in flight) is an answer: the queue is there, and the slot
@@ -103,7 +98,6 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                 case .success(let messages):
                     failures = 0
                     failingSince = nil
-                    processor.deadEnds.succeeded(.receive)
                     if messages.isEmpty {
                         lifecycle.emptyPoll()
                         // --once means at most one message: an empty poll ends the run too.

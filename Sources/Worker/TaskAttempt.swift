@@ -6,7 +6,7 @@ import Logging
 import TaskLedger
 
 extension MessageProcessor {
-    /// One attempt at one input: logged, written to the ledger, and returned as its `AttemptOutcome`.
+    /// One attempt at one input, its events told to the books (`MessageBooks`), returned as its `AttemptOutcome`.
     func attempt(
         _ input: S3URI, message: SQSMessage, slot: Int, stage: CommandStage? = nil, lastInput: Bool = true,
         lastRun: Bool = false, logger base: Logger
@@ -15,9 +15,7 @@ extension MessageProcessor {
         logger[metadataKey: "task.key"] = "\(input.key)"
         if input.bucket != config.inputBucket { logger[metadataKey: "task.bucket"] = "\(input.bucket)" }
         let started = clock.now
-        logger.info("task start", metadata: ["task.attempt": "\(message.receiveCount)"])
-        await ledger?.taskStarted(
-            inputKey: input.key, attempt: message.receiveCount, slot: slot, messageID: message.messageID)
+        await emit(.taskStarted(input: input, attempt: message.receiveCount, slot: slot), message, logger: logger)
         var (outcome, bytesIn) = await run(
             input, slot: slot, message: message, stage: stage, lastInput: lastInput, lastRun: lastRun, logger: logger)
         // A command that failed on a full disk, which has room again now that its task folder is gone, filled it
@@ -30,55 +28,10 @@ extension MessageProcessor {
                     outcome: nil))
         }
         let seconds = (clock.now - started).seconds
-        await ledger?.record(outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn)
-        switch outcome {
-        case .uploaded(let key, let bytes):
-            lifecycle.count {
-                $0.succeeded += 1
-                $0.bytesOut += bytes
-            }
-            logger.info(
-                "task done",
-                metadata: [
-                    "task.seconds": "\(seconds)", "task.output": "\(key)",
-                    "task.bytes_out": "\(bytes)", "task.exit_status": "0",
-                ])
-        case .noOutput:
-            lifecycle.count { $0.noOutput += 1 }
-            logger.info("task done without output", metadata: ["task.seconds": "\(seconds)", "task.exit_status": "0"])
-        case .failed(let failure):
-            logger.warning(
-                "task failed",
-                metadata: [
-                    "task.seconds": "\(seconds)", "reason": "\(failure.reason)",
-                    "task.exit_status": "\(failure.outcome?.summary ?? "none")",
-                ])
-            return .failed(
-                TaskFailure(
-                    input: input, reason: failure.reason, outcome: failure.outcome,
-                    stderrTail: failure.stderrTail, seconds: seconds))
-        case .inputMissing(let failure):
-            logger.error("input does not exist", metadata: ["reason": "\(failure.reason)"])
-            return .inputMissing(TaskFailure(input: input, reason: failure.reason, outcome: nil, seconds: seconds))
-        case .interrupted:
-            break
-        case .deferred(let reason, let scope):
-            logger.warning(
-                scope.isMachine
-                    ? "task deferred: this machine's trouble, not the task's" : "task deferred: AWS asks to slow down",
-                metadata: ["reason": "\(reason)"])
-        case .outputTaken(let failure):
-            logger.warning("task failed: its output key is taken", metadata: ["reason": "\(failure.reason)"])
-            return .outputTaken(
-                TaskFailure(input: input, reason: failure.reason, outcome: failure.outcome, seconds: seconds))
-        }
-        // The machine's health: a task that met its trouble counts, any other end of a task clears the count.
-        switch outcome {
-        case .deferred(let reason, let scope) where scope.isMachine:
-            deadEnds.nodeTrouble(reason, subject: message.messageID)
-        case .deferred, .interrupted: break
-        default: deadEnds.nodeHealthy()
-        }
+        outcome = outcome.timed(seconds)
+        await emit(
+            .taskEnded(outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn),
+            message, logger: logger)
         return outcome
     }
 
@@ -110,8 +63,6 @@ extension MessageProcessor {
         defer { folder.remove() }
         let data = folder.data
         let inputPath = data + "/" + TaskPaths.localName(forKey: input.key)
-        // Only the input bucket's answers say anything about the set-up: a message may name any bucket.
-        let ours = input.bucket == config.inputBucket
         let bytesIn: Int64
         // Work not yet started (no command of this message has run) ends at a stop; a message whose commands have
         // begun finishes its inputs within the grace, as without a pipeline.
@@ -124,20 +75,14 @@ extension MessageProcessor {
             // NoSuchBucket, also a 404; a 404 whose body was lost says neither, and is an ordinary failure, retried,
             // rather than a message given up at once).
             if error.httpStatus == 404 && error.code == "NoSuchKey" {
-
-                if ours { deadEnds.succeeded(.getInput) }
                 return (.inputMissing(TaskFailure(input: input, reason: "\(error)", outcome: nil)), 0)
             }
             if let trouble = NodeTrouble.reason(error) { return (.deferred(reason: trouble, scope: .machine), 0) }
-            if ours {
-                deadEnds.failed(.getInput, resource: "s3://\(input.bucket)", subject: message.messageID, error: error)
-            }
             // A throttle that outlasted the client's retries is a wait, not the task's failure.
             if error.isThrottle { return (.deferred(reason: "download: \(error)", scope: .throttle), 0) }
             return (failed("download failed: \(error)", nil, ""), 0)
         }
-        if ours { deadEnds.succeeded(.getInput) }
-        lifecycle.count { $0.bytesIn += bytesIn }
+        await emit(.downloaded(bytes: bytesIn), message, logger: logger)
         // Only now does the run-as user get the data folder: nothing of theirs could reach it during the download.
         do {
             try folder.handOver(input: TaskPaths.localName(forKey: input.key))
@@ -153,11 +98,55 @@ extension MessageProcessor {
         // Unique to this attempt on any instance: for naming an output (`$$` is 1 for every command as root, each
         // the first process of its own PID namespace).
         environment["PARALLELIZER_TASK_ID"] = "\(instanceID)-\(folderName)"
-        let workingDirectory = setting.environmentDirectory ?? data
-        if let stage, !stage.isHeld {
-            // The slot's previous command may still run: this one waits for it, unless a stop comes first, or the
-            // wait passes the plan's prefetch horizon (then a free worker had better take the message). A message
-            // on its last run waits for as long as it takes: a release would spend that attempt unrun.
+        let command = CommandRun(
+            argv: setting.program + [inputPath], environment: environment,
+            directory: setting.environmentDirectory ?? data, stdout: folder.commandStdout,
+            stderr: folder.commandStderr, user: setting.user, timeout: config.taskTimeout, privateTmp: folder.tmp)
+        // The next command of the slot starts once this one's output is judged, while the output goes up; unless
+        // the output may be a file the next command can reach (in the shared environment, or a hard link to one):
+        // then its upload is part of the slot's turn.
+        let step = await withCommandSlot(stage, keep: !lastInput, lastRun: lastRun, logger: logger) {
+            () async -> CommandStep in
+            let step = await runCommand(command, input: input, message: message, folder: folder, logger: logger)
+            if case .output(let output) = step, !output.taskOwn {
+                return .ended(await publish(output, input: input, message: message, logger: logger))
+            }
+            return step
+        }
+        switch step {
+        case nil: return (.interrupted, bytesIn)
+        case .ended(let outcome)?: return (outcome, bytesIn)
+        case .output(let output)?: return (await publish(output, input: input, message: message, logger: logger), bytesIn)
+        }
+    }
+
+    /// What a command's turn in the slot left: an outcome, or an output to upload.
+    enum CommandStep: Sendable {
+        case ended(AttemptOutcome)
+        case output(JudgedOutput)
+    }
+
+    /// The file a command named as its output, opened and checked (`OutputJudge`); `publish` closes it.
+    struct JudgedOutput: Sendable {
+        var descriptor: Int32
+        var name: String
+        var process: ProcessOutcome
+        /// Whether only this task can reach it: its data folder's own file, with no other name.
+        var taskOwn: Bool
+    }
+
+    /// Runs `body` (a command, and what must follow it before the slot's next command may start) holding the slot's
+    /// command gate (`CommandStage`); without a pipeline, at once. Nil when the message was turned away before it got
+    /// the gate: by a stop, or by a wait past the plan's prefetch horizon (a free worker had better take it). A message
+    /// on its last run waits for as long as it takes: a release would spend that attempt unrun.
+    ///
+    /// With `keep` (more of the message's inputs to come), the message keeps the gate after `body`; the end of its
+    /// handling (`attempt(_:message:...)`) hands it on whatever happened.
+    func withCommandSlot<T>(
+        _ stage: CommandStage?, keep: Bool, lastRun: Bool, logger: Logger, _ body: () async -> T
+    ) async -> T? {
+        guard let stage else { return await body() }
+        if !stage.isHeld {
             let clock = self.clock
             let limit: Duration? = lastRun ? nil : .milliseconds(Int(plan.prefetchHorizon * 1000))
             let wait = await lifecycle.cancellingAtStop { await stage.enter(within: limit, clock: clock) }
@@ -167,115 +156,114 @@ extension MessageProcessor {
             }
             if wait != .entered || lifecycle.isStopping {
                 stage.leave()
-                return (.interrupted, bytesIn)
+                return nil
             }
             stage.reached.fire()
+        }
+        let result = await body()
+        if !keep { stage.leave() }
+        return result
+    }
+
+    /// The command's run and the judgement of what it printed: the part of a task that holds the slot.
+    func runCommand(
+        _ command: CommandRun, input: S3URI, message: SQSMessage, folder: TaskFolder, logger: Logger
+    ) async -> CommandStep {
+        let failed = { (reason: String, outcome: ProcessOutcome?, tail: String) -> CommandStep in
+            .ended(.failed(TaskFailure(input: input, reason: reason, outcome: outcome, stderrTail: tail)))
         }
         // The IMDS fence, checked on the machine as it is now: a flushed ruleset would hand the command the role.
         if let fence = setting.fence {
             do {
                 try await fence.ensure(logger: logger)
             } catch {
-                if lastInput { stage?.leave() }
-                return (.deferred(reason: "the IMDS fence cannot be put back: \(error)", scope: .machine), bytesIn)
+                return .ended(.deferred(reason: "the IMDS fence cannot be put back: \(error)", scope: .machine))
             }
         }
         // The command's clock starts now, not at the download: `taskTimeout` is the command's, and the controller's
         // "past its taskTimeout" reads this.
-        await ledger?.commandStarted(inputKey: input.key, attempt: message.receiveCount)
+        await emit(.commandStarted(input: input, attempt: message.receiveCount), message, logger: logger)
         let outcome: ProcessOutcome
         do {
-            outcome = try await runner.run(
-                CommandRun(
-                    argv: setting.program + [inputPath], environment: environment, directory: workingDirectory,
-                    stdout: folder.commandStdout, stderr: folder.commandStderr, user: setting.user,
-                    timeout: config.taskTimeout, privateTmp: folder.tmp))
+            outcome = try await runner.run(command)
         } catch {
-            await ledger?.commandEnded(inputKey: input.key, attempt: message.receiveCount)
-            if lastInput { stage?.leave() }
+            await emit(.commandEnded(input: input, attempt: message.receiveCount), message, logger: logger)
             if let trouble = NodeTrouble.reason(errno: error.errno, error.description) {
-                return (.deferred(reason: trouble, scope: .machine), bytesIn)
+                return .ended(.deferred(reason: trouble, scope: .machine))
             }
-            return (failed("\(error)", nil, ""), bytesIn)
+            return failed("\(error)", nil, "")
         }
-        await ledger?.commandEnded(inputKey: input.key, attempt: message.receiveCount)
-        if outcome == .interrupted { return (.interrupted, bytesIn) }
+        await emit(.commandEnded(input: input, attempt: message.receiveCount), message, logger: logger)
+        if outcome == .interrupted { return .ended(.interrupted) }
         // A command that failed while the work folder's disk was full most likely failed of it.
-        if !outcome.succeeded, let full = NodeTrouble.fullDisk(under: data) {
-            if lastInput { stage?.leave() }
-            return (.deferred(reason: "the command failed (\(outcome.summary)) and \(full)", scope: .disk), bytesIn)
+        if !outcome.succeeded, let full = NodeTrouble.fullDisk(under: folder.data) {
+            return .ended(.deferred(reason: "the command failed (\(outcome.summary)) and \(full)", scope: .disk))
         }
         guard outcome.succeeded else {
             let reason =
                 outcome == .timedOut
                 ? "the command ran past taskTimeout (\(config.taskTimeout ?? 0) s)"
                 : "the command failed (\(outcome.summary))"
-            return (failed(reason, outcome, folder.stderrTail(bytes: 64 << 10)), bytesIn)
+            return failed(reason, outcome, folder.stderrTail(bytes: 64 << 10))
         }
         // The name is resolved as the command meant it (from its working directory), and must lead to a regular
         // file in the data folder or the environment, without a link (and the run-as user's own); it is opened
         // once, and uploaded from there.
         let line = OutputJudge.lastLine(of: folder.stdout)
-        let dataFolder = LocalFile.realPath(data) ?? data
-        let resolvedWorkingDirectory = LocalFile.realPath(workingDirectory) ?? workingDirectory
+        let dataFolder = LocalFile.realPath(folder.data) ?? folder.data
+        let workingDirectory = LocalFile.realPath(command.directory) ?? command.directory
         let folders = [dataFolder] + (setting.environmentDirectory.map { [$0] } ?? [])
         let verdict = OutputJudge.judge(
-            line: line, workingDirectory: resolvedWorkingDirectory, folders: folders, owner: setting.user?.uid)
-        // The next command of the slot starts now, while this output goes up; unless the output may be a file the
-        // next command can reach (in the shared environment, or a hard link to one): then the slot waits for the
-        // upload.
-        if lastInput
-            && (setting.environmentDirectory == nil
-                || Self.isTaskOwn(
-                    verdict, line: line, dataFolder: dataFolder, workingDirectory: resolvedWorkingDirectory))
-        {
-            stage?.leave()
-        }
+            line: line, workingDirectory: workingDirectory, folders: folders, owner: setting.user?.uid)
         switch verdict {
-
         case .none:
-            return (.noOutput, bytesIn)
+            return .ended(.noOutput)
         case .rejected(let why):
             // A command may print anything as its last line: keep the reason readable.
             let reason =
                 "the command's output line names no usable file: "
                 + (why.count > 300 ? String(why.prefix(300)) + "…" : why)
-            return (failed(reason, outcome, folder.stderrTail(bytes: 64 << 10)), bytesIn)
+            return failed(reason, outcome, folder.stderrTail(bytes: 64 << 10))
         case .file(let descriptor, let name):
-            defer { close(descriptor) }
-            let key = TaskPaths.outputKey(
-                inputKey: input.key, inputPrefix: config.inputPrefix,
-                outputPrefix: config.outputPrefix, outputName: name)
-            let object = S3URI(bucket: config.outputBucket, key: key)
-            let published: Published
-            do {
-                // Cancelled when a stop's grace runs out (a multipart upload is then aborted).
-                published = try await publish(
-                    descriptor, to: object, identity: OutputIdentity(input: input, messageID: message.messageID),
-                    subject: message.messageID, logger: logger)
-            } catch {
-                if Task.isCancelled { return (.interrupted, bytesIn) }
-                if let trouble = NodeTrouble.reason(error) {
-                    return (.deferred(reason: trouble, scope: .machine), bytesIn)
-                }
-                if error.isThrottle { return (.deferred(reason: "upload: \(error)", scope: .throttle), bytesIn) }
-                return (failed("upload failed: \(error)", outcome, ""), bytesIn)
-            }
-            let bytes = LocalFile.size(.descriptor(descriptor)) ?? 0
-            switch published {
-            case .uploaded:
-                return (.uploaded(key: key, bytes: bytes), bytesIn)
-            case .landedBefore:
-                logger.notice(
-                    "the output of this message's earlier receive is there already: done",
-                    metadata: ["s3.key": "\(key)"])
-                return (.uploaded(key: key, bytes: bytes), bytesIn)
-            case .taken(let owner):
-                let reason =
-                    "the output key \(object) holds \(owner): not overwritten (two inputs name one output; "
-                    + "give each its own name, e.g. with PARALLELIZER_TASK_ID)"
-                return (.outputTaken(TaskFailure(input: input, reason: reason, outcome: outcome)), bytesIn)
-            }
+            let taskOwn =
+                setting.environmentDirectory == nil
+                || Self.isTaskOwn(verdict, line: line, dataFolder: dataFolder, workingDirectory: workingDirectory)
+            return .output(JudgedOutput(descriptor: descriptor, name: name, process: outcome, taskOwn: taskOwn))
+        }
+    }
+
+    /// Uploads a judged output under its key (`publish(_:to:identity:logger:)`), and closes it.
+    func publish(_ output: JudgedOutput, input: S3URI, message: SQSMessage, logger: Logger) async -> AttemptOutcome {
+        defer { close(output.descriptor) }
+        let key = TaskPaths.outputKey(
+            inputKey: input.key, inputPrefix: config.inputPrefix, outputPrefix: config.outputPrefix,
+            outputName: output.name)
+        let object = S3URI(bucket: config.outputBucket, key: key)
+        let published: Published
+        do {
+            // Cancelled when a stop's grace runs out (a multipart upload is then aborted).
+            published = try await publish(
+                output.descriptor, to: object, identity: OutputIdentity(input: input, messageID: message.messageID),
+                logger: logger)
+        } catch {
+            if Task.isCancelled { return .interrupted }
+            if let trouble = NodeTrouble.reason(error) { return .deferred(reason: trouble, scope: .machine) }
+            if error.isThrottle { return .deferred(reason: "upload: \(error)", scope: .throttle) }
+            return .failed(TaskFailure(input: input, reason: "upload failed: \(error)", outcome: output.process))
+        }
+        let bytes = LocalFile.size(.descriptor(output.descriptor)) ?? 0
+        switch published {
+        case .uploaded:
+            return .uploaded(key: key, bytes: bytes)
+        case .landedBefore:
+            logger.notice(
+                "the output of this message's earlier receive is there already: done", metadata: ["s3.key": "\(key)"])
+            return .uploaded(key: key, bytes: bytes)
+        case .taken(let owner):
+            let reason =
+                "the output key \(object) holds \(owner): not overwritten (two inputs name one output; "
+                + "give each its own name, e.g. with PARALLELIZER_TASK_ID)"
+            return .outputTaken(TaskFailure(input: input, reason: reason, outcome: output.process))
         }
     }
 }

@@ -1,0 +1,135 @@
+import AWSServices
+import Logging
+import TaskLedger
+
+/// What happens on the message path, as it happens. The path only says what happened (`MessageBooks.observe`); the
+/// books kept of it (the log's lines, the run's counters, the ledger's items, the machine's health) are kept in one
+/// place, so that the path reads as its steps.
+enum MessageEvent: Sendable {
+    /// A message arrived in a slot.
+    case received
+    /// A task (one input of the message) starts: `attempt` is the message's receive count.
+    case taskStarted(input: S3URI, attempt: Int, slot: Int)
+    /// Its input is on disk.
+    case downloaded(bytes: Int64)
+    /// Its command starts, and ends (whatever the way).
+    case commandStarted(input: S3URI, attempt: Int)
+    case commandEnded(input: S3URI, attempt: Int)
+    /// The task ended so, after `seconds`, with `bytesIn` downloaded.
+    case taskEnded(AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64)
+    /// The message's fate is decided, and about to be carried out.
+    case settling(MessageFate, attempt: Int)
+}
+
+/// The one observer of the message path's events: it keeps the log, the counters (`Lifecycle.counts`), the ledger
+/// and the machine's health (`DeadEnds.nodeTrouble`).
+struct MessageBooks: Sendable {
+    let lifecycle: Lifecycle
+    let ledger: Ledger?
+    let deadEnds: DeadEnds
+    let maxAttempts: Int
+
+    func observe(_ event: MessageEvent, message: SQSMessage, logger: Logger) async {
+        switch event {
+        case .received:
+            await ledger?.received()
+        case .taskStarted(let input, let attempt, let slot):
+            logger.info("task start", metadata: ["task.attempt": "\(attempt)"])
+            await ledger?.taskStarted(inputKey: input.key, attempt: attempt, slot: slot, messageID: message.messageID)
+        case .downloaded(let bytes):
+            lifecycle.count { $0.bytesIn += bytes }
+        case .commandStarted(let input, let attempt):
+            await ledger?.commandStarted(inputKey: input.key, attempt: attempt)
+        case .commandEnded(let input, let attempt):
+            await ledger?.commandEnded(inputKey: input.key, attempt: attempt)
+        case .taskEnded(let outcome, let input, let attempt, let seconds, let bytesIn):
+            await ledger?.record(outcome, input: input, attempt: attempt, seconds: seconds, bytesIn: bytesIn)
+            taskEnded(outcome, seconds: seconds, logger: logger)
+            // The machine's health: a task that met its trouble counts, any other end of a task clears the count.
+            switch outcome {
+            case .deferred(let reason, let scope) where scope.isMachine:
+                deadEnds.nodeTrouble(reason, subject: message.messageID)
+            case .deferred, .interrupted: break
+            default: deadEnds.nodeHealthy()
+            }
+        case .settling(let fate, let attempt):
+            settling(fate, attempt: attempt, logger: logger)
+        }
+    }
+
+    private func taskEnded(_ outcome: AttemptOutcome, seconds: Double, logger: Logger) {
+        switch outcome {
+        case .uploaded(let key, let bytes):
+            lifecycle.count {
+                $0.succeeded += 1
+                $0.bytesOut += bytes
+            }
+            logger.info(
+                "task done",
+                metadata: [
+                    "task.seconds": "\(seconds)", "task.output": "\(key)",
+                    "task.bytes_out": "\(bytes)", "task.exit_status": "0",
+                ])
+        case .noOutput:
+            lifecycle.count { $0.noOutput += 1 }
+            logger.info("task done without output", metadata: ["task.seconds": "\(seconds)", "task.exit_status": "0"])
+        case .failed(let failure):
+            logger.warning(
+                "task failed",
+                metadata: [
+                    "task.seconds": "\(seconds)", "reason": "\(failure.reason)",
+                    "task.exit_status": "\(failure.outcome?.summary ?? "none")",
+                ])
+        case .inputMissing(let failure):
+            logger.error("input does not exist", metadata: ["reason": "\(failure.reason)"])
+        case .interrupted:
+            break
+        case .deferred(let reason, let scope):
+            logger.warning(
+                scope.isMachine
+                    ? "task deferred: this machine's trouble, not the task's" : "task deferred: AWS asks to slow down",
+                metadata: ["reason": "\(reason)"])
+        case .outputTaken(let failure):
+            logger.warning("task failed: its output key is taken", metadata: ["reason": "\(failure.reason)"])
+        }
+    }
+
+    /// The counters and the line of a fate; the lines of a message that leaves for good (`MessageProcessor.leave`)
+    /// depend on how it leaves, and are written there.
+    private func settling(_ fate: MessageFate, attempt: Int, logger: Logger) {
+        switch fate {
+        case .delete:
+            break
+        case .release:
+            lifecycle.count { $0.released += 1 }
+            // Not at a stop: a message ahead in the slot's pipeline that waited too long for its command.
+            logger.notice(
+                lifecycle.isStopping
+                    ? "task interrupted by a stop; message released" : "task not started; message released")
+        case .postpone(let seconds):
+            lifecycle.count { $0.released += 1 }
+            logger.notice(
+                "AWS asks to slow down: message back later, no attempt spent",
+                metadata: ["retry.after_seconds": "\(seconds)"])
+        case .retry(let seconds, let recordNow):
+            lifecycle.count {
+                $0.givenUp += recordNow.count
+                $0.failed += 1
+            }
+            logger.info(
+                "message will be retried", metadata: ["retry.after_seconds": "\(seconds)", "task.attempt": "\(attempt)"])
+        case .giveUp(let failures, _):
+            lifecycle.count { $0.givenUp += failures.count }
+        case .badMessage(let reason):
+            lifecycle.count { $0.badMessages += 1 }
+            logger.error("bad message: recorded under _failed/ and deleted", metadata: ["reason": "\(reason)"])
+        case .usedUp(let inputs, let runs):
+            lifecycle.count { $0.givenUp += inputs.count }
+            logger.error(
+                "attempts used up: settling the message without running it again",
+                metadata: [
+                    "task.attempts": "\(attempt)", "max_attempts": "\(maxAttempts)", "task.runs": "\(runs)",
+                ])
+        }
+    }
+}
