@@ -124,9 +124,15 @@ struct HTTPClientTests {
     }
 
     @Test func cancellationAbortsTheTransfer() async throws {
-        let stub = try url("/slow/20")
+        let key = "cancel-\(UInt32.random(in: 0..<UInt32.max))"
+        let stub = try url("/slow/20/\(key)")
         let task = Task { try await http.execute(HTTPRequest(method: "GET", url: stub)) }
-        try await Task.sleep(nanoseconds: 300_000_000)
+        // Cancelled once the server holds the request: the transfer is under way.
+        let arrived = try url("/arrived/\(key)")
+        let underWay = await waitUntil(seconds: 15) {
+            (try? await http.execute(HTTPRequest(method: "GET", url: arrived)))?.status == 200
+        }
+        #expect(underWay, "the request never reached the server")
         task.cancel()
         let started = ContinuousClock.now
         let result = await task.result

@@ -93,7 +93,8 @@ import Testing
             #expect(held.takeAll().count == 2)
             await clock.waitForSleepers(1)
             clock.advance(by: .milliseconds(800))
-            try? await Task.sleep(for: .milliseconds(50))
+            // The timer woke (its sleep returned); leaving the scope waits for it to end.
+            #expect(clock.sleepers == 0, "the hold timer was not due yet")
         }
         #expect(released.all.isEmpty, "the timer released messages already handed out")
     }

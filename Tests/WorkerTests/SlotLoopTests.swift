@@ -197,8 +197,7 @@ struct SlotLoopTests {
             let slot = Task { await loop(f, batch: 3).run(logger: quietLogger) }
             await f.clock.waitForSleepers(2)  // the hold timer and the running task's heartbeat
             f.lifecycle.requestStop(.signal)
-            try await Task.sleep(for: .milliseconds(50))
-            #expect(f.queue.fate(of: "m1").isEmpty, "a running task was cut short before its grace ran out")
+            // (That a stop alone lets a running command finish is aStopLetsAMessageThatBeganItsCommandsFinishThem's.)
             slot.cancel()
             await slot.value
             #expect(f.queue.fate(of: "m1") == [.visibility("m1", 0)])

@@ -3,7 +3,8 @@
   GET  /bytes/N            N bytes of a repeating pattern, with Content-Length
   GET  /short/N            claims N bytes, sends half, then closes (a body cut off mid-way)
   GET  /status/CODE        that status, with a small body
-  GET  /slow/SECONDS       waits, then answers 200
+  GET  /slow/SECONDS[/KEY] waits, then answers 200; with KEY, notes its arrival first
+  GET  /arrived/KEY        200 once a /slow request with KEY has arrived, else 404: a test waits for it, not for time
   GET  /together/KEY/N      answers 200 once N requests for KEY are waiting at the same time (503 after 10 s):
                             proof that N requests were in flight at once, whatever the machine's load
   GET  /headers            the request's headers as JSON
@@ -28,6 +29,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FLAKY = {}
+ARRIVED = set()
 LAST = {}
 LOCK = threading.Lock()
 TOGETHER = threading.Condition()
@@ -109,7 +111,14 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(chunk)
             return
+        if parts[0] == "arrived":
+            with LOCK:
+                arrived = parts[1] in ARRIVED
+            return self.send(200 if arrived else 404, b"arrived" if arrived else b"not yet")
         if parts[0] == "slow":
+            if len(parts) > 2:
+                with LOCK:
+                    ARRIVED.add(parts[2])
             time.sleep(float(parts[1]))
             return self.send(200, b"slow")
         if parts[0] == "headers":
