@@ -45,12 +45,13 @@ struct MessageBooks: Sendable {
         case .taskEnded(let outcome, let input, let attempt, let seconds, let bytesIn):
             await ledger?.record(outcome, input: input, attempt: attempt, seconds: seconds, bytesIn: bytesIn)
             taskEnded(outcome, seconds: seconds, logger: logger)
-            // The machine's health: a task that met its trouble counts, any other end of a task clears the count.
+            // The machine's health: a task that met its trouble counts, a task that worked clears the count. A task
+            // that failed says nothing either way (it may have failed of the machine in a way nobody could tell).
             switch outcome {
             case .deferred(let reason, let scope) where scope.isMachine:
                 deadEnds.nodeTrouble(reason, subject: message.messageID)
-            case .deferred, .interrupted: break
-            default: deadEnds.nodeHealthy()
+            case .uploaded, .noOutput: deadEnds.nodeHealthy()
+            case .deferred, .interrupted, .failed, .inputMissing, .outputTaken: break
             }
         case .settling(let fate, let attempt):
             settling(fate, attempt: attempt, logger: logger)

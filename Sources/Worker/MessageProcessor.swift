@@ -49,8 +49,8 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
     ) {
         self.config = config
         self.setting = setting
-        self.queue = WatchedQueue(queue, watch: deadEnds, queueURL: config.queueURL)
-        self.store = WatchedStore(store, watch: deadEnds, inputBucket: config.inputBucket)
+        self.queue = WatchedQueue(queue, watch: deadEnds, queueURL: config.queueURL) { lifecycle.isStopping }
+        self.store = WatchedStore(store, watch: deadEnds, inputBucket: config.inputBucket) { lifecycle.isStopping }
         self.runner = runner
         self.lifecycle = lifecycle
         self.deadEnds = deadEnds

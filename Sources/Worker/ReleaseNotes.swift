@@ -73,8 +73,10 @@ struct ReleaseNotes<Store: ObjectStore>: Sendable {
 }
 
 extension MessageProcessor {
-    var releaseNotes: ReleaseNotes<WatchedStore<Store>> {
-        ReleaseNotes(store: store, bucket: config.outputBucket, prefix: config.outputPrefix + "_parallelizer/releases/")
+    /// On the store itself, not the watched one: a note that cannot be written or read falls back to counting
+    /// receives, and is nobody's dead end (nor does a note that works vouch for the failure records).
+    var releaseNotes: ReleaseNotes<Store> {
+        ReleaseNotes(store: store.base, bucket: config.outputBucket, prefix: config.outputPrefix + "_parallelizer/releases/")
     }
 
     /// The runs `message` had before this receive: its earlier receives less those the daemon gave back unrun.

@@ -21,9 +21,13 @@ private final class CallNumbers: Sendable {
 
 /// How a call ended, as the watch sees it: an answer that shows the set-up works for it (a success, but also a
 /// refused condition or a missing key: the service read the request and the resource is there), or a failure.
+///
+/// A call cut short by a stop says nothing about the set-up: one cancelled, or (`endsAtStop`: a receive, a download,
+/// which a stop ends) one that failed once a stop was asked for.
 private func report<T>(
     _ call: DaemonCall, to watch: DeadEnds, resource: String, subject: @autoclosure () -> String,
-    answered: (AWSError) -> Bool = { _ in false }, _ body: () async throws(AWSError) -> T
+    endsAtStop: (() -> Bool)? = nil, answered: (AWSError) -> Bool = { _ in false },
+    _ body: () async throws(AWSError) -> T
 ) async throws(AWSError) -> T {
     do {
         let value = try await body()
@@ -32,8 +36,7 @@ private func report<T>(
     } catch {
         if answered(error) {
             watch.succeeded(call)
-        } else if !Task.isCancelled {
-            // A call cancelled by a stop says nothing about the set-up.
+        } else if !Task.isCancelled && endsAtStop?() != true {
             watch.failed(call, resource: resource, subject: subject(), error: error)
         }
         throw error
@@ -46,16 +49,21 @@ struct WatchedQueue<Base: WorkQueue>: WorkQueue {
     let base: Base
     let watch: DeadEnds
     let queueURL: String
+    /// Whether a stop was asked for.
+    let stopping: @Sendable () -> Bool
     private let numbers = CallNumbers()
 
-    init(_ base: Base, watch: DeadEnds, queueURL: String) {
+    init(_ base: Base, watch: DeadEnds, queueURL: String, stopping: @escaping @Sendable () -> Bool = { false }) {
         self.base = base
         self.watch = watch
         self.queueURL = queueURL
+        self.stopping = stopping
     }
 
     func receive(count: Int, waitSeconds: Int, logger: Logger) async throws(AWSError) -> [SQSMessage] {
-        try await report(.receive, to: watch, resource: queueURL, subject: numbers.take("receive")) {
+        try await report(
+            .receive, to: watch, resource: queueURL, subject: numbers.take("receive"), endsAtStop: stopping
+        ) {
             () throws(AWSError) in try await base.receive(count: count, waitSeconds: waitSeconds, logger: logger)
         }
     }
@@ -81,12 +89,15 @@ struct WatchedStore<Base: ObjectStore>: ObjectStore {
     let base: Base
     let watch: DeadEnds
     let inputBucket: String
+    /// Whether a stop was asked for.
+    let stopping: @Sendable () -> Bool
     private let numbers = CallNumbers()
 
-    init(_ base: Base, watch: DeadEnds, inputBucket: String) {
+    init(_ base: Base, watch: DeadEnds, inputBucket: String, stopping: @escaping @Sendable () -> Bool = { false }) {
         self.base = base
         self.watch = watch
         self.inputBucket = inputBucket
+        self.stopping = stopping
     }
 
     private var subject: String { CallSubject.messageID ?? numbers.take("call") }
@@ -95,7 +106,7 @@ struct WatchedStore<Base: ObjectStore>: ObjectStore {
         guard object.bucket == inputBucket else { return try await base.download(object, to: path, logger: logger) }
         // NoSuchKey: the bucket answered for the key, so the role may read it.
         return try await report(
-            .getInput, to: watch, resource: "s3://\(object.bucket)", subject: subject,
+            .getInput, to: watch, resource: "s3://\(object.bucket)", subject: subject, endsAtStop: stopping,
             answered: { $0.httpStatus == 404 && $0.code == "NoSuchKey" }
         ) { () throws(AWSError) in try await base.download(object, to: path, logger: logger) }
     }
