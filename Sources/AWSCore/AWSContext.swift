@@ -13,19 +13,22 @@ public struct AWSContext: Sendable {
     /// Resolved endpoints, by service and region: the environment does not change, and resolving (variable
     /// lookups and URL parsing) on every request was a visible share of the daemon's CPU per task.
     private let endpoints = Memo<ServiceEndpoint>()
+    /// The shared files, for a profile's `endpoint_url` and `services`.
+    private let files: SharedConfigFiles
 
     public init(region: String, client: AWSClient, imds: IMDSClient?, environment: [String: String]) {
         self.region = region
         self.client = client
         self.imds = imds
         self.environment = environment
+        self.files = SharedConfigFiles(environment: environment)
     }
 
-    /// The endpoint of `service` (`AWS_ENDPOINT_URL_<SERVICE>`, `AWS_ENDPOINT_URL`, or AWS's own).
+    /// The endpoint of `service` (`AWS_ENDPOINT_URL_<SERVICE>`, `AWS_ENDPOINT_URL`, the profile's, or AWS's own).
     public func endpoint(_ service: String, region: String? = nil) throws(AWSError) -> ServiceEndpoint {
         let region = region ?? self.region
         return try endpoints.value(for: service + " " + region) { () throws(AWSError) in
-            try ServiceEndpoint.resolve(service: service, region: region, environment: environment)
+            try ServiceEndpoint.resolve(service: service, region: region, environment: environment, files: files)
         }
     }
 
@@ -33,9 +36,10 @@ public struct AWSContext: Sendable {
     /// - Parameters:
     ///   - region: an explicit region (a flag or user-data), which wins over everything else.
     ///   - credentials: explicit keys (user-data `accessKey`/`secretKey`), used instead of the chain.
+    ///   - order: the daemon's sources, or the AWS CLI's (the operator's commands).
     public static func resolve(
         environment: [String: String], region explicitRegion: String? = nil,
-        credentials explicit: Credentials? = nil, retry: RetryPolicy = RetryPolicy(),
+        credentials explicit: Credentials? = nil, order: CredentialOrder = .daemon, retry: RetryPolicy = RetryPolicy(),
         logger: Logger
     ) async throws(AWSError) -> AWSContext {
         let http = HTTPClient(
@@ -47,7 +51,7 @@ public struct AWSContext: Sendable {
             explicit: explicitRegion, environment: environment, imds: imds, logger: logger)
         let provider: any CredentialProvider =
             explicit.map { StaticCredentialProvider($0) }
-            ?? CredentialChain.default(environment: environment, imds: imds)
+            ?? CredentialChain.default(environment: environment, imds: imds, order: order, region: region, http: http)
         let client = AWSClient(
             http: http, credentials: provider, retry: retry,
             connectTo: environment.nonEmpty("PARALLELIZER_CONNECT_TO").map { [$0] } ?? [])

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import HTTPCurl
 @_exported import AWSSigV4
 import Logging
 
@@ -66,21 +67,62 @@ public struct ProfileCredentialProvider: CredentialProvider {
 /// The shared config and credentials files, read once.
 public struct SharedConfigFiles: Sendable {
     public let profile: String
+    /// Whether the profile was named (`AWS_PROFILE`), rather than `default`: a named profile that is missing is an
+    /// error, as in the AWS CLI.
+    public let profileNamed: Bool
     public let credentials: IniFile?
     public let config: IniFile?
+    /// Where the two files are, for messages.
+    public let paths: String
 
     public init(environment: [String: String]) {
-        profile = environment.nonEmpty("AWS_PROFILE") ?? environment.nonEmpty("AWS_DEFAULT_PROFILE") ?? "default"
+        let named = environment.nonEmpty("AWS_PROFILE") ?? environment.nonEmpty("AWS_DEFAULT_PROFILE")
+        profile = named ?? "default"
+        profileNamed = named != nil
         let home = environment.nonEmpty("HOME") ?? "/root"
         let credentialsPath = environment.nonEmpty("AWS_SHARED_CREDENTIALS_FILE") ?? "\(home)/.aws/credentials"
         let configPath = environment.nonEmpty("AWS_CONFIG_FILE") ?? "\(home)/.aws/config"
         credentials = LocalFile.readText(credentialsPath).map(IniFile.init(text:))
         config = LocalFile.readText(configPath).map(IniFile.init(text:))
+        paths = "\(configPath), \(credentialsPath)"
     }
 
     /// The profile's `region`, from the config file.
     public var region: String? {
         config?.configProfile(profile)?["region"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+/// The profile `AWS_PROFILE` names (or `default`), resolved as the AWS CLI resolves it (`ProfileResolver`) when first
+/// asked: a setting that cannot work is then that call's error, not start-up's.
+public actor ResolvedProfileProvider: CredentialProvider {
+    public nonisolated let name: String
+    private let resolver: ProfileResolver
+    private var resolved: (any CredentialProvider)??
+
+    init(_ resolver: ProfileResolver) {
+        self.resolver = resolver
+        self.name = "profile \(resolver.files.profile) (\(resolver.files.paths))"
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        if resolved == nil {
+            let found = try resolver.provider(resolver.files.profile)
+            if found == nil, resolver.files.profileNamed {
+                throw credentialSetupError(
+                    "the profile \(resolver.files.profile) (AWS_PROFILE) is in neither \(resolver.files.paths)")
+            }
+            resolved = .some(found)
+            if let found {
+                logger.debug("profile resolved", metadata: ["credentials.source": "\(found.name)"])
+            }
+        }
+        guard let provider = resolved ?? nil else { return nil }
+        return try await provider.credentials(logger: logger)
+    }
+
+    public func invalidate() async {
+        if let provider = resolved ?? nil { await provider.invalidate() }
     }
 }
 
@@ -95,28 +137,81 @@ public struct InstanceRoleCredentialProvider: CredentialProvider {
     }
 }
 
-/// The SDKs' default order: environment, shared files, then the instance role. The first source that has
-/// credentials is used from then on; the instance role's are cached and refreshed by `RefreshingCredentials`.
+/// Which credential sources a command looks at, in which order.
+public enum CredentialOrder: Sendable {
+    /// The daemon's: the environment, a profile's keys, then the instance role (on an instance only the role is
+    /// there; the rest serve a daemon run by hand).
+    case daemon
+    /// The AWS CLI's, for the operator's commands: the environment, web identity, the profile (an assumed role, SSO,
+    /// keys, `credential_process`), the container endpoint, then the instance role.
+    case awsCLI
+}
+
+/// Sources tried in order; the first that has credentials is used from then on. Temporary credentials are cached
+/// and refreshed by `RefreshingCredentials`.
 public actor CredentialChain: CredentialProvider {
     public nonisolated let name = "default chain"
     private let providers: [any CredentialProvider]
     private var chosen: (any CredentialProvider)?
+    /// What to do when no source has credentials, for the error that names every place looked at.
+    private let fix: String
 
-    public init(providers: [any CredentialProvider]) { self.providers = providers }
+    public init(
+        providers: [any CredentialProvider],
+        fix: String = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run aws configure"
+    ) {
+        self.providers = providers
+        self.fix = fix
+    }
 
     /// The default chain for an environment. `imds` nil means IMDS is disabled.
     public static func `default`(
-        environment: [String: String], imds: IMDSClient?,
-        now: @escaping @Sendable () -> Date = { Date() }
+        environment: [String: String], imds: IMDSClient?, order: CredentialOrder = .daemon, region: String = "",
+        http: HTTPClient = HTTPClient(), now: @escaping @Sendable () -> Date = { Date() }
     ) -> CredentialChain {
-        var providers: [any CredentialProvider] = [
-            EnvironmentCredentialProvider(environment: environment),
-            ProfileCredentialProvider(environment: environment),
-        ]
-        if let imds { providers.append(RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds), now: now)) }
-        return CredentialChain(providers: providers)
+        let instanceRole = imds.map { RefreshingCredentials(InstanceRoleCredentialProvider(imds: $0), now: now) }
+        switch order {
+        case .daemon:
+            let providers: [any CredentialProvider] = [
+                EnvironmentCredentialProvider(environment: environment),
+                ProfileCredentialProvider(environment: environment),
+            ]
+            return CredentialChain(
+                providers: providers + (instanceRole.map { [$0] } ?? []),
+                fix:
+                    "attach an instance profile (scripts/setup-aws makes NAME-worker), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        case .awsCLI:
+            let files = SharedConfigFiles(environment: environment)
+            var providers: [any CredentialProvider] = [EnvironmentCredentialProvider(environment: environment)]
+            if let tokenFile = environment.nonEmpty("AWS_WEB_IDENTITY_TOKEN_FILE"),
+                let role = environment.nonEmpty("AWS_ROLE_ARN"),
+                let sts = try? ServiceEndpoint.resolve(
+                    service: "sts", region: region, environment: environment, files: files)
+            {
+                providers.append(
+                    RefreshingCredentials(
+                        WebIdentityProvider(
+                            tokenFile: tokenFile,
+                            role: RoleToAssume(roleARN: role, sessionName: environment.nonEmpty("AWS_ROLE_SESSION_NAME")),
+                            endpoint: sts, http: http), now: now))
+            }
+            providers.append(
+                ResolvedProfileProvider(
+                    ProfileResolver(
+                        files: files, environment: environment, region: region, http: http, imds: imds, now: now)))
+            if let container = ContainerCredentialProvider(environment: environment, http: http) {
+                providers.append(RefreshingCredentials(container, now: now))
+            }
+            if let instanceRole { providers.append(instanceRole) }
+            return CredentialChain(
+                providers: providers,
+                fix:
+                    "run aws configure (keys), aws sso login --profile NAME and set AWS_PROFILE=NAME, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        }
     }
 
+    /// The first source's credentials; a source that is configured but fails (a helper that exits non-zero, an
+    /// expired SSO login) throws its own error. With no source at all, the error names every place looked at.
     public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
         if let chosen { return try await chosen.credentials(logger: logger) }
         var lastError: AWSError?
@@ -128,6 +223,8 @@ public actor CredentialChain: CredentialProvider {
                     return found
                 }
             } catch {
+                // A source the operator configured and that cannot work is the answer: the next would hide it.
+                if error.code == "CredentialSetup" { throw error }
                 lastError = error
                 logger.debug(
                     "credential source failed",
@@ -135,7 +232,9 @@ public actor CredentialChain: CredentialProvider {
             }
         }
         if let lastError { throw lastError }
-        return nil
+        throw AWSError(
+            kind: .credentials, service: "credentials", code: "NoCredentials",
+            message: "no credentials; looked at: \(providers.map(\.name).joined(separator: ", ")); fix: \(fix)")
     }
 
     /// Forgets cached credentials so the next call fetches new ones (after an ExpiredToken reply).

@@ -31,18 +31,44 @@ public struct ServiceEndpoint: Sendable, Equatable {
 
     public var origin: String { "\(scheme)://\(hostHeader)" }
 
-    /// The endpoint for `service` in `region`: `AWS_ENDPOINT_URL_<SERVICE>`, then `AWS_ENDPOINT_URL`, then AWS's.
-    public static func resolve(service: String, region: String, environment: [String: String]) throws(AWSError)
-        -> ServiceEndpoint
-    {
-        let specific = "AWS_ENDPOINT_URL_" + service.uppercased()
-        if let url = environment.nonEmpty(specific) ?? environment.nonEmpty("AWS_ENDPOINT_URL") {
+    /// The endpoint for `service` in `region`, as the AWS CLI finds it (`configuredURL`), else AWS's own.
+    public static func resolve(
+        service: String, region: String, environment: [String: String], files: SharedConfigFiles? = nil
+    ) throws(AWSError) -> ServiceEndpoint {
+        if let url = configuredURL(service: service, environment: environment, files: files) {
             return try ServiceEndpoint(service: service, region: region, url: url, isCustom: true)
         }
         let suffix = region.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
         return try ServiceEndpoint(
             service: service, region: region, url: "https://\(service).\(region).\(suffix)",
             isCustom: false)
+    }
+
+    /// The service's identifier in `AWS_ENDPOINT_URL_<ID>` and in a `[services]` section (`auto_scaling` for
+    /// Auto Scaling, whose signing name is `autoscaling`).
+    static func identifier(_ service: String) -> String {
+        service == "autoscaling" ? "auto_scaling" : service
+    }
+
+    /// An endpoint the operator configured, in the AWS CLI's order: `AWS_ENDPOINT_URL_<SERVICE>`,
+    /// `AWS_ENDPOINT_URL`, the profile's `services` section, the profile's `endpoint_url`. None of the configuration's
+    /// when `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is true.
+    public static func configuredURL(
+        service: String, environment: [String: String], files: SharedConfigFiles?
+    ) -> String? {
+        if environment.flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") { return nil }
+        let id = identifier(service)
+        // Our own older spelling (`AUTOSCALING`) still counts.
+        for name in ["AWS_ENDPOINT_URL_" + id.uppercased(), "AWS_ENDPOINT_URL_" + service.uppercased(), "AWS_ENDPOINT_URL"] {
+            if let url = environment.nonEmpty(name) { return url }
+        }
+        guard let files, let profile = files.config?.configProfile(files.profile) else { return nil }
+        if let services = profile["services"].flatMap({ files.config?.services($0) }),
+            let url = services[id + ".endpoint_url"], !url.isEmpty
+        {
+            return url
+        }
+        return profile["endpoint_url"].flatMap { $0.isEmpty ? nil : $0 }
     }
 }
 

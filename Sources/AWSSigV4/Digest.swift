@@ -16,6 +16,13 @@ public enum Digest {
         return hasher.finalize()
     }
 
+    /// The SHA-1 of `bytes`: only to name a file as the AWS CLI does (its SSO token cache), never for security.
+    public static func sha1<Bytes: Collection>(_ bytes: Bytes) -> [UInt8] where Bytes.Element == UInt8 {
+        var hasher = StreamingDigest(.sha1)
+        hasher.update(bytes)
+        return hasher.finalize()
+    }
+
     /// HMAC-SHA256 of `message` under `key` (RFC 2104), built on the fetched SHA-256: OpenSSL 3's one-shot `HMAC()`
     /// looks the MAC algorithm up and builds a context on every call, which cost more than the hashing itself.
     public static func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
@@ -40,17 +47,24 @@ public enum Digest {
 // legacy constant stays the fallback should the fetch fail.
 nonisolated(unsafe) private let fetchedSHA256: OpaquePointer = EVP_MD_fetch(nil, "SHA256", nil) ?? EVP_sha256()
 nonisolated(unsafe) private let fetchedMD5: OpaquePointer = EVP_MD_fetch(nil, "MD5", nil) ?? EVP_md5()
+nonisolated(unsafe) private let fetchedSHA1: OpaquePointer = EVP_MD_fetch(nil, "SHA1", nil) ?? EVP_sha1()
 
 /// An incremental SHA-256 or MD5, for hashing a file in chunks without holding it in memory.
 public struct StreamingDigest: ~Copyable {
-    public enum Algorithm: Sendable { case sha256, md5 }
+    public enum Algorithm: Sendable { case sha256, md5, sha1 }
 
     private let context: OpaquePointer
 
     public init(_ algorithm: Algorithm) {
         guard let ctx = EVP_MD_CTX_new() else { fatalError("EVP_MD_CTX_new: out of memory") }
         context = ctx
-        EVP_DigestInit_ex(context, algorithm == .sha256 ? fetchedSHA256 : fetchedMD5, nil)
+        let digest: OpaquePointer
+        switch algorithm {
+        case .sha256: digest = fetchedSHA256
+        case .md5: digest = fetchedMD5
+        case .sha1: digest = fetchedSHA1
+        }
+        EVP_DigestInit_ex(context, digest, nil)
     }
 
     deinit { EVP_MD_CTX_free(context) }

@@ -31,6 +31,7 @@ struct GlobalOptions: ParsableArguments {
     }
 
     func context(logger: Logger) async throws -> AWSContext {
-        try await AWSContext.resolve(environment: ProcessEnvironment.current(), region: region, logger: logger)
+        try await AWSContext.resolve(
+            environment: ProcessEnvironment.current(), region: region, order: .awsCLI, logger: logger)
     }
 }

@@ -80,7 +80,23 @@ final class TestClock: Sendable {
             #expect(try await key([:]) == "DEFKEY")
             #expect(try await key(["AWS_PROFILE": "work"]) == "WORKKEY")
             #expect(try await key(["AWS_PROFILE": "cfgonly"]) == "CFGKEY")
-            #expect(try await key(["AWS_PROFILE": "missing"]) == nil)
+            // No source at all: the error names each place looked at, and the fix.
+            do {
+                _ = try await key(["AWS_PROFILE": "missing"])
+                Issue.record("a missing profile gave credentials")
+            } catch let error as AWSError {
+                #expect(error.code == "NoCredentials")
+                #expect(error.message.contains("looked at: environment, profile missing"), "\(error.message)")
+            }
+            // The operator's commands read profiles as the AWS CLI does: a profile named and missing is an error.
+            do {
+                _ = try await CredentialChain.default(
+                    environment: base.merging(["AWS_PROFILE": "missing"]) { $1 }, imds: nil, order: .awsCLI
+                ).credentials(logger: quietLogger)
+                Issue.record("a missing profile gave credentials")
+            } catch let error as AWSError {
+                #expect(error.message.contains("the profile missing (AWS_PROFILE) is in neither"), "\(error.message)")
+            }
             // Without the variables, ~/.aws under HOME is used.
             _ = mkdir("\(dir)/home", 0o755)
             _ = mkdir("\(dir)/home/.aws", 0o755)

@@ -143,6 +143,13 @@ public struct WorkerHarness: Sendable {
             stdoutPath: "\(directory)/\(name).stdout", stderrPath: "\(directory)/\(name).log")
     }
 
+    /// A helper script of the repository (`scripts/lib/NAME`).
+    public static func scriptPath(_ name: String) -> String {
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        parts.removeLast(3)
+        return parts.joined(separator: "/") + "/scripts/lib/" + name
+    }
+
     public func log(_ name: String) -> String { LocalFile.readText("\(directory)/\(name).log") ?? "" }
 
     /// The last `lines` lines of each named worker's log, headed by its name: what a failed or timed-out fleet test
@@ -255,11 +262,7 @@ public struct IMDSStandIn: Sendable {
             name: "IMDS stand-in (\(LocalFile.readText(directory + "/imds-\(tag).err")?.suffix(500) ?? ""))")
     }
 
-    static var script: String {
-        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        parts.removeLast(3)
-        return parts.joined(separator: "/") + "/scripts/lib/imds_standin.py"
-    }
+    static var script: String { WorkerHarness.scriptPath("imds_standin.py") }
 
     public func configure(_ json: String) async throws {
         _ = try await HTTPClientProbe.post(endpoint + "/_standin/config", json)

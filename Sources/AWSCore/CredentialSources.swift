@@ -1,0 +1,536 @@
+import FoundationEssentials
+@preconcurrency import Glibc
+import HTTPCurl
+import Logging
+
+// The credential sources an operator's machine has beside keys: the ones the AWS CLI reads, so that a command that
+// works with `aws` works with `parallelizer` (SSO, an assumed role, CloudShell's container endpoint, EKS's web
+// identity, a `credential_process` helper). Each returns expiring credentials; the chain wraps them in
+// `RefreshingCredentials`, the refresh the instance role uses.
+
+/// The credentials file's and config file's settings of one profile, merged (the credentials file wins).
+struct ProfileSettings: Sendable {
+    let name: String
+    let values: [String: String]
+
+    subscript(_ key: String) -> String? { values[key].flatMap { $0.isEmpty ? nil : $0 } }
+
+    var hasKeys: Bool { self["aws_access_key_id"] != nil && self["aws_secret_access_key"] != nil }
+
+    var keys: Credentials? {
+        guard let key = self["aws_access_key_id"], let secret = self["aws_secret_access_key"] else { return nil }
+        return Credentials(accessKeyID: key, secretAccessKey: secret, sessionToken: self["aws_session_token"])
+    }
+}
+
+extension SharedConfigFiles {
+    /// The profile `name` from both files, nil when neither has it.
+    func settings(_ name: String) -> ProfileSettings? {
+        let fromConfig = config?.configProfile(name)
+        let fromCredentials = credentials?.credentialsProfile(name)
+        guard fromConfig != nil || fromCredentials != nil else { return nil }
+        return ProfileSettings(
+            name: name, values: (fromConfig ?? [:]).merging(fromCredentials ?? [:]) { $1 })
+    }
+}
+
+/// A credential source that cannot work as configured: a setting is wrong or a login is needed. It stops the chain,
+/// since the next source would hide the operator's intent (a profile asked for by name).
+func credentialSetupError(_ message: String) -> AWSError {
+    AWSError(kind: .credentials, service: "credentials", code: "CredentialSetup", message: message)
+}
+
+/// The JSON that `credential_process`, the container endpoint and the SSO portal answer with.
+enum CredentialsJSON {
+    /// `AccessKeyId`, `SecretAccessKey`, `SessionToken` or `Token`, `Expiration` (ISO 8601).
+    static func parse(_ text: String, from source: String) throws(AWSError) -> Credentials {
+        guard let json = try? JSONValue.parse(text) else {
+            throw credentialSetupError("\(source) did not answer JSON")
+        }
+        guard let key = json["AccessKeyId"]?.stringValue, let secret = json["SecretAccessKey"]?.stringValue,
+            !key.isEmpty, !secret.isEmpty
+        else {
+            throw credentialSetupError("\(source) answered without AccessKeyId and SecretAccessKey")
+        }
+        let expiration = json["Expiration"]?.stringValue.flatMap(CivilTime.parseISO8601)
+            .map { Date(timeIntervalSince1970: TimeInterval($0)) }
+        return Credentials(
+            accessKeyID: key, secretAccessKey: secret,
+            sessionToken: json["SessionToken"]?.stringValue ?? json["Token"]?.stringValue, expiration: expiration)
+    }
+}
+
+// MARK: - credential_process
+
+/// `credential_process` in a profile: a helper the operator trusts prints credentials as JSON (`Version` 1). It runs
+/// without a shell, its words split as the AWS CLI splits them; its stderr is the operator's terminal's.
+public struct ProcessCredentialProvider: CredentialProvider {
+    public let name: String
+    let command: String
+
+    public init(command: String, profile: String) {
+        self.command = command
+        self.name = "credential_process of profile \(profile)"
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        let argv = ShellWords.split(command)
+        guard !argv.isEmpty else { throw credentialSetupError("\(name) is empty") }
+        let (status, output) = await runBlocking { ChildOutput.run(argv) }
+        guard let status else { throw credentialSetupError("\(name): cannot start \(argv[0]): \(output)") }
+        guard status == 0 else {
+            throw credentialSetupError("\(name) (\(argv[0])) exited with status \(status)")
+        }
+        if let json = try? JSONValue.parse(output), let version = json["Version"]?.intValue, version != 1 {
+            throw credentialSetupError("\(name) answered Version \(version); only 1 is known")
+        }
+        return try CredentialsJSON.parse(output, from: name)
+    }
+}
+
+/// The AWS CLI's splitting of `credential_process`: words split on blanks, quotes group, a backslash escapes.
+enum ShellWords {
+    static func split(_ text: String) -> [String] {
+        var words: [String] = []
+        var word = ""
+        var inWord = false
+        var quote: Character?
+        var escaped = false
+        for c in text {
+            if escaped {
+                word.append(c)
+                escaped = false
+                continue
+            }
+            if c == "\\" && quote != "'" {
+                escaped = true
+                inWord = true
+                continue
+            }
+            if let q = quote {
+                if c == q { quote = nil } else { word.append(c) }
+                continue
+            }
+            if c == "\"" || c == "'" {
+                quote = c
+                inWord = true
+            } else if c == " " || c == "\t" || c == "\n" {
+                if inWord { words.append(word) }
+                word = ""
+                inWord = false
+            } else {
+                word.append(c)
+                inWord = true
+            }
+        }
+        if inWord { words.append(word) }
+        return words
+    }
+}
+
+/// Runs a program (found on PATH) and reads its stdout, at most 1 MiB.
+enum ChildOutput {
+    /// The exit status (nil when it could not start, with the reason) and what it printed.
+    static func run(_ argv: [String]) -> (Int32?, String) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { return (nil, String(cString: strerror(errno))) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        posix_spawn_file_actions_addclose(&actions, fds[1])
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
+        close(fds[1])
+        guard spawned == 0 else {
+            close(fds[0])
+            return (nil, String(cString: strerror(spawned)))
+        }
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while output.count < 1 << 20 {
+            let n = buffer.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            output += buffer[0..<n]
+        }
+        close(fds[0])
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (exit, String(decoding: output, as: UTF8.self))
+    }
+}
+
+// MARK: - STS: an assumed role, a web identity
+
+/// What an `AssumeRole` asks for (`role_arn`, `role_session_name`, `external_id`, `duration_seconds`).
+public struct RoleToAssume: Sendable {
+    public var roleARN: String
+    public var sessionName: String
+    public var externalID: String?
+    public var durationSeconds: Int?
+
+    public init(roleARN: String, sessionName: String?, externalID: String? = nil, durationSeconds: Int? = nil) {
+        self.roleARN = roleARN
+        self.sessionName = sessionName ?? "parallelizer-\(Int(Date().timeIntervalSince1970))"
+        self.externalID = externalID
+        self.durationSeconds = durationSeconds
+    }
+
+    var parameters: [(String, String)] {
+        var p = [("RoleArn", roleARN), ("RoleSessionName", sessionName)]
+        if let externalID { p.append(("ExternalId", externalID)) }
+        if let durationSeconds { p.append(("DurationSeconds", "\(durationSeconds)")) }
+        return p
+    }
+}
+
+/// STS's query API, for the two calls the chain makes.
+enum STSCall {
+    static let version = "2011-06-15"
+
+    static func form(_ action: String, _ parameters: [(String, String)]) -> [UInt8] {
+        Array(URIEncoding.formatQuery([("Action", action), ("Version", version)] + parameters).utf8)
+    }
+
+    static func credentials(in body: [UInt8], action: String) throws(AWSError) -> Credentials {
+        guard let xml = try? XML.parse(body), let c = xml.find("Credentials"), let key = c["AccessKeyId"],
+            let secret = c["SecretAccessKey"]
+        else { throw AWSError.badResponse("sts", "\(action) reply has no credentials") }
+        let expiration = c["Expiration"].flatMap { CivilTime.parseISO8601($0.trimmingSpaces) }
+            .map { Date(timeIntervalSince1970: TimeInterval($0)) }
+        return Credentials(
+            accessKeyID: key.trimmingSpaces, secretAccessKey: secret.trimmingSpaces,
+            sessionToken: c["SessionToken"]?.trimmingSpaces, expiration: expiration)
+    }
+}
+
+/// `role_arn` with `source_profile` or `credential_source`: STS AssumeRole, signed with the source's credentials.
+public struct AssumeRoleProvider: CredentialProvider {
+    public let name: String
+    let role: RoleToAssume
+    let source: any CredentialProvider
+    let endpoint: ServiceEndpoint
+    let http: HTTPClient
+
+    public init(
+        role: RoleToAssume, source: any CredentialProvider, endpoint: ServiceEndpoint, http: HTTPClient,
+        profile: String
+    ) {
+        self.role = role
+        self.source = source
+        self.endpoint = endpoint
+        self.http = http
+        self.name = "role \(role.roleARN) of profile \(profile) (from \(source.name))"
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        let client = AWSClient(http: http, credentials: source, retry: RetryPolicy(maxAttempts: 3))
+        let request = AWSRequest(
+            method: "POST", path: "/",
+            headers: [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
+            body: .bytes(STSCall.form("AssumeRole", role.parameters)))
+        let response = try await client.send(request, to: endpoint, signing: .standard, logger: logger)
+        return try STSCall.credentials(in: response.body, action: "AssumeRole")
+    }
+}
+
+/// `AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN` (EKS, CI runners), or `web_identity_token_file` with `role_arn`
+/// in a profile: STS AssumeRoleWithWebIdentity, an unsigned call that carries the token, read afresh each time
+/// (the orchestrator rotates the file).
+public struct WebIdentityProvider: CredentialProvider {
+    public let name: String
+    let tokenFile: String
+    let role: RoleToAssume
+    let endpoint: ServiceEndpoint
+    let http: HTTPClient
+
+    public init(tokenFile: String, role: RoleToAssume, endpoint: ServiceEndpoint, http: HTTPClient) {
+        self.tokenFile = tokenFile
+        self.role = role
+        self.endpoint = endpoint
+        self.http = http
+        self.name = "web identity \(tokenFile) for \(role.roleARN)"
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        guard let token = LocalFile.readText(tokenFile)?.trimmingSpaces, !token.isEmpty else {
+            throw credentialSetupError("the web identity token file \(tokenFile) cannot be read")
+        }
+        var parameters = role.parameters.filter { $0.0 != "ExternalId" }
+        parameters.append(("WebIdentityToken", token))
+        let response: HTTPResponse
+        do {
+            response = try await http.execute(
+                HTTPRequest(
+                    method: "POST", url: endpoint.origin + endpoint.basePath + "/",
+                    headers: [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
+                    body: .bytes(STSCall.form("AssumeRoleWithWebIdentity", parameters))))
+        } catch {
+            throw AWSError(transport: error, service: "sts")
+        }
+        guard response.isSuccess else { throw AWSError.from(response: response, service: "sts") }
+        return try STSCall.credentials(in: response.body, action: "AssumeRoleWithWebIdentity")
+    }
+}
+
+// MARK: - The container endpoint (ECS, CloudShell)
+
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (at 169.254.170.2) or `AWS_CONTAINER_CREDENTIALS_FULL_URI`, with
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (read each time) or `AWS_CONTAINER_AUTHORIZATION_TOKEN`. A full URI must
+/// be HTTPS or a host the SDKs allow (loopback, ECS's and EKS's link-local addresses): the token is not sent to
+/// anything else.
+public struct ContainerCredentialProvider: CredentialProvider {
+    public let name = "container endpoint"
+    let url: String
+    let tokenFile: String?
+    let token: String?
+    let http: HTTPClient
+
+    /// Nil when the environment names no container endpoint.
+    public init?(environment: [String: String], http: HTTPClient) {
+        if let relative = environment.nonEmpty("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+            url = "http://169.254.170.2" + (relative.hasPrefix("/") ? relative : "/" + relative)
+        } else if let full = environment.nonEmpty("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            url = full
+        } else {
+            return nil
+        }
+        tokenFile = environment.nonEmpty("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+        token = environment.nonEmpty("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        self.http = http
+    }
+
+    static func allowed(_ url: String) -> Bool {
+        guard let parsed = ParsedURL(url) else { return false }
+        if parsed.scheme == "https" { return true }
+        let host = parsed.host.lowercased()
+        return host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "169.254.170.2"
+            || host == "169.254.170.23" || host == "fd00:ec2::23"
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        guard Self.allowed(url) else {
+            throw credentialSetupError(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI \(url) is neither HTTPS nor a loopback or container address")
+        }
+        var headers: [(String, String)] = [("Accept", "application/json")]
+        if let tokenFile {
+            guard let value = LocalFile.readText(tokenFile)?.trimmingSpaces else {
+                throw credentialSetupError("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE \(tokenFile) cannot be read")
+            }
+            headers.append(("Authorization", value))
+        } else if let token {
+            headers.append(("Authorization", token))
+        }
+        let response: HTTPResponse
+        do {
+            response = try await http.execute(
+                HTTPRequest(
+                    method: "GET", url: url, headers: headers,
+                    timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 5)))
+        } catch {
+            throw AWSError(transport: error, service: "container-credentials")
+        }
+        guard response.isSuccess else {
+            throw AWSError(
+                kind: .credentials, service: "container-credentials", httpStatus: response.status,
+                code: "ContainerCredentials",
+                message: "the container endpoint answered \(response.status): \(String(decoding: response.body.prefix(200), as: UTF8.self))")
+        }
+        return try CredentialsJSON.parse(String(decoding: response.body, as: UTF8.self), from: name)
+    }
+}
+
+// MARK: - IAM Identity Center (SSO)
+
+/// `sso_session` (with an `[sso-session]` section) or the legacy `sso_start_url`/`sso_region` keys, with
+/// `sso_account_id` and `sso_role_name`: the token `aws sso login` cached in `~/.aws/sso/cache`, traded at the
+/// portal (`GET /federation/credentials`) for the role's credentials. An expired token needs a new login, which
+/// only the AWS CLI does.
+public struct SSOCredentialProvider: CredentialProvider {
+    public let name: String
+    let profile: String
+    let cacheFile: String
+    let accountID: String
+    let roleName: String
+    let portal: String
+    let http: HTTPClient
+    let now: @Sendable () -> Date
+
+    init(
+        profile: String, cacheKey: String, accountID: String, roleName: String, portal: String,
+        environment: [String: String], http: HTTPClient, now: @escaping @Sendable () -> Date
+    ) {
+        self.profile = profile
+        let home = environment.nonEmpty("HOME") ?? "/root"
+        cacheFile = "\(home)/.aws/sso/cache/\(Digest.sha1(Array(cacheKey.utf8)).hexString).json"
+        self.accountID = accountID
+        self.roleName = roleName
+        self.portal = portal
+        self.http = http
+        self.now = now
+        name = "SSO role \(roleName) in \(accountID) of profile \(profile)"
+    }
+
+    public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        let login = "run: aws sso login --profile \(profile)"
+        guard let text = LocalFile.readText(cacheFile), let cached = try? JSONValue.parse(text),
+            let token = cached["accessToken"]?.stringValue
+        else {
+            throw credentialSetupError("no SSO token cached for profile \(profile) (\(cacheFile)); \(login)")
+        }
+        if let expires = cached["expiresAt"]?.stringValue.flatMap(CivilTime.parseISO8601),
+            Double(expires) <= now().timeIntervalSince1970
+        {
+            throw credentialSetupError("the SSO token of profile \(profile) expired at \(cached["expiresAt"]?.stringValue ?? "?"); \(login)")
+        }
+        let query = URIEncoding.formatQuery([("account_id", accountID), ("role_name", roleName)])
+        let response: HTTPResponse
+        do {
+            response = try await http.execute(
+                HTTPRequest(
+                    method: "GET", url: portal + "/federation/credentials?" + query,
+                    headers: [("x-amz-sso_bearer_token", token), ("Accept", "application/json")]))
+        } catch {
+            throw AWSError(transport: error, service: "sso")
+        }
+        if response.status == 401 || response.status == 403 {
+            throw credentialSetupError(
+                "the SSO portal refused the token of profile \(profile) (\(response.status)): it expired or was revoked; \(login)")
+        }
+        guard response.isSuccess else { throw AWSError.from(response: response, service: "sso") }
+        guard let json = try? JSONValue.parse(response.body), let role = json["roleCredentials"],
+            let key = role["accessKeyId"]?.stringValue, let secret = role["secretAccessKey"]?.stringValue
+        else { throw AWSError.badResponse("sso", "GetRoleCredentials reply has no roleCredentials") }
+        // Milliseconds since 1970.
+        let expiration = role["expiration"]?.intValue.map { Date(timeIntervalSince1970: Double($0) / 1000) }
+        return Credentials(
+            accessKeyID: key, secretAccessKey: secret, sessionToken: role["sessionToken"]?.stringValue,
+            expiration: expiration)
+    }
+}
+
+// MARK: - Profiles, as the AWS CLI resolves them
+
+/// Turns a profile into its credential source, following `source_profile` chains: `role_arn` (with
+/// `source_profile`, `credential_source` or `web_identity_token_file`), then SSO, then keys, then
+/// `credential_process`.
+struct ProfileResolver: Sendable {
+    let files: SharedConfigFiles
+    let environment: [String: String]
+    let region: String
+    let http: HTTPClient
+    let imds: IMDSClient?
+    let now: @Sendable () -> Date
+
+    func provider(_ name: String) throws(AWSError) -> (any CredentialProvider)? {
+        try provider(name, visited: [])
+    }
+
+    private func provider(_ name: String, visited: [String]) throws(AWSError) -> (any CredentialProvider)? {
+        guard let p = files.settings(name) else {
+            if visited.isEmpty { return nil }
+            throw credentialSetupError("source_profile \(name) (of profile \(visited.last ?? "")) does not exist")
+        }
+        if let roleARN = p["role_arn"] {
+            let role = RoleToAssume(
+                roleARN: roleARN, sessionName: p["role_session_name"], externalID: p["external_id"],
+                durationSeconds: p["duration_seconds"].flatMap { Int($0) })
+            let sts = try stsEndpoint(p)
+            if let tokenFile = p["web_identity_token_file"] {
+                return RefreshingCredentials(
+                    WebIdentityProvider(tokenFile: tokenFile, role: role, endpoint: sts, http: http), now: now)
+            }
+            let source: any CredentialProvider
+            if let sourceName = p["source_profile"] {
+                if sourceName == name, let keys = p.keys {
+                    // A profile may name itself: its own keys assume its role.
+                    source = StaticCredentialProvider(keys)
+                } else if visited.contains(sourceName) || sourceName == name {
+                    throw credentialSetupError(
+                        "profiles \((visited + [name, sourceName]).joined(separator: " -> ")) form a loop")
+                } else if let found = try provider(sourceName, visited: visited + [name]) {
+                    source = found
+                } else {
+                    throw credentialSetupError("source_profile \(sourceName) has no credentials")
+                }
+            } else if let named = p["credential_source"] {
+                source = try credentialSource(named, profile: name)
+            } else {
+                throw credentialSetupError(
+                    "profile \(name) has role_arn but neither source_profile nor credential_source")
+            }
+            return RefreshingCredentials(
+                AssumeRoleProvider(role: role, source: source, endpoint: sts, http: http, profile: name), now: now)
+        }
+        if p["sso_session"] != nil || p["sso_start_url"] != nil {
+            return RefreshingCredentials(try sso(p), now: now)
+        }
+        if let keys = p.keys { return StaticCredentialProvider(keys) }
+        if let command = p["credential_process"] {
+            return RefreshingCredentials(ProcessCredentialProvider(command: command, profile: name), now: now)
+        }
+        if !visited.isEmpty { throw credentialSetupError("source_profile \(name) has no credentials") }
+        return nil
+    }
+
+    /// `credential_source`: where the keys that assume the role come from.
+    private func credentialSource(_ named: String, profile: String) throws(AWSError) -> any CredentialProvider {
+        switch named {
+        case "Environment":
+            return EnvironmentCredentialProvider(environment: environment)
+        case "Ec2InstanceMetadata":
+            guard let imds else {
+                throw credentialSetupError("profile \(profile) takes credential_source Ec2InstanceMetadata, but IMDS is disabled")
+            }
+            return RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds), now: now)
+        case "EcsContainer":
+            guard let container = ContainerCredentialProvider(environment: environment, http: http) else {
+                throw credentialSetupError(
+                    "profile \(profile) takes credential_source EcsContainer, but AWS_CONTAINER_CREDENTIALS_* is unset")
+            }
+            return RefreshingCredentials(container, now: now)
+        default:
+            throw credentialSetupError(
+                "profile \(profile): credential_source \(named) is not Environment, Ec2InstanceMetadata or EcsContainer")
+        }
+    }
+
+    private func sso(_ p: ProfileSettings) throws(AWSError) -> SSOCredentialProvider {
+        guard let account = p["sso_account_id"], let role = p["sso_role_name"] else {
+            throw credentialSetupError("profile \(p.name) has SSO settings without sso_account_id and sso_role_name")
+        }
+        let cacheKey: String
+        let ssoRegion: String?
+        if let session = p["sso_session"] {
+            guard let section = files.config?.ssoSession(session) else {
+                throw credentialSetupError("profile \(p.name) names sso_session \(session), which has no section")
+            }
+            cacheKey = session
+            ssoRegion = section["sso_region"]
+        } else {
+            cacheKey = p["sso_start_url"] ?? ""
+            ssoRegion = p["sso_region"]
+        }
+        guard let ssoRegion, !ssoRegion.isEmpty else {
+            throw credentialSetupError("profile \(p.name) has no sso_region")
+        }
+        let portal =
+            ServiceEndpoint.configuredURL(service: "sso", environment: environment, files: files)
+            ?? "https://portal.sso.\(ssoRegion).amazonaws.com"
+        return SSOCredentialProvider(
+            profile: p.name, cacheKey: cacheKey, accountID: account, roleName: role,
+            portal: portal.hasSuffix("/") ? String(portal.dropLast()) : portal, environment: environment, http: http,
+            now: now)
+    }
+
+    private func stsEndpoint(_ p: ProfileSettings) throws(AWSError) -> ServiceEndpoint {
+        try ServiceEndpoint.resolve(
+            service: "sts", region: p["region"] ?? region, environment: environment, files: files)
+    }
+}
