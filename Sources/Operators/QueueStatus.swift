@@ -12,18 +12,26 @@ public struct QueueStatus: Sendable, Equatable, Codable {
     /// Visible messages in the dead-letter queue named by the redrive policy, when there is one.
     public var deadLetterQueueURL: String?
     public var deadLetters: Int?
+    /// Counted only when asked (`count`): a listing costs a call per 1,000 objects.
     public var outputs: Int?
     public var failureRecords: Int?
+    /// Whether any failure record exists (one listing call of at most one key), when the results bucket is known.
+    public var failureRecordsFound: Bool?
+    /// The run `enqueue` put in the queue (`RunManifest`), and how far it got.
+    public var run: RunManifest?
+    public var progress: RunProgress?
     /// From the ledger's heartbeats, when a ledger table was given.
     public var fleet: FleetStatus?
 
     /// The listing prefix for failure records.
     static let failedRecordsPrefix = "_failed/"
 
-    /// Reads the queue's counts, its dead-letter queue's, and (with `output`) counts outputs under its prefix and the
-    /// `_failed/` records at the bucket's top, where the daemon writes them.
+    /// Reads the queue's counts, its run manifest, its dead-letter queue's count and, with `output` (the results'
+    /// `s3://bucket/prefix`), whether any `_failed/` record exists at the bucket's top, where the daemon writes
+    /// them: a handful of calls, whatever the run's size. With `count`, it also lists and counts the outputs and the
+    /// records.
     public static func read(
-        queueURL: String, output: S3URI?, context: AWSContext,
+        queueURL: String, output: S3URI?, count: Bool = false, context: AWSContext,
         logger: Logger
     ) async throws(AWSError) -> QueueStatus {
         let sqs = SQSClient(context: context)
@@ -32,6 +40,11 @@ public struct QueueStatus: Sendable, Equatable, Codable {
         var status = QueueStatus(
             queueURL: queueURL, visible: counts.visible, inFlight: counts.inFlight,
             delayed: counts.delayed)
+        do {
+            status.run = try await sqs.runManifest(queueURL: queueURL, logger: logger)
+        } catch where error.setupProblem == .denied {
+            logger.notice("cannot read the queue's tags (sqs:ListQueueTags): no run progress", metadata: ["error": "\(error)"])
+        }
         if let policy = a["RedrivePolicy"], let json = try? JSONValue.parse(policy),
             let arn = json["deadLetterTargetArn"]?.stringValue, let name = arn.split(separator: ":").last
         {
@@ -42,6 +55,12 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             status.deadLetters = Int(d["ApproximateNumberOfMessages"] ?? "") ?? 0
         }
         if let output {
+            let s3 = try S3Client(context: context)
+            let probe = try await s3.listObjectsV2(
+                bucket: output.bucket, prefix: Self.failedRecordsPrefix, maxKeys: 1, logger: logger)
+            status.failureRecordsFound = !probe.objects.isEmpty
+        }
+        if let output, count {
             // Failure records are written at the output bucket's top (`_failed/`), whatever the `outputPrefix`;
             // the daemon's own objects (`_parallelizer/`) are neither outputs nor records.
             var outputs = 0, failures = 0
@@ -65,6 +84,18 @@ public struct QueueStatus: Sendable, Equatable, Codable {
         return status
     }
 
+    /// Why `status --check` fails: dead letters, or failure records; empty when neither.
+    public var problems: [String] {
+        var found: [String] = []
+        if let deadLetters, deadLetters > 0 { found.append("\(deadLetters) messages in the dead-letter queue") }
+        if let failureRecords, failureRecords > 0 {
+            found.append("\(failureRecords) failure records")
+        } else if failureRecordsFound == true {
+            found.append("failure records under _failed/")
+        }
+        return found
+    }
+
     /// Lines for a person.
     public var text: String {
         var lines = [
@@ -72,8 +103,15 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             "visible     \(visible)", "in flight   \(inFlight)", "delayed     \(delayed)",
         ]
         if let deadLetters { lines.append("dead letter \(deadLetters)") }
+        if let progress {
+            lines.insert("progress    \(progress.bar)", at: 1)
+        }
         if let outputs { lines.append("outputs     \(outputs)") }
-        if let failureRecords { lines.append("failed      \(failureRecords)") }
+        if let failureRecords {
+            lines.append("failed      \(failureRecords)")
+        } else if let failureRecordsFound {
+            lines.append("failed      \(failureRecordsFound ? "records under _failed/ (parallelizer failures lists them)" : "none")")
+        }
         if let fleet { lines.append(fleet.text) }
         return lines.joined(separator: "\n")
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AWSCore
 import AWSServices
+import FoundationEssentials
 @preconcurrency import Glibc
 import Logging
 import Operators
@@ -128,6 +129,8 @@ struct Enqueue: AsyncParsableCommand {
         var stopped = false
         var enqueuer = Enqueuer(sqs: SQSClient(context: context), queueURL: queueURL)
         enqueuer.concurrency = concurrency
+        var manifest = RunManifestWriter(sqs: SQSClient(context: context), queueURL: queueURL)
+        await manifest.begin(source: origin, resuming: start != nil, logger: logger)
         let bucket = source.flatMap(S3URI.init)?.bucket ?? inputBucket
 
         /// Sends one chunk; false when the run must stop (a failure: the checkpoint stays before this chunk).
@@ -151,6 +154,7 @@ struct Enqueue: AsyncParsableCommand {
             run.failed += totals.failed
             if let stop = totals.stoppedBy { run.stoppedBy = stop }
             run.report(logger: logger)
+            await manifest.update(sent: run.sent, skipped: run.skipped, logger: logger)
             guard totals.failed == 0 && totals.stoppedBy == nil else {
                 stopped = true
                 return false
@@ -195,6 +199,7 @@ struct Enqueue: AsyncParsableCommand {
             }
             if !stopped { _ = try await send(keys, lines: number) }
         }
+        await manifest.update(sent: run.sent, skipped: run.skipped, force: true, logger: logger)
         run.finish()
         if let stop = run.stoppedBy {
             logger.critical(
@@ -277,5 +282,51 @@ final class LineReader {
         let bytes = UnsafeRawBufferPointer(start: buffer, count: count)
         let line = bytes.last == UInt8(ascii: "\n") ? bytes.dropLast() : bytes[...]
         return String(decoding: line, as: UTF8.self)
+    }
+}
+
+/// Keeps the run manifest on the queue's tags (`RunManifest`) while `enqueue` sends: at its start, every 10 s, and at
+/// its end. A queue that may not be tagged (`sqs:TagQueue`, `sqs:ListQueueTags` denied) costs one warning, and
+/// `status` then shows no run progress.
+struct RunManifestWriter {
+    let sqs: SQSClient
+    let queueURL: String
+    var base: RunManifest?
+    var lastWrite = ContinuousClock.now
+
+    init(sqs: SQSClient, queueURL: String) {
+        self.sqs = sqs
+        self.queueURL = queueURL
+    }
+
+    mutating func begin(source: String, resuming: Bool, logger: Logger) async {
+        do {
+            let existing = try await sqs.runManifest(queueURL: queueURL, logger: logger)
+            let counts = SQSClient.MessageCounts(
+                attributes: try await sqs.getQueueAttributes(queueURL: queueURL, logger: logger))
+            let run = RunManifest.begin(
+                existing: existing, queueIsEmpty: counts.total == 0, resuming: resuming, source: source,
+                now: Date().timeIntervalSince1970)
+            try await sqs.write(run, queueURL: queueURL, logger: logger)
+            base = run
+        } catch {
+            logger.warning(
+                "cannot keep the run's manifest on the queue's tags (sqs:ListQueueTags, sqs:TagQueue): status will show no run progress",
+                metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Writes the totals so far (`sent` and `skipped` by this `enqueue`), at most every 10 s unless `force`.
+    mutating func update(sent: Int, skipped: Int, force: Bool = false, logger: Logger) async {
+        guard var run = base, force || ContinuousClock.now - lastWrite >= .seconds(10) else { return }
+        lastWrite = ContinuousClock.now
+        run.sent += sent
+        run.skipped += skipped
+        run.updated = Date().timeIntervalSince1970
+        do {
+            try await sqs.write(run, queueURL: queueURL, logger: logger)
+        } catch {
+            logger.warning("cannot update the run's manifest on the queue's tags", metadata: ["error": "\(error)"])
+        }
     }
 }

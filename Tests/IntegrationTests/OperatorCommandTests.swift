@@ -52,16 +52,30 @@ struct OperatorCommandTests {
             #expect(!received.isEmpty)
 
             // The failure record sits at the bucket's top, where the daemon writes it, whatever the output prefix.
-            for output in ["s3://\(h.outputBucket)/res-", "s3://\(h.outputBucket)/"] {
+            // (The second run uses the old names, --output and --json, which still work.)
+            for (output, flags) in [
+                ("s3://\(h.outputBucket)/res-", ["--results", "--count", "--format", "json"]),
+                ("s3://\(h.outputBucket)/", ["--output", "--count", "--json"]),
+            ] {
                 let (statusOutcome, json) = try await h.command(
-                    "status", ["status", "--queue-url", h.queueURL, "--output", output, "--json"])
+                    "status", ["status", "--queue-url", h.queueURL, flags[0], output] + flags.dropFirst())
                 #expect(statusOutcome == .exited(0), "\(h.log("status"))")
                 let status = try JSONValue.parse(json)
                 #expect(status["visible"]?.intValue == 22)
                 #expect(status["inFlight"]?.intValue == 0)
                 #expect(status["outputs"]?.intValue == 5, "\(output)")
                 #expect(status["failureRecords"]?.intValue == 1, "\(output)")
+                // The run's manifest: 22 sent, 3 found done, so 3 of 25 are settled.
+                #expect(status["run"]?["sent"]?.intValue == 22)
+                #expect(status["run"]?["skipped"]?.intValue == 3)
+                #expect(status["progress"]?["total"]?.intValue == 25)
+                #expect(status["progress"]?["settled"]?.intValue == 3)
             }
+            // --check fails on the failure record, with status 3 and the reason.
+            let (checked, _) = try await h.command(
+                "status-check", ["status", "--queue-url", h.queueURL, "--results", "s3://\(h.outputBucket)/", "--check"])
+            #expect(checked == .exited(3))
+            #expect(h.log("status-check").contains("check failed: failure records under _failed/"))
         }
     }
 
@@ -236,6 +250,68 @@ struct CommandLineTests {
             #expect(outcome.succeeded)
             let out = LocalFile.readText(dir + "/out") ?? ""
             #expect(out.hasPrefix("parallelizer "), "the subcommand was lost: \(out.prefix(200))")
+        }
+    }
+
+    /// `status` of a run of 100,000 inputs costs a handful of calls, however many results there are: the total comes
+    /// from the run manifest on the queue's tags, and the results bucket is only probed for a failure record. The
+    /// calls are counted by a proxy in front of moto; listing the results (`--count`) is what costs more.
+    @Test func statusOfAHundredThousandInputRunCostsAHandfulOfCalls() async throws {
+        try await withTemporaryDirectory { dir in
+            let sqs = SQSClient(context: try TestEnvironment.motoContext())
+            let dlq = try await sqs.createQueue(name: uniqueName("pzw-dlq"), logger: quietLogger)
+            let arn = try await sqs.getQueueAttributes(queueURL: dlq, names: ["QueueArn"], logger: quietLogger)["QueueArn"]!
+            let h = try await WorkerHarness.make(
+                directory: dir,
+                queueAttributes: ["RedrivePolicy": #"{"deadLetterTargetArn":"\#(arn)","maxReceiveCount":"13"}"#])
+            // Some results and one failure record, and a queue with work left.
+            for n in 0..<40 {
+                try await h.s3.putObject(bucket: h.outputBucket, key: "out/r\(n).txt", bytes: [1], logger: quietLogger)
+            }
+            try await h.s3.putObject(bucket: h.outputBucket, key: "_failed/x.json", bytes: [1], logger: quietLogger)
+            _ = try await h.sqs.sendMessage(queueURL: h.queueURL, body: "k", logger: quietLogger)
+            // The manifest enqueue would have written for 100,000 inputs, an hour ago.
+            let now = Date().timeIntervalSince1970
+            try await h.sqs.write(
+                RunManifest(source: "s3://in/big/", started: now - 3600, updated: now, sent: 100_000, skipped: 0),
+                queueURL: h.queueURL, logger: quietLogger)
+
+            let proxy = try await CountingProxy.start(directory: dir)
+            defer { proxy.stop() }
+            let creds = try TestEnvironment.motoCredentials()
+            let environment = [
+                "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ACCESS_KEY_ID": creds.accessKeyID,
+                "AWS_SECRET_ACCESS_KEY": creds.secretAccessKey, "AWS_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true", "PATH": "/usr/bin:/bin", "HOME": dir,
+            ]
+            func status(_ name: String, _ extra: [String]) async throws -> (ProcessOutcome?, String) {
+                let process = try ProcessRunner().start(
+                    argv: [WorkerHarness.binary, "status", "--queue-url", h.queueURL, "--results",
+                           "s3://\(h.outputBucket)/out/", "--format", "json"] + extra,
+                    environment: environment, directory: dir, stdoutPath: "\(dir)/\(name).stdout",
+                    stderrPath: "\(dir)/\(name).log")
+                return (await process.wait(timeout: 120), LocalFile.readText("\(dir)/\(name).stdout") ?? "")
+            }
+            let (outcome, json) = try await status("status", [])
+            #expect(outcome == .exited(0), "\(LocalFile.readText(dir + "/status.log") ?? "")")
+            let counted = try await proxy.counts()
+            #expect(counted.total < 10, "\(counted.operations)")
+            #expect(counted.operations["S3 GET list"] == 1, "one probe for a failure record: \(counted.operations)")
+            let s = try JSONValue.parse(json)
+            #expect(s["progress"]?["total"]?.intValue == 100_000)
+            #expect(s["progress"]?["settled"]?.intValue == 99_999)
+            #expect(s["deadLetters"]?.intValue == 0)
+            #expect(s["failureRecordsFound"]?.boolValue == true)
+            #expect(s["outputs"] == nil, "outputs are counted only when asked")
+            // Rate and ETA from the run's average: 99,999 in an hour.
+            #expect((s["progress"]?["perSecond"]?.intValue ?? 0) >= 27)
+
+            try await proxy.reset()
+            let (countedOutcome, countedJSON) = try await status("status-count", ["--count"])
+            #expect(countedOutcome == .exited(0))
+            let listed = try await proxy.counts()
+            #expect((listed.operations["S3 GET list"] ?? 0) >= 3, "the results are listed: \(listed.operations)")
+            #expect(try JSONValue.parse(countedJSON)["outputs"]?.intValue == 40)
         }
     }
 }

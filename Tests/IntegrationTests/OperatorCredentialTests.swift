@@ -69,7 +69,7 @@ struct OperatorCredentialTests {
             #expect(sent.hasPrefix("sent 1, "), "\(sent)")
             let (statused, json, statusLog) = try await run(
                 "status-\(label)",
-                ["status", "--queue-url", h.queueURL, "--output", "s3://\(h.outputBucket)/", "--json"])
+                ["status", "--queue-url", h.queueURL, "--results", "s3://\(h.outputBucket)/", "--format", "json"])
             #expect(statused == .exited(0), "status: \(statusLog.suffix(1500))")
             #expect((try? JSONValue.parse(json))?["visible"] != nil, "\(json)")
             return copyLog

@@ -235,6 +235,22 @@ public struct SQSClient: Sendable {
         return Self.strings(reply["Attributes"])
     }
 
+    /// The queue's tags (ListQueueTags).
+    public func listQueueTags(queueURL: String, logger: Logger) async throws(AWSError) -> [String: String] {
+        let reply = try await json.call(
+            "ListQueueTags", value: .object(["QueueUrl": .string(queueURL)]),
+            endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        return Self.strings(reply["Tags"])
+    }
+
+    /// Adds or replaces tags on the queue (TagQueue).
+    public func tagQueue(queueURL: String, tags: [String: String], logger: Logger) async throws(AWSError) {
+        _ = try await json.call(
+            "TagQueue",
+            value: .object(["QueueUrl": .string(queueURL), "Tags": .object(tags.mapValues { .string($0) })]),
+            endpoint: try endpoint(queueURL: queueURL), logger: logger)
+    }
+
     /// The queue's approximate message counts.
     public struct MessageCounts: Sendable, Equatable {
         public var visible: Int
