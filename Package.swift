@@ -24,10 +24,11 @@ let package = Package(
         .target(name: "HTTPCurl", dependencies: ["CCurl", "CChecksum"]),
         // CRC-32C with the CPU's instruction where there is one: upload checksums computed as the bytes go out.
         .target(name: "CChecksum"),
-        // Credentials chain, endpoints/region, retries, clock skew, typed AWS errors, IMDS, XML.
+        // Credentials chain (with `credential_process`, started through CSpawn), endpoints/region, retries, clock skew,
+        // typed AWS errors, IMDS, XML.
         .target(
             name: "AWSCore",
-            dependencies: ["AWSSigV4", "HTTPCurl", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["AWSSigV4", "HTTPCurl", "CSpawn", .product(name: "Logging", package: "swift-log")]
         ),
         // S3, SQS, DynamoDB and EC2 clients.
         .target(name: "AWSServices", dependencies: ["AWSCore", .product(name: "Logging", package: "swift-log")]),

@@ -87,7 +87,9 @@ public struct AWSError: Error, Sendable, CustomStringConvertible {
         case .service:
             return httpStatus >= 500 || isThrottle || Self.transientCodes.contains(shortCode)
                 || Self.transientCodes.contains(unqualifiedCode)
-        case .credentials: return true
+        // A source set up in a way that cannot work (a helper's exit status, an expired login) answers the same
+        // every time; a refresh that failed on the way may pass.
+        case .credentials: return code != "CredentialSetup"
         case .badResponse, .client: return false
         }
     }

@@ -102,13 +102,13 @@ public actor ResolvedProfileProvider: CredentialProvider {
 
     init(_ resolver: ProfileResolver) {
         self.resolver = resolver
-        self.name = "profile \(resolver.files.profile) (\(resolver.files.paths))"
+        self.name = "profile \(resolver.files.profile) (\(resolver.files.paths)), web identity"
     }
 
     public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
         if resolved == nil {
             let found = try resolver.provider(resolver.files.profile)
-            if found == nil, resolver.files.profileNamed {
+            if found == nil, resolver.files.profileNamed, resolver.files.settings(resolver.files.profile) == nil {
                 throw credentialSetupError(
                     "the profile \(resolver.files.profile) (AWS_PROFILE) is in neither \(resolver.files.paths)")
             }
@@ -124,6 +124,24 @@ public actor ResolvedProfileProvider: CredentialProvider {
     public func invalidate() async {
         if let provider = resolved ?? nil { await provider.invalidate() }
     }
+}
+
+/// A source whose endpoint does not answer (a connection refused or timed out) has nothing: the instance role of a
+/// machine that is not an EC2 instance.
+struct AbsentWhenUnreachable: CredentialProvider {
+    let source: any CredentialProvider
+    var name: String { source.name }
+    init(_ source: any CredentialProvider) { self.source = source }
+
+    func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
+        do {
+            return try await source.credentials(logger: logger)
+        } catch where error.kind == .transport(.connect) || error.kind == .transport(.timeout) {
+            return nil
+        }
+    }
+
+    func invalidate() async { await source.invalidate() }
 }
 
 /// The EC2 instance role, through IMDSv2.
@@ -182,19 +200,9 @@ public actor CredentialChain: CredentialProvider {
                     "attach an instance profile (scripts/setup-aws makes NAME-worker), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         case .awsCLI:
             let files = SharedConfigFiles(environment: environment)
+            // Web identity from the environment is tried inside the profile's turn, after its assumed role, as in the
+            // AWS CLI (`ProfileResolver`).
             var providers: [any CredentialProvider] = [EnvironmentCredentialProvider(environment: environment)]
-            if let tokenFile = environment.nonEmpty("AWS_WEB_IDENTITY_TOKEN_FILE"),
-                let role = environment.nonEmpty("AWS_ROLE_ARN"),
-                let sts = try? ServiceEndpoint.resolve(
-                    service: "sts", region: region, environment: environment, files: files)
-            {
-                providers.append(
-                    RefreshingCredentials(
-                        WebIdentityProvider(
-                            tokenFile: tokenFile,
-                            role: RoleToAssume(roleARN: role, sessionName: environment.nonEmpty("AWS_ROLE_SESSION_NAME")),
-                            endpoint: sts, http: http), now: now))
-            }
             providers.append(
                 ResolvedProfileProvider(
                     ProfileResolver(
@@ -202,7 +210,8 @@ public actor CredentialChain: CredentialProvider {
             if let container = ContainerCredentialProvider(environment: environment, http: http) {
                 providers.append(RefreshingCredentials(container, now: now))
             }
-            if let instanceRole { providers.append(instanceRole) }
+            // Off EC2, IMDS does not answer at all: that is no instance role, not an error.
+            if let instanceRole { providers.append(AbsentWhenUnreachable(instanceRole)) }
             return CredentialChain(
                 providers: providers,
                 fix:
@@ -214,7 +223,6 @@ public actor CredentialChain: CredentialProvider {
     /// expired SSO login) throws its own error. With no source at all, the error names every place looked at.
     public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
         if let chosen { return try await chosen.credentials(logger: logger) }
-        var lastError: AWSError?
         for provider in providers {
             do {
                 if let found = try await provider.credentials(logger: logger) {
@@ -223,15 +231,15 @@ public actor CredentialChain: CredentialProvider {
                     return found
                 }
             } catch {
-                // A source the operator configured and that cannot work is the answer: the next would hide it.
-                if error.code == "CredentialSetup" { throw error }
-                lastError = error
+                // A source that is there and fails is the answer, as in the AWS CLI: the next (the instance role of
+                // the machine the operator is on) would sign as someone else without a word. Only a source that has
+                // nothing (nil) passes the turn.
                 logger.debug(
                     "credential source failed",
                     metadata: ["credentials.source": "\(provider.name)", "error": "\(error)"])
+                throw error
             }
         }
-        if let lastError { throw lastError }
         throw AWSError(
             kind: .credentials, service: "credentials", code: "NoCredentials",
             message: "no credentials; looked at: \(providers.map(\.name).joined(separator: ", ")); fix: \(fix)")
@@ -284,7 +292,8 @@ public actor RefreshingCredentials: CredentialProvider {
             refreshing = task
         }
         let result = await task.result
-        refreshing = nil
+        // Only this refresh's own task: a caller resuming late must not drop a newer one.
+        if refreshing == task { refreshing = nil }
         switch result {
         case .success(let fresh):
             lastFailure = nil

@@ -1,5 +1,6 @@
 import FoundationEssentials
 @preconcurrency import Glibc
+import CSpawn
 import HTTPCurl
 import Logging
 
@@ -12,6 +13,9 @@ import Logging
 struct ProfileSettings: Sendable {
     let name: String
     let values: [String: String]
+    /// Keys from the credentials file, which the AWS CLI takes before `credential_process`, and the config file's
+    /// keys after it.
+    var keysInCredentialsFile = false
 
     subscript(_ key: String) -> String? { values[key].flatMap { $0.isEmpty ? nil : $0 } }
 
@@ -29,8 +33,10 @@ extension SharedConfigFiles {
         let fromConfig = config?.configProfile(name)
         let fromCredentials = credentials?.credentialsProfile(name)
         guard fromConfig != nil || fromCredentials != nil else { return nil }
-        return ProfileSettings(
+        var settings = ProfileSettings(
             name: name, values: (fromConfig ?? [:]).merging(fromCredentials ?? [:]) { $1 })
+        settings.keysInCredentialsFile = fromCredentials?["aws_access_key_id"].map { !$0.isEmpty } ?? false
+        return settings
     }
 }
 
@@ -67,22 +73,31 @@ enum CredentialsJSON {
 public struct ProcessCredentialProvider: CredentialProvider {
     public let name: String
     let command: String
+    /// Seconds before a helper that has not finished is killed (the AWS SDK for Go's default, one minute).
+    let timeout: Double
 
-    public init(command: String, profile: String) {
+    public init(command: String, profile: String, timeout: Double = 60) {
         self.command = command
         self.name = "credential_process of profile \(profile)"
+        self.timeout = timeout
     }
 
     public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
         let argv = ShellWords.split(command)
         guard !argv.isEmpty else { throw credentialSetupError("\(name) is empty") }
-        let (status, output) = await runBlocking { ChildOutput.run(argv) }
-        guard let status else { throw credentialSetupError("\(name): cannot start \(argv[0]): \(output)") }
-        guard status == 0 else {
+        let timeout = self.timeout
+        let result = await runBlocking { ChildOutput.run(argv, timeout: timeout) }
+        let output: String
+        switch result {
+        case .notStarted(let why): throw credentialSetupError("\(name): cannot start \(argv[0]): \(why)")
+        case .timedOut: throw credentialSetupError("\(name) (\(argv[0])) did not finish within \(Int(timeout)) s")
+        case .tooLong: throw credentialSetupError("\(name) (\(argv[0])) printed more than 1 MiB")
+        case .exited(let status, _) where status != 0:
             throw credentialSetupError("\(name) (\(argv[0])) exited with status \(status)")
+        case .exited(_, let printed): output = printed
         }
-        if let json = try? JSONValue.parse(output), let version = json["Version"]?.intValue, version != 1 {
-            throw credentialSetupError("\(name) answered Version \(version); only 1 is known")
+        guard let json = try? JSONValue.parse(output), json["Version"]?.intValue == 1 else {
+            throw credentialSetupError("\(name) must print JSON with \"Version\": 1")
         }
         return try CredentialsJSON.parse(output, from: name)
     }
@@ -128,40 +143,77 @@ enum ShellWords {
     }
 }
 
-/// Runs a program (found on PATH) and reads its stdout, at most 1 MiB.
+/// Runs a program (found on PATH) and reads its stdout, at most 1 MiB, for at most `timeout` seconds. It is started
+/// as the daemon starts commands (`pz_spawn`): stdin from /dev/null (a command's own input, `enqueue --file -`, is
+/// not the helper's), no descriptor of ours but its stdout pipe and our stderr, signals at their defaults, in a
+/// process group of its own, killed whole when it runs out of time or prints too much.
 enum ChildOutput {
-    /// The exit status (nil when it could not start, with the reason) and what it printed.
-    static func run(_ argv: [String]) -> (Int32?, String) {
+    enum Result: Sendable, Equatable {
+        case exited(Int32, String)
+        case notStarted(String)
+        case timedOut
+        case tooLong
+    }
+
+    static let limit = 1 << 20
+
+    /// `name` as a path: itself when it holds a `/`, else the first executable of that name on `PATH`.
+    static func resolve(_ name: String) -> String? {
+        if name.contains("/") { return name }
+        let path = ProcessEnvironment.current().nonEmpty("PATH") ?? "/usr/local/bin:/usr/bin:/bin"
+        for folder in path.split(separator: ":") where !folder.isEmpty {
+            let candidate = "\(folder)/\(name)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return nil
+    }
+
+    static func run(_ argv: [String], timeout: Double) -> Result {
+        guard let path = resolve(argv[0]) else { return .notStarted("not found on PATH") }
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { return (nil, String(cString: strerror(errno))) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        posix_spawn_file_actions_addclose(&actions, fds[1])
+        guard pipe(&fds) == 0 else { return .notStarted(String(cString: strerror(errno))) }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var pid: pid_t = 0
-        let spawned = posix_spawnp(&pid, argv[0], &actions, nil, cArgs, environ)
+        var inNamespace: Int32 = 0
+        let spawned = pz_spawn(
+            path, cArgs, environ, "/", fds[1], 2, 0, 0, 0, 0, nil, 0, &pid, &inNamespace)
         close(fds[1])
         guard spawned == 0 else {
             close(fds[0])
-            return (nil, String(cString: strerror(spawned)))
+            return .notStarted(String(cString: strerror(spawned)))
         }
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         var output: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 16384)
-        while output.count < 1 << 20 {
+        var ending: Result?
+        while true {
+            let left = deadline - ContinuousClock.now
+            if left <= .zero {
+                ending = .timedOut
+                break
+            }
+            var poller = pollfd(fd: fds[0], events: Int16(POLLIN), revents: 0)
+            let wait = Int32(min(1000, max(1, left.components.seconds * 1000 + 1)))
+            let ready = poll(&poller, 1, wait)
+            if ready <= 0 { continue }
             let n = buffer.withUnsafeMutableBytes { read(fds[0], $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { break }
             output += buffer[0..<n]
+            if output.count > limit {
+                ending = .tooLong
+                break
+            }
         }
         close(fds[0])
+        if ending != nil { kill(-pid, SIGKILL) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        if let ending { return ending }
         let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (exit, String(decoding: output, as: UTF8.self))
+        return .exited(exit, String(decoding: output, as: UTF8.self))
     }
 }
 
@@ -269,7 +321,8 @@ public struct WebIdentityProvider: CredentialProvider {
                 HTTPRequest(
                     method: "POST", url: endpoint.origin + endpoint.basePath + "/",
                     headers: [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
-                    body: .bytes(STSCall.form("AssumeRoleWithWebIdentity", parameters))))
+                    body: .bytes(STSCall.form("AssumeRoleWithWebIdentity", parameters)),
+                    timeouts: Timeouts(connect: 5, lowSpeedBytes: 1, lowSpeedSeconds: 10, total: 30)))
         } catch {
             throw AWSError(transport: error, service: "sts")
         }
@@ -305,12 +358,26 @@ public struct ContainerCredentialProvider: CredentialProvider {
         self.http = http
     }
 
+    /// HTTPS anywhere; plain HTTP only to a loopback address (`localhost`, 127.0.0.0/8, ::1) or ECS's and EKS's
+    /// link-local ones, each read as an address, not matched as text (`127.evil.example` is a name).
     static func allowed(_ url: String) -> Bool {
         guard let parsed = ParsedURL(url) else { return false }
         if parsed.scheme == "https" { return true }
         let host = parsed.host.lowercased()
-        return host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "169.254.170.2"
-            || host == "169.254.170.23" || host == "fd00:ec2::23"
+        if host == "localhost" { return true }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 {
+            let octets = withUnsafeBytes(of: v4.s_addr) { Array($0) }
+            return octets[0] == 127 || host == "169.254.170.2" || host == "169.254.170.23"
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, host, &v6) == 1 {
+            let bytes = withUnsafeBytes(of: v6) { Array($0) }
+            let loopback = bytes == [UInt8](repeating: 0, count: 15) + [1]
+            let eks: [UInt8] = [0xfd, 0, 0x0e, 0xc2] + [UInt8](repeating: 0, count: 11) + [0x23]
+            return loopback || bytes == eks
+        }
+        return false
     }
 
     public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
@@ -319,20 +386,29 @@ public struct ContainerCredentialProvider: CredentialProvider {
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI \(url) is neither HTTPS nor a loopback or container address")
         }
         var headers: [(String, String)] = [("Accept", "application/json")]
+        var authorization: String?
         if let tokenFile {
             guard let value = LocalFile.readText(tokenFile)?.trimmingSpaces else {
                 throw credentialSetupError("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE \(tokenFile) cannot be read")
             }
-            headers.append(("Authorization", value))
+            authorization = value
         } else if let token {
-            headers.append(("Authorization", token))
+            authorization = token
+        }
+        if let authorization {
+            // A line break would end the header and start another: the SDKs refuse such a token.
+            guard !authorization.contains(where: { $0 == "\r" || $0 == "\n" }) else {
+                throw credentialSetupError("the container authorization token holds a line break")
+            }
+            headers.append(("Authorization", authorization))
         }
         let response: HTTPResponse
         do {
-            response = try await http.execute(
-                HTTPRequest(
-                    method: "GET", url: url, headers: headers,
-                    timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 5)))
+            var request = HTTPRequest(
+                method: "GET", url: url, headers: headers,
+                timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 5))
+            request.direct = true
+            response = try await http.execute(request)
         } catch {
             throw AWSError(transport: error, service: "container-credentials")
         }
@@ -395,7 +471,8 @@ public struct SSOCredentialProvider: CredentialProvider {
             response = try await http.execute(
                 HTTPRequest(
                     method: "GET", url: portal + "/federation/credentials?" + query,
-                    headers: [("x-amz-sso_bearer_token", token), ("Accept", "application/json")]))
+                    headers: [("x-amz-sso_bearer_token", token), ("Accept", "application/json")],
+                    timeouts: Timeouts(connect: 5, lowSpeedBytes: 1, lowSpeedSeconds: 10, total: 30)))
         } catch {
             throw AWSError(transport: error, service: "sso")
         }
@@ -434,10 +511,16 @@ struct ProfileResolver: Sendable {
 
     private func provider(_ name: String, visited: [String]) throws(AWSError) -> (any CredentialProvider)? {
         guard let p = files.settings(name) else {
-            if visited.isEmpty { return nil }
+            if visited.isEmpty { return try environmentWebIdentity() }
             throw credentialSetupError("source_profile \(name) (of profile \(visited.last ?? "")) does not exist")
         }
+        // A source profile with keys gives its keys, even with a role of its own (as the AWS CLI reads it).
+        if !visited.isEmpty, let keys = p.keys { return StaticCredentialProvider(keys) }
         if let roleARN = p["role_arn"] {
+            if p["mfa_serial"] != nil {
+                throw credentialSetupError(
+                    "profile \(name) asks for an MFA code (mfa_serial), which parallelizer cannot prompt for: use aws sts get-session-token, or a credential_process that asks")
+            }
             let role = RoleToAssume(
                 roleARN: roleARN, sessionName: p["role_session_name"], externalID: p["external_id"],
                 durationSeconds: p["duration_seconds"].flatMap { Int($0) })
@@ -468,15 +551,30 @@ struct ProfileResolver: Sendable {
             return RefreshingCredentials(
                 AssumeRoleProvider(role: role, source: source, endpoint: sts, http: http, profile: name), now: now)
         }
-        if p["sso_session"] != nil || p["sso_start_url"] != nil {
+        // The AWS CLI's order after an assumed role: web identity, SSO, the credentials file's keys,
+        // credential_process, the config file's keys.
+        if visited.isEmpty, let webIdentity = try environmentWebIdentity() { return webIdentity }
+        if p["sso_account_id"] != nil || p["sso_role_name"] != nil {
             return RefreshingCredentials(try sso(p), now: now)
         }
-        if let keys = p.keys { return StaticCredentialProvider(keys) }
+        if p.keysInCredentialsFile, let keys = p.keys { return StaticCredentialProvider(keys) }
         if let command = p["credential_process"] {
             return RefreshingCredentials(ProcessCredentialProvider(command: command, profile: name), now: now)
         }
+        if let keys = p.keys { return StaticCredentialProvider(keys) }
         if !visited.isEmpty { throw credentialSetupError("source_profile \(name) has no credentials") }
         return nil
+    }
+
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN` (and `AWS_ROLE_SESSION_NAME`), as EKS and CI runners set them.
+    private func environmentWebIdentity() throws(AWSError) -> (any CredentialProvider)? {
+        guard let tokenFile = environment.nonEmpty("AWS_WEB_IDENTITY_TOKEN_FILE"),
+            let roleARN = environment.nonEmpty("AWS_ROLE_ARN")
+        else { return nil }
+        let sts = try ServiceEndpoint.resolve(service: "sts", region: region, environment: environment, files: files)
+        let role = RoleToAssume(roleARN: roleARN, sessionName: environment.nonEmpty("AWS_ROLE_SESSION_NAME"))
+        return RefreshingCredentials(
+            WebIdentityProvider(tokenFile: tokenFile, role: role, endpoint: sts, http: http), now: now)
     }
 
     /// `credential_source`: where the keys that assume the role come from.
@@ -522,7 +620,7 @@ struct ProfileResolver: Sendable {
         }
         let portal =
             ServiceEndpoint.configuredURL(service: "sso", environment: environment, files: files)
-            ?? "https://portal.sso.\(ssoRegion).amazonaws.com"
+            ?? "https://portal.sso.\(ssoRegion).\(ssoRegion.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com")"
         return SSOCredentialProvider(
             profile: p.name, cacheKey: cacheKey, accountID: account, roleName: role,
             portal: portal.hasSuffix("/") ? String(portal.dropLast()) : portal, environment: environment, http: http,

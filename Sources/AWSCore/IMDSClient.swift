@@ -55,9 +55,10 @@ public actor IMDSClient {
             let token = try await sessionToken(forceNew: attempt > 0)
             let response: HTTPResponse
             do {
-                response = try await http.execute(
-                    HTTPRequest(
-                        method: "GET", url: endpoint + path, headers: [(Self.tokenHeader, token)], timeouts: timeouts))
+                var request = HTTPRequest(
+                    method: "GET", url: endpoint + path, headers: [(Self.tokenHeader, token)], timeouts: timeouts)
+                request.direct = true
+                response = try await http.execute(request)
             } catch {
                 throw AWSError(transport: error, service: "imds")
             }
@@ -77,11 +78,11 @@ public actor IMDSClient {
         if !forceNew, let token, token.expires > now().addingTimeInterval(60) { return token.value }
         let response: HTTPResponse
         do {
-            response = try await http.execute(
-                HTTPRequest(
-                    method: "PUT", url: endpoint + Self.tokenPath,
-                    headers: [(Self.tokenTTLHeader, String(Self.tokenTTL))],
-                    timeouts: timeouts))
+            var request = HTTPRequest(
+                method: "PUT", url: endpoint + Self.tokenPath, headers: [(Self.tokenTTLHeader, String(Self.tokenTTL))],
+                timeouts: timeouts)
+            request.direct = true
+            response = try await http.execute(request)
         } catch {
             throw AWSError(transport: error, service: "imds")
         }

@@ -173,6 +173,7 @@ final class CurlEasy {
         try set(CURLOPT_FOLLOWLOCATION, 0)
         // S3 keys may contain `..` and `//`; the path must go out exactly as it was signed.
         try set(CURLOPT_PATH_AS_IS, 1)
+        if request.direct { try set(CURLOPT_NOPROXY, "*") }
         if !request.connectTo.isEmpty {
             var connect: UnsafeMutablePointer<curl_slist>?
             for entry in request.connectTo { connect = curl_slist_append(connect, entry) }

@@ -12,6 +12,9 @@ public struct HTTPRequest: Sendable {
     /// `CURLOPT_CONNECT_TO` entries (`host:port:connect-host:connect-port`): reach a different socket than the URL
     /// names while keeping the URL (and so the signature) intact. Used to route through a fault proxy.
     public var connectTo: [String]
+    /// Never through a proxy (`http_proxy` and the like): for the endpoints on this machine or its host that hand out
+    /// credentials (IMDS, the container endpoint), whose answers and tokens must not pass through anything else.
+    public var direct = false
 
     public init(
         method: String, url: String, headers: [(String, String)] = [], body: HTTPBody = .none,

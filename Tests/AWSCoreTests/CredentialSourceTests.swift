@@ -76,7 +76,7 @@ struct CredentialSourceTests {
         #expect(aws.origin == "https://sts.eu-west-1.amazonaws.com")
     }
 
-    @Test func aProfileBecomesTheSourceTheCLIWouldUse() throws {
+    @Test func aProfileBecomesTheSourceTheCLIWouldUse() async throws {
         let f = try files(
             config: """
                 [profile keys]
@@ -106,18 +106,19 @@ struct CredentialSourceTests {
                 [profile sso]
                 sso_start_url = https://x
                 sso_region = us-east-1
+                sso_account_id = 1
                 [profile empty]
                 region = us-east-1
                 """,
             credentials: "[keys]\naws_access_key_id = AKIDCREDENTIALS\naws_secret_access_key = s\n")
         let r = resolver(f)
         // The credentials file wins for the same profile.
-        #expect(try r.provider("keys")?.name == "static keys")
+        #expect(try await r.provider("keys")?.credentials(logger: quietLogger)?.accessKeyID == "AKIDCREDENTIALS")
         #expect(
             try r.provider("self")?.name == "role arn:aws:iam::1:role/r of profile self (from static keys)")
+        // A source profile with keys gives its keys, its own role aside (the AWS CLI's reading).
         #expect(
-            try r.provider("chained")?.name
-                == "role arn:aws:iam::1:role/top of profile chained (from role arn:aws:iam::1:role/r of profile self (from static keys))")
+            try r.provider("chained")?.name == "role arn:aws:iam::1:role/top of profile chained (from static keys)")
         #expect(try r.provider("env")?.name == "role arn:aws:iam::1:role/r of profile env (from environment)")
         #expect(try r.provider("process")?.name == "credential_process of profile process")
         #expect(try r.provider("empty") == nil)
@@ -134,14 +135,86 @@ struct CredentialSourceTests {
         #expect(message("sso").contains("without sso_account_id and sso_role_name"))
     }
 
+    @Test func theCLIsOrderWithinAProfile() async throws {
+        let f = try files(
+            config: """
+                [profile role]
+                role_arn = arn:aws:iam::1:role/r
+                source_profile = base
+                [profile base]
+                aws_access_key_id = AKIDBASE
+                aws_secret_access_key = s
+                [profile mfa]
+                role_arn = arn:aws:iam::1:role/r
+                source_profile = base
+                mfa_serial = arn:aws:iam::1:mfa/op
+                [profile loginonly]
+                sso_session = corp
+                aws_access_key_id = AKIDLOGIN
+                aws_secret_access_key = s
+                [profile configkeys]
+                aws_access_key_id = AKIDCONFIG
+                aws_secret_access_key = s
+                credential_process = /bin/helper
+                [profile filekeys]
+                credential_process = /bin/helper
+                """,
+            credentials: "[filekeys]\naws_access_key_id = AKIDFILE\naws_secret_access_key = s\n")
+        let web = ["AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/web"]
+        // An assumed role of the profile comes before web identity from the environment; web identity before keys.
+        #expect(try resolver(f, environment: web).provider("role")?.name.hasPrefix("role arn:aws:iam::1:role/r") == true)
+        #expect(try resolver(f, environment: web).provider("base")?.name.hasPrefix("web identity /var/run/token") == true)
+        #expect(try resolver(f, environment: web).provider("absent")?.name.hasPrefix("web identity") == true)
+        // A login-only sso_session (no account, no role) is not SSO credentials: its keys are.
+        #expect(try await resolver(f).provider("loginonly")?.credentials(logger: quietLogger)?.accessKeyID == "AKIDLOGIN")
+        // The credentials file's keys, then credential_process, then the config file's keys.
+        #expect(try resolver(f).provider("configkeys")?.name == "credential_process of profile configkeys")
+        #expect(try await resolver(f).provider("filekeys")?.credentials(logger: quietLogger)?.accessKeyID == "AKIDFILE")
+        do {
+            _ = try resolver(f).provider("mfa")
+            Issue.record("a role that needs an MFA code was taken")
+        } catch { #expect(error.message.contains("MFA code (mfa_serial)")) }
+    }
+
+    @Test func aHelperMustAnswerVersion1InTimeAndBriefly() async throws {
+        func failure(_ command: String, timeout: Double = 30) async -> String {
+            do {
+                _ = try await ProcessCredentialProvider(command: command, profile: "p", timeout: timeout)
+                    .credentials(logger: quietLogger)
+                return ""
+            } catch { return error.message }
+        }
+        let good = try await ProcessCredentialProvider(
+            command: #"/bin/echo '{"Version":1,"AccessKeyId":"AK","SecretAccessKey":"S"}'"#,
+            profile: "p"
+        ).credentials(logger: quietLogger)
+        #expect(good?.accessKeyID == "AK")
+        #expect(
+            await failure(#"/bin/echo '{"AccessKeyId":"AK","SecretAccessKey":"S"}'"#)
+                .contains(#"must print JSON with "Version": 1"#))
+        #expect(await failure("/bin/sleep 30", timeout: 1).contains("did not finish within 1 s"))
+        #expect(await failure("/bin/sh -c 'exec yes'").contains("printed more than 1 MiB"))
+        #expect(await failure("no-such-helper-anywhere").contains("cannot start no-such-helper-anywhere"))
+        #expect(await failure("/bin/sh -c 'exit 4'").contains("exited with status 4"))
+        // Its stdin is /dev/null, not ours: `cat` ends at once.
+        let quiet = try await ProcessCredentialProvider(
+            command: #"/bin/sh -c 'cat >/dev/null; echo "$0"' '{"Version":1,"AccessKeyId":"A","SecretAccessKey":"S"}'"#,
+            profile: "p", timeout: 10
+        ).credentials(logger: quietLogger)
+        #expect(quiet?.accessKeyID == "A")
+    }
+
     @Test func theContainerEndpointGetsTheTokenOnlyOnHTTPSOrALocalAddress() {
         for url in [
             "http://127.0.0.1:1338/creds", "http://localhost/x", "http://169.254.170.2/v2/x", "http://169.254.170.23/v1",
-            "http://[::1]:80/x", "https://creds.example.com/x",
+            "http://[::1]:80/x", "https://creds.example.com/x", "http://[fd00:ec2::23]/v1", "http://127.1.2.3/x",
         ] {
             #expect(ContainerCredentialProvider.allowed(url), "\(url)")
         }
-        for url in ["http://192.0.2.1/creds", "http://evil.example.com/x", "ftp://127.0.0.1/x", "nonsense"] {
+        for url in [
+            "http://192.0.2.1/creds", "http://evil.example.com/x", "ftp://127.0.0.1/x", "nonsense",
+            "http://127.evil.example/x", "http://169.254.170.2.evil.example/x", "http://[fd00:ec2::24]/x",
+        ] {
             #expect(!ContainerCredentialProvider.allowed(url), "\(url)")
         }
         #expect(

@@ -105,11 +105,17 @@ struct OperatorCredentialTests {
             #expect(log.contains("credential_process of profile helper"), "\(log.suffix(800))")
             #expect(LocalFile.readText(h.directory + "/helper.count")?.contains("helper ran") == true)
 
-            // A helper that fails is the answer, with its status: not a fall-through to "no credentials".
+            // A helper that fails is the answer, with its status: not a fall-through to the next source, here an
+            // instance role that IMDS would hand out.
+            let imds = try await IMDSStandIn.start(directory: h.directory, userData: nil, credentialLifetime: 3600)
+            op.environment["AWS_EC2_METADATA_DISABLED"] = nil
+            op.environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.endpoint
             op.write("elsewhere/config", "[profile helper]\ncredential_process = /bin/false\n")
             let (outcome, _, failed) = try await op.run("cp-failing", ["cp", h.directory + "/process.txt", "s3://\(h.inputBucket)/x"])
             #expect(outcome != .exited(0))
             #expect(failed.contains("credential_process of profile helper (/bin/false) exited with status 1"), "\(failed.suffix(800))")
+            #expect(!failed.contains("credentials found"), "\(failed.suffix(800))")
+            await imds.stop()
         }
     }
 
