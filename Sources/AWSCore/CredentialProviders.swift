@@ -136,7 +136,7 @@ struct AbsentWhenUnreachable: CredentialProvider {
     func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
         do {
             return try await source.credentials(logger: logger)
-        } catch where error.kind == .transport(.connect) || error.kind == .transport(.timeout) {
+        } catch  where error.kind == .transport(.connect) || error.kind == .transport(.timeout) {
             return nil
         }
     }
@@ -197,7 +197,8 @@ public actor CredentialChain: CredentialProvider {
             return CredentialChain(
                 providers: providers + (instanceRole.map { [$0] } ?? []),
                 fix:
-                    "attach an instance profile (scripts/setup-aws makes NAME-worker), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+                    "attach an instance profile (scripts/setup-aws makes NAME-worker), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
         case .awsCLI:
             let files = SharedConfigFiles(environment: environment)
             // Web identity from the environment is tried inside the profile's turn, after its assumed role, as in the
@@ -215,7 +216,8 @@ public actor CredentialChain: CredentialProvider {
             return CredentialChain(
                 providers: providers,
                 fix:
-                    "run aws configure (keys), aws sso login --profile NAME and set AWS_PROFILE=NAME, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+                    "run aws configure (keys), aws sso login --profile NAME and set AWS_PROFILE=NAME, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
         }
     }
 

@@ -416,7 +416,9 @@ public struct ContainerCredentialProvider: CredentialProvider {
             throw AWSError(
                 kind: .credentials, service: "container-credentials", httpStatus: response.status,
                 code: "ContainerCredentials",
-                message: "the container endpoint answered \(response.status): \(String(decoding: response.body.prefix(200), as: UTF8.self))")
+                message:
+                    "the container endpoint answered \(response.status): \(String(decoding: response.body.prefix(200), as: UTF8.self))"
+            )
         }
         return try CredentialsJSON.parse(String(decoding: response.body, as: UTF8.self), from: name)
     }
@@ -463,7 +465,8 @@ public struct SSOCredentialProvider: CredentialProvider {
         if let expires = cached["expiresAt"]?.stringValue.flatMap(CivilTime.parseISO8601),
             Double(expires) <= now().timeIntervalSince1970
         {
-            throw credentialSetupError("the SSO token of profile \(profile) expired at \(cached["expiresAt"]?.stringValue ?? "?"); \(login)")
+            throw credentialSetupError(
+                "the SSO token of profile \(profile) expired at \(cached["expiresAt"]?.stringValue ?? "?"); \(login)")
         }
         let query = URIEncoding.formatQuery([("account_id", accountID), ("role_name", roleName)])
         let response: HTTPResponse
@@ -478,7 +481,8 @@ public struct SSOCredentialProvider: CredentialProvider {
         }
         if response.status == 401 || response.status == 403 {
             throw credentialSetupError(
-                "the SSO portal refused the token of profile \(profile) (\(response.status)): it expired or was revoked; \(login)")
+                "the SSO portal refused the token of profile \(profile) (\(response.status)): it expired or was revoked; \(login)"
+            )
         }
         guard response.isSuccess else { throw AWSError.from(response: response, service: "sso") }
         guard let json = try? JSONValue.parse(response.body), let role = json["roleCredentials"],
@@ -519,7 +523,8 @@ struct ProfileResolver: Sendable {
         if let roleARN = p["role_arn"] {
             if p["mfa_serial"] != nil {
                 throw credentialSetupError(
-                    "profile \(name) asks for an MFA code (mfa_serial), which parallelizer cannot prompt for: use aws sts get-session-token, or a credential_process that asks")
+                    "profile \(name) asks for an MFA code (mfa_serial), which parallelizer cannot prompt for: use aws sts get-session-token, or a credential_process that asks"
+                )
             }
             let role = RoleToAssume(
                 roleARN: roleARN, sessionName: p["role_session_name"], externalID: p["external_id"],
@@ -584,7 +589,8 @@ struct ProfileResolver: Sendable {
             return EnvironmentCredentialProvider(environment: environment)
         case "Ec2InstanceMetadata":
             guard let imds else {
-                throw credentialSetupError("profile \(profile) takes credential_source Ec2InstanceMetadata, but IMDS is disabled")
+                throw credentialSetupError(
+                    "profile \(profile) takes credential_source Ec2InstanceMetadata, but IMDS is disabled")
             }
             return RefreshingCredentials(InstanceRoleCredentialProvider(imds: imds), now: now)
         case "EcsContainer":
@@ -595,7 +601,8 @@ struct ProfileResolver: Sendable {
             return RefreshingCredentials(container, now: now)
         default:
             throw credentialSetupError(
-                "profile \(profile): credential_source \(named) is not Environment, Ec2InstanceMetadata or EcsContainer")
+                "profile \(profile): credential_source \(named) is not Environment, Ec2InstanceMetadata or EcsContainer"
+            )
         }
     }
 

@@ -59,7 +59,9 @@ public struct ServiceEndpoint: Sendable, Equatable {
         if environment.flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") { return nil }
         let id = identifier(service)
         // Our own older spelling (`AUTOSCALING`) still counts.
-        for name in ["AWS_ENDPOINT_URL_" + id.uppercased(), "AWS_ENDPOINT_URL_" + service.uppercased(), "AWS_ENDPOINT_URL"] {
+        for name in [
+            "AWS_ENDPOINT_URL_" + id.uppercased(), "AWS_ENDPOINT_URL_" + service.uppercased(), "AWS_ENDPOINT_URL",
+        ] {
             if let url = environment.nonEmpty(name) { return url }
         }
         guard let files, let profile = files.config?.configProfile(files.profile) else { return nil }

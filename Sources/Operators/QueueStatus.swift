@@ -42,8 +42,9 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             delayed: counts.delayed)
         do {
             status.run = try await sqs.runManifest(queueURL: queueURL, logger: logger)
-        } catch where error.setupProblem == .denied {
-            logger.notice("cannot read the queue's tags (sqs:ListQueueTags): no run progress", metadata: ["error": "\(error)"])
+        } catch  where error.setupProblem == .denied {
+            logger.notice(
+                "cannot read the queue's tags (sqs:ListQueueTags): no run progress", metadata: ["error": "\(error)"])
         }
         if let policy = a["RedrivePolicy"], let json = try? JSONValue.parse(policy),
             let arn = json["deadLetterTargetArn"]?.stringValue, let name = arn.split(separator: ":").last
@@ -110,7 +111,9 @@ public struct QueueStatus: Sendable, Equatable, Codable {
         if let failureRecords {
             lines.append("failed      \(failureRecords)")
         } else if let failureRecordsFound {
-            lines.append("failed      \(failureRecordsFound ? "records under _failed/ (parallelizer failures lists them)" : "none")")
+            lines.append(
+                "failed      \(failureRecordsFound ? "records under _failed/ (parallelizer failures lists them)" : "none")"
+            )
         }
         if let fleet { lines.append(fleet.text) }
         return lines.joined(separator: "\n")

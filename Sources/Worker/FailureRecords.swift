@@ -5,10 +5,10 @@ import FoundationEssentials
 /// The failure records the daemon writes to the output bucket: one per input given up, one per bad message. They are
 /// how a message leaves the queue with a trace: the fate table deletes a given-up message only once its record is
 /// written.
-enum FailureRecords {
+public enum FailureRecords {
     /// `_failed/<input key>.json`; when that would pass S3's 1,024-byte limit on keys,
     /// `_failed/_long-keys/<SHA-256 of the input key>.json` (the record names the whole input inside).
-    static func key(forInput key: String) -> String {
+    public static func key(forInput key: String) -> String {
         let plain = "_failed/" + key + ".json"
         if plain.utf8.count <= MessageParser.maxKeyBytes { return plain }
         return "_failed/_long-keys/" + Digest.sha256(Array(key.utf8)).hexString + ".json"

@@ -118,7 +118,8 @@ struct MessageBooks: Sendable {
                 $0.failed += 1
             }
             logger.info(
-                "message will be retried", metadata: ["retry.after_seconds": "\(seconds)", "task.attempt": "\(attempt)"])
+                "message will be retried",
+                metadata: ["retry.after_seconds": "\(seconds)", "task.attempt": "\(attempt)"])
         case .giveUp(let failures, _):
             lifecycle.count { $0.givenUp += failures.count }
         case .badMessage(let reason):

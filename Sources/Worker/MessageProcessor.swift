@@ -291,8 +291,7 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
 
     /// Returns whether the record was written. When it was not (the output bucket is missing or denied), the
     /// message must not be deleted: it would then leave no trace at all.
-    func write(_ body: [UInt8], key: String, onlyIfAbsent: Bool = false, logger: Logger) async -> Bool
-    {
+    func write(_ body: [UInt8], key: String, onlyIfAbsent: Bool = false, logger: Logger) async -> Bool {
         let (store, bucket) = (self.store, config.outputBucket)
         return await uncancelled {
             do throws(AWSError) {

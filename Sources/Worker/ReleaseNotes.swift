@@ -76,7 +76,8 @@ extension MessageProcessor {
     /// On the store itself, not the watched one: a note that cannot be written or read falls back to counting
     /// receives, and is nobody's dead end (nor does a note that works vouch for the failure records).
     var releaseNotes: ReleaseNotes<Store> {
-        ReleaseNotes(store: store.base, bucket: config.outputBucket, prefix: config.outputPrefix + "_parallelizer/releases/")
+        ReleaseNotes(
+            store: store.base, bucket: config.outputBucket, prefix: config.outputPrefix + "_parallelizer/releases/")
     }
 
     /// The runs `message` had before this receive: its earlier receives less those the daemon gave back unrun.

@@ -116,7 +116,8 @@ extension MessageProcessor {
         switch step {
         case nil: return (.interrupted, bytesIn)
         case .ended(let outcome)?: return (outcome, bytesIn)
-        case .output(let output)?: return (await publish(output, input: input, message: message, logger: logger), bytesIn)
+        case .output(let output)?:
+            return (await publish(output, input: input, message: message, logger: logger), bytesIn)
         }
     }
 

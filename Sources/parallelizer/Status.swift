@@ -68,7 +68,9 @@ struct Status: AsyncParsableCommand {
     var output: String? { results ?? legacyOutput }
 
     func validate() throws {
-        if results != nil && legacyOutput != nil { throw ValidationError("--output is the old name of --results: give one") }
+        if results != nil && legacyOutput != nil {
+            throw ValidationError("--output is the old name of --results: give one")
+        }
         if let output, S3URI(output) == nil { throw ValidationError("--results takes s3://bucket/prefix") }
         guard format == "text" || format == "json" else { throw ValidationError("--format is text or json") }
         if count && output == nil { throw ValidationError("--count needs --results") }
@@ -116,7 +118,8 @@ struct Status: AsyncParsableCommand {
                     stuckAfter: Double(WorkerConfig.parseDuration(stuckAfter) ?? 900),
                     prices: try prices())
             }
-            let queue = SQSClient.MessageCounts(visible: status.visible, inFlight: status.inFlight, delayed: status.delayed)
+            let queue = SQSClient.MessageCounts(
+                visible: status.visible, inFlight: status.inFlight, delayed: status.delayed)
             status.progress = status.run?.progress(
                 queue: queue, now: Date().timeIntervalSince1970,
                 rate: status.fleet.flatMap { $0.tasksPerMinute > 0 ? $0.tasksPerMinute / 60 : nil })

@@ -26,8 +26,9 @@ struct CredentialSourceTests {
     }
 
     @Test func credentialProcessWordsSplitAsTheCLISplitsThem() {
-        #expect(ShellWords.split(#"/bin/helper --profile "my org" 'a b' c\ d"#)
-            == ["/bin/helper", "--profile", "my org", "a b", "c d"])
+        #expect(
+            ShellWords.split(#"/bin/helper --profile "my org" 'a b' c\ d"#)
+                == ["/bin/helper", "--profile", "my org", "a b", "c d"])
         #expect(ShellWords.split("  one\ttwo  ") == ["one", "two"])
         #expect(ShellWords.split(#""" ''"#) == ["", ""])
         #expect(ShellWords.split("") == [])
@@ -35,7 +36,9 @@ struct CredentialSourceTests {
 
     @Test func nestedSettingsOfAServicesSectionAreRead() {
         let ini = IniFile(
-            text: "[services peers]\ns3 =\n  endpoint_url = http://a\n  addressing_style = path\nsqs =\n\tendpoint_url = http://b\nregion = x\n")
+            text:
+                "[services peers]\ns3 =\n  endpoint_url = http://a\n  addressing_style = path\nsqs =\n\tendpoint_url = http://b\nregion = x\n"
+        )
         #expect(ini.services("peers")?["s3.endpoint_url"] == "http://a")
         #expect(ini.services("peers")?["s3.addressing_style"] == "path")
         #expect(ini.services("peers")?["sqs.endpoint_url"] == "http://b")
@@ -56,7 +59,8 @@ struct CredentialSourceTests {
                 """, profile: "p")
         #expect(ServiceEndpoint.configuredURL(service: "s3", environment: [:], files: f) == "http://section-s3")
         #expect(ServiceEndpoint.configuredURL(service: "sqs", environment: [:], files: f) == "http://profile")
-        #expect(ServiceEndpoint.configuredURL(service: "autoscaling", environment: [:], files: f) == "http://section-asg")
+        #expect(
+            ServiceEndpoint.configuredURL(service: "autoscaling", environment: [:], files: f) == "http://section-asg")
         #expect(
             ServiceEndpoint.configuredURL(service: "s3", environment: ["AWS_ENDPOINT_URL": "http://env"], files: f)
                 == "http://env")
@@ -70,7 +74,8 @@ struct CredentialSourceTests {
                 == "http://env-asg")
         #expect(
             ServiceEndpoint.configuredURL(
-                service: "s3", environment: ["AWS_ENDPOINT_URL": "http://env", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"],
+                service: "s3",
+                environment: ["AWS_ENDPOINT_URL": "http://env", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"],
                 files: f) == nil)
         let aws = try ServiceEndpoint.resolve(service: "sts", region: "eu-west-1", environment: [:], files: nil)
         #expect(aws.origin == "https://sts.eu-west-1.amazonaws.com")
@@ -162,11 +167,14 @@ struct CredentialSourceTests {
             credentials: "[filekeys]\naws_access_key_id = AKIDFILE\naws_secret_access_key = s\n")
         let web = ["AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/web"]
         // An assumed role of the profile comes before web identity from the environment; web identity before keys.
-        #expect(try resolver(f, environment: web).provider("role")?.name.hasPrefix("role arn:aws:iam::1:role/r") == true)
-        #expect(try resolver(f, environment: web).provider("base")?.name.hasPrefix("web identity /var/run/token") == true)
+        #expect(
+            try resolver(f, environment: web).provider("role")?.name.hasPrefix("role arn:aws:iam::1:role/r") == true)
+        #expect(
+            try resolver(f, environment: web).provider("base")?.name.hasPrefix("web identity /var/run/token") == true)
         #expect(try resolver(f, environment: web).provider("absent")?.name.hasPrefix("web identity") == true)
         // A login-only sso_session (no account, no role) is not SSO credentials: its keys are.
-        #expect(try await resolver(f).provider("loginonly")?.credentials(logger: quietLogger)?.accessKeyID == "AKIDLOGIN")
+        #expect(
+            try await resolver(f).provider("loginonly")?.credentials(logger: quietLogger)?.accessKeyID == "AKIDLOGIN")
         // The credentials file's keys, then credential_process, then the config file's keys.
         #expect(try resolver(f).provider("configkeys")?.name == "credential_process of profile configkeys")
         #expect(try await resolver(f).provider("filekeys")?.credentials(logger: quietLogger)?.accessKeyID == "AKIDFILE")
@@ -206,7 +214,8 @@ struct CredentialSourceTests {
 
     @Test func theContainerEndpointGetsTheTokenOnlyOnHTTPSOrALocalAddress() {
         for url in [
-            "http://127.0.0.1:1338/creds", "http://localhost/x", "http://169.254.170.2/v2/x", "http://169.254.170.23/v1",
+            "http://127.0.0.1:1338/creds", "http://localhost/x", "http://169.254.170.2/v2/x",
+            "http://169.254.170.23/v1",
             "http://[::1]:80/x", "https://creds.example.com/x", "http://[fd00:ec2::23]/v1", "http://127.1.2.3/x",
         ] {
             #expect(ContainerCredentialProvider.allowed(url), "\(url)")
@@ -239,7 +248,8 @@ struct CredentialSourceTests {
             from: "x")
         #expect(process.sessionToken == "T")
         #expect(process.expiration.map { CivilTime(date: $0).iso8601 } == "2030-01-02T03:04:05Z")
-        let container = try CredentialsJSON.parse(#"{"AccessKeyId":"AK","SecretAccessKey":"S","Token":"T2"}"#, from: "x")
+        let container = try CredentialsJSON.parse(
+            #"{"AccessKeyId":"AK","SecretAccessKey":"S","Token":"T2"}"#, from: "x")
         #expect(container.sessionToken == "T2")
         #expect(container.expiration == nil)
         #expect(throws: AWSError.self) { try CredentialsJSON.parse(#"{"AccessKeyId":"AK"}"#, from: "x") }

@@ -73,7 +73,8 @@ struct OperatorCommandTests {
             }
             // --check fails on the failure record, with status 3 and the reason.
             let (checked, _) = try await h.command(
-                "status-check", ["status", "--queue-url", h.queueURL, "--results", "s3://\(h.outputBucket)/", "--check"])
+                "status-check",
+                ["status", "--queue-url", h.queueURL, "--results", "s3://\(h.outputBucket)/", "--check"])
             #expect(checked == .exited(3))
             #expect(h.log("status-check").contains("check failed: failure records under _failed/"))
         }
@@ -260,7 +261,8 @@ struct CommandLineTests {
         try await withTemporaryDirectory { dir in
             let sqs = SQSClient(context: try TestEnvironment.motoContext())
             let dlq = try await sqs.createQueue(name: uniqueName("pzw-dlq"), logger: quietLogger)
-            let arn = try await sqs.getQueueAttributes(queueURL: dlq, names: ["QueueArn"], logger: quietLogger)["QueueArn"]!
+            let arn = try await sqs.getQueueAttributes(queueURL: dlq, names: ["QueueArn"], logger: quietLogger)[
+                "QueueArn"]!
             let h = try await WorkerHarness.make(
                 directory: dir,
                 queueAttributes: ["RedrivePolicy": #"{"deadLetterTargetArn":"\#(arn)","maxReceiveCount":"13"}"#])
@@ -286,8 +288,10 @@ struct CommandLineTests {
             ]
             func status(_ name: String, _ extra: [String]) async throws -> (ProcessOutcome?, String) {
                 let process = try ProcessRunner().start(
-                    argv: [WorkerHarness.binary, "status", "--queue-url", h.queueURL, "--results",
-                           "s3://\(h.outputBucket)/out/", "--format", "json"] + extra,
+                    argv: [
+                        WorkerHarness.binary, "status", "--queue-url", h.queueURL, "--results",
+                        "s3://\(h.outputBucket)/out/", "--format", "json",
+                    ] + extra,
                     environment: environment, directory: dir, stdoutPath: "\(dir)/\(name).stdout",
                     stderrPath: "\(dir)/\(name).log")
                 return (await process.wait(timeout: 120), LocalFile.readText("\(dir)/\(name).stdout") ?? "")

@@ -111,9 +111,12 @@ struct OperatorCredentialTests {
             op.environment["AWS_EC2_METADATA_DISABLED"] = nil
             op.environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.endpoint
             op.write("elsewhere/config", "[profile helper]\ncredential_process = /bin/false\n")
-            let (outcome, _, failed) = try await op.run("cp-failing", ["cp", h.directory + "/process.txt", "s3://\(h.inputBucket)/x"])
+            let (outcome, _, failed) = try await op.run(
+                "cp-failing", ["cp", h.directory + "/process.txt", "s3://\(h.inputBucket)/x"])
             #expect(outcome != .exited(0))
-            #expect(failed.contains("credential_process of profile helper (/bin/false) exited with status 1"), "\(failed.suffix(800))")
+            #expect(
+                failed.contains("credential_process of profile helper (/bin/false) exited with status 1"),
+                "\(failed.suffix(800))")
             #expect(!failed.contains("credentials found"), "\(failed.suffix(800))")
             await imds.stop()
         }
@@ -125,7 +128,9 @@ struct OperatorCredentialTests {
             let role = try TestEnvironment.value("PZ_TEST_MOTO_ROLE_ARN")
             let op = try Operator(h, ["AWS_PROFILE": "top", "AWS_SHARED_CREDENTIALS_FILE": h.directory + "/keys"])
             defer { op.removeKeyFiles("keys") }
-            op.write("keys", "[base]\naws_access_key_id = \(keys.accessKeyID)\naws_secret_access_key = \(keys.secretAccessKey)\n")
+            op.write(
+                "keys",
+                "[base]\naws_access_key_id = \(keys.accessKeyID)\naws_secret_access_key = \(keys.secretAccessKey)\n")
             op.write(
                 ".aws/config",
                 """
@@ -146,8 +151,12 @@ struct OperatorCredentialTests {
                 "\(log.suffix(800))")
 
             // A loop of profiles is named, not followed forever.
-            op.write(".aws/config", "[profile top]\nrole_arn = \(role)\nsource_profile = other\n[profile other]\nrole_arn = \(role)\nsource_profile = top\n")
-            let (outcome, _, looped) = try await op.run("cp-loop", ["cp", h.directory + "/role.txt", "s3://\(h.inputBucket)/x"])
+            op.write(
+                ".aws/config",
+                "[profile top]\nrole_arn = \(role)\nsource_profile = other\n[profile other]\nrole_arn = \(role)\nsource_profile = top\n"
+            )
+            let (outcome, _, looped) = try await op.run(
+                "cp-loop", ["cp", h.directory + "/role.txt", "s3://\(h.inputBucket)/x"])
             #expect(outcome != .exited(0))
             #expect(looped.contains("profiles top -> other -> top form a loop"), "\(looped.suffix(800))")
         }
@@ -269,7 +278,8 @@ struct OperatorCredentialTests {
             let (refused, _, refusedLog) = try await op.run(
                 "cp-far", ["cp", h.directory + "/container.txt", "s3://\(h.inputBucket)/far.txt"])
             #expect(refused != .exited(0))
-            #expect(refusedLog.contains("neither HTTPS nor a loopback or container address"), "\(refusedLog.suffix(800))")
+            #expect(
+                refusedLog.contains("neither HTTPS nor a loopback or container address"), "\(refusedLog.suffix(800))")
         }
     }
 
@@ -277,10 +287,13 @@ struct OperatorCredentialTests {
         try await Self.withOperator { h in
             let op = try Operator(h)
             LocalFile.write(h.directory + "/none.txt", Array("x".utf8))
-            let (outcome, _, log) = try await op.run("cp-none", ["cp", h.directory + "/none.txt", "s3://\(h.inputBucket)/x"])
+            let (outcome, _, log) = try await op.run(
+                "cp-none", ["cp", h.directory + "/none.txt", "s3://\(h.inputBucket)/x"])
             #expect(outcome != .exited(0))
             #expect(
-                log.contains("looked at: environment, profile default (\(h.directory)/.aws/config, \(h.directory)/.aws/credentials)"),
+                log.contains(
+                    "looked at: environment, profile default (\(h.directory)/.aws/config, \(h.directory)/.aws/credentials)"
+                ),
                 "\(log.suffix(800))")
             #expect(log.contains("aws sso login"), "\(log.suffix(800))")
         }

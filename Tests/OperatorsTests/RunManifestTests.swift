@@ -14,11 +14,14 @@ struct RunManifestTests {
     }
 
     @Test func anEmptyQueueStartsANewRunAndWorkLeftAddsToTheOneUnderWay() {
-        let fresh = RunManifest.begin(existing: earlier, queueIsEmpty: true, resuming: false, source: "s3://in/b/", now: 5000)
+        let fresh = RunManifest.begin(
+            existing: earlier, queueIsEmpty: true, resuming: false, source: "s3://in/b/", now: 5000)
         #expect(fresh == RunManifest(source: "s3://in/b/", started: 5000, updated: 5000, sent: 0, skipped: 0))
-        let added = RunManifest.begin(existing: earlier, queueIsEmpty: false, resuming: false, source: "s3://in/b/", now: 5000)
+        let added = RunManifest.begin(
+            existing: earlier, queueIsEmpty: false, resuming: false, source: "s3://in/b/", now: 5000)
         #expect(added.sent == 50 && added.started == 1000 && added.source == "s3://in/a/ s3://in/b/")
-        let resumed = RunManifest.begin(existing: earlier, queueIsEmpty: true, resuming: true, source: "s3://in/a/", now: 5000)
+        let resumed = RunManifest.begin(
+            existing: earlier, queueIsEmpty: true, resuming: true, source: "s3://in/a/", now: 5000)
         #expect(resumed == earlier)
         #expect(RunManifest.begin(existing: nil, queueIsEmpty: false, resuming: true, source: "f", now: 7).started == 7)
     }
@@ -34,10 +37,12 @@ struct RunManifestTests {
         #expect(p.bar.hasPrefix("[################--------] 66%  800/1200 settled  6.0/s  ETA 1m 7s"), "\(p.bar)")
         // The fleet's recent rate wins when the ledger gives one; a drained run is done.
         #expect(run.progress(queue: queue, now: 100, rate: 40).etaSeconds == 10)
-        let done = run.progress(queue: SQSClient.MessageCounts(visible: 0, inFlight: 0, delayed: 0), now: 100, rate: nil)
+        let done = run.progress(
+            queue: SQSClient.MessageCounts(visible: 0, inFlight: 0, delayed: 0), now: 100, rate: nil)
         #expect(done.settled == 1200 && done.etaSeconds == 0)
         // Messages from elsewhere in the queue never make the settled count negative.
-        let crowded = run.progress(queue: SQSClient.MessageCounts(visible: 5000, inFlight: 0, delayed: 0), now: 100, rate: nil)
+        let crowded = run.progress(
+            queue: SQSClient.MessageCounts(visible: 5000, inFlight: 0, delayed: 0), now: 100, rate: nil)
         #expect(crowded.settled == 200 && crowded.etaSeconds == nil)
     }
 }

@@ -183,6 +183,17 @@ public struct S3Client: Sendable {
         }
     }
 
+    /// A small object's bytes in memory (a failure record, a manifest): refused when it is larger than `limit`.
+    public func getObjectBytes(bucket: String, key: String, limit: Int = 1 << 20, logger: Logger) async throws(AWSError)
+        -> [UInt8]
+    {
+        let response = try await send(AWSRequest(method: "GET"), bucket: bucket, key: key, logger: logger)
+        guard response.body.count <= limit else {
+            throw AWSError.client("s3", "s3://\(bucket)/\(key) is larger than \(limit) bytes")
+        }
+        return response.body
+    }
+
     static func info(key: String, oneStream response: HTTPResponse) -> S3ObjectInfo {
         S3ObjectInfo(
             key: key, size: response.bytesWritten, etag: response.header("ETag") ?? "",

@@ -1,0 +1,46 @@
+import AWSCore
+import Logging
+
+// SQS's dead-letter redrive as a task of its own (StartMessageMoveTask, ListMessageMoveTasks), for `redrive`.
+
+extension SQSClient {
+    /// A move task's state (`ListMessageMoveTasks`).
+    public struct MoveTask: Sendable, Equatable {
+        public var taskHandle: String?
+        public var status: String
+        public var moved: Int
+        public var failureReason: String?
+    }
+
+    public func startMessageMoveTask(sourceARN: String, destinationARN: String?, logger: Logger) async throws(AWSError)
+        -> String
+    {
+        var input: [String: JSONValue] = ["SourceArn": .string(sourceARN)]
+        if let destinationARN { input["DestinationArn"] = .string(destinationARN) }
+        let reply = try await json.call(
+            "StartMessageMoveTask", value: .object(input),
+            endpoint: try context.endpoint("sqs", region: Self.region(ofARN: sourceARN)), logger: logger)
+        guard let handle = reply["TaskHandle"]?.stringValue else {
+            throw AWSError.badResponse("sqs", "StartMessageMoveTask reply has no TaskHandle")
+        }
+        return handle
+    }
+
+    /// `us-east-1` from `arn:aws:sqs:us-east-1:123456789012:name`; nil for anything else.
+    static func region(ofARN arn: String) -> String? {
+        let parts = arn.split(separator: ":", omittingEmptySubsequences: false)
+        return parts.count >= 6 && !parts[3].isEmpty ? String(parts[3]) : nil
+    }
+
+    public func listMessageMoveTasks(sourceARN: String, logger: Logger) async throws(AWSError) -> [MoveTask] {
+        let reply = try await json.call(
+            "ListMessageMoveTasks", value: .object(["SourceArn": .string(sourceARN), "MaxResults": .number(10)]),
+            endpoint: try context.endpoint("sqs", region: Self.region(ofARN: sourceARN)), logger: logger)
+        return (reply["Results"]?.arrayValue ?? []).map {
+            MoveTask(
+                taskHandle: $0["TaskHandle"]?.stringValue, status: $0["Status"]?.stringValue ?? "",
+                moved: $0["ApproximateNumberOfMessagesMoved"]?.intValue ?? 0,
+                failureReason: $0["FailureReason"]?.stringValue)
+        }
+    }
+}

@@ -1,0 +1,42 @@
+import ArgumentParser
+import AWSCore
+import AWSServices
+import FoundationEssentials
+@preconcurrency import Glibc
+import Operators
+
+struct RedriveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "redrive",
+        abstract: "Move the dead-letter queue's messages back into the queue, for another try.",
+        discussion: """
+            With SQS's move task (StartMessageMoveTask) where the queue allows it; else, and with --max, message by \\
+            message: received from the dead-letter queue, sent to the queue, and only then deleted. Cut off midway, \\
+            a message is at worst in both queues (it runs twice), never in neither. Message attributes are not \\
+            carried over on the second way (parallelizer's messages have none).
+            """)
+
+    @OptionGroup var global: GlobalOptions
+
+    @Option(help: "The SQS queue URL (its redrive policy names the dead-letter queue).")
+    var queueURL: String
+
+    @Option(help: "Move at most this many (message by message).")
+    var max: Int?
+
+    func validate() throws {
+        if let max, max < 1 { throw ValidationError("--max is at least 1") }
+    }
+
+    func run() async throws {
+        let logger = global.logger("parallelizer.redrive")
+        let context = try await global.context(logger: logger)
+        let terminal = isatty(2) == 1
+        let outcome = try await Redrive(sqs: SQSClient(context: context)).run(
+            queueURL: queueURL, limit: max,
+            progress: { moved in if terminal { fputs("\rmoved \(moved)", stderr) } }, logger: logger)
+        if terminal { fputs("\n", stderr) }
+        print("moved \(outcome.moved), failed \(outcome.failed) (\(outcome.method))")
+        if outcome.failed > 0 { throw ExitCode(1) }
+    }
+}
