@@ -109,7 +109,8 @@ public struct DeadEnd: Error, Sendable, CustomStringConvertible {
 /// reaches (`CallReach`): one object, a bucket or queue, the credentials.
 ///
 /// The rule: the same permanent error (`AWSError.setupProblem`, the same kind of problem) on `threshold` calls in a
-/// row of the same kind, each for a different task (a different message, or a different receive). One task's error
+/// row of the same kind, each for a different task (a different message, or a different receive); for a bucket,
+/// queue or table of ours that is gone, `threshold` calls in a row, whatever their task. One task's error
 /// is never enough: a message may name a bucket that is gone. But when three different tasks in a row meet a denied
 /// `DeleteMessage`, the next thousand will too, and each would be processed again forever. A success of the same
 /// kind of call starts the count again; errors that may pass (throttling, a limit, a dropped connection) neither
@@ -140,6 +141,8 @@ public final class DeadEnds: Sendable {
         /// a message given back may well be the next one this worker receives.
         var troubledTasks = 0
         var leaving = false
+        /// Failed calls counted so far (to tell apart calls of one task about a whole resource).
+        var calls = 0
     }
 
     public let threshold: Int
@@ -183,12 +186,16 @@ public final class DeadEnds: Sendable {
                 Self.reach(call, problem) == .object && s.everWorked.contains(call)
                 ? max(threshold, Self.objectThreshold) : threshold
             var run = s.runs[call].flatMap { $0.problem == problem ? $0 : nil } ?? Run(problem: problem, subjects: [])
-            run.subjects.insert(subject)
+            // A bucket, queue or table of our own that is gone meets every task alike: its calls count, not its tasks.
+            // Else two slots retrying the same two messages would give both up before a third task showed the dead
+            // end. (A denial still counts tasks: a policy may be on its way.)
+            s.calls += 1
+            run.subjects.insert(problem.isMissingResource ? "\(subject)#\(s.calls)" : subject)
             s.runs[call] = run
             guard run.subjects.count >= needed, s.deadEnd == nil else { return nil }
             let deadEnd = DeadEnd.setup(
                 problem, action: call.action, resource: resource, error: error,
-                calls: run.subjects.count, perTask: call.isPerTask)
+                calls: run.subjects.count, perTask: call.isPerTask && !problem.isMissingResource)
             s.deadEnd = deadEnd
             return deadEnd
         }
@@ -219,6 +226,11 @@ public final class DeadEnds: Sendable {
             $0.everWorked.insert(call)
         }
     }
+}
+
+extension SetupProblem {
+    /// A bucket, queue or table that does not exist.
+    var isMissingResource: Bool { self == .bucketMissing || self == .queueMissing || self == .tableMissing }
 }
 
 /// How far a call's refusal reaches: what a retry, another task, or nothing at all can get past.

@@ -36,6 +36,19 @@ struct DeadEndsTests {
         #expect(watch.deadEnd != nil)
     }
 
+    /// Our own bucket gone: every call of any task meets it, so two slots retrying the same two messages end the
+    /// daemon before giving either up (CI saw both given up, the third task still unreceived).
+    @Test func aBucketOfOursGoneCountsCallsNotTasks() {
+        let reached = Reached()
+        let watch = reached.watch()
+        let gone = error("NoSuchBucket", status: 404, service: "s3")
+        watch.failed(.getInput, resource: "s3://in", subject: "m1", error: gone)
+        watch.failed(.getInput, resource: "s3://in", subject: "m2", error: gone)
+        #expect(reached.all.isEmpty)
+        watch.failed(.getInput, resource: "s3://in", subject: "m1", error: gone)
+        #expect(reached.all.first?.what == "the bucket s3://in does not exist (3 calls in a row)")
+    }
+
     @Test func aSuccessOrAnotherProblemStartsTheCountAgain() {
         let reached = Reached()
         let watch = reached.watch()
@@ -52,7 +65,7 @@ struct DeadEndsTests {
         watch.succeeded(.getInput)
         watch.failed(
             .putOutput, resource: "s3://o", subject: "m6", error: error("NoSuchBucket", status: 404, service: "s3"))
-        #expect(reached.all.map(\.what) == ["the bucket s3://o does not exist (3 tasks in a row)"])
+        #expect(reached.all.map(\.what) == ["the bucket s3://o does not exist (3 calls in a row)"])
     }
 
     @Test func errorsThatMayPassNeitherCountNorBreakTheRun() {
@@ -125,7 +138,7 @@ struct DeadEndsTests {
         for n in 11...13 {
             watch.failed(.getInput, resource: "s3://i", subject: "\(n)", error: s3("NoSuchBucket", 404))
         }
-        #expect(reached.all.map(\.what) == ["the bucket s3://i does not exist (3 tasks in a row)"])
+        #expect(reached.all.map(\.what) == ["the bucket s3://i does not exist (3 calls in a row)"])
         // Never a success: the role's.
         let fresh = Reached()
         let never = fresh.watch()
