@@ -103,6 +103,7 @@ public struct Daemon: Sendable {
                     "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
                 ])
         }
+        await uploadLog(start, logger: logger)
 
         // A dead end met after another stop (a delete refused while draining) still exits 2, for systemd.
         if deadEnds.deadEnd != nil {
@@ -119,6 +120,23 @@ public struct Daemon: Sendable {
         default: break
         }
         return 0
+    }
+
+    /// The log file (every run of the daemon on this instance, appended) to `_logs/<instance-id>.log` in the output
+    /// bucket, whatever ended the run: it outlives the instance, which may be gone a minute later (drained, a spot
+    /// notice, a dead end), and `parallelizer logs` merges the fleet's. A failure is a line in the log, not an error:
+    /// the run's work is done by now.
+    func uploadLog(_ start: StartUp.Prepared, logger: Logger) async {
+        guard LocalFile.size(.path(config.logFile)) != nil else { return }
+        let key = "_logs/\(start.instanceID).log"
+        do {
+            _ = try await start.s3.putObject(
+                bucket: config.outputBucket, key: key, file: .path(config.logFile), contentType: "text/plain",
+                logger: logger)
+            logger.info("log uploaded", metadata: ["s3.key": "\(key)"])
+        } catch {
+            logger.notice("could not upload the log", metadata: ["s3.key": "\(key)", "error": "\(error)"])
+        }
     }
 
     /// The slots and, beside them, the monitors; when a stop's grace runs out, the slots are cancelled.

@@ -6,9 +6,39 @@ import Synchronization
 
 /// Where the daemon's log lines go: stderr (for the journal) and, once opened, the log file (append mode, so
 /// `tail -F` follows it across restarts; mode 0640).
+///
+/// When stderr is the journal's stream (`JOURNAL_STREAM` names its device and inode, as systemd sets it), each line
+/// there starts with its syslog priority (`<3>` for an error), which journald takes off and keeps as the entry's
+/// priority (`SyslogLevelPrefix`, on by default): `journalctl -u parallelizer -p warning` then shows warnings and
+/// worse. The file gets the line alone.
 public final class LogSink: Sendable {
-    public static let shared = LogSink()
+    public static let shared = LogSink(journal: LogSink.stderrIsJournal(ProcessEnvironment.current()))
     private let file = Mutex<Int32>(-1)
+    let journal: Bool
+
+    init(journal: Bool = false) { self.journal = journal }
+
+    /// Whether stderr is the stream `JOURNAL_STREAM` (`device:inode`) names.
+    static func stderrIsJournal(_ environment: [String: String]) -> Bool {
+        guard let value = environment.nonEmpty("JOURNAL_STREAM") else { return false }
+        let parts = value.split(separator: ":")
+        var st = stat()
+        guard parts.count == 2, let device = UInt64(parts[0]), let inode = UInt64(parts[1]), fstat(2, &st) == 0
+        else { return false }
+        return UInt64(st.st_dev) == device && UInt64(st.st_ino) == inode
+    }
+
+    /// The syslog priority of a level (RFC 5424): critical 2, error 3, warning 4, notice 5, info 6, debug 7.
+    static func priority(_ level: Logger.Level) -> Int {
+        switch level {
+        case .critical: return 2
+        case .error: return 3
+        case .warning: return 4
+        case .notice: return 5
+        case .info: return 6
+        case .debug, .trace: return 7
+        }
+    }
 
     /// Opens (creating) the log file. Returns an error text when it cannot.
     public func openFile(_ path: String) -> String? {
@@ -22,14 +52,13 @@ public final class LogSink: Sendable {
         return nil
     }
 
-    func write(_ line: String) {
+    func write(_ line: String, level: Logger.Level = .info) {
         var bytes = Array(line.utf8)
         bytes.append(0x0a)
+        let prefix = journal ? Array("<\(Self.priority(level))>".utf8) : []
         file.withLock { fd in
-            bytes.withUnsafeBytes { raw in
-                _ = Glibc.write(2, raw.baseAddress, raw.count)
-                if fd >= 0 { _ = Glibc.write(fd, raw.baseAddress, raw.count) }
-            }
+            (prefix + bytes).withUnsafeBytes { raw in _ = Glibc.write(2, raw.baseAddress, raw.count) }
+            if fd >= 0 { bytes.withUnsafeBytes { raw in _ = Glibc.write(fd, raw.baseAddress, raw.count) } }
         }
     }
 }
@@ -55,7 +84,7 @@ public struct LineLogHandler: LogHandler {
         for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
             line += " \(key)=\(Self.quote("\(value)"))"
         }
-        sink.write(line)
+        sink.write(line, level: event.level)
     }
 
     /// Values with spaces, quotes, `=` or control characters are quoted and escaped, so a line stays one line.
