@@ -46,6 +46,21 @@ func credentialSetupError(_ message: String) -> AWSError {
     AWSError(kind: .credentials, service: "credentials", code: "CredentialSetup", message: message)
 }
 
+/// An unsigned call of a credential source (the SSO portal, STS's web identity, the container endpoint): its 2xx
+/// reply, a transport failure as `service`'s error.
+func unsignedCall(_ http: HTTPClient, _ request: HTTPRequest, service: String) async throws(AWSError) -> HTTPResponse {
+    do {
+        return try await http.execute(request)
+    } catch {
+        throw AWSError(transport: error, service: service)
+    }
+}
+
+extension Timeouts {
+    /// A credential source's call: 30 s at most, and never a trickle.
+    static let credentialCall = Timeouts(connect: 5, lowSpeedBytes: 1, lowSpeedSeconds: 10, total: 30)
+}
+
 /// The JSON that `credential_process`, the container endpoint and the SSO portal answer with.
 enum CredentialsJSON {
     /// `AccessKeyId`, `SecretAccessKey`, `SessionToken` or `Token`, `Expiration` (ISO 8601).
@@ -315,17 +330,13 @@ public struct WebIdentityProvider: CredentialProvider {
         }
         var parameters = role.parameters.filter { $0.0 != "ExternalId" }
         parameters.append(("WebIdentityToken", token))
-        let response: HTTPResponse
-        do {
-            response = try await http.execute(
-                HTTPRequest(
-                    method: "POST", url: endpoint.origin + endpoint.basePath + "/",
-                    headers: [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
-                    body: .bytes(STSCall.form("AssumeRoleWithWebIdentity", parameters)),
-                    timeouts: Timeouts(connect: 5, lowSpeedBytes: 1, lowSpeedSeconds: 10, total: 30)))
-        } catch {
-            throw AWSError(transport: error, service: "sts")
-        }
+        let response = try await unsignedCall(
+            http,
+            HTTPRequest(
+                method: "POST", url: endpoint.origin + endpoint.basePath + "/",
+                headers: [("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")],
+                body: .bytes(STSCall.form("AssumeRoleWithWebIdentity", parameters)), timeouts: .credentialCall),
+            service: "sts")
         guard response.isSuccess else { throw AWSError.from(response: response, service: "sts") }
         return try STSCall.credentials(in: response.body, action: "AssumeRoleWithWebIdentity")
     }
@@ -402,16 +413,11 @@ public struct ContainerCredentialProvider: CredentialProvider {
             }
             headers.append(("Authorization", authorization))
         }
-        let response: HTTPResponse
-        do {
-            var request = HTTPRequest(
-                method: "GET", url: url, headers: headers,
-                timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 5))
-            request.direct = true
-            response = try await http.execute(request)
-        } catch {
-            throw AWSError(transport: error, service: "container-credentials")
-        }
+        var request = HTTPRequest(
+            method: "GET", url: url, headers: headers,
+            timeouts: Timeouts(connect: 2, lowSpeedBytes: 0, lowSpeedSeconds: 0, total: 5))
+        request.direct = true
+        let response = try await unsignedCall(http, request, service: "container-credentials")
         guard response.isSuccess else {
             throw AWSError(
                 kind: .credentials, service: "container-credentials", httpStatus: response.status,
@@ -469,16 +475,13 @@ public struct SSOCredentialProvider: CredentialProvider {
                 "the SSO token of profile \(profile) expired at \(cached["expiresAt"]?.stringValue ?? "?"); \(login)")
         }
         let query = URIEncoding.formatQuery([("account_id", accountID), ("role_name", roleName)])
-        let response: HTTPResponse
-        do {
-            response = try await http.execute(
-                HTTPRequest(
-                    method: "GET", url: portal + "/federation/credentials?" + query,
-                    headers: [("x-amz-sso_bearer_token", token), ("Accept", "application/json")],
-                    timeouts: Timeouts(connect: 5, lowSpeedBytes: 1, lowSpeedSeconds: 10, total: 30)))
-        } catch {
-            throw AWSError(transport: error, service: "sso")
-        }
+        let response = try await unsignedCall(
+            http,
+            HTTPRequest(
+                method: "GET", url: portal + "/federation/credentials?" + query,
+                headers: [("x-amz-sso_bearer_token", token), ("Accept", "application/json")],
+                timeouts: .credentialCall),
+            service: "sso")
         if response.status == 401 || response.status == 403 {
             throw credentialSetupError(
                 "the SSO portal refused the token of profile \(profile) (\(response.status)): it expired or was revoked; \(login)"

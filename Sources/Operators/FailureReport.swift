@@ -77,9 +77,17 @@ public struct FailureReport: Sendable, Equatable, Codable {
 
     /// Records listed under `_failed/`.
     public var listed: Int
-    /// Records read (at most the limit asked for).
+    /// Records read (at most the limit asked for, spread over the whole listing when there are more).
     public var read: Int
+    /// Objects read that are not records (not JSON, without a reason, or that could not be fetched).
+    public var unreadable = 0
     public var groups: [Group]
+    /// Reasons beyond the first `maxGroups`, with how many records they hold.
+    public var otherReasons = 0
+    public var otherRecords = 0
+
+    /// Groups shown; the rest are counted (reasons that name a key make one group per record).
+    public static let maxGroups = 50
 
     /// A reason as a group's name: what differs between two records of one cause (a request id) left out.
     static func groupName(_ reason: String) -> String {
@@ -91,7 +99,7 @@ public struct FailureReport: Sendable, Equatable, Codable {
     }
 
     /// Pure: groups `records`.
-    public static func group(_ records: [FailureRecordSummary], listed: Int) -> FailureReport {
+    public static func group(_ records: [FailureRecordSummary], listed: Int, unreadable: Int = 0) -> FailureReport {
         var groups: [String: Group] = [:]
         var order: [String] = []
         for record in records {
@@ -106,27 +114,39 @@ public struct FailureReport: Sendable, Equatable, Codable {
         let sorted = order.compactMap { groups[$0] }.enumerated().sorted {
             $0.element.count != $1.element.count ? $0.element.count > $1.element.count : $0.offset < $1.offset
         }.map(\.element)
-        return FailureReport(listed: listed, read: records.count, groups: sorted)
+        var report = FailureReport(
+            listed: listed, read: records.count + unreadable, unreadable: unreadable,
+            groups: Array(sorted.prefix(maxGroups)))
+        report.otherReasons = max(0, sorted.count - maxGroups)
+        report.otherRecords = sorted.dropFirst(maxGroups).reduce(0) { $0 + $1.count }
+        return report
     }
 
-    /// Lists `_failed/` in `bucket` and reads up to `limit` records, `concurrency` at a time.
+    /// Lists `_failed/` in `bucket` and reads up to `limit` records, `concurrency` at a time: all of them when there
+    /// are no more, else a sample spread evenly over the listing (every k-th key, so that no one folder of inputs
+    /// stands for the run). The records' stderr is not kept: `failures show` reads one whole.
     public static func read(
         bucket: String, s3: S3Client, limit: Int, concurrency: Int = 16, logger: Logger
     ) async throws(AWSError) -> FailureReport {
         var keys: [String] = []
-        var listed = 0
         try await s3.listAll(bucket: bucket, prefix: "_failed/", logger: logger) { page throws(AWSError) in
-            listed += page.count
-            for object in page where keys.count < limit && object.key.hasSuffix(".json") { keys.append(object.key) }
+            keys += page.map(\.key).filter { $0.hasSuffix(".json") }
         }
-        let records = try await readRecords(keys, bucket: bucket, s3: s3, concurrency: concurrency, logger: logger)
-        return group(records, listed: listed)
+        let listed = keys.count
+        if keys.count > limit {
+            let step = Double(keys.count) / Double(limit)
+            keys = (0..<limit).map { keys[Int(Double($0) * step)] }
+        }
+        let (records, unreadable) = await readRecords(
+            keys, bucket: bucket, s3: s3, concurrency: concurrency, logger: logger)
+        return group(records, listed: listed, unreadable: unreadable)
     }
 
-    /// The records at `keys`, in their order; a key that is not a record (or is gone) is left out.
+    /// The records at `keys`, in their order, and how many could not be read as records. One that cannot be fetched
+    /// (a throttle past the retries, a KMS key) is counted, not the end of the report; one gone meanwhile is left out.
     static func readRecords(
         _ keys: [String], bucket: String, s3: S3Client, concurrency: Int, logger: Logger
-    ) async throws(AWSError) -> [FailureRecordSummary] {
+    ) async -> ([FailureRecordSummary], unreadable: Int) {
         let results = await withTaskGroup(of: (Int, Result<FailureRecordSummary?, AWSError>).self) { group in
             var next = 0
             var found: [(Int, Result<FailureRecordSummary?, AWSError>)] = []
@@ -137,12 +157,9 @@ public struct FailureReport: Sendable, Equatable, Codable {
                 group.addTask {
                     do throws(AWSError) {
                         let bytes = try await s3.getObjectBytes(bucket: bucket, key: key, logger: logger)
-                        return (
-                            index,
-                            .success((try? JSONValue.parse(bytes)).flatMap { FailureRecordSummary(key: key, json: $0) })
-                        )
-                    } catch  where error.httpStatus == 404 {
-                        return (index, .success(nil))
+                        var record = (try? JSONValue.parse(bytes)).flatMap { FailureRecordSummary(key: key, json: $0) }
+                        record?.stderrTail = nil
+                        return (index, .success(record))
                     } catch {
                         return (index, .failure(error))
                     }
@@ -156,19 +173,33 @@ public struct FailureReport: Sendable, Equatable, Codable {
             return found
         }
         var records: [(Int, FailureRecordSummary)] = []
+        var unreadable = 0
         for (index, result) in results {
-            if let record = try result.get() { records.append((index, record)) }
+            switch result {
+            case .success(let record?): records.append((index, record))
+            case .success(nil): unreadable += 1
+            case .failure(let error) where error.httpStatus == 404: continue
+            case .failure(let error):
+                logger.warning(
+                    "cannot read a failure record", metadata: ["s3.key": "\(keys[index])", "error": "\(error)"])
+                unreadable += 1
+            }
         }
-        return records.sorted { $0.0 < $1.0 }.map(\.1)
+        return (records.sorted { $0.0 < $1.0 }.map(\.1), unreadable)
     }
 
     public var text: String {
-        var lines = ["\(listed) failure records" + (read < listed ? " (\(read) read)" : "")]
+        var lines = [
+            "\(listed) failure records"
+                + (read < listed ? " (a sample of \(read) read, spread over them)" : "")
+                + (unreadable > 0 ? "; \(unreadable) could not be read" : "")
+        ]
         for group in groups {
             lines.append("")
             lines.append("\(group.count) × \(group.reason)")
             for example in group.examples { lines.append("    \(example)") }
         }
+        if otherReasons > 0 { lines += ["", "\(otherRecords) more records under \(otherReasons) other reasons"] }
         if !groups.isEmpty { lines += ["", "parallelizer failures show KEY --results s3://… shows one record whole."] }
         return lines.joined(separator: "\n")
     }

@@ -42,18 +42,18 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             delayed: counts.delayed)
         do {
             status.run = try await sqs.runManifest(queueURL: queueURL, logger: logger)
-        } catch  where error.setupProblem == .denied {
+        } catch {
+            // Progress is a view: a denied, throttled or unknown ListQueueTags leaves it out, not the status.
             logger.notice(
                 "cannot read the queue's tags (sqs:ListQueueTags): no run progress", metadata: ["error": "\(error)"])
         }
         if let policy = a["RedrivePolicy"], let json = try? JSONValue.parse(policy),
-            let arn = json["deadLetterTargetArn"]?.stringValue, let name = arn.split(separator: ":").last
+            let arn = json["deadLetterTargetArn"]?.stringValue
         {
-            let dlq = try await sqs.getQueueURL(name: String(name), logger: logger)
+            let dlq = try await sqs.queueURL(ofARN: arn, logger: logger)
             status.deadLetterQueueURL = dlq
-            let d = try await sqs.getQueueAttributes(
-                queueURL: dlq, names: ["ApproximateNumberOfMessages"], logger: logger)
-            status.deadLetters = Int(d["ApproximateNumberOfMessages"] ?? "") ?? 0
+            // Visible and hidden: a dead letter someone is looking at is still one.
+            status.deadLetters = try await sqs.messageCounts(queueURL: dlq, logger: logger).total
         }
         if let output {
             let s3 = try S3Client(context: context)
@@ -69,7 +69,9 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             try await s3.listAll(bucket: output.bucket, prefix: output.key, logger: logger) { page throws(AWSError) in
                 for object in page {
                     let relative = object.key.dropFirst(output.key.count)
-                    if relative.hasPrefix("_parallelizer/") || output.key.isEmpty && relative.hasPrefix("_failed/") {
+                    if relative.hasPrefix("_parallelizer/")
+                        || output.key.isEmpty && (relative.hasPrefix("_failed/") || relative.hasPrefix("_logs/"))
+                    {
                         continue
                     }
                     outputs += 1

@@ -29,10 +29,22 @@ public struct RunManifest: Sendable, Equatable, Codable {
 
     static let prefix = "parallelizer:run:"
 
+    /// `text` as a tag value may hold it: letters, digits, spaces and `_ . : / = + - @`, at most 256 of them.
+    static func tagValue(_ text: String) -> String {
+        let allowed = Set("_.:/=+-@ ".unicodeScalars)
+        var value = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars.prefix(256) {
+            let kept =
+                scalar.properties.isAlphabetic || scalar.properties.numericType != nil || allowed.contains(scalar)
+            value.append(kept ? scalar : "_")
+        }
+        return String(value)
+    }
+
     /// The queue's tags for this manifest.
     public var tags: [String: String] {
         [
-            Self.prefix + "source": String(source.prefix(256)), Self.prefix + "started": "\(Int(started))",
+            Self.prefix + "source": Self.tagValue(source), Self.prefix + "started": "\(Int(started))",
             Self.prefix + "updated": "\(Int(updated))", Self.prefix + "sent": "\(sent)",
             Self.prefix + "skipped": "\(skipped)",
         ]
@@ -66,8 +78,11 @@ public struct RunManifest: Sendable, Equatable, Codable {
 
     /// Progress from the queue's counts: the run's messages not in the queue any more are settled (done, given up,
     /// or moved to the dead-letter queue).
-    public func progress(queue: SQSClient.MessageCounts, now: Double, rate fleetRate: Double?) -> RunProgress {
+    public func progress(queue: SQSClient.MessageCounts, now: Double, rate fleetRate: Double?) -> RunProgress? {
         let total = sent + skipped
+        // Nothing counted yet (an enqueue's first seconds, or one cut off before its first write): no figure beats a
+        // wrong one.
+        guard total > 0 else { return nil }
         let settled = min(total, skipped + max(0, sent - queue.total))
         let elapsed = max(1, now - started)
         // The fleet's recent rate when the ledger gives one, else the run's average since it began.

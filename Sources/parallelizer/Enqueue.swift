@@ -171,33 +171,40 @@ struct Enqueue: AsyncParsableCommand {
             return true
         }
 
-        if let source, let uri = S3URI(source) {
-            var token: String?
-            var first = true
-            repeat {
-                let page = try await s3.listObjectsV2(
-                    bucket: uri.bucket, prefix: uri.key, continuationToken: token,
-                    startAfter: first ? start.flatMap { $0.lastKey.isEmpty ? nil : $0.lastKey } : nil, logger: logger)
-                first = false
-                let keys = page.objects.map(\.key).filter { !$0.hasSuffix("/") }
-                guard try await send(keys, lines: 0) else { break }
-                token = page.nextContinuationToken
-            } while token != nil
-        } else if let fromFile {
-            guard let lines = LineReader(path: fromFile) else { throw ValidationError("cannot read \(fromFile)") }
-            var number = 0
-            var keys: [String] = []
-            while let line = lines.next() {
-                number += 1
-                if number <= start?.lines ?? 0 { continue }
-                let key = line.hasSuffix("\r") ? String(line.dropLast()) : line
-                if !key.isEmpty { keys.append(key) }
-                if keys.count == Self.chunk {
-                    guard try await send(keys, lines: number) else { break }
-                    keys.removeAll(keepingCapacity: true)
+        do {
+            if let source, let uri = S3URI(source) {
+                var token: String?
+                var first = true
+                repeat {
+                    let page = try await s3.listObjectsV2(
+                        bucket: uri.bucket, prefix: uri.key, continuationToken: token,
+                        startAfter: first ? start.flatMap { $0.lastKey.isEmpty ? nil : $0.lastKey } : nil,
+                        logger: logger)
+                    first = false
+                    let keys = page.objects.map(\.key).filter { !$0.hasSuffix("/") }
+                    guard try await send(keys, lines: 0) else { break }
+                    token = page.nextContinuationToken
+                } while token != nil
+            } else if let fromFile {
+                guard let lines = LineReader(path: fromFile) else { throw ValidationError("cannot read \(fromFile)") }
+                var number = 0
+                var keys: [String] = []
+                while let line = lines.next() {
+                    number += 1
+                    if number <= start?.lines ?? 0 { continue }
+                    let key = line.hasSuffix("\r") ? String(line.dropLast()) : line
+                    if !key.isEmpty { keys.append(key) }
+                    if keys.count == Self.chunk {
+                        guard try await send(keys, lines: number) else { break }
+                        keys.removeAll(keepingCapacity: true)
+                    }
                 }
+                if !stopped { _ = try await send(keys, lines: number) }
             }
-            if !stopped { _ = try await send(keys, lines: number) }
+        } catch {
+            // What was sent before a listing or a done-check failed still counts in the manifest.
+            await manifest.update(sent: run.sent, skipped: run.skipped, force: true, logger: logger)
+            throw error
         }
         await manifest.update(sent: run.sent, skipped: run.skipped, force: true, logger: logger)
         run.finish()

@@ -10,9 +10,9 @@ struct Failures: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the failure records grouped by reason, or show one whole.",
         discussion: """
-            The daemon writes a record under _failed/ at the results bucket's top for every input it gives up, \\
-            every bad message and every message given back unrun on its last receive. `failures` reads them (up to \\
-            --limit) and groups them by reason; `failures show KEY` prints one: the reason, the exit status, the \\
+            The daemon writes a record under _failed/ at the results bucket's top for every input it gives up, \
+            every bad message and every message given back unrun on its last receive. `failures` reads them (up to \
+            --limit) and groups them by reason; `failures show KEY` prints one: the reason, the exit status, the \
             attempts and the end of the command's stderr. KEY is an input key or a record's own key (_failed/...).
             """,
         subcommands: [List.self, Show.self], defaultSubcommand: List.self)
@@ -37,8 +37,8 @@ struct Failures: AsyncParsableCommand {
         @OptionGroup var global: GlobalOptions
         @OptionGroup var common: Common
 
-        @Option(help: "Read at most this many records (each is one GET).")
-        var limit: Int = 10_000
+        @Option(help: "Read at most this many records (each is one GET); past it, a sample spread over them all.")
+        var limit: Int = 2_000
 
         func run() async throws {
             let logger = global.logger("parallelizer.failures")
@@ -70,7 +70,10 @@ struct Failures: AsyncParsableCommand {
         func run() async throws {
             let logger = global.logger("parallelizer.failures")
             let context = try await global.context(logger: logger)
-            let recordKey = key.hasPrefix("_failed/") ? key : FailureRecords.key(forInput: key)
+            // An input as the list prints it (s3://bucket/key), a bare input key, or a record's own key.
+            var input = key
+            if let uri = S3URI(key) { input = uri.key }
+            let recordKey = input.hasPrefix("_failed/") ? input : FailureRecords.key(forInput: input)
             let s3 = try S3Client(context: context)
             let fetched = await Self.fetch(s3, bucket: common.bucket, key: recordKey, logger: logger)
             if case .failure(let error) = fetched, error.httpStatus == 404 {

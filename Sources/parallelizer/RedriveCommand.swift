@@ -10,9 +10,11 @@ struct RedriveCommand: AsyncParsableCommand {
         commandName: "redrive",
         abstract: "Move the dead-letter queue's messages back into the queue, for another try.",
         discussion: """
-            With SQS's move task (StartMessageMoveTask) where the queue allows it; else, and with --max, message by \\
-            message: received from the dead-letter queue, sent to the queue, and only then deleted. Cut off midway, \\
-            a message is at worst in both queues (it runs twice), never in neither. Message attributes are not \\
+            With SQS's move task (StartMessageMoveTask, each message back to the queue it came from) where the \
+            service offers it; else, and with --max, message by message: received from the dead-letter queue, sent \
+            to the queue, and only then deleted (refused when the dead-letter queue serves several queues). Cut off \
+            midway, a message is at worst in both queues (it runs twice), never in neither. It exits 1 when messages \
+            are left in the dead-letter queue. FIFO queues are not handled. Message attributes are not \
             carried over on the second way (parallelizer's messages have none).
             """)
 
@@ -36,7 +38,12 @@ struct RedriveCommand: AsyncParsableCommand {
             queueURL: queueURL, limit: max,
             progress: { moved in if terminal { fputs("\rmoved \(moved)", stderr) } }, logger: logger)
         if terminal { fputs("\n", stderr) }
-        print("moved \(outcome.moved), failed \(outcome.failed) (\(outcome.method))")
-        if outcome.failed > 0 { throw ExitCode(1) }
+        print("moved \(outcome.moved), failed \(outcome.failed), left \(outcome.left) (\(outcome.method))")
+        if outcome.failed > 0 || (outcome.left > 0 && max == nil) {
+            logger.error(
+                "\(outcome.left) messages are still in the dead-letter queue (refused by the queue, hidden by a redrive cut short, or beyond --max): run redrive again"
+            )
+            throw ExitCode(1)
+        }
     }
 }

@@ -59,6 +59,11 @@ struct FailuresAndRedriveTests {
             ] {
                 #expect(one.contains(line), "\(one)")
             }
+            // As the list prints it, s3://bucket/key, it is found too.
+            let (pasted, again) = try await h.command(
+                "failures-pasted",
+                ["failures", "show", "s3://\(h.inputBucket)/in/a3.txt", "--results", "s3://\(h.outputBucket)/"])
+            #expect(pasted == .exited(0) && again == one, "\(h.log("failures-pasted"))")
             let (missing, _) = try await h.command(
                 "failures-missing", ["failures", "show", "in/none.txt", "--results", "s3://\(h.outputBucket)/"])
             #expect(missing != .exited(0))
@@ -72,25 +77,32 @@ struct FailuresAndRedriveTests {
     /// the dead-letter queue ends empty.
     @Test func redriveMovesTheDeadLettersBackAndLosesNoneWhenCutShort() async throws {
         try await withTemporaryDirectory { dir in
-            let sqs = SQSClient(context: try TestEnvironment.motoContext())
-            let dlq = try await sqs.createQueue(name: uniqueName("pzw-dlq"), logger: quietLogger)
-            let arn = try await sqs.getQueueAttributes(queueURL: dlq, names: ["QueueArn"], logger: quietLogger)[
-                "QueueArn"]!
-            let h = try await WorkerHarness.make(
-                directory: dir,
-                queueAttributes: ["RedrivePolicy": #"{"deadLetterTargetArn":"\#(arn)","maxReceiveCount":"3"}"#])
+            let (h, dlq) = try await WorkerHarness.makeWithDeadLetterQueue(directory: dir, maxReceiveCount: 3)
+            let sqs = h.sqs
             let bodies = (0..<23).map { #"{"bucket":"b","key":"dead/\#($0).txt"}"# }
             for body in bodies { _ = try await sqs.sendMessage(queueURL: dlq, body: body, logger: quietLogger) }
 
             let (first, firstOut) = try await h.command(
                 "redrive-5", ["redrive", "--queue-url", h.queueURL, "--max", "5"])
             #expect(first == .exited(0), "\(h.log("redrive-5"))")
-            #expect(firstOut.contains("moved 5, failed 0 (receive, send, delete)"), "\(firstOut)")
+            #expect(firstOut.contains("moved 5, failed 0, left 18 (receive, send, delete)"), "\(firstOut)")
             #expect(try await h.queueDepth() == 5)
 
+            // Three of them hidden, as a redrive cut short leaves them: the rest move, and the three are reported.
+            let hidden = try await sqs.receiveMessages(
+                queueURL: dlq, maxMessages: 3, waitSeconds: 1, visibilityTimeout: 600, logger: quietLogger)
+            #expect(hidden.count == 3)
+            let (cut, cutOut) = try await h.command("redrive-cut", ["redrive", "--queue-url", h.queueURL])
+            #expect(cut == .exited(1), "\(h.log("redrive-cut"))")
+            #expect(cutOut.contains("moved 15, failed 0, left 3 (receive, send, delete)"), "\(cutOut)")
+            #expect(h.log("redrive-cut").contains("3 messages are still in the dead-letter queue"))
+            for message in hidden {
+                try await sqs.changeMessageVisibility(
+                    queueURL: dlq, receiptHandle: message.receiptHandle, timeout: 0, logger: quietLogger)
+            }
             let (rest, restOut) = try await h.command("redrive", ["redrive", "--queue-url", h.queueURL])
             #expect(rest == .exited(0), "\(h.log("redrive"))")
-            #expect(restOut.contains("moved 18, failed 0 (receive, send, delete)"), "\(restOut)")
+            #expect(restOut.contains("moved 3, failed 0, left 0 (receive, send, delete)"), "\(restOut)")
             #expect(h.log("redrive").contains("SQS's move task is not available here"))
 
             var arrived: [String] = []
@@ -103,6 +115,16 @@ struct FailuresAndRedriveTests {
             #expect(arrived.sorted() == bodies.sorted())
             let left = try await sqs.messageCounts(queueURL: dlq, logger: quietLogger)
             #expect(left.total == 0)
+            // A dead-letter queue that serves two queues is not moved by hand: the other's would come here.
+            let policy = try await sqs.getQueueAttributes(
+                queueURL: h.queueURL, names: ["RedrivePolicy"], logger: quietLogger)["RedrivePolicy"]!
+            _ = try await WorkerHarness.make(directory: dir, queueAttributes: ["RedrivePolicy": policy])
+            _ = try await sqs.sendMessage(queueURL: dlq, body: "theirs", logger: quietLogger)
+            let (shared, _) = try await h.command(
+                "redrive-shared", ["redrive", "--queue-url", h.queueURL, "--max", "1"])
+            #expect(shared != .exited(0))
+            #expect(
+                h.log("redrive-shared").contains("takes the dead letters of 2 queues"), "\(h.log("redrive-shared"))")
             // A queue without a dead-letter queue says so.
             let plain = try await WorkerHarness.make(directory: dir)
             let (none, _) = try await plain.command("redrive-none", ["redrive", "--queue-url", plain.queueURL])

@@ -259,13 +259,7 @@ struct CommandLineTests {
     /// calls are counted by a proxy in front of moto; listing the results (`--count`) is what costs more.
     @Test func statusOfAHundredThousandInputRunCostsAHandfulOfCalls() async throws {
         try await withTemporaryDirectory { dir in
-            let sqs = SQSClient(context: try TestEnvironment.motoContext())
-            let dlq = try await sqs.createQueue(name: uniqueName("pzw-dlq"), logger: quietLogger)
-            let arn = try await sqs.getQueueAttributes(queueURL: dlq, names: ["QueueArn"], logger: quietLogger)[
-                "QueueArn"]!
-            let h = try await WorkerHarness.make(
-                directory: dir,
-                queueAttributes: ["RedrivePolicy": #"{"deadLetterTargetArn":"\#(arn)","maxReceiveCount":"13"}"#])
+            let (h, _) = try await WorkerHarness.makeWithDeadLetterQueue(directory: dir, maxReceiveCount: 13)
             // Some results and one failure record, and a queue with work left.
             for n in 0..<40 {
                 try await h.s3.putObject(bucket: h.outputBucket, key: "out/r\(n).txt", bytes: [1], logger: quietLogger)

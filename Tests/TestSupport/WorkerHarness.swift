@@ -37,6 +37,17 @@ public struct WorkerHarness: Sendable {
     }
 
     /// Creates a fresh pair of buckets and a queue (with `queueAttributes`), in a fresh local folder.
+    /// A harness whose queue has a dead-letter queue (its redrive policy, `maxReceiveCount`), and that queue's URL.
+    public static func makeWithDeadLetterQueue(directory: String, maxReceiveCount: Int = 3) async throws
+        -> (WorkerHarness, deadLetterQueue: String)
+    {
+        let sqs = SQSClient(context: try TestEnvironment.motoContext())
+        let dlq = try await sqs.createQueue(name: uniqueName("pzw-dlq"), logger: quietLogger)
+        let arn = try await sqs.getQueueAttributes(queueURL: dlq, names: ["QueueArn"], logger: quietLogger)["QueueArn"]
+        let policy = #"{"deadLetterTargetArn":"\#(arn ?? "")","maxReceiveCount":"\#(maxReceiveCount)"}"#
+        return (try await make(directory: directory, queueAttributes: ["RedrivePolicy": policy]), dlq)
+    }
+
     public static func make(
         directory: String, queueAttributes: [String: String] = [:],
         s3 s3Server: TestEnvironment.Server = .moto
@@ -164,7 +175,7 @@ public struct WorkerHarness: Sendable {
     /// Every key in the output bucket, but the daemon's own bookkeeping (`_parallelizer/`: the notes of the
     /// receives it gave back unrun), which `releaseNotes()` lists.
     public func outputKeys() async throws -> [String] {
-        try await allOutputKeys().filter { !$0.hasPrefix("_parallelizer/") }
+        try await allOutputKeys().filter { !$0.hasPrefix("_parallelizer/") && !$0.hasPrefix("_logs/") }
     }
 
     /// The daemon's notes of the receives it gave back unrun: `<message id>/<receive count>`.
@@ -173,7 +184,7 @@ public struct WorkerHarness: Sendable {
             .map { String($0.dropFirst("_parallelizer/releases/".count)) }
     }
 
-    func allOutputKeys() async throws -> [String] {
+    public func allOutputKeys() async throws -> [String] {
         var keys: [String] = []
         try await s3.listAll(bucket: outputBucket, logger: quietLogger) { page throws(AWSError) in
             keys += page.map(\.key)

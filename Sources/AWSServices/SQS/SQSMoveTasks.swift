@@ -10,8 +10,31 @@ extension SQSClient {
         public var status: String
         public var moved: Int
         public var failureReason: String?
+        /// When it started, seconds since 1970 (the reply gives milliseconds).
+        public var startedEpoch: Double?
     }
 
+    /// The URL of the queue an ARN names (`arn:aws:sqs:REGION:ACCOUNT:NAME`), asked in its region for its account.
+    public func queueURL(ofARN arn: String, logger: Logger) async throws(AWSError) -> String {
+        let parts = arn.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count >= 6 else { throw AWSError.client("sqs", "not a queue ARN: \(arn)") }
+        var input: [String: JSONValue] = ["QueueName": .string(parts[5])]
+        if !parts[4].isEmpty { input["QueueOwnerAWSAccountId"] = .string(parts[4]) }
+        let reply = try await json.call(
+            "GetQueueUrl", value: .object(input),
+            endpoint: try context.endpoint("sqs", region: parts[3].isEmpty ? nil : parts[3]), logger: logger)
+        return try Self.queueURL(in: reply, operation: "GetQueueUrl")
+    }
+
+    /// The queues whose redrive policy names this dead-letter queue (ListDeadLetterSourceQueues, first page).
+    public func deadLetterSourceQueues(of queueURL: String, logger: Logger) async throws(AWSError) -> [String] {
+        let reply = try await json.call(
+            "ListDeadLetterSourceQueues", value: .object(["QueueUrl": .string(queueURL)]),
+            endpoint: try endpoint(queueURL: queueURL), logger: logger)
+        return (reply["queueUrls"]?.arrayValue ?? []).compactMap(\.stringValue)
+    }
+
+    /// Starts moving the dead letters of `sourceARN`; without `destinationARN`, each goes back to its own source queue.
     public func startMessageMoveTask(sourceARN: String, destinationARN: String?, logger: Logger) async throws(AWSError)
         -> String
     {
@@ -40,7 +63,8 @@ extension SQSClient {
             MoveTask(
                 taskHandle: $0["TaskHandle"]?.stringValue, status: $0["Status"]?.stringValue ?? "",
                 moved: $0["ApproximateNumberOfMessagesMoved"]?.intValue ?? 0,
-                failureReason: $0["FailureReason"]?.stringValue)
+                failureReason: $0["FailureReason"]?.stringValue,
+                startedEpoch: $0["StartedTimestamp"]?.intValue.map { Double($0) / 1000 })
         }
     }
 }
