@@ -443,13 +443,20 @@ public struct SSOCredentialProvider: CredentialProvider {
     let accountID: String
     let roleName: String
     let portal: String
+    /// IAM Identity Center's OIDC endpoint, where an `sso_session`'s token is refreshed; nil for the legacy keys,
+    /// whose token cannot be.
+    let oidc: String?
     let http: HTTPClient
     let now: @Sendable () -> Date
 
+    /// A token this close to its end is refreshed first, as the AWS CLI does (15 minutes).
+    static let refreshWindow: TimeInterval = 900
+
     init(
-        profile: String, cacheKey: String, accountID: String, roleName: String, portal: String,
+        profile: String, cacheKey: String, accountID: String, roleName: String, portal: String, oidc: String? = nil,
         environment: [String: String], http: HTTPClient, now: @escaping @Sendable () -> Date
     ) {
+        self.oidc = oidc
         self.profile = profile
         let home = environment.nonEmpty("HOME") ?? "/root"
         cacheFile = "\(home)/.aws/sso/cache/\(Digest.sha1(Array(cacheKey.utf8)).hexString).json"
@@ -463,14 +470,17 @@ public struct SSOCredentialProvider: CredentialProvider {
 
     public func credentials(logger: Logger) async throws(AWSError) -> Credentials? {
         let login = "run: aws sso login --profile \(profile)"
-        guard let text = LocalFile.readText(cacheFile), let cached = try? JSONValue.parse(text),
-            let token = cached["accessToken"]?.stringValue
+        guard let text = LocalFile.readText(cacheFile), var cached = try? JSONValue.parse(text),
+            var token = cached["accessToken"]?.stringValue
         else {
             throw credentialSetupError("no SSO token cached for profile \(profile) (\(cacheFile)); \(login)")
         }
-        if let expires = cached["expiresAt"]?.stringValue.flatMap(CivilTime.parseISO8601),
-            Double(expires) <= now().timeIntervalSince1970
-        {
+        let expires = cached["expiresAt"]?.stringValue.flatMap(CivilTime.parseISO8601).map { Double($0) }
+        let current = now().timeIntervalSince1970
+        if let expires, expires - current < Self.refreshWindow, let refreshed = await refresh(cached, logger: logger) {
+            cached = refreshed
+            token = refreshed["accessToken"]?.stringValue ?? token
+        } else if let expires, expires <= current {
             throw credentialSetupError(
                 "the SSO token of profile \(profile) expired at \(cached["expiresAt"]?.stringValue ?? "?"); \(login)")
         }
@@ -496,6 +506,57 @@ public struct SSOCredentialProvider: CredentialProvider {
         return Credentials(
             accessKeyID: key, secretAccessKey: secret, sessionToken: role["sessionToken"]?.stringValue,
             expiration: expiration)
+    }
+}
+
+extension SSOCredentialProvider {
+    /// Refreshes an `sso_session`'s token with the refresh token `aws sso login` cached beside it (SSO-OIDC
+    /// CreateToken, `grant_type` refresh_token), and writes the new one back to the cache, as the AWS CLI does, so the
+    /// CLI and parallelizer go on sharing one login. Nil when it cannot be refreshed (the legacy keys, no refresh
+    /// token, a client registration that expired, a refused refresh): the cached token is then used while it lasts.
+    func refresh(_ cached: JSONValue, logger: Logger) async -> JSONValue? {
+        guard let oidc, var fields = cached.objectValue, let clientID = cached["clientId"]?.stringValue,
+            let secret = cached["clientSecret"]?.stringValue, let refreshToken = cached["refreshToken"]?.stringValue
+        else { return nil }
+        if let registration = cached["registrationExpiresAt"]?.stringValue.flatMap(CivilTime.parseISO8601),
+            Double(registration) <= now().timeIntervalSince1970
+        {
+            return nil
+        }
+        let body = JSONValue.object([
+            "grantType": .string("refresh_token"), "clientId": .string(clientID), "clientSecret": .string(secret),
+            "refreshToken": .string(refreshToken),
+        ]).serialized
+        do {
+            let response = try await unsignedCall(
+                http,
+                HTTPRequest(
+                    method: "POST", url: oidc + "/token", headers: [("Content-Type", "application/json")],
+                    body: .bytes(Array(body.utf8)), timeouts: .credentialCall),
+                service: "sso-oidc")
+            guard response.isSuccess, let reply = try? JSONValue.parse(response.body),
+                let token = reply["accessToken"]?.stringValue, let lifetime = reply["expiresIn"]?.intValue
+            else {
+                logger.notice(
+                    "the SSO token could not be refreshed",
+                    metadata: ["profile": "\(profile)", "status": "\(response.status)"])
+                return nil
+            }
+            fields["accessToken"] = .string(token)
+            fields["expiresAt"] = .string(
+                CivilTime(date: Date(timeIntervalSince1970: now().timeIntervalSince1970 + Double(lifetime))).iso8601)
+            if let rotated = reply["refreshToken"]?.stringValue { fields["refreshToken"] = .string(rotated) }
+            let updated = JSONValue.object(fields)
+            if !LocalFile.writeAtomically(cacheFile, Array(updated.serialized.utf8), mode: 0o600) {
+                logger.notice("the refreshed SSO token could not be written back", metadata: ["file": "\(cacheFile)"])
+            }
+            logger.info("SSO token refreshed", metadata: ["profile": "\(profile)"])
+            return updated
+        } catch {
+            logger.notice(
+                "the SSO token could not be refreshed", metadata: ["profile": "\(profile)", "error": "\(error)"])
+            return nil
+        }
     }
 }
 
@@ -631,9 +692,16 @@ struct ProfileResolver: Sendable {
         let portal =
             ServiceEndpoint.configuredURL(service: "sso", environment: environment, files: files)
             ?? "https://portal.sso.\(ssoRegion).\(ssoRegion.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com")"
+        let suffix = ssoRegion.hasPrefix("cn-") ? "amazonaws.com.cn" : "amazonaws.com"
+        let oidc =
+            p["sso_session"] == nil
+            ? nil
+            : ServiceEndpoint.configuredURL(service: "sso-oidc", environment: environment, files: files)
+                ?? "https://oidc.\(ssoRegion).\(suffix)"
         return SSOCredentialProvider(
             profile: p.name, cacheKey: cacheKey, accountID: account, roleName: role,
-            portal: portal.hasSuffix("/") ? String(portal.dropLast()) : portal, environment: environment, http: http,
+            portal: portal.hasSuffix("/") ? String(portal.dropLast()) : portal,
+            oidc: oidc.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }, environment: environment, http: http,
             now: now)
     }
 

@@ -47,7 +47,7 @@ public struct ServiceEndpoint: Sendable, Equatable {
     /// The service's identifier in `AWS_ENDPOINT_URL_<ID>` and in a `[services]` section (`auto_scaling` for
     /// Auto Scaling, whose signing name is `autoscaling`).
     static func identifier(_ service: String) -> String {
-        service == "autoscaling" ? "auto_scaling" : service
+        service == "autoscaling" ? "auto_scaling" : String(service.map { $0 == "-" ? "_" : $0 })
     }
 
     /// An endpoint the operator configured, in the AWS CLI's order: `AWS_ENDPOINT_URL_<SERVICE>`,

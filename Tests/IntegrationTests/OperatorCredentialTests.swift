@@ -233,6 +233,26 @@ struct OperatorCredentialTests {
             stats = try await standIn.stats()
             #expect(stats["last_role"]?.stringValue == "Reader")
 
+            // An sso_session's expired token is refreshed with the refresh token beside it (SSO-OIDC CreateToken), and
+            // the new one is written back for the AWS CLI too.
+            op.environment["AWS_PROFILE"] = "dev"
+            op.environment["AWS_ENDPOINT_URL_SSO_OIDC"] = standIn.endpoint
+            let corp = ".aws/sso/cache/\(Digest.sha1(Array("corp".utf8)).hexString).json"
+            op.write(
+                corp,
+                #"{"accessToken": "stale", "expiresAt": "2020-01-01T00:00:00Z", "region": "us-east-1", "clientId": "client-1", "clientSecret": "client-secret-1", "refreshToken": "refresh-1", "registrationExpiresAt": "2099-01-01T00:00:00Z"}"#
+            )
+            let (renewed, _, renewedLog) = try await op.run(
+                "cp-renewed", ["cp", h.directory + "/sso.txt", "s3://\(h.inputBucket)/renewed.txt"])
+            #expect(renewed == .exited(0), "\(renewedLog.suffix(800))")
+            #expect((try await standIn.stats())["oidc"]?.intValue == 1)
+            let rewritten = try JSONValue.parse(LocalFile.readText(h.directory + "/" + corp) ?? "")
+            #expect(rewritten["accessToken"]?.stringValue == standIn.ssoToken)
+            #expect(rewritten["refreshToken"]?.stringValue == "refresh-1-next")
+            #expect(rewritten["expiresAt"]?.stringValue.map { $0 > "2026" } == true)
+            #expect(rewritten["clientSecret"]?.stringValue == "client-secret-1", "the rest of the cache is kept")
+            op.environment["AWS_PROFILE"] = "legacy"
+
             // An expired login says what to run; so does one the portal no longer knows.
             cache("https://legacy.awsapps.com/start", expires: "2020-01-01T00:00:00Z")
             let (expired, _, expiredLog) = try await op.run(

@@ -9,6 +9,10 @@
       call as unsigned (the token is the proof), and the SDKs send it so, but moto in signature-checking mode fails
       any request without an Authorization header (a KeyError, HTTP 500). The shim notes whether the call came
       signed, signs it with the moto user's key, and hands moto's own reply back: moto still answers the call.
+  POST /token                  IAM Identity Center's OIDC CreateToken, for the refresh_token grant only: the JSON body
+      {grantType, clientId, clientSecret, refreshToken} must carry the client and refresh token given on the command
+      line; answers {accessToken (the portal's token), tokenType, expiresIn, refreshToken (a new one)}, else 400
+      {"error": "invalid_grant"}.
   GET /_standin/stats          how many requests each path served, and with which account and role.
 
 The credentials it hands out are given on the command line (the tests give moto's temporary ones), so every call
@@ -22,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 STATS = {"sso": 0, "container": 0, "refused": 0, "last_account": None, "last_role": None,
-         "web_identity": 0, "web_identity_signed": 0, "last_web_token": None}
+         "web_identity": 0, "web_identity_signed": 0, "last_web_token": None, "oidc": 0}
 LOCK = threading.Lock()
 
 
@@ -39,6 +43,9 @@ def main():
     p.add_argument("--moto-endpoint")
     p.add_argument("--moto-key")
     p.add_argument("--moto-secret")
+    p.add_argument("--oidc-client", default="client-1")
+    p.add_argument("--oidc-secret", default="client-secret-1")
+    p.add_argument("--oidc-refresh", default="refresh-1")
     args = p.parse_args()
 
     class Handler(BaseHTTPRequestHandler):
@@ -54,6 +61,15 @@ def main():
             self.wfile.write(data)
 
         def do_POST(self):
+            if urlparse(self.path).path == "/token":
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if (body.get("grantType") != "refresh_token" or body.get("clientId") != args.oidc_client
+                        or body.get("clientSecret") != args.oidc_secret or body.get("refreshToken") != args.oidc_refresh):
+                    return self.send(400, {"error": "invalid_grant"})
+                with LOCK:
+                    STATS["oidc"] += 1
+                return self.send(200, {"accessToken": args.sso_token, "tokenType": "Bearer", "expiresIn": 3600,
+                                       "refreshToken": args.oidc_refresh + "-next"})
             if urlparse(self.path).path.rstrip("/") != "/sts" or not args.moto_endpoint:
                 return self.send(404, {"message": "no such path"})
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
