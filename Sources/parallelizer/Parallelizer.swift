@@ -9,7 +9,8 @@ struct Parallelizer: AsyncParsableCommand {
         abstract: "Process files from S3 on a fleet of EC2 instances, one SQS message per file.",
         version: Version.current,
         subcommands: [
-            Run.self, Enqueue.self, Status.self, Failures.self, RedriveCommand.self, Logs.self, ControllerCommand.self,
+            Run.self, Enqueue.self, Status.self, Failures.self, RedriveCommand.self, Logs.self, FleetCommand.self,
+            ControllerCommand.self,
             Copy.self,
             Presign.self, Smoke.self,
             VersionCommand.self, ConfigCommand.self,

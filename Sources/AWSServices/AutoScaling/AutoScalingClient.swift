@@ -75,3 +75,14 @@ public struct AutoScalingClient: Sendable {
             ], logger: logger)
     }
 }
+
+extension AutoScalingClient {
+    /// Sets the group's minimum and desired capacity to zero and deletes it with its instances (`ForceDelete`).
+    public func deleteGroup(_ name: String, logger: Logger) async throws(AWSError) {
+        _ = try await query.call(
+            "UpdateAutoScalingGroup",
+            [("AutoScalingGroupName", name), ("MinSize", "0"), ("DesiredCapacity", "0")], logger: logger)
+        _ = try await query.call(
+            "DeleteAutoScalingGroup", [("AutoScalingGroupName", name), ("ForceDelete", "true")], logger: logger)
+    }
+}

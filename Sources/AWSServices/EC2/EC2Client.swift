@@ -183,3 +183,28 @@ public struct EC2Client: Sendable {
         return FleetLaunch(instanceIDs: ids, errors: errors)
     }
 }
+
+extension EC2Client {
+    /// The names of the launch templates tagged `key` = `value`, all pages.
+    public func launchTemplates(taggedWith key: String, value: String, logger: Logger) async throws(AWSError)
+        -> [String]
+    {
+        var names: [String] = []
+        var token: String?
+        repeat {
+            let root = try await call(
+                "DescribeLaunchTemplates",
+                [("Filter.1.Name", "tag:\(key)"), ("Filter.1.Value.1", value)]
+                    + (token.map { [("NextToken", $0)] } ?? []), logger: logger)
+            for item in root.child("launchTemplates")?.all("item") ?? [] {
+                if let name = item["launchTemplateName"] { names.append(name) }
+            }
+            token = root["nextToken"].flatMap { $0.isEmpty ? nil : $0 }
+        } while token != nil
+        return names
+    }
+
+    public func deleteLaunchTemplate(name: String, logger: Logger) async throws(AWSError) {
+        _ = try await call("DeleteLaunchTemplate", [("LaunchTemplateName", name)], logger: logger)
+    }
+}
