@@ -502,7 +502,7 @@ public struct Controller: Sendable {
                 }
                 if let refused, refused.rounds >= Self.sameErrorRounds {
                     logger.critical(
-                        "controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (README, controller)",
+                        "controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (docs/operations.md, the controller)",
                         metadata: ["error": "\(error)"])
                     return 2
                 }

@@ -63,7 +63,7 @@ struct TaskFailure: Sendable, Equatable {
     var seconds: Double = 0
 }
 
-/// What becomes of a message: the README's "Failure handling" table, in code, in one place. `before` decides what
+/// What becomes of a message: the "Failure handling" table (docs/failures.md), in code, in one place. `before` decides what
 /// can be decided from the body alone; `after` decides from what the attempts at its inputs came to.
 ///
 /// | what happened | fate |

@@ -14,7 +14,7 @@ public enum UserDataRenderer {
         var values: [String: String] = [:]
         for (key, value) in base.sorted(by: { $0.key < $1.key }).map({ (key: $0.key, value: $0.value) }) + settings {
             guard let canonical = WorkerConfig.knownKeys[WorkerConfig.normalise(key)] else {
-                throw ConfigError(key: key, message: "is not a parameter (README, Parameters)")
+                throw ConfigError(key: key, message: "is not a parameter (docs/operations.md, Parameters)")
             }
             guard !value.contains("\n") && !value.contains("\r") else {
                 throw ConfigError(key: key, message: "has a line break; parameters are one line each")

@@ -7,8 +7,8 @@ import TestSupport
 import Worker
 
 /// The bad-input catalogue, end to end through a running worker: each case gets one clear log line and the right
-/// fate for its message, and the worker goes on. (README, "Failure handling", lists the cases and where each is
-/// tested; the parsers' own cases are unit-tested in WorkerTests.)
+/// fate for its message, and the worker goes on. (docs/failures.md, "Bad input, case by case", lists the cases and
+/// where each is tested; the parsers' own cases are unit-tested in WorkerTests.)
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
 struct BadInputCatalogueTests {
     static func event(bucket: String, key: String) -> String {

@@ -8,7 +8,7 @@ import Worker
 
 /// Errors no retry can get past end the daemon: one `critical` line that says what to fix, exit status 2 (which
 /// systemd does not restart), the shutdown command once when `shouldShutdown` is on, and no input processed twice
-/// meanwhile. (README, "When it stops by itself".) Against moto with its signature and IAM checks on.
+/// meanwhile. (docs/failures.md, "When it stops by itself".) Against moto with its signature and IAM checks on.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
 struct DeadEndTests {
     struct Run {

@@ -6,7 +6,7 @@ import TestSupport
 import Worker
 
 /// A hostile or buggy command cannot make the root daemon read, delete, upload or wait on what is not its own, and
-/// nothing it starts outlives its task. One test per hole the README's security section closes; they run as root,
+/// nothing it starts outlives its task. One test per hole docs/security.md closes; they run as root,
 /// as the daemon does on an instance, and each fails with its fix removed.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(3)))
 struct SandboxTests {

@@ -8,9 +8,9 @@ import Synchronization
 import Testing
 @testable import Worker
 
-/// Every message fate of the README's "Failure handling" table, one test each, through the real `MessageProcessor`
-/// with in-memory doubles of the queue, the store and the command. (The end-to-end suites run the same fates
-/// against moto and real processes.)
+/// Every message fate of the "Failure handling" table (docs/failures.md), one test each, through the real
+/// `MessageProcessor` with in-memory doubles of the queue, the store and the command. (The end-to-end suites run the
+/// same fates against moto and real processes.)
 @Suite(.timeLimit(.minutes(1)))
 struct MessageFateTests {
     /// A processor over doubles, in a task folder of its own.
