@@ -129,6 +129,16 @@ struct ProvisioningScriptTests {
                     == true)
             #expect(statement("ec2:RunInstances") != nil && statement("ec2:CreateFleet") != nil)
 
+            // The output bucket's clean-up: unfinished multipart uploads after 7 days, the daemon's release notes after
+            // 15 (a message lives 14 at most); a rule of the operator's own is kept beside them.
+            let outputBucket = try #require(made["OUTPUT_BUCKET"])
+            func ruleIDs() async throws -> Set<String> {
+                let rules = try await Scripts.awsCLI(
+                    ["s3api", "get-bucket-lifecycle-configuration", "--bucket", outputBucket], directory: dir)
+                return Set((rules["Rules"]?.arrayValue ?? []).compactMap { $0["ID"]?.stringValue })
+            }
+            #expect(try await ruleIDs() == ["parallelizer-abort-multipart", "parallelizer-release-notes"])
+
             // Again: everything is reported unchanged, and the same values come out.
             let second = try await Scripts.run("setup-aws", arguments, environment: environment, directory: dir)
             #expect(second.succeeded, "\(second.stderr)")
