@@ -89,7 +89,97 @@ public struct FleetPolicy: Sendable {
         public var failedLaunches = 0
         /// Instances launched in all.
         public var launchedInAll = 0
+        /// Rounds in a row that failed, and how many of them met the same set-up problem (a denied call, a queue
+        /// gone).
+        public var failedRounds = 0
+        public var refused: Refusal?
+        /// Rounds in a row the ledger could not be read with the same set-up problem (a denied Query, a table gone).
+        public var ledgerRefused: Refusal?
+        /// Whether the end of the launch budget (`maxLaunches`) has been told.
+        public var budgetNoted = false
+        /// Launch calls in a row that failed with an error that may pass (no capacity, throttling).
+        public var launchWaits = 0
         public init() {}
+    }
+
+    /// A set-up problem met `rounds` rounds in a row.
+    public struct Refusal: Sendable, Equatable {
+        public var problem: SetupProblem
+        public var rounds: Int
+    }
+
+    /// What the loop does next: go on, or end the controller with this exit status and one critical line.
+    public enum Verdict: Sendable, Equatable {
+        case goOn
+        case stop(status: Int32, why: String)
+    }
+
+    /// Rounds in a row with the same set-up problem that end the controller: waiting cannot fix it.
+    public static let sameErrorRounds = SetupProblem.repeatsBeforeDeadEnd
+    /// Failed rounds in a row (any error) that end it, with status 1 for a restart.
+    public static let maxFailedRounds = 20
+
+    /// After a round that failed: with `problem` (a set-up problem) the same as the last rounds', `sameErrorRounds`
+    /// of them end the controller (status 2); `maxFailedRounds` failures of any kind end it with status 1.
+    public func afterFailedRound(_ problem: SetupProblem?, memory: inout Memory) -> Verdict {
+        memory.failedRounds += 1
+        memory.refused = problem.map {
+            Refusal(problem: $0, rounds: memory.refused?.problem == $0 ? memory.refused!.rounds + 1 : 1)
+        }
+        if let refused = memory.refused, refused.rounds >= Self.sameErrorRounds {
+            return .stop(
+                status: 2,
+                why:
+                    "controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (docs/operations.md, the controller)"
+            )
+        }
+        if memory.failedRounds >= Self.maxFailedRounds {
+            return .stop(status: 1, why: "controller cannot go on: \(memory.failedRounds) rounds in a row failed")
+        }
+        return .goOn
+    }
+
+    /// A round that worked: the failure counts start again.
+    public func afterRound(memory: inout Memory) {
+        memory.failedRounds = 0
+        memory.refused = nil
+    }
+
+    /// After reading the ledger's heartbeats (`problem` nil when it worked): a refusal or a table gone,
+    /// `sameErrorRounds` rounds in a row, ends the controller instead of a warning a round.
+    public func afterLedgerRead(_ problem: SetupProblem?, table: String, memory: inout Memory) -> Verdict {
+        guard let problem else {
+            memory.ledgerRefused = nil
+            return .goOn
+        }
+        let rounds = memory.ledgerRefused?.problem == problem ? memory.ledgerRefused!.rounds + 1 : 1
+        memory.ledgerRefused = Refusal(problem: problem, rounds: rounds)
+        guard rounds >= Self.sameErrorRounds else { return .goOn }
+        return .stop(
+            status: 2,
+            why:
+                "controller cannot go on: the ledger cannot be read (\(rounds) rounds in a row); give the controller dynamodb:Query on \(table), or leave out --ledger-table"
+        )
+    }
+
+    /// After the round's departures are noted: too many failed launches in a row, or the launch budget spent with
+    /// no worker left while work waits, end the controller; nothing more would happen by waiting.
+    public func afterDepartures(_ snapshot: Snapshot, memory: Memory, launchTemplate: String) -> Verdict {
+        if memory.failedLaunches >= failedLaunchLimit {
+            return .stop(
+                status: 2,
+                why:
+                    "controller stops: \(memory.failedLaunches) launches in a row failed (instances gone or retired before their workers were heard from, or launch calls that started nothing); check the launch template \(launchTemplate) (its image, role, network and user-data), the instances' console output, and the launch errors above"
+            )
+        }
+        if launchBudgetSpent(snapshot, memory: memory) && snapshot.instances.isEmpty && memory.launched.isEmpty {
+            return .stop(
+                status: 2,
+                why:
+                    "controller stops: --max (\(memory.launchedInAll)) instances have been launched in all, none is left, and \(snapshot.queue.visible) messages wait; raise --max, or look at why the workers ended"
+            )
+        }
+        return .goOn
     }
 
     /// Whether the fleet's workers write to the ledger at all: some instance has a heartbeat there. With none
@@ -278,11 +368,6 @@ public struct Controller: Sendable {
     }
 
     public static let tag = "parallelizer:queue"
-    /// Rounds in a row that may fail (errors that may pass: the network, throttling) before the controller gives up.
-    static let maxFailedRounds = 20
-    /// Rounds in a row with the same permanent error (`setupProblem`) before the controller gives up: the daemon's
-    /// dead-end rule, applied to rounds.
-    static let sameErrorRounds = SetupProblem.repeatsBeforeDeadEnd
 
     let options: Options
     let context: AWSContext
@@ -328,14 +413,13 @@ public struct Controller: Sendable {
         var terminated: Set<String> = []
         // Of those, the ones stopped at the drain: never failed launches, whatever their age.
         var stoppedAtDrain: Set<String> = []
-        // Failed rounds in a row, and how many of them met the same set-up problem (a denied call, a queue gone).
-        var failedRounds = 0
-        var refused: (problem: SetupProblem, rounds: Int)?
-        // Rounds in a row the ledger could not be read with the same problem (a denied Query, a missing table).
-        var ledgerRefused: (problem: SetupProblem, rounds: Int)?
-        var budgetNoted = false
-        // Launch calls in a row that failed with an error that may pass (capacity, throttling).
-        var launchWaits = 0
+        // The policy decides (`FleetPolicy`: what to terminate, what to launch, when to stop); the loop reads the
+        // fleet, carries the decisions out, and logs them.
+        func stop(_ verdict: FleetPolicy.Verdict, error: AWSError? = nil) -> Int32? {
+            guard case .stop(let status, let why) = verdict else { return nil }
+            logger.critical("\(why)", metadata: error.map { ["error": "\($0)"] } ?? [:])
+            return status
+        }
         while !Task.isCancelled {
             do {
                 let counts = try await sqs.messageCounts(queueURL: options.queueURL, logger: logger)
@@ -351,21 +435,13 @@ public struct Controller: Sendable {
                             table: table, queueURL: options.queueURL,
                             client: dynamo, logger: logger)
                         heartbeats = Dictionary(items.map { ($0.instanceID, $0) }, uniquingKeysWith: { a, _ in a })
-                        ledgerRefused = nil
+                        _ = policy.afterLedgerRead(nil, table: table, memory: &memory)
                     } catch {
                         // Without heartbeats this round, judge no one stuck: a ledger outage must not kill workers.
                         // One that waiting cannot fix (a refusal, a missing table) ends the controller, as any
                         // other, instead of a warning a round.
-                        if let problem = error.setupProblem {
-                            let rounds = ledgerRefused?.problem == problem ? ledgerRefused!.rounds + 1 : 1
-                            ledgerRefused = (problem, rounds)
-                            if rounds >= Self.sameErrorRounds {
-                                logger.critical(
-                                    "controller cannot go on: the ledger cannot be read (\(rounds) rounds in a row); give the controller dynamodb:Query on \(table), or leave out --ledger-table",
-                                    metadata: ["error": "\(error)"])
-                                return 2
-                            }
-                        }
+                        let verdict = policy.afterLedgerRead(error.setupProblem, table: table, memory: &memory)
+                        if let status = stop(verdict, error: error) { return status }
                         logger.warning(
                             "cannot read the ledger; no stuck-instance decisions this round",
                             metadata: ["error": "\(error)"])
@@ -394,26 +470,14 @@ public struct Controller: Sendable {
                         "a launched instance is gone before its worker was heard from",
                         metadata: ["instance": "\(id)", "launches.failed_in_a_row": "\(memory.failedLaunches)"])
                 }
-                if memory.failedLaunches >= policy.failedLaunchLimit {
-                    logger.critical(
-                        "controller stops: \(memory.failedLaunches) launches in a row failed (instances gone or retired before their workers were heard from, or launch calls that started nothing); check the launch template \(options.launchTemplate) (its image, role, network and user-data), the instances' console output, and the launch errors above",
-                        metadata: ["launch_template": "\(options.launchTemplate)"])
-                    return 2
-                }
-                let budgetSpent = policy.launchBudgetSpent(snapshot, memory: memory)
-                if budgetSpent && !budgetNoted {
-                    budgetNoted = true
+                if policy.launchBudgetSpent(snapshot, memory: memory) && !memory.budgetNoted {
+                    memory.budgetNoted = true
                     logger.notice(
                         "no more launches: --max instances have been launched in all",
                         metadata: ["launched": "\(memory.launchedInAll)"])
                 }
-                // The budget spent and no worker left while work waits: nothing more will happen by waiting.
-                if budgetSpent && instances.isEmpty && memory.launched.isEmpty {
-                    logger.critical(
-                        "controller stops: --max (\(memory.launchedInAll)) instances have been launched in all, none is left, and \(counts.visible) messages wait; raise --max, or look at why the workers ended",
-                        metadata: ["launched": "\(memory.launchedInAll)"])
-                    return 2
-                }
+                let verdict = policy.afterDepartures(snapshot, memory: memory, launchTemplate: options.launchTemplate)
+                if let status = stop(verdict) { return status }
                 let launch = policy.launch(
                     snapshot, terminating: Set(decisions.map(\.instanceID)).union(terminated), memory: memory)
                 logger.info(
@@ -454,7 +518,7 @@ public struct Controller: Sendable {
                             let started = try await launchInstances(launch.count, ec2: ec2, logger: logger)
                             for id in started { memory.launched[id] = snapshot.now }
                             memory.launchedInAll += started.count
-                            launchWaits = 0
+                            memory.launchWaits = 0
                             logger.notice(
                                 "launched instances",
                                 metadata: [
@@ -471,11 +535,11 @@ public struct Controller: Sendable {
                                         "error": "\(error)", "launches.failed_in_a_row": "\(memory.failedLaunches)",
                                     ])
                             } else {
-                                launchWaits += 1
-                                if launchWaits == 1 || launchWaits % 10 == 0 {
+                                memory.launchWaits += 1
+                                if memory.launchWaits == 1 || memory.launchWaits % 10 == 0 {
                                     logger.warning(
                                         "launch failed for now (no capacity, or throttled); trying again next round",
-                                        metadata: ["error": "\(error)", "launches.waited": "\(launchWaits)"])
+                                        metadata: ["error": "\(error)", "launches.waited": "\(memory.launchWaits)"])
                                 }
                             }
                         }
@@ -491,26 +555,10 @@ public struct Controller: Sendable {
                         metadata: ["instances.terminated": "\(terminated.count)", "dry_run": "\(options.dryRun)"])
                     return 0
                 }
-                failedRounds = 0
-                refused = nil
+                policy.afterRound(memory: &memory)
             } catch {
-                failedRounds += 1
-                if let problem = error.setupProblem {
-                    refused = (problem, refused?.problem == problem ? refused!.rounds + 1 : 1)
-                } else {
-                    refused = nil
-                }
-                if let refused, refused.rounds >= Self.sameErrorRounds {
-                    logger.critical(
-                        "controller cannot go on: the same error \(refused.rounds) rounds in a row, which waiting cannot fix; check the credentials and their permissions (docs/operations.md, the controller)",
-                        metadata: ["error": "\(error)"])
-                    return 2
-                }
-                if failedRounds >= Self.maxFailedRounds {
-                    logger.critical(
-                        "controller cannot go on: \(failedRounds) rounds in a row failed",
-                        metadata: ["error": "\(error)"])
-                    return 1
+                if let status = stop(policy.afterFailedRound(error.setupProblem, memory: &memory), error: error) {
+                    return status
                 }
                 logger.warning("controller round failed; trying again next interval", metadata: ["error": "\(error)"])
             }

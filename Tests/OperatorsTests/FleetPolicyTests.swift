@@ -22,6 +22,66 @@ struct FleetPolicyTests {
             launchTime: CivilTime(epochSeconds: Int64(now - launchedAgo)).iso8601)
     }
 
+    /// The loop's stop conditions are the policy's: the same set-up problem three rounds in a row (status 2),
+    /// twenty failed rounds of any kind (status 1), a ledger refused three rounds in a row, three failed launches
+    /// in a row, and the launch budget spent with no worker left while work waits.
+    @Test func theControllerStopsWhenThePolicySaysWaitingCannotHelp() {
+        var memory = FleetPolicy.Memory()
+        #expect(policy.afterFailedRound(.denied, memory: &memory) == .goOn)
+        #expect(policy.afterFailedRound(.queueMissing, memory: &memory) == .goOn, "another problem starts again")
+        #expect(policy.afterFailedRound(.queueMissing, memory: &memory) == .goOn)
+        guard case .stop(2, let why) = policy.afterFailedRound(.queueMissing, memory: &memory) else {
+            Issue.record("three rounds of one problem did not stop the controller")
+            return
+        }
+        #expect(why.contains("the same error 3 rounds in a row"))
+        var flaky = FleetPolicy.Memory()
+        for _ in 1..<FleetPolicy.maxFailedRounds { #expect(policy.afterFailedRound(nil, memory: &flaky) == .goOn) }
+        policy.afterRound(memory: &flaky)
+        #expect(flaky.failedRounds == 0, "a round that worked starts the count again")
+        for _ in 1..<FleetPolicy.maxFailedRounds { _ = policy.afterFailedRound(nil, memory: &flaky) }
+        #expect(
+            policy.afterFailedRound(nil, memory: &flaky)
+                == .stop(status: 1, why: "controller cannot go on: 20 rounds in a row failed"))
+
+        var ledger = FleetPolicy.Memory()
+        #expect(policy.afterLedgerRead(.denied, table: "t", memory: &ledger) == .goOn)
+        #expect(policy.afterLedgerRead(nil, table: "t", memory: &ledger) == .goOn)
+        #expect(policy.afterLedgerRead(.denied, table: "t", memory: &ledger) == .goOn)
+        #expect(policy.afterLedgerRead(.denied, table: "t", memory: &ledger) == .goOn)
+        guard case .stop(2, let ledgerWhy) = policy.afterLedgerRead(.denied, table: "t", memory: &ledger) else {
+            Issue.record("a ledger refused three rounds in a row did not stop the controller")
+            return
+        }
+        #expect(ledgerWhy.contains("give the controller dynamodb:Query on t"))
+
+        let working = FleetPolicy.Snapshot(now: now, queue: counts(10), instances: [], heartbeats: nil)
+        var launches = FleetPolicy.Memory()
+        launches.failedLaunches = 2
+        #expect(policy.afterDepartures(working, memory: launches, launchTemplate: "lt") == .goOn)
+        launches.failedLaunches = 3
+        guard case .stop(2, let launchWhy) = policy.afterDepartures(working, memory: launches, launchTemplate: "lt")
+        else {
+            Issue.record("three failed launches did not stop the controller")
+            return
+        }
+        #expect(launchWhy.contains("check the launch template lt"))
+        var budget = policy
+        budget.maxLaunches = 4
+        budget.target = 2
+        var spent = FleetPolicy.Memory()
+        spent.launchedInAll = 4
+        #expect(
+            budget.afterDepartures(working, memory: spent, launchTemplate: "lt")
+                == .stop(
+                    status: 2,
+                    why:
+                        "controller stops: --max (4) instances have been launched in all, none is left, and 10 messages wait; raise --max, or look at why the workers ended"
+                ))
+        let alive = FleetPolicy.Snapshot(now: now, queue: counts(10), instances: [instance("i-1")], heartbeats: nil)
+        #expect(budget.afterDepartures(alive, memory: spent, launchTemplate: "lt") == .goOn, "a worker is still there")
+    }
+
     /// Stuck means no heartbeat for `stuckAfter`, or a task past its own `taskTimeout` plus the grace: a worker
     /// whose one task has run for hours while it beats is not stuck, however long since its last completion.
     @Test func aStuckInstanceIsOneThatStoppedBeatingNotOneWithALongTask() {
