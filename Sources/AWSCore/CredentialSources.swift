@@ -547,6 +547,13 @@ extension SSOCredentialProvider {
                 CivilTime(date: Date(timeIntervalSince1970: now().timeIntervalSince1970 + Double(lifetime))).iso8601)
             if let rotated = reply["refreshToken"]?.stringValue { fields["refreshToken"] = .string(rotated) }
             let updated = JSONValue.object(fields)
+            // Written back only to a cache file of our own: as root with another user's HOME, a root-owned file would
+            // lock that user's AWS CLI out of its own login.
+            var st = stat()
+            if stat(cacheFile, &st) == 0 && st.st_uid != geteuid() {
+                logger.info("SSO token refreshed (not written back: the cache file is another user's)")
+                return updated
+            }
             if !LocalFile.writeAtomically(cacheFile, Array(updated.serialized.utf8), mode: 0o600) {
                 logger.notice("the refreshed SSO token could not be written back", metadata: ["file": "\(cacheFile)"])
             }

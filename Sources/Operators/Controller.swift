@@ -440,8 +440,13 @@ public struct Controller: Sendable {
                         // Without heartbeats this round, judge no one stuck: a ledger outage must not kill workers.
                         // One that waiting cannot fix (a refusal, a missing table) ends the controller, as any
                         // other, instead of a warning a round.
-                        let verdict = policy.afterLedgerRead(error.setupProblem, table: table, memory: &memory)
-                        if let status = stop(verdict, error: error) { return status }
+                        // (An error that may pass leaves the count of refusals as it was.)
+                        if let problem = error.setupProblem,
+                            let status = stop(
+                                policy.afterLedgerRead(problem, table: table, memory: &memory), error: error)
+                        {
+                            return status
+                        }
                         logger.warning(
                             "cannot read the ledger; no stuck-instance decisions this round",
                             metadata: ["error": "\(error)"])

@@ -25,8 +25,9 @@ public struct FleetStop: Sendable {
     let autoscaling: AutoScalingClient
     let queueURL: String
     let dryRun: Bool
-    /// How long to wait for the controller to be gone before the workers are listed.
-    public var controllerDeadline: Double = 300
+    /// How long to wait for the controller to be gone before the workers are listed (the AWS CLI's waiter's 10
+    /// minutes).
+    public var controllerDeadline: Double = 600
 
     public init(ec2: EC2Client, autoscaling: AutoScalingClient, queueURL: String, dryRun: Bool) {
         self.ec2 = ec2
@@ -35,19 +36,30 @@ public struct FleetStop: Sendable {
         self.dryRun = dryRun
     }
 
-    public func run(say: (String) -> Void, logger: Logger) async throws(AWSError) -> Outcome {
+    /// `say` tells a person what is done; `stopped` gets each instance id as soon as it is terminated (or would be),
+    /// so that a step failing later still leaves the ids of what was stopped before it.
+    public func run(say: (String) -> Void, stopped: (String) -> Void = { _ in }, logger: Logger) async throws(AWSError)
+        -> Outcome
+    {
         var outcome = Outcome()
         outcome.controllers = try await tagged(Self.controllerTag, logger: logger)
         if !outcome.controllers.isEmpty {
             if dryRun {
                 say("would terminate the controller \(outcome.controllers.joined(separator: " "))")
+                outcome.controllers.forEach(stopped)
             } else {
                 try await ec2.terminateInstances(outcome.controllers, logger: logger)
+                outcome.controllers.forEach(stopped)
                 try await waitUntilGone(outcome.controllers, logger: logger)
                 say("controller \(outcome.controllers.joined(separator: " ")) terminated")
             }
         }
         for group in try await autoscaling.groups(taggedWith: Controller.tag, value: queueURL, logger: logger) {
+            // A group being deleted already (a stop run twice) refuses an update: it is on its way.
+            if group.status == "Delete in progress" {
+                say("group \(group.name) is being deleted already")
+                continue
+            }
             outcome.groups.append(group.name)
             if dryRun {
                 say("would delete group \(group.name) and its instances")
@@ -70,11 +82,14 @@ public struct FleetStop: Sendable {
             say("no running instance is tagged \(Controller.tag)=\(queueURL)")
         } else if dryRun {
             say("would terminate \(outcome.instances.count) instance(s)")
+            outcome.instances.forEach(stopped)
         } else {
             // At most 1,000 ids a call.
             var rest = outcome.instances[...]
             while !rest.isEmpty {
-                try await ec2.terminateInstances(Array(rest.prefix(1000)), logger: logger)
+                let batch = Array(rest.prefix(1000))
+                try await ec2.terminateInstances(batch, logger: logger)
+                batch.forEach(stopped)
                 rest = rest.dropFirst(1000)
             }
             say("terminated \(outcome.instances.count) instance(s) tagged \(Controller.tag)=\(queueURL)")

@@ -1,5 +1,6 @@
 import AWSCore
 import AWSServices
+@preconcurrency import Glibc
 import Logging
 import TaskLedger
 
@@ -122,21 +123,70 @@ public struct Daemon: Sendable {
         return 0
     }
 
-    /// The log file (every run of the daemon on this instance, appended) to `_logs/<instance-id>.log` in the output
-    /// bucket, whatever ended the run: it outlives the instance, which may be gone a minute later (drained, a spot
-    /// notice, a dead end), and `parallelizer logs` merges the fleet's. A failure is a line in the log, not an error:
-    /// the run's work is done by now.
+    /// The log file's end (every run of the daemon on this instance is appended to it) to
+    /// `_logs/<instance-id>.log` in the output bucket, whatever ended the run: it outlives the instance, which may be
+    /// gone a minute later (drained, a spot notice, a dead end), and `parallelizer logs` merges the fleet's. At most
+    /// its last `logUploadLimit` bytes, within `logUploadDeadline` seconds: the power-off after it must not wait on a
+    /// slow upload. A failure is a line in the log, not an error: the run's work is done by now.
     func uploadLog(_ start: StartUp.Prepared, logger: Logger) async {
-        guard LocalFile.size(.path(config.logFile)) != nil else { return }
+        guard let bytes = Self.logTail(config.logFile, limit: Self.logUploadLimit) else { return }
         let key = "_logs/\(start.instanceID).log"
-        do {
-            _ = try await start.s3.putObject(
-                bucket: config.outputBucket, key: key, file: .path(config.logFile), contentType: "text/plain",
-                logger: logger)
-            logger.info("log uploaded", metadata: ["s3.key": "\(key)"])
-        } catch {
-            logger.notice("could not upload the log", metadata: ["s3.key": "\(key)", "error": "\(error)"])
+        let (s3, bucket) = (start.s3, config.outputBucket)
+        let uploaded = await withTaskGroup(of: Bool?.self) { group in
+            group.addTask {
+                do {
+                    _ = try await s3.putObject(
+                        bucket: bucket, key: key, bytes: bytes, contentType: "text/plain", logger: logger)
+                    return true
+                } catch {
+                    logger.notice("could not upload the log", metadata: ["s3.key": "\(key)", "error": "\(error)"])
+                    return false
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(nanoseconds: UInt64(Self.logUploadDeadline * 1_000_000_000))
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
         }
+        switch uploaded {
+        case true?: logger.info("log uploaded", metadata: ["s3.key": "\(key)", "bytes": "\(bytes.count)"])
+        case nil:
+            logger.notice(
+                "log upload given up", metadata: ["s3.key": "\(key)", "after_s": "\(Self.logUploadDeadline)"])
+        case false?: break
+        }
+    }
+
+    static let logUploadLimit = 8 << 20
+    static let logUploadDeadline = 60.0
+
+    /// The last `limit` bytes of the file at `path`, from a line's start (a first line saying what was left out);
+    /// nil when there is no such file.
+    static func logTail(_ path: String, limit: Int) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        let size = Int(st.st_size)
+        let from = max(0, size - limit)
+        var bytes = [UInt8](repeating: 0, count: size - from)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes {
+                pread(fd, $0.baseAddress! + done, $0.count - done, off_t(from + done))
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            done += n
+        }
+        bytes = Array(bytes.prefix(done))
+        guard from > 0 else { return bytes }
+        let cut = (bytes.firstIndex(of: 0x0a) ?? -1) + 1
+        return Array("[... \(from + cut) earlier bytes of this log left out ...]\n".utf8) + bytes[cut...]
     }
 
     /// The slots and, beside them, the monitors; when a stop's grace runs out, the slots are cancelled.

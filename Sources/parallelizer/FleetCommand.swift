@@ -37,8 +37,12 @@ struct FleetCommand: AsyncParsableCommand {
                 ec2: try EC2Client(context: context, region: region),
                 autoscaling: try AutoScalingClient(context: context, region: region), queueURL: queueURL,
                 dryRun: dryRun)
-            let outcome = try await stop.run(say: { fputs("  \($0)\n", stderr) }, logger: logger)
-            for id in outcome.controllers + outcome.instances { print(id) }
+            _ = try await stop.run(
+                say: { fputs("  \($0)\n", stderr) },
+                stopped: { id in
+                    print(id)
+                    fflush(stdout)
+                }, logger: logger)
         }
     }
 }

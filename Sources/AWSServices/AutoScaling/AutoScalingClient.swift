@@ -9,6 +9,8 @@ public struct AutoScalingGroup: Sendable, Equatable {
     public var desiredCapacity: Int
     /// The group's instances, by id, with their lifecycle state (`InService`, `Terminating`, ...).
     public var instances: [String: String]
+    /// `Delete in progress` while the group is being deleted; nil otherwise.
+    public var status: String? = nil
 }
 
 /// The few Auto Scaling calls a fleet needs: find the queue's group, let a drained worker leave it, and scale it to
@@ -45,7 +47,7 @@ public struct AutoScalingClient: Sendable {
                         name: member["AutoScalingGroupName"] ?? "", minSize: Int(member["MinSize"] ?? "") ?? 0,
                         maxSize: Int(member["MaxSize"] ?? "") ?? 0,
                         desiredCapacity: Int(member["DesiredCapacity"] ?? "") ?? 0,
-                        instances: instances))
+                        instances: instances, status: member["Status"]))
             }
             token = body?["NextToken"].flatMap { $0.isEmpty ? nil : $0 }
         } while token != nil
