@@ -104,7 +104,7 @@ public struct Daemon: Sendable {
                     "bytes.in": "\(counts.bytesIn)", "bytes.out": "\(counts.bytesOut)",
                 ])
         }
-        await uploadLog(start, logger: logger)
+        await uploadLog(s3: start.s3, instanceID: start.instanceID, logger: logger)
 
         // A dead end met after another stop (a delete refused while draining) still exits 2, for systemd.
         if deadEnds.deadEnd != nil {
@@ -128,10 +128,12 @@ public struct Daemon: Sendable {
     /// gone a minute later (drained, a spot notice, a dead end), and `parallelizer logs` merges the fleet's. At most
     /// its last `logUploadLimit` bytes, within `logUploadDeadline` seconds: the power-off after it must not wait on a
     /// slow upload. A failure is a line in the log, not an error: the run's work is done by now.
-    func uploadLog(_ start: StartUp.Prepared, logger: Logger) async {
-        guard let bytes = Self.logTail(config.logFile, limit: Self.logUploadLimit) else { return }
-        let key = "_logs/\(start.instanceID).log"
-        let (s3, bucket) = (start.s3, config.outputBucket)
+    func uploadLog(s3: S3Client, instanceID: String, logger: Logger) async {
+        guard !config.outputBucket.isEmpty, let bytes = Self.logTail(config.logFile, limit: Self.logUploadLimit) else {
+            return
+        }
+        let key = "_logs/\(instanceID).log"
+        let bucket = config.outputBucket
         let uploaded = await withTaskGroup(of: Bool?.self) { group in
             group.addTask {
                 do {
@@ -246,6 +248,13 @@ public struct Daemon: Sendable {
         default:
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             return 1
+        }
+        // The log of a run that could not start goes up too (when the output bucket takes it): the instance is
+        // about to power off, and that log is the one an operator needs.
+        if let s3 = try? S3Client(context: context) {
+            var instanceID = hostName()
+            if let imds = context.imds, let id = try? await imds.instanceID() { instanceID = id }
+            await uploadLog(s3: s3, instanceID: instanceID, logger: logger)
         }
         await endOfRun(afterDeadEnd: true, logger: logger)
         return 2

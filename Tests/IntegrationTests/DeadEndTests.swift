@@ -270,6 +270,10 @@ struct DeadEndTests {
                 run, says: "the environment archive s3://\(h.inputBucket)/env/missing.zip does not exist",
                 within: 20)
             #expect(try await h.queueDepth() == 1)
+            // The log of a run that could not start goes up as well: the instance is about to power off.
+            let logKey = try await h.allOutputKeys().first { $0.hasPrefix("_logs/") }
+            let key = try #require(logKey, "no log under _logs/")
+            #expect(try await h.output(key).contains("cannot start: the environment archive"))
         }
     }
 
