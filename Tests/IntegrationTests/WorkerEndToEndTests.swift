@@ -524,10 +524,16 @@ struct HeldMessageTests {
                 h.log("a").contains("held too long")
                     || (prefetch && h.log("a").contains("released for a free worker")),
                 "\(h.log("a"))")
-            // Each input done once: had worker a kept what it held, b would take those messages when their timeout
-            // lapsed, and a would process them again after its slow task.
+            // Each input uploaded once: had worker a kept what it held, b would take those messages when their timeout
+            // lapsed, and a would process them again after its slow task. (A receive that found its own output there
+            // already is not counted: under load, a release by a's hold timer can land after the message's timeout
+            // lapsed and b received it; moto then applies that change, made with the earlier receive's handle, and
+            // shows the message again. The daemon settles that receive as done, from its output's metadata.)
+            let landedBefore = (h.log("a") + h.log("b")).split(separator: "\n").filter {
+                $0.contains("earlier receive is there already")
+            }.count
             #expect(
-                Self.taskDoneLines(h.log("a")) + Self.taskDoneLines(h.log("b")) == keys.count,
+                Self.taskDoneLines(h.log("a")) + Self.taskDoneLines(h.log("b")) - landedBefore == keys.count,
                 "a:\n\(h.log("a"))\nb:\n\(h.log("b"))")
             #expect(try await h.outputKeys() == keys.map { $0 + ".out" }.sorted())
             for key in keys { #expect(try await h.output(key + ".out") == "CONTENT OF \(key.uppercased())") }
