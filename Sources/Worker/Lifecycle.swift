@@ -3,8 +3,8 @@ import Synchronization
 /// Shared state of one daemon: whether to keep taking work, what runs, and what has been done. The slots, the drain
 /// and spot monitors, the signal handlers and the dead-end watch meet here.
 ///
-/// There is one way to stop. `requestStop` is a signal: long polls end at once (`cancellingAtStop`), no new message
-/// is taken, and running tasks go on. When the stop's grace runs out (`waitForGraceEnd`: `shutdownGrace`, none at a
+/// There is one way to stop. `requestStop` is a signal: no new receive starts (one under way ends within its long
+/// poll, and what it brings is released), no new message is taken, and running tasks go on. When the stop's grace runs out (`waitForGraceEnd`: `shutdownGrace`, none at a
 /// dead end) the daemon cancels the slots' tasks, and task cancellation does the rest: the command's process group
 /// is killed, an upload or download is aborted, and the message is released.
 public final class Lifecycle: Sendable {

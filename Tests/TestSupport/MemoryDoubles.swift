@@ -41,6 +41,7 @@ public final class MemoryQueue: WorkQueue {
         var waiting: [SQSMessage]
         var events: [Event] = []
         var refuseVisibility: AWSError?
+        var receives = 0
     }
 
     private let state: Mutex<State>
@@ -48,6 +49,8 @@ public final class MemoryQueue: WorkQueue {
     public init(_ messages: [SQSMessage] = []) { state = Mutex(State(waiting: messages)) }
 
     public var events: [Event] { state.withLock { $0.events } }
+    /// Receive calls made so far (a test waits for one to be under way).
+    public var receives: Int { state.withLock { $0.receives } }
     /// What became of the message: its events after the receive.
     public func fate(of id: String) -> [Event] {
         events.filter {
@@ -66,16 +69,28 @@ public final class MemoryQueue: WorkQueue {
     /// Hands out what waits; with nothing waiting, a long poll that lasts until it is cancelled (or `waitSeconds`).
     public func receive(count: Int, waitSeconds: Int, logger: Logger) async throws(AWSError) -> [SQSMessage] {
         let taken = state.withLock { s -> [SQSMessage] in
+            s.receives += 1
             let taken = Array(s.waiting.prefix(count))
             s.waiting.removeFirst(taken.count)
             s.events += taken.map { .received($0.messageID) }
             return taken
         }
         if !taken.isEmpty { return taken }
-        do {
-            try await Task.sleep(for: .seconds(waitSeconds))
-        } catch {
-            throw AWSError(kind: .transport(.cancelled), service: "sqs", code: "Cancelled", message: "cancelled")
+        // A long poll, as SQS's: what arrives while it waits is handed out at once.
+        let deadline = ContinuousClock.now + .seconds(waitSeconds)
+        while ContinuousClock.now < deadline {
+            do {
+                try await Task.sleep(for: .milliseconds(20))
+            } catch {
+                throw AWSError(kind: .transport(.cancelled), service: "sqs", code: "Cancelled", message: "cancelled")
+            }
+            let arrived = state.withLock { s -> [SQSMessage] in
+                let taken = Array(s.waiting.prefix(count))
+                s.waiting.removeFirst(taken.count)
+                s.events += taken.map { .received($0.messageID) }
+                return taken
+            }
+            if !arrived.isEmpty { return arrived }
         }
         return []
     }
