@@ -47,10 +47,8 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             logger.notice(
                 "cannot read the queue's tags (sqs:ListQueueTags): no run progress", metadata: ["error": "\(error)"])
         }
-        if let policy = a["RedrivePolicy"], let json = try? JSONValue.parse(policy),
-            let arn = json["deadLetterTargetArn"]?.stringValue
-        {
-            let dlq = try await sqs.queueURL(ofARN: arn, logger: logger)
+        if let policy = RedrivePolicy(attributes: a) {
+            let dlq = try await sqs.queueURL(ofARN: policy.deadLetterTargetARN, logger: logger)
             status.deadLetterQueueURL = dlq
             // Visible and hidden: a dead letter someone is looking at is still one.
             status.deadLetters = try await sqs.messageCounts(queueURL: dlq, logger: logger).total

@@ -33,10 +33,8 @@ public struct Redrive: Sendable {
         url: String, arn: String
     )? {
         let attributes = try await sqs.getQueueAttributes(queueURL: queueURL, names: ["RedrivePolicy"], logger: logger)
-        guard let policy = attributes["RedrivePolicy"], let json = try? JSONValue.parse(policy),
-            let arn = json["deadLetterTargetArn"]?.stringValue
-        else { return nil }
-        return (try await sqs.queueURL(ofARN: arn, logger: logger), arn)
+        guard let policy = RedrivePolicy(attributes: attributes) else { return nil }
+        return (try await sqs.queueURL(ofARN: policy.deadLetterTargetARN, logger: logger), policy.deadLetterTargetARN)
     }
 
     /// Moves the dead letters of `queueURL` back, at most `limit` of them (nil: all).

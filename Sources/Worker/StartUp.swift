@@ -49,8 +49,7 @@ struct StartUp: Sendable {
             throw StartUpError(message: "the queue cannot be read: \(error)")
         }
         let hasRedrive = attributes["RedrivePolicy"].map { !$0.isEmpty } ?? false
-        let policy = attributes["RedrivePolicy"].flatMap { try? JSONValue.parse($0) }
-        let maxReceiveCount = policy?["maxReceiveCount"].flatMap { $0.intValue ?? $0.stringValue.flatMap { Int($0) } }
+        let maxReceiveCount = RedrivePolicy(attributes: attributes)?.maxReceiveCount
         var instanceID = hostName()
         if let imds = context.imds, let id = try? await imds.instanceID() { instanceID = id }
         try await checkOutputBucket(s3, instanceID: instanceID, logger: logger)

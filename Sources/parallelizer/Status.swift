@@ -125,9 +125,7 @@ struct Status: AsyncParsableCommand {
                 rate: status.fleet.flatMap { $0.tasksPerMinute > 0 ? $0.tasksPerMinute / 60 : nil })
             problems = status.problems
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(status), as: UTF8.self))
+                print(try jsonText(status))
             } else {
                 if watch && isatty(1) == 1 { print("\u{1B}[H\u{1B}[2J", terminator: "") }
                 print(status.text)

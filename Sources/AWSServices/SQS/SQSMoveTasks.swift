@@ -68,3 +68,19 @@ extension SQSClient {
         }
     }
 }
+
+/// A queue's `RedrivePolicy` attribute: where its dead letters go, and after how many receives.
+public struct RedrivePolicy: Sendable, Equatable {
+    public var deadLetterTargetARN: String
+    public var maxReceiveCount: Int?
+
+    /// The policy in a queue's attributes (GetQueueAttributes); nil when it has none, or one that does not parse.
+    public init?(attributes: [String: String]) {
+        guard let text = attributes["RedrivePolicy"], let json = try? JSONValue.parse(text),
+            let arn = json["deadLetterTargetArn"]?.stringValue
+        else { return nil }
+        deadLetterTargetARN = arn
+        // SQS writes it as a number; some tools as a string.
+        maxReceiveCount = json["maxReceiveCount"].flatMap { $0.intValue ?? $0.stringValue.flatMap { Int($0) } }
+    }
+}
