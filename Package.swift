@@ -49,7 +49,13 @@ let package = Package(
         // The operators' tools: enqueue, status, the controller. They read what the daemon writes, never run it.
         .target(
             name: "Operators",
-            dependencies: ["AWSServices", "TaskLedger", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["AWSServices", "TaskLedger", .product(name: "Logging", package: "swift-log")],
+            // The instance's boot files, compiled into the binary as bytes (no Foundation bundle): `fleet launch`
+            // renders the user-data from them.
+            resources: [
+                .embedInCode("Boot/user-data.template.yaml"), .embedInCode("Boot/parallelizer.service"),
+                .embedInCode("Boot/parallelizer-controller.service"),
+            ]
         ),
         .executableTarget(
             name: "parallelizer",

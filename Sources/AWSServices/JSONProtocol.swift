@@ -3,10 +3,11 @@ import FoundationEssentials
 import HTTPCurl
 import Logging
 
-/// The AWS JSON 1.0 protocol (SQS, DynamoDB): `POST /` with `X-Amz-Target: <prefix>.<Operation>`.
+/// The AWS JSON protocol (1.0: SQS, DynamoDB; 1.1: SSM): `POST /` with `X-Amz-Target: <prefix>.<Operation>`.
 struct JSONProtocol: Sendable {
     let targetPrefix: String
     let client: AWSClient
+    var contentType = "application/x-amz-json-1.0"
 
     /// With Codable input and output, for calls off the per-task path.
     func call<Input: Encodable, Output: Decodable>(
@@ -56,7 +57,7 @@ struct JSONProtocol: Sendable {
         let request = AWSRequest(
             method: "POST", path: "/",
             headers: [
-                ("Content-Type", "application/x-amz-json-1.0"), ("X-Amz-Target", "\(targetPrefix).\(operation)"),
+                ("Content-Type", contentType), ("X-Amz-Target", "\(targetPrefix).\(operation)"),
             ],
             body: .bytes(body), timeouts: timeouts)
         return try await client.send(request, to: endpoint, signing: .standard, logger: logger)

@@ -349,7 +349,7 @@ public struct Controller: Sendable {
         public var target: Int?
         public var maxLaunches: Int?
         public var market: Market = .onDemand
-        /// The launch template replacements come from: `scripts/launch` records one per queue.
+        /// The launch template replacements come from: `fleet launch` records one per queue.
         public var launchTemplate: String
         public var instanceTypes: [String] = []
         public var subnets: [String] = []
@@ -362,7 +362,7 @@ public struct Controller: Sendable {
         }
     }
 
-    /// The name `scripts/launch` gives a queue's launch template (and Auto Scaling group).
+    /// The name `fleet launch` gives a queue's launch template (and Auto Scaling group).
     public static func launchTemplateName(queueURL: String) -> String {
         "parallelizer-" + LedgerSchema.queueName(queueURL)
     }
@@ -572,52 +572,19 @@ public struct Controller: Sendable {
         return 0
     }
 
-    /// Starts `count` workers from the launch template, tagged with the queue (and as the controller's), on the
-    /// market chosen: on demand, the instance types tried in order until one has capacity; spot, one instant fleet
-    /// over every type and subnet. Returns the ids started.
+    /// Starts `count` workers from the launch template on the market chosen (`FleetLauncher`, which `fleet launch`
+    /// starts the first ones with), tagged as the controller's. Returns the ids started.
     func launchInstances(_ count: Int, ec2: EC2Client, logger: Logger) async throws(AWSError) -> [String] {
-        let tags = [
-            Self.tag: options.queueURL, "Name": "parallelizer-" + LedgerSchema.queueName(options.queueURL),
-            "parallelizer:launched-by": "controller",
-        ]
+        let market: FleetLauncher.Market
         switch options.market {
-        case .asg:
-            return []
-        case .spot:
-            let types: [String?] = options.instanceTypes.isEmpty ? [nil] : options.instanceTypes
-            let subnets: [String?] = options.subnets.isEmpty ? [nil] : options.subnets
-            let pools = types.flatMap { type in subnets.map { (instanceType: type, subnetID: $0) } }
-            let fleet = try await ec2.createSpotFleet(
-                launchTemplate: options.launchTemplate, overrides: pools, count: count, tags: tags, logger: logger)
-            for error in fleet.errors {
-                logger.warning("a spot pool could not be used", metadata: ["error": "\(error)"])
-            }
-            // An instant fleet answers 200 with only errors when it started nothing: that is the launch's failure.
-            if fleet.instanceIDs.isEmpty, let first = fleet.errors.first {
-                throw AWSError(
-                    kind: .service, service: "ec2", code: String(first.prefix { $0 != ":" }),
-                    message: "CreateFleet started no instance: \(fleet.errors.joined(separator: "; "))")
-            }
-            return fleet.instanceIDs
-        case .onDemand:
-            let types: [String?] = options.instanceTypes.isEmpty ? [nil] : options.instanceTypes
-            let subnet = options.subnets.isEmpty ? nil : options.subnets[Int.random(in: 0..<options.subnets.count)]
-            var lastError: AWSError?
-            for type in types {
-                do {
-                    return try await ec2.runInstances(
-                        launchTemplate: options.launchTemplate, count: count, instanceType: type, subnetID: subnet,
-                        tags: tags, logger: logger
-                    ).map(\.instanceID)
-                } catch  where error.code == "InsufficientInstanceCapacity" || error.code == "Unsupported" {
-                    logger.warning(
-                        "no capacity for this instance type; trying the next",
-                        metadata: ["instance_type": "\(type ?? "the template's")", "error": "\(error)"])
-                    lastError = error
-                }
-            }
-            throw lastError!
+        case .asg: return []
+        case .spot: market = .spot
+        case .onDemand: market = .onDemand
         }
+        let launcher = FleetLauncher(
+            ec2: ec2, queueURL: options.queueURL, launchTemplate: options.launchTemplate, market: market,
+            instanceTypes: options.instanceTypes, subnets: options.subnets)
+        return try await launcher.launch(count, extraTags: ["parallelizer:launched-by": "controller"], logger: logger)
     }
 
     /// Whether a launch call's error is one a next round would meet again: a refusal, or a request EC2 rejects
@@ -632,7 +599,7 @@ public struct Controller: Sendable {
             || code == "InvalidKeyPair.NotFound"
     }
 
-    /// Sets every Auto Scaling group tagged with the queue to zero instances (`scripts/launch --market asg` makes
+    /// Sets every Auto Scaling group tagged with the queue to zero instances (`fleet launch --market asg` makes
     /// one). A fleet without groups, or credentials without Auto Scaling rights, only costs a warning: the
     /// instances themselves are still stopped.
     func scaleGroupsToZero(_ autoscaling: AutoScalingClient, logger: Logger) async {

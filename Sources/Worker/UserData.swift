@@ -191,7 +191,7 @@ public enum UserData {
     }
 
     /// A YAML flow scalar as cloud-init would read it: 'single' quotes with `''` for a quote, "double" quotes with
-    /// backslash escapes, or plain. scripts/launch writes every value single-quoted, so any command survives.
+    /// backslash escapes, or plain. fleet launch writes every value single-quoted, so any command survives.
     static func yamlScalar(_ value: String, line: Int) throws(ParseError) -> String {
         guard let first = value.first, first == "'" || first == "\"" else { return value }
         var result = ""

@@ -1,6 +1,6 @@
 /// Writes the daemon's parameters as the `parallelizer:` map of a `#cloud-config` user-data, the form
 /// `UserData.parse` reads back: the keys in their canonical spelling, every value single-quoted (`''` for a
-/// quote), so that any command line survives cloud-init untouched. `scripts/launch` renders through this
+/// quote), so that any command line survives cloud-init untouched. `fleet launch` renders through this
 /// (`parallelizer config render`), so the keys, their validation and their quoting live in one place.
 public enum UserDataRenderer {
     /// The map's lines for `settings` (key, value; a later key wins, in the first one's place), after checking them

@@ -52,7 +52,7 @@ public struct WorkerConfig: Sendable, Equatable {
     public var ledgerTable: String?
     /// Seconds a running task may take to finish after SIGTERM before its message is released.
     public var shutdownGrace: Int = 90
-    /// The Auto Scaling group this instance belongs to (`scripts/launch --market asg` sets it). When the queue is
+    /// The Auto Scaling group this instance belongs to (`fleet launch --market asg` sets it). When the queue is
     /// drained the worker leaves the group, shrinking it, so the group does not replace it with an idle worker.
     public var autoScalingGroup: String?
     /// S3 connections per transfer: the ranges of a large download, the parts of a large upload. One S3 connection

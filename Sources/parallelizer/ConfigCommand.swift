@@ -3,8 +3,8 @@ import ArgumentParser
 @preconcurrency import Glibc
 import Worker
 
-/// `parallelizer config render`: the daemon's own check and rendering of user-data parameters, for
-/// `scripts/launch` (and anyone writing user-data by hand).
+/// `parallelizer config render`: the daemon's own check and rendering of user-data parameters (the rules `fleet
+/// launch` renders by), for anyone writing user-data by hand, and for the boot script, which reads shutdownGrace.
 struct ConfigCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config", abstract: "Check and render the daemon's parameters.", subcommands: [Render.self])

@@ -13,7 +13,7 @@ struct ControllerCommand: AsyncParsableCommand {
             "Keep the fleet at size while work waits, terminate stuck workers, and stop the whole fleet once the queue is drained (only instances tagged parallelizer:queue=QUEUE_URL).",
         discussion: """
             With --target N, while messages wait to be taken, instances are launched from the queue's launch \
-            template (scripts/launch records it) until N are alive (never more than messages wait, and at most \
+            template (fleet launch records it) until N are alive (never more than messages wait, and at most \
             --max in all), replacing retired, terminated, interrupted and crashed ones; once the queue has drained \
             after work, nothing more is launched. With a ledger, three failed launches in a row (instances gone or \
             retired before their workers were heard from, or launch calls that started nothing) stop the \
@@ -56,7 +56,7 @@ struct ControllerCommand: AsyncParsableCommand {
     @Option(help: "Subnet ids, comma-separated, to launch in.")
     var subnets: String?
 
-    @Option(help: "The launch template (default: parallelizer-QUEUE_NAME, as scripts/launch names it).")
+    @Option(help: "The launch template (default: parallelizer-QUEUE_NAME, as fleet launch names it).")
     var launchTemplate: String?
 
     @Option(help: "A task is stuck once it runs this long past its worker's taskTimeout (90s, 5m).")

@@ -1,20 +1,61 @@
-import ArgumentParser
 import AWSCore
 import AWSServices
+import AWSSigV4
+import ArgumentParser
 @preconcurrency import Glibc
 import Operators
+import Worker
 
 struct FleetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fleet",
-        abstract: "The queue's fleet: render its user-data's parameters, or stop it.",
+        abstract: "The queue's fleet: launch it, render what its instances boot on, or stop it.",
         discussion: """
-            `fleet render` checks parameters as the daemon would and prints them as the user-data's map (what \
-            scripts/launch puts in the launch template). `fleet stop` terminates the queue's controller, its Auto \
-            Scaling groups and launch templates, and every instance tagged parallelizer:queue=<queue URL>, and \
-            nothing else. (Launching is scripts/launch for now.)
+            `fleet launch` checks the parameters with the daemon's own rules, uploads the release, records the \
+            queue's launch template (parallelizer-<queue name>, which `controller --target N` launches replacements \
+            from) and starts the workers on their market, and optionally the controller's instance. `fleet render` \
+            prints the user-data it would boot them on and starts nothing. `fleet stop` terminates the queue's \
+            controller, its Auto Scaling groups and launch templates, and every instance tagged \
+            parallelizer:queue=<queue URL>, and nothing else.
             """,
-        subcommands: [Stop.self, ConfigCommand.Render.self])
+        subcommands: [Launch.self, Render.self, Stop.self])
+
+    struct Launch: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start the queue's workers on EC2 (and optionally its controller).",
+            discussion: """
+                Every instance: InstanceInitiatedShutdownBehavior=terminate (the daemon's power-off at the end ends \
+                the bill), IMDSv2 required with a hop limit of 1, the instance role, and the tags \
+                parallelizer:queue=<queue URL> and Name. stdout: the instance ids, one per line (the group's name \
+                with --market asg or asg-spot).
+                """)
+
+        @OptionGroup var global: GlobalOptions
+        @OptionGroup var launch: LaunchOptions
+
+        func run() async throws {
+            let logger = global.logger("parallelizer.fleet")
+            try await launch.perform(global: global, renderOnly: false, logger: logger)
+        }
+    }
+
+    struct Render: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Print the user-data `fleet launch` would boot the workers (and the controller) on; start nothing.",
+            discussion: """
+                The same options as `fleet launch`; nothing is uploaded or started. The release's URL is presigned \
+                here (a local signature, no call). `parallelizer config render` prints only the parameters' map.
+                """)
+
+        @OptionGroup var global: GlobalOptions
+        @OptionGroup var launch: LaunchOptions
+
+        func run() async throws {
+            let logger = global.logger("parallelizer.fleet")
+            try await launch.perform(global: global, renderOnly: true, logger: logger)
+        }
+    }
 
     struct Stop: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -24,14 +65,23 @@ struct FleetCommand: AsyncParsableCommand {
         @OptionGroup var global: GlobalOptions
 
         @Option(help: "The SQS queue URL the fleet's instances are tagged with (parallelizer:queue).")
-        var queueURL: String
+        var queueURL: String?
+
+        @Option(help: "Or the KEY=VALUE lines scripts/setup-aws printed (its QUEUE_URL and REGION).")
+        var setup: String?
 
         @Flag(help: "List what would be stopped and change nothing.")
         var dryRun = false
 
         func run() async throws {
             let logger = global.logger("parallelizer.fleet")
-            let context = try await global.context(logger: logger)
+            let setup = try LaunchOptions.setupValues(setup)
+            guard let queueURL = queueURL ?? setup["QUEUE_URL"] else {
+                throw ValidationError("--queue-url (or --setup) is required")
+            }
+            let context = try await AWSContext.resolve(
+                environment: ProcessEnvironment.current(), region: global.region ?? setup["REGION"], order: .awsCLI,
+                logger: logger)
             let region = SQSClient.region(ofQueueURL: queueURL)
             let stop = FleetStop(
                 ec2: try EC2Client(context: context, region: region),

@@ -14,7 +14,7 @@ import Worker
 /// task that still beats is not "stuck".
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(4)))
 struct ControllerFleetTests {
-    /// The launch template `scripts/launch` records for a queue, as the AWS CLI makes it.
+    /// A launch template like the one `fleet launch` records for a queue, made here by another client (the AWS CLI).
     static func makeLaunchTemplate(_ h: WorkerHarness, directory: String) async throws -> String {
         let name = Controller.launchTemplateName(queueURL: h.queueURL)
         let data = JSONValue.object([

@@ -5,7 +5,8 @@ import Testing
 import TestSupport
 import Worker
 
-/// The operator's scripts (`setup-aws`, `launch`, `teardown`) run with the AWS CLI against moto, as on AWS.
+/// The operator's provisioning against moto, as on AWS: `setup-aws` (bash over the AWS CLI), and `parallelizer fleet
+/// launch|render|stop` (with `scripts/launch` and `scripts/teardown`, their thin wrappers).
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)))
 struct ProvisioningScriptTests {
     static func keyValues(_ text: String) -> [String: String] {
@@ -197,10 +198,15 @@ struct ProvisioningScriptTests {
                 ), "\(controllerBoot)")
             #expect(
                 controllerBoot.contains("parallelizer-install"), "the controller installs the release as workers do")
-            // Spot: one instant fleet over two types.
+            // Spot: one instant fleet over two types, from the binary itself (the wrapper only finds it and sets the
+            // endpoint).
+            var direct = environment
+            direct["AWS_ENDPOINT_URL"] = moto
+            let binaryCommon = Array(common.dropLast(2))
             let spot = try await Scripts.run(
-                "launch", common + ["--market", "spot", "--instance-types", "t3.micro,t3a.micro"],
-                environment: environment, directory: dir)
+                WorkerHarness.binary,
+                ["fleet", "launch"] + binaryCommon + ["--market", "spot", "--instance-types", "t3.micro,t3a.micro"],
+                environment: direct, directory: dir)
             #expect(spot.succeeded, "\(spot.stderr)")
             let ours = (onDemand.stdout + spot.stdout).split(separator: "\n").map(String.init)
             #expect(ours.count == 3)
@@ -272,8 +278,11 @@ struct ProvisioningScriptTests {
             _ = try await Scripts.awsCLI(
                 ["ec2", "delete-launch-template", "--launch-template-name", "parallelizer-\(name)"], directory: dir)
             let group = try await Scripts.run(
-                "launch", common + ["--market", "asg-spot", "--count", "2", "--instance-types", "t3.micro,t3a.micro"],
-                environment: environment, directory: dir)
+                WorkerHarness.binary,
+                ["fleet", "launch"] + binaryCommon + [
+                    "--market", "asg-spot", "--count", "2", "--instance-types", "t3.micro,t3a.micro",
+                    "--volume-size", "20",
+                ], environment: direct, directory: dir)
             #expect(group.succeeded, "\(group.stderr)")
             let groups = try await Scripts.awsCLI(
                 [
@@ -300,6 +309,11 @@ struct ProvisioningScriptTests {
             let groupUserData = String(
                 decoding: try #require(Data(base64Encoded: templateData["UserData"]?.stringValue ?? "")),
                 as: UTF8.self)
+            // A bigger root volume, on the image's own root device (DescribeImages), deleted with the instance.
+            let volume = templateData["BlockDeviceMappings"]?.arrayValue?.first
+            #expect(volume?["DeviceName"]?.stringValue?.hasPrefix("/dev/") == true, "\(templateData)")
+            #expect(volume?["Ebs"]?["VolumeSize"]?.intValue == 20)
+            #expect(volume?["Ebs"]?["DeleteOnTermination"]?.boolValue == true)
             let (groupConfig, _) = try WorkerConfig.resolve(
                 [ConfigLayer(source: "user-data", values: try UserData.parse(groupUserData))], cores: 2)
             #expect(groupConfig.autoScalingGroup == "parallelizer-\(name)")
@@ -322,8 +336,9 @@ struct ProvisioningScriptTests {
             #expect(stillRunning.allSatisfy { $0.state == "running" }, "--dry-run terminated something")
 
             let teardown = try await Scripts.run(
-                "teardown", ["--setup", setupFile, "--endpoint-url", moto],
-                environment: environment, directory: dir)
+                WorkerHarness.binary,
+                ["fleet", "stop", "--setup", setupFile],
+                environment: direct, directory: dir)
             #expect(teardown.succeeded, "\(teardown.stderr)")
             let terminated = Set(teardown.stdout.split(separator: "\n").map(String.init))
             #expect(terminated.isSuperset(of: ours))
@@ -402,28 +417,56 @@ struct ProvisioningScriptTests {
         }
     }
 
-    /// Where no release runs (a Mac launching a Linux release; `--parallelizer none` here), launch only quotes the
-    /// parameters and says so; the instance's boot script sets the stop timeout from the daemon's own reading.
-    @Test func withoutALocalBinaryTheParametersAreCheckedAtBoot() async throws {
+    /// `fleet render` prints what `fleet launch` boots on, the controller's too, and refuses before anything
+    /// starts what EC2 or the daemon would refuse: a bad market, no release, user-data over EC2's 16 KiB.
+    @Test func fleetRenderShowsTheControllersBootAndRefusesWhatCannotLaunch() async throws {
         try await withTemporaryDirectory { dir in
-            let environment = try Scripts.motoEnvironment(in: dir)
+            var environment = try Scripts.motoEnvironment(in: dir)
+            environment["AWS_ENDPOINT_URL"] = try TestEnvironment.endpoint(.moto)
+            let queueURL = "https://sqs.eu-west-1.amazonaws.com/123456789012/q"
+            let common = [
+                "fleet", "render", "--queue-url", queueURL, "--release-s3", "s3://rel/parallelizer.tar.gz",
+                "--release-sha256", String(repeating: "ab", count: 32), "--region", "eu-west-1",
+                "--set", "inputBucket=in-bucket", "--set", "outputBucket=out-bucket", "--set", "analysisProgram=bin/x",
+                "--set", "ledgerTable=the-ledger",
+            ]
             let rendered = try await Scripts.run(
-                "launch",
-                [
-                    "--queue-url", "https://sqs.eu-west-1.amazonaws.com/123456789012/q", "--instance-profile", "p",
-                    "--release-s3", "s3://rel/parallelizer.tar.gz", "--release-sha256",
-                    String(repeating: "ab", count: 32),
-                    "--region", "eu-west-1", "--render-only", "--endpoint-url", try TestEnvironment.endpoint(.moto),
-                    "--parallelizer", "none", "--set", "inputBucket=in-bucket", "--set", "outputBucket=out-bucket",
-                    "--set", #"analysisProgram=bin/x --say 'it''s'"#, "--set", "shutdownGrace=2m",
-                ], environment: environment, directory: dir)
+                WorkerHarness.binary,
+                common + ["--market", "asg-spot", "--instance-types", "t3.micro,t3a.micro", "--controller"],
+                environment: environment, directory: dir)
             #expect(rendered.succeeded, "\(rendered.stderr)")
-            #expect(rendered.stderr.contains("checked by the daemon at boot"))
-            #expect(rendered.stdout.contains("config render --user-data --value shutdownGrace"))
+            let parts = rendered.stdout.components(separatedBy: "--- the controller's user-data\n")
+            try #require(parts.count == 2, "\(rendered.stdout)")
             let (config, _) = try WorkerConfig.resolve(
-                [ConfigLayer(source: "user-data", values: try UserData.parse(rendered.stdout))], cores: 2)
-            #expect(config.analysisProgram == ["bin/x", "--say", "its"])
-            #expect(config.shutdownGrace == 120)
+                [ConfigLayer(source: "user-data", values: try UserData.parse(parts[0]))], cores: 2)
+            #expect(config.autoScalingGroup == "parallelizer-q", "a group's workers are told their group")
+            #expect(config.ledgerTable == "the-ledger")
+            // The controller of a group keeps no size itself: it retires stuck workers and stops the group.
+            #expect(
+                parts[1].contains(
+                    "ExecStart=/usr/local/bin/parallelizer controller --queue-url \(queueURL) --ledger-table the-ledger --market asg\n"
+                ), "\(parts[1])")
+            #expect(parts[1].contains("parallelizer-install") && parts[1].hasPrefix("#cloud-config\n"))
+            #expect(try UserData.parse(parts[1]).isEmpty, "the controller's instance carries no worker parameters")
+
+            for (extra, says) in [
+                (["--market", "everywhere"], "--market"), (["--count", "0"], "--count"),
+                (["--set", "analysisProgram=" + String(repeating: "x", count: 17000)], "EC2 allows 16384"),
+                (["--release-s3", "s3://rel/other.tar.gz"], "--release-sha256"),
+            ] {
+                var arguments = common + extra
+                if extra.first == "--release-s3" {
+                    // The second --release-s3 wins; without its checksum the release cannot be checked at boot.
+                    arguments =
+                        common.filter { !$0.hasPrefix(String(repeating: "ab", count: 32)) }
+                        .filter { $0 != "--release-sha256" } + extra
+                }
+                let refused = try await Scripts.run(
+                    WorkerHarness.binary, arguments, environment: environment, directory: dir)
+                #expect(refused.status == 2, "\(extra): \(refused.stderr)")
+                #expect(refused.stderr.contains(says), "\(extra): \(refused.stderr)")
+                #expect(!refused.stdout.contains("#cloud-config"), "\(extra) was rendered")
+            }
         }
     }
 

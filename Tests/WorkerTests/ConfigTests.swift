@@ -45,7 +45,7 @@ import Worker
             ])
     }
 
-    /// YAML's quoting, as scripts/launch writes it: `''` inside single quotes, backslash escapes inside double.
+    /// YAML's quoting, as fleet launch writes it: `''` inside single quotes, backslash escapes inside double.
     @Test func cloudConfigQuotedScalars() throws {
         let text = """
             #cloud-config

@@ -88,3 +88,85 @@ extension AutoScalingClient {
             "DeleteAutoScalingGroup", [("AutoScalingGroupName", name), ("ForceDelete", "true")], logger: logger)
     }
 }
+
+/// A group's instances: from a launch template over several instance types (the pools), on demand or spot.
+public struct MixedInstancesPolicy: Sendable, Equatable {
+    public var launchTemplate: String
+    public var instanceTypes: [String]
+    /// 100 for on demand, 0 for spot (capacity-optimized).
+    public var onDemandPercentage: Int
+
+    public init(launchTemplate: String, instanceTypes: [String], onDemandPercentage: Int) {
+        self.launchTemplate = launchTemplate
+        self.instanceTypes = instanceTypes
+        self.onDemandPercentage = onDemandPercentage
+    }
+
+    func parameters() -> [(String, String)] {
+        let p = "MixedInstancesPolicy"
+        var parameters: [(String, String)] = [
+            ("\(p).LaunchTemplate.LaunchTemplateSpecification.LaunchTemplateName", launchTemplate),
+            // The template's latest version: `fleet launch` makes each new one the default too.
+            ("\(p).LaunchTemplate.LaunchTemplateSpecification.Version", "$Latest"),
+            ("\(p).InstancesDistribution.OnDemandBaseCapacity", "0"),
+            ("\(p).InstancesDistribution.OnDemandPercentageAboveBaseCapacity", String(onDemandPercentage)),
+            ("\(p).InstancesDistribution.SpotAllocationStrategy", "capacity-optimized"),
+        ]
+        for (i, type) in instanceTypes.enumerated() {
+            parameters.append(("\(p).LaunchTemplate.Overrides.member.\(i + 1).InstanceType", type))
+        }
+        return parameters
+    }
+}
+
+extension AutoScalingClient {
+    /// The group called `name`, if there is one.
+    public func group(named name: String, logger: Logger) async throws(AWSError) -> AutoScalingGroup? {
+        let root = try await query.call(
+            "DescribeAutoScalingGroups", [("AutoScalingGroupNames.member.1", name)], logger: logger)
+        let member = root.child("DescribeAutoScalingGroupsResult")?.child("AutoScalingGroups")?.all("member").first
+        return member.map {
+            AutoScalingGroup(
+                name: $0["AutoScalingGroupName"] ?? name, minSize: Int($0["MinSize"] ?? "") ?? 0,
+                maxSize: Int($0["MaxSize"] ?? "") ?? 0, desiredCapacity: Int($0["DesiredCapacity"] ?? "") ?? 0,
+                instances: [:], status: $0["Status"])
+        }
+    }
+
+    /// Creates the group with `count` instances (minimum 0, so that drained workers may leave it), in `subnets`
+    /// or else `zone`, tagged with `tags` (passed on to its instances).
+    public func createGroup(
+        _ name: String, count: Int, policy: MixedInstancesPolicy, subnets: [String], zone: String?,
+        tags: [String: String], logger: Logger
+    ) async throws(AWSError) {
+        var parameters: [(String, String)] = [
+            ("AutoScalingGroupName", name), ("MinSize", "0"), ("MaxSize", String(count)),
+            ("DesiredCapacity", String(count)),
+        ]
+        parameters += policy.parameters()
+        if !subnets.isEmpty {
+            parameters.append(("VPCZoneIdentifier", subnets.joined(separator: ",")))
+        } else if let zone {
+            parameters.append(("AvailabilityZones.member.1", zone))
+        }
+        for (i, tag) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
+            parameters += [
+                ("Tags.member.\(i + 1).Key", tag.key), ("Tags.member.\(i + 1).Value", tag.value),
+                ("Tags.member.\(i + 1).PropagateAtLaunch", "true"),
+            ]
+        }
+        _ = try await query.call("CreateAutoScalingGroup", parameters, logger: logger)
+    }
+
+    /// Sets an existing group to `count` instances over the policy's types.
+    public func resizeGroup(_ name: String, count: Int, policy: MixedInstancesPolicy, logger: Logger)
+        async throws(AWSError)
+    {
+        _ = try await query.call(
+            "UpdateAutoScalingGroup",
+            [
+                ("AutoScalingGroupName", name), ("MinSize", "0"), ("MaxSize", String(count)),
+                ("DesiredCapacity", String(count)),
+            ] + policy.parameters(), logger: logger)
+    }
+}

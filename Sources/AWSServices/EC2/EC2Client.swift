@@ -96,48 +96,93 @@ public struct EC2Client: Sendable {
         _ = try await call("CreateTags", parameters, logger: logger)
     }
 
-    /// Starts instances (used by tests and the demo's simulated fleet; operators launch with `scripts/launch`).
+    /// Starts `count` instances of an image (tests, the demo's simulated fleet, and the controller's own instance
+    /// that `fleet launch --controller` starts). With `settings`, they carry a role, user-data and the settings
+    /// every instance of ours has (IMDSv2 required, terminate on shutdown).
     public func runInstances(
         imageID: String, count: Int, instanceType: String = "t3.micro", tags: [String: String] = [:],
-        logger: Logger
+        settings: InstanceSettings? = nil, logger: Logger
     ) async throws(AWSError) -> [EC2Instance] {
         var parameters: [(String, String)] = [
             ("ImageId", imageID), ("MinCount", String(count)), ("MaxCount", String(count)),
             ("InstanceType", instanceType),
         ]
+        if let settings { parameters += settings.parameters() }
         parameters += Self.tagSpecification(tags)
         let root = try await call("RunInstances", parameters, logger: logger)
         return (root.child("instancesSet")?.all("item") ?? []).map(Self.instance)
     }
 
-    /// Instance tags as a `TagSpecification` of `ResourceType` instance.
-    static func tagSpecification(_ tags: [String: String]) -> [(String, String)] {
+    /// What RunInstances is told beside the image and the template: the role, user-data and network, and the two
+    /// settings every instance of a fleet must have whatever a template says: IMDSv2 only with a hop limit of one
+    /// (a container on the instance cannot reach the role's credentials), and `terminate` on shutdown (the worker's
+    /// power-off ends its bill).
+    public struct InstanceSettings: Sendable, Equatable {
+        public var instanceProfile: String?
+        /// The user-data as written (it is base64-encoded here).
+        public var userData: String?
+        public var subnetID: String?
+        public var securityGroups: [String] = []
+        public var keyName: String?
+
+        public init(
+            instanceProfile: String? = nil, userData: String? = nil, subnetID: String? = nil,
+            securityGroups: [String] = [], keyName: String? = nil
+        ) {
+            self.instanceProfile = instanceProfile
+            self.userData = userData
+            self.subnetID = subnetID
+            self.securityGroups = securityGroups
+            self.keyName = keyName
+        }
+
+        func parameters() -> [(String, String)] {
+            var parameters: [(String, String)] = [
+                ("InstanceInitiatedShutdownBehavior", "terminate"), ("MetadataOptions.HttpTokens", "required"),
+                ("MetadataOptions.HttpPutResponseHopLimit", "1"), ("MetadataOptions.HttpEndpoint", "enabled"),
+            ]
+            if let instanceProfile { parameters.append(("IamInstanceProfile.Name", instanceProfile)) }
+            if let userData { parameters.append(("UserData", Data(userData.utf8).base64EncodedString())) }
+            if let subnetID { parameters.append(("SubnetId", subnetID)) }
+            for (i, group) in securityGroups.enumerated() { parameters.append(("SecurityGroupId.\(i + 1)", group)) }
+            if let keyName { parameters.append(("KeyName", keyName)) }
+            return parameters
+        }
+    }
+
+    /// Tags as `TagSpecification`s, one per resource type (instances, and their volumes), under `prefix`.
+    static func tagSpecification(
+        _ tags: [String: String], resourceTypes: [String] = ["instance"], prefix: String = "TagSpecification"
+    ) -> [(String, String)] {
         guard !tags.isEmpty else { return [] }
-        var parameters: [(String, String)] = [("TagSpecification.1.ResourceType", "instance")]
-        for (i, tag) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
-            parameters.append(("TagSpecification.1.Tag.\(i + 1).Key", tag.key))
-            parameters.append(("TagSpecification.1.Tag.\(i + 1).Value", tag.value))
+        var parameters: [(String, String)] = []
+        for (n, type) in resourceTypes.enumerated() {
+            parameters.append(("\(prefix).\(n + 1).ResourceType", type))
+            for (i, tag) in tags.sorted(by: { $0.key < $1.key }).enumerated() {
+                parameters.append(("\(prefix).\(n + 1).Tag.\(i + 1).Key", tag.key))
+                parameters.append(("\(prefix).\(n + 1).Tag.\(i + 1).Value", tag.value))
+            }
         }
         return parameters
     }
 
     /// Starts `count` instances from a launch template (its `$Default` version unless `version` says otherwise),
-    /// with `tags` on top of the template's; `instanceType` and `subnetID` override the template's when given. Asks
-    /// for between one and `count`: EC2 starts what it has capacity for. The shutdown behaviour is `terminate`
-    /// whatever the template says: a worker's power-off must end its bill. `clientToken` makes a retried call
-    /// (after a reply lost on the way) start nothing twice.
+    /// with `tags` on top of the template's; `instanceType` and `settings` override the template's. Asks for between
+    /// one and `count` (EC2 starts what it has capacity for), or with `allOrNothing` for exactly `count` or none.
+    /// The shutdown behaviour is `terminate` whatever the template says: a worker's power-off must end its bill.
+    /// `clientToken` makes a retried call (after a reply lost on the way) start nothing twice.
     public func runInstances(
-        launchTemplate: String, version: String = "$Default", count: Int, instanceType: String? = nil,
-        subnetID: String? = nil, tags: [String: String], clientToken: String = UUID().uuidString, logger: Logger
+        launchTemplate: String, version: String = "$Default", count: Int, allOrNothing: Bool = false,
+        instanceType: String? = nil, settings: InstanceSettings = InstanceSettings(), tags: [String: String],
+        clientToken: String = UUID().uuidString, logger: Logger
     ) async throws(AWSError) -> [EC2Instance] {
         var parameters: [(String, String)] = [
             ("LaunchTemplate.LaunchTemplateName", launchTemplate), ("LaunchTemplate.Version", version),
-            ("MinCount", "1"), ("MaxCount", String(count)), ("InstanceInitiatedShutdownBehavior", "terminate"),
-            ("ClientToken", clientToken),
+            ("MinCount", allOrNothing ? String(count) : "1"), ("MaxCount", String(count)), ("ClientToken", clientToken),
         ]
         if let instanceType { parameters.append(("InstanceType", instanceType)) }
-        if let subnetID { parameters.append(("SubnetId", subnetID)) }
-        parameters += Self.tagSpecification(tags)
+        parameters += settings.parameters()
+        parameters += Self.tagSpecification(tags, resourceTypes: ["instance", "volume"])
         let root = try await call("RunInstances", parameters, logger: logger)
         return (root.child("instancesSet")?.all("item") ?? []).map(Self.instance)
     }
