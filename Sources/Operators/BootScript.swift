@@ -25,8 +25,12 @@ public struct BootScript: Sendable {
     public static let sizeLimit = 16384
 
     public let release: Release
+    /// Seconds a system whose install failed stays up before it powers itself off: time to look over SSH, at the
+    /// cost of a short bill.
+    public let failedBootPause: Int
 
-    public init(release: Release) throws(Problem) {
+    public init(release: Release, failedBootPause: Int = 600) throws(Problem) {
+        self.failedBootPause = failedBootPause
         // The values sit between single quotes in a shell script.
         for value in [release.s3URI, release.presignedURL, release.sha256]
         where value.contains("'") || value.contains("\n") {
@@ -66,6 +70,7 @@ public struct BootScript: Sendable {
             .replacing("@RELEASE_S3@", with: release.s3URI)
             .replacing("@RELEASE_URL@", with: release.presignedURL)
             .replacing("@RELEASE_SHA256@", with: release.sha256)
+            .replacing("@FAILED_BOOT_PAUSE@", with: String(failedBootPause))
         guard text.utf8.count <= Self.sizeLimit else {
             throw Problem(
                 description:

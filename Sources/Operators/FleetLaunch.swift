@@ -101,7 +101,13 @@ public struct FleetLaunch: Sendable {
         if let given = plan.imageID {
             image = given
         } else {
-            image = try await ssm.parameter(Self.imageParameter(arch: plan.arch), logger: logger)
+            do {
+                image = try await ssm.parameter(Self.imageParameter(arch: plan.arch), logger: logger)
+            } catch {
+                var error = error
+                error.message += " (the image is looked up in SSM's public parameters; give --ami to name one)"
+                throw error
+            }
             say("image \(image): the latest Amazon Linux 2023 for \(plan.arch)")
         }
         var data = LaunchTemplateData(
@@ -124,13 +130,22 @@ public struct FleetLaunch: Sendable {
                 : "launch template \(template): version \(recorded.version), now the default")
 
         switch plan.market {
+        case _ where plan.count == 0:
+            say("no workers asked (--count 0): the controller alone")
         case .asg, .asgSpot:
             // The group starts N from the template and replaces lost ones; its workers leave it (lowering its
             // desired capacity) when the queue is drained, the controller scales it to 0, `fleet stop` deletes it.
             let policy = MixedInstancesPolicy(
                 launchTemplate: template, instanceTypes: plan.instanceTypes,
                 onDemandPercentage: plan.market == .asg ? 100 : 0)
-            if try await autoscaling.group(named: template, logger: logger) != nil {
+            let group = try await autoscaling.group(named: template, logger: logger)
+            if let status = group?.status, !status.isEmpty {
+                // A group `fleet stop` deleted is listed, being deleted, for minutes; it takes no update.
+                throw AWSError(
+                    kind: .service, service: "autoscaling", code: "ResourceInUse",
+                    message: "the group \(template) is \(status); launch again once it is gone")
+            }
+            if group != nil {
                 try await autoscaling.resizeGroup(template, count: plan.count, policy: policy, logger: logger)
                 say("group \(template): resized to \(plan.count)")
             } else {
@@ -159,20 +174,36 @@ public struct FleetLaunch: Sendable {
 
         if let controller = plan.controller {
             // Tagged as the queue's controller, not with the workers' tag, so that it never stops itself.
-            let instances = try await ec2.runInstances(
-                imageID: image, count: 1, instanceType: controller.instanceType,
-                tags: [
-                    FleetStop.controllerTag: plan.queueURL,
-                    "Name": "parallelizer-controller-" + LedgerSchema.queueName(plan.queueURL),
-                ],
-                settings: EC2Client.InstanceSettings(
-                    instanceProfile: controller.instanceProfile, userData: controller.userData,
-                    subnetID: plan.subnets.first, securityGroups: data.securityGroups, keyName: plan.keyName),
-                logger: logger)
-            outcome.controller = instances.first?.instanceID
+            do {
+                outcome.controller = try await startController(
+                    controller, plan: plan, image: image, data: data, logger: logger)
+            } catch {
+                // The workers run already: say so, and how to go on, rather than leave them without a word.
+                var error = error
+                let started = outcome.group.map { "the group \($0) runs" } ?? "\(outcome.workers.count) worker(s) run"
+                error.message +=
+                    " (\(started) without a controller: start it alone with `fleet launch ... --count 0 --controller`, or stop them with `fleet stop`)"
+                throw error
+            }
             say("started the controller \(outcome.controller ?? "?") (\(controller.instanceType))")
         }
         return outcome
+    }
+
+    func startController(
+        _ controller: ControllerInstance, plan: Plan, image: String, data: LaunchTemplateData, logger: Logger
+    ) async throws(AWSError) -> String? {
+        let instances = try await ec2.runInstances(
+            imageID: image, count: 1, instanceType: controller.instanceType,
+            tags: [
+                FleetStop.controllerTag: plan.queueURL,
+                "Name": "parallelizer-controller-" + LedgerSchema.queueName(plan.queueURL),
+            ],
+            settings: EC2Client.InstanceSettings(
+                instanceProfile: controller.instanceProfile, userData: controller.userData,
+                subnetID: plan.subnets.first, securityGroups: data.securityGroups, keyName: plan.keyName),
+            logger: logger)
+        return instances.first?.instanceID
     }
 
     /// The controller's command line for this plan: the same queue, ledger, market, types and subnets as the

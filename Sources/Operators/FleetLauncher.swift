@@ -65,10 +65,12 @@ public struct FleetLauncher: Sendable {
             for error in fleet.errors {
                 logger.warning("a spot pool could not be used", metadata: ["error": "\(error)"])
             }
-            // An instant fleet answers 200 with only errors when it started nothing: that is the launch's failure.
-            if fleet.instanceIDs.isEmpty, let first = fleet.errors.first {
+            // An instant fleet answers 200 with only errors (or none) when it started nothing: that is the launch's
+            // failure.
+            if fleet.instanceIDs.isEmpty {
                 throw AWSError(
-                    kind: .service, service: "ec2", code: String(first.prefix { $0 != ":" }),
+                    kind: .service, service: "ec2",
+                    code: fleet.errors.first.map { String($0.prefix { $0 != ":" }) } ?? "InsufficientInstanceCapacity",
                     message: "CreateFleet started no instance: \(fleet.errors.joined(separator: "; "))")
             }
             return fleet.instanceIDs

@@ -45,7 +45,8 @@ struct FleetCommand: AsyncParsableCommand {
                 "Print the user-data `fleet launch` would boot the workers (and the controller) on; start nothing.",
             discussion: """
                 The same options as `fleet launch`; nothing is uploaded or started. The release's URL is presigned \
-                here (a local signature, no call). `parallelizer config render` prints only the parameters' map.
+                here (signed here; credentials that must be fetched first, such as SSO's or a role's, are). \
+                `parallelizer config render` prints only the parameters' map.
                 """)
 
         @OptionGroup var global: GlobalOptions
@@ -75,17 +76,24 @@ struct FleetCommand: AsyncParsableCommand {
 
         func run() async throws {
             let logger = global.logger("parallelizer.fleet")
-            let setup = try LaunchOptions.setupValues(setup)
+            let setup: [String: String]
+            do {
+                setup = try LaunchOptions.setupValues(self.setup)
+            } catch let refusal as LaunchOptions.Refusal {
+                fputs("parallelizer fleet: \(refusal.message)\n", stderr)
+                throw ExitCode(2)
+            }
             guard let queueURL = queueURL ?? setup["QUEUE_URL"] else {
-                throw ValidationError("--queue-url (or --setup) is required")
+                fputs("parallelizer fleet: --queue-url (or --setup) is required\n", stderr)
+                throw ExitCode(2)
             }
             let context = try await AWSContext.resolve(
-                environment: ProcessEnvironment.current(), region: global.region ?? setup["REGION"], order: .awsCLI,
+                environment: ProcessEnvironment.current(),
+                region: LaunchOptions.region(global: global, queueURL: queueURL, setup: setup), order: .awsCLI,
                 logger: logger)
-            let region = SQSClient.region(ofQueueURL: queueURL)
             let stop = FleetStop(
-                ec2: try EC2Client(context: context, region: region),
-                autoscaling: try AutoScalingClient(context: context, region: region), queueURL: queueURL,
+                ec2: try EC2Client(context: context), autoscaling: try AutoScalingClient(context: context),
+                queueURL: queueURL,
                 dryRun: dryRun)
             _ = try await stop.run(
                 say: { fputs("  \($0)\n", stderr) },

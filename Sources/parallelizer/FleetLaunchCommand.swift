@@ -87,6 +87,10 @@ struct LaunchOptions: ParsableArguments {
     @Option(help: "Workers the controller keeps alive (default: --count).")
     var target: Int?
 
+    @Option(
+        help: "Seconds an instance whose release cannot be installed stays up (to look over SSH) before it powers off.")
+    var failedBootPause: Int = 600
+
     /// A problem with what was asked: said on stderr, exit status 2, nothing started.
     struct Refusal: Error {
         var message: String
@@ -94,18 +98,26 @@ struct LaunchOptions: ParsableArguments {
 
     func refuse(_ message: String) -> Refusal { Refusal(message: message) }
 
-    /// `--setup`'s KEY=VALUE lines (`scripts/setup-aws`'s output).
+    /// `--setup`'s KEY=VALUE lines (`scripts/setup-aws`'s output). An empty value is no value: setup-aws prints
+    /// `CONTROLLER_PROFILE=` when it made no controller role.
     static func setupValues(_ setup: String?) throws -> [String: String] {
         guard let setup else { return [:] }
-        guard let bytes = LocalFile.read(setup) else { throw ValidationError("cannot read --setup \(setup)") }
+        guard let bytes = LocalFile.read(setup) else { throw Refusal(message: "cannot read --setup \(setup)") }
         var values: [String: String] = [:]
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             guard let eq = line.firstIndex(of: "="), line[..<eq].allSatisfy({ $0.isUppercase || $0 == "_" }) else {
                 continue
             }
-            values[String(line[..<eq])] = String(line[line.index(after: eq)...])
+            let value = String(line[line.index(after: eq)...])
+            if !value.isEmpty { values[String(line[..<eq])] = value }
         }
         return values
+    }
+
+    /// The one region of every call, the release's and the daemon's: `--region`, else the queue URL's, else the
+    /// set-up's, else the environment's and the profile's (`AWSContext.resolve`).
+    static func region(global: GlobalOptions, queueURL: String?, setup: [String: String]) -> String? {
+        global.region ?? queueURL.flatMap { SQSClient.region(ofQueueURL: $0) } ?? setup["REGION"]
     }
 
     func perform(global: GlobalOptions, renderOnly: Bool, logger: Logger) async throws {
@@ -120,37 +132,53 @@ struct LaunchOptions: ParsableArguments {
     func launch(global: GlobalOptions, renderOnly: Bool, logger: Logger) async throws {
         let setup = try Self.setupValues(setup)
         guard let queueURL = queueURL ?? setup["QUEUE_URL"] else {
-            throw refuse("--queue-url (or --setup) is required")
+            throw refuse(
+                "--queue-url (or --setup) is required (`parallelizer config render --set ...` prints only the parameters' map)"
+            )
         }
         let profile = instanceProfile ?? setup["INSTANCE_PROFILE"]
-        guard renderOnly || profile != nil else { throw refuse("--instance-profile (or --setup) is required") }
-        guard count >= 1 else { throw refuse("--count must be a positive number") }
+        guard renderOnly || !(profile ?? "").isEmpty else {
+            throw refuse("--instance-profile (or --setup) is required")
+        }
+        guard count >= 1 || (count == 0 && controller) else {
+            throw refuse("--count must be a positive number (0 only with --controller: the controller alone)")
+        }
         guard let market = FleetLaunch.Market(rawValue: market) else {
             throw refuse("--market must be on-demand, spot, asg or asg-spot")
         }
         guard ["x86_64", "arm64"].contains(arch) else { throw refuse("--arch must be x86_64 or arm64") }
-        guard (releaseTarball != nil) != (releaseS3 != nil) else {
+        guard releaseTarball == nil || releaseS3 == nil else {
+            throw refuse("give --release-tarball or --release-s3, not both")
+        }
+        guard releaseTarball != nil || releaseS3 != nil else {
             throw refuse("one of --release-tarball or --release-s3 is required")
         }
         if let releaseS3 {
-            guard S3URI(releaseS3) != nil else { throw refuse("--release-s3 wants s3://bucket/key") }
+            guard let uri = S3URI(releaseS3), !uri.key.isEmpty, !uri.key.hasSuffix("/") else {
+                throw refuse("--release-s3 wants s3://bucket/key of the tarball, got \(releaseS3)")
+            }
             guard let sha = releaseSha256, sha.count == 64, sha.allSatisfy(\.isHexDigit) else {
                 throw refuse("--release-s3 needs --release-sha256 (64 hex digits)")
             }
         }
         let controllerProfile = controllerProfile ?? setup["CONTROLLER_PROFILE"]
-        if controller && controllerProfile == nil && !renderOnly {
+        if controller && (controllerProfile ?? "").isEmpty && !renderOnly {
             throw refuse(
                 "--controller needs the role of setup-aws --controller (CONTROLLER_PROFILE in --setup, or --controller-profile)"
             )
         }
         if let target, target < 1 { throw refuse("--target must be a positive number") }
+        if count == 0 && target == nil && !market.isGroup {
+            throw refuse("--count 0 --controller needs --target N: the workers the controller keeps")
+        }
+        guard failedBootPause >= 0 else { throw refuse("--failed-boot-pause must be 0 or more seconds") }
+        if let volumeSize, volumeSize < 1 { throw refuse("--volume-size must be a positive number of GiB") }
         let types = instanceTypes.map { $0.split(separator: ",").map(String.init) } ?? [instanceType]
         let subnets = subnet.map { $0.split(separator: ",").map(String.init) } ?? []
 
         let context = try await AWSContext.resolve(
-            environment: ProcessEnvironment.current(), region: global.region ?? setup["REGION"], order: .awsCLI,
-            logger: logger)
+            environment: ProcessEnvironment.current(),
+            region: Self.region(global: global, queueURL: queueURL, setup: setup), order: .awsCLI, logger: logger)
 
         // The parameters, checked and rendered by the daemon's own rules before anything is uploaded or started.
         var pairs: [(key: String, value: String)] = [("queueURL", queueURL)]
@@ -193,13 +221,13 @@ struct LaunchOptions: ParsableArguments {
             }
             release = S3URI(bucket: base.bucket, key: base.key + name)
             sha256 = try await FileDigest.compute(path: tarball, length: size, algorithm: .sha256).hexString
-            if !renderOnly {
-                try await s3.putObject(bucket: release.bucket, key: release.key, file: tarball, logger: logger)
-                fputs("  uploaded \(name) to \(release)\n", stderr)
-            }
         } else {
             release = S3URI(releaseS3!)!
             sha256 = releaseSha256!.lowercased()
+            // A release that is not there would boot every instance into the install script's failure pause.
+            if !renderOnly, try await s3.headObject(bucket: release.bucket, key: release.key, logger: logger) == nil {
+                throw refuse("no release at \(release): upload it first, or give --release-tarball")
+            }
         }
         let url = try await s3.presignedGetURL(
             bucket: release.bucket, key: release.key, expires: 604_800, logger: logger)
@@ -217,7 +245,8 @@ struct LaunchOptions: ParsableArguments {
         let boot: BootScript
         do {
             boot = try BootScript(
-                release: .init(s3URI: release.description, presignedURL: url, sha256: sha256))
+                release: .init(s3URI: release.description, presignedURL: url, sha256: sha256),
+                failedBootPause: failedBootPause)
             plan.userData = try boot.worker(parameters: parameters, shutdownGrace: config.shutdownGrace)
             if controller {
                 // The controller boots the workers' image and release: its type is of their architecture.
@@ -231,6 +260,11 @@ struct LaunchOptions: ParsableArguments {
         } catch {
             throw refuse(error.description)
         }
+        // Uploaded only now: everything that can be refused before it has been.
+        if let tarball = releaseTarball, !renderOnly {
+            try await s3.putObject(bucket: release.bucket, key: release.key, file: tarball, logger: logger)
+            fputs("  uploaded \(tarball.split(separator: "/").last ?? "") to \(release)\n", stderr)
+        }
         if renderOnly {
             print(plan.userData, terminator: plan.userData.hasSuffix("\n") ? "" : "\n")
             if let controller = plan.controller {
@@ -239,11 +273,9 @@ struct LaunchOptions: ParsableArguments {
             }
             return
         }
-        let region = SQSClient.region(ofQueueURL: queueURL)
         let fleet = FleetLaunch(
-            ec2: try EC2Client(context: context, region: region),
-            autoscaling: try AutoScalingClient(context: context, region: region),
-            ssm: try SSMClient(context: context, region: region))
+            ec2: try EC2Client(context: context), autoscaling: try AutoScalingClient(context: context),
+            ssm: try SSMClient(context: context))
         _ = try await fleet.run(
             plan, say: { fputs("  \($0)\n", stderr) },
             started: { id in

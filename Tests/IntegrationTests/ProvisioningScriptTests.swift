@@ -172,6 +172,32 @@ struct ProvisioningScriptTests {
                 "--endpoint-url", moto,
             ]
 
+            // Refused before the release is uploaded: --controller with the empty role setup-aws prints without
+            // --controller of its own, and user-data over EC2's 16 KiB.
+            let noRole = "\(dir)/no-controller-role.env"
+            LocalFile.write(
+                noRole,
+                Array(
+                    setup.stdout.split(separator: "\n").map {
+                        $0.hasPrefix("CONTROLLER_PROFILE=") ? "CONTROLLER_PROFILE=" : $0
+                    }
+                    .joined(separator: "\n").utf8))
+            for (arguments, says) in [
+                (["--setup", noRole, "--controller"], "--controller needs the role"),
+                (["--set", "analysisProgram=" + String(repeating: "x", count: 17000)], "EC2 allows 16384"),
+                (["--count", "0", "--controller"], "--target"),
+            ] {
+                let refused = try await Scripts.run(
+                    "launch", common + arguments, environment: environment, directory: dir)
+                #expect(refused.status == 2, "\(arguments.prefix(3)): \(refused.stderr)")
+                #expect(refused.stderr.contains(says), "\(refused.stderr)")
+            }
+            let s3 = try S3Client(context: try TestEnvironment.motoContext())
+            let releaseKey = "_release/parallelizer-0.0.0-linux-test.tar.gz"
+            #expect(
+                try await s3.headObject(bucket: "\(name)-out", key: releaseKey, logger: quietLogger) == nil,
+                "a refused launch uploaded the release")
+
             // Two on demand, and the controller that keeps them at size, on an instance of its own.
             let onDemand = try await Scripts.run(
                 "launch", common + ["--count", "2", "--controller"], environment: environment, directory: dir)
@@ -216,11 +242,21 @@ struct ProvisioningScriptTests {
             #expect(template["LaunchTemplates"]?.arrayValue?.count == 1)
 
             // The release went to the release prefix.
-            let s3 = try S3Client(context: try TestEnvironment.motoContext())
-            let release = try await s3.headObject(
-                bucket: "\(name)-out", key: "_release/parallelizer-0.0.0-linux-test.tar.gz",
-                logger: quietLogger)
-            #expect(release != nil)
+            #expect(try await s3.headObject(bucket: "\(name)-out", key: releaseKey, logger: quietLogger) != nil)
+
+            // The controller alone (its workers already run): no worker starts, a second controller does.
+            let alone = try await Scripts.run(
+                WorkerHarness.binary,
+                ["fleet", "launch"] + binaryCommon + ["--count", "0", "--controller", "--target", "2"],
+                environment: direct, directory: dir)
+            #expect(alone.succeeded && alone.stdout.isEmpty, "\(alone.stdout) \(alone.stderr)")
+            let controllersNow = try await Scripts.awsCLI(
+                ["ec2", "describe-instances", "--filters", "Name=tag:parallelizer:controller,Values=\(queueURL)"],
+                directory: dir)
+            let controllerIDs = (controllersNow["Reservations"]?.arrayValue ?? []).flatMap {
+                $0["Instances"]?.arrayValue?.compactMap { $0["InstanceId"]?.stringValue } ?? []
+            }
+            #expect(controllerIDs.count == 2, "\(controllerIDs)")
 
             // Each: tagged with the queue, IMDSv2 required, terminate on shutdown, user-data the daemon reads back.
             let described = try await Scripts.awsCLI(
@@ -342,7 +378,7 @@ struct ProvisioningScriptTests {
             #expect(teardown.succeeded, "\(teardown.stderr)")
             let terminated = Set(teardown.stdout.split(separator: "\n").map(String.init))
             #expect(terminated.isSuperset(of: ours))
-            #expect(terminated.contains(controller["InstanceId"]?.stringValue ?? "-"), "the controller is left running")
+            #expect(terminated.isSuperset(of: controllerIDs), "a controller is left running")
             #expect(terminated.isDisjoint(with: bystanders))
             let after = try await ec2.describeInstances(instanceIDs: ours + bystanders, logger: quietLogger)
             for instance in after {

@@ -9,8 +9,8 @@ pz_free_port() { python3 "$PZ_LIB_DIR/free_port.py" "${1:-1}"; }
 
 # Waits until a TCP port accepts connections, or fails after $2 seconds (default 60).
 pz_wait_port() {
-    local port=$1 limit=${2:-60} waited=0
-    until python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('127.0.0.1',$port)))" 2>/dev/null; do
+    local port=$1 limit=${2:-60} host=${3:-127.0.0.1} waited=0
+    until python3 -c "import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(('$host',$port)))" 2>/dev/null; do
         sleep 0.5
         waited=$((waited + 1))
         if [ "$waited" -ge $((limit * 2)) ]; then
@@ -132,13 +132,14 @@ pz_install_dependencies() {
 
 # moto_server with signature checking on. Exports AWS_ENDPOINT_URL-style variables for tests.
 pz_start_moto() {
-    local port
+    local port host=${PZ_MOTO_HOST:-127.0.0.1}
     port=$(pz_free_port)
     # moto_server through a small wrapper that closes a race in its ReceiveMessage (scripts/lib/moto_server.py).
-    INITIAL_NO_AUTH_ACTION_COUNT=3 python3 "$PZ_LIB_DIR/moto_server.py" -H 127.0.0.1 -p "$port" >"$PZ_RUN_DIR/moto.log" 2>&1 &
+    # PZ_MOTO_HOST: another local address to listen on (the boot test's veth, which its guest reaches).
+    INITIAL_NO_AUTH_ACTION_COUNT=3 python3 "$PZ_LIB_DIR/moto_server.py" -H "$host" -p "$port" >"$PZ_RUN_DIR/moto.log" 2>&1 &
     PZ_SERVER_PIDS+=($!)
-    pz_wait_port "$port" 60
-    export PZ_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
+    pz_wait_port "$port" 60 "$host"
+    export PZ_TEST_MOTO_ENDPOINT="http://$host:$port"
     eval "$(python3 "$PZ_LIB_DIR/moto_bootstrap.py" "$PZ_TEST_MOTO_ENDPOINT")"
 }
 

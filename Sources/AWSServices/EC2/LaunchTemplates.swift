@@ -102,10 +102,15 @@ extension EC2Client {
     }
 
     /// The region's first availability zone that is available: where an Auto Scaling group without subnets goes.
+    /// Only zones proper: an opted-in Local or Wavelength Zone (`us-west-2-lax-1a` sorts first) has no default
+    /// subnet and few instance types.
     public func firstAvailabilityZone(logger: Logger) async throws(AWSError) -> String {
         let root = try await call(
-            "DescribeAvailabilityZones", [("Filter.1.Name", "state"), ("Filter.1.Value.1", "available")],
-            logger: logger)
+            "DescribeAvailabilityZones",
+            [
+                ("Filter.1.Name", "state"), ("Filter.1.Value.1", "available"), ("Filter.2.Name", "zone-type"),
+                ("Filter.2.Value.1", "availability-zone"),
+            ], logger: logger)
         guard let zone = root.child("availabilityZoneInfo")?.all("item").compactMap({ $0["zoneName"] }).sorted().first
         else {
             throw AWSError.badResponse("ec2", "DescribeAvailabilityZones lists no zone")
