@@ -18,6 +18,8 @@ static inline CURLcode pz_curl_setopt_seekfn(CURL *_Nonnull h, CURLoption o, pz_
 static inline CURLcode pz_curl_setopt_xferinfofn(CURL *_Nonnull h, CURLoption o, pz_curl_xferinfofn _Nullable v) { return curl_easy_setopt(h, o, v); }
 static inline CURLcode pz_curl_getinfo_long(CURL *_Nonnull h, CURLINFO i, long *_Nonnull v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLcode pz_curl_getinfo_off_t(CURL *_Nonnull h, CURLINFO i, curl_off_t *_Nonnull v) { return curl_easy_getinfo(h, i, v); }
-static inline const char *_Nonnull pz_curl_version(void) { return curl_version(); }
+// Not curl_version(): to name its LDAP library, it initialises libldap, which resolves this host's own name
+// (ldap_pvt_get_fqdn), 10 s on a system whose DNS does not answer. curl_version_info names what we print without.
+static inline const curl_version_info_data *_Nonnull pz_curl_version_info(void) { return curl_version_info(CURLVERSION_NOW); }
 
 #endif

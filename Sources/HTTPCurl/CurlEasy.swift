@@ -5,7 +5,14 @@ internal import CCurl
 /// libcurl's global state, initialised exactly once before any handle exists.
 enum CurlGlobal {
     static let initialized: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
-    static var version: String { String(cString: pz_curl_version()) }
+    /// libcurl's version, its TLS library's and zlib's, as `curl_version()` starts its text.
+    static var version: String {
+        let info = pz_curl_version_info().pointee
+        var parts = ["libcurl/" + String(cString: info.version)]
+        if let tls = info.ssl_version { parts.append(String(cString: tls)) }
+        if let zlib = info.libz_version { parts.append("zlib/" + String(cString: zlib)) }
+        return parts.joined(separator: " ")
+    }
 }
 
 /// One libcurl easy handle. Reusing it keeps the connection alive between requests (per worker slot).
