@@ -1,6 +1,7 @@
 /// The user-data an instance boots on: cloud-init installs the release (with the instance role, or else a
 /// presigned URL), checks its SHA-256, writes the systemd unit and starts it. A worker's parameters ride along as
-/// the `parallelizer:` map the daemon reads back from IMDS. The files are `Boot/` in this target, compiled into the
+/// the `parallelizer:` map of a file cloud-init writes (`/etc/parallelizer/parameters.yaml`), which the daemon
+/// reads back from the user-data in IMDS. The files are `Boot/` in this target, compiled into the
 /// binary, so what `fleet launch` puts in a template is what `fleet render` prints, on any machine.
 public struct BootScript: Sendable {
     /// Where the release is, three ways: its S3 URI (for an image with the AWS CLI), a presigned URL (for one
@@ -61,9 +62,11 @@ public struct BootScript: Sendable {
             .map { line in line.isEmpty ? "" : "      " + line }
         // The unit's text ends with a line break: its last (empty) line is not carried.
         let unitBlock = (indented.last == "" ? indented.dropLast() : indented[...]).joined(separator: "\n")
-        // The rendered map's first line is the template's own `parallelizer:`.
+        // The rendered map's first line is the template's own `parallelizer:`; the rest goes into the parameters
+        // file's content block, six spaces in.
         var lines = parameters.split(separator: "\n", omittingEmptySubsequences: false).dropFirst()
         while lines.last == "" { lines = lines.dropLast() }
+        lines = lines.map { "      " + $0 }[...]
         let text = Self.text(PackageResources.user_data_template_yaml)
             .replacing("@SERVICE_UNIT@", with: unitBlock)
             .replacing("@PARAMETERS@", with: lines.joined(separator: "\n"))

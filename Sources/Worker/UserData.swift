@@ -4,8 +4,10 @@ import AWSCore
 ///
 /// - `key=value` lines (`#` comments, blank lines and surrounding spaces ignored): aws-parallelizer's form;
 /// - a JSON object of scalars;
-/// - a `#cloud-config` document whose top-level `parallelizer:` map holds flat `key: value` scalars, so one
-///   user-data both installs the daemon and configures it (only that flat subset is read; no YAML library);
+/// - a `#cloud-config` document whose `parallelizer:` map holds flat `key: value` scalars, so one user-data both
+///   installs the daemon and configures it (only that flat subset is read; no YAML library). The map is the
+///   content of the `write_files` entry for `/etc/parallelizer/parameters.yaml` (what `fleet launch` writes: a
+///   key cloud-init does not know would fail its schema check from cloud-init 24 on), or else a top-level key;
 /// - MIME multipart user-data, with one of those forms as a part.
 public enum UserData {
     public struct ParseError: Error, Sendable, CustomStringConvertible, Equatable {
@@ -68,8 +70,56 @@ public enum UserData {
 
     // MARK: - #cloud-config
 
-    /// Finds the top-level `parallelizer:` key and reads the indented `key: value` lines under it.
+    /// Where `fleet launch` puts the parameters: a file cloud-init writes, which operators can read on the instance.
+    public static let parametersPath = "/etc/parallelizer/parameters.yaml"
+
+    /// Reads the `parallelizer:` map from the `write_files` entry for `parametersPath` when there is one, else from
+    /// the top level.
     static func parseCloudConfig(_ text: String) throws(ParseError) -> [String: String] {
+        if let content = writtenFile(parametersPath, in: text) { return try parseTopLevelMap(content) }
+        return try parseTopLevelMap(text)
+    }
+
+    /// The `content: |` block of the `write_files` item whose `path` is `path`, its indentation removed; nil when
+    /// there is no such item. (A literal block is all `fleet launch` writes; another form is not looked into.)
+    static func writtenFile(_ path: String, in text: String) -> String? {
+        let all = lines(text)
+        func indent(_ line: Substring) -> Int { line.prefix { $0 == " " }.count }
+        // The item that names the path, as `- path: P` or as `path: P` under a `- ` line.
+        guard
+            let pathLine = all.firstIndex(where: { line in
+                var trimmed = line.trimmingSpaces
+                if trimmed.hasPrefix("- ") { trimmed = String(trimmed.dropFirst(2)).trimmingSpaces }
+                guard trimmed.hasPrefix("path:") else { return false }
+                return unquote(String(trimmed.dropFirst(5)).trimmingSpaces) == path
+            })
+        else { return nil }
+        // The item's lines: from its `- ` line back up, to the next line as little indented as that.
+        var start = pathLine
+        while start > 0, !all[start].trimmingSpaces.hasPrefix("- ") { start -= 1 }
+        let dash = indent(all[start])
+        var end = start + 1
+        while end < all.count, all[end].trimmingSpaces.isEmpty || indent(all[end]) > dash { end += 1 }
+        guard
+            let contentLine = (start..<end).first(where: { index in
+                var trimmed = all[index].trimmingSpaces
+                if trimmed.hasPrefix("- ") { trimmed = String(trimmed.dropFirst(2)).trimmingSpaces }
+                return trimmed.hasPrefix("content:") && String(trimmed.dropFirst(8)).trimmingSpaces.hasPrefix("|")
+            })
+        else { return nil }
+        let keyIndent = all[contentLine].trimmingSpaces.hasPrefix("- ") ? dash + 2 : indent(all[contentLine])
+        var block: [Substring] = []
+        var index = contentLine + 1
+        while index < end, all[index].trimmingSpaces.isEmpty || indent(all[index]) > keyIndent {
+            block.append(all[index])
+            index += 1
+        }
+        let margin = block.filter { !$0.trimmingSpaces.isEmpty }.map(indent).min() ?? 0
+        return block.map { $0.trimmingSpaces.isEmpty ? "" : String($0.dropFirst(margin)) }.joined(separator: "\n")
+    }
+
+    /// Finds the top-level `parallelizer:` key and reads the indented `key: value` lines under it.
+    static func parseTopLevelMap(_ text: String) throws(ParseError) -> [String: String] {
         var result: [String: String] = [:]
         var inside = false
         var found = false

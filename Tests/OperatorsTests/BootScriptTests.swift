@@ -17,7 +17,10 @@ import Testing
         #expect(text.contains("aws s3 cp --only-show-errors 's3://rel/_release/p.tar.gz'"))
         #expect(text.contains("'https://rel.s3.amazonaws.com/p?X-Amz-Signature=ab'"))
         #expect(text.contains("echo '\(release.sha256)  '"))
-        #expect(text.hasSuffix("parallelizer:\n  queueURL: 'q'\n  numThreads: '2'\n"), "\(text.suffix(200))")
+        #expect(
+            text.contains(
+                "  - path: /etc/parallelizer/parameters.yaml\n    permissions: '0600'\n    content: |\n"
+                    + "      parallelizer:\n        queueURL: 'q'\n        numThreads: '2'\n"), "\(text.prefix(800))")
     }
 
     @Test func theControllersCommandLineReachesItAsWritten() throws {
@@ -31,7 +34,7 @@ import Testing
                 #"ExecStart=/usr/local/bin/parallelizer controller --queue-url https://sqs.eu-west-1.amazonaws.com/1/q --note '50%% of $$HOME'"'"'s'"#
             ), "\(text)")
         #expect(
-            text.split(separator: "\n").last == "parallelizer:",
+            text.contains("    content: |\n      parallelizer:\n\n  - path: /etc/systemd/system/parallelizer.service"),
             "the controller's instance carries no worker parameters")
     }
 

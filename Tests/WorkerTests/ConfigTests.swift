@@ -45,6 +45,43 @@ import Worker
             ])
     }
 
+    /// fleet launch's form: the map is the content of the file cloud-init writes, which keeps cloud-init's schema
+    /// check clean (a top-level key it does not know is a warning from cloud-init 24 on). It wins over a top-level
+    /// map, and the other files' contents are not read.
+    @Test func cloudConfigParametersInTheFileCloudInitWrites() throws {
+        let text = """
+            #cloud-config
+            write_files:
+              - path: /etc/other
+                content: |
+                  parallelizer:
+                    queueURL: not-this-one
+              - path: '/etc/parallelizer/parameters.yaml'
+                permissions: '0600'
+                content: |
+                  parallelizer:
+                    queueURL: 'https://sqs.eu-west-1.amazonaws.com/1/q'
+
+                    analysisProgram: 'bin/run --flag ''x'''
+              - content: |
+                  #!/bin/sh
+                path: /usr/local/sbin/x
+            parallelizer:
+              queueURL: not-this-one-either
+            runcmd:
+              - [sh, -c, 'true']
+            """
+        #expect(
+            try UserData.parse(text) == [
+                "queueURL": "https://sqs.eu-west-1.amazonaws.com/1/q", "analysisProgram": "bin/run --flag 'x'",
+            ])
+        // The controller's: the file with an empty map.
+        let empty =
+            "#cloud-config\nwrite_files:\n  - path: /etc/parallelizer/parameters.yaml\n    content: |\n"
+            + "      parallelizer:\n\n  - path: /etc/x\n    content: |\n      y\n"
+        #expect(try UserData.parse(empty) == [:])
+    }
+
     /// YAML's quoting, as fleet launch writes it: `''` inside single quotes, backslash escapes inside double.
     @Test func cloudConfigQuotedScalars() throws {
         let text = """

@@ -3,13 +3,17 @@
 # with real systemd and cloud-init, cached in a folder keyed by the suite and package list, so that a change to the
 # list builds a new one. A fresh machine builds it in about 100 s from Debian's mirror.
 #
-#   scripts/lib/boot_rootfs.sh [bookworm]
+#   scripts/lib/boot_rootfs.sh [bookworm|trixie]
 set -euo pipefail
 SUITE=${1:-bookworm}
 MIRROR=${PZ_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${PZ_BOOT_CACHE:-/var/tmp/parallelizer-boot}
-# python3-cffi-backend: without it, cloud-init is left unconfigured by minbase.
-PACKAGES="systemd,systemd-sysv,dbus,udev,cloud-init,openssh-server,curl,libcurl4,ca-certificates,nftables,procps,python3-cffi-backend"
+# python3-cffi-backend: without it, cloud-init is left unconfigured by minbase. From Debian 13 on, libcurl4t64
+# holds libcurl.so.4.
+case "$SUITE" in bookworm|bullseye) CURL=libcurl4 ;; *) CURL=libcurl4t64 ;; esac
+# locales, with en_US.UTF-8 generated as in a cloud image: cloud-init's locale module sets it at first boot, and
+# without it reports an error (cloud-init status would exit 1).
+PACKAGES="systemd,systemd-sysv,dbus,udev,cloud-init,openssh-server,curl,$CURL,ca-certificates,nftables,procps,python3-cffi-backend,locales"
 KEY=$(printf '%s %s' "$SUITE" "$PACKAGES" | sha256sum | cut -c1-12)
 ROOT="$CACHE/$SUITE-$KEY"
 if [ -f "$ROOT/.complete" ]; then
@@ -20,15 +24,19 @@ command -v debootstrap >/dev/null || { echo "boot_rootfs: debootstrap is require
 mkdir -p "$CACHE"
 # One builder at a time; a half-built tree is never used.
 exec 9>"$CACHE/.lock"
-flock 9
+flock -w 900 9 || { echo "boot_rootfs: another build holds $CACHE/.lock for 15 minutes" >&2; exit 1; }
 if [ ! -f "$ROOT/.complete" ]; then
-    rm -rf "$ROOT.partial"
+    # A debootstrap killed midway leaves its /proc and /sys mounts in the tree: off first, then the tree.
+    findmnt -rn -o TARGET | grep -F "$ROOT.partial/" | sort -r | xargs -r -n 1 umount -l 2>/dev/null || true
+    rm -rf --one-file-system "$ROOT.partial"
     echo "boot_rootfs: building a $SUITE root filesystem in $ROOT (about 100 s)" >&2
     debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOT.partial" "$MIRROR" >"$CACHE/$SUITE-$KEY.log" 2>&1 \
         || { echo "boot_rootfs: debootstrap failed (see $CACHE/$SUITE-$KEY.log)" >&2; tail -5 "$CACHE/$SUITE-$KEY.log" >&2; exit 1; }
     # A persistent journal, so that the test reads it after the system is gone.
     mkdir -p "$ROOT.partial/var/log/journal"
-    rm -rf "$ROOT"
+    sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' "$ROOT.partial/etc/locale.gen"
+    chroot "$ROOT.partial" locale-gen >>"$CACHE/$SUITE-$KEY.log" 2>&1 || { echo "boot_rootfs: locale-gen failed" >&2; exit 1; }
+    rm -rf --one-file-system "$ROOT"
     mv "$ROOT.partial" "$ROOT"
     touch "$ROOT/.complete"
 fi

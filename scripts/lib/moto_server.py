@@ -8,8 +8,9 @@ concurrently.
 
 moto cannot check a presigned URL: with its signature checks on, a request that carries its SigV4 signature in the
 query string (X-Amz-Signature) and no Authorization header ends in a KeyError and a 500. S3 answers it as any other
-signed request. This wrapper lets such a request past moto's check (unchecked: SeaweedFS checks presigned URLs as
-strictly as S3, in S3SeaweedTests), so the boot test's instance can fetch its release by the URL launch signed.
+signed request. This wrapper lets an S3 GET or HEAD so signed past moto's check, unchecked (SeaweedFS checks
+presigned URLs as strictly as S3, in S3SeaweedTests), so the boot test's instance can fetch its release by the URL
+launch signed. The boot test therefore proves the install path, not the URL's signature.
 Everything else is moto_server as installed: the same arguments, the same signature checks.
 
     python3 moto_server.py -H 127.0.0.1 -p PORT
@@ -48,7 +49,9 @@ _authorize = authorization.ActionAuthenticatorMixin._authenticate_and_authorize_
 
 
 def authorize(self, iam_request_cls, resource="*"):
-    if "Authorization" not in self.headers and "X-Amz-Signature=" in urlparse(self.uri).query:
+    # Only an S3 GET or HEAD signed in its query (a presigned download); everything else is checked as moto does.
+    if (iam_request_cls.__name__ == "S3IAMRequest" and self.method in ("GET", "HEAD")
+            and "Authorization" not in self.headers and "X-Amz-Signature=" in urlparse(self.uri).query):
         return
     return _authorize(self, iam_request_cls, resource)
 
