@@ -509,14 +509,21 @@ struct ProvisioningScriptTests {
     /// The boot script's stop timeout: the installed binary reads shutdownGrace from the instance's user-data.
     @Test func theBinaryReadsShutdownGraceFromTheInstancesUserData() async throws {
         try await withTemporaryDirectory { dir in
+            // As fleet launch writes it: the map is the parameters file's content.
             let userData = """
                 #cloud-config
-                parallelizer:
-                  queueURL: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q'
-                  inputBucket: 'in-bucket'
-                  outputBucket: 'out-bucket'
-                  analysisProgram: 'bin/x'
-                  shutdown-grace: '3m'
+                write_files:
+                  - path: /etc/parallelizer/parameters.yaml
+                    permissions: '0600'
+                    content: |
+                      parallelizer:
+                        queueURL: 'https://sqs.eu-west-1.amazonaws.com/123456789012/q'
+                        inputBucket: 'in-bucket'
+                        outputBucket: 'out-bucket'
+                        analysisProgram: 'bin/x'
+                        shutdown-grace: '3m'
+                runcmd:
+                  - [sh, -c, 'true']
                 """
             let imds = try await IMDSStandIn.start(directory: dir, userData: userData)
             defer { Task { await imds.stop() } }

@@ -136,7 +136,9 @@ pz_start_moto() {
     port=$(pz_free_port)
     # moto_server through a small wrapper that closes a race in its ReceiveMessage (scripts/lib/moto_server.py).
     # PZ_MOTO_HOST: another local address to listen on (the boot test's veth, which its guest reaches).
-    INITIAL_NO_AUTH_ACTION_COUNT=3 python3 "$PZ_LIB_DIR/moto_server.py" -H "$host" -p "$port" >"$PZ_RUN_DIR/moto.log" 2>&1 &
+    # PZ_MOTO_BIND: the address it binds, when not that one (0.0.0.0 in a network namespace of a test's own).
+    INITIAL_NO_AUTH_ACTION_COUNT=3 python3 "$PZ_LIB_DIR/moto_server.py" -H "${PZ_MOTO_BIND:-$host}" -p "$port" \
+        >"$PZ_RUN_DIR/moto.log" 2>&1 &
     PZ_SERVER_PIDS+=($!)
     pz_wait_port "$port" 60 "$host"
     export PZ_TEST_MOTO_ENDPOINT="http://$host:$port"
