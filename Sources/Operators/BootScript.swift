@@ -67,13 +67,14 @@ public struct BootScript: Sendable {
         var lines = parameters.split(separator: "\n", omittingEmptySubsequences: false).dropFirst()
         while lines.last == "" { lines = lines.dropLast() }
         lines = lines.map { "      " + $0 }[...]
+        // The parameters last: a value that spells another placeholder stays as written.
         let text = Self.text(PackageResources.user_data_template_yaml)
             .replacing("@SERVICE_UNIT@", with: unitBlock)
-            .replacing("@PARAMETERS@", with: lines.joined(separator: "\n"))
             .replacing("@RELEASE_S3@", with: release.s3URI)
             .replacing("@RELEASE_URL@", with: release.presignedURL)
             .replacing("@RELEASE_SHA256@", with: release.sha256)
             .replacing("@FAILED_BOOT_PAUSE@", with: String(failedBootPause))
+            .replacing("@PARAMETERS@", with: lines.joined(separator: "\n"))
         guard text.utf8.count <= Self.sizeLimit else {
             throw Problem(
                 description:

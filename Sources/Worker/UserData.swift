@@ -76,50 +76,76 @@ public enum UserData {
     /// Reads the `parallelizer:` map from the `write_files` entry for `parametersPath` when there is one, else from
     /// the top level.
     static func parseCloudConfig(_ text: String) throws(ParseError) -> [String: String] {
-        if let content = writtenFile(parametersPath, in: text) { return try parseTopLevelMap(content) }
-        return try parseTopLevelMap(text)
-    }
-
-    /// The `content: |` block of the `write_files` item whose `path` is `path`, its indentation removed; nil when
-    /// there is no such item. (A literal block is all `fleet launch` writes; another form is not looked into.)
-    static func writtenFile(_ path: String, in text: String) -> String? {
-        let all = lines(text)
-        func indent(_ line: Substring) -> Int { line.prefix { $0 == " " }.count }
-        // The item that names the path, as `- path: P` or as `path: P` under a `- ` line.
-        guard
-            let pathLine = all.firstIndex(where: { line in
-                var trimmed = line.trimmingSpaces
-                if trimmed.hasPrefix("- ") { trimmed = String(trimmed.dropFirst(2)).trimmingSpaces }
-                guard trimmed.hasPrefix("path:") else { return false }
-                return unquote(String(trimmed.dropFirst(5)).trimmingSpaces) == path
-            })
-        else { return nil }
-        // The item's lines: from its `- ` line back up, to the next line as little indented as that.
-        var start = pathLine
-        while start > 0, !all[start].trimmingSpaces.hasPrefix("- ") { start -= 1 }
-        let dash = indent(all[start])
-        var end = start + 1
-        while end < all.count, all[end].trimmingSpaces.isEmpty || indent(all[end]) > dash { end += 1 }
-        guard
-            let contentLine = (start..<end).first(where: { index in
-                var trimmed = all[index].trimmingSpaces
-                if trimmed.hasPrefix("- ") { trimmed = String(trimmed.dropFirst(2)).trimmingSpaces }
-                return trimmed.hasPrefix("content:") && String(trimmed.dropFirst(8)).trimmingSpaces.hasPrefix("|")
-            })
-        else { return nil }
-        let keyIndent = all[contentLine].trimmingSpaces.hasPrefix("- ") ? dash + 2 : indent(all[contentLine])
-        var block: [Substring] = []
-        var index = contentLine + 1
-        while index < end, all[index].trimmingSpaces.isEmpty || indent(all[index]) > keyIndent {
-            block.append(all[index])
-            index += 1
+        guard let (content, firstLine) = try writtenFile(parametersPath, in: text) else {
+            return try parseTopLevelMap(text)
         }
-        let margin = block.filter { !$0.trimmingSpaces.isEmpty }.map(indent).min() ?? 0
-        return block.map { $0.trimmingSpaces.isEmpty ? "" : String($0.dropFirst(margin)) }.joined(separator: "\n")
+        do {
+            return try parseTopLevelMap(content, lineOffset: firstLine)
+        } catch {
+            throw ParseError(message: "in the write_files entry for \(parametersPath): \(error.message)")
+        }
     }
 
-    /// Finds the top-level `parallelizer:` key and reads the indented `key: value` lines under it.
-    static func parseTopLevelMap(_ text: String) throws(ParseError) -> [String: String] {
+    /// The `content: |` block of the top-level `write_files` item whose `path` is `path`, its indentation removed,
+    /// with the line it starts after; nil when there is no such item. An item for the path that holds its content
+    /// in another form (quoted, folded, base64: what a YAML tool may write when it rewrites the document) is an
+    /// error, not a reason to read a top-level map instead.
+    static func writtenFile(_ path: String, in text: String) throws(ParseError) -> (String, Int)? {
+        let all = lines(text).map { stripYAMLComment($0) }
+        func indent(_ line: Substring) -> Int { line.prefix { $0 == " " }.count }
+        func blank(_ line: Substring) -> Bool { line.trimmingSpaces.isEmpty }
+        guard let list = all.firstIndex(where: { indent($0) == 0 && $0.trimmingSpaces == "write_files:" }) else {
+            return nil
+        }
+        // The list's lines: to the next top-level key.
+        var listEnd = list + 1
+        while listEnd < all.count, blank(all[listEnd]) || indent(all[listEnd]) > 0 || all[listEnd].hasPrefix("-") {
+            listEnd += 1
+        }
+        let dashes = (list + 1..<listEnd).filter { all[$0].trimmingSpaces.hasPrefix("-") }
+        guard let first = dashes.first else { return nil }
+        let dashIndent = indent(all[first])
+        let items = dashes.filter { indent(all[$0]) == dashIndent }
+        for (n, start) in items.enumerated() {
+            let end = n + 1 < items.count ? items[n + 1] : listEnd
+            // The item's keys: the text after its dash, and the lines at that text's indentation.
+            let afterDash = all[start].dropFirst(dashIndent + 1)
+            let keyIndent = dashIndent + 1 + afterDash.prefix { $0 == " " }.count
+            var keys: [(line: Int, key: String, value: String)] = []
+            for index in start..<end where !blank(all[index]) {
+                let line = index == start ? afterDash : all[index]
+                guard index == start || indent(all[index]) == keyIndent else { continue }
+                let trimmed = line.trimmingSpaces
+                guard let colon = trimmed.firstIndex(of: ":") else { continue }
+                keys.append(
+                    (index, String(trimmed[..<colon]), String(trimmed[trimmed.index(after: colon)...]).trimmingSpaces))
+            }
+            guard keys.contains(where: { $0.key == "path" && unquote($0.value) == path }) else { continue }
+            guard let content = keys.first(where: { $0.key == "content" }),
+                content.value.hasPrefix("|"), !keys.contains(where: { $0.key == "encoding" })
+            else {
+                throw ParseError(
+                    message:
+                        "the write_files entry for \(path) must hold its map as a literal block (content: |), as fleet launch writes it"
+                )
+            }
+            var block: [Substring] = []
+            var index = content.line + 1
+            while index < end, blank(all[index]) || indent(all[index]) > keyIndent {
+                block.append(all[index])
+                index += 1
+            }
+            let margin = block.filter { !blank($0) }.map(indent).min() ?? 0
+            return (
+                block.map { blank($0) ? "" : String($0.dropFirst(margin)) }.joined(separator: "\n"), content.line + 1
+            )
+        }
+        return nil
+    }
+
+    /// Finds the top-level `parallelizer:` key and reads the indented `key: value` lines under it. Line numbers in
+    /// errors are counted from `lineOffset` lines before the text.
+    static func parseTopLevelMap(_ text: String, lineOffset: Int = 0) throws(ParseError) -> [String: String] {
         var result: [String: String] = [:]
         var inside = false
         var found = false
@@ -135,7 +161,8 @@ public enum UserData {
                     indent = nil
                 }
                 if !inside, withoutComment.hasPrefix("parallelizer:") {
-                    throw ParseError(message: "line \(number + 1): 'parallelizer:' must be a map of key: value lines")
+                    throw ParseError(
+                        message: "line \(number + 1 + lineOffset): 'parallelizer:' must be a map of key: value lines")
                 }
                 continue
             }
@@ -143,19 +170,20 @@ public enum UserData {
             if indent == nil { indent = leading }
             guard leading == indent else {
                 throw ParseError(
-                    message: "line \(number + 1): only flat 'key: value' lines are read under 'parallelizer:'")
+                    message:
+                        "line \(number + 1 + lineOffset): only flat 'key: value' lines are read under 'parallelizer:'")
             }
             let line = withoutComment.trimmingSpaces
             guard let colon = line.firstIndex(of: ":") else {
-                throw ParseError(message: "line \(number + 1) under 'parallelizer:' is not 'key: value'")
+                throw ParseError(message: "line \(number + 1 + lineOffset) under 'parallelizer:' is not 'key: value'")
             }
             let key = String(line[..<colon]).trimmingSpaces
             let value = String(line[line.index(after: colon)...]).trimmingSpaces
-            guard isValidKey(key) else { throw ParseError(message: "line \(number + 1) has no valid key") }
+            guard isValidKey(key) else { throw ParseError(message: "line \(number + 1 + lineOffset) has no valid key") }
             if value.hasPrefix("|") || value.hasPrefix(">") || value.hasPrefix("[") || value.hasPrefix("{") {
-                throw ParseError(message: "line \(number + 1): '\(key)' must be a plain scalar")
+                throw ParseError(message: "line \(number + 1 + lineOffset): '\(key)' must be a plain scalar")
             }
-            result[key] = try yamlScalar(value, line: number + 1)
+            result[key] = try yamlScalar(value, line: number + 1 + lineOffset)
         }
         guard found else { throw ParseError(message: "#cloud-config user-data has no top-level 'parallelizer:' map") }
         return result

@@ -16,8 +16,16 @@ public enum UserDataRenderer {
             guard let canonical = WorkerConfig.knownKeys[WorkerConfig.normalise(key)] else {
                 throw ConfigError(key: key, message: "is not a parameter (docs/operations.md, Parameters)")
             }
-            guard !value.contains("\n") && !value.contains("\r") else {
-                throw ConfigError(key: key, message: "has a line break; parameters are one line each")
+            // Scalars, not Characters: "\r\n" is one Character, and YAML also breaks lines at U+0085, U+2028 and
+            // U+2029, which would end the parameters file's block and lose the whole user-data to cloud-init.
+            guard
+                !value.unicodeScalars.contains(where: { scalar in
+                    (scalar.value < 0x20 && scalar != "\t") || scalar.value == 0x7F || scalar == "\u{85}"
+                        || scalar == "\u{2028}" || scalar == "\u{2029}"
+                })
+            else {
+                throw ConfigError(
+                    key: key, message: "has a line break or a control character; parameters are one line each")
             }
             if values[canonical] == nil { order.append(canonical) }
             values[canonical] = value

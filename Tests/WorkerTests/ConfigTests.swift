@@ -82,6 +82,66 @@ import Worker
         #expect(try UserData.parse(empty) == [:])
     }
 
+    /// What cloud-init would read as a line break ends the parameters file's block: refused when rendering, with
+    /// "\r\n" (one Character in Swift), U+2028 and control characters; a tab is kept.
+    @Test func renderingRefusesLineBreaksOfEveryKind() throws {
+        let base: [(key: String, value: String)] = [
+            ("queueURL", "https://sqs.eu-west-1.amazonaws.com/1/q"), ("inputBucket", "in-bucket"),
+            ("outputBucket", "out-bucket"),
+        ]
+        for bad in ["a\r\nb", "a\u{2028}b", "a\u{85}b", "a\u{1B}[31mb", "a\nb"] {
+            #expect(throws: ConfigError.self, "\(bad.unicodeScalars.map { $0.value })") {
+                try UserDataRenderer.render(base + [("analysisProgram", bad)])
+            }
+        }
+        let (text, _) = try UserDataRenderer.render(base + [("analysisProgram", "bin/x\t--flag")])
+        #expect(text.contains("analysisProgram: 'bin/x\t--flag'"))
+    }
+
+    /// What a YAML tool may make of fleet launch's user-data, and forms written by hand: the parameters file is found
+    /// as an item of the top-level write_files list only (a script that mentions the path is not it), with a comment
+    /// on its path line or a wider dash; held in another form than a literal block, it is an error naming the file,
+    /// never a reason to read a stale top-level map.
+    @Test func theParametersFileIsFoundAsAWriteFilesItemOrRefused() throws {
+        let wide = """
+            #cloud-config
+            write_files:
+            -   content: |
+                    #!/bin/sh
+                    # - path: /etc/parallelizer/parameters.yaml
+                path: /usr/local/sbin/x
+            -   content: |
+                    parallelizer:
+                      queueURL: 'q1'
+                path: /etc/parallelizer/parameters.yaml   # the daemon's
+            """
+        #expect(try UserData.parse(wide) == ["queueURL": "q1"])
+        let rewritten = """
+            #cloud-config
+            write_files:
+            - content: "parallelizer:\\n  queueURL: 'q1'\\n"
+              path: /etc/parallelizer/parameters.yaml
+            parallelizer:
+              queueURL: stale
+            """
+        #expect(throws: UserData.ParseError.self) { try UserData.parse(rewritten) }
+        do {
+            _ = try UserData.parse(rewritten)
+        } catch {
+            #expect(error.message.contains("/etc/parallelizer/parameters.yaml"))
+        }
+        // An error inside the file's map names the file and the user-data's own line.
+        let bad =
+            "#cloud-config\nwrite_files:\n  - path: /etc/parallelizer/parameters.yaml\n    content: |\n"
+            + "      parallelizer:\n        queueURL: 'q1\n"
+        do {
+            _ = try UserData.parse(bad)
+            Issue.record("a quote left open was read")
+        } catch {
+            #expect(error.message.contains("parameters.yaml") && error.message.contains("line 6"), "\(error)")
+        }
+    }
+
     /// YAML's quoting, as fleet launch writes it: `''` inside single quotes, backslash escapes inside double.
     @Test func cloudConfigQuotedScalars() throws {
         let text = """
