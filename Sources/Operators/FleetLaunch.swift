@@ -19,14 +19,6 @@ public struct FleetLaunch: Sendable {
         case asgSpot = "asg-spot"
 
         public var isGroup: Bool { self == .asg || self == .asgSpot }
-        /// The market the controller keeps the fleet on: a group keeps its own size.
-        public var controllerMarket: Controller.Market {
-            switch self {
-            case .onDemand: return .onDemand
-            case .spot: return .spot
-            case .asg, .asgSpot: return .asg
-            }
-        }
     }
 
     public struct Plan: Sendable {
@@ -163,8 +155,8 @@ public struct FleetLaunch: Sendable {
                 market: plan.market == .spot ? .spot : .onDemand, instanceTypes: plan.instanceTypes,
                 subnets: plan.market == .spot ? plan.subnets : Array(plan.subnets.prefix(1)),
                 settings: EC2Client.InstanceSettings(
-                    instanceProfile: plan.instanceProfile, subnetID: plan.subnets.first,
-                    securityGroups: data.securityGroups, keyName: plan.keyName), allOrNothing: true)
+                    instanceProfile: plan.instanceProfile, securityGroups: data.securityGroups, keyName: plan.keyName),
+                allOrNothing: true)
             outcome.workers = try await launcher.launch(plan.count, logger: logger)
             outcome.workers.forEach(started)
             say(

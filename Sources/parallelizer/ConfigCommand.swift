@@ -44,10 +44,10 @@ struct ConfigCommand: ParsableCommand {
             }
             var pairs: [(key: String, value: String)] = []
             for setting in settings {
-                guard let eq = setting.firstIndex(of: "="), eq != setting.startIndex else {
+                guard let pair = keyValue(setting) else {
                     throw ValidationError("--set takes key=value, got '\(setting)'")
                 }
-                pairs.append((String(setting[..<eq]), String(setting[setting.index(after: eq)...])))
+                pairs.append(pair)
             }
             do {
                 let (text, config) = try UserDataRenderer.render(pairs, over: base)

@@ -1,10 +1,9 @@
 import AWSCore
 import AWSServices
-import AWSSigV4
 import ArgumentParser
 @preconcurrency import Glibc
+import Logging
 import Operators
-import Worker
 
 struct FleetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -76,16 +75,15 @@ struct FleetCommand: AsyncParsableCommand {
 
         func run() async throws {
             let logger = global.logger("parallelizer.fleet")
-            let setup: [String: String]
-            do {
-                setup = try LaunchOptions.setupValues(self.setup)
-            } catch let refusal as LaunchOptions.Refusal {
-                fputs("parallelizer fleet: \(refusal.message)\n", stderr)
-                throw ExitCode(2)
+            let setup = self.setup
+            try await LaunchOptions.refusalsExit2 {
+                try await stop(setup: try LaunchOptions.setupValues(setup), logger: logger)
             }
+        }
+
+        func stop(setup: [String: String], logger: Logger) async throws {
             guard let queueURL = queueURL ?? setup["QUEUE_URL"] else {
-                fputs("parallelizer fleet: --queue-url (or --setup) is required\n", stderr)
-                throw ExitCode(2)
+                throw LaunchOptions.Refusal(message: "--queue-url (or --setup) is required")
             }
             let context = try await AWSContext.resolve(
                 environment: ProcessEnvironment.current(),

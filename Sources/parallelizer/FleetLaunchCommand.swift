@@ -98,6 +98,8 @@ struct LaunchOptions: ParsableArguments {
 
     func refuse(_ message: String) -> Refusal { Refusal(message: message) }
 
+    static func fileName(_ path: String) -> String { String(path.split(separator: "/").last ?? "") }
+
     /// `--setup`'s KEY=VALUE lines (`scripts/setup-aws`'s output). An empty value is no value: setup-aws prints
     /// `CONTROLLER_PROFILE=` when it made no controller role.
     static func setupValues(_ setup: String?) throws -> [String: String] {
@@ -121,8 +123,13 @@ struct LaunchOptions: ParsableArguments {
     }
 
     func perform(global: GlobalOptions, renderOnly: Bool, logger: Logger) async throws {
+        try await Self.refusalsExit2 { try await launch(global: global, renderOnly: renderOnly, logger: logger) }
+    }
+
+    /// Runs `body`; a refusal is said on stderr in one line and ends the command with exit status 2.
+    static func refusalsExit2(_ body: () async throws -> Void) async throws {
         do {
-            try await launch(global: global, renderOnly: renderOnly, logger: logger)
+            try await body()
         } catch let refusal as Refusal {
             fputs("parallelizer fleet: \(refusal.message)\n", stderr)
             throw ExitCode(2)
@@ -187,17 +194,15 @@ struct LaunchOptions: ParsableArguments {
             // Where environmentZip is (the input bucket unless setup-aws was given another).
             ("ENVIRONMENT_BUCKET", "environmentBucket"), ("LEDGER_TABLE", "ledgerTable"),
         ] {
-            if let value = setup[key], !value.isEmpty { pairs.append((name, value)) }
+            if let value = setup[key] { pairs.append((name, value)) }
         }
         pairs.append(("region", context.region))
         // A group's workers leave it when the queue is drained, so it shrinks instead of replacing them with idle
         // ones.
         if market.isGroup { pairs.append(("autoScalingGroup", Controller.launchTemplateName(queueURL: queueURL))) }
         for setting in settings {
-            guard let eq = setting.firstIndex(of: "="), eq != setting.startIndex else {
-                throw refuse("--set wants key=value, got '\(setting)'")
-            }
-            pairs.append((String(setting[..<eq]), String(setting[setting.index(after: eq)...])))
+            guard let pair = keyValue(setting) else { throw refuse("--set wants key=value, got '\(setting)'") }
+            pairs.append(pair)
         }
         let parameters: String
         let config: WorkerConfig
@@ -214,12 +219,11 @@ struct LaunchOptions: ParsableArguments {
         let sha256: String
         if let tarball = releaseTarball {
             guard let size = LocalFile.size(tarball) else { throw refuse("no such tarball: \(tarball)") }
-            let name = String(tarball.split(separator: "/").last ?? "")
             let prefix = setup["RELEASE"] ?? "s3://\(config.outputBucket)/_release/"
             guard let base = S3URI(prefix.hasSuffix("/") ? prefix : prefix + "/") else {
                 throw refuse("RELEASE in --setup wants s3://bucket/prefix/, got \(prefix)")
             }
-            release = S3URI(bucket: base.bucket, key: base.key + name)
+            release = S3URI(bucket: base.bucket, key: base.key + Self.fileName(tarball))
             sha256 = try await FileDigest.compute(path: tarball, length: size, algorithm: .sha256).hexString
         } else {
             release = S3URI(releaseS3!)!
@@ -263,7 +267,7 @@ struct LaunchOptions: ParsableArguments {
         // Uploaded only now: everything that can be refused before it has been.
         if let tarball = releaseTarball, !renderOnly {
             try await s3.putObject(bucket: release.bucket, key: release.key, file: tarball, logger: logger)
-            fputs("  uploaded \(tarball.split(separator: "/").last ?? "") to \(release)\n", stderr)
+            fputs("  uploaded \(Self.fileName(tarball)) to \(release)\n", stderr)
         }
         if renderOnly {
             print(plan.userData, terminator: plan.userData.hasSuffix("\n") ? "" : "\n")

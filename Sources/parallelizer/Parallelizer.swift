@@ -17,6 +17,13 @@ struct Parallelizer: AsyncParsableCommand {
         ])
 }
 
+/// A `--set key=value` flag, split at its first `=`; nil when it has no `=` or no key. (`run`, `config render`
+/// and `fleet launch` read the same flag.)
+func keyValue(_ setting: String) -> (key: String, value: String)? {
+    guard let eq = setting.firstIndex(of: "="), eq != setting.startIndex else { return nil }
+    return (String(setting[..<eq]), String(setting[setting.index(after: eq)...]))
+}
+
 /// Options every subcommand shares: region and log level. Credentials and endpoints come from the AWS SDKs'
 /// environment variables and files, exactly as the daemon resolves them.
 struct GlobalOptions: ParsableArguments {

@@ -113,11 +113,11 @@ struct Run: AsyncParsableCommand {
         layers.append(.environment(environment))
         var flags: [String: String] = [:]
         for setting in settings {
-            guard let eq = setting.firstIndex(of: "="), eq != setting.startIndex else {
+            guard let (key, value) = keyValue(setting) else {
                 logger.critical("cannot start: --set takes key=value", metadata: ["key": "set", "value": "\(setting)"])
                 throw await badParameters()
             }
-            flags[String(setting[..<eq])] = String(setting[setting.index(after: eq)...])
+            flags[key] = value
         }
         layers.append(ConfigLayer(source: "--set", values: flags))
 

@@ -5,7 +5,7 @@ import Logging
 /// What a launch template holds for a fleet's workers: what RunInstances would be told, kept in one place so that
 /// every market (on demand, a spot fleet, an Auto Scaling group) and the controller's replacements start the same
 /// instance.
-public struct LaunchTemplateData: Sendable, Equatable {
+public struct LaunchTemplateData: Sendable {
     public var imageID: String
     public var instanceType: String
     public var instanceProfile: String
@@ -13,7 +13,7 @@ public struct LaunchTemplateData: Sendable, Equatable {
     public var userData: String
     public var securityGroups: [String] = []
     public var keyName: String?
-    /// A root volume of this many GiB (gp3, deleted with the instance) on `rootDevice`.
+    /// A root volume of this many GiB (gp3, deleted with the instance) on the image's root device.
     public var rootVolume: (device: String, gib: Int)?
     /// Tags for the instances and their volumes.
     public var tags: [String: String] = [:]
@@ -23,13 +23,6 @@ public struct LaunchTemplateData: Sendable, Equatable {
         self.instanceType = instanceType
         self.instanceProfile = instanceProfile
         self.userData = userData
-    }
-
-    public static func == (a: Self, b: Self) -> Bool {
-        a.imageID == b.imageID && a.instanceType == b.instanceType && a.instanceProfile == b.instanceProfile
-            && a.userData == b.userData && a.securityGroups == b.securityGroups && a.keyName == b.keyName
-            && a.rootVolume?.device == b.rootVolume?.device && a.rootVolume?.gib == b.rootVolume?.gib
-            && a.tags == b.tags
     }
 
     /// As the query protocol spells `LaunchTemplateData`: IMDSv2 only with a hop limit of one, terminate on
