@@ -232,6 +232,48 @@ enum ChildOutput {
     }
 }
 
+/// An operator's command run to its end (`controller --on-complete`): `/bin/sh -c command`, started as `ChildOutput`
+/// starts its helpers (stdin from /dev/null, a process group of its own), with `environment` added to ours, its
+/// stdout and stderr on our stderr (the journal, beside the lines that tell why it ran). Past `timeout` seconds its
+/// whole group is killed.
+public enum OperatorCommand {
+    public enum Outcome: Sendable, Equatable {
+        case exited(Int32)
+        case notStarted(String)
+        case timedOut
+    }
+
+    public static func run(_ command: String, environment: [String: String], timeout: Double) async -> Outcome {
+        var merged = ProcessEnvironment.current()
+        for (name, value) in environment { merged[name] = value }
+        let argv: [String] = ["/bin/sh", "-c", command]
+        let cArgs = argv.map { strdup($0) } + [nil]
+        let cEnv = merged.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            cArgs.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        var inNamespace: Int32 = 0
+        let spawned = pz_spawn("/bin/sh", cArgs, cEnv, "/", 2, 2, 0, 0, 0, 0, nil, 0, &pid, &inNamespace)
+        guard spawned == 0 else { return .notStarted(String(cString: strerror(spawned))) }
+        let deadline = ContinuousClock.now + .milliseconds(Int(min(timeout, 1e6) * 1000))
+        var status: Int32 = 0
+        while true {
+            let done = waitpid(pid, &status, WNOHANG)
+            if done == pid { break }
+            if done < 0 && errno != EINTR { return .exited(-1) }
+            if ContinuousClock.now >= deadline {
+                kill(-pid, SIGKILL)
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                return .timedOut
+            }
+            try? await Task.sleep(nanoseconds: 100_000_000)
+        }
+        return .exited((status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+    }
+}
+
 // MARK: - STS: an assumed role, a web identity
 
 /// What an `AssumeRole` asks for (`role_arn`, `role_session_name`, `external_id`, `duration_seconds`).

@@ -33,6 +33,16 @@ public struct FleetPolicy: Sendable {
     /// Stop a fleet whose queue has had no work at all for this long (`--stop-idle-after`); nil, the default,
     /// never stops a fleet before its first work: one launched before its `enqueue`, or fed by S3 events, waits.
     public var stopIdleAfter: Double?
+    /// Follow the queue (`--follow`): the fleet is never stopped for good. It grows from `minimum` to `target` while
+    /// messages wait, and once the queue has had nothing visible, in flight or delayed for `quietPeriod`, the idle
+    /// instances above `minimum` are retired. The controller runs on, for the next messages.
+    public var follow = false
+    public var minimum = 0
+    public var quietPeriod: Double = 300
+    /// Stop launching while more than this share of the fleet's last `failureWindow` tasks failed
+    /// (`--max-failure-rate`, with a ledger): replacements would only fail more inputs, faster.
+    public var maxFailureRate: Double?
+    public var failureWindow = 20
 
     public init(stuckAfter: Double, drainedFor: Double) {
         self.stuckAfter = stuckAfter
@@ -99,6 +109,8 @@ public struct FleetPolicy: Sendable {
         public var budgetNoted = false
         /// Launch calls in a row that failed with an error that may pass (no capacity, throttling).
         public var launchWaits = 0
+        /// Why launches are stopped by the failure rate (`maxFailureRate`), while they are.
+        public var braked: String?
         public init() {}
     }
 
@@ -172,6 +184,13 @@ public struct FleetPolicy: Sendable {
                     "controller stops: \(memory.failedLaunches) launches in a row failed (instances gone or retired before their workers were heard from, or launch calls that started nothing); check the launch template \(launchTemplate) (its image, role, network and user-data), the instances' console output, and the launch errors above"
             )
         }
+        if let braked = memory.braked, snapshot.instances.isEmpty, memory.launched.isEmpty, snapshot.queue.visible > 0 {
+            return .stop(
+                status: 2,
+                why:
+                    "controller stops: launches are stopped (\(braked)), no worker is left, and \(snapshot.queue.visible) messages wait; look at why the tasks fail (parallelizer failures), then start the controller again"
+            )
+        }
         if launchBudgetSpent(snapshot, memory: memory) && snapshot.instances.isEmpty && memory.launched.isEmpty {
             return .stop(
                 status: 2,
@@ -220,7 +239,7 @@ public struct FleetPolicy: Sendable {
     /// Whether the fleet may stop now for want of work: after its work drained (`drainedFor`), or, never having
     /// had any, after `stopIdleAfter` when the operator named one; never before the first work otherwise.
     public func fleetStopIsDue(_ memory: Memory, now: Double) -> Bool {
-        guard let drained = memory.drainedSince else { return false }
+        guard !follow, let drained = memory.drainedSince else { return false }
         if memory.sawWork { return now - drained >= drainedFor }
         guard let idle = stopIdleAfter else { return false }
         return now - (memory.watchingSince ?? drained) >= idle
@@ -236,6 +255,7 @@ public struct FleetPolicy: Sendable {
         if queue.total == 0 {
             let since = memory.drainedSince ?? snapshot.now
             memory.drainedSince = since
+            if follow { return scaleIn(snapshot, quietFor: snapshot.now - since) }
             guard fleetStopIsDue(memory, now: snapshot.now) else { return [] }
             // Drained for the interval, not one reading of zero (a pause between enqueue's chunks).
             if memory.sawWork {
@@ -264,6 +284,57 @@ public struct FleetPolicy: Sendable {
                 instanceID: instance.instanceID,
                 reason: "\(why), while \(queue.visible) messages wait and \(queue.inFlight) are in flight")
         }
+    }
+
+    /// Following the queue, after `quietPeriod` with nothing visible, in flight or delayed: the instances above
+    /// `minimum` that are idle, the youngest first. Idle by the heartbeat where the ledger is in use (no task
+    /// running: the queue's in-flight count is approximate, and a busy worker must finish); without a ledger, by
+    /// the queue alone, which holds no message in flight.
+    func scaleIn(_ snapshot: Snapshot, quietFor: Double) -> [Termination] {
+        guard quietFor >= quietPeriod, snapshot.instances.count > minimum else { return [] }
+        let inUse = Self.ledgerInUse(snapshot.heartbeats)
+        let idle = snapshot.instances.filter { instance in
+            guard inUse else { return true }
+            guard let beat = snapshot.heartbeats?[instance.instanceID] else { return true }
+            return beat.runningTasks == 0
+        }
+        let busy = snapshot.instances.count - idle.count
+        let leaving = max(0, snapshot.instances.count - max(minimum, busy))
+        let youngestFirst = idle.sorted { ($0.launchTime ?? "", $0.instanceID) > ($1.launchTime ?? "", $1.instanceID) }
+        return youngestFirst.prefix(min(leaving, idle.count)).map {
+            Termination(
+                instanceID: $0.instanceID,
+                reason: "the queue has been quiet for \(Int(quietFor)) s; idle, above --min \(minimum)")
+        }
+    }
+
+    /// Why launches stop now for the failure rate: more than `maxFailureRate` of the fleet's last `failureWindow`
+    /// tasks failed (`InstanceHeartbeat.recentFailures`). Nil without a limit, a ledger, or enough tasks.
+    public func failureBrake(_ snapshot: Snapshot) -> String? {
+        guard let maxFailureRate, let heartbeats = snapshot.heartbeats,
+            let recent = InstanceHeartbeat.recentFailures(Array(heartbeats.values), over: failureWindow),
+            Double(recent.failed) > maxFailureRate * Double(recent.of)
+        else { return nil }
+        return
+            "\(recent.failed) of the last \(recent.of) tasks failed, more than --max-failure-rate \(Self.percent(maxFailureRate))"
+    }
+
+    /// Notes whether launches stop for the failure rate this round; returns the line to log when that changed. A
+    /// round without heartbeats (the ledger not read) changes nothing.
+    public func noteFailureRate(_ snapshot: Snapshot, memory: inout Memory) -> String? {
+        guard maxFailureRate != nil, snapshot.heartbeats != nil else { return nil }
+        let brake = failureBrake(snapshot)
+        defer { memory.braked = brake }
+        if let brake, memory.braked == nil { return "launches stop: \(brake)" }
+        if brake == nil, memory.braked != nil {
+            return "launches resume: the failure rate is back at or under --max-failure-rate"
+        }
+        return nil
+    }
+
+    static func percent(_ share: Double) -> String {
+        let tenths = (share * 1000).rounded() / 10
+        return (tenths == tenths.rounded() ? "\(Int(tenths))" : "\(tenths)") + " %"
     }
 
     /// Notes which of the instances this controller launched are gone, and how. Judged only with heartbeats (a
@@ -302,16 +373,21 @@ public struct FleetPolicy: Sendable {
     /// just launched that DescribeInstances does not list yet), while messages wait to be taken, and no more than
     /// wait; none once the queue has drained after work, and none past `maxLaunches` in all.
     public func launch(_ snapshot: Snapshot, terminating: Set<String>, memory: Memory) -> Launch? {
-        guard let target, !memory.drainedAfterWork, snapshot.queue.visible > 0 else { return nil }
+        guard let target, !memory.drainedAfterWork, memory.braked == nil else { return nil }
         let listed = Set(snapshot.instances.map(\.instanceID))
         let unlisted = memory.launched.filter { id, at in !listed.contains(id) && snapshot.now - at < listingLag }
         let alive = snapshot.instances.filter { !terminating.contains($0.instanceID) }.count + unlisted.count
         var count = min(target - alive, snapshot.queue.visible)
+        // Following the queue, `minimum` stay up whether or not work waits.
+        let belowMinimum = follow && alive < minimum
+        if belowMinimum { count = max(count, minimum - alive) }
         if let maxLaunches { count = min(count, maxLaunches - memory.launchedInAll) }
         guard count > 0 else { return nil }
         return Launch(
             count: count,
-            reason: "\(alive) of \(target) instances alive while \(snapshot.queue.visible) messages wait")
+            reason: snapshot.queue.visible == 0 && belowMinimum
+                ? "\(alive) instances alive, below --min \(minimum)"
+                : "\(alive) of \(target) instances alive while \(snapshot.queue.visible) messages wait")
     }
 
     /// Whether launches have stopped at `maxLaunches` while the fleet is below `target` and work waits.
@@ -356,6 +432,14 @@ public struct Controller: Sendable {
         public var taskGrace: Double = 300
         /// Stop a fleet whose queue has never had work after this long; nil: never before the first work.
         public var stopIdleAfter: Double?
+        /// Follow the queue (`FleetPolicy.follow`): between `minimum` and `target` instances, for good.
+        public var follow = false
+        public var minimum = 0
+        public var quietPeriod: Double = 300
+        public var maxFailureRate: Double?
+        public var failureWindow = 20
+        /// Run once the run is over (`CompletionHook`).
+        public var onComplete: CompletionHook?
         public init(queueURL: String) {
             self.queueURL = queueURL
             self.launchTemplate = Controller.launchTemplateName(queueURL: queueURL)
@@ -397,6 +481,11 @@ public struct Controller: Sendable {
         policy.target = options.market == .asg ? nil : options.target
         policy.maxLaunches = options.maxLaunches
         policy.stopIdleAfter = options.stopIdleAfter
+        policy.follow = options.follow
+        policy.minimum = options.minimum
+        policy.quietPeriod = options.quietPeriod
+        policy.maxFailureRate = options.maxFailureRate
+        policy.failureWindow = options.failureWindow
         logger.notice(
             "controller started",
             metadata: [
@@ -404,6 +493,10 @@ public struct Controller: Sendable {
                 "stuck_after_s": "\(Int(options.stuckAfter))", "interval_s": "\(options.interval)",
                 "dry_run": "\(options.dryRun)", "target": "\(options.target.map(String.init) ?? "none")",
                 "market": "\(options.market.rawValue)", "launch_template": "\(options.launchTemplate)",
+                "follow": "\(options.follow ? "\(options.minimum)...\(options.target ?? 0)" : "no")",
+                "max_failure_rate":
+                    "\(options.maxFailureRate.map { "\(FleetPolicy.percent($0)) of \(options.failureWindow)" } ?? "none")",
+                "on_complete": "\(options.onComplete?.command ?? "none")",
             ])
         if options.ledgerTable == nil {
             logger.notice(
@@ -413,6 +506,8 @@ public struct Controller: Sendable {
         var terminated: Set<String> = []
         // Of those, the ones stopped at the drain: never failed launches, whatever their age.
         var stoppedAtDrain: Set<String> = []
+        // Whether the completion hook has been seen to (run, or found run) by this controller.
+        var hookSeen = false
         // The policy decides (`FleetPolicy`: what to terminate, what to launch, when to stop); the loop reads the
         // fleet, carries the decisions out, and logs them.
         func stop(_ verdict: FleetPolicy.Verdict, error: AWSError? = nil) -> Int32? {
@@ -467,6 +562,9 @@ public struct Controller: Sendable {
                     now: Date().timeIntervalSince1970, queue: counts, instances: instances,
                     heartbeats: heartbeats)
                 let decisions = policy.decide(snapshot, memory: &memory)
+                if let change = policy.noteFailureRate(snapshot, memory: &memory) {
+                    logger.notice("\(change)", metadata: ["max_failure_rate": "\(options.maxFailureRate ?? 0)"])
+                }
                 let failedLaunches = policy.noteDepartures(
                     snapshot, terminatedHere: terminated.subtracting(stoppedAtDrain), memory: &memory,
                     ignoring: stoppedAtDrain)
@@ -504,7 +602,8 @@ public struct Controller: Sendable {
                     await scaleGroupsToZero(autoscaling, logger: logger)
                 }
                 let ids = decisions.map(\.instanceID).filter { !terminated.contains($0) }
-                if fleetStop { stoppedAtDrain.formUnion(ids) }
+                // Stopped at the drain, or retired idle after a quiet spell: never failed launches, whatever their age.
+                if fleetStop || (options.follow && counts.total == 0) { stoppedAtDrain.formUnion(ids) }
                 if !options.dryRun && !ids.isEmpty {
                     _ = try await ec2.terminateInstances(ids, logger: logger)
                 }
@@ -550,9 +649,30 @@ public struct Controller: Sendable {
                         }
                     }
                 }
-                if fleetStop && !options.keepRunning
-                    && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) })
-                {
+                let fleetGone =
+                    fleetStop && (options.dryRun || instances.allSatisfy { terminated.contains($0.instanceID) })
+                if fleetGone, !hookSeen, let hook = options.onComplete, !options.dryRun {
+                    hookSeen = true
+                    var run = CompletionHook.Run(queueURL: options.queueURL, instancesStopped: terminated.count)
+                    if let status = try? await QueueStatus.read(
+                        queueURL: options.queueURL, output: nil, context: context, logger: logger)
+                    {
+                        run.manifest = status.run
+                        run.deadLetters = status.deadLetters
+                    }
+                    if let heartbeats { run.count(Array(heartbeats.values)) }
+                    let ledger = dynamo.flatMap { client in options.ledgerTable.map { (client: client, table: $0) } }
+                    switch await hook.fire(run, ledger: ledger, logger: logger) {
+                    case .done: break
+                    case .failed(let why):
+                        logger.critical("\(why)")
+                        return 2
+                    case .notNow(let why):
+                        logger.critical("\(why)")
+                        return 1
+                    }
+                }
+                if fleetGone && !options.keepRunning {
                     logger.notice(
                         memory.sawWork
                             ? "controller done: the queue is drained and the fleet is stopped"

@@ -200,9 +200,12 @@ public struct FleetLaunch: Sendable {
 
     /// The controller's command line for this plan: the same queue, ledger, market, types and subnets as the
     /// workers. A group keeps its own size, so the controller only retires stuck workers and stops it.
-    public static func controllerArguments(_ plan: Plan, target: Int, ledgerTable: String?) -> [String] {
+    public static func controllerArguments(
+        _ plan: Plan, target: Int, ledgerTable: String?, onComplete: String? = nil
+    ) -> [String] {
         var arguments = ["--queue-url", plan.queueURL]
         if let ledgerTable { arguments += ["--ledger-table", ledgerTable] }
+        if let onComplete { arguments += ["--on-complete", onComplete] }
         if plan.market.isGroup { return arguments + ["--market", "asg"] }
         arguments += ["--target", String(target), "--market", plan.market.rawValue]
         if plan.instanceTypes.count > 1 {

@@ -147,6 +147,13 @@ public struct FleetStatus: Sendable, Equatable, Codable {
     public var costSoFar: Double?
     public var costToFinish: Double?
     public var unpricedTypes: [String] = []
+    /// Of the fleet's last `recentTasks` tasks (at most `failureWindow`), how many failed: what
+    /// `controller --max-failure-rate` judges by.
+    public var recentFailed: Int?
+    public var recentTasks: Int?
+
+    /// The tasks the failure rate is shown over, as `controller --over`'s default.
+    public static let failureWindow = 20
 
     /// The recent-rate window.
     public static let window = 300.0
@@ -189,6 +196,11 @@ public struct FleetStatus: Sendable, Equatable, Codable {
             instances: instances, durationP50Seconds: percentile(0.5), durationP95Seconds: percentile(0.95),
             tasksPerMinute: (rate * 60 * 10).rounded() / 10,
             etaSeconds: remaining == 0 ? 0 : rate > 0 ? Int((Double(remaining) / rate).rounded()) : nil)
+        let known = heartbeats.reduce(0) { $0 + $1.recentCompletions.count + $1.recentFailures.count }
+        if let recent = InstanceHeartbeat.recentFailures(heartbeats, over: min(known, failureWindow)) {
+            status.recentFailed = recent.failed
+            status.recentTasks = recent.of
+        }
         if !prices.isEmpty {
             status.cost(
                 heartbeats, remaining: remaining, durations: durations, now: now, stale: stuckAfter, prices: prices)
@@ -239,6 +251,11 @@ public struct FleetStatus: Sendable, Equatable, Codable {
                     ?? "unknown (no recent completions)"),
             "instances   \(instances.count)",
         ]
+        if let recentFailed, let recentTasks {
+            lines.insert(
+                "failures    \(recentFailed) of the last \(recentTasks) tasks"
+                    + " (\(FleetPolicy.percent(Double(recentFailed) / Double(recentTasks))))", at: 3)
+        }
         if !unpricedTypes.isEmpty {
             lines.insert("cost        unknown: no --price for \(unpricedTypes.joined(separator: ", "))", at: 3)
         } else if let costSoFar {

@@ -15,6 +15,8 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
     public var tasksFailed: Int
     public var recentDurations: [Double]
     public var recentCompletions: [Double]
+    /// When its last failed tasks ended (at most 50).
+    public var recentFailures: [Double] = []
     public var runningTasks: Int
     public var oldestTaskStartedEpoch: Double?
     public var taskTimeout: Double?
@@ -64,12 +66,28 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
         }
         recentDurations = numbers(F.recentDurations)
         recentCompletions = numbers(F.recentCompletions)
+        recentFailures = numbers(F.recentFailures)
         runningTasks = item[F.runningTasks]?.int ?? 0
         oldestTaskStartedEpoch = item[F.oldestTaskStartedEpoch]?.double
         taskTimeout = item[F.taskTimeout]?.double
         stopReason = item[F.stopReason]?.string
         instanceType = item[F.instanceType]?.string
         slots = item[F.slots]?.int ?? 1
+    }
+
+    /// The fleet's last `over` task outcomes, newest first, merged from every heartbeat's recent completions and
+    /// failures: how many of them failed. Nil while fewer than `over` are known (each heartbeat keeps its last 50,
+    /// so a window wider than 50 needs that many instances' worth): no verdict rests on a handful of tasks.
+    public static func recentFailures(_ heartbeats: [InstanceHeartbeat], over: Int) -> (failed: Int, of: Int)? {
+        var outcomes: [(at: Double, failed: Bool)] = []
+        for beat in heartbeats {
+            outcomes += beat.recentCompletions.map { ($0, false) }
+            outcomes += beat.recentFailures.map { ($0, true) }
+        }
+        guard over > 0, outcomes.count >= over else { return nil }
+        // Newest first; at the same second a failure sorts first, so a tie never hides one.
+        outcomes.sort { $0.at != $1.at ? $0.at > $1.at : ($0.failed && !$1.failed) }
+        return (outcomes.prefix(over).filter(\.failed).count, over)
     }
 
     /// Every instance's heartbeat for the queue (one Query on the queue's partition, `instance#` items only).

@@ -46,6 +46,7 @@ public actor Ledger {
         var released = 0
         var recentDurations: [Double] = []
         var recentCompletions: [Double] = []
+        var recentFailures: [Double] = []
         /// The tasks running now, by their sort key, with when each started: a list, as two slots may run the same
         /// attempt of a message SQS delivered twice.
         var running: [String: [Double]] = [:]
@@ -177,7 +178,9 @@ public actor Ledger {
             progress.lastCompletion = now
             progress.recentDurations = Array((progress.recentDurations + [seconds]).suffix(Self.recentLimit))
             progress.recentCompletions = Array((progress.recentCompletions + [now]).suffix(Self.recentLimit))
-        case .failed: progress.failed += 1
+        case .failed:
+            progress.failed += 1
+            progress.recentFailures = Array((progress.recentFailures + [now]).suffix(Self.recentLimit))
         case .released: progress.released += 1
         }
     }
@@ -262,6 +265,7 @@ public actor Ledger {
             F.tasksReleased: .number(progress.released),
             F.recentDurations: .l(progress.recentDurations.map { .number(($0 * 1000).rounded() / 1000) }),
             F.recentCompletions: .l(progress.recentCompletions.map { .number($0.rounded()) }),
+            F.recentFailures: .l(progress.recentFailures.map { .number($0.rounded()) }),
         ]
         if let t = progress.lastReceive { item[F.lastReceiveEpoch] = .number(t.rounded()) }
         if let t = progress.lastCompletion {

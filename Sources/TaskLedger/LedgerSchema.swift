@@ -64,6 +64,9 @@ public enum LedgerSchema {
         public static let tasksReleased = "tasksReleased"
         public static let recentDurations = "recentDurations"
         public static let recentCompletions = "recentCompletions"
+        /// When the last tasks that failed ended (at most 50): with `recentCompletions`, the fleet's recent failure
+        /// rate (`controller --max-failure-rate`, `status`).
+        public static let recentFailures = "recentFailures"
         public static let stopReason = "stopReason"
         public static let runningTasks = "runningTasks"
         public static let oldestTaskStartedEpoch = "oldestTaskStartedEpoch"
@@ -72,6 +75,20 @@ public enum LedgerSchema {
         public static let slots = "slots"
     }
 
-    /// The attribute every item has that tells its kind (`task` or `instance`).
+    /// `complete#<run start>`: a run's completion hook (`controller --on-complete`), claimed before it runs.
+    public static let completionPrefix = "complete#"
+
+    /// The attributes of a completion hook's item.
+    public enum Completion {
+        public static let kind = "completion"
+        /// `running`, then `done` or `failed`.
+        public static let state = "state"
+        public static let command = "command"
+        public static let startedEpoch = "startedEpoch"
+        public static let endedEpoch = "endedEpoch"
+        public static let exitStatus = "exitStatus"
+    }
+
+    /// The attribute every item has that tells its kind (`task`, `instance` or `completion`).
     public static let kind = "kind"
 }

@@ -22,6 +22,20 @@ struct ControllerCommand: AsyncParsableCommand {
             --task-grace, is terminated; a long task that still beats is not stuck. Once the queue has had nothing \
             visible, in flight or delayed for --interval, every tagged instance still running is terminated, and \
             the controller exits when none is left. Every decision is logged, one line each, with its reason.
+
+            With --follow --min M --max N the fleet follows its queue for good (a queue fed by S3 event \
+            notifications): up to N instances while messages wait (never more than wait), at least M always; once \
+            the queue has had nothing visible, in flight or delayed for --quiet-period, idle instances above M are \
+            retired (with a ledger, only those whose heartbeat shows no task running), and the controller waits \
+            for the next messages. It reacts within --interval plus the lag of SQS's approximate counts.
+
+            With --max-failure-rate P (and a ledger), launches stop while more than P of the fleet's last --over \
+            tasks failed, and resume when the rate is back under it; with no worker left while messages wait, the \
+            controller stops (status 2). With --on-complete COMMAND, the command runs once, when the queue is \
+            drained and the fleet stopped, with the run in its environment (PARALLELIZER_QUEUE_URL, \
+            PARALLELIZER_RUN_SOURCE, PARALLELIZER_RUN_SENT, PARALLELIZER_TASKS_DONE, PARALLELIZER_TASKS_FAILED, \
+            PARALLELIZER_DEAD_LETTERS, ...); with a ledger, "once" holds across restarts. A hook that fails ends \
+            the controller with status 2.
             """)
 
     @OptionGroup var global: GlobalOptions
@@ -68,6 +82,29 @@ struct ControllerCommand: AsyncParsableCommand {
     )
     var stopIdleAfter: String?
 
+    @Flag(help: "Follow the queue for good: between --min and --max instances, scaling from and to --min.")
+    var follow = false
+
+    @Option(help: "With --follow: instances kept up even when the queue is empty (default 0).")
+    var min: Int?
+
+    @Option(help: "With --follow: retire idle instances above --min once the queue has been empty this long (2m, 5m).")
+    var quietPeriod: String = "5m"
+
+    @Option(
+        help:
+            "Stop launching while more than this share of the last --over tasks failed (50%, 0.5); needs --ledger-table."
+    )
+    var maxFailureRate: String?
+
+    @Option(help: "The number of the fleet's last tasks --max-failure-rate looks at.")
+    var over: Int = 20
+
+    @Option(
+        help: "A shell command to run once the queue is drained and the fleet stopped, with the run in its environment."
+    )
+    var onComplete: String?
+
     @Flag(help: "Log the decisions without acting on them.")
     var dryRun = false
 
@@ -88,16 +125,51 @@ struct ControllerCommand: AsyncParsableCommand {
             throw ValidationError("--stop-idle-after is a duration (15m, 1h)")
         }
         if let target, target < 1 { throw ValidationError("--target is at least 1") }
-        if let max {
+        if follow {
+            guard target == nil else {
+                throw ValidationError("--follow sizes the fleet with --min and --max, not --target")
+            }
+            guard let max, max >= 1 else { throw ValidationError("--follow needs --max N (N at least 1)") }
+            guard (min ?? 0) >= 0, (min ?? 0) <= max else { throw ValidationError("--min is between 0 and --max") }
+            guard let quiet = WorkerConfig.parseDuration(quietPeriod), quiet >= 1 else {
+                throw ValidationError("--quiet-period is a duration (2m, 5m)")
+            }
+            guard onComplete == nil else {
+                throw ValidationError("--on-complete needs a run that ends: a fleet that follows its queue has none")
+            }
+            guard stopIdleAfter == nil else { throw ValidationError("--stop-idle-after has no use with --follow") }
+        } else if let max {
             guard max >= 1 else { throw ValidationError("--max is at least 1") }
-            guard target != nil else { throw ValidationError("--max goes with --target") }
+            guard target != nil else { throw ValidationError("--max goes with --target (or --follow)") }
         }
+        if min != nil && !follow { throw ValidationError("--min goes with --follow") }
+        if let maxFailureRate {
+            guard Self.share(maxFailureRate) != nil else {
+                throw ValidationError("--max-failure-rate is a share: 50% or 0.5 (from 0 to 1)")
+            }
+            guard ledgerTable != nil else {
+                throw ValidationError(
+                    "--max-failure-rate reads the tasks' outcomes from the ledger: give --ledger-table")
+            }
+        }
+        guard (1...1000).contains(over) else { throw ValidationError("--over is from 1 to 1000") }
         guard let chosen = Controller.Market(rawValue: market) else {
             throw ValidationError("--market is on-demand, spot or asg")
+        }
+        if chosen == .asg && follow {
+            throw ValidationError("--market asg: the Auto Scaling group keeps its own size; leave out --follow")
         }
         if chosen == .asg && target != nil {
             throw ValidationError("--market asg: the Auto Scaling group keeps its own size; leave out --target")
         }
+    }
+
+    /// `50%` or `0.5`, from 0 to 1.
+    static func share(_ text: String) -> Double? {
+        let trimmed = text.trimmingSpaces
+        let value = trimmed.hasSuffix("%") ? Double(trimmed.dropLast()).map { $0 / 100 } : Double(trimmed)
+        guard let value, value >= 0, value <= 1 else { return nil }
+        return value
     }
 
     func run() async throws {
@@ -109,8 +181,15 @@ struct ControllerCommand: AsyncParsableCommand {
         options.interval = Double(WorkerConfig.parseDuration(interval) ?? 30)
         options.dryRun = dryRun
         options.keepRunning = keepRunning
-        options.target = target
-        options.maxLaunches = max ?? target.map { 3 * $0 }
+        options.target = follow ? max : target
+        // Following, the fleet has no end: its churn is bounded by the failed launches in a row, not a total.
+        options.maxLaunches = follow ? nil : max ?? target.map { 3 * $0 }
+        options.follow = follow
+        options.minimum = min ?? 0
+        options.quietPeriod = Double(WorkerConfig.parseDuration(quietPeriod) ?? 300)
+        options.maxFailureRate = maxFailureRate.flatMap(Self.share)
+        options.failureWindow = over
+        options.onComplete = onComplete.map(CompletionHook.init(command:))
         options.market = Controller.Market(rawValue: market) ?? .onDemand
         func list(_ text: String?) -> [String] {
             (text ?? "").split(separator: ",").map { String($0).trimmingSpaces }.filter { !$0.isEmpty }

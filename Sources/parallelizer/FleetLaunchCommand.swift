@@ -88,6 +88,12 @@ struct LaunchOptions: ParsableArguments {
     var target: Int?
 
     @Option(
+        help:
+            "With --controller: a shell command the controller runs once the queue is drained and the fleet stopped (controller --on-complete)."
+    )
+    var onComplete: String?
+
+    @Option(
         help: "Seconds an instance whose release cannot be installed stays up (to look over SSH) before it powers off.")
     var failedBootPause: Int = 600
 
@@ -179,6 +185,15 @@ struct LaunchOptions: ParsableArguments {
             throw refuse("--count 0 --controller needs --target N: the workers the controller keeps")
         }
         guard failedBootPause >= 0 else { throw refuse("--failed-boot-pause must be 0 or more seconds") }
+        if let onComplete {
+            guard controller else { throw refuse("--on-complete is the controller's: add --controller") }
+            // One line of the unit's ExecStart: a line break or a control character would end or garble it.
+            guard !onComplete.isEmpty,
+                !onComplete.unicodeScalars.contains(where: {
+                    $0.properties.generalCategory == .control || $0 == "\u{2028}" || $0 == "\u{2029}"
+                })
+            else { throw refuse("--on-complete must be one line of text (a script on the image can hold more)") }
+        }
         if let volumeSize, volumeSize < 1 { throw refuse("--volume-size must be a positive number of GiB") }
         let types = instanceTypes.map { $0.split(separator: ",").map(String.init) } ?? [instanceType]
         let subnets = subnet.map { $0.split(separator: ",").map(String.init) } ?? []
@@ -255,7 +270,7 @@ struct LaunchOptions: ParsableArguments {
             if controller {
                 // The controller boots the workers' image and release: its type is of their architecture.
                 let arguments = FleetLaunch.controllerArguments(
-                    plan, target: target ?? count, ledgerTable: config.ledgerTable)
+                    plan, target: target ?? count, ledgerTable: config.ledgerTable, onComplete: onComplete)
                 plan.controller = FleetLaunch.ControllerInstance(
                     instanceProfile: controllerProfile ?? "",
                     instanceType: controllerType ?? (arch == "arm64" ? "t4g.micro" : "t3.micro"),

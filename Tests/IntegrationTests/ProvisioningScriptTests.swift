@@ -186,6 +186,8 @@ struct ProvisioningScriptTests {
                 (["--setup", noRole, "--controller"], "--controller needs the role"),
                 (["--set", "analysisProgram=" + String(repeating: "x", count: 17000)], "EC2 allows 16384"),
                 (["--count", "0", "--controller"], "--target"),
+                (["--on-complete", "notify"], "--on-complete is the controller's"),
+                (["--controller", "--on-complete", "notify\nrm -rf /"], "--on-complete must be one line"),
             ] {
                 let refused = try await Scripts.run(
                     "launch", common + arguments, environment: environment, directory: dir)
@@ -200,7 +202,9 @@ struct ProvisioningScriptTests {
 
             // Two on demand, and the controller that keeps them at size, on an instance of its own.
             let onDemand = try await Scripts.run(
-                "launch", common + ["--count", "2", "--controller"], environment: environment, directory: dir)
+                "launch",
+                common + ["--count", "2", "--controller", "--on-complete", #"notify "$PARALLELIZER_TASKS_DONE" 50%"#],
+                environment: environment, directory: dir)
             #expect(onDemand.succeeded, "\(onDemand.stderr)")
             let controllers = try await Scripts.awsCLI(
                 ["ec2", "describe-instances", "--filters", "Name=tag:parallelizer:controller,Values=\(queueURL)"],
@@ -220,7 +224,7 @@ struct ProvisioningScriptTests {
                     Data(base64Encoded: controllerUserData["UserData"]?["Value"]?.stringValue ?? "")), as: UTF8.self)
             #expect(
                 controllerBoot.contains(
-                    "ExecStart=/usr/local/bin/parallelizer controller --queue-url \(queueURL) --target 2 --market on-demand"
+                    "ExecStart=/usr/local/bin/parallelizer controller --queue-url \(queueURL) --on-complete 'notify \"$$PARALLELIZER_TASKS_DONE\" 50%%' --target 2 --market on-demand"
                 ), "\(controllerBoot)")
             #expect(
                 controllerBoot.contains("parallelizer-install"), "the controller installs the release as workers do")

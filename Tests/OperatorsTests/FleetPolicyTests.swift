@@ -354,3 +354,115 @@ struct LedgerHeartbeatTests {
         #expect(await oldest() == nil)
     }
 }
+
+/// `controller --follow`: the fleet grows from zero while messages wait, never past `--max`, keeps `--min`, and after
+/// a quiet spell retires only idle instances above `--min`; it is never stopped for good.
+struct FollowPolicyTests {
+    let now = 1_800_000_000.0
+
+    var policy: FleetPolicy {
+        var p = FleetPolicy(stuckAfter: 900, drainedFor: 30)
+        p.follow = true
+        p.minimum = 1
+        p.target = 4
+        p.quietPeriod = 60
+        return p
+    }
+
+    func instance(_ id: String, launchedAgo: Double) -> EC2Instance {
+        EC2Instance(
+            instanceID: id, state: "running", launchTime: CivilTime(epochSeconds: Int64(now - launchedAgo)).iso8601)
+    }
+
+    func snapshot(
+        _ visible: Int, inFlight: Int = 0, _ instances: [EC2Instance], at offset: Double = 0,
+        heartbeats: [String: InstanceHeartbeat]? = nil
+    ) -> FleetPolicy.Snapshot {
+        FleetPolicy.Snapshot(
+            now: now + offset, queue: SQSClient.MessageCounts(visible: visible, inFlight: inFlight, delayed: 0),
+            instances: instances, heartbeats: heartbeats)
+    }
+
+    @Test func theFleetFollowsItsQueueUpAndDown() {
+        var memory = FleetPolicy.Memory()
+        // Nothing waits: only --min.
+        let empty = snapshot(0, [])
+        #expect(policy.decide(empty, memory: &memory).isEmpty)
+        #expect(policy.launch(empty, terminating: [], memory: memory)?.count == 1)
+        #expect(policy.launch(empty, terminating: [], memory: memory)?.reason == "0 instances alive, below --min 1")
+        // Work arrives: one a message waiting, at most --max.
+        let one = [instance("i-a", launchedAgo: 600)]
+        let two = snapshot(2, one, at: 10)
+        #expect(policy.decide(two, memory: &memory).isEmpty)
+        #expect(policy.launch(two, terminating: [], memory: memory)?.count == 2)
+        let many = snapshot(100, one, at: 20)
+        #expect(policy.launch(many, terminating: [], memory: memory)?.count == 3)
+        // The queue drains: after the quiet period, the idle ones leave, the youngest first; a busy one (its
+        // heartbeat shows a task) stays, however the queue's approximate counts read, and counts toward --min.
+        let fleet = [
+            instance("i-a", launchedAgo: 600), instance("i-b", launchedAgo: 300), instance("i-c", launchedAgo: 200),
+            instance("i-d", launchedAgo: 100),
+        ]
+        var beats = Dictionary(
+            uniqueKeysWithValues: fleet.map { ($0.instanceID, InstanceHeartbeat(instanceID: $0.instanceID)) })
+        beats["i-c"]?.runningTasks = 1
+        #expect(policy.decide(snapshot(0, fleet, at: 30, heartbeats: beats), memory: &memory).isEmpty)
+        #expect(policy.decide(snapshot(0, fleet, at: 60, heartbeats: beats), memory: &memory).isEmpty, "not quiet yet")
+        let retired = policy.decide(snapshot(0, fleet, at: 95, heartbeats: beats), memory: &memory)
+        #expect(retired.map(\.instanceID) == ["i-d", "i-b", "i-a"], "\(retired)")
+        let idleOnly = fleet.filter { $0.instanceID != "i-c" }
+        let kept = policy.decide(snapshot(0, idleOnly, at: 96, heartbeats: [:]), memory: &memory)
+        #expect(kept.map(\.instanceID) == ["i-d", "i-b"], "--min 1 stays (without a ledger, all are idle)")
+        #expect(retired.first?.reason == "the queue has been quiet for 65 s; idle, above --min 1")
+        #expect(!policy.fleetStopIsDue(memory, now: now + 10_000), "a following fleet is never stopped for good")
+        #expect(!memory.drainedAfterWork)
+        // Work comes back after the drain: launches go on.
+        let back = snapshot(5, [instance("i-a", launchedAgo: 700)], at: 200)
+        #expect(policy.decide(back, memory: &memory).isEmpty)
+        #expect(policy.launch(back, terminating: [], memory: memory)?.count == 3)
+    }
+
+    /// `--max-failure-rate`: launches stop while more than the share of the fleet's last N tasks failed, and
+    /// resume when it falls back; a handful of tasks is no verdict.
+    @Test func launchesStopWhileTooManyOfTheLastTasksFailed() {
+        var p = FleetPolicy(stuckAfter: 900, drainedFor: 30)
+        p.target = 3
+        p.maxFailureRate = 0.5
+        p.failureWindow = 10
+        var a = InstanceHeartbeat(instanceID: "i-a")
+        var b = InstanceHeartbeat(instanceID: "i-b")
+        a.recentCompletions = (0..<4).map { now - 100 + Double($0) }
+        a.recentFailures = [now - 50]
+        b.recentFailures = (0..<3).map { now - 40 + Double($0) }
+        var memory = FleetPolicy.Memory()
+        func look(_ beats: [InstanceHeartbeat]) -> (String?, FleetPolicy.Launch?) {
+            let s = FleetPolicy.Snapshot(
+                now: now, queue: SQSClient.MessageCounts(visible: 50, inFlight: 0, delayed: 0), instances: [],
+                heartbeats: Dictionary(uniqueKeysWithValues: beats.map { ($0.instanceID, $0) }))
+            let line = p.noteFailureRate(s, memory: &memory)
+            return (line, p.launch(s, terminating: [], memory: memory))
+        }
+        #expect(look([a, b]).0 == nil, "8 tasks are not the last 10: no verdict")
+        #expect(look([a, b]).1 != nil)
+        b.recentFailures += [now - 30, now - 20]
+        // The last 10: 6 failed, 4 done.
+        let (stop, none) = look([a, b])
+        #expect(stop == "launches stop: 6 of the last 10 tasks failed, more than --max-failure-rate 50 %")
+        #expect(none == nil)
+        #expect(look([a, b]).0 == nil, "said once")
+        a.recentCompletions += (0..<6).map { now - 10 + Double($0) }
+        let (resume, launch) = look([a, b])
+        #expect(resume == "launches resume: the failure rate is back at or under --max-failure-rate")
+        #expect(launch != nil)
+        // With no worker left while it holds, the controller stops: nothing would change by waiting.
+        memory.braked = "x"
+        let alone = FleetPolicy.Snapshot(
+            now: now, queue: SQSClient.MessageCounts(visible: 5, inFlight: 0, delayed: 0), instances: [],
+            heartbeats: [:])
+        guard case .stop(2, let why) = p.afterDepartures(alone, memory: memory, launchTemplate: "t") else {
+            Issue.record("no stop with launches stopped and no worker left")
+            return
+        }
+        #expect(why.contains("launches are stopped (x), no worker is left, and 5 messages wait"))
+    }
+}
