@@ -231,6 +231,16 @@ public actor Ledger {
             idle: live.filter { $0.runningTasks == 0 }.map(\.instanceID).sorted())
     }
 
+    /// The other workers of this queue that completed a task since `since`, or within the last minute (two
+    /// heartbeat intervals, when longer: a heartbeat tells of a completion only when it is next written), by
+    /// instance id: whether the fleet succeeds where this worker fails (`FailureStreak`).
+    public func othersCompleted(since: Double) async throws(AWSError) -> [String] {
+        let from = min(since, Self.now() - max(60, 2 * settings.heartbeatInterval))
+        return try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
+            .filter { $0.instanceID != instanceID && ($0.lastCompletionEpoch ?? 0) >= from }
+            .map(\.instanceID).sorted()
+    }
+
     public var ownInstanceID: String { instanceID }
 
     // MARK: - The writer

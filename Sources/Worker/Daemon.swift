@@ -47,6 +47,7 @@ public struct Daemon: Sendable {
         let signals = installSignalHandlers(lifecycle, logger: logger)
         defer { signals.forEach { $0.cancel() } }
         let deadEnds = DeadEnds(
+            failureBudget: config.failureBudget,
             reached: { deadEnd in
                 logger.critical("cannot go on: \(deadEnd)", metadata: deadEnd.error.map { ["error": "\($0)"] } ?? [:])
                 lifecycle.requestStop(.deadEnd)
@@ -56,6 +57,13 @@ public struct Daemon: Sendable {
                     logger.critical(
                         "cannot go on here: \(count) tasks in a row met this machine's own trouble; leaving, its messages released, for a replacement",
                         metadata: ["reason": "\(reason)"])
+                }
+            },
+            badNode: { why in
+                if lifecycle.requestStop(.badNode) {
+                    logger.critical(
+                        "cannot go on here: \(why); leaving, its messages released without spending attempts, for a replacement"
+                    )
                 }
             })
         let start: StartUp.Prepared
@@ -114,7 +122,7 @@ public struct Daemon: Sendable {
         switch lifecycle.stopReason {
         case .drained?: await endOfRun(afterDeadEnd: false, logger: logger)
         case .rebalanceRecommendation?: await endOfRun(afterDeadEnd: false, replaceMe: true, logger: logger)
-        case .machineTrouble?:
+        case .machineTrouble?, .badNode?:
             await endOfRun(afterDeadEnd: false, replaceMe: true, logger: logger)
             return 1
         case .queueUnreachable?: return 1

@@ -141,24 +141,35 @@ public final class DeadEnds: Sendable {
         /// a message given back may well be the next one this worker receives.
         var troubledTasks = 0
         var leaving = false
+        /// This machine's tasks that failed in a row (`FailureStreak`), and whether it left for them.
+        var streak: FailureStreak
+        var badNode = false
+        /// The streak's runs, for the message that tipped it to note as unrun (`takeBadNodeRuns`).
+        var badNodeRuns: [FailedRun] = []
         /// Failed calls counted so far (to tell apart calls of one task about a whole resource).
         var calls = 0
     }
 
     public let threshold: Int
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let reached: @Sendable (DeadEnd) -> Void
     private let machineTrouble: @Sendable (String, Int) -> Void
+    private let badNodeFound: @Sendable (String) -> Void
 
     /// `reached` is called once, on the first dead end; `machineTrouble` once, when `threshold` tasks in a row met
-    /// this machine's own trouble (with the last reason and the count): the worker should leave for a replacement.
+    /// this machine's own trouble (with the last reason and the count): the worker should leave for a replacement;
+    /// `badNode` once, when `failureBudget` tasks in a row failed here while other workers succeed (with why).
     public init(
-        threshold: Int = DeadEnds.defaultThreshold, reached: @escaping @Sendable (DeadEnd) -> Void,
-        machineTrouble: @escaping @Sendable (String, Int) -> Void = { _, _ in }
+        threshold: Int = DeadEnds.defaultThreshold, failureBudget: Int = 0,
+        reached: @escaping @Sendable (DeadEnd) -> Void,
+        machineTrouble: @escaping @Sendable (String, Int) -> Void = { _, _ in },
+        badNode: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.threshold = max(1, threshold)
         self.reached = reached
         self.machineTrouble = machineTrouble
+        self.badNodeFound = badNode
+        self.state = Mutex(State(streak: FailureStreak(budget: failureBudget)))
     }
 
     /// A task (`subject`: its message) met this machine's own trouble (`NodeTrouble`).
@@ -174,6 +185,43 @@ public final class DeadEnds: Sendable {
 
     /// A task ended without this machine's trouble.
     func nodeHealthy() { state.withLock { $0.troubledTasks = 0 } }
+
+    /// A task worked here: the failure streak starts again.
+    func taskWorked() {
+        nodeHealthy()
+        state.withLock { $0.streak.worked() }
+    }
+
+    /// A task failed here, for a reason that may not be its input's own (`AttemptOutcome.failed`). Returns the
+    /// streak when it is long enough to ask the ledger whether other workers succeed meanwhile.
+    func taskFailed(_ run: FailedRun, now: Double) -> [FailedRun]? {
+        state.withLock { s in s.badNode ? nil : s.streak.failed(run, now: now) }
+    }
+
+    /// The ledger shows other workers succeeding while `runs` failed here in a row: this machine is the trouble.
+    /// The message that tipped it, and the ones it failed before, are given back as unrun.
+    func leaveAsBadNode(_ why: String, runs: [FailedRun]) {
+        let first: Bool = state.withLock { s in
+            guard !s.badNode else { return false }
+            s.badNode = true
+            s.leaving = true
+            s.badNodeRuns = runs
+            return true
+        }
+        if first { badNodeFound(why) }
+    }
+
+    /// Whether a failure now is this machine's, not the task's: a dead end, or a node that is leaving for its
+    /// failures. Such a message goes back unrun.
+    var failuresAreNotTheTasks: Bool { state.withLock { $0.deadEnd != nil || $0.badNode } }
+
+    /// The bad node's failed runs, once: to note as unrun (`ReleaseNotes`), so that they spend no attempt.
+    func takeBadNodeRuns() -> [FailedRun] {
+        state.withLock { s in
+            defer { s.badNodeRuns = [] }
+            return s.badNodeRuns
+        }
+    }
 
     /// The dead end met, if any.
     public var deadEnd: DeadEnd? { state.withLock { $0.deadEnd } }
@@ -241,4 +289,46 @@ public enum CallReach: Sendable, Equatable {
     case resource
     /// The credentials: every call meets it.
     case credentials
+}
+
+/// One failed run of a message on this machine.
+struct FailedRun: Sendable, Equatable {
+    var messageID: String
+    var receiveCount: Int
+    /// Seconds since 1970.
+    var at: Double
+    var reason: String
+}
+
+/// The failure budget (`failureBudget`): this machine's tasks that failed in a row, for reasons that may not be
+/// their inputs' own (a non-zero exit, a timeout; a missing input or a taken output key are the input's and do not
+/// count). A broken driver, a missing shared library or a corrupt environment fails every task here and none
+/// elsewhere; by its error alone it looks like any failing input. Its pattern tells: `budget` failures in a row here
+/// while the ledger shows other workers succeeding. Pure, so the rule is tested without a fleet.
+struct FailureStreak: Sendable {
+    /// Failures in a row that make the ledger worth asking; 0 turns the rule off.
+    let budget: Int
+    var runs: [FailedRun] = []
+    /// When the ledger was last asked: at most once per `checkEvery` seconds while the streak lasts.
+    var lastCheck: Double?
+    static let checkEvery = 10.0
+
+    init(budget: Int) { self.budget = max(0, budget) }
+
+    mutating func worked() {
+        runs = []
+        lastCheck = nil
+    }
+
+    /// Notes a failure; the streak when the ledger should be asked now.
+    mutating func failed(_ run: FailedRun, now: Double) -> [FailedRun]? {
+        guard budget > 0 else { return nil }
+        runs.append(run)
+        // Only the runs since the streak began are given back; more than the budget's worth is kept for that.
+        if runs.count > 1000 { runs.removeFirst(runs.count - 1000) }
+        guard runs.count >= budget else { return nil }
+        if let lastCheck, now - lastCheck < Self.checkEvery { return nil }
+        lastCheck = now
+        return runs
+    }
 }

@@ -25,6 +25,9 @@ public final class Lifecycle: Sendable {
         /// Tasks in a row met this machine's own trouble (a full disk, no descriptors left): the worker leaves, its
         /// messages released, for a replacement on a healthy machine. Exit status 1.
         case machineTrouble = "this machine's own trouble"
+        /// `failureBudget` tasks in a row failed here while other workers succeeded (`FailureStreak`): the worker
+        /// leaves for a replacement, as for `machineTrouble`. Exit status 1.
+        case badNode = "tasks fail here while other workers succeed"
     }
 
     public struct Counts: Sendable, Equatable {

@@ -1,4 +1,5 @@
 import AWSServices
+import FoundationEssentials
 import Logging
 import TaskLedger
 
@@ -50,12 +51,42 @@ struct MessageBooks: Sendable {
             switch outcome {
             case .deferred(let reason, let scope) where scope.isMachine:
                 deadEnds.nodeTrouble(reason, subject: message.messageID)
-            case .uploaded, .noOutput: deadEnds.nodeHealthy()
-            case .deferred, .interrupted, .failed, .inputMissing, .outputTaken: break
+            case .uploaded, .noOutput: deadEnds.taskWorked()
+            case .failed(let failure):
+                let now = Date().timeIntervalSince1970
+                // The command's own last word says what is broken ("libcuda.so.1: cannot open shared object file").
+                let said = failure.stderrTail.split(whereSeparator: \.isNewline).last.map { ": " + $0.prefix(300) } ?? ""
+                let run = FailedRun(
+                    messageID: message.messageID, receiveCount: attempt, at: now, reason: failure.reason + said)
+                if let streak = deadEnds.taskFailed(run, now: now), let ledger {
+                    await judge(streak, ledger: ledger, logger: logger)
+                }
+            case .deferred, .interrupted, .inputMissing, .outputTaken: break
             }
         case .settling(let fate, let attempt):
             settling(fate, attempt: attempt, logger: logger)
         }
+    }
+
+    /// `failureBudget` tasks failed here in a row: if the ledger shows other workers completing tasks meanwhile,
+    /// this machine is the trouble (a broken driver, a missing library), not the inputs, and it leaves. Without a
+    /// ledger nothing tells the two apart, and the rule is off. A ledger that cannot be read now is asked again at
+    /// the next failure (at most every `FailureStreak.checkEvery` seconds).
+    private func judge(_ streak: [FailedRun], ledger: Ledger, logger: Logger) async {
+        guard let first = streak.first, let last = streak.last else { return }
+        let others: [String]
+        do {
+            others = try await ledger.othersCompleted(since: first.at)
+        } catch {
+            logger.warning(
+                "\(streak.count) tasks in a row failed here; cannot read the ledger to tell whether others succeed",
+                metadata: ["error": "\(error)"])
+            return
+        }
+        guard !others.isEmpty else { return }
+        deadEnds.leaveAsBadNode(
+            "the last \(streak.count) tasks failed on this machine while \(others.count) other workers completed tasks (\(others.prefix(5).joined(separator: ", "))); the last failure: \(last.reason)",
+            runs: streak)
     }
 
     private func taskEnded(_ outcome: AttemptOutcome, seconds: Double, logger: Logger) {

@@ -112,8 +112,13 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 lastRun: runsBefore + 1 >= config.maxAttempts, logger: logger)
             let fate = MessageFate.after(
                 outcomes, runs: runsBefore + 1, maxAttempts: config.maxAttempts,
-                deadEnd: deadEnds.deadEnd != nil,
+                deadEnd: deadEnds.failuresAreNotTheTasks,
                 retryDelay: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff))
+            // This machine is leaving for its failures (`FailureStreak`): the runs that failed here in a row spend
+            // no attempt either.
+            for run in deadEnds.takeBadNodeRuns() {
+                await releaseNotes.note(messageID: run.messageID, receiveCount: run.receiveCount, logger: logger)
+            }
             await carryOut(fate, message, logger: logger)
         }
     }

@@ -26,7 +26,12 @@ struct ReleaseNotes<Store: ObjectStore>: Sendable {
     /// Notes that this receive of `message` ends without a run. A note that cannot be written is said once per
     /// release: that release then counts as an attempt.
     func note(_ message: SQSMessage, logger: Logger) async {
-        let object = S3URI(bucket: bucket, key: folder(message) + String(message.receiveCount))
+        await note(messageID: message.messageID, receiveCount: message.receiveCount, logger: logger)
+    }
+
+    /// Notes that receive `receiveCount` of message `messageID` counts as no run.
+    func note(messageID: String, receiveCount: Int, logger: Logger) async {
+        let object = S3URI(bucket: bucket, key: prefix + messageID + "/" + String(receiveCount))
         do {
             try await store.put(
                 [], to: object, contentType: "application/octet-stream", onlyIfAbsent: true, logger: logger)

@@ -32,6 +32,10 @@ public struct WorkerConfig: Sendable, Equatable {
     /// (`VisibilityPlan.longestTask`); past that, another worker would be handed the message mid-task.
     public var taskTimeout: Int? = VisibilityPlan.longestTask
     public var maxAttempts: Int = 5
+    /// Tasks failed in a row on this machine, while the ledger shows other workers succeeding, after which the worker
+    /// leaves for a replacement, those runs counted as unrun (`FailureStreak`). 0 turns it off; without a ledger
+    /// it is off.
+    public var failureBudget: Int = 5
     public var idleTimeout: Int = 60
     public var shutdownCommand: [String] = ["shutdown", "-h", "now"]
     /// Whether `shutdownCommand` was set: the default one runs only on an EC2 instance, never on the machine of
@@ -85,7 +89,7 @@ public struct WorkerConfig: Sendable, Equatable {
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
             "ledgerTable",
             "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB", "prefetch", "deadEndPause",
-            "adoptUnmarkedOutputs",
+            "adoptUnmarkedOutputs", "failureBudget",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -241,6 +245,7 @@ extension WorkerConfig {
             )
         }
         if let v = try integer("maxAttempts", 1...1000) { config.maxAttempts = v }
+        if let v = try integer("failureBudget", 0...1000) { config.failureBudget = v }
         if let v = try integer("idleTimeout", 0...86400, duration: true) { config.idleTimeout = v }
         if let v = try words("shutdownCommand") {
             config.shutdownCommand = v

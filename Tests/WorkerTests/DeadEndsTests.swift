@@ -197,6 +197,39 @@ struct DeadEndsTests {
         #expect(left.withLock { $0 } == [3])
     }
 
+    /// The failure budget: the ledger is asked once `budget` tasks failed here in a row, and again at most every
+    /// ten seconds while the streak lasts; a task that works starts it again; budget 0 never asks. Once the node
+    /// leaves, every failure after is not the task's, and the streak's runs are handed over once.
+    @Test func aStreakOfFailuresAsksTheLedgerAndTheBadNodeLeavesOnce() {
+        func run(_ n: Int, at: Double) -> FailedRun {
+            FailedRun(messageID: "m\(n)", receiveCount: 1, at: at, reason: "exit status 127")
+        }
+        var streak = FailureStreak(budget: 3)
+        #expect(streak.failed(run(1, at: 0), now: 0) == nil)
+        #expect(streak.failed(run(2, at: 1), now: 1) == nil)
+        #expect(streak.failed(run(3, at: 2), now: 2)?.map(\.messageID) == ["m1", "m2", "m3"])
+        #expect(streak.failed(run(4, at: 3), now: 3) == nil, "asked again within ten seconds")
+        #expect(streak.failed(run(5, at: 13), now: 13)?.count == 5)
+        streak.worked()
+        #expect(streak.failed(run(6, at: 14), now: 14) == nil, "a task that worked starts the streak again")
+        var off = FailureStreak(budget: 0)
+        for i in 0..<10 { #expect(off.failed(run(i, at: Double(i)), now: Double(i)) == nil) }
+
+        let left = Mutex<[String]>([])
+        let watch = DeadEnds(failureBudget: 2, reached: { _ in }, badNode: { why in left.withLock { $0.append(why) } })
+        #expect(watch.taskFailed(run(1, at: 0), now: 0) == nil)
+        let runs = watch.taskFailed(run(2, at: 1), now: 1)
+        #expect(runs?.count == 2)
+        #expect(!watch.failuresAreNotTheTasks)
+        watch.leaveAsBadNode("why", runs: runs ?? [])
+        watch.leaveAsBadNode("again", runs: runs ?? [])
+        #expect(left.withLock { $0 } == ["why"])
+        #expect(watch.failuresAreNotTheTasks)
+        #expect(watch.takeBadNodeRuns().map(\.messageID) == ["m1", "m2"])
+        #expect(watch.takeBadNodeRuns().isEmpty, "handed over once")
+        #expect(watch.taskFailed(run(3, at: 20), now: 20) == nil, "a node that left asks no more")
+    }
+
     @Test func whichErrorsAreAboutTheSetUp() {
         #expect(error("AccessDenied").setupProblem == .denied)
         #expect(error("AccessDeniedException", status: 400).setupProblem == .denied)
