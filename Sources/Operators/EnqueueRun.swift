@@ -89,32 +89,16 @@ public struct DoneCheck: Sendable {
             switch source {
             case .outputs(let bucket, let outputPrefix, let inputPrefix, let outputName):
                 guard let s3 else { continue }
-                // By bytes, as S3 orders and compares keys: Swift's `String ==` would take a key in another Unicode
-                // normalization for the same.
+                // By bytes: see `existingKeys`.
                 var wanted: [[UInt8]: [String]] = [:]
                 for input in inputs {
                     let key = Self.predictedOutput(
                         inputKey: input, outputName: outputName, inputPrefix: inputPrefix, outputPrefix: outputPrefix)
                     wanted[Array(key.utf8), default: []].append(input)
                 }
-                let sorted = wanted.keys.sorted { $0.lexicographicallyPrecedes($1) }
-                let (low, high) = (sorted.first!, sorted.last!)
-                // start-after is exclusive: begin at a key the smallest starts with, its last character dropped
-                // (whole: a key is never half a character).
-                let lowKey = String(decoding: low, as: UTF8.self)
-                let startAfter = lowKey.unicodeScalars.count > 1 ? String(lowKey.unicodeScalars.dropLast()) : nil
-                var token: String?
-                walk: repeat {
-                    let page = try await s3.listObjectsV2(
-                        bucket: bucket, prefix: outputPrefix, continuationToken: token,
-                        startAfter: token == nil ? startAfter : nil, logger: logger)
-                    for object in page.objects {
-                        let key = Array(object.key.utf8)
-                        if high.lexicographicallyPrecedes(key) { break walk }
-                        wanted[key].map { done.formUnion($0) }
-                    }
-                    token = page.nextContinuationToken
-                } while token != nil
+                let found = try await s3.existingKeys(
+                    bucket: bucket, prefix: outputPrefix, among: Array(wanted.keys), logger: logger)
+                for key in found { wanted[key].map { done.formUnion($0) } }
             case .ledger(let table, let queueURL):
                 guard let dynamo else { continue }
                 let ordered = inputs.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
@@ -192,5 +176,38 @@ extension String {
             rest = rest[range.upperBound...]
         }
         return result + rest
+    }
+}
+
+extension S3Client {
+    /// Which of `keys` (all under `prefix`, as UTF-8 bytes) exist in `bucket`: one listing walk from the smallest of
+    /// them to the largest, whatever their number, so a chunk of keys that sort close together costs a call or two.
+    /// By bytes, as S3 orders and compares keys: Swift's `String ==` would take a key in another Unicode
+    /// normalization for the same.
+    public func existingKeys(bucket: String, prefix: String, among keys: [[UInt8]], logger: Logger)
+        async throws(AWSError) -> Set<[UInt8]>
+    {
+        guard !keys.isEmpty else { return [] }
+        let wanted = Set(keys)
+        let sorted = wanted.sorted { $0.lexicographicallyPrecedes($1) }
+        let (low, high) = (sorted.first!, sorted.last!)
+        // start-after is exclusive: begin at a key the smallest starts with, its last character dropped (whole: a
+        // key is never half a character).
+        let lowKey = String(decoding: low, as: UTF8.self)
+        let startAfter = lowKey.unicodeScalars.count > 1 ? String(lowKey.unicodeScalars.dropLast()) : nil
+        var found = Set<[UInt8]>()
+        var token: String?
+        walk: repeat {
+            let page = try await listObjectsV2(
+                bucket: bucket, prefix: prefix, continuationToken: token,
+                startAfter: token == nil ? startAfter : nil, logger: logger)
+            for object in page.objects {
+                let key = Array(object.key.utf8)
+                if high.lexicographicallyPrecedes(key) { break walk }
+                if wanted.contains(key) { found.insert(key) }
+            }
+            token = page.nextContinuationToken
+        } while token != nil
+        return found
     }
 }

@@ -17,4 +17,8 @@ public enum OutputContract {
     public static func fileName(of key: String) -> String {
         key.split(separator: "/", omittingEmptySubsequences: false).last.map(String.init) ?? key
     }
+
+    /// Where the daemon notes the receives of a message it gave back unrun (`ReleaseNotes`), one empty object
+    /// `<message id>/<receive count>` each: those receives are not counted against `maxAttempts`.
+    public static func releaseNotesPrefix(outputPrefix: String) -> String { outputPrefix + "_parallelizer/releases/" }
 }

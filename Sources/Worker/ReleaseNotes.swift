@@ -1,6 +1,7 @@
 import AWSCore
 import AWSServices
 import Logging
+import TaskLedger
 
 /// The daemon's own record of the receives it gave back without a run, so that `maxAttempts` counts runs, not
 /// receives.
@@ -82,7 +83,8 @@ extension MessageProcessor {
     /// receives, and is nobody's dead end (nor does a note that works vouch for the failure records).
     var releaseNotes: ReleaseNotes<Store> {
         ReleaseNotes(
-            store: store.base, bucket: config.outputBucket, prefix: config.outputPrefix + "_parallelizer/releases/")
+            store: store.base, bucket: config.outputBucket,
+            prefix: OutputContract.releaseNotesPrefix(outputPrefix: config.outputPrefix))
     }
 
     /// The runs `message` had before this receive: its earlier receives less those the daemon gave back unrun.

@@ -10,7 +10,7 @@ struct Parallelizer: AsyncParsableCommand {
         version: Version.current,
         subcommands: [
             Run.self, Enqueue.self, Status.self, Failures.self, RedriveCommand.self, Logs.self, FleetCommand.self,
-            ControllerCommand.self,
+            ControllerCommand.self, ReconcileCommand.self,
             Copy.self,
             Presign.self, Smoke.self,
             VersionCommand.self, ConfigCommand.self,
