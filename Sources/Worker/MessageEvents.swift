@@ -55,7 +55,8 @@ struct MessageBooks: Sendable {
             case .failed(let failure):
                 let now = Date().timeIntervalSince1970
                 // The command's own last word says what is broken ("libcuda.so.1: cannot open shared object file").
-                let said = failure.stderrTail.split(whereSeparator: \.isNewline).last.map { ": " + $0.prefix(300) } ?? ""
+                let lastLine = failure.stderrTail.split(whereSeparator: \.isNewline).last
+                let said = lastLine.map { ": " + $0.prefix(300) } ?? ""
                 let run = FailedRun(
                     messageID: message.messageID, receiveCount: attempt, at: now, reason: failure.reason + said)
                 if let streak = deadEnds.taskFailed(run, now: now), let ledger {
