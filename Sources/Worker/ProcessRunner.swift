@@ -165,8 +165,9 @@ public struct ProcessRunner: Sendable {
     /// - Parameter privateTmp: the folder that is the command's /tmp, with `isolation.privateTmp`.
     public func run(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
-        user: RunAsUser?, timeout: Int?, privateTmp: String? = nil
+        user: RunAsUser?, timeout: Int?, privateTmp: String? = nil, killGrace: Double? = nil
     ) async throws(SpawnError) -> ProcessOutcome {
+        let killGrace = killGrace ?? self.killGrace
         let pid = try spawn(
             argv: argv, environment: environment, directory: directory, stdout: stdout, stderr: stderr, user: user,
             privateTmp: privateTmp)

@@ -33,6 +33,8 @@ public protocol ObjectStore: Sendable {
         logger: Logger) async throws(AWSError)
     /// The keys under `prefix` (its bucket, and the start of its key), every page of them.
     func keys(under prefix: S3URI, logger: Logger) async throws(AWSError) -> [String]
+    /// Deletes an object (a checkpoint's file); one that is not there is no error.
+    func delete(_ object: S3URI, logger: Logger) async throws(AWSError)
 }
 
 /// One run of the command, as the loop describes it.
@@ -49,6 +51,8 @@ public struct CommandRun: Sendable {
     public var timeout: Int?
     /// The task's own folder for /tmp, where the runner gives commands one (`Isolation.privateTmp`).
     public var privateTmp: String?
+    /// Seconds between SIGTERM and SIGKILL when it is stopped; nil for the runner's own.
+    public var killGrace: Double?
 
     public init(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
@@ -84,6 +88,10 @@ extension S3Client: ObjectStore {
         try await headObjectMetadata(bucket: object.bucket, key: object.key, logger: logger)
     }
 
+    public func delete(_ object: S3URI, logger: Logger) async throws(AWSError) {
+        try await deleteObject(bucket: object.bucket, key: object.key, logger: logger)
+    }
+
     public func keys(under prefix: S3URI, logger: Logger) async throws(AWSError) -> [String] {
         var keys: [String] = []
         try await listAll(bucket: prefix.bucket, prefix: prefix.key, logger: logger) { page throws(AWSError) in
@@ -107,7 +115,7 @@ extension ProcessRunner: TaskRunner {
         try await run(
             argv: command.argv, environment: command.environment, directory: command.directory,
             stdout: command.stdout, stderr: command.stderr, user: command.user,
-            timeout: command.timeout, privateTmp: command.privateTmp)
+            timeout: command.timeout, privateTmp: command.privateTmp, killGrace: command.killGrace)
     }
 }
 

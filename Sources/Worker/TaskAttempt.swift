@@ -52,7 +52,8 @@ extension MessageProcessor {
         let folderName = "\(slot)-\(id)-\(UInt32.random(in: 0..<UInt32.max))"
         let folder: TaskFolder
         do {
-            folder = try TaskFolder.make(in: config.workDir + "/tasks", name: folderName, user: setting.user)
+            folder = try TaskFolder.make(
+                in: config.workDir + "/tasks", name: folderName, user: setting.user, checkpoint: config.checkpoint)
         } catch {
             if let trouble = NodeTrouble.reason(errno: error.errno, error.description) {
                 return (.deferred(reason: trouble, scope: .machine), 0)
@@ -83,9 +84,11 @@ extension MessageProcessor {
             return (failed("download failed: \(error)", nil, ""), 0)
         }
         await emit(.downloaded(bytes: bytesIn), message, logger: logger)
+        // The last checkpoint goes back in while the folder is still the daemon's alone.
+        if config.checkpoint { _ = await checkpoints.restore(input, into: folder.checkpoint, logger: logger) }
         // Only now does the run-as user get the data folder: nothing of theirs could reach it during the download.
         do {
-            try folder.handOver(input: TaskPaths.localName(forKey: input.key))
+            try folder.handOver(input: TaskPaths.localName(forKey: input.key), checkpoint: config.checkpoint)
         } catch {
             return (failed(error.description, nil, ""), bytesIn)
         }
@@ -98,10 +101,16 @@ extension MessageProcessor {
         // Unique to this attempt on any instance: for naming an output (`$$` is 1 for every command as root, each
         // the first process of its own PID namespace).
         environment["PARALLELIZER_TASK_ID"] = "\(instanceID)-\(folderName)"
-        let command = CommandRun(
+        if config.checkpoint {
+            // A stop before the command began: nothing new to save, and the last checkpoint stays as it is.
+            if lifecycle.isStopping { return (.interrupted, bytesIn) }
+            environment["PARALLELIZER_CHECKPOINT_DIR"] = folder.checkpoint
+        }
+        var command = CommandRun(
             argv: setting.program + [inputPath], environment: environment,
             directory: setting.environmentDirectory ?? data, stdout: folder.commandStdout,
             stderr: folder.commandStderr, user: setting.user, timeout: config.taskTimeout, privateTmp: folder.tmp)
+        if config.checkpoint { command.killGrace = Double(config.checkpointGrace) }
         // The next command of the slot starts once this one's output is judged, while the output goes up; unless
         // the output may be a file the next command can reach (in the shared environment, or a hard link to one):
         // then its upload is part of the slot's turn.
@@ -113,12 +122,26 @@ extension MessageProcessor {
             }
             return step
         }
+        let outcome: AttemptOutcome
         switch step {
         case nil: return (.interrupted, bytesIn)
-        case .ended(let outcome)?: return (outcome, bytesIn)
-        case .output(let output)?:
-            return (await publish(output, input: input, message: message, logger: logger), bytesIn)
+        case .ended(let ended)?: outcome = ended
+        case .output(let output)?: outcome = await publish(output, input: input, message: message, logger: logger)
         }
+        if config.checkpoint {
+            switch outcome {
+            case .uploaded, .noOutput:
+                // Done: its checkpoint has served.
+                await checkpoints.remove(input, logger: logger)
+            case .interrupted where !Task.isCancelled:
+                // Stopped mid-command: what it wrote goes up before the message is released.
+                _ = await checkpoints.save(
+                    input, from: folder.checkpoint, owner: setting.user?.uid,
+                    generation: "\(instanceID)-\(Int(Date().timeIntervalSince1970))-\(folderName)", logger: logger)
+            default: break
+            }
+        }
+        return (outcome, bytesIn)
     }
 
     /// What a command's turn in the slot left: an outcome, or an output to upload.
@@ -166,6 +189,17 @@ extension MessageProcessor {
         return result
     }
 
+    /// Runs the command. With checkpoints, a stop ends it at once (SIGTERM, then SIGKILL after `checkpointGrace`), so
+    /// that its checkpoint and the upload fit in the stop's grace; without, a stop lets it finish within the grace.
+    func runStoppable(_ command: CommandRun) async throws(SpawnError) -> ProcessOutcome {
+        guard config.checkpoint else { return try await runner.run(command) }
+        let runner = self.runner
+        let result = await lifecycle.cancellingAtStop { () async -> Result<ProcessOutcome, SpawnError> in
+            do throws(SpawnError) { return .success(try await runner.run(command)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
     /// The command's run and the judgement of what it printed: the part of a task that holds the slot.
     func runCommand(
         _ command: CommandRun, input: S3URI, message: SQSMessage, folder: TaskFolder, logger: Logger
@@ -186,7 +220,7 @@ extension MessageProcessor {
         await emit(.commandStarted(input: input, attempt: message.receiveCount), message, logger: logger)
         let outcome: ProcessOutcome
         do {
-            outcome = try await runner.run(command)
+            outcome = try await runStoppable(command)
         } catch {
             await emit(.commandEnded(input: input, attempt: message.receiveCount), message, logger: logger)
             if let trouble = NodeTrouble.reason(errno: error.errno, error.description) {

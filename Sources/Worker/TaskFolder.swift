@@ -9,6 +9,8 @@ import AWSCore
 ///         data/                          the input, and whatever the command writes; the daemon's until the input
 ///                                        is in place, then handed to the run-as user (`handOver`)
 ///         tmp/                           the command's /tmp and /var/tmp, where it gets a mount namespace
+///         checkpoint/                    with `checkpoint`: PARALLELIZER_CHECKPOINT_DIR, the last checkpoint put
+///                                        back in it while it is the daemon's, then handed over with data/
 ///
 /// Everything after the creation goes through descriptors: the logs are never opened by name again (a link put in
 /// their place would lead nowhere), the input is downloaded while no process of the user can reach the folder, and
@@ -19,6 +21,8 @@ struct TaskFolder {
     let data: String
     /// The folder bound on the command's /tmp.
     let tmp: String
+    /// `PARALLELIZER_CHECKPOINT_DIR` (made only with `checkpoint`).
+    var checkpoint: String { path + "/checkpoint" }
     /// The daemon's descriptors on the logs (read and write; it reads them back).
     let stdout: Int32
     let stderr: Int32
@@ -37,7 +41,9 @@ struct TaskFolder {
     }
 
     /// Makes `name` in the folder `tasksPath`, for a command that runs as `user` (nil: as the daemon's user).
-    static func make(in tasksPath: String, name: String, user: RunAsUser?) throws(Failure) -> TaskFolder {
+    static func make(in tasksPath: String, name: String, user: RunAsUser?, checkpoint: Bool = false)
+        throws(Failure) -> TaskFolder
+    {
         let path = tasksPath + "/" + name
         // (`errno` is read at the call, before any clean-up can change it.)
         func failure(_ what: String, _ code: Int32) -> Failure {
@@ -61,7 +67,9 @@ struct TaskFolder {
             made.remove()
             throw failure("open", code)
         }
-        guard mkdirat(root, "data", 0o700) == 0, mkdirat(root, "tmp", 0o700) == 0 else {
+        guard mkdirat(root, "data", 0o700) == 0, mkdirat(root, "tmp", 0o700) == 0,
+            !checkpoint || mkdirat(root, "checkpoint", 0o700) == 0
+        else {
             let code = errno
             made.remove()
             throw failure("data", code)
@@ -91,8 +99,17 @@ struct TaskFolder {
     /// Gives the data folder and the input in it (`input`, a name in it) to the run-as user. Before this, the
     /// folder is the daemon's alone (0700): the download cannot be redirected by a link planted there. Through
     /// descriptors, without following links.
-    func handOver(input: String) throws(Failure) {
+    func handOver(input: String, checkpoint: Bool = false) throws(Failure) {
         guard let user else { return }
+        if checkpoint {
+            // Everything in it was made here by the daemon, while no process of the user could reach it.
+            let folder = openat(root, "checkpoint", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard folder >= 0, LocalFile.chownTree(folder, uid: user.uid, gid: user.gid) else {
+                if folder >= 0 { close(folder) }
+                throw Failure(description: "cannot give \(self.checkpoint) to \(user.name)")
+            }
+            close(folder)
+        }
         let data = openat(root, "data", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard data >= 0 else {
             throw Failure(description: "cannot open \(self.data): \(String(cString: strerror(errno)))")

@@ -145,4 +145,9 @@ struct WatchedStore<Base: ObjectStore>: ObjectStore {
     func keys(under prefix: S3URI, logger: Logger) async throws(AWSError) -> [String] {
         try await base.keys(under: prefix, logger: logger)
     }
+
+    /// Only checkpoints are deleted: their clean-up is no task's outcome, and no dead end.
+    func delete(_ object: S3URI, logger: Logger) async throws(AWSError) {
+        try await base.delete(object, logger: logger)
+    }
 }

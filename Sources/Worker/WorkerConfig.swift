@@ -68,6 +68,10 @@ public struct WorkerConfig: Sendable, Equatable {
     /// command runs (`CommandStage`): at most one input ahead per slot, and only for tasks within the plan's
     /// `prefetchHorizon`.
     public var prefetch: Bool = true
+    /// Checkpoints (`Checkpoints`): the command gets `PARALLELIZER_CHECKPOINT_DIR`; at a stop, SIGTERM at once and
+    /// `checkpointGrace` seconds to write it, then the folder is uploaded and the message released.
+    public var checkpoint = false
+    public var checkpointGrace = 30
 
     /// The S3 client options these settings make.
     public var s3Options: S3Client.Options {
@@ -89,7 +93,7 @@ public struct WorkerConfig: Sendable, Equatable {
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
             "ledgerTable",
             "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB", "prefetch", "deadEndPause",
-            "adoptUnmarkedOutputs", "failureBudget",
+            "adoptUnmarkedOutputs", "failureBudget", "checkpoint", "checkpointGrace",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -264,6 +268,15 @@ extension WorkerConfig {
         if let v = try boolean("prefetch") { config.prefetch = v }
         if let v = try integer("deadEndPause", 0...86400, duration: true) { config.deadEndPause = v }
         if let v = try boolean("adoptUnmarkedOutputs") { config.adoptUnmarkedOutputs = v }
+        if let v = try boolean("checkpoint") { config.checkpoint = v }
+        if let v = try integer("checkpointGrace", 1...3600, duration: true) { config.checkpointGrace = v }
+        if config.checkpoint && config.checkpointGrace >= config.shutdownGrace {
+            throw ConfigError(
+                key: "checkpointGrace",
+                message:
+                    "is \(config.checkpointGrace) s, not less than shutdownGrace (\(config.shutdownGrace) s): the checkpoint's upload comes after it, within shutdownGrace"
+            )
+        }
         return (config, warnings)
     }
 

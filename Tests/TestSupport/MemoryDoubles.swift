@@ -206,6 +206,11 @@ public final class MemoryStore: ObjectStore {
         return keys(in: prefix.bucket).filter { $0.hasPrefix(prefix.key) }
     }
 
+    public func delete(_ object: S3URI, logger: Logger) async throws(AWSError) {
+        if let refusal = refusal(object) { throw refusal }
+        _ = state.withLock { $0.objects.removeValue(forKey: "\(object.bucket)/\(object.key)") }
+    }
+
     /// A file's whole content, by path or through its descriptor (at its offsets, as the real client reads it).
     static func read(_ file: FileSource) -> [UInt8]? {
         switch file {
