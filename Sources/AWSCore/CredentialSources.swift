@@ -193,7 +193,7 @@ enum ChildOutput {
         var pid: pid_t = 0
         var inNamespace: Int32 = 0
         let spawned = pz_spawn(
-            path, cArgs, environ, "/", fds[1], 2, 0, 0, 0, 0, nil, 0, &pid, &inNamespace)
+            path, cArgs, environ, "/", fds[1], 2, 0, 0, 0, 0, nil, 0, nil, 0, &pid, &inNamespace)
         close(fds[1])
         guard spawned == 0 else {
             close(fds[0])
@@ -255,7 +255,7 @@ public enum OperatorCommand {
         }
         var pid: pid_t = 0
         var inNamespace: Int32 = 0
-        let spawned = pz_spawn("/bin/sh", cArgs, cEnv, "/", 2, 2, 0, 0, 0, 0, nil, 0, &pid, &inNamespace)
+        let spawned = pz_spawn("/bin/sh", cArgs, cEnv, "/", 2, 2, 0, 0, 0, 0, nil, 0, nil, 0, &pid, &inNamespace)
         guard spawned == 0 else { return .notStarted(String(cString: strerror(spawned))) }
         let deadline = ContinuousClock.now + .milliseconds(Int(min(timeout, 1e6) * 1000))
         var status: Int32 = 0

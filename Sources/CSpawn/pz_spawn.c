@@ -38,6 +38,8 @@ struct child_args {
     const char *private_tmp;
     int mount_proc;
     int in_namespace;
+    const int *cgroup_procs;
+    int cgroup_procs_count;
     sigset_t parent_mask;
     volatile int err;
 };
@@ -85,6 +87,11 @@ static int child_main(void *arg) {
         syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
     }
     if (setpgid(0, 0) != 0) child_fail(a, errno);
+    // Into the task's cgroups before anything of the command runs: "0" written to a cgroup.procs moves the writer
+    // (v1 and v2 alike), here the child, still root, in whatever PID namespace it is in.
+    for (int i = 0; i < a->cgroup_procs_count; i++) {
+        if (write(a->cgroup_procs[i], "0\n", 2) != 2) child_fail(a, errno);
+    }
     // In a mount namespace of its own (with the PID namespace), the command gets the task's own /tmp and /var/tmp,
     // and a /proc that shows only its own processes. Mounts are made slaves first (as systemd's PrivateTmp does):
     // nothing mounted here reaches the host, while what the host mounts later (an automounted share) still
@@ -136,13 +143,13 @@ enum { CHILD_STACK_SIZE = 64 * 1024 };
 
 int pz_spawn(const char *path, char *const *argv, char *const *envp, const char *cwd, int stdout_fd, int stderr_fd,
              int switch_user, uid_t uid, gid_t gid, int new_pid_namespace, const char *private_tmp, int mount_proc,
-             pid_t *out_pid, int *out_in_namespace) {
+             const int *cgroup_procs, int cgroup_procs_count, pid_t *out_pid, int *out_in_namespace) {
     void *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (stack == MAP_FAILED) return errno;
     struct child_args args = {
         .path = path, .argv = argv, .envp = envp, .cwd = cwd, .stdout_fd = stdout_fd, .stderr_fd = stderr_fd,
         .switch_user = switch_user, .uid = uid, .gid = gid, .private_tmp = private_tmp, .mount_proc = mount_proc,
-        .in_namespace = 0, .err = 0,
+        .in_namespace = 0, .cgroup_procs = cgroup_procs, .cgroup_procs_count = cgroup_procs_count, .err = 0,
     };
     sigset_t all;
     sigfillset(&all);

@@ -140,7 +140,8 @@ public actor Ledger {
 
     public func taskEnded(
         inputKey: String, attempt: Int, outcome: Outcome, seconds: Double, bytesIn: Int64, bytesOut: Int64,
-        exitStatus: String, outputKey: String?, reason: String?
+        exitStatus: String, outputKey: String?, reason: String?, peakMemoryBytes: Int64? = nil,
+        cpuSeconds: Double? = nil
     ) {
         typealias F = LedgerSchema.Task
         let now = Self.now()
@@ -151,6 +152,8 @@ public actor Ledger {
         ]
         if let outputKey { fields.append((F.outputKey, .s(outputKey))) }
         if let reason { fields.append((F.reason, .s(String(reason.prefix(1000))))) }
+        if let peakMemoryBytes { fields.append((F.peakMemoryBytes, .number(peakMemoryBytes))) }
+        if let cpuSeconds { fields.append((F.cpuSeconds, .number((cpuSeconds * 1000).rounded() / 1000))) }
         // Every attribute through a placeholder: some of these names (`state`) are DynamoDB reserved words.
         let names = Dictionary(uniqueKeysWithValues: fields.enumerated().map { ("#a\($0.offset)", $0.element.name) })
         let values = DynamoItem(uniqueKeysWithValues: fields.enumerated().map { (":v\($0.offset)", $0.element.value) })

@@ -45,6 +45,10 @@ public enum LedgerSchema {
         public static let exitStatus = "exitStatus"
         public static let outputKey = "outputKey"
         public static let reason = "reason"
+        /// What the command used: its peak memory (the whole task's, from its cgroup; else its largest process's)
+        /// and its CPU seconds.
+        public static let peakMemoryBytes = "peakMemoryBytes"
+        public static let cpuSeconds = "cpuSeconds"
     }
 
     /// The attributes of a heartbeat item.

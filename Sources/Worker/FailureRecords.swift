@@ -19,16 +19,21 @@ public enum FailureRecords {
 
     /// An input's record: what failed, why, how often, where, and the end of the command's stderr.
     static func body(_ failure: TaskFailure, message: SQSMessage, instanceID: String, time: Date) -> [UInt8] {
-        Array(
-            JSONValue.object([
-                "input": .string(failure.input.description), "reason": .string(failure.reason),
-                "exitStatus": .string(failure.outcome?.summary ?? "none"),
-                "attempts": .number(Double(message.receiveCount)),
-                "instanceId": .string(instanceID),
-                "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
-                "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
-                "time": .string(CivilTime(date: time).iso8601),
-            ]).serialized.utf8)
+        var fields: [String: JSONValue] = [
+            "input": .string(failure.input.description), "reason": .string(failure.reason),
+            "exitStatus": .string(failure.outcome?.summary ?? "none"),
+            "attempts": .number(Double(message.receiveCount)),
+            "instanceId": .string(instanceID),
+            "durationSeconds": .number((failure.seconds * 1000).rounded() / 1000),
+            "stderrTail": .string(failure.stderrTail), "messageId": .string(message.messageID),
+            "time": .string(CivilTime(date: time).iso8601),
+        ]
+        if let usage = failure.usage {
+            if let peak = usage.peakMemoryBytes { fields["peakMemoryBytes"] = .number(Double(peak)) }
+            if let cpu = usage.cpuSeconds { fields["cpuSeconds"] = .number((cpu * 1000).rounded() / 1000) }
+            fields["usageFrom"] = .string(usage.source)
+        }
+        return Array(JSONValue.object(fields).serialized.utf8)
     }
 
     /// A bad message's record: why, and the start of its body.

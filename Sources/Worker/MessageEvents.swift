@@ -17,7 +17,7 @@ enum MessageEvent: Sendable {
     case commandStarted(input: S3URI, attempt: Int)
     case commandEnded(input: S3URI, attempt: Int)
     /// The task ended so, after `seconds`, with `bytesIn` downloaded.
-    case taskEnded(AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64)
+    case taskEnded(AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64, usage: TaskUsage?)
     /// The message's fate is decided, and about to be carried out.
     case settling(MessageFate, attempt: Int)
 }
@@ -43,8 +43,9 @@ struct MessageBooks: Sendable {
             await ledger?.commandStarted(inputKey: input.key, attempt: attempt)
         case .commandEnded(let input, let attempt):
             await ledger?.commandEnded(inputKey: input.key, attempt: attempt)
-        case .taskEnded(let outcome, let input, let attempt, let seconds, let bytesIn):
-            await ledger?.record(outcome, input: input, attempt: attempt, seconds: seconds, bytesIn: bytesIn)
+        case .taskEnded(let outcome, let input, let attempt, let seconds, let bytesIn, let usage):
+            await ledger?.record(
+                outcome, input: input, attempt: attempt, seconds: seconds, bytesIn: bytesIn, usage: usage)
             taskEnded(outcome, seconds: seconds, logger: logger)
             // The machine's health: a task that met its trouble counts, a task that worked clears the count. A task
             // that failed says nothing either way (it may have failed of the machine in a way nobody could tell).

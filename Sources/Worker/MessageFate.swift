@@ -19,11 +19,12 @@ enum AttemptOutcome: Sendable, Equatable {
     /// operator can): recorded at once, as a missing input is.
     case outputTaken(TaskFailure)
 
-    /// The same outcome, its failure stamped with the task's `seconds`.
-    func timed(_ seconds: Double) -> AttemptOutcome {
+    /// The same outcome, its failure stamped with the task's `seconds` and what its command used.
+    func timed(_ seconds: Double, usage: TaskUsage? = nil) -> AttemptOutcome {
         switch self {
         case .failed(var failure):
             failure.seconds = seconds
+            failure.usage = failure.usage ?? usage
             return .failed(failure)
         case .inputMissing(var failure):
             failure.seconds = seconds
@@ -61,6 +62,8 @@ struct TaskFailure: Sendable, Equatable {
     var outcome: ProcessOutcome?
     var stderrTail: String = ""
     var seconds: Double = 0
+    /// What its command used (peak memory, CPU time), when it ran.
+    var usage: TaskUsage? = nil
 }
 
 /// What becomes of a message: the "Failure handling" table (docs/failures.md), in code, in one place. `before` decides what

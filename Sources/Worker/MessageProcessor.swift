@@ -15,6 +15,9 @@ struct TaskSetting: Sendable {
     var user: RunAsUser?
     /// The rule that keeps a run-as user's command from IMDS, checked before each command (`IMDSFence.ensure`).
     var fence: IMDSFence? = nil
+    /// Where each task's cgroup is made, with the limits (`memoryMax`, `cpuMax`, `pidsMax`); nil without limits, or
+    /// when the machine cannot give them (said once at start-up).
+    var cgroups: Cgroups? = nil
 }
 
 /// Processes one received message from start to fate: parse, attempt each input (download, run, judge, upload),

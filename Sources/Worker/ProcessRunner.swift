@@ -165,18 +165,23 @@ public struct ProcessRunner: Sendable {
     /// - Parameter privateTmp: the folder that is the command's /tmp, with `isolation.privateTmp`.
     public func run(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
-        user: RunAsUser?, timeout: Int?, privateTmp: String? = nil, killGrace: Double? = nil
+        user: RunAsUser?, timeout: Int?, privateTmp: String? = nil, killGrace: Double? = nil,
+        cgroup: TaskCgroup? = nil, usage: UsageBox? = nil
     ) async throws(SpawnError) -> ProcessOutcome {
         let killGrace = killGrace ?? self.killGrace
         let pid = try spawn(
             argv: argv, environment: environment, directory: directory, stdout: stdout, stderr: stderr, user: user,
-            privateTmp: privateTmp)
+            privateTmp: privateTmp, cgroupProcs: cgroup?.procs ?? [])
         let cancelled = CancelFlag()
-        return await withTaskCancellationHandler {
-            await wait(Reaper(pid: pid, timeout: timeout, killGrace: killGrace, cancelled: cancelled))
+        let outcome = await withTaskCancellationHandler {
+            await wait(Reaper(pid: pid, timeout: timeout, killGrace: killGrace, cancelled: cancelled, usage: usage))
         } onCancel: {
             cancelled.raise()
         }
+        // The cgroup knows the whole tree (every process, its peak together); rusage only the command and the
+        // children it waited for.
+        if let cgroup, let usage { usage.set(cgroup.usage()) }
+        return outcome
     }
 
     /// Set when the task waiting for a command is cancelled; the reaper sees it within 250 ms.
@@ -220,6 +225,7 @@ public struct ProcessRunner: Sendable {
         let timeout: Int?
         let killGrace: Double
         let cancelled: CancelFlag
+        var usage: UsageBox? = nil
         let started = ContinuousClock.now
         var killedFor: ProcessOutcome?
         var termSentAt: ContinuousClock.Instant?
@@ -227,8 +233,14 @@ public struct ProcessRunner: Sendable {
         /// How the command ended, or nil while it runs.
         mutating func look() -> ProcessOutcome? {
             var status: Int32 = 0
-            let done = waitpid(pid, &status, WNOHANG)
+            var resources = rusage()
+            let done = wait4(pid, &status, WNOHANG, &resources)
             if done == pid {
+                let cpu =
+                    Double(resources.ru_utime.tv_sec + resources.ru_stime.tv_sec)
+                    + Double(resources.ru_utime.tv_usec + resources.ru_stime.tv_usec) / 1e6
+                usage?.set(
+                    TaskUsage(peakMemoryBytes: Int64(resources.ru_maxrss) * 1024, cpuSeconds: cpu, source: "rusage"))
                 return killedFor ?? ProcessOutcome(waitStatus: status)
             }
             if done < 0 && errno != EINTR { return killedFor ?? .signalled(0) }
@@ -263,7 +275,7 @@ public struct ProcessRunner: Sendable {
     /// worker processes this way.
     public func spawn(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
-        user: RunAsUser?, privateTmp: String? = nil
+        user: RunAsUser?, privateTmp: String? = nil, cgroupProcs: [Int32] = []
     ) throws(SpawnError) -> Int32 {
         let program = argv[0]
         let cArgv = argv.map { strdup($0) } + [nil]
@@ -275,9 +287,12 @@ public struct ProcessRunner: Sendable {
         var pid: pid_t = 0
         var inNamespace: Int32 = 0
         let tmp = isolation.privateTmp ? privateTmp : nil
-        let code = pz_spawn(
-            program, cArgv, cEnv, directory, stdout, stderr, user == nil ? 0 : 1, user?.uid ?? 0,
-            user?.gid ?? 0, isolation.pidNamespace ? 1 : 0, tmp, isolation.ownProc ? 1 : 0, &pid, &inNamespace)
+        let code = cgroupProcs.withUnsafeBufferPointer { procs in
+            pz_spawn(
+                program, cArgv, cEnv, directory, stdout, stderr, user == nil ? 0 : 1, user?.uid ?? 0,
+                user?.gid ?? 0, isolation.pidNamespace ? 1 : 0, tmp, isolation.ownProc ? 1 : 0, procs.baseAddress,
+                Int32(procs.count), &pid, &inNamespace)
+        }
         guard code == 0 else { throw SpawnError(program: program, errno: code) }
         return pid
     }

@@ -53,6 +53,10 @@ public struct CommandRun: Sendable {
     public var privateTmp: String?
     /// Seconds between SIGTERM and SIGKILL when it is stopped; nil for the runner's own.
     public var killGrace: Double?
+    /// The task's cgroup, which the command enters before it runs (`TaskCgroup`).
+    public var cgroup: TaskCgroup?
+    /// Where the runner leaves what the command used.
+    public var usage: UsageBox?
 
     public init(
         argv: [String], environment: [String: String], directory: String, stdout: Int32, stderr: Int32,
@@ -115,7 +119,8 @@ extension ProcessRunner: TaskRunner {
         try await run(
             argv: command.argv, environment: command.environment, directory: command.directory,
             stdout: command.stdout, stderr: command.stderr, user: command.user,
-            timeout: command.timeout, privateTmp: command.privateTmp, killGrace: command.killGrace)
+            timeout: command.timeout, privateTmp: command.privateTmp, killGrace: command.killGrace,
+            cgroup: command.cgroup, usage: command.usage)
     }
 }
 

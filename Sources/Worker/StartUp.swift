@@ -100,6 +100,15 @@ struct StartUp: Sendable {
         if let user, !config.passCredentials {
             setting.fence = try await fenceOffIMDS(for: user, path: environment["PATH"] ?? "", logger: logger)
         }
+        if !config.limits.isEmpty {
+            switch Cgroups.find(limits: config.limits) {
+            case .success(let cgroups):
+                setting.cgroups = cgroups
+                logger.info("per-task limits through \(cgroups.hierarchy)")
+            case .failure(let why):
+                logger.warning("per-task limits are off: \(why); tasks run without memoryMax, cpuMax and pidsMax")
+            }
+        }
         // A private /tmp hides what lies under the real one: not when the work, the command (or a file named in its
         // arguments), its environment or its TMPDIR do.
         var privateTmp = config.privateTmp

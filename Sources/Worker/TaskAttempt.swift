@@ -16,8 +16,10 @@ extension MessageProcessor {
         if input.bucket != config.inputBucket { logger[metadataKey: "task.bucket"] = "\(input.bucket)" }
         let started = clock.now
         await emit(.taskStarted(input: input, attempt: message.receiveCount, slot: slot), message, logger: logger)
+        let usage = UsageBox()
         var (outcome, bytesIn) = await run(
-            input, slot: slot, message: message, stage: stage, lastInput: lastInput, lastRun: lastRun, logger: logger)
+            input, slot: slot, message: message, stage: stage, lastInput: lastInput, lastRun: lastRun, usage: usage,
+            logger: logger)
         // A command that failed on a full disk, which has room again now that its task folder is gone, filled it
         // itself: that is the task's failure, not this machine's (a hostile or runaway command must not make
         // worker after worker leave). A download that did not fit stays the machine's.
@@ -28,9 +30,11 @@ extension MessageProcessor {
                     outcome: nil))
         }
         let seconds = (clock.now - started).seconds
-        outcome = outcome.timed(seconds)
+        outcome = outcome.timed(seconds, usage: usage.usage)
         await emit(
-            .taskEnded(outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn),
+            .taskEnded(
+                outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn,
+                usage: usage.usage),
             message, logger: logger)
         return outcome
     }
@@ -43,7 +47,7 @@ extension MessageProcessor {
     /// first command until its `lastInput`'s command ends.
     func run(
         _ input: S3URI, slot: Int, message: SQSMessage, stage: CommandStage?, lastInput: Bool, lastRun: Bool,
-        logger: Logger
+        usage: UsageBox, logger: Logger
     ) async -> (AttemptOutcome, Int64) {
         let failed = { (reason: String, outcome: ProcessOutcome?, tail: String) -> AttemptOutcome in
             .failed(TaskFailure(input: input, reason: reason, outcome: outcome, stderrTail: tail))
@@ -111,6 +115,17 @@ extension MessageProcessor {
             directory: setting.environmentDirectory ?? data, stdout: folder.commandStdout,
             stderr: folder.commandStderr, user: setting.user, timeout: config.taskTimeout, privateTmp: folder.tmp)
         if config.checkpoint { command.killGrace = Double(config.checkpointGrace) }
+        command.usage = usage
+        // The task's own cgroup, with its limits: a limit that cannot be set here is this machine's trouble, never a
+        // command run without it.
+        if let cgroups = setting.cgroups {
+            do {
+                command.cgroup = try cgroups.make(task: folderName)
+            } catch {
+                return (.deferred(reason: "the task's cgroup cannot be made: \(error)", scope: .machine), bytesIn)
+            }
+        }
+        defer { command.cgroup?.remove() }
         // The next command of the slot starts once this one's output is judged, while the output goes up; unless
         // the output may be a file the next command can reach (in the shared environment, or a hard link to one):
         // then its upload is part of the slot's turn.
@@ -235,10 +250,14 @@ extension MessageProcessor {
             return .ended(.deferred(reason: "the command failed (\(outcome.summary)) and \(full)", scope: .disk))
         }
         guard outcome.succeeded else {
-            let reason =
+            var reason =
                 outcome == .timedOut
                 ? "the command ran past taskTimeout (\(config.taskTimeout ?? 0) s)"
                 : "the command failed (\(outcome.summary))"
+            if let used = command.usage?.usage, used.outOfMemory, let limit = config.limits.memoryMax {
+                reason =
+                    "out of memory (limit \(ResourceLimits.readable(limit))), peak \(used.peakMemoryBytes.map(ResourceLimits.readable) ?? "unknown"): \(reason)"
+            }
             return failed(reason, outcome, folder.stderrTail(bytes: 64 << 10))
         }
         // The name is resolved as the command meant it (from its working directory), and must lead to a regular
@@ -333,24 +352,34 @@ extension MessageProcessor {
 
 extension Ledger {
     /// One task attempt's line in the ledger.
-    func record(_ outcome: AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64) {
+    func record(
+        _ outcome: AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64, usage: TaskUsage?
+    ) {
         switch outcome {
         case .uploaded(let key, let bytes):
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: bytes, exitStatus: "exit 0", outputKey: key, reason: nil)
+                bytesOut: bytes, exitStatus: "exit 0", outputKey: key, reason: nil,
+                peakMemoryBytes: usage?.peakMemoryBytes,
+                cpuSeconds: usage?.cpuSeconds)
         case .noOutput:
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: 0, exitStatus: "exit 0", outputKey: nil, reason: "no output named")
+                bytesOut: 0, exitStatus: "exit 0", outputKey: nil, reason: "no output named",
+                peakMemoryBytes: usage?.peakMemoryBytes,
+                cpuSeconds: usage?.cpuSeconds)
         case .failed(let failure):
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason)
+                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason,
+                peakMemoryBytes: usage?.peakMemoryBytes,
+                cpuSeconds: usage?.cpuSeconds)
         case .inputMissing(let failure), .outputTaken(let failure):
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason)
+                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason,
+                peakMemoryBytes: usage?.peakMemoryBytes,
+                cpuSeconds: usage?.cpuSeconds)
         case .interrupted:
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
@@ -359,7 +388,9 @@ extension Ledger {
         case .deferred(let reason, _):
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
-                bytesIn: bytesIn, bytesOut: 0, exitStatus: "none", outputKey: nil, reason: "deferred: \(reason)")
+                bytesIn: bytesIn, bytesOut: 0, exitStatus: "none", outputKey: nil, reason: "deferred: \(reason)",
+                peakMemoryBytes: usage?.peakMemoryBytes,
+                cpuSeconds: usage?.cpuSeconds)
         }
     }
 }

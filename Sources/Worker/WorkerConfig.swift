@@ -72,6 +72,8 @@ public struct WorkerConfig: Sendable, Equatable {
     /// `checkpointGrace` seconds to write it, then the folder is uploaded and the message released.
     public var checkpoint = false
     public var checkpointGrace = 30
+    /// `memoryMax`, `cpuMax`, `pidsMax`: each task's command in a cgroup of its own (`Cgroups`).
+    public var limits = ResourceLimits()
 
     /// The S3 client options these settings make.
     public var s3Options: S3Client.Options {
@@ -93,7 +95,8 @@ public struct WorkerConfig: Sendable, Equatable {
             "maxAttempts", "idleTimeout", "shutdownCommand", "runAsUser", "passCredentials", "privateTmp",
             "ledgerTable",
             "shutdownGrace", "autoScalingGroup", "transferConcurrency", "partSizeMiB", "prefetch", "deadEndPause",
-            "adoptUnmarkedOutputs", "failureBudget", "checkpoint", "checkpointGrace",
+            "adoptUnmarkedOutputs", "failureBudget", "checkpoint", "checkpointGrace", "memoryMax", "cpuMax",
+            "pidsMax",
         ]
         return Dictionary(uniqueKeysWithValues: names.map { (normalise($0), $0) })
     }()
@@ -268,6 +271,19 @@ extension WorkerConfig {
         if let v = try boolean("prefetch") { config.prefetch = v }
         if let v = try integer("deadEndPause", 0...86400, duration: true) { config.deadEndPause = v }
         if let v = try boolean("adoptUnmarkedOutputs") { config.adoptUnmarkedOutputs = v }
+        if let text = string("memoryMax") {
+            guard let bytes = ResourceLimits.bytes(text), bytes >= 1 << 20 else {
+                throw ConfigError(key: "memoryMax", message: "'\(text)' is not a size of at least 1 MiB (512M, 2G)")
+            }
+            config.limits.memoryMax = bytes
+        }
+        if let text = string("cpuMax") {
+            guard let cores = Double(text.trimmingSpaces), cores >= 0.01, cores <= 1024 else {
+                throw ConfigError(key: "cpuMax", message: "'\(text)' is not a number of cores from 0.01 to 1024 (1.5)")
+            }
+            config.limits.cpuMax = cores
+        }
+        if let v = try integer("pidsMax", 1...4_194_304) { config.limits.pidsMax = v }
         if let v = try boolean("checkpoint") { config.checkpoint = v }
         if let v = try integer("checkpointGrace", 1...3600, duration: true) { config.checkpointGrace = v }
         if config.checkpoint && config.checkpointGrace >= config.shutdownGrace {

@@ -197,6 +197,37 @@ import Worker
         try WorkerConfig.resolve(layers, cores: 8)
     }
 
+    /// The limits per task, checkpoints and the failure budget: sizes with units, cores as a decimal, and a
+    /// checkpoint grace that leaves room for the upload within shutdownGrace.
+    @Test func limitsCheckpointsAndTheFailureBudget() throws {
+        let base = try UserData.parse(Self.required)
+        func config(_ extra: [String: String]) throws -> WorkerConfig {
+            try resolve([ConfigLayer(source: "user-data", values: base.merging(extra) { $1 })]).0
+        }
+        let set = try config([
+            "memoryMax": "1.5G", "cpuMax": "0.5", "pidsMax": "64", "checkpoint": "true", "checkpointGrace": "20s",
+            "failureBudget": "0",
+        ])
+        #expect(set.limits == ResourceLimits(memoryMax: 1_610_612_736, cpuMax: 0.5, pidsMax: 64))
+        #expect(set.checkpoint && set.checkpointGrace == 20 && set.failureBudget == 0)
+        #expect(try config([:]).limits.isEmpty && !(try config([:]).checkpoint) && (try config([:]).failureBudget == 5))
+        #expect(ResourceLimits.bytes("512MiB") == 536_870_912 && ResourceLimits.bytes("2048") == 2048)
+        #expect(ResourceLimits.readable(1_610_612_736) == "1.5 GiB" && ResourceLimits.readable(64 << 20) == "64 MiB")
+        for (key, value, says) in [
+            ("memoryMax", "lots", "is not a size"), ("memoryMax", "100K", "at least 1 MiB"),
+            ("cpuMax", "0", "cores from 0.01"), ("pidsMax", "0", "outside"),
+            ("checkpointGrace", "90", "not less than shutdownGrace"),
+        ] {
+            var values = [key: value]
+            if key == "checkpointGrace" { values["checkpoint"] = "true" }
+            #expect {
+                try config(values)
+            } throws: { error in
+                "\(error)".contains(key) && "\(error)".contains(says)
+            }
+        }
+    }
+
     @Test func defaultsAndRequiredKeys() throws {
         let (config, warnings) = try resolve([
             ConfigLayer(source: "user-data", values: try UserData.parse(Self.required))

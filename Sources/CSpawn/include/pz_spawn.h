@@ -7,11 +7,14 @@
 /// to `uid`/`gid` (supplementary groups cleared, no_new_privs set) before exec. With `new_pid_namespace` (root), it
 /// is started as the init of a PID namespace of its own, so that nothing it starts outlives it; then, in a mount
 /// namespace of its own, `private_tmp` (when not NULL) is bound on /tmp and /var/tmp, and with `mount_proc` a /proc
-/// of the namespace's own is mounted. Returns 0 and the child's pid, or an errno value: exec failures (not found,
+/// of the namespace's own is mounted. Before any of that, the child moves itself into the cgroups whose `cgroup.procs`
+/// files are open as `cgroup_procs` (write-only, close-on-exec), so its limits hold from its first instruction.
+/// Returns 0 and the child's pid, or an errno value: exec failures (not found,
 /// not executable) and refused namespaces or mounts are reported here, not as an exit code.
 int pz_spawn(const char *_Nonnull path, char *_Nullable const *_Nonnull argv, char *_Nullable const *_Nonnull envp,
              const char *_Nonnull cwd, int stdout_fd, int stderr_fd, int switch_user, uid_t uid, gid_t gid,
-             int new_pid_namespace, const char *_Nullable private_tmp, int mount_proc, pid_t *_Nonnull out_pid,
+             int new_pid_namespace, const char *_Nullable private_tmp, int mount_proc,
+             const int *_Nullable cgroup_procs, int cgroup_procs_count, pid_t *_Nonnull out_pid,
              int *_Nonnull out_in_namespace);
 
 /// A descriptor that becomes readable when process `pid` ends (`pidfd_open`, Linux 5.3), or -1 with errno set
