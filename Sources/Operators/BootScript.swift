@@ -94,7 +94,8 @@ public struct BootScript: Sendable {
                 (scalar.isASCII && (scalar.properties.isAlphabetic || ("0"..."9").contains(scalar)))
                     || "@%+=:,./-_".unicodeScalars.contains(scalar)
             }
-        let quoted = plain ? word : "'" + word.replacing("'", with: #"'"'"'"#) + "'"
+        // systemd reads C escapes even inside quotes: a backslash is doubled to stay one.
+        let quoted = plain ? word : "'" + word.replacing("\\", with: "\\\\").replacing("'", with: #"'"'"'"#) + "'"
         return quoted.replacing("%", with: "%%").replacing("$", with: "$$")
     }
 }

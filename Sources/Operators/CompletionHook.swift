@@ -53,25 +53,26 @@ public struct CompletionHook: Sendable {
             return e
         }
 
-        /// Sums the heartbeats of the daemons that started in this run (all of them when its start is unknown).
+        /// Sums the heartbeats of the daemons that worked in this run: written since it started (all of them when its
+        /// start is unknown). A daemon started before the run's `enqueue` is one of them.
         public mutating func count(_ heartbeats: [InstanceHeartbeat]) {
             let since = manifest?.started ?? 0
-            let ours = heartbeats.filter { ($0.startedEpoch ?? .infinity) >= since - 1 }
+            let ours = heartbeats.filter { ($0.updatedEpoch ?? 0) >= since - 1 }
             tasksDone = ours.reduce(0) { $0 + $1.tasksDone }
             tasksFailed = ours.reduce(0) { $0 + $1.tasksFailed }
         }
     }
 
-    /// The ledger item that records the hook of the run that started at `started` (nil: no run manifest).
-    static func sortKey(runStarted started: Double?) -> String {
-        LedgerSchema.completionPrefix + (started.map { String(Int($0)) } ?? "unknown-run")
+    /// The ledger item that records the hook of the run that started at `started` (the run `enqueue` recorded).
+    static func sortKey(runStarted started: Double) -> String {
+        LedgerSchema.completionPrefix + String(Int(started))
     }
 
     public enum Result: Sendable, Equatable {
         /// It ran now and exited 0, or had run already with success.
         case done
-        /// It failed now, or had failed (or never recorded its end) before: not run again. Status 2: the
-        /// operator looks, the unit does not restart.
+        /// It failed now, or had failed (or never recorded its end) before, or cannot be kept to once: not run
+        /// again. Status 2: the operator looks, the unit does not restart.
         case failed(String)
         /// The claim could not be written (a throttle, the network): not run, so that it never runs twice;
         /// status 1, for a restart to try again.
@@ -80,31 +81,48 @@ public struct CompletionHook: Sendable {
 
     /// Runs the command unless the ledger shows it ran for this run already.
     public func fire(_ run: Run, ledger: (client: DynamoDBClient, table: String)?, logger: Logger) async -> Result {
+        typealias F = LedgerSchema.Completion
+        guard let ledger else {
+            logger.notice("no ledger table: the completion hook runs once for this controller's life only")
+            return await runAndRecord(run, key: nil, ledger: nil, logger: logger)
+        }
+        // "Once" is once per run: without the run's start, every run on the queue would share one claim.
+        guard let started = run.manifest?.started else {
+            return .failed(
+                "the completion hook was not run: the queue's tags hold no run (enqueue records one), and without it the ledger cannot keep the hook to once per run; run it by hand, or leave out --ledger-table"
+            )
+        }
         let key: DynamoItem = [
             LedgerSchema.partitionKey: .s(LedgerSchema.queueName(run.queueURL)),
-            LedgerSchema.sortKey: .s(Self.sortKey(runStarted: run.manifest?.started)),
+            LedgerSchema.sortKey: .s(Self.sortKey(runStarted: started)),
         ]
-        typealias F = LedgerSchema.Completion
-        if let ledger {
-            let now = Date().timeIntervalSince1970
-            var item = key
-            item[LedgerSchema.kind] = .s(F.kind)
-            item[F.state] = .s("running")
-            item[F.command] = .s(String(command.prefix(1000)))
-            item[F.startedEpoch] = .number(now)
-            do {
-                try await ledger.client.putItem(
-                    table: ledger.table, item: item, condition: "attribute_not_exists(#t)",
-                    names: ["#t": LedgerSchema.sortKey], logger: logger)
-            } catch  where error.shortCode == "ConditionalCheckFailedException" {
-                return await ranBefore(key: key, ledger: ledger, logger: logger)
-            } catch {
-                return .notNow(
-                    "cannot record the completion hook's start in the ledger (\(error)): not run, so that it runs once")
-            }
-        } else {
-            logger.notice("no ledger table: the completion hook runs once for this controller's life only")
+        var item = key
+        item[LedgerSchema.kind] = .s(F.kind)
+        item[F.state] = .s("running")
+        item[F.command] = .s(String(command.prefix(1000)))
+        item[F.startedEpoch] = .number(Date().timeIntervalSince1970)
+        do {
+            try await ledger.client.putItem(
+                table: ledger.table, item: item, condition: "attribute_not_exists(#t)",
+                names: ["#t": LedgerSchema.sortKey], logger: logger)
+        } catch  where error.shortCode == "ConditionalCheckFailedException" {
+            return await ranBefore(key: key, ledger: ledger, logger: logger)
+        } catch  where error.setupProblem != nil {
+            return .failed(
+                "the completion hook was not run: its claim in the ledger is refused (\(error)); give the controller dynamodb:PutItem and dynamodb:UpdateItem on \(ledger.table) (setup-aws --controller does)"
+            )
+        } catch {
+            return .notNow(
+                "cannot record the completion hook's start in the ledger (\(error)): not run, so that it runs once")
         }
+        return await runAndRecord(run, key: key, ledger: ledger, logger: logger)
+    }
+
+    /// Runs the command (in `/`), and records its end in the claim (`key`) when there is one.
+    func runAndRecord(
+        _ run: Run, key: DynamoItem?, ledger: (client: DynamoDBClient, table: String)?, logger: Logger
+    ) async -> Result {
+        typealias F = LedgerSchema.Completion
         logger.notice(
             "running the completion hook",
             metadata: ["command": "\(command)", "environment": "\(run.environment.sorted { $0.key < $1.key })"])
@@ -128,13 +146,15 @@ public struct CompletionHook: Sendable {
             result = .failed("the completion hook could not start: \(why)")
             status = "not started"
         }
-        if let ledger {
-            let ended = Date().timeIntervalSince1970
+        if let ledger, let key {
             do {
                 try await ledger.client.updateItem(
                     table: ledger.table, key: key, update: "SET #s = :s, #x = :x, #e = :e",
                     names: ["#s": F.state, "#x": F.exitStatus, "#e": F.endedEpoch],
-                    values: [":s": .s(result == .done ? "done" : "failed"), ":x": .s(status), ":e": .number(ended)],
+                    values: [
+                        ":s": .s(result == .done ? "done" : "failed"), ":x": .s(status),
+                        ":e": .number(Date().timeIntervalSince1970),
+                    ],
                     logger: logger)
             } catch {
                 logger.warning(
@@ -155,7 +175,8 @@ public struct CompletionHook: Sendable {
             item = try await ledger.client.query(
                 table: ledger.table, keyCondition: "#q = :q AND #t = :t",
                 names: ["#q": LedgerSchema.partitionKey, "#t": LedgerSchema.sortKey],
-                values: [":q": key[LedgerSchema.partitionKey]!, ":t": key[LedgerSchema.sortKey]!], logger: logger
+                values: [":q": key[LedgerSchema.partitionKey]!, ":t": key[LedgerSchema.sortKey]!], consistent: true,
+                logger: logger
             ).items.first
         } catch {
             return .notNow("the completion hook was claimed before, and its record cannot be read now (\(error))")

@@ -296,7 +296,11 @@ public struct FleetPolicy: Sendable {
         let idle = snapshot.instances.filter { instance in
             guard inUse else { return true }
             guard let beat = snapshot.heartbeats?[instance.instanceID] else { return true }
-            return beat.runningTasks == 0
+            // A heartbeat older than `stuckAfter` is a worker that stopped beating: nothing it shows holds.
+            if snapshot.now - (beat.updatedEpoch ?? 0) >= stuckAfter { return true }
+            // Busy: a task running, or a message received within the quiet period (its task may have begun since
+            // the last heartbeat).
+            return beat.runningTasks == 0 && snapshot.now - (beat.lastReceiveEpoch ?? 0) >= quietPeriod
         }
         let busy = snapshot.instances.count - idle.count
         let leaving = max(0, snapshot.instances.count - max(minimum, busy))
@@ -310,9 +314,12 @@ public struct FleetPolicy: Sendable {
 
     /// Why launches stop now for the failure rate: more than `maxFailureRate` of the fleet's last `failureWindow`
     /// tasks failed (`InstanceHeartbeat.recentFailures`). Nil without a limit, a ledger, or enough tasks.
-    public func failureBrake(_ snapshot: Snapshot) -> String? {
+    ///
+    /// Only tasks that ended since `since` (the controller's first look) count: heartbeats outlive their workers,
+    /// and the failures that stopped an earlier controller must not stop the one started after the fix.
+    public func failureBrake(_ snapshot: Snapshot, since: Double = 0) -> String? {
         guard let maxFailureRate, let heartbeats = snapshot.heartbeats,
-            let recent = InstanceHeartbeat.recentFailures(Array(heartbeats.values), over: failureWindow),
+            let recent = InstanceHeartbeat.recentFailures(Array(heartbeats.values), over: failureWindow, since: since),
             Double(recent.failed) > maxFailureRate * Double(recent.of)
         else { return nil }
         return
@@ -323,7 +330,7 @@ public struct FleetPolicy: Sendable {
     /// round without heartbeats (the ledger not read) changes nothing.
     public func noteFailureRate(_ snapshot: Snapshot, memory: inout Memory) -> String? {
         guard maxFailureRate != nil, snapshot.heartbeats != nil else { return nil }
-        let brake = failureBrake(snapshot)
+        let brake = failureBrake(snapshot, since: memory.watchingSince ?? snapshot.now)
         defer { memory.braked = brake }
         if let brake, memory.braked == nil { return "launches stop: \(brake)" }
         if brake == nil, memory.braked != nil {
@@ -654,10 +661,20 @@ public struct Controller: Sendable {
                 if fleetGone, !hookSeen, let hook = options.onComplete, !options.dryRun {
                     hookSeen = true
                     var run = CompletionHook.Run(queueURL: options.queueURL, instancesStopped: terminated.count)
+                    // The run the hook is for: a read that fails is no reason to guess (a guessed run could run the
+                    // hook twice, or not for this run).
+                    do {
+                        run.manifest = try await sqs.runManifest(queueURL: options.queueURL, logger: logger)
+                    } catch {
+                        logger.critical(
+                            "cannot read the run from the queue's tags for the completion hook (sqs:ListQueueTags); not run",
+                            metadata: ["error": "\(error)"])
+                        return error.setupProblem != nil ? 2 : 1
+                    }
+                    // A count for the hook, not a condition of it.
                     if let status = try? await QueueStatus.read(
                         queueURL: options.queueURL, output: nil, context: context, logger: logger)
                     {
-                        run.manifest = status.run
                         run.deadLetters = status.deadLetters
                     }
                     if let heartbeats { run.count(Array(heartbeats.values)) }

@@ -107,7 +107,7 @@ public struct Reconcile: Sendable {
             switch self {
             case .queueNotEmpty(let n):
                 return
-                    "--enqueue-missing needs to know what is lost: the queue holds \(n) messages; wait for the drain, or add --read-queue"
+                    "--enqueue-missing sends only what is lost for sure: the queue holds \(n) messages (visible, in flight or delayed); run it once the queue is drained"
             }
         }
     }
@@ -132,13 +132,18 @@ public struct Reconcile: Sendable {
         var held: [(queue: String, handle: String)] = []
         if let policy = RedrivePolicy(attributes: attributes) {
             let dlq = try await sqs.queueURL(ofARN: policy.deadLetterTargetARN, logger: logger)
-            deadLettered = try await read(dlq, noteReceives: false, held: &held, sqs: sqs, s3: s3, logger: logger)
+            deadLettered = try await read(
+                dlq, noteReceives: false, maxReceiveCount: nil, held: &held, sqs: sqs, s3: s3, logger: logger)
         }
+        // Sending again is for what is lost for sure: messages in flight (a worker's, or waiting out a retry's
+        // backoff) cannot be read, so a queue that holds anything at all refuses it.
+        if options.enqueueMissing && counts.total > 0 { throw Refusal.queueNotEmpty(counts.total) }
         var queued = Set<[UInt8]>()
         if options.readQueue {
-            queued = try await read(options.queueURL, noteReceives: true, held: &held, sqs: sqs, s3: s3, logger: logger)
-        } else if options.enqueueMissing && counts.total > 0 {
-            throw Refusal.queueNotEmpty(counts.total)
+            queued = try await read(
+                options.queueURL, noteReceives: true,
+                maxReceiveCount: RedrivePolicy(attributes: attributes)?.maxReceiveCount,
+                held: &held, sqs: sqs, s3: s3, logger: logger)
         }
         do {
             let totals = try await walk(
@@ -175,7 +180,8 @@ public struct Reconcile: Sendable {
         let enqueuer = Enqueuer(sqs: sqs, queueURL: options.queueURL)
         try await s3.listAll(bucket: options.inputs.bucket, prefix: options.inputs.key, logger: logger) {
             page throws(AWSError) in
-            let keys = page.map(\.key)
+            // A key ending in `/` is a folder's marker (the console makes them), never an input, as for enqueue.
+            let keys = page.map(\.key).filter { !$0.hasSuffix("/") }
             let finished = try await done.done(keys, logger: logger)
             var recordKeys: [[UInt8]: String] = [:]
             for key in keys where !finished.contains(key) { recordKeys[Array(formats.recordKey(key).utf8)] = key }
@@ -226,14 +232,19 @@ public struct Reconcile: Sendable {
     /// Receives every message of `queue` (hidden for `hold` seconds while the walk lasts) and returns the input
     /// keys of this run's bucket they name. With `noteReceives`, each receive is noted as unrun in the results'
     /// `_parallelizer/releases/`, as the daemon notes its own releases: reading spends no attempt.
+    ///
+    /// Memory grows with what the queues hold (the dead-letter queue holds the run's failures). A message seen twice
+    /// means the hold ran out before the read did (a queue too large to read within `hold`): the read ends there, and
+    /// says so.
     func read(
-        _ queue: String, noteReceives: Bool, held: inout [(queue: String, handle: String)], sqs: SQSClient,
-        s3: S3Client, logger: Logger
+        _ queue: String, noteReceives: Bool, maxReceiveCount: Int?, held: inout [(queue: String, handle: String)],
+        sqs: SQSClient, s3: S3Client, logger: Logger
     ) async throws -> Set<[UInt8]> {
         var keys = Set<[UInt8]>()
+        var seen = Set<String>()
         var emptyReplies = 0
         // An empty reply from a short poll may miss messages on other servers: two in a row end the read.
-        while emptyReplies < 2 {
+        read: while emptyReplies < 2 {
             let messages = try await sqs.receiveMessages(
                 queueURL: queue, maxMessages: 10, waitSeconds: 1, visibilityTimeout: options.hold, logger: logger)
             if messages.isEmpty {
@@ -243,13 +254,32 @@ public struct Reconcile: Sendable {
             emptyReplies = 0
             for message in messages {
                 held.append((queue, message.receiptHandle))
+                guard seen.insert(message.messageID).inserted else {
+                    logger.warning(
+                        "a message came back while the queue was read: it holds more than can be read within the hold; what is left is not shown",
+                        metadata: ["queue": "\(queue)", "hold_s": "\(options.hold)"])
+                    break read
+                }
                 if noteReceives {
                     let key =
                         OutputContract.releaseNotesPrefix(outputPrefix: options.results.key) + message.messageID + "/"
                         + String(message.receiveCount)
-                    _ = try? await s3.putObject(
-                        bucket: options.results.bucket, key: key, bytes: [], contentType: "application/octet-stream",
-                        logger: logger)
+                    do {
+                        try await s3.putObject(
+                            bucket: options.results.bucket, key: key, bytes: [],
+                            contentType: "application/octet-stream", logger: logger)
+                    } catch {
+                        logger.warning(
+                            "could not note reconcile's receive as unrun: it counts as one of the message's attempts",
+                            metadata: ["sqs.message_id": "\(message.messageID)", "error": "\(error)"])
+                    }
+                    if let maxReceiveCount, message.receiveCount >= maxReceiveCount {
+                        logger.warning(
+                            "reconcile's receive brought the message to the dead-letter queue's maxReceiveCount: its next receive moves it there",
+                            metadata: [
+                                "sqs.message_id": "\(message.messageID)", "receive_count": "\(message.receiveCount)",
+                            ])
+                    }
                 }
                 for input in formats.inputKeys(message.body) where input.bucket == options.inputs.bucket {
                     keys.insert(Array(input.key.utf8))

@@ -78,11 +78,13 @@ public struct InstanceHeartbeat: Sendable, Equatable, Codable {
     /// The fleet's last `over` task outcomes, newest first, merged from every heartbeat's recent completions and
     /// failures: how many of them failed. Nil while fewer than `over` are known (each heartbeat keeps its last 50,
     /// so a window wider than 50 needs that many instances' worth): no verdict rests on a handful of tasks.
-    public static func recentFailures(_ heartbeats: [InstanceHeartbeat], over: Int) -> (failed: Int, of: Int)? {
+    public static func recentFailures(_ heartbeats: [InstanceHeartbeat], over: Int, since: Double = 0) -> (
+        failed: Int, of: Int
+    )? {
         var outcomes: [(at: Double, failed: Bool)] = []
         for beat in heartbeats {
-            outcomes += beat.recentCompletions.map { ($0, false) }
-            outcomes += beat.recentFailures.map { ($0, true) }
+            outcomes += beat.recentCompletions.filter { $0 >= since }.map { ($0, false) }
+            outcomes += beat.recentFailures.filter { $0 >= since }.map { ($0, true) }
         }
         guard over > 0, outcomes.count >= over else { return nil }
         // Newest first; at the same second a failure sorts first, so a tie never hides one.

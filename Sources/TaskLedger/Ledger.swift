@@ -108,6 +108,12 @@ public actor Ledger {
     public func taskStarted(inputKey: String, attempt: Int, slot: Int, messageID: String) {
         typealias F = LedgerSchema.Task
         let now = Self.now()
+        // An idle worker turning busy beats at once: a controller retiring idle workers must not take it for idle
+        // until its next interval.
+        if progress.running.isEmpty {
+            beatNow = true
+            signal()
+        }
         append(
             .put([
                 LedgerSchema.partitionKey: .s(queueName),
@@ -234,14 +240,32 @@ public actor Ledger {
             idle: live.filter { $0.runningTasks == 0 }.map(\.instanceID).sorted())
     }
 
-    /// The other workers of this queue that completed a task since `since`, or within the last minute (two
-    /// heartbeat intervals, when longer: a heartbeat tells of a completion only when it is next written), by
-    /// instance id: whether the fleet succeeds where this worker fails (`FailureStreak`).
-    public func othersCompleted(since: Double) async throws(AWSError) -> [String] {
+    /// How the other workers of this queue fared since `since`, or within the last minute (two heartbeat intervals,
+    /// when longer: a heartbeat tells of a task only when it is next written): whether the fleet succeeds where
+    /// this worker fails (`FailureStreak`).
+    public struct OthersRecently: Sendable, Equatable {
+        /// The workers that completed a task, by instance id.
+        public var succeeding: [String]
+        public var completed: Int
+        public var failed: Int
+    }
+
+    public func others(since: Double) async throws(AWSError) -> OthersRecently {
         let from = min(since, Self.now() - max(60, 2 * settings.heartbeatInterval))
-        return try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
-            .filter { $0.instanceID != instanceID && ($0.lastCompletionEpoch ?? 0) >= from }
-            .map(\.instanceID).sorted()
+        let beats = try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
+            .filter { $0.instanceID != instanceID }
+        var recently = OthersRecently(succeeding: [], completed: 0, failed: 0)
+        for beat in beats {
+            let completed = beat.recentCompletions.filter { $0 >= from }.count
+            let lastCompletion = beat.lastCompletionEpoch ?? 0
+            // A heartbeat's lists are rounded to the second; its last completion says the same at least.
+            let done = max(completed, lastCompletion >= from ? 1 : 0)
+            recently.completed += done
+            recently.failed += beat.recentFailures.filter { $0 >= from }.count
+            if done > 0 { recently.succeeding.append(beat.instanceID) }
+        }
+        recently.succeeding.sort()
+        return recently
     }
 
     public var ownInstanceID: String { instanceID }

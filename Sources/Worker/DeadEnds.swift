@@ -215,11 +215,13 @@ public final class DeadEnds: Sendable {
     /// failures. Such a message goes back unrun.
     var failuresAreNotTheTasks: Bool { state.withLock { $0.deadEnd != nil || $0.badNode } }
 
-    /// The bad node's failed runs, once: to note as unrun (`ReleaseNotes`), so that they spend no attempt.
+    /// The bad node's failed runs, once: to note as unrun (`ReleaseNotes`), so that they spend no attempt. Only the
+    /// last `failureBudget` of the streak (the pattern that was judged), and none that gave its message up: noted,
+    /// a given-up message would run again past `maxAttempts`.
     func takeBadNodeRuns() -> [FailedRun] {
         state.withLock { s in
             defer { s.badNodeRuns = [] }
-            return s.badNodeRuns
+            return s.badNodeRuns.suffix(s.streak.budget).filter { !$0.lastRun }
         }
     }
 
@@ -298,6 +300,8 @@ struct FailedRun: Sendable, Equatable {
     /// Seconds since 1970.
     var at: Double
     var reason: String
+    /// The message's last run: a failure gave it up, and no note can take that back.
+    var lastRun = false
 }
 
 /// The failure budget (`failureBudget`): this machine's tasks that failed in a row, for reasons that may not be

@@ -17,7 +17,9 @@ enum MessageEvent: Sendable {
     case commandStarted(input: S3URI, attempt: Int)
     case commandEnded(input: S3URI, attempt: Int)
     /// The task ended so, after `seconds`, with `bytesIn` downloaded.
-    case taskEnded(AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64, usage: TaskUsage?)
+    /// `lastRun`: the message's last run by `maxAttempts`, given up if it failed.
+    case taskEnded(
+        AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64, usage: TaskUsage?, lastRun: Bool)
     /// The message's fate is decided, and about to be carried out.
     case settling(MessageFate, attempt: Int)
 }
@@ -43,7 +45,7 @@ struct MessageBooks: Sendable {
             await ledger?.commandStarted(inputKey: input.key, attempt: attempt)
         case .commandEnded(let input, let attempt):
             await ledger?.commandEnded(inputKey: input.key, attempt: attempt)
-        case .taskEnded(let outcome, let input, let attempt, let seconds, let bytesIn, let usage):
+        case .taskEnded(let outcome, let input, let attempt, let seconds, let bytesIn, let usage, let lastRun):
             await ledger?.record(
                 outcome, input: input, attempt: attempt, seconds: seconds, bytesIn: bytesIn, usage: usage)
             taskEnded(outcome, seconds: seconds, logger: logger)
@@ -53,41 +55,45 @@ struct MessageBooks: Sendable {
             case .deferred(let reason, let scope) where scope.isMachine:
                 deadEnds.nodeTrouble(reason, subject: message.messageID)
             case .uploaded, .noOutput: deadEnds.taskWorked()
-            case .failed(let failure):
+            // Only a command that ran and failed: a transfer that failed says nothing of this machine's commands.
+            case .failed(let failure) where failure.outcome != nil:
                 let now = Date().timeIntervalSince1970
                 // The command's own last word says what is broken ("libcuda.so.1: cannot open shared object file").
                 let lastLine = failure.stderrTail.split(whereSeparator: \.isNewline).last
                 let said = lastLine.map { ": " + $0.prefix(300) } ?? ""
                 let run = FailedRun(
-                    messageID: message.messageID, receiveCount: attempt, at: now, reason: failure.reason + said)
+                    messageID: message.messageID, receiveCount: attempt, at: now, reason: failure.reason + said,
+                    lastRun: lastRun)
                 if let streak = deadEnds.taskFailed(run, now: now), let ledger {
                     await judge(streak, ledger: ledger, logger: logger)
                 }
-            case .deferred, .interrupted, .inputMissing, .outputTaken: break
+            case .deferred, .interrupted, .failed, .inputMissing, .outputTaken: break
             }
         case .settling(let fate, let attempt):
             settling(fate, attempt: attempt, logger: logger)
         }
     }
 
-    /// `failureBudget` tasks failed here in a row: if the ledger shows other workers completing tasks meanwhile,
-    /// this machine is the trouble (a broken driver, a missing library), not the inputs, and it leaves. Without a
-    /// ledger nothing tells the two apart, and the rule is off. A ledger that cannot be read now is asked again at
-    /// the next failure (at most every `FailureStreak.checkEvery` seconds).
+    /// `failureBudget` tasks failed here in a row: if the ledger shows the other workers completing tasks
+    /// meanwhile, and mostly succeeding (fewer than half of their tasks failed), this machine is the trouble (a
+    /// broken driver, a missing library), not the inputs, and it leaves. Without a ledger nothing tells the two
+    /// apart, and the rule is off. A ledger that cannot be read now is asked again at the next failure (at most
+    /// every `FailureStreak.checkEvery` seconds).
     private func judge(_ streak: [FailedRun], ledger: Ledger, logger: Logger) async {
         guard let first = streak.first, let last = streak.last else { return }
-        let others: [String]
+        let others: Ledger.OthersRecently
         do {
-            others = try await ledger.othersCompleted(since: first.at)
+            others = try await ledger.others(since: first.at)
         } catch {
             logger.warning(
                 "\(streak.count) tasks in a row failed here; cannot read the ledger to tell whether others succeed",
                 metadata: ["error": "\(error)"])
             return
         }
-        guard !others.isEmpty else { return }
+        guard !others.succeeding.isEmpty, others.failed * 2 < others.completed + others.failed else { return }
+        let names = others.succeeding.prefix(5).joined(separator: ", ")
         deadEnds.leaveAsBadNode(
-            "the last \(streak.count) tasks failed on this machine while \(others.count) other workers completed tasks (\(others.prefix(5).joined(separator: ", "))); the last failure: \(last.reason)",
+            "the last \(streak.count) tasks failed on this machine while \(others.succeeding.count) other workers completed \(others.completed) tasks (\(names)); the last failure: \(last.reason)",
             runs: streak)
     }
 

@@ -34,7 +34,7 @@ extension MessageProcessor {
         await emit(
             .taskEnded(
                 outcome, input: input, attempt: message.receiveCount, seconds: seconds, bytesIn: bytesIn,
-                usage: usage.usage),
+                usage: usage.usage, lastRun: lastRun),
             message, logger: logger)
         return outcome
     }

@@ -56,7 +56,8 @@ struct ControllerCommand: AsyncParsableCommand {
     var target: Int?
 
     @Option(
-        help: "With --target: launch at most this many instances in all, replacements included (default: 3 × --target)."
+        help:
+            "With --target: launch at most this many instances in all, replacements included (default: 3 × --target). With --follow: the most instances at once."
     )
     var max: Int?
 
@@ -128,6 +129,11 @@ struct ControllerCommand: AsyncParsableCommand {
         if follow {
             guard target == nil else {
                 throw ValidationError("--follow sizes the fleet with --min and --max, not --target")
+            }
+            guard ledgerTable != nil else {
+                throw ValidationError(
+                    "--follow needs --ledger-table: the heartbeats tell a busy worker from an idle one, and a worker that never booted from one that left (which bounds the relaunches)"
+                )
             }
             guard let max, max >= 1 else { throw ValidationError("--follow needs --max N (N at least 1)") }
             guard (min ?? 0) >= 0, (min ?? 0) <= max else { throw ValidationError("--min is between 0 and --max") }

@@ -98,19 +98,21 @@ struct ControllerRunTests {
         }
     }
 
-    /// `--max-failure-rate 50% --over 4`: the ledger shows 3 of the fleet's last 4 tasks failed, so nothing is
-    /// launched while messages wait, the controller says why, and with no worker left it stops (status 2).
-    /// `status` shows the same rate.
+    /// `--max-failure-rate 50% --over 4`: the controller launches two workers for the waiting messages; then the
+    /// ledger shows 3 of their last 4 tasks failed, so it launches nothing more, says why, and once both are gone
+    /// with messages still waiting it stops (status 2). Failures from before it started would not count. `status`
+    /// shows the same rate.
     @Test func launchesStopWhileTooManyTasksFail() async throws {
         try await withTemporaryDirectory { dir in
             let h = try await WorkerHarness.make(directory: dir)
             _ = try await ControllerFleetTests.makeLaunchTemplate(h, directory: dir)
             let (dynamo, table) = try await makeLedgerTable()
             let ec2 = try EC2Client(context: h.context)
-            let now = Date().timeIntervalSince1970
+            // An earlier run's failures, before this controller: they do not stop it.
+            let long = Date().timeIntervalSince1970 - 3600
             try await Self.heartbeat(
-                dynamo, table: table, queueURL: h.queueURL, instance: "i-0gone", done: [now - 30],
-                failed: [now - 20, now - 10, now - 5], state: "stopped")
+                dynamo, table: table, queueURL: h.queueURL, instance: "i-0earlier",
+                failed: [long, long + 1, long + 2, long + 3], state: "stopped")
             try await h.send(["a", "b", "c"])
             let controller = try h.startWorkerProcess(
                 name: "controller",
@@ -119,17 +121,33 @@ struct ControllerRunTests {
                     table, "--max-failure-rate", "50%", "--over", "4",
                 ])
             defer { controller.signal(SIGKILL) }
+            #expect(
+                try await ControllerFleetTests.until { try await Self.tagged(ec2, queueURL: h.queueURL).count == 2 },
+                "\(h.log("controller").suffix(3000))")
+            let fleet = try await Self.tagged(ec2, queueURL: h.queueURL).map(\.instanceID).sorted()
+            let now = Date().timeIntervalSince1970
+            try await Self.heartbeat(
+                dynamo, table: table, queueURL: h.queueURL, instance: fleet[0], done: [now], failed: [now + 1])
+            try await Self.heartbeat(
+                dynamo, table: table, queueURL: h.queueURL, instance: fleet[1], failed: [now + 2, now + 3])
+            #expect(
+                try await ControllerFleetTests.until { h.log("controller").contains("launches stop: ") },
+                "\(h.log("controller").suffix(3000))")
+            // Both die: nothing replaces them, and the controller stops.
+            _ = try await ec2.terminateInstances(fleet, logger: quietLogger)
             #expect(await controller.wait(timeout: 60) == .exited(2), "\(h.log("controller").suffix(3000))")
             let log = h.log("controller")
             #expect(
                 log.contains("launches stop: 3 of the last 4 tasks failed, more than --max-failure-rate 50 %"),
                 "\(log.suffix(3000))")
             #expect(log.contains("critical controller stops: launches are stopped"))
-            #expect(try await Self.tagged(ec2, queueURL: h.queueURL).isEmpty, "launched while the rate was over")
+            let ever = try await ControllerFleetTests.tagged(
+                ec2, queueURL: h.queueURL, states: ["pending", "running", "shutting-down", "terminated"])
+            #expect(ever.count == 2, "launched while the rate was over")
 
             let (_, text) = try await h.command(
                 "status", ["status", "--queue-url", h.queueURL, "--ledger-table", table])
-            #expect(text.contains("failures    3 of the last 4 tasks (75 %)"), "\(text)")
+            #expect(text.contains("failures    7 of the last 8 tasks (87.5 %)"), "\(text)")
         }
     }
 
@@ -171,6 +189,20 @@ struct ControllerRunTests {
             try await Self.heartbeat(
                 dynamo, table: table, queueURL: h2.queueURL, instance: "i-0done", done: [1], state: "stopped")
             let failing = "echo ran >> \(dir)/failing-runs; exit 3"
+            // Without a run on the queue's tags the ledger cannot keep the hook to once per run: not run, status 2.
+            let unknown = try h2.startWorkerProcess(
+                name: "controller-0",
+                arguments: [
+                    "controller", "--queue-url", h2.queueURL, "--interval", "1s", "--ledger-table", table,
+                    "--on-complete", failing,
+                ])
+            defer { unknown.signal(SIGKILL) }
+            #expect(await unknown.wait(timeout: 60) == .exited(2), "\(h2.log("controller-0").suffix(3000))")
+            #expect(h2.log("controller-0").contains("the queue's tags hold no run"))
+            #expect(LocalFile.readText("\(dir)/failing-runs") == nil)
+            try await h2.sqs.write(
+                RunManifest(source: "s3://in/two/", started: started, updated: started, sent: 1, skipped: 0),
+                queueURL: h2.queueURL, logger: quietLogger)
             for run in 1...2 {
                 let controller = try h2.startWorkerProcess(
                     name: "controller-\(run)",

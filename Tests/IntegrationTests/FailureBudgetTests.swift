@@ -48,7 +48,7 @@ struct FailureBudgetTests {
             let log = h.log("broken")
             #expect(
                 log.contains(
-                    "cannot go on here: the last 3 tasks failed on this machine while 1 other workers completed tasks (i-0healthy)"
+                    "cannot go on here: the last 3 tasks failed on this machine while 1 other workers completed 3 tasks (i-0healthy)"
                 ), "\(log.suffix(3000))")
             #expect(log.contains("libcuda.so.1"), "the last failure is named")
             // Each of its three failed runs is noted as unrun: no attempt spent.

@@ -129,6 +129,17 @@ struct ProvisioningScriptTests {
                 statement("dynamodb:Query")?["Resource"]?.arrayValue?.first?.stringValue?.hasSuffix("/\(name)-ledger")
                     == true)
             #expect(statement("ec2:RunInstances") != nil && statement("ec2:CreateFleet") != nil)
+            // The completion hook: its claim in the ledger, the run on the queue's tags, the dead letters' count.
+            #expect(
+                statement("dynamodb:PutItem")?["Action"]?.arrayValue?.contains(.string("dynamodb:UpdateItem")) == true)
+            #expect(
+                statement("sqs:ListQueueTags")?["Resource"]?.arrayValue?.first?.stringValue?.hasSuffix(":\(name)")
+                    == true)
+            #expect(
+                controllerStatements.contains {
+                    $0["Sid"]?.stringValue == "CountTheDeadLetters"
+                        && $0["Resource"]?.arrayValue?.first?.stringValue?.hasSuffix("-dlq") == true
+                }, "\(controllerStatements)")
 
             // The output bucket's clean-up: unfinished multipart uploads after 7 days, the daemon's release notes after
             // 15 (a message lives 14 at most); a rule of the operator's own is kept beside them.

@@ -26,12 +26,13 @@ import Testing
     @Test func theControllersCommandLineReachesItAsWritten() throws {
         let text = try BootScript(release: release).controller(arguments: [
             "--queue-url", "https://sqs.eu-west-1.amazonaws.com/1/q", "--note", "50% of $HOME's",
+            "--on-complete", #"sed "s/\./,/" x"#,
         ])
         // systemd splits ExecStart= as a shell would and expands % and $: a word with a space is quoted, and both
         // are doubled.
         #expect(
             text.contains(
-                #"ExecStart=/usr/local/bin/parallelizer controller --queue-url https://sqs.eu-west-1.amazonaws.com/1/q --note '50%% of $$HOME'"'"'s'"#
+                #"ExecStart=/usr/local/bin/parallelizer controller --queue-url https://sqs.eu-west-1.amazonaws.com/1/q --note '50%% of $$HOME'"'"'s' --on-complete 'sed "s/\\./,/" x'"#
             ), "\(text)")
         #expect(
             text.contains("    content: |\n      parallelizer:\n\n  - path: /etc/systemd/system/parallelizer.service"),

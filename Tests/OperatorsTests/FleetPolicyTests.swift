@@ -405,7 +405,15 @@ struct FollowPolicyTests {
         ]
         var beats = Dictionary(
             uniqueKeysWithValues: fleet.map { ($0.instanceID, InstanceHeartbeat(instanceID: $0.instanceID)) })
+        for id in beats.keys { beats[id]?.updatedEpoch = now + 90 }
         beats["i-c"]?.runningTasks = 1
+        // A message received within the quiet period: its task may have begun since the heartbeat.
+        var justReceived = beats
+        justReceived["i-d"]?.lastReceiveEpoch = now + 80
+        var scratch = memory
+        #expect(
+            !policy.decide(snapshot(0, fleet, at: 95, heartbeats: justReceived), memory: &scratch).map(\.instanceID)
+                .contains("i-d"))
         #expect(policy.decide(snapshot(0, fleet, at: 30, heartbeats: beats), memory: &memory).isEmpty)
         #expect(policy.decide(snapshot(0, fleet, at: 60, heartbeats: beats), memory: &memory).isEmpty, "not quiet yet")
         let retired = policy.decide(snapshot(0, fleet, at: 95, heartbeats: beats), memory: &memory)
@@ -435,6 +443,8 @@ struct FollowPolicyTests {
         a.recentFailures = [now - 50]
         b.recentFailures = (0..<3).map { now - 40 + Double($0) }
         var memory = FleetPolicy.Memory()
+        // Tasks count from the controller's first look: heartbeats outlive their workers.
+        memory.watchingSince = now - 1000
         func look(_ beats: [InstanceHeartbeat]) -> (String?, FleetPolicy.Launch?) {
             let s = FleetPolicy.Snapshot(
                 now: now, queue: SQSClient.MessageCounts(visible: 50, inFlight: 0, delayed: 0), instances: [],
@@ -443,6 +453,9 @@ struct FollowPolicyTests {
             return (line, p.launch(s, terminating: [], memory: memory))
         }
         #expect(look([a, b]).0 == nil, "8 tasks are not the last 10: no verdict")
+        var old = InstanceHeartbeat(instanceID: "i-old")
+        old.recentFailures = (0..<10).map { now - 2000 + Double($0) }
+        #expect(look([a, b, old]).0 == nil, "failures from before the controller's first look do not count")
         #expect(look([a, b]).1 != nil)
         b.recentFailures += [now - 30, now - 20]
         // The last 10: 6 failed, 4 done.

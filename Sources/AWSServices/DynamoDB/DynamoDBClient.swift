@@ -136,6 +136,7 @@ public struct DynamoDBClient: Sendable {
         var ExclusiveStartKey: DynamoItem?
         var Limit: Int?
         var ScanIndexForward: Bool?
+        var ConsistentRead: Bool?
     }
     struct QueryOutput: Decodable {
         var Items: [DynamoItem]?
@@ -144,7 +145,7 @@ public struct DynamoDBClient: Sendable {
 
     public func query(
         table: String, keyCondition: String, names: [String: String]? = nil, values: DynamoItem,
-        startKey: DynamoItem? = nil, limit: Int? = nil, forward: Bool? = nil,
+        startKey: DynamoItem? = nil, limit: Int? = nil, forward: Bool? = nil, consistent: Bool? = nil,
         logger: Logger
     ) async throws(AWSError) -> DynamoQueryPage {
         let output: QueryOutput = try await json.call(
@@ -152,7 +153,7 @@ public struct DynamoDBClient: Sendable {
             QueryInput(
                 TableName: table, KeyConditionExpression: keyCondition, ExpressionAttributeNames: names,
                 ExpressionAttributeValues: values, ExclusiveStartKey: startKey, Limit: limit,
-                ScanIndexForward: forward),
+                ScanIndexForward: forward, ConsistentRead: consistent),
             endpoint: endpoint, logger: logger)
         return DynamoQueryPage(items: output.Items ?? [], lastEvaluatedKey: output.LastEvaluatedKey)
     }
