@@ -268,6 +268,29 @@ public actor Ledger {
         return recently
     }
 
+    /// The attempts of `inputKey` recorded for `messageID`: by attempt (the receive count), the state each reached
+    /// (`running`, `done`, `failed`, `released`). Read consistently: a run's end written just before counts.
+    public func attempts(inputKey: String, messageID: String) async throws(AWSError) -> [(Int, String)] {
+        typealias F = LedgerSchema.Task
+        var found: [(Int, String)] = []
+        var start: DynamoItem?
+        repeat {
+            let page = try await client.query(
+                table: table, keyCondition: "#q = :q AND begins_with(#t, :p)",
+                names: ["#q": LedgerSchema.partitionKey, "#t": LedgerSchema.sortKey],
+                values: [":q": .s(queueName), ":p": .s(LedgerSchema.taskPrefix + inputKey + "#")], startKey: start,
+                consistent: true, logger: logger)
+            for item in page.items where item[F.messageID]?.string == messageID && item[F.inputKey]?.string == inputKey
+            {
+                if let attempt = item[F.attempt]?.int, let state = item[F.state]?.string {
+                    found.append((attempt, state))
+                }
+            }
+            start = page.lastEvaluatedKey
+        } while start != nil
+        return found
+    }
+
     public var ownInstanceID: String { instanceID }
 
     // MARK: - The writer

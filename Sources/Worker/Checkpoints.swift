@@ -17,37 +17,59 @@ import Logging
 /// `manifest.json` beside them, written last: a save cut short (the instance gone mid-upload) leaves the last whole
 /// checkpoint in force, never half of a new one. The generation before is deleted once the new manifest is in.
 ///
-/// What the command left there is untrusted: the folder is walked through descriptors, never following a link;
-/// only regular files with one name (no hard link to another file) on the folder's own filesystem, and, with a
-/// run-as user, that user's, are uploaded from the descriptor they were checked on. Anything else is left out with
-/// one log line.
+/// What the command left there is untrusted: the folder is walked without following a link; only regular files
+/// with one name (no hard link to another file) on the folder's own filesystem, and, with a run-as user, that
+/// user's, go up, each opened again beneath the folder and uploaded from the descriptor it was checked on. Anything
+/// else saves nothing: one log line, and the last whole checkpoint stays.
 struct Checkpoints<Store: ObjectStore>: Sendable {
     let store: Store
     let bucket: String
+    /// The daemon's `outputPrefix`: a checkpoint of another run's outputs (another prefix) is not this task's.
+    let outputPrefix: String
 
-    /// A checkpoint's files, as `manifest.json` lists them.
+    /// A checkpoint's files, as `manifest.json` lists them, and what it is a checkpoint of: the input (its bucket,
+    /// key and ETag: an input replaced since is another task) and the run's `outputPrefix`.
     struct Manifest: Sendable, Equatable {
         var generation: String
         var files: [String]
+        var input: String
+        var inputETag: String?
+        var outputPrefix: String
 
         var json: [UInt8] {
-            Array(
-                JSONValue.object([
-                    "generation": .string(generation), "files": .array(files.map { .string($0) }),
-                ]).serialized.utf8)
+            var fields: [String: JSONValue] = [
+                "generation": .string(generation), "files": .array(files.map { .string($0) }),
+                "input": .string(input), "outputPrefix": .string(outputPrefix),
+            ]
+            if let inputETag { fields["inputETag"] = .string(inputETag) }
+            return Array(JSONValue.object(fields).serialized.utf8)
         }
 
-        init(generation: String, files: [String]) {
+        init(generation: String, files: [String], input: String, inputETag: String?, outputPrefix: String) {
             self.generation = generation
             self.files = files
+            self.input = input
+            self.inputETag = inputETag
+            self.outputPrefix = outputPrefix
         }
 
         init?(_ bytes: [UInt8]) {
             guard let json = try? JSONValue.parse(bytes), let generation = json["generation"]?.stringValue,
-                let files = json["files"]?.arrayValue
+                let files = json["files"]?.arrayValue, let input = json["input"]?.stringValue
             else { return nil }
             self.generation = generation
             self.files = files.compactMap(\.stringValue)
+            self.input = input
+            self.inputETag = json["inputETag"]?.stringValue
+            self.outputPrefix = json["outputPrefix"]?.stringValue ?? ""
+        }
+
+        /// Whether every name in it stays inside the checkpoint: one segment for the generation, relative paths of
+        /// plain segments for the files. A manifest is the daemon's own, but the bucket is not only the daemon's.
+        var isSafe: Bool {
+            func plain<S: StringProtocol>(_ part: S) -> Bool { !part.isEmpty && part != "." && part != ".." }
+            return plain(generation) && !generation.contains("/")
+                && files.allSatisfy { $0.split(separator: "/", omittingEmptySubsequences: false).allSatisfy(plain) }
         }
     }
 
@@ -62,32 +84,56 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
 
     func object(_ key: String) -> S3URI { S3URI(bucket: bucket, key: key) }
 
-    /// Puts the input's last checkpoint into `directory` (the daemon's still, the command not started). Returns the
-    /// number of files restored; a checkpoint that cannot be read whole is no checkpoint (the folder is emptied,
-    /// and the command starts from the beginning), said in one line.
-    func restore(_ input: S3URI, into directory: String, logger: Logger) async -> Int {
-        let folder = Self.folder(for: input)
-        let manifestPath = directory + "/.parallelizer-manifest"
-        defer { unlink(manifestPath) }
+    /// The input's checkpoint manifest, when there is one; thrown: an error that is no answer (a throttle, a 5xx).
+    func manifest(of input: S3URI, scratch: String, logger: Logger) async throws(AWSError) -> Manifest? {
+        defer { unlink(scratch) }
         do {
-            _ = try await store.download(object(folder + "manifest.json"), to: manifestPath, logger: logger)
+            _ = try await store.download(object(Self.folder(for: input) + "manifest.json"), to: scratch, logger: logger)
+        } catch  where error.httpStatus == 404 {
+            return nil
+        }
+        guard let bytes = LocalFile.read(scratch), let manifest = Manifest(bytes), manifest.isSafe else {
+            logger.warning("the task's checkpoint manifest cannot be read; it is not used")
+            return nil
+        }
+        return manifest
+    }
+
+    enum Restore: Sendable, Equatable {
+        case none
+        case restored(files: Int)
+        /// The checkpoint could not be read now: the task waits rather than start over and, at its next stop,
+        /// replace hours of work with minutes.
+        case notNow(String)
+    }
+
+    /// Puts the input's last checkpoint into `directory` (the daemon's still, the command not started). `scratch`
+    /// is a path of the daemon's own outside it. A checkpoint of another version of the input, or of another run's
+    /// outputs, is not used.
+    func restore(_ input: S3URI, etag: String?, into directory: String, scratch: String, logger: Logger) async
+        -> Restore
+    {
+        let manifest: Manifest
+        do {
+            guard let found = try await self.manifest(of: input, scratch: scratch, logger: logger) else { return .none }
+            manifest = found
         } catch {
-            if error.httpStatus != 404 {
-                logger.warning(
-                    "cannot read the task's checkpoint; it starts from the beginning", metadata: ["error": "\(error)"])
-            }
-            return 0
+            return .notNow("the task's checkpoint cannot be read now: \(error)")
         }
-        guard let bytes = LocalFile.read(manifestPath), let manifest = Manifest(bytes) else {
-            logger.warning("the task's checkpoint manifest cannot be read; it starts from the beginning")
-            return 0
+        guard manifest.input == input.description, manifest.outputPrefix == outputPrefix,
+            manifest.inputETag == nil || etag == nil || manifest.inputETag == etag
+        else {
+            logger.notice(
+                "the checkpoint found is of another version of the input, or another run's outputs: not used",
+                metadata: [
+                    "checkpoint.input": "\(manifest.input)", "checkpoint.input_etag": "\(manifest.inputETag ?? "")",
+                ])
+            return .none
         }
+        let folder = Self.folder(for: input)
         for path in manifest.files {
-            // Names as the save wrote them: relative, no `..`, no empty part.
-            let parts = path.split(separator: "/", omittingEmptySubsequences: false)
-            guard !parts.isEmpty, parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else { continue }
             var folderPath = directory
-            for part in parts.dropLast() {
+            for part in path.split(separator: "/").dropLast() {
                 folderPath += "/" + part
                 _ = mkdir(folderPath, 0o700)
             }
@@ -95,11 +141,14 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
                 _ = try await store.download(
                     object(folder + manifest.generation + "/" + path), to: directory + "/" + path, logger: logger)
             } catch {
-                logger.warning(
-                    "cannot restore the task's checkpoint whole; it starts from the beginning",
-                    metadata: ["checkpoint.file": "\(path)", "error": "\(error)"])
                 for name in LocalFile.listDirectory(directory) { LocalFile.removeTree(directory + "/" + name) }
-                return 0
+                if error.httpStatus == 404 {
+                    logger.warning(
+                        "the task's checkpoint is missing a file; it starts from the beginning",
+                        metadata: ["checkpoint.file": "\(path)"])
+                    return .none
+                }
+                return .notNow("the task's checkpoint cannot be read whole now: \(error)")
             }
         }
         logger.info(
@@ -107,46 +156,73 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
             metadata: [
                 "checkpoint.files": "\(manifest.files.count)", "checkpoint.generation": "\(manifest.generation)",
             ])
-        return manifest.files.count
+        return .restored(files: manifest.files.count)
     }
 
-    /// Uploads `directory` as the input's checkpoint, as a new generation; true once its manifest is in.
+    /// Uploads `directory` as the input's checkpoint, as a new generation; true once its manifest is in. Nothing is
+    /// saved (the last whole checkpoint stays) when the command did not exit within its grace (`killed`: its state
+    /// may be half written) or left anything that cannot be kept whole (a link, a FIFO, a tree too deep or too big).
     func save(
-        _ input: S3URI, from directory: String, owner: UInt32?, generation: String, logger: Logger
+        _ input: S3URI, etag: String?, from directory: String, owner: UInt32?, generation: String, killed: Bool,
+        scratch: String, logger: Logger
     ) async -> Bool {
-        let folder = Self.folder(for: input)
-        let previous = try? await store.keys(under: object(folder), logger: logger)
+        guard !killed else {
+            logger.warning(
+                "the checkpoint is not saved: the command did not exit within checkpointGrace, and its state may be half written; the last whole checkpoint stays"
+            )
+            return false
+        }
         let root = open(directory, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard root >= 0 else { return false }
         defer { close(root) }
+        var rootStat = stat()
+        guard fstat(root, &rootStat) == 0 else { return false }
         var skipped: [String] = []
-        let files = Self.regularFiles(in: root, owner: owner, skipped: &skipped)
-        defer { files.forEach { close($0.descriptor) } }
-        if !skipped.isEmpty {
+        let paths = Self.regularFiles(in: root, owner: owner, skipped: &skipped)
+        guard skipped.isEmpty else {
             logger.warning(
-                "left out of the checkpoint: only regular files of the command's own are kept",
-                metadata: ["checkpoint.skipped": "\(skipped.prefix(10).joined(separator: ", "))"])
+                "the checkpoint is not saved: it holds what cannot be kept (only regular files of the command's own, with one name, are); the last whole checkpoint stays",
+                metadata: ["checkpoint.refused": "\(skipped.prefix(10).joined(separator: ", "))"])
+            return false
         }
+        let previous = try? await self.manifest(of: input, scratch: scratch, logger: logger)
+        let folder = Self.folder(for: input)
         var bytes: Int64 = 0
         let started = ContinuousClock.now
-        for file in files {
+        for path in paths {
+            // Opened again, beneath the folder and checked on the descriptor that is then read: nothing is held open
+            // for the whole walk, and nothing swapped in since the walk is followed.
+            guard case .success(let fd) = OutputJudge.open(Array(path.utf8), beneath: directory) else {
+                logger.warning("the checkpoint is not saved: \(path) changed while it was saved")
+                return false
+            }
+            defer { close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_nlink == 1,
+                st.st_dev == rootStat.st_dev, owner.map({ st.st_uid == $0 }) ?? true
+            else {
+                logger.warning("the checkpoint is not saved: \(path) changed while it was saved")
+                return false
+            }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
             do {
                 try await store.upload(
-                    file: .descriptor(file.descriptor), to: object(folder + generation + "/" + file.path),
-                    write: WriteOptions(), logger: logger)
-                bytes += file.size
+                    file: .descriptor(fd), to: object(folder + generation + "/" + path), write: WriteOptions(),
+                    logger: logger)
+                bytes += Int64(st.st_size)
             } catch {
                 logger.error(
                     "the checkpoint could not be saved; the task will start from its last whole checkpoint",
-                    metadata: ["checkpoint.file": "\(file.path)", "error": "\(error)"])
+                    metadata: ["checkpoint.file": "\(path)", "error": "\(error)"])
                 return false
             }
         }
+        let manifest = Manifest(
+            generation: generation, files: paths, input: input.description, inputETag: etag, outputPrefix: outputPrefix)
         do {
             try await store.put(
-                Manifest(generation: generation, files: files.map(\.path)).json,
-                to: object(folder + "manifest.json"), contentType: "application/json", onlyIfAbsent: false,
-                logger: logger)
+                manifest.json, to: object(folder + "manifest.json"), contentType: "application/json",
+                onlyIfAbsent: false, logger: logger)
         } catch {
             logger.error("the checkpoint's manifest could not be written", metadata: ["error": "\(error)"])
             return false
@@ -155,41 +231,53 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
         logger.notice(
             "checkpoint saved",
             metadata: [
-                "checkpoint.files": "\(files.count)", "checkpoint.bytes": "\(bytes)",
+                "checkpoint.files": "\(paths.count)", "checkpoint.bytes": "\(bytes)",
                 "checkpoint.seconds": "\(seconds)",
                 "checkpoint.key": "\(folder)",
             ])
-        // The generations before this one go.
-        for key in previous ?? [] where !key.hasPrefix(folder + generation + "/") && key != folder + "manifest.json" {
-            try? await store.delete(object(key), logger: logger)
+        // The generation before goes: only the files its manifest names (a listing of the folder would also find
+        // the checkpoints of inputs whose keys start with this one's).
+        if let previous, previous.generation != generation {
+            for path in previous.files {
+                try? await store.delete(object(folder + previous.generation + "/" + path), logger: logger)
+            }
         }
         return true
     }
 
-    /// Removes the input's checkpoint: its task is done.
-    func remove(_ input: S3URI, logger: Logger) async {
+    /// Removes the input's checkpoint: its task is done. The manifest first: a checkpoint half removed is none.
+    func remove(_ input: S3URI, scratch: String, logger: Logger) async {
+        guard let manifest = try? await self.manifest(of: input, scratch: scratch, logger: logger) else { return }
         let folder = Self.folder(for: input)
-        guard let keys = try? await store.keys(under: object(folder), logger: logger), !keys.isEmpty else { return }
-        // The manifest first: a checkpoint half removed is no checkpoint.
-        for key in keys.sorted(by: { a, _ in a == folder + "manifest.json" }) {
-            try? await store.delete(object(key), logger: logger)
+        do {
+            try await store.delete(object(folder + "manifest.json"), logger: logger)
+        } catch {
+            logger.warning(
+                "the task's checkpoint could not be removed (the role needs s3:DeleteObject on _checkpoints/)",
+                metadata: ["error": "\(error)"])
+            return
+        }
+        for path in manifest.files {
+            try? await store.delete(object(folder + manifest.generation + "/" + path), logger: logger)
         }
     }
 
-    struct File {
-        var path: String
-        var descriptor: Int32
-        var size: Int64
-    }
-
-    /// The regular files under the folder open as `root`, each opened without following a link and checked on its
-    /// descriptor: one name only, on the folder's filesystem, owned by `owner` when given.
-    static func regularFiles(in root: Int32, owner: UInt32?, skipped: inout [String]) -> [File] {
+    /// The regular files under the folder open as `root`, by relative path: each looked at without following a
+    /// link, and only kept when it has one name, lies on the folder's filesystem, and is `owner`'s when given.
+    /// Anything else is named in `skipped`.
+    static func regularFiles(in root: Int32, owner: UInt32?, skipped: inout [String]) -> [String] {
         var rootStat = stat()
         guard fstat(root, &rootStat) == 0 else { return [] }
-        var files: [File] = []
+        var files: [String] = []
         func walk(_ folder: Int32, prefix: String, depth: Int) {
-            guard depth < limits.depth, let dir = fdopendir(dup(folder)) else { return }
+            guard depth < limits.depth else {
+                skipped.append(prefix + " (deeper than \(limits.depth) folders)")
+                return
+            }
+            guard let dir = fdopendir(dup(folder)) else {
+                skipped.append(prefix + " (cannot be read)")
+                return
+            }
             defer { closedir(dir) }
             while let entry = readdir(dir) {
                 let name = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
@@ -203,32 +291,31 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
                     skipped.append(path + " (more than \(limits.files) files)")
                     return
                 }
-                let fd = openat(folder, text, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
-                guard fd >= 0 else {
-                    skipped.append(path + (errno == ELOOP ? " (a symbolic link)" : " (cannot be opened)"))
+                var st = stat()
+                guard fstatat(folder, text, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
+                    skipped.append(path + " (cannot be read)")
                     continue
                 }
-                var st = stat()
-                guard fstat(fd, &st) == 0, st.st_dev == rootStat.st_dev else {
-                    close(fd)
+                guard st.st_dev == rootStat.st_dev else {
                     skipped.append(path + " (another filesystem)")
                     continue
                 }
                 if let owner, st.st_uid != owner {
-                    close(fd)
                     skipped.append(path + " (not the command's user's)")
                     continue
                 }
                 switch st.st_mode & S_IFMT {
                 case S_IFDIR:
+                    let fd = openat(folder, text, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    guard fd >= 0 else {
+                        skipped.append(path + " (cannot be read)")
+                        continue
+                    }
                     walk(fd, prefix: path + "/", depth: depth + 1)
                     close(fd)
-                case S_IFREG where st.st_nlink == 1:
-                    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-                    files.append(File(path: path, descriptor: fd, size: Int64(st.st_size)))
-                default:
-                    close(fd)
-                    skipped.append(path + (st.st_nlink > 1 ? " (a hard link)" : " (not a regular file)"))
+                case S_IFREG where st.st_nlink == 1: files.append(path)
+                case S_IFLNK: skipped.append(path + " (a symbolic link)")
+                default: skipped.append(path + (st.st_nlink > 1 ? " (a hard link)" : " (not a regular file)"))
                 }
             }
         }
@@ -263,5 +350,7 @@ extension LocalFile {
 
 extension MessageProcessor {
     /// On the store itself, not the watched one: a checkpoint is the task's help, and its calls nobody's dead end.
-    var checkpoints: Checkpoints<Store> { Checkpoints(store: store.base, bucket: config.outputBucket) }
+    var checkpoints: Checkpoints<Store> {
+        Checkpoints(store: store.base, bucket: config.outputBucket, outputPrefix: config.outputPrefix)
+    }
 }

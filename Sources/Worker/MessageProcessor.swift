@@ -98,7 +98,12 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
                 key: FailureRecords.key(forBadMessage: message.messageID),
                 onlyIfAbsent: true, logger: logger)
         }
-        guard let runsBefore = await runsBefore(message, logger: logger) else {
+        let inputs: [S3URI]
+        switch parsed {
+        case .success(.tasks(let named)), .success(.partialEvent(let named, _)): inputs = named
+        default: inputs = []
+        }
+        guard let runsBefore = await runsBefore(message, inputs: inputs, logger: logger) else {
             // Its runs cannot be counted now: back after the backoff, this receive noted as no run.
             await carryOut(
                 .postpone(afterSeconds: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff)),

@@ -180,7 +180,7 @@ public struct ProcessRunner: Sendable {
         }
         // The cgroup knows the whole tree (every process, its peak together); rusage only the command and the
         // children it waited for.
-        if let cgroup, let usage { usage.set(cgroup.usage()) }
+        if let cgroup, let usage { usage.merge(cgroup.usage()) }
         return outcome
     }
 
@@ -239,8 +239,9 @@ public struct ProcessRunner: Sendable {
                 let cpu =
                     Double(resources.ru_utime.tv_sec + resources.ru_stime.tv_sec)
                     + Double(resources.ru_utime.tv_usec + resources.ru_stime.tv_usec) / 1e6
-                usage?.set(
-                    TaskUsage(peakMemoryBytes: Int64(resources.ru_maxrss) * 1024, cpuSeconds: cpu, source: "rusage"))
+                // No peak from `ru_maxrss`: started as it is (sharing the daemon's memory until its exec), the
+                // command inherits the daemon's high-water mark there (`TaskUsage`).
+                usage?.set(TaskUsage(cpuSeconds: cpu, source: "rusage"))
                 return killedFor ?? ProcessOutcome(waitStatus: status)
             }
             if done < 0 && errno != EINTR { return killedFor ?? .signalled(0) }
@@ -256,6 +257,7 @@ public struct ProcessRunner: Sendable {
                 }
             } else if let sent = termSentAt, ContinuousClock.now - sent >= .milliseconds(Int(killGrace * 1000)) {
                 signal(SIGKILL)
+                usage?.markKilled()
                 termSentAt = nil
             }
             return nil

@@ -14,7 +14,8 @@ import TaskLedger
 /// notes (one listing, only then), and its runs are its receives less its notes.
 ///
 /// A receive that ended any other way counts as a run: one whose command failed, and one whose daemon died with it
-/// (a command that takes its instance down must not be tried forever). The dead-letter queue's `maxReceiveCount`
+/// (a command that takes its instance down must not be tried forever). With a ledger, only runs that failed count
+/// (`MessageProcessor.runsBefore`). The dead-letter queue's `maxReceiveCount`
 /// (`scripts/setup-aws --max-attempts`) leaves headroom above `maxAttempts` for the releases.
 struct ReleaseNotes<Store: ObjectStore>: Sendable {
     let store: Store
@@ -47,15 +48,15 @@ struct ReleaseNotes<Store: ObjectStore>: Sendable {
 
     /// What the notes say of a message's earlier receives.
     enum Reading: Sendable, Equatable {
-        /// How many of them ended without a run.
-        case released(Int)
+        /// Which of them ended without a run (their receive counts).
+        case released(Set<Int>)
         /// The notes cannot be read, for good (denied: no `s3:ListBucket`): every receive counts as a run.
         case unreadable
         /// Not now (a throttle, a 5xx, the network): no verdict on the message from this receive.
         case notNow
     }
 
-    /// How many of `message`'s receives before this one ended without a run.
+    /// Which of `message`'s receives before this one ended without a run.
     func releasesBefore(_ message: SQSMessage, logger: Logger) async -> Reading {
         let keys: [String]
         do {
@@ -74,7 +75,7 @@ struct ReleaseNotes<Store: ObjectStore>: Sendable {
             return .unreadable
         }
         return .released(
-            keys.compactMap { Int($0.split(separator: "/").last ?? "") }.filter { $0 < message.receiveCount }.count)
+            Set(keys.compactMap { Int($0.split(separator: "/").last ?? "") }.filter { $0 < message.receiveCount }))
     }
 }
 
@@ -87,16 +88,42 @@ extension MessageProcessor {
             prefix: OutputContract.releaseNotesPrefix(outputPrefix: config.outputPrefix))
     }
 
-    /// The runs `message` had before this receive: its earlier receives less those the daemon gave back unrun.
-    /// The notes are read only when that could matter, from its last attempt on. Nil when they cannot be read now:
-    /// no verdict on the message may rest on that.
-    func runsBefore(_ message: SQSMessage, logger: Logger) async -> Int? {
+    /// The runs `message` had before this receive, read only when that could matter (from its last attempt on).
+    /// Nil when they cannot be counted now: no verdict on the message may rest on that.
+    ///
+    /// Without a ledger: its earlier receives less those noted as unrun (`ReleaseNotes`): a run that failed, and one
+    /// whose daemon died with it, count; so does one that worked but whose delete was lost. With a ledger, only the
+    /// runs that failed count: each earlier receive not noted as unrun is looked up in the ledger's task items of the
+    /// message's inputs, and counts when one of them failed, is still `running` (its daemon died with it), or has no
+    /// item (the write was lost: counted, to be safe); a receive whose items are all `done` or `released` does not.
+    func runsBefore(_ message: SQSMessage, inputs: [S3URI] = [], logger: Logger) async -> Int? {
         let earlier = max(0, message.receiveCount - 1)
         guard message.receiveCount >= config.maxAttempts else { return earlier }
+        let released: Set<Int>
         switch await releaseNotes.releasesBefore(message, logger: logger) {
-        case .released(let released): return max(0, earlier - released)
-        case .unreadable: return earlier
+        case .released(let noted): released = noted
+        case .unreadable: released = []
         case .notNow: return nil
         }
+        let unnoted = (1..<max(1, message.receiveCount)).filter { !released.contains($0) }
+        guard let ledger, !inputs.isEmpty, !unnoted.isEmpty else { return unnoted.count }
+        var states: [Int: [String]] = [:]
+        for input in inputs {
+            do {
+                for (attempt, state) in try await ledger.attempts(inputKey: input.key, messageID: message.messageID) {
+                    states[attempt, default: []].append(state)
+                }
+            } catch {
+                // The ledger is the record, not the truth: unread, every unnoted receive counts.
+                logger.warning(
+                    "cannot read this message's runs in the ledger; every receive not noted as unrun counts",
+                    metadata: ["error": "\(error)"])
+                return unnoted.count
+            }
+        }
+        return unnoted.filter { receive in
+            guard let seen = states[receive], seen.count >= inputs.count else { return true }
+            return seen.contains { $0 == "failed" || $0 == "running" }
+        }.count
     }
 }

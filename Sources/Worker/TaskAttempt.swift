@@ -88,8 +88,16 @@ extension MessageProcessor {
             return (failed("download failed: \(error)", nil, ""), 0)
         }
         await emit(.downloaded(bytes: bytesIn), message, logger: logger)
-        // The last checkpoint goes back in while the folder is still the daemon's alone.
-        if config.checkpoint { _ = await checkpoints.restore(input, into: folder.checkpoint, logger: logger) }
+        // The last checkpoint goes back in while the folder is still the daemon's alone; it is the checkpoint of this
+        // version of the input (its ETag), or none.
+        let scratch = folder.path + "/checkpoint.manifest"
+        var inputETag: String?
+        if config.checkpoint {
+            inputETag = try? await store.base.head(input, logger: logger)?.etag
+            let restored = await checkpoints.restore(
+                input, etag: inputETag, into: folder.checkpoint, scratch: scratch, logger: logger)
+            if case .notNow(let why) = restored { return (.deferred(reason: why, scope: .throttle), bytesIn) }
+        }
         // Only now does the run-as user get the data folder: nothing of theirs could reach it during the download.
         do {
             try folder.handOver(input: TaskPaths.localName(forKey: input.key), checkpoint: config.checkpoint)
@@ -147,12 +155,16 @@ extension MessageProcessor {
             switch outcome {
             case .uploaded, .noOutput:
                 // Done: its checkpoint has served.
-                await checkpoints.remove(input, logger: logger)
+                await checkpoints.remove(input, scratch: scratch, logger: logger)
             case .interrupted where !Task.isCancelled:
                 // Stopped mid-command: what it wrote goes up before the message is released.
+                // Whatever the command left running goes first (without a PID namespace a child may outlive it):
+                // nothing writes the folder while it is saved.
+                command.cgroup?.killAll()
                 _ = await checkpoints.save(
-                    input, from: folder.checkpoint, owner: setting.user?.uid,
-                    generation: "\(instanceID)-\(Int(Date().timeIntervalSince1970))-\(folderName)", logger: logger)
+                    input, etag: inputETag, from: folder.checkpoint, owner: setting.user?.uid,
+                    generation: "\(instanceID)-\(Int(Date().timeIntervalSince1970))-\(folderName)",
+                    killed: usage.killed, scratch: scratch, logger: logger)
             default: break
             }
         }

@@ -47,9 +47,10 @@ public struct ResourceLimits: Sendable, Equatable {
     }
 }
 
-/// What a task's command used: its peak memory and CPU time. From its cgroup (the whole tree of processes) when it
-/// has one, else from `wait4` (the command and the children it waited for; the peak is the largest single
-/// process's).
+/// What a task's command used: its peak memory and CPU time. From its cgroup (the whole tree of processes, page
+/// cache included, as the kernel counts it against the limit) when it has one; else its CPU time from `wait4` (the
+/// command and the children it waited for), and no peak: a command started as the daemon starts them (sharing the
+/// daemon's memory until its exec) inherits the daemon's high-water mark in `ru_maxrss`.
 public struct TaskUsage: Sendable, Equatable {
     public var peakMemoryBytes: Int64?
     public var cpuSeconds: Double?
@@ -69,10 +70,22 @@ public struct TaskUsage: Sendable, Equatable {
 /// Where the runner leaves a command's `TaskUsage` for the task that ran it.
 public final class UsageBox: Sendable {
     private let value = Mutex<TaskUsage?>(nil)
+    private let killedHard = Mutex(false)
     public init() {}
     public var usage: TaskUsage? { value.withLock { $0 } }
     func set(_ usage: TaskUsage) { value.withLock { $0 = usage } }
-    func update(_ change: (inout TaskUsage?) -> Void) { value.withLock { change(&$0) } }
+    /// The cgroup's figures over what `wait4` gave, field by field: a kernel without `memory.peak`, or a cgroup
+    /// without the memory controller, still leaves the CPU time.
+    func merge(_ cgroup: TaskUsage) {
+        value.withLock { current in
+            var merged = cgroup
+            if merged.cpuSeconds == nil { merged.cpuSeconds = current?.cpuSeconds }
+            current = merged
+        }
+    }
+    /// Whether the command had to be killed (SIGKILL) after its SIGTERM: what it was writing may be half written.
+    public var killed: Bool { killedHard.withLock { $0 } }
+    func markKilled() { killedHard.withLock { $0 = true } }
 }
 
 /// The machine's cgroups, as the daemon can use them for its tasks: found once at start-up.
@@ -106,19 +119,21 @@ public struct Cgroups: Sendable {
     public static func find(
         limits: ResourceLimits, root: String = "/sys/fs/cgroup", ownCgroup: String? = nil, moveSelf: Bool = true
     ) -> Result<Cgroups, CgroupError> {
-        let own = ownCgroup ?? LocalFile.readText("/proc/self/cgroup") ?? ""
+        let selfCgroup = ownCgroup ?? LocalFile.readText("/proc/self/cgroup") ?? ""
         var paths: [String: String] = [:]  // controller (or "" for v2) -> path
-        for line in own.split(separator: "\n") {
+        for line in selfCgroup.split(separator: "\n") {
             let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
             guard fields.count == 3 else { continue }
             if fields[0] == "0" && fields[1].isEmpty { paths[""] = String(fields[2]) }
             for controller in fields[1].split(separator: ",") { paths[String(controller)] = String(fields[2]) }
         }
         let wanted = controllers(for: limits)
-        // v2 first: a unified hierarchy at the root, with the controllers the limits need.
-        if let path = paths[""], let available = LocalFile.readText(root + "/cgroup.controllers") {
-            let have = Set(available.split(whereSeparator: \.isWhitespace).map(String.init))
+        // v2 first: a unified hierarchy at the root, and the controllers the limits need given to the daemon's own
+        // cgroup (what its parent delegates).
+        if let path = paths[""], LocalFile.readText(root + "/cgroup.controllers") != nil {
             let own = root + (path == "/" ? "" : path)
+            let available = LocalFile.readText(own + "/cgroup.controllers") ?? ""
+            let have = Set(available.split(whereSeparator: \.isWhitespace).map(String.init))
             if wanted.allSatisfy(have.contains) || (wanted.isEmpty && !have.isEmpty) {
                 return v2(own: own, wanted: wanted, moveSelf: moveSelf).map { Cgroups(layout: .v2($0), limits: limits) }
             }
@@ -131,6 +146,7 @@ public struct Cgroups: Sendable {
         }
         // v1: a hierarchy of its own for each controller.
         var folders: [String: String] = [:]
+        var seen = Set<String>()
         for controller in wanted + ["cpuacct"] {
             guard let path = paths[controller], LocalFile.isDirectory(root + "/" + controller) else {
                 if controller == "cpuacct" { continue }
@@ -144,6 +160,8 @@ public struct Cgroups: Sendable {
                     CgroupError("cannot make a cgroup under \(folder): \(String(cString: strerror(errno)))"))
             }
             rmdir(probe)
+            // `cpu` and `cpuacct` are often one hierarchy (`cpu,cpuacct`, linked under both names): one folder.
+            guard seen.insert(LocalFile.realPath(folder) ?? folder).inserted else { continue }
             folders[controller] = folder
         }
         return .success(Cgroups(layout: .v1(folders), limits: limits))
@@ -164,18 +182,19 @@ public struct Cgroups: Sendable {
                     CgroupError(
                         "cannot make \(leaf): \(String(cString: strerror(errno))) (the unit needs Delegate=yes)"))
             }
-            // Every process of the daemon's cgroup (the daemon, and any helper of its unit) goes into the leaf.
-            for pid in (LocalFile.readText(own + "/cgroup.procs") ?? "").split(separator: "\n") {
-                guard LocalFile.writeString(leaf + "/cgroup.procs", String(pid)) else {
-                    return .failure(
-                        CgroupError("cannot move the daemon into \(leaf): \(String(cString: strerror(errno)))"))
-                }
+            // The daemon alone: under its unit (Delegate=yes) it is all the cgroup holds. Run by hand in a session,
+            // the others stay, and the controllers cannot be given to the children (below): no limits, said once.
+            guard LocalFile.writeString(leaf + "/cgroup.procs", "0") else {
+                return .failure(
+                    CgroupError("cannot move the daemon into \(leaf): \(String(cString: strerror(errno)))"))
             }
         }
         let enable = wanted.map { "+" + $0 }.joined(separator: " ")
         guard enable.isEmpty || LocalFile.writeString(own + "/cgroup.subtree_control", enable) else {
             return .failure(
-                CgroupError("cannot enable \(enable) for \(own)'s children: \(String(cString: strerror(errno)))"))
+                CgroupError(
+                    "cannot enable \(enable) for \(own)'s children: \(String(cString: strerror(errno))) (other processes share its cgroup: run the daemon under its unit, which has Delegate=yes)"
+                ))
         }
         return .success(own)
     }
@@ -265,9 +284,8 @@ public struct TaskCgroup: Sendable {
         } else {
             if let memory = folders["memory"] {
                 usage.peakMemoryBytes = number(memory + "/memory.max_usage_in_bytes")
-                usage.outOfMemory =
-                    (field(memory + "/memory.oom_control", "oom_kill") ?? 0) > 0
-                    || (field(memory + "/memory.oom_control", "under_oom") ?? 0) > 0
+                // `oom_kill` (Linux 4.13+); `under_oom` says nothing once the command has ended.
+                usage.outOfMemory = (field(memory + "/memory.oom_control", "oom_kill") ?? 0) > 0
             }
             if let cpuacct = folders["cpuacct"] ?? folders["cpu"] {
                 usage.cpuSeconds = number(cpuacct + "/cpuacct.usage").map { Double($0) / 1e9 }
@@ -276,16 +294,21 @@ public struct TaskCgroup: Sendable {
         return usage
     }
 
-    /// Closes the descriptors and removes the cgroup(s), killing what is left in them (a command without a PID
-    /// namespace may leave a process behind): v2's `cgroup.kill`, else SIGKILL to each listed process.
+    /// Kills every process left in the task's cgroup(s) (a command without a PID namespace may leave one behind):
+    /// v2's `cgroup.kill`, else SIGKILL to each listed process.
+    func killAll() {
+        for folder in folders.values where !LocalFile.writeString(folder + "/cgroup.kill", "1") {
+            for pid in (LocalFile.readText(folder + "/cgroup.procs") ?? "").split(separator: "\n") {
+                if let pid = Int32(pid) { kill(pid, SIGKILL) }
+            }
+        }
+    }
+
+    /// Closes the descriptors and removes the cgroup(s), killing what is left in them.
     func remove() {
         procs.forEach { close($0) }
+        killAll()
         for folder in folders.values {
-            if !LocalFile.writeString(folder + "/cgroup.kill", "1") {
-                for pid in (LocalFile.readText(folder + "/cgroup.procs") ?? "").split(separator: "\n") {
-                    if let pid = Int32(pid) { kill(pid, SIGKILL) }
-                }
-            }
             for _ in 0..<50 {
                 if rmdir(folder) == 0 || errno == ENOENT { break }
                 usleep(20_000)

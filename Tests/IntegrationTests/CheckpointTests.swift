@@ -6,7 +6,7 @@ import Testing
 import TestSupport
 
 /// Checkpoints (`checkpoint=true`) against moto: a spot notice stops a long command at once with SIGTERM; what it
-/// wrote in `PARALLELIZER_CHECKPOINT_DIR` goes to `_checkpoints/<input key>/` (a link it planted there does not),
+/// wrote in `PARALLELIZER_CHECKPOINT_DIR` goes to `_checkpoints/<input key>/` (`CheckpointRuleTests` has what is refused),
 /// and the message is released without spending an attempt. The next worker puts the folder back before its
 /// command starts, the command goes on from there, and the completed task removes the checkpoint.
 @Suite(.enabled(if: TestEnvironment.canRun(.moto)), .timeLimit(.minutes(4)))
@@ -23,7 +23,7 @@ struct CheckpointTests {
                   echo "$1.out"
                   exit 0
                 fi
-                trap 'echo step-7 > "$state/progress"; mkdir -p "$state/sub"; echo deep > "$state/sub/state"; ln -s /etc/hostname "$state/leak"; exit 143' TERM
+                trap 'echo step-7 > "$state/progress"; mkdir -p "$state/sub"; echo deep > "$state/sub/state"; exit 143' TERM
                 touch "\(dir)/started"
                 while :; do sleep 0.1; done
                 """)
@@ -43,11 +43,9 @@ struct CheckpointTests {
             #expect(await first.wait(timeout: 60) == .exited(0), "\(h.log("first").suffix(3000))")
             let log = h.log("first")
             #expect(log.contains("checkpoint saved"), "\(log.suffix(3000))")
-            #expect(log.contains("left out of the checkpoint") && log.contains("leak (a symbolic link)"))
             let saved = try await h.allOutputKeys().filter { $0.hasPrefix("_checkpoints/runs/long.txt/") }
             #expect(saved.contains("_checkpoints/runs/long.txt/manifest.json"), "\(saved)")
             #expect(saved.contains { $0.hasSuffix("/progress") } && saved.contains { $0.hasSuffix("/sub/state") })
-            #expect(!saved.contains { $0.hasSuffix("/leak") }, "a link planted in the checkpoint went up")
 
             // Another instance: the folder is back before the command starts; maxAttempts 1 was not spent.
             let second = try h.startWorker(name: "second", parameters: parameters)
