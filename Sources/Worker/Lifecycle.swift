@@ -51,6 +51,9 @@ public final class Lifecycle: Sendable {
         var counts = Counts()
         /// Until when a message this daemon released for a retry may still be on its way back.
         var releasedUntil: ContinuousClock.Instant?
+        /// The queue looks empty and this daemon idle (`watchForDrain`): receives poll briefly, so that the stop at
+        /// the drain does not wait on a long poll begun just before it.
+        var quiet = false
     }
 
     /// How long running tasks may go on after a stop (`shutdownGrace`).
@@ -162,6 +165,16 @@ public final class Lifecycle: Sendable {
         let now = clock.now
         return state.withLock { s in s.runningTasks == 0 && s.emptyPolls > 0 && now - s.lastWork >= .seconds(seconds) }
     }
+
+    /// Nothing runs, and the last work ended at least `seconds` ago, whatever the polls have brought back yet.
+    func quietFor(_ seconds: Int) -> Bool {
+        let now = clock.now
+        return state.withLock { s in s.runningTasks == 0 && now - s.lastWork >= .seconds(seconds) }
+    }
+
+    /// Whether receives should poll briefly now (`State.quiet`).
+    var isQuiet: Bool { state.withLock { $0.quiet } }
+    func setQuiet(_ quiet: Bool) { state.withLock { $0.quiet = quiet } }
 
     func count(_ update: (inout Counts) -> Void) { state.withLock { update(&$0.counts) } }
     public var counts: Counts { state.withLock { $0.counts } }

@@ -28,7 +28,8 @@ extension Daemon {
         var tailRule = ledger != nil
         while !lifecycle.isStopping {
             do { try await clock.sleep(for: interval) } catch { return }
-            guard lifecycle.idle(for: config.idleTimeout) else {
+            guard lifecycle.quietFor(config.idleTimeout) else {
+                lifecycle.setQuiet(false)
                 zeroChecks = 0
                 tailChecks = 0
                 continue
@@ -36,6 +37,17 @@ extension Daemon {
             do {
                 let counts = try await queue.counts(logger: logger)
                 let total = counts.total
+                // Idle, and the queue shows nothing anywhere: the end is near, and receives poll briefly from now on,
+                // so that the stop does not wait on a 20-second long poll begun just before it (an instance's last
+                // 20 s, for nothing). In the tail (messages in flight elsewhere) they keep their long polls.
+                lifecycle.setQuiet(total == 0)
+                // The drain also wants a receive of this daemon's own to have come back empty since the last work:
+                // the counts are approximate.
+                guard lifecycle.idle(for: config.idleTimeout) else {
+                    zeroChecks = 0
+                    tailChecks = 0
+                    continue
+                }
                 zeroChecks = total == 0 ? zeroChecks + 1 : 0
                 if total > 0 {
                     logger.debug("idle, but the queue still has messages", metadata: ["queue.messages": "\(total)"])

@@ -67,7 +67,9 @@ struct SlotLoop<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner>: Senda
                 let result: Result<[SQSMessage], AWSError>
                 do throws(AWSError) {
                     result = .success(
-                        try await processor.queue.receive(count: count, waitSeconds: waitSeconds, logger: logger))
+                        try await processor.queue.receive(
+                            count: count, waitSeconds: lifecycle.isQuiet ? min(1, waitSeconds) : waitSeconds,
+                            logger: logger))
                 } catch {
                     result = .failure(error)
                 }
