@@ -48,7 +48,10 @@ for i in $(seq 1 "$RUNS"); do
     common=(--set "queueURL=$q" --set inputBucket=ck-in --set outputBucket=ck-out --set "analysisProgram=$WORK/ck.sh"
         --set shouldShutdown=false --set checkpoint=true --set checkpointGrace=10 --set shutdownGrace=110
         --set numThreads=1 --set prefetch=false --receive-wait-seconds 1)
-    rsw "$BIN" run "${common[@]}" --set "workDir=$WORK/ck-$i" --set "logFile=$WORK/ck-$i.log" --log-level info &
+    # Through env(1), which execs the daemon: $! is the daemon itself, and the SIGTERM below reaches it.
+    env AWS_ACCESS_KEY_ID="$PZ_TEST_SEAWEED_KEY" AWS_SECRET_ACCESS_KEY="$PZ_TEST_SEAWEED_SECRET" \
+        AWS_ENDPOINT_URL_S3="$RSW" "$BIN" run "${common[@]}" --set "workDir=$WORK/ck-$i" --set "logFile=$WORK/ck-$i.log" \
+        --log-level notice &
     pid=$!
     for _ in $(seq 1 600); do [ -f "$WORK/ck-ready" ] && break; sleep 0.1; done
     t0=$(now)
