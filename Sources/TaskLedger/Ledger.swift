@@ -34,7 +34,9 @@ public actor Ledger {
 
     enum Write: Sendable {
         case put(DynamoItem)
-        case update(key: DynamoItem, expression: String, names: [String: String], values: DynamoItem)
+        /// With `condition`, a write that no longer applies (the item is another message's now) is dropped quietly.
+        case update(
+            key: DynamoItem, expression: String, names: [String: String], values: DynamoItem, condition: String? = nil)
     }
 
     /// One heartbeat's worth of an instance's progress.
@@ -147,7 +149,7 @@ public actor Ledger {
     public func taskEnded(
         inputKey: String, attempt: Int, outcome: Outcome, seconds: Double, bytesIn: Int64, bytesOut: Int64,
         exitStatus: String, outputKey: String?, reason: String?, peakMemoryBytes: Int64? = nil,
-        cpuSeconds: Double? = nil
+        cpuSeconds: Double? = nil, messageID: String? = nil
     ) {
         typealias F = LedgerSchema.Task
         let now = Self.now()
@@ -161,8 +163,17 @@ public actor Ledger {
         if let peakMemoryBytes { fields.append((F.peakMemoryBytes, .number(peakMemoryBytes))) }
         if let cpuSeconds { fields.append((F.cpuSeconds, .number((cpuSeconds * 1000).rounded() / 1000))) }
         // Every attribute through a placeholder: some of these names (`state`) are DynamoDB reserved words.
-        let names = Dictionary(uniqueKeysWithValues: fields.enumerated().map { ("#a\($0.offset)", $0.element.name) })
-        let values = DynamoItem(uniqueKeysWithValues: fields.enumerated().map { (":v\($0.offset)", $0.element.value) })
+        var names = Dictionary(uniqueKeysWithValues: fields.enumerated().map { ("#a\($0.offset)", $0.element.name) })
+        var values = DynamoItem(uniqueKeysWithValues: fields.enumerated().map { (":v\($0.offset)", $0.element.value) })
+        // The item is this message's attempt: the same input in two messages (a duplicate S3 event) at the same
+        // receive count shares its key, and one's end must not be written over the other's start (the attempt count
+        // of `maxAttempts` reads these states).
+        var condition: String?
+        if let messageID {
+            names["#m"] = F.messageID
+            values[":m"] = .s(messageID)
+            condition = "#m = :m"
+        }
         append(
             .update(
                 key: [
@@ -170,7 +181,7 @@ public actor Ledger {
                     LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)),
                 ],
                 expression: "SET " + fields.indices.map { "#a\($0) = :v\($0)" }.joined(separator: ", "),
-                names: names, values: values))
+                names: names, values: values, condition: condition))
         let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
         Self.dropOne(key, from: &progress.running)
         // A command that never ended cleanly (the task ended mid-command) goes with its task.
@@ -270,9 +281,11 @@ public actor Ledger {
 
     /// The attempts of `inputKey` recorded for `messageID`: by attempt (the receive count), the state each reached
     /// (`running`, `done`, `failed`, `released`). Read consistently: a run's end written just before counts.
-    public func attempts(inputKey: String, messageID: String) async throws(AWSError) -> [(Int, String)] {
+    public func attempts(inputKey: String, messageID: String) async throws(AWSError) -> [(
+        attempt: Int, state: String, instance: String?, started: Double?
+    )] {
         typealias F = LedgerSchema.Task
-        var found: [(Int, String)] = []
+        var found: [(attempt: Int, state: String, instance: String?, started: Double?)] = []
         var start: DynamoItem?
         repeat {
             let page = try await client.query(
@@ -283,12 +296,23 @@ public actor Ledger {
             for item in page.items where item[F.messageID]?.string == messageID && item[F.inputKey]?.string == inputKey
             {
                 if let attempt = item[F.attempt]?.int, let state = item[F.state]?.string {
-                    found.append((attempt, state))
+                    found.append((attempt, state, item[F.instance]?.string, item[F.startedEpoch]?.double))
                 }
             }
             start = page.lastEvaluatedKey
         } while start != nil
         return found
+    }
+
+    /// The other instances whose daemons beat now (`running`, written within a minute or two heartbeat intervals),
+    /// with when each daemon started: a task item still `running` there, started since, is a run under way (SQS
+    /// delivered its message twice), not a dead one.
+    public func liveDaemons() async throws(AWSError) -> [String: Double] {
+        let now = Self.now()
+        let fresh = max(60, 2 * settings.heartbeatInterval)
+        let live = try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
+            .filter { $0.instanceID != instanceID && $0.state == "running" && now - ($0.updatedEpoch ?? 0) <= fresh }
+        return Dictionary(live.map { ($0.instanceID, $0.startedEpoch ?? 0) }, uniquingKeysWith: { a, _ in a })
     }
 
     public var ownInstanceID: String { instanceID }
@@ -380,10 +404,15 @@ public actor Ledger {
                 switch write {
                 case .put(let item):
                     try await client.putItem(table: table, item: item, logger: logger)
-                case .update(let key, let expression, let names, let values):
-                    try await client.updateItem(
-                        table: table, key: key, update: expression, names: names, values: values,
-                        logger: logger)
+                case .update(let key, let expression, let names, let values, let condition):
+                    do {
+                        try await client.updateItem(
+                            table: table, key: key, update: expression, condition: condition, names: names,
+                            values: values, logger: logger)
+                    } catch  where condition != nil && error.shortCode == "ConditionalCheckFailedException" {
+                        // Another message's attempt now: this one's end is not written over it.
+                        logger.debug("a task's end not written: its item is another message's now")
+                    }
                 }
                 if failures > 0 {
                     logger.notice("ledger writes succeed again", metadata: ["ledger.failed_writes": "\(failures)"])

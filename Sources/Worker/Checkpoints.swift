@@ -26,6 +26,8 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
     let bucket: String
     /// The daemon's `outputPrefix`: a checkpoint of another run's outputs (another prefix) is not this task's.
     let outputPrefix: String
+    /// The daemon's `inputBucket`: an input of another bucket has its checkpoints apart.
+    var inputBucket = ""
 
     /// A checkpoint's files, as `manifest.json` lists them, and what it is a checkpoint of: the input (its bucket,
     /// key and ETag: an input replaced since is another task) and the run's `outputPrefix`.
@@ -75,11 +77,14 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
 
     static var limits: (files: Int, depth: Int) { (10_000, 32) }
 
-    /// `_checkpoints/<input key>/`; a key too long to leave room for the files' names goes by its SHA-256.
-    static func folder(for input: S3URI) -> String {
-        let plain = "_checkpoints/" + input.key + "/"
-        if plain.utf8.count <= 512 { return plain }
-        return "_checkpoints/_long-keys/" + Digest.sha256(Array(input.key.utf8)).hexString + "/"
+    /// `<outputPrefix>_checkpoints/<input key>/` (an input of another bucket than `inputBucket` under
+    /// `_buckets/<bucket>/`): two runs with their own output prefixes never touch each other's. A key too long to
+    /// leave room for the files' names goes by its SHA-256.
+    func folder(for input: S3URI) -> String {
+        let base = outputPrefix + "_checkpoints/" + (input.bucket == inputBucket ? "" : "_buckets/\(input.bucket)/")
+        let plain = base + input.key + "/"
+        if plain.utf8.count <= 640 { return plain }
+        return base + "_long-keys/" + Digest.sha256(Array(input.key.utf8)).hexString + "/"
     }
 
     func object(_ key: String) -> S3URI { S3URI(bucket: bucket, key: key) }
@@ -88,7 +93,7 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
     func manifest(of input: S3URI, scratch: String, logger: Logger) async throws(AWSError) -> Manifest? {
         defer { unlink(scratch) }
         do {
-            _ = try await store.download(object(Self.folder(for: input) + "manifest.json"), to: scratch, logger: logger)
+            _ = try await store.download(object(folder(for: input) + "manifest.json"), to: scratch, logger: logger)
         } catch  where error.httpStatus == 404 {
             return nil
         }
@@ -102,9 +107,20 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
     enum Restore: Sendable, Equatable {
         case none
         case restored(files: Int)
-        /// The checkpoint could not be read now: the task waits rather than start over and, at its next stop,
-        /// replace hours of work with minutes.
+        /// The checkpoint could not be read now (a throttle, a 5xx, the network): the task waits rather than start
+        /// over and, at its next stop, replace hours of work with minutes.
         case notNow(String)
+        /// This machine could not hold it (a full disk): its trouble, as for a download.
+        case machine(String)
+    }
+
+    /// What an error while reading a checkpoint means for the task: this machine's trouble, a wait, or (a refusal
+    /// that waiting will not change) no checkpoint, said once.
+    func verdict(_ error: AWSError, _ what: String, logger: Logger) -> Restore {
+        if let trouble = NodeTrouble.reason(error) { return .machine("\(what): \(trouble)") }
+        if error.isRetryable { return .notNow("\(what) now: \(error)") }
+        logger.warning("\(what): it starts from the beginning", metadata: ["error": "\(error)"])
+        return .none
     }
 
     /// Puts the input's last checkpoint into `directory` (the daemon's still, the command not started). `scratch`
@@ -118,10 +134,11 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
             guard let found = try await self.manifest(of: input, scratch: scratch, logger: logger) else { return .none }
             manifest = found
         } catch {
-            return .notNow("the task's checkpoint cannot be read now: \(error)")
+            return verdict(error, "the task's checkpoint cannot be read", logger: logger)
         }
-        guard manifest.input == input.description, manifest.outputPrefix == outputPrefix,
-            manifest.inputETag == nil || etag == nil || manifest.inputETag == etag
+        // Of this version of this input, in this run: without an ETag on either side nothing says so.
+        guard manifest.input == input.description, manifest.outputPrefix == outputPrefix, let etag,
+            manifest.inputETag == etag
         else {
             logger.notice(
                 "the checkpoint found is of another version of the input, or another run's outputs: not used",
@@ -130,7 +147,7 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
                 ])
             return .none
         }
-        let folder = Self.folder(for: input)
+        let folder = folder(for: input)
         for path in manifest.files {
             var folderPath = directory
             for part in path.split(separator: "/").dropLast() {
@@ -148,7 +165,7 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
                         metadata: ["checkpoint.file": "\(path)"])
                     return .none
                 }
-                return .notNow("the task's checkpoint cannot be read whole now: \(error)")
+                return verdict(error, "the task's checkpoint cannot be read whole", logger: logger)
             }
         }
         logger.info(
@@ -186,7 +203,7 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
             return false
         }
         let previous = try? await self.manifest(of: input, scratch: scratch, logger: logger)
-        let folder = Self.folder(for: input)
+        let folder = folder(for: input)
         var bytes: Int64 = 0
         let started = ContinuousClock.now
         for path in paths {
@@ -237,7 +254,7 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
             ])
         // The generation before goes: only the files its manifest names (a listing of the folder would also find
         // the checkpoints of inputs whose keys start with this one's).
-        if let previous, previous.generation != generation {
+        if let previous, previous.generation != generation, previous.input == input.description {
             for path in previous.files {
                 try? await store.delete(object(folder + previous.generation + "/" + path), logger: logger)
             }
@@ -247,8 +264,10 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
 
     /// Removes the input's checkpoint: its task is done. The manifest first: a checkpoint half removed is none.
     func remove(_ input: S3URI, scratch: String, logger: Logger) async {
-        guard let manifest = try? await self.manifest(of: input, scratch: scratch, logger: logger) else { return }
-        let folder = Self.folder(for: input)
+        guard let manifest = try? await self.manifest(of: input, scratch: scratch, logger: logger),
+            manifest.input == input.description
+        else { return }
+        let folder = folder(for: input)
         do {
             try await store.delete(object(folder + "manifest.json"), logger: logger)
         } catch {
@@ -351,6 +370,8 @@ extension LocalFile {
 extension MessageProcessor {
     /// On the store itself, not the watched one: a checkpoint is the task's help, and its calls nobody's dead end.
     var checkpoints: Checkpoints<Store> {
-        Checkpoints(store: store.base, bucket: config.outputBucket, outputPrefix: config.outputPrefix)
+        Checkpoints(
+            store: store.base, bucket: config.outputBucket, outputPrefix: config.outputPrefix,
+            inputBucket: config.inputBucket)
     }
 }

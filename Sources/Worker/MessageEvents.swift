@@ -47,7 +47,8 @@ struct MessageBooks: Sendable {
             await ledger?.commandEnded(inputKey: input.key, attempt: attempt)
         case .taskEnded(let outcome, let input, let attempt, let seconds, let bytesIn, let usage, let lastRun):
             await ledger?.record(
-                outcome, input: input, attempt: attempt, seconds: seconds, bytesIn: bytesIn, usage: usage)
+                outcome, input: input, attempt: attempt, seconds: seconds, bytesIn: bytesIn, usage: usage,
+                messageID: message.messageID)
             taskEnded(outcome, seconds: seconds, logger: logger)
             // The machine's health: a task that met its trouble counts, a task that worked clears the count. A task
             // that failed says nothing either way (it may have failed of the machine in a way nobody could tell).

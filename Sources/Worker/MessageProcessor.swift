@@ -118,8 +118,11 @@ struct MessageProcessor<Queue: WorkQueue, Store: ObjectStore, Runner: TaskRunner
             let outcomes = await attempt(
                 inputs, message: message, receivedAt: receivedAt, slot: slot, stage: stage,
                 lastRun: runsBefore + 1 >= config.maxAttempts, logger: logger)
+            // On the last receive the dead-letter queue allows, a failure is given up now, with its record: SQS
+            // would move the message at its next receive, with none (runs that count can be fewer than receives).
+            let lastReceive = maxReceiveCount.map { message.receiveCount >= $0 } ?? false
             let fate = MessageFate.after(
-                outcomes, runs: runsBefore + 1, maxAttempts: config.maxAttempts,
+                outcomes, runs: runsBefore + 1, maxAttempts: lastReceive ? runsBefore + 1 : config.maxAttempts,
                 deadEnd: deadEnds.failuresAreNotTheTasks,
                 retryDelay: plan.retryDelay(receiveCount: message.receiveCount, base: retryBackoff))
             // This machine is leaving for its failures (`FailureStreak`): the runs that failed here in a row spend

@@ -178,6 +178,16 @@ public struct ProcessRunner: Sendable {
         } onCancel: {
             cancelled.raise()
         }
+        // Stopped, the command exited but its group did not (no PID namespace: in one, the kernel ends the rest with
+        // it): what is left gets the rest of the grace to finish writing, then SIGKILL, and the task knows it was
+        // cut short (a checkpoint it was writing is not whole).
+        if outcome == .interrupted && kill(-pid, 0) == 0 {
+            let deadline = ContinuousClock.now + .milliseconds(Int(killGrace * 1000))
+            while kill(-pid, 0) == 0 && ContinuousClock.now < deadline {
+                try? await Task.sleep(nanoseconds: 50_000_000)
+            }
+            if kill(-pid, SIGKILL) == 0 { usage?.markKilled() }
+        }
         // The cgroup knows the whole tree (every process, its peak together); rusage only the command and the
         // children it waited for.
         if let cgroup, let usage { usage.merge(cgroup.usage()) }

@@ -107,23 +107,45 @@ extension MessageProcessor {
         }
         let unnoted = (1..<max(1, message.receiveCount)).filter { !released.contains($0) }
         guard let ledger, !inputs.isEmpty, !unnoted.isEmpty else { return unnoted.count }
-        var states: [Int: [String]] = [:]
-        for input in inputs {
-            do {
-                for (attempt, state) in try await ledger.attempts(inputKey: input.key, messageID: message.messageID) {
-                    states[attempt, default: []].append(state)
+        var states: [Int: [(state: String, instance: String?, started: Double?)]] = [:]
+        var live: [String: Double]?
+        do {
+            for input in inputs {
+                for found in try await ledger.attempts(inputKey: input.key, messageID: message.messageID) {
+                    states[found.attempt, default: []].append((found.state, found.instance, found.started))
                 }
-            } catch {
-                // The ledger is the record, not the truth: unread, every unnoted receive counts.
-                logger.warning(
-                    "cannot read this message's runs in the ledger; every receive not noted as unrun counts",
-                    metadata: ["error": "\(error)"])
-                return unnoted.count
             }
+            // A run still `running` may be under way elsewhere (SQS delivered the message twice): not a dead one.
+            if states.values.contains(where: { $0.contains { $0.state == "running" } }) {
+                live = try await ledger.liveDaemons()
+            }
+        } catch  where error.isRetryable {
+            logger.warning("cannot read this message's runs in the ledger now", metadata: ["error": "\(error)"])
+            return nil
+        } catch {
+            // The ledger is the record, not the truth: unread, every unnoted receive counts.
+            logger.warning(
+                "cannot read this message's runs in the ledger; every receive not noted as unrun counts",
+                metadata: ["error": "\(error)"])
+            return unnoted.count
+        }
+        if let live,
+            unnoted.contains(where: { receive in
+                states[receive]?.contains { item in
+                    guard item.state == "running", let instance = item.instance, let since = live[instance] else {
+                        return false
+                    }
+                    // Started by the daemon that beats there now, not by one that died before it.
+                    return (item.started ?? 0) >= since
+                } == true
+            })
+        {
+            logger.notice("an earlier receive of this message is still running on a live worker: back later")
+            return nil
         }
         return unnoted.filter { receive in
             guard let seen = states[receive], seen.count >= inputs.count else { return true }
-            return seen.contains { $0 == "failed" || $0 == "running" }
+            return seen.contains { $0.state == "failed" || $0.state == "running" }
         }.count
     }
 }

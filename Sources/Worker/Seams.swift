@@ -20,8 +20,8 @@ public protocol WorkQueue: Sendable {
 
 /// The object store, as the loop sees it.
 public protocol ObjectStore: Sendable {
-    /// Streams the object to `path`; returns its size.
-    func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64
+    /// Streams the object to `path`; returns its size and ETag.
+    func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Downloaded
     /// Uploads a file (the daemon gives the descriptor it opened and checked the command's output on), with
     /// `write`'s metadata, on its condition (412 when it does not hold).
     func upload(file: FileSource, to object: S3URI, write: WriteOptions, logger: Logger) async throws(AWSError)
@@ -73,6 +73,16 @@ public struct CommandRun: Sendable {
     }
 }
 
+/// An object on disk: its size, and the ETag of the version read (a checkpoint is of that version alone).
+public struct Downloaded: Sendable, Equatable {
+    public var size: Int64
+    public var etag: String?
+    public init(size: Int64, etag: String?) {
+        self.size = size
+        self.etag = etag
+    }
+}
+
 /// What runs the command.
 public protocol TaskRunner: Sendable {
     /// Runs the command to its end. Cancelling the calling task kills its process group and returns `.interrupted`.
@@ -80,8 +90,9 @@ public protocol TaskRunner: Sendable {
 }
 
 extension S3Client: ObjectStore {
-    public func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64 {
-        try await getObject(bucket: object.bucket, key: object.key, to: path, logger: logger).size
+    public func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Downloaded {
+        let info = try await getObject(bucket: object.bucket, key: object.key, to: path, logger: logger)
+        return Downloaded(size: info.size, etag: info.etag.isEmpty ? nil : info.etag)
     }
 
     public func upload(file: FileSource, to object: S3URI, write: WriteOptions, logger: Logger) async throws(AWSError) {

@@ -69,11 +69,15 @@ extension MessageProcessor {
         let data = folder.data
         let inputPath = data + "/" + TaskPaths.localName(forKey: input.key)
         let bytesIn: Int64
+        // The version read: a checkpoint is of it alone.
+        var inputETag: String?
         // Work not yet started (no command of this message has run) ends at a stop; a message whose commands have
         // begun finishes its inputs within the grace, as without a pipeline.
         let notStarted = stage.map { !$0.isHeld } ?? false
         do {
-            bytesIn = try await download(input, to: inputPath, endingAtStop: notStarted, logger: logger)
+            let downloaded = try await download(input, to: inputPath, endingAtStop: notStarted, logger: logger)
+            bytesIn = downloaded.size
+            inputETag = downloaded.etag
         } catch {
             if Task.isCancelled || (notStarted && lifecycle.isStopping) { return (.interrupted, 0) }
             // The bucket answered that the key is not there: NoSuchKey, and only that (a bucket that is gone is
@@ -91,12 +95,14 @@ extension MessageProcessor {
         // The last checkpoint goes back in while the folder is still the daemon's alone; it is the checkpoint of this
         // version of the input (its ETag), or none.
         let scratch = folder.path + "/checkpoint.manifest"
-        var inputETag: String?
         if config.checkpoint {
-            inputETag = try? await store.base.head(input, logger: logger)?.etag
-            let restored = await checkpoints.restore(
+            switch await checkpoints.restore(
                 input, etag: inputETag, into: folder.checkpoint, scratch: scratch, logger: logger)
-            if case .notNow(let why) = restored { return (.deferred(reason: why, scope: .throttle), bytesIn) }
+            {
+            case .notNow(let why): return (.deferred(reason: why, scope: .throttle), bytesIn)
+            case .machine(let why): return (.deferred(reason: why, scope: .disk), bytesIn)
+            case .none, .restored: break
+            }
         }
         // Only now does the run-as user get the data folder: nothing of theirs could reach it during the download.
         do {
@@ -160,7 +166,7 @@ extension MessageProcessor {
                 // Stopped mid-command: what it wrote goes up before the message is released.
                 // Whatever the command left running goes first (without a PID namespace a child may outlive it):
                 // nothing writes the folder while it is saved.
-                command.cgroup?.killAll()
+                if command.cgroup?.killAll() == true { usage.markKilled() }
                 _ = await checkpoints.save(
                     input, etag: inputETag, from: folder.checkpoint, owner: setting.user?.uid,
                     generation: "\(instanceID)-\(Int(Date().timeIntervalSince1970))-\(folderName)",
@@ -348,10 +354,12 @@ extension MessageProcessor {
     }
 
     /// The input's download; with `endingAtStop` (a download ahead of its command), a stop cancels it.
-    func download(_ input: S3URI, to path: String, endingAtStop: Bool, logger: Logger) async throws(AWSError) -> Int64 {
+    func download(_ input: S3URI, to path: String, endingAtStop: Bool, logger: Logger) async throws(AWSError)
+        -> Downloaded
+    {
         guard endingAtStop else { return try await store.download(input, to: path, logger: logger) }
         let store = self.store
-        let result = await lifecycle.cancellingAtStop { () -> Result<Int64, AWSError> in
+        let result = await lifecycle.cancellingAtStop { () -> Result<Downloaded, AWSError> in
             do throws(AWSError) {
                 return .success(try await store.download(input, to: path, logger: logger))
             } catch {
@@ -365,7 +373,8 @@ extension MessageProcessor {
 extension Ledger {
     /// One task attempt's line in the ledger.
     func record(
-        _ outcome: AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64, usage: TaskUsage?
+        _ outcome: AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64, usage: TaskUsage?,
+        messageID: String? = nil
     ) {
         switch outcome {
         case .uploaded(let key, let bytes):
@@ -373,36 +382,36 @@ extension Ledger {
                 inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
                 bytesOut: bytes, exitStatus: "exit 0", outputKey: key, reason: nil,
                 peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds)
+                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
         case .noOutput:
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
                 bytesOut: 0, exitStatus: "exit 0", outputKey: nil, reason: "no output named",
                 peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds)
+                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
         case .failed(let failure):
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
                 bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason,
                 peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds)
+                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
         case .inputMissing(let failure), .outputTaken(let failure):
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
                 bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason,
                 peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds)
+                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
         case .interrupted:
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
                 bytesIn: bytesIn, bytesOut: 0, exitStatus: "interrupted", outputKey: nil,
-                reason: "released at shutdown")
+                reason: "released at shutdown", messageID: messageID)
         case .deferred(let reason, _):
             taskEnded(
                 inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
                 bytesIn: bytesIn, bytesOut: 0, exitStatus: "none", outputKey: nil, reason: "deferred: \(reason)",
                 peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds)
+                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
         }
     }
 }

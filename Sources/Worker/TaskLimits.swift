@@ -295,13 +295,19 @@ public struct TaskCgroup: Sendable {
     }
 
     /// Kills every process left in the task's cgroup(s) (a command without a PID namespace may leave one behind):
-    /// v2's `cgroup.kill`, else SIGKILL to each listed process.
-    func killAll() {
-        for folder in folders.values where !LocalFile.writeString(folder + "/cgroup.kill", "1") {
-            for pid in (LocalFile.readText(folder + "/cgroup.procs") ?? "").split(separator: "\n") {
-                if let pid = Int32(pid) { kill(pid, SIGKILL) }
+    /// v2's `cgroup.kill`, else SIGKILL to each listed process. Returns whether any was left.
+    @discardableResult
+    func killAll() -> Bool {
+        var any = false
+        for folder in folders.values {
+            let left = (LocalFile.readText(folder + "/cgroup.procs") ?? "").split(separator: "\n").compactMap {
+                Int32($0)
             }
+            guard !left.isEmpty else { continue }
+            any = true
+            if !LocalFile.writeString(folder + "/cgroup.kill", "1") { left.forEach { kill($0, SIGKILL) } }
         }
+        return any
     }
 
     /// Closes the descriptors and removes the cgroup(s), killing what is left in them.

@@ -102,7 +102,7 @@ struct WatchedStore<Base: ObjectStore>: ObjectStore {
 
     private var subject: String { CallSubject.messageID ?? numbers.take("call") }
 
-    func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64 {
+    func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Downloaded {
         guard object.bucket == inputBucket else { return try await base.download(object, to: path, logger: logger) }
         // NoSuchKey: the bucket answered for the key, so the role may read it.
         return try await report(

@@ -134,7 +134,7 @@ public final class MemoryStore: ObjectStore {
     }
 
     /// Every call on `bucketOrObject` (`bucket` or `bucket/key`) fails with `error`.
-    public func refuse(_ bucketOrObject: String, with error: AWSError) {
+    public func refuse(_ bucketOrObject: String, with error: AWSError?) {
         state.withLock { $0.refusals[bucketOrObject] = error }
     }
 
@@ -154,14 +154,16 @@ public final class MemoryStore: ObjectStore {
         state.withLock { $0.refusals["\(object.bucket)/\(object.key)"] ?? $0.refusals[object.bucket] }
     }
 
-    public func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Int64 {
+    public func download(_ object: S3URI, to path: String, logger: Logger) async throws(AWSError) -> Downloaded {
         if let cancelled = cancelledRequest("s3") { throw cancelled }
         if let refusal = refusal(object) { throw refusal }
-        guard let bytes = state.withLock({ $0.objects["\(object.bucket)/\(object.key)"] }) else {
+        let key = "\(object.bucket)/\(object.key)"
+        guard let (bytes, etag) = state.withLock({ s in s.objects[key].map { ($0, s.etags[key] ?? "\"etag-0\"") } })
+        else {
             throw serviceError("NoSuchKey", status: 404)
         }
         LocalFile.write(path, bytes)
-        return Int64(bytes.count)
+        return Downloaded(size: Int64(bytes.count), etag: etag)
     }
 
     /// Writes as S3 does under `write`'s condition: 412 PreconditionFailed when it does not hold.

@@ -25,7 +25,7 @@ struct CheckpointRuleTests {
     @Test func onlyWholeCheckpointsAreSavedAndRestored() async throws {
         try await withTemporaryDirectory { dir in
             let store = MemoryStore()
-            let checkpoints = Checkpoints(store: store, bucket: "out", outputPrefix: "")
+            let checkpoints = Checkpoints(store: store, bucket: "out", outputPrefix: "", inputBucket: "in")
             let scratch = dir + "/scratch"
             // Another input whose key starts with this one's: its checkpoint must survive this one's clean-up.
             store.add(S3URI(bucket: "out", key: "_checkpoints/runs/a/b/manifest.json"), "other")
@@ -66,6 +66,30 @@ struct CheckpointRuleTests {
                 await checkpoints.restore(input, etag: "\"e1\"", into: back, scratch: scratch, logger: logger)
                     == .restored(files: 1))
             #expect(LocalFile.readText(back + "/state") == "one")
+            // Without an ETag nothing says it is this version: not restored.
+            #expect(
+                await checkpoints.restore(
+                    input, etag: nil, into: folder(dir, "unknown"), scratch: scratch, logger: logger)
+                    == .none)
+            // A refusal reading it is no checkpoint (a wait would put the message back forever); a 5xx is a wait.
+            store.refuse(
+                "out/_checkpoints/runs/a/manifest.json",
+                with: AWSError(kind: .service, service: "s3", httpStatus: 403, code: "AccessDenied", message: "no"))
+            #expect(
+                await checkpoints.restore(
+                    input, etag: "\"e1\"", into: folder(dir, "denied"), scratch: scratch, logger: logger)
+                    == .none)
+            store.refuse(
+                "out/_checkpoints/runs/a/manifest.json",
+                with: AWSError(kind: .service, service: "s3", httpStatus: 503, code: "SlowDown", message: "slow"))
+            guard
+                case .notNow = await checkpoints.restore(
+                    input, etag: "\"e1\"", into: folder(dir, "slow"), scratch: scratch, logger: logger)
+            else {
+                Issue.record("a 503 reading the checkpoint was not a wait")
+                return
+            }
+            store.refuse("out/_checkpoints/runs/a/manifest.json", with: nil)
             // Another version of the input: not restored.
             let other = folder(dir, "other")
             #expect(
@@ -90,18 +114,20 @@ struct CheckpointRuleTests {
     @Test func aManifestNamingAPathOutOfTheFolderIsNotUsed() async throws {
         try await withTemporaryDirectory { dir in
             let store = MemoryStore()
-            let checkpoints = Checkpoints(store: store, bucket: "out", outputPrefix: "")
+            let checkpoints = Checkpoints(store: store, bucket: "out", outputPrefix: "", inputBucket: "in")
             for (generation, file) in [("g", "../../escape"), ("..", "state"), ("g", "/etc/x"), ("a/b", "state")] {
                 let manifest = Checkpoints<MemoryStore>.Manifest(
-                    generation: generation, files: [file], input: input.description, inputETag: nil,
+                    generation: generation, files: [file], input: input.description, inputETag: "\"e\"",
                     outputPrefix: "")
                 store.add(
                     S3URI(bucket: "out", key: "_checkpoints/runs/a/manifest.json"),
                     String(decoding: manifest.json, as: UTF8.self))
                 let into = folder(dir, "into-\(UInt32.random(in: 0...UInt32.max))")
                 #expect(
-                    await checkpoints.restore(input, etag: nil, into: into, scratch: dir + "/scratch", logger: logger)
-                        == .none, "\(generation) \(file)")
+                    await checkpoints.restore(
+                        input, etag: "\"e\"", into: into, scratch: dir + "/scratch", logger: logger) == .none,
+                    "\(generation) \(file)")
+                #expect(LocalFile.listDirectory(into).isEmpty)
             }
         }
     }
