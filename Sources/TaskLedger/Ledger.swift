@@ -29,6 +29,10 @@ public actor Ledger {
         /// them into the fleet's cost.
         public var instanceType: String?
         public var slots = 1
+        /// A task's start is written once it has run this long: a task that ends sooner is written once, whole,
+        /// with its end (one write instead of two: DynamoDB bills each item written). A daemon that dies first
+        /// leaves no item, which the attempt count reads as a run, as it reads `running`.
+        public var startWriteDelay: Double = 2
         public init() {}
     }
 
@@ -67,6 +71,13 @@ public actor Ledger {
     let logger: Logger
     let startedAt: Double
     var buffer: [Write] = []
+    /// Task starts not written yet (`Settings.startWriteDelay`), by sort key, with when they are due.
+    var pendingStarts: [String: PendingStart] = [:]
+
+    struct PendingStart: Sendable {
+        var item: DynamoItem
+        var due: Double
+    }
     var progress = Progress()
     var lastHeartbeat: Double?
     /// The last running task ended: the next heartbeat goes at once, not at the interval, so that no other worker
@@ -116,15 +127,18 @@ public actor Ledger {
             beatNow = true
             signal()
         }
-        append(
-            .put([
-                LedgerSchema.partitionKey: .s(queueName),
-                LedgerSchema.sortKey: .s(LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)),
-                LedgerSchema.kind: .s(F.kind), F.inputKey: .s(inputKey), F.attempt: .number(attempt),
-                F.instance: .s(instanceID), F.slot: .number(slot), F.state: .s("running"), F.messageID: .s(messageID),
-                F.startedAt: .s(Self.iso(now)), F.startedEpoch: .number(now),
-            ]))
-        progress.running[LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt), default: []].append(now)
+        let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
+        // A start of the same key still pending (the message delivered twice, to two slots) goes out as it is.
+        if let earlier = pendingStarts.removeValue(forKey: key) { append(.put(earlier.item)) }
+        let item: DynamoItem = [
+            LedgerSchema.partitionKey: .s(queueName), LedgerSchema.sortKey: .s(key),
+            LedgerSchema.kind: .s(F.kind), F.inputKey: .s(inputKey), F.attempt: .number(attempt),
+            F.instance: .s(instanceID), F.slot: .number(slot), F.state: .s("running"), F.messageID: .s(messageID),
+            F.startedAt: .s(Self.iso(now)), F.startedEpoch: .number(now),
+        ]
+        pendingStarts[key] = PendingStart(item: item, due: now + settings.startWriteDelay)
+        signal()
+        progress.running[key, default: []].append(now)
     }
 
     /// The task's command starts now (after its download): the heartbeat's oldest start counts from here.
@@ -162,6 +176,15 @@ public actor Ledger {
         if let reason { fields.append((F.reason, .s(String(reason.prefix(1000))))) }
         if let peakMemoryBytes { fields.append((F.peakMemoryBytes, .number(peakMemoryBytes))) }
         if let cpuSeconds { fields.append((F.cpuSeconds, .number((cpuSeconds * 1000).rounded() / 1000))) }
+        let sortKey = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
+        // Its start not written yet: the whole item goes in one write.
+        if var item = pendingStarts[sortKey]?.item, item[F.messageID]?.string == messageID || messageID == nil {
+            pendingStarts[sortKey] = nil
+            for field in fields { item[field.name] = field.value }
+            append(.put(item))
+            taskEndedProgress(sortKey, outcome: outcome, seconds: seconds, now: now)
+            return
+        }
         // Every attribute through a placeholder: some of these names (`state`) are DynamoDB reserved words.
         var names = Dictionary(uniqueKeysWithValues: fields.enumerated().map { ("#a\($0.offset)", $0.element.name) })
         var values = DynamoItem(uniqueKeysWithValues: fields.enumerated().map { (":v\($0.offset)", $0.element.value) })
@@ -182,7 +205,11 @@ public actor Ledger {
                 ],
                 expression: "SET " + fields.indices.map { "#a\($0) = :v\($0)" }.joined(separator: ", "),
                 names: names, values: values, condition: condition))
-        let key = LedgerSchema.taskSortKey(inputKey: inputKey, attempt: attempt)
+        taskEndedProgress(sortKey, outcome: outcome, seconds: seconds, now: now)
+    }
+
+    /// The heartbeat's side of a task's end.
+    func taskEndedProgress(_ key: String, outcome: Outcome, seconds: Double, now: Double) {
         Self.dropOne(key, from: &progress.running)
         // A command that never ended cleanly (the task ended mid-command) goes with its task.
         if (progress.commands[key]?.count ?? 0) > (progress.running[key]?.count ?? 0) {
@@ -209,6 +236,7 @@ public actor Ledger {
     public func finish(reason: String, deadline: Double = 10) async {
         // `stopping` also keeps the writer from adding a `running` heartbeat after this one.
         stopping = true
+        flushStarts(before: .infinity)
         append(heartbeatWrite(state: "stopped", reason: reason))
         let writer = self.writer
         let timeout = Task {
@@ -331,6 +359,18 @@ public actor Ledger {
         signal()
     }
 
+    /// The least time between two heartbeats asked for at once.
+    var beatGap: Double { min(5, settings.heartbeatInterval) }
+
+    /// Moves the task starts due by `time` into the buffer, oldest first.
+    func flushStarts(before time: Double) {
+        let due = pendingStarts.filter { $0.value.due <= time }.sorted { $0.value.due < $1.value.due }
+        for (key, start) in due {
+            pendingStarts[key] = nil
+            append(.put(start.item))
+        }
+    }
+
     func signal() {
         wake?.resume()
         wake = nil
@@ -373,7 +413,12 @@ public actor Ledger {
             // A heartbeat goes out every interval for as long as the daemon runs, whether or not anything changed:
             // it is how the controller tells a long task, or a worker waiting for a message it released, from a
             // stuck one (and a worker leaving the tail counts the busy ones by it).
-            if !stopping && (beatNow || (lastHeartbeat.map { now - $0 >= settings.heartbeatInterval } ?? true)) {
+            // A beat asked for at once (a worker turning busy or idle) waits out `beatGap` since the last one: tiny
+            // tasks one after another would otherwise write a heartbeat at each start and end.
+            let sinceBeat = lastHeartbeat.map { now - $0 } ?? .infinity
+            if !stopping
+                && ((beatNow && sinceBeat >= beatGap) || sinceBeat >= settings.heartbeatInterval)
+            {
                 beatNow = false
                 lastHeartbeat = now
                 // Sent ahead of the buffered task writes and stamped as it goes: queued behind a backlog on a slow
@@ -381,10 +426,13 @@ public actor Ledger {
                 await send(heartbeatWrite(state: "running"))
                 continue
             }
+            flushStarts(before: now)
             if buffer.isEmpty {
                 if stopping { return }
-                // Sleep until something is appended, or until the next heartbeat is due.
-                let wait = max(0.05, settings.heartbeatInterval - (now - (lastHeartbeat ?? now)))
+                // Sleep until something is appended, or until the next heartbeat or task start is due.
+                var wait = max(0.05, settings.heartbeatInterval - (now - (lastHeartbeat ?? now)))
+                if beatNow { wait = max(0.05, min(wait, beatGap - sinceBeat)) }
+                if let due = pendingStarts.values.map(\.due).min() { wait = max(0.05, min(wait, due - now)) }
                 let sleeper = Task { [weak self] in
                     try? await Task.sleep(nanoseconds: UInt64(min(wait, 3600) * 1e9))
                     await self?.signal()

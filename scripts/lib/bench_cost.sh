@@ -1,5 +1,6 @@
 # scripts/bench's cost figures (sourced by scripts/bench, which has set BIN, WORK, SIZE_MIB and the server helpers):
-# the AWS requests a task costs, by kind, counted by a proxy in front of moto (scripts/lib/count_proxy.py), not read
+# the AWS requests a task costs, by kind, counted by a proxy in front of moto (scripts/lib/counting_proxy.py, the
+# tests' own), not read
 # off the code; priced at list prices; beside a boto3 loop doing the same tasks through the same proxy. A run with an
 # empty queue is counted too and taken off, so start-up and the drain are not charged to the tasks.
 
@@ -9,16 +10,16 @@ COST_MOTO_PORT=$(pz_free_port)
 moto_server -H 127.0.0.1 -p "$COST_MOTO_PORT" >"$PZ_RUN_DIR/moto-cost.log" 2>&1 &
 PZ_SERVER_PIDS+=($!)
 pz_wait_port "$COST_MOTO_PORT" 60
-PROXY_PORT=$(pz_free_port)
-python3 scripts/lib/count_proxy.py "$PROXY_PORT" "http://127.0.0.1:$COST_MOTO_PORT" &
+python3 scripts/lib/counting_proxy.py --upstream "http://127.0.0.1:$COST_MOTO_PORT" --port-file "$WORK/proxy.port" &
 PZ_SERVER_PIDS+=($!)
-pz_wait_port "$PROXY_PORT" 30
+for _ in $(seq 1 100); do [ -s "$WORK/proxy.port" ] && break; sleep 0.1; done
+PROXY_PORT=$(cat "$WORK/proxy.port")
 PROXY="http://127.0.0.1:$PROXY_PORT"
 cost_env=(AWS_ENDPOINT_URL="$PROXY" AWS_ACCESS_KEY_ID=AKIABENCHCOST AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1
     AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null)
 ccli() { env "${cost_env[@]}" aws --endpoint-url "http://127.0.0.1:$COST_MOTO_PORT" "$@"; }
-counts() { curl -sf "$PROXY/_counts"; }
-reset_counts() { curl -sf -X POST "$PROXY/_reset" >/dev/null; }
+counts() { curl -sf "$PROXY/_proxy/stats" | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["operations"]))'; }
+reset_counts() { curl -sf -X POST "$PROXY/_proxy/reset" >/dev/null; }
 cat >"$WORK/cost-copy.sh" <<'SH'
 #!/bin/sh
 cp "$1" "$1.out" && echo "$1.out"
@@ -72,11 +73,11 @@ empty, empty_l, tiny, tiny_l, big, big_l, loop = (json.loads(a) for a in sys.arg
 # List prices, USD per million requests (us-east-1): SQS standard; S3 Standard GET/HEAD and PUT/POST/LIST; DynamoDB
 # on-demand write and read request units (one unit per item of 1 KiB or less).
 def price(kind):
-    if kind.startswith("sqs:"): return 0.40
-    if kind.startswith("s3:") and kind.split(":")[1].split(" ")[0] in ("GetObject", "HeadObject"): return 0.40
-    if kind.startswith("s3:"): return 5.00
-    if kind.startswith("dynamodb:") and kind.split(":")[1] in ("Query", "GetItem", "Scan"): return 0.25
-    if kind.startswith("dynamodb:"): return 1.25
+    if kind.startswith("SQS "): return 0.40
+    if kind in ("S3 GET", "S3 GET range", "S3 HEAD"): return 0.40
+    if kind.startswith("S3 "): return 5.00
+    if kind.startswith("DynamoDB ") and kind.split(" ")[1] in ("Query", "GetItem", "Scan"): return 0.25
+    if kind.startswith("DynamoDB "): return 1.25
     return 0.0
 def per_task(run, baseline, n):
     kinds = set(run) | set(baseline)
