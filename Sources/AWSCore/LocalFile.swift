@@ -160,7 +160,7 @@ public enum LocalFile {
         while remover.progress && passes <= remover.moved + 1 {
             passes += 1
             remover.progress = false
-            for entry in entries(of: top) { remover.remove(entry, in: top, depth: 1) }
+            for entry in entries(of: top) ?? [] { remover.remove(entry, in: top, depth: 1) }
         }
         close(top)
         _ = unlinkat(parent, cName, AT_REMOVEDIR)
@@ -192,21 +192,22 @@ public enum LocalFile {
             let fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard fd >= 0 else { return }
             mostHeld = max(mostHeld, depth + 1)
-            for entry in LocalFile.entries(of: fd) { remove(entry, in: fd, depth: depth + 1) }
+            for entry in LocalFile.entries(of: fd) ?? [] { remove(entry, in: fd, depth: depth + 1) }
 
             close(fd)
             if unlinkat(dir, name, AT_REMOVEDIR) == 0 { progress = true }
         }
     }
 
-    /// The names in the folder open as `fd` (which stays open), as the bytes they are: a command may make files
-    /// whose names are not UTF-8.
-    private static func entries(of fd: Int32) -> [[CChar]] {
+    /// The names in the folder open as `fd` (which stays open), as the bytes they are, NUL-terminated for the `*at`
+    /// calls, without `.` and `..`: a command may make files whose names are not UTF-8. None when the folder cannot
+    /// be read.
+    public static func entries(of fd: Int32) -> [[CChar]]? {
         let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
-        guard copy >= 0 else { return [] }
+        guard copy >= 0 else { return nil }
         guard let dir = fdopendir(copy) else {
             close(copy)
-            return []
+            return nil
         }
         defer { closedir(dir) }  // closes the copy
         rewinddir(dir)

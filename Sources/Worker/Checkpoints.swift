@@ -293,14 +293,12 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
                 skipped.append(prefix + " (deeper than \(limits.depth) folders)")
                 return
             }
-            guard let dir = fdopendir(dup(folder)) else {
+            guard let entries = LocalFile.entries(of: folder) else {
                 skipped.append(prefix + " (cannot be read)")
                 return
             }
-            defer { closedir(dir) }
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
-                if name == [0x2e] || name == [0x2e, 0x2e] { continue }
+            for entry in entries {
+                let name = entry.dropLast().map { UInt8(bitPattern: $0) }
                 guard let text = String(validating: name, as: UTF8.self), !text.contains("\n") else {
                     skipped.append(prefix + String(decoding: name, as: UTF8.self) + " (not a UTF-8 name)")
                     continue
@@ -311,7 +309,7 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
                     return
                 }
                 var st = stat()
-                guard fstatat(folder, text, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
+                guard fstatat(folder, entry, &st, AT_SYMLINK_NOFOLLOW) == 0 else {
                     skipped.append(path + " (cannot be read)")
                     continue
                 }
@@ -325,7 +323,7 @@ struct Checkpoints<Store: ObjectStore>: Sendable {
                 }
                 switch st.st_mode & S_IFMT {
                 case S_IFDIR:
-                    let fd = openat(folder, text, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    let fd = openat(folder, entry, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                     guard fd >= 0 else {
                         skipped.append(path + " (cannot be read)")
                         continue
@@ -347,14 +345,9 @@ extension LocalFile {
     /// Gives the tree under the folder open as `folder` to `uid`/`gid`, never following a link: for a tree the
     /// daemon made itself.
     static func chownTree(_ folder: Int32, uid: UInt32, gid: UInt32) -> Bool {
-        guard fchown(folder, uid, gid) == 0, let dir = fdopendir(dup(folder)) else { return false }
-        defer { closedir(dir) }
+        guard fchown(folder, uid, gid) == 0, let names = entries(of: folder) else { return false }
         var ok = true
-        while let entry = readdir(dir) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name == "." || name == ".." { continue }
+        for name in names {
             let child = openat(folder, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if child >= 0 {
                 ok = chownTree(child, uid: uid, gid: gid) && ok
