@@ -268,12 +268,7 @@ public actor Ledger {
 
     /// What the other workers are doing (`Daemon.watchForDrain`'s tail rule).
     public func others(freshWithin: Double) async throws(AWSError) -> FleetView {
-        let now = Self.now()
-        let live = try await InstanceHeartbeat.read(
-            table: table, queueURL: queueName, client: client, logger: logger
-        ).filter {
-            $0.instanceID != instanceID && $0.state == "running" && now - ($0.updatedEpoch ?? 0) <= freshWithin
-        }
+        let live = try await liveOthers(freshWithin: freshWithin)
         return FleetView(
             busy: live.filter { $0.runningTasks > 0 }.count,
             idle: live.filter { $0.runningTasks == 0 }.map(\.instanceID).sorted())
@@ -290,9 +285,8 @@ public actor Ledger {
     }
 
     public func others(since: Double) async throws(AWSError) -> OthersRecently {
-        let from = min(since, Self.now() - max(60, 2 * settings.heartbeatInterval))
-        let beats = try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
-            .filter { $0.instanceID != instanceID }
+        let from = min(since, Self.now() - recentWindow)
+        let beats = try await otherHeartbeats()
         var recently = OthersRecently(succeeding: [], completed: 0, failed: 0)
         for beat in beats {
             let completed = beat.recentCompletions.filter { $0 >= from }.count
@@ -336,10 +330,7 @@ public actor Ledger {
     /// with when each daemon started: a task item still `running` there, started since, is a run under way (SQS
     /// delivered its message twice), not a dead one.
     public func liveDaemons() async throws(AWSError) -> [String: Double] {
-        let now = Self.now()
-        let fresh = max(60, 2 * settings.heartbeatInterval)
-        let live = try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
-            .filter { $0.instanceID != instanceID && $0.state == "running" && now - ($0.updatedEpoch ?? 0) <= fresh }
+        let live = try await liveOthers(freshWithin: recentWindow)
         return Dictionary(live.map { ($0.instanceID, $0.startedEpoch ?? 0) }, uniquingKeysWith: { a, _ in a })
     }
 
@@ -358,6 +349,24 @@ public actor Ledger {
         }
         signal()
     }
+
+    /// The other workers' heartbeats (one Query on the queue's partition).
+    func otherHeartbeats() async throws(AWSError) -> [InstanceHeartbeat] {
+        try await InstanceHeartbeat.read(table: table, queueURL: queueName, client: client, logger: logger)
+            .filter { $0.instanceID != instanceID }
+    }
+
+    /// The other workers whose daemons run, by a heartbeat written within `freshWithin` seconds.
+    func liveOthers(freshWithin: Double) async throws(AWSError) -> [InstanceHeartbeat] {
+        let now = Self.now()
+        return try await otherHeartbeats().filter {
+            $0.state == "running" && now - ($0.updatedEpoch ?? 0) <= freshWithin
+        }
+    }
+
+    /// What "recently" means for what a heartbeat tells: within a minute, or two heartbeat intervals when longer (a
+    /// heartbeat tells of a task only when it is next written).
+    var recentWindow: Double { max(60, 2 * settings.heartbeatInterval) }
 
     /// The least time between two heartbeats asked for at once.
     var beatGap: Double { min(5, settings.heartbeatInterval) }

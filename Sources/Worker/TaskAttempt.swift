@@ -376,42 +376,30 @@ extension Ledger {
         _ outcome: AttemptOutcome, input: S3URI, attempt: Int, seconds: Double, bytesIn: Int64, usage: TaskUsage?,
         messageID: String? = nil
     ) {
+        // What each outcome writes; what the command used, except for one cut short at a stop.
+        let (state, bytesOut, exitStatus, outputKey, reason, used):
+            (Outcome, Int64, String, String?, String?, TaskUsage?)
         switch outcome {
         case .uploaded(let key, let bytes):
-            taskEnded(
-                inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: bytes, exitStatus: "exit 0", outputKey: key, reason: nil,
-                peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
+            (state, bytesOut, exitStatus, outputKey, reason, used) = (.done, bytes, "exit 0", key, nil, usage)
         case .noOutput:
-            taskEnded(
-                inputKey: input.key, attempt: attempt, outcome: .done, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: 0, exitStatus: "exit 0", outputKey: nil, reason: "no output named",
-                peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
-        case .failed(let failure):
-            taskEnded(
-                inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason,
-                peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
-        case .inputMissing(let failure), .outputTaken(let failure):
-            taskEnded(
-                inputKey: input.key, attempt: attempt, outcome: .failed, seconds: seconds, bytesIn: bytesIn,
-                bytesOut: 0, exitStatus: failure.outcome?.summary ?? "none", outputKey: nil, reason: failure.reason,
-                peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
+            (state, bytesOut, exitStatus, outputKey, reason, used) = (.done, 0, "exit 0", nil, "no output named", usage)
+        case .failed(let failure), .inputMissing(let failure), .outputTaken(let failure):
+            (state, bytesOut, exitStatus, outputKey, reason, used) = (
+                .failed, 0, failure.outcome?.summary ?? "none", nil, failure.reason, usage
+            )
         case .interrupted:
-            taskEnded(
-                inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
-                bytesIn: bytesIn, bytesOut: 0, exitStatus: "interrupted", outputKey: nil,
-                reason: "released at shutdown", messageID: messageID)
-        case .deferred(let reason, _):
-            taskEnded(
-                inputKey: input.key, attempt: attempt, outcome: .released, seconds: seconds,
-                bytesIn: bytesIn, bytesOut: 0, exitStatus: "none", outputKey: nil, reason: "deferred: \(reason)",
-                peakMemoryBytes: usage?.peakMemoryBytes,
-                cpuSeconds: usage?.cpuSeconds, messageID: messageID)
+            (state, bytesOut, exitStatus, outputKey, reason, used) = (
+                .released, 0, "interrupted", nil, "released at shutdown", nil
+            )
+        case .deferred(let why, _):
+            (state, bytesOut, exitStatus, outputKey, reason, used) = (
+                .released, 0, "none", nil, "deferred: \(why)", usage
+            )
         }
+        taskEnded(
+            inputKey: input.key, attempt: attempt, outcome: state, seconds: seconds, bytesIn: bytesIn,
+            bytesOut: bytesOut, exitStatus: exitStatus, outputKey: outputKey, reason: reason,
+            peakMemoryBytes: used?.peakMemoryBytes, cpuSeconds: used?.cpuSeconds, messageID: messageID)
     }
 }
