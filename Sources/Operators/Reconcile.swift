@@ -128,24 +128,24 @@ public struct Reconcile: Sendable {
         let s3 = try S3Client(context: context)
         let attributes = try await sqs.getQueueAttributes(queueURL: options.queueURL, logger: logger)
         let counts = SQSClient.MessageCounts(attributes: attributes)
-        var deadLettered = Set<[UInt8]>()
-        var held: [(queue: String, handle: String)] = []
-        if let policy = RedrivePolicy(attributes: attributes) {
-            let dlq = try await sqs.queueURL(ofARN: policy.deadLetterTargetARN, logger: logger)
-            deadLettered = try await read(
-                dlq, noteReceives: false, maxReceiveCount: nil, held: &held, sqs: sqs, s3: s3, logger: logger)
-        }
         // Sending again is for what is lost for sure: messages in flight (a worker's, or waiting out a retry's
-        // backoff) cannot be read, so a queue that holds anything at all refuses it.
+        // backoff) cannot be read, so a queue that holds anything at all refuses it, before anything is read.
         if options.enqueueMissing && counts.total > 0 { throw Refusal.queueNotEmpty(counts.total) }
-        var queued = Set<[UInt8]>()
-        if options.readQueue {
-            queued = try await read(
-                options.queueURL, noteReceives: true,
-                maxReceiveCount: RedrivePolicy(attributes: attributes)?.maxReceiveCount,
-                held: &held, sqs: sqs, s3: s3, logger: logger)
-        }
+        let redrive = RedrivePolicy(attributes: attributes)
+        var held: [(queue: String, handle: String)] = []
         do {
+            var deadLettered = Set<[UInt8]>()
+            if let redrive {
+                let dlq = try await sqs.queueURL(ofARN: redrive.deadLetterTargetARN, logger: logger)
+                deadLettered = try await read(
+                    dlq, noteReceives: false, maxReceiveCount: nil, held: &held, sqs: sqs, s3: s3, logger: logger)
+            }
+            var queued = Set<[UInt8]>()
+            if options.readQueue {
+                queued = try await read(
+                    options.queueURL, noteReceives: true, maxReceiveCount: redrive?.maxReceiveCount, held: &held,
+                    sqs: sqs, s3: s3, logger: logger)
+            }
             let totals = try await walk(
                 counts: counts, deadLettered: deadLettered, queued: queued, sqs: sqs, s3: s3, logger: logger,
                 emit: emit)

@@ -38,7 +38,7 @@ struct ReconcileCommand: AsyncParsableCommand {
     @Option(help: "The daemon's inputPrefix: outputs keep the input's folder below it.")
     var inputPrefix: String = ""
 
-    @Flag(help: "Send the inputs with no trace again (only once the queue is empty, or with --read-queue).")
+    @Flag(help: "Send the inputs with no trace again (only once the queue is empty).")
     var enqueueMissing = false
 
     @Flag(help: "Read the queue's messages too (each receive noted as unrun; they are visible again at the end).")
