@@ -183,6 +183,11 @@ enum ChildOutput {
         return nil
     }
 
+    /// A wait status as a shell reports it: the exit code, or 128 + the signal that ended the process.
+    static func exitCode(waitStatus status: Int32) -> Int32 {
+        (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
     static func run(_ argv: [String], timeout: Double) -> Result {
         guard let path = resolve(argv[0]) else { return .notStarted("not found on PATH") }
         var fds: [Int32] = [0, 0]
@@ -227,7 +232,7 @@ enum ChildOutput {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         if let ending { return ending }
-        let exit = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let exit = exitCode(waitStatus: status)
         return .exited(exit, String(decoding: output, as: UTF8.self))
     }
 }
@@ -270,7 +275,7 @@ public enum OperatorCommand {
             }
             try? await Task.sleep(nanoseconds: 100_000_000)
         }
-        return .exited((status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+        return .exited(ChildOutput.exitCode(waitStatus: status))
     }
 }
 

@@ -671,11 +671,11 @@ public struct Controller: Sendable {
                             metadata: ["error": "\(error)"])
                         return error.setupProblem != nil ? 2 : 1
                     }
-                    // A count for the hook, not a condition of it.
-                    if let status = try? await QueueStatus.read(
-                        queueURL: options.queueURL, output: nil, context: context, logger: logger)
+                    // A count for the hook, not a condition of it (the run was read above: not again).
+                    if let attributes = try? await sqs.getQueueAttributes(queueURL: options.queueURL, logger: logger),
+                        let found = try? await QueueStatus.deadLetters(of: attributes, sqs: sqs, logger: logger)
                     {
-                        run.deadLetters = status.deadLetters
+                        run.deadLetters = found.count
                     }
                     if let heartbeats { run.count(Array(heartbeats.values)) }
                     let ledger = dynamo.flatMap { client in options.ledgerTable.map { (client: client, table: $0) } }

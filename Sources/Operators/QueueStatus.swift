@@ -47,11 +47,9 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             logger.notice(
                 "cannot read the queue's tags (sqs:ListQueueTags): no run progress", metadata: ["error": "\(error)"])
         }
-        if let policy = RedrivePolicy(attributes: a) {
-            let dlq = try await sqs.queueURL(ofARN: policy.deadLetterTargetARN, logger: logger)
+        if let (dlq, count) = try await deadLetters(of: a, sqs: sqs, logger: logger) {
             status.deadLetterQueueURL = dlq
-            // Visible and hidden: a dead letter someone is looking at is still one.
-            status.deadLetters = try await sqs.messageCounts(queueURL: dlq, logger: logger).total
+            status.deadLetters = count
         }
         if let output {
             let s3 = try S3Client(context: context)
@@ -83,6 +81,16 @@ public struct QueueStatus: Sendable, Equatable, Codable {
             status.failureRecords = failures
         }
         return status
+    }
+
+    /// The dead-letter queue the redrive policy in `attributes` names, and how many messages it holds (visible and
+    /// hidden: a dead letter someone is looking at is still one); nil without a redrive policy.
+    public static func deadLetters(
+        of attributes: [String: String], sqs: SQSClient, logger: Logger
+    ) async throws(AWSError) -> (queueURL: String, count: Int)? {
+        guard let policy = RedrivePolicy(attributes: attributes) else { return nil }
+        let dlq = try await sqs.queueURL(ofARN: policy.deadLetterTargetARN, logger: logger)
+        return (dlq, try await sqs.messageCounts(queueURL: dlq, logger: logger).total)
     }
 
     /// Why `status --check` fails: dead letters, or failure records; empty when neither.
