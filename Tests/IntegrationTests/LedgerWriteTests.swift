@@ -22,6 +22,7 @@ struct LedgerWriteTests {
             for key in keys { try await h.upload(key, key) }
             try await h.send(keys)
             try await proxy.reset()
+            let started = ContinuousClock.now
             let worker = try h.startWorker(
                 name: "w",
                 parameters: h.parameters(
@@ -29,11 +30,13 @@ struct LedgerWriteTests {
                     program: h.script("copy.sh", "cp \"$1\" \"$1.out\"\necho \"$1.out\"\n")),
                 environment: ["AWS_ENDPOINT_URL": proxy.endpoint])
             #expect(await worker.wait(timeout: 120) == .exited(0), "\(h.logTails(["w"]))")
+            let seconds = Int((ContinuousClock.now - started) / .seconds(1))
             let counted = try await proxy.counts().operations
             #expect(counted["DynamoDB UpdateItem"] == nil, "a task's end written apart from its start: \(counted)")
-            // Twelve task items, and a handful of heartbeats (the first, one at most every 5 s, the last).
+            // Twelve task items, and the heartbeats: the first, the last, and one at most every 5 s of the run
+            // between (a loaded machine stretches the run, not the rule), never one at each task's start and end.
             let puts = counted["DynamoDB PutItem"] ?? 0
-            #expect(puts >= 12 && puts < 12 + 8, "\(counted)")
+            #expect(puts >= 12 && puts <= 12 + 2 + 1 + seconds / 5, "\(counted) in \(seconds) s")
             let items = try await dynamo.queryAll(
                 table: table, keyCondition: "#q = :q AND begins_with(#t, :p)",
                 names: ["#q": LedgerSchema.partitionKey, "#t": LedgerSchema.sortKey],
